@@ -1,0 +1,51 @@
+# Cairn: the two commands that matter are `make demo` and `make test`.
+# Both set everything up from a clean clone: virtualenv, dependencies, Kafka jars, local Kafka.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+KAFKA  := deploy/kafka/kafka-local
+WITH_KAFKA := deploy/kafka/with-kafka
+PYTEST_ARGS ?=
+
+.PHONY: help venv demo test test-unit test-integration lint bench-throughput kafka-start kafka-stop kafka-status clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install the project with its dev tools
+
+demo: $(STAMP)  ## run the end-to-end demo (starts and stops local Kafka)
+	$(WITH_KAFKA) $(BIN)/cairn demo
+
+test: $(STAMP)  ## run the whole suite, Kafka-backed tests included (starts and stops local Kafka)
+	$(WITH_KAFKA) $(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)  ## unit tests only: no Kafka, seconds
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench-throughput: $(STAMP)  ## HTTP -> broker -> Kafka -> recipient, beside a bare aiohttp+aiokafka baseline
+	$(WITH_KAFKA) $(BIN)/python bench/throughput.py
+
+kafka-start:  ## start local Kafka (fetches the jars once)
+	$(KAFKA) start
+kafka-stop:  ## stop local Kafka
+	$(KAFKA) stop
+kafka-status:
+	$(KAFKA) status
+
+clean:  ## remove the virtualenv and all local state (Kafka data, keys)
+	-$(KAFKA) stop
+	rm -rf $(VENV) .cairn .pytest_cache .mypy_cache .ruff_cache

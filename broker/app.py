@@ -1,0 +1,152 @@
+"""The broker's HTTP interface: submissions in, receipts and problem details out.
+
+POST /v1/referrals   submit a referral; 202 + receipt once Kafka has committed every record
+GET  /healthz        the process is alive
+GET  /readyz         200 only while Kafka is reachable, else 503
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from broker.config import Settings
+from broker.ingest import Pipeline
+from broker.problems import http_problem, problem_for, problem_response
+from broker.transport import Transport
+from schemas.errors import CairnError, PayloadTooLarge, UnsupportedMediaType
+from schemas.federation import Federation
+
+__all__ = ["create_app", "read_body", "serve"]
+
+log = structlog.get_logger(__name__)
+
+PIPELINE = web.AppKey("pipeline", Pipeline)
+SETTINGS = web.AppKey("settings", Settings)
+TRANSPORT = web.AppKey("transport", Transport)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read the body while counting; refuse as soon as it passes ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65_536):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as problem+json; nothing leaves as a traceback."""
+    request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+    request_id = request_id[:64]
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    request["request_id"] = request_id
+    try:
+        response = await handler(request)
+    except CairnError as exc:
+        status, body = problem_for(exc)
+        log.info("request.refused", status=status, problem=body["type"], path=request.path)
+        response = problem_response(status, body, request_id=request_id)
+        if isinstance(exc, PayloadTooLarge):
+            # The rest of the body was never read; the connection cannot be reused.
+            response.force_close()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status, "http-error")
+        body = http_problem(exc.status, slug, exc.reason, exc.text or exc.reason)
+        response = problem_response(exc.status, body, request_id=request_id)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("request.failed", path=request.path)
+        body = http_problem(
+            500, "internal", "Internal error", "an internal error occurred; nothing was sent"
+        )
+        response = problem_response(500, body, request_id=request_id)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+async def submit_referral(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send the referral as application/json")
+    body = await read_body(request, settings.max_body_bytes)
+    receipt = await request.app[PIPELINE].submit(body, request_id=request["request_id"])
+    return web.json_response(
+        receipt.model_dump(mode="json"),
+        status=202,
+        headers={"Location": f"/v1/referrals/{receipt.referral_id}"},
+    )
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if await request.app[TRANSPORT].ready():
+        return web.json_response({"status": "ready", "kafka": "reachable"})
+    return web.json_response({"status": "not ready", "kafka": "unreachable"}, status=503)
+
+
+def create_app(settings: Settings, federation: Federation, transport: Transport) -> web.Application:
+    """The broker application; the transport is started and stopped with the app."""
+    app = web.Application(
+        middlewares=[problems_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[TRANSPORT] = transport
+    app[PIPELINE] = Pipeline(settings, federation, transport)
+    app.router.add_post("/v1/referrals", submit_referral)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    async def transport_lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
+        await transport.start()
+        yield
+        # Runs after in-flight requests have drained: flush and close the producer.
+        await transport.stop()
+        log.info("broker.stopped")
+
+    app.cleanup_ctx.append(transport_lifecycle)
+    return app
+
+
+async def serve(
+    app: web.Application, settings: Settings, *, started: asyncio.Event | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight requests and flush the producer."""
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    await site.start()
+    log.info("broker.listening", host=settings.http_host, port=settings.http_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if started is not None:
+        started.set()
+    try:
+        await stop.wait()
+        log.info("broker.draining", timeout_s=settings.shutdown_timeout_s)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()

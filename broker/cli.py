@@ -1,0 +1,246 @@
+"""The ``cairn`` command line: run the broker, manage topics, act as an agency adapter, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from broker.config import Settings
+from schemas.errors import CairnError
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError, TOML errors: all configuration faults
+        raise click.ClickException(f"configuration is not valid: {exc}") from None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except CairnError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _logging(settings: Settings) -> None:
+    from broker.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cairn")
+def cli() -> None:
+    """Cairn: a secure exchange for domestic-abuse safeguarding referrals.
+
+    Configuration comes from CAIRN_* environment variables over a TOML file ($CAIRN_CONFIG or
+    ./cairn.toml) over defaults; see 'cairn config show'.
+    """
+
+
+@cli.command()
+def serve() -> None:
+    """Run the broker: HTTP ingest in, Kafka out, until SIGTERM (drains, then flushes)."""
+    from broker.app import create_app
+    from broker.app import serve as serve_app
+    from broker.federation import load_federation
+    from broker.transport import KafkaTransport
+
+    settings = _settings()
+    _logging(settings)
+    federation = _run(_load(load_federation, settings.federation_dir))
+    app = create_app(settings, federation, KafkaTransport(settings))
+    _run(serve_app(app, settings))
+
+
+async def _load(fn: Callable[[Path], T], path: Path) -> T:
+    return fn(path)
+
+
+@cli.group()
+def topics() -> None:
+    """Kafka topics: Cairn creates every topic explicitly (auto-create stays off)."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create every topic the federation needs; topics that exist are left as they are."""
+    from broker.federation import load_federation
+    from broker.topics import federation_topics
+    from broker.transport import create_topics
+
+    settings = _settings()
+    federation = _run(_load(load_federation, settings.federation_dir))
+    specs = federation_topics(federation, settings.topic_prefix)
+    result = _run(create_topics(settings, specs))
+    for spec in specs:
+        click.echo(f"{result[spec.name]:8}  {spec.name}  ({spec.partitions} partitions)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--as", "agency", required=True, help="The sending agency's id.")
+@click.option("--broker", "broker_url", help="Broker base URL [default: from config].")
+def send(file: Path, agency: str, broker_url: str | None) -> None:
+    """Submit the referral in FILE (JSON) as AGENCY and print the receipt."""
+    from adapters.client import ReferralClient
+    from schemas.decode import decode
+    from schemas.referral import Referral
+
+    settings = _settings()
+    body = file.read_bytes()
+    try:
+        referral = decode(Referral, body)
+    except CairnError as exc:
+        _print_problems(exc)
+        raise click.ClickException(f"{file} is not a valid referral") from None
+    if referral.header.sender_agency != agency:
+        raise click.ClickException(
+            f"{file} names '{referral.header.sender_agency}' as sender, but you are sending as "
+            f"'{agency}'"
+        )
+    url = broker_url or f"http://{settings.http_host}:{settings.http_port}"
+
+    async def go() -> str:
+        async with ReferralClient(url) as client:
+            receipt = await client.submit(referral)
+        return receipt.model_dump_json(indent=2)
+
+    try:
+        click.echo(asyncio.run(go()))
+    except CairnError as exc:
+        _print_problems(exc)
+        raise click.ClickException(str(exc)) from None
+
+
+def _print_problems(exc: CairnError) -> None:
+    problem = getattr(exc, "problem", None)
+    errors = problem.get("errors", []) if isinstance(problem, dict) else []
+    errors = errors or [
+        {"field": p.field, "problem": p.problem} for p in getattr(exc, "problems", ())
+    ]
+    for e in errors:
+        click.echo(f"  {e['field']}: {e['problem']}", err=True)
+
+
+@cli.command()
+@click.option("--as", "agency", required=True, help="The receiving agency's id.")
+@click.option("--max", "max_messages", type=click.IntRange(min=1), help="Stop after N deliveries.")
+@click.option(
+    "--idle",
+    "idle_s",
+    default=5.0,
+    show_default=True,
+    help="Stop after this many seconds without a delivery.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=60.0,
+    show_default=True,
+    help="Stop after this many seconds in all.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each disclosure as one JSON line.")
+def inbox(
+    agency: str, max_messages: int | None, idle_s: float, timeout_s: float, as_json: bool
+) -> None:
+    """Consume AGENCY's delivery topic and print each disclosure received."""
+    from adapters.inbox import Delivery, Inbox
+    from broker.federation import load_federation
+    from broker.topics import delivery_topic
+    from broker.transport import kafka_options
+
+    settings = _settings()
+    federation = _run(_load(load_federation, settings.federation_dir))
+    if federation.get(agency) is None:
+        raise click.ClickException(f"'{agency}' is not an agency of {federation.name}")
+
+    async def show(delivery: Delivery) -> None:
+        if as_json:
+            click.echo(delivery.disclosure.model_dump_json())
+        else:
+            click.echo(describe(delivery))
+
+    async def go() -> int:
+        async with Inbox(
+            kafka_options(settings),
+            agency=agency,
+            topic=delivery_topic(settings.topic_prefix, agency),
+            dlq_topic=f"{settings.topic_prefix}.dlq",
+        ) as box:
+            return await box.drain(
+                show, max_messages=max_messages, idle_timeout_s=idle_s, total_timeout_s=timeout_s
+            )
+
+    count = _run(go())
+    click.echo(f"{count} disclosure(s) received by {agency}", err=True)
+
+
+def describe(delivery: Any) -> str:
+    """A short human summary of one delivery for a terminal."""
+    d = delivery.disclosure
+    r = d.referral
+    return (
+        f"[{d.recipient_agency}] referral {d.referral_id} from {d.sender_agency}: "
+        f"purpose {d.purpose.value}, priority {r.header.priority.value}, risk {r.risk.level.value}"
+        f"; victim {r.victim.given_name} {r.victim.family_name}; "
+        f"incident {r.incident.occurred_at:%Y-%m-%d %H:%M} at {r.incident.location}"
+    )
+
+
+@cli.command()
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Referral to send [default: the high-risk sample].",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for each recipient.",
+)
+def demo(sample: Path | None, timeout_s: float) -> None:
+    """Run the scripted scenario against a running Kafka: topics, broker, police sends, recipients receive.
+
+    Exits 0 only if every recipient received the referral.
+    """
+    from broker.demo import run_demo
+
+    settings = _settings()
+    ok = run_demo(settings, sample=sample, timeout_s=timeout_s)
+    sys.exit(0 if ok else 1)
+
+
+@cli.group()
+def config() -> None:
+    """Inspect configuration."""
+
+
+@config.command("show")
+def config_show() -> None:
+    """Print the effective configuration (environment over TOML file over defaults), secrets masked."""
+    from broker.config import config_file
+
+    settings = _settings()
+    path = config_file()
+    click.echo(f"# config file: {path if path else '(none)'}")
+    click.echo(json.dumps(settings.shown(), indent=2))
+
+
+@wraps(cli)
+def main() -> None:
+    cli(prog_name="cairn")

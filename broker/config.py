@@ -1,0 +1,106 @@
+"""Effective configuration: ``CAIRN_*`` environment variables over a TOML file over defaults.
+
+The TOML file is ``$CAIRN_CONFIG`` if set, else ``cairn.toml`` in the working directory if it
+exists. Every limit is a named, typed setting with its unit in the name or the comment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["REPO_ROOT", "Settings", "config_file"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_file() -> Path | None:
+    """The TOML file in force, if any."""
+    explicit = os.environ.get("CAIRN_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path("cairn.toml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Defaults suit the local development federation."""
+
+    model_config = SettingsConfigDict(env_prefix="CAIRN_", extra="forbid", frozen=True)
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Comma-separated host:port list of any Kafka cluster"
+    )
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+    )
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    topic_prefix: str = Field(
+        default="cairn",
+        pattern=r"^[a-zA-Z0-9._-]{1,64}$",
+        description="Topics are <prefix>.deliver.<agency>, <prefix>.audit, ...",
+    )
+    topic_replication_factor: int = Field(default=1, ge=1, le=5)  # replicas per created topic
+    transactional_id: str = Field(
+        default="cairn-broker-1",
+        description="Stable per broker instance: a restarted instance fences its predecessor",
+    )
+    kafka_connect_timeout_s: float = Field(default=10.0, gt=0)  # seconds
+    publish_timeout_s: float = Field(default=15.0, gt=0)  # seconds: all acks or a 503
+    readiness_timeout_s: float = Field(default=2.0, gt=0)  # seconds per /readyz probe
+
+    # HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)  # seconds to drain on SIGTERM
+
+    # Limits
+    max_body_bytes: int = Field(default=1_048_576, gt=0)  # bytes per submission
+    max_recipients: int = Field(default=16, ge=1)  # recipients per referral
+
+    # Files
+    state_dir: Path = REPO_ROOT / ".cairn"
+    federation_dir: Path = REPO_ROOT / "deploy" / "federation"
+
+    # Logging
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def shown(self) -> dict[str, Any]:
+        """The effective settings as plain values, secrets masked, for ``cairn config show``."""
+        shown: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                shown[name] = "********"
+            elif isinstance(value, Path):
+                shown[name] = str(value)
+            else:
+                shown[name] = value
+        return shown

@@ -1,0 +1,51 @@
+"""Deciding, per intended recipient, whether and what it may receive.
+
+Pure: no I/O. This first version checks only that every party is a member of the federation and
+allows each named recipient the whole referral; sharing agreements (consent, lawful basis,
+need-to-know) replace the body of ``decide`` without changing its shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.errors import FieldProblem, SchemaError, UnknownAgency
+from schemas.federation import Federation
+from schemas.referral import Referral
+
+__all__ = ["Decision", "decide"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    recipient: str
+    allowed: bool
+    reasons: tuple[str, ...]  # rule ids and codes only, never personal data
+
+
+def decide(referral: Referral, federation: Federation, *, max_recipients: int) -> list[Decision]:
+    """One decision per intended recipient, in the order the sender named them."""
+    header = referral.header
+    if len(header.recipients) > max_recipients:
+        raise SchemaError(
+            f"a referral may name at most {max_recipients} recipients",
+            (FieldProblem("header.recipients", f"at most {max_recipients} recipients"),),
+        )
+    problems: list[FieldProblem] = []
+    if federation.get(header.sender_agency) is None:
+        problems.append(FieldProblem("header.sender_agency", "not a member of this federation"))
+    for i, recipient in enumerate(header.recipients):
+        if federation.get(recipient) is None:
+            problems.append(
+                FieldProblem(f"header.recipients.{i}", "not a member of this federation")
+            )
+        elif recipient == header.sender_agency:
+            problems.append(
+                FieldProblem(f"header.recipients.{i}", "a sender cannot refer to itself")
+            )
+    if problems:
+        raise UnknownAgency(
+            "the referral names agencies that cannot take part; fix the named fields",
+            tuple(problems),
+        )
+    return [Decision(r, allowed=True, reasons=("federation-member",)) for r in header.recipients]

@@ -1,0 +1,242 @@
+"""Getting sealed disclosures into Kafka: all of a submission's records, or none of them.
+
+A submission becomes several Kafka records (one per recipient, and later its audit events). They
+are published in one Kafka transaction by an idempotent, ``acks=all`` transactional producer, and
+every consumer reads committed records only, so a recipient never sees half a submission and the
+sender only hears "accepted" once Kafka has acknowledged the lot.
+
+``Transport`` is the interface; ``KafkaTransport`` is the real one and ``MemoryTransport`` the
+fast fake beside it for unit tests. Both are held to the same contract (tests/contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from broker.config import Settings
+from broker.topics import TopicSpec
+from schemas.errors import TransportError
+
+__all__ = [
+    "KafkaTransport",
+    "MemoryTransport",
+    "Record",
+    "Transport",
+    "create_topics",
+    "kafka_options",
+]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka record. Keys and headers carry ids and codes only, never personal data."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class Transport(Protocol):
+    async def start(self) -> None:
+        """Prepare to publish; must not fail when Kafka is down (readiness says so instead)."""
+
+    async def stop(self) -> None:
+        """Flush what was accepted and release connections."""
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        """Make every record visible to read-committed consumers, or none; else TransportError."""
+
+    async def ready(self) -> bool:
+        """True while a publish could succeed now."""
+
+
+def kafka_options(settings: Settings) -> dict[str, Any]:
+    """Connection options shared by every aiokafka client Cairn creates."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+        "request_timeout_ms": int(settings.publish_timeout_s * 1000),
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context()
+    if settings.kafka_sasl_mechanism:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+class KafkaTransport:
+    """Transactional publishing to a real Kafka cluster, reconnecting after failures."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        # One transaction at a time per transactional id; the lock also guards (re)connection.
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._lock:
+            with contextlib.suppress(TransportError):
+                await self._connect()
+
+    async def stop(self) -> None:
+        async with self._lock:
+            await self._discard()
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        if not records:
+            raise RuntimeError("publish() needs at least one record")
+        async with self._lock:
+            producer = await self._connect()
+            try:
+                await asyncio.wait_for(
+                    self._transaction(producer, records), self._settings.publish_timeout_s
+                )
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("kafka.publish_failed", error=type(exc).__name__, records=len(records))
+                # A producer that failed mid-transaction cannot be trusted to be in a known
+                # state; the next one re-initialises the transactional id, which fences this
+                # one and aborts whatever it left open.
+                await self._discard()
+                raise TransportError(
+                    "Kafka did not acknowledge the submission, so nothing was sent; "
+                    "retry the same submission later"
+                ) from exc
+
+    async def ready(self) -> bool:
+        try:
+            async with asyncio.timeout(self._settings.readiness_timeout_s):
+                async with self._lock:
+                    producer = await self._connect()
+                await producer.client.fetch_all_metadata()
+        except (KafkaError, OSError, TimeoutError, TransportError):
+            return False
+        return True
+
+    @staticmethod
+    async def _transaction(producer: AIOKafkaProducer, records: Sequence[Record]) -> None:
+        async with producer.transaction():
+            for r in records:
+                await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+        # Leaving the block committed the transaction, which first waited for every ack.
+
+    async def _connect(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        producer = AIOKafkaProducer(
+            **kafka_options(self._settings),
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=self._settings.transactional_id,
+        )
+        try:
+            await asyncio.wait_for(producer.start(), self._settings.kafka_connect_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 5)
+            log.warning("kafka.connect_failed", error=type(exc).__name__)
+            raise TransportError(
+                f"cannot reach Kafka at {self._settings.kafka_bootstrap_servers}; "
+                "check CAIRN_KAFKA_BOOTSTRAP_SERVERS and that the cluster is up"
+            ) from exc
+        log.info("kafka.connected", transactional_id=self._settings.transactional_id)
+        self._producer = producer
+        return producer
+
+    async def _discard(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # Bounded: with Kafka gone, stop() would otherwise retry for a long time.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 5)
+
+
+@dataclass
+class MemoryTransport:
+    """In-memory twin of KafkaTransport for unit tests: same all-or-nothing contract."""
+
+    available: bool = True
+    topics: dict[str, list[Record]] = field(default_factory=dict)
+    known_topics: set[str] | None = None  # None: any topic exists
+    published: int = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        if not records:
+            raise RuntimeError("publish() needs at least one record")
+        if not self.available:
+            raise TransportError(
+                "Kafka did not acknowledge the submission, so nothing was sent; "
+                "retry the same submission later"
+            )
+        if self.known_topics is not None and any(r.topic not in self.known_topics for r in records):
+            raise TransportError("a topic does not exist; run 'cairn topics create'")
+        for r in records:
+            self.topics.setdefault(r.topic, []).append(r)
+        self.published += len(records)
+
+    async def ready(self) -> bool:
+        return self.available
+
+    def read_committed(self, topic: str) -> list[Record]:
+        return list(self.topics.get(topic, []))
+
+
+async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[str, str]:
+    """Create each topic that does not exist yet; return topic -> "created" or "exists"."""
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    try:
+        await asyncio.wait_for(admin.start(), settings.kafka_connect_timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        with contextlib.suppress(Exception):
+            await admin.close()
+        raise TransportError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} to create topics"
+        ) from exc
+    try:
+        existing = set(await admin.list_topics())
+        result = {s.name: "exists" for s in specs if s.name in existing}
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(s.name, s.partitions, settings.topic_replication_factor) for s in missing]
+            )
+            for name, code, message in _topic_errors(response):
+                if code == 0:
+                    result[name] = "created"
+                elif code == TopicAlreadyExistsError.errno:
+                    result[name] = "exists"
+                else:
+                    raise TransportError(f"Kafka refused to create {name}: {message} (code {code})")
+        return result
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
+    out = []
+    for entry in response.topic_errors:
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else None
+        out.append((name, code, message))
+    return out

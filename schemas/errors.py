@@ -1,0 +1,95 @@
+"""The one exception hierarchy shared by every Cairn package.
+
+It lives in ``schemas`` because that is the package every other one already depends on. Errors
+fall into two families that callers must treat differently: the input was wrong (the sender must
+change something; retrying the same request will fail the same way), or our infrastructure
+failed (nothing was sent; the same request may succeed later). Programming mistakes raise
+``TypeError`` / ``RuntimeError`` and never one of these.
+
+    CairnError
+    ├── InputError                 hostile or invalid input: refused, nothing changed
+    │   ├── SchemaError            the message does not match its schema (names each field)
+    │   ├── PayloadTooLarge        the body exceeds a configured limit
+    │   ├── UnsupportedMediaType   the body is not the media type the endpoint takes
+    │   ├── UnknownAgency          a sender or recipient is not in the federation
+    │   └── VerificationError      a delivered message is not what it claims (wrong inbox, ...)
+    └── InfrastructureError        a dependency failed: nothing was sent, retry later
+        └── TransportError         Kafka did not acknowledge the messages
+
+Messages never carry personal data: they name fields and limits, never the values sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CairnError",
+    "FieldProblem",
+    "InfrastructureError",
+    "InputError",
+    "PayloadTooLarge",
+    "SchemaError",
+    "TransportError",
+    "UnknownAgency",
+    "UnsupportedMediaType",
+    "VerificationError",
+]
+
+
+class CairnError(Exception):
+    """Base of every error Cairn raises on purpose; ``str()`` says what to do next."""
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One thing wrong with one field: a dotted path into the message and what is wrong."""
+
+    field: str
+    problem: str
+
+
+class InputError(CairnError):
+    """The input was refused; sending the same thing again will be refused again.
+
+    ``problems`` names each offending field, where the error is about fields.
+    """
+
+    def __init__(self, message: str, problems: tuple[FieldProblem, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class SchemaError(InputError):
+    """The message does not match its schema; ``problems`` names every bad field."""
+
+
+class PayloadTooLarge(InputError):
+    """The body is larger than the configured limit; it was not read in full."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(
+            f"the request body exceeds the limit of {limit_bytes} bytes; "
+            "split the submission or ask the operator about max_body_bytes"
+        )
+        self.limit_bytes = limit_bytes
+
+
+class UnsupportedMediaType(InputError):
+    """The body is not of a media type the endpoint accepts."""
+
+
+class UnknownAgency(InputError):
+    """An agency named in the message is not a member of the federation."""
+
+
+class VerificationError(InputError):
+    """A message failed verification; it must be quarantined, never acted on."""
+
+
+class InfrastructureError(CairnError):
+    """A dependency failed; nothing was sent and the same request may succeed later."""
+
+
+class TransportError(InfrastructureError):
+    """Kafka did not acknowledge every message of a submission, so none of them counts."""

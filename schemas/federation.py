@@ -1,0 +1,49 @@
+"""The development federation: the agencies of a local partnership and their roles."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from schemas.referral import AgencyId, Frozen, ShortText
+
+__all__ = ["Agency", "AgencyRole", "Federation"]
+
+
+class AgencyRole(StrEnum):
+    POLICE = "police"
+    NHS_SAFEGUARDING = "nhs_safeguarding"
+    IDVA = "idva"
+    CHILDRENS_SOCIAL_CARE = "childrens_social_care"
+    SCHOOL = "school"
+    HOUSING = "housing"
+    PROBATION = "probation"
+    MARAC_COORDINATOR = "marac_coordinator"
+
+
+class Agency(Frozen):
+    id: AgencyId
+    name: ShortText
+    role: AgencyRole
+
+
+class Federation(Frozen):
+    """The partnership: a name and its member agencies, each id unique."""
+
+    name: ShortText
+    agencies: tuple[Agency, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Federation:
+        ids = [a.id for a in self.agencies]
+        if len(ids) != len(set(ids)):
+            raise ValueError("agency ids must be unique")
+        return self
+
+    def get(self, agency_id: str) -> Agency | None:
+        return next((a for a in self.agencies if a.id == agency_id), None)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(a.id for a in self.agencies)
