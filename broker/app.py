@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 SETTINGS = web.AppKey("settings", Settings)
 TRANSPORT = web.AppKey("transport", Transport)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,7 +55,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     request_id = request_id[:64]
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except CairnError as exc:
@@ -87,7 +88,7 @@ async def submit_referral(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the referral as application/json")
     body = await read_body(request, settings.max_body_bytes)
-    receipt = await request.app[PIPELINE].submit(body, request_id=request["request_id"])
+    receipt = await request.app[PIPELINE].submit(body, request_id=request[REQUEST_ID])
     return web.json_response(
         receipt.model_dump(mode="json"),
         status=202,

@@ -214,7 +214,9 @@ def describe(delivery: Any) -> str:
     help="Seconds to wait for each recipient.",
 )
 def demo(sample: Path | None, timeout_s: float) -> None:
-    """Run the scripted scenario against a running Kafka: topics, broker, police sends, recipients receive.
+    """Run the scripted scenario: topics, broker, police sends, recipients receive.
+
+    Needs a running Kafka (make demo starts one).
 
     Exits 0 only if every recipient received the referral.
     """
@@ -232,7 +234,9 @@ def config() -> None:
 
 @config.command("show")
 def config_show() -> None:
-    """Print the effective configuration (environment over TOML file over defaults), secrets masked."""
+    """Print the effective configuration, secrets masked.
+
+    Environment (CAIRN_*) over TOML file over defaults."""
     from broker.config import config_file
 
     settings = _settings()

@@ -80,7 +80,7 @@ def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bo
         "CAIRN_HTTP_PORT": str(port),
         "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
     }
-    broker = subprocess.Popen(  # noqa: S603  (our own CLI, fixed argv)
+    broker = subprocess.Popen(
         [sys.executable, "-m", "broker", "serve"], env=env, stdin=subprocess.DEVNULL
     )
     try:

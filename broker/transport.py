@@ -103,6 +103,7 @@ class KafkaTransport:
             raise RuntimeError("publish() needs at least one record")
         async with self._lock:
             producer = await self._connect()
+            await self._check_topics(producer, {r.topic for r in records})
             try:
                 await asyncio.wait_for(
                     self._transaction(producer, records), self._settings.publish_timeout_s
@@ -110,9 +111,11 @@ class KafkaTransport:
             except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning("kafka.publish_failed", error=type(exc).__name__, records=len(records))
                 # A producer that failed mid-transaction cannot be trusted to be in a known
-                # state; the next one re-initialises the transactional id, which fences this
-                # one and aborts whatever it left open.
-                await self._discard()
+                # state, and left alone it would retry its commit once Kafka is back, making
+                # a submission we answered 503 visible. Kill it without flushing; the next
+                # producer re-initialises the transactional id, which fences this one and has
+                # the coordinator abort whatever it left open.
+                await self._discard(flush=False)
                 raise TransportError(
                     "Kafka did not acknowledge the submission, so nothing was sent; "
                     "retry the same submission later"
@@ -127,6 +130,35 @@ class KafkaTransport:
         except (KafkaError, OSError, TimeoutError, TransportError):
             return False
         return True
+
+    async def _check_topics(self, producer: AIOKafkaProducer, topics: set[str]) -> None:
+        """Fail fast, before any transaction begins, when a topic does not exist.
+
+        aiokafka would otherwise wait for the topic's metadata until the request timeout, and
+        auto-creation is off on purpose.
+        """
+        cluster = producer.client.cluster
+        unknown = {t for t in topics if cluster.partitions_for_topic(t) is None}
+        if not unknown:
+            return
+        for t in unknown:
+            producer.client.add_topic(t)
+        try:
+            await asyncio.wait_for(
+                producer.client.force_metadata_update(), self._settings.readiness_timeout_s
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self._discard()
+            raise TransportError(
+                "Kafka did not answer a metadata request; nothing was sent"
+            ) from exc
+        missing = sorted(t for t in unknown if cluster.partitions_for_topic(t) is None)
+        if missing:
+            log.error("kafka.topic_missing", topics=missing)
+            raise TransportError(
+                f"Kafka topic(s) {', '.join(missing)} do not exist, so nothing was sent; "
+                "an operator must run 'cairn topics create'"
+            )
 
     @staticmethod
     async def _transaction(producer: AIOKafkaProducer, records: Sequence[Record]) -> None:
@@ -158,12 +190,32 @@ class KafkaTransport:
         self._producer = producer
         return producer
 
-    async def _discard(self) -> None:
+    async def _discard(self, *, flush: bool = True) -> None:
         producer, self._producer = self._producer, None
-        if producer is not None:
-            # Bounded: with Kafka gone, stop() would otherwise retry for a long time.
-            with contextlib.suppress(Exception):
+        if producer is None:
+            return
+        if flush:
+            try:
+                # Bounded: with Kafka gone, stop() waits for pending batches indefinitely.
                 await asyncio.wait_for(producer.stop(), 5)
+                return
+            except (KafkaError, OSError, TimeoutError):
+                pass
+        await _kill(producer)
+
+
+async def _kill(producer: AIOKafkaProducer) -> None:
+    """Stop a producer without flushing: cancel its sender, close its connections.
+
+    aiokafka has no public "close now"; this is ``stop()`` minus the wait for pending batches,
+    whose futures the cancelled sender fails.
+    """
+    producer._closed = True
+    sender = producer._sender
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(sender.close(), 5)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.client.close(), 5)
 
 
 @dataclass
@@ -228,9 +280,29 @@ async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[
                     result[name] = "exists"
                 else:
                     raise TransportError(f"Kafka refused to create {name}: {message} (code {code})")
+            await _wait_for_leaders(
+                admin, [s.name for s in missing], settings.kafka_connect_timeout_s
+            )
         return result
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    """Return once every partition of the new topics has a leader, so the first produce works."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        topics = await admin.describe_topics(names)
+        if all(
+            t["error_code"] == 0
+            and t["partitions"]
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in topics
+        ):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TransportError(f"new topics had no partition leaders after {timeout_s}s")
+        await asyncio.sleep(0.1)
 
 
 def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:

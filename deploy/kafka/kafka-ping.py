@@ -23,7 +23,7 @@ def ping(host: str, port: int, timeout: float) -> int:
     header = struct.pack(
         ">hhih", METADATA_API_KEY, METADATA_VERSION, CORRELATION_ID, len(CLIENT_ID)
     )
-    # topics: empty array (not null, which would mean "all topics"); allow_auto_topic_creation: false
+    # topics: an empty array (null would mean "all topics"); allow_auto_topic_creation: false
     body = struct.pack(">i?", 0, False)
     request = header + CLIENT_ID + body
     with socket.create_connection((host, port), timeout=timeout) as sock:

@@ -1,0 +1,1 @@
+"""The Cairn broker: authenticate, validate, decide, seal and publish safeguarding referrals."""

@@ -1,0 +1,82 @@
+"""Fixtures for integration tests against the real local Apache Kafka.
+
+The session makes sure local Kafka runs (deploy/kafka/kafka-local start is idempotent). If it
+cannot, every Kafka-backed test errors: these tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from broker.app import create_app
+from broker.config import Settings
+from broker.federation import load_federation
+from broker.topics import federation_topics
+from broker.transport import KafkaTransport, create_topics
+from schemas.federation import Federation
+from tests.kafka_support import LocalKafka
+from tests.samples import FEDERATION_DIR
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> LocalKafka:
+    port = int(os.environ.get("CAIRN_KAFKA_PORT", "9092"))
+    local = LocalKafka(port)
+    if not local.answers():
+        try:
+            local.start()
+        except RuntimeError as exc:
+            pytest.fail(f"local Kafka could not start, so Kafka-backed tests cannot run: {exc}")
+    return local
+
+
+@pytest.fixture(scope="session")
+def federation() -> Federation:
+    return load_federation(FEDERATION_DIR)
+
+
+def make_settings(bootstrap: str, **overrides: object) -> Settings:
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, object] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "topic_prefix": f"t{tag}",
+        "transactional_id": f"cairn-test-{tag}",
+        "federation_dir": FEDERATION_DIR,
+        "publish_timeout_s": 8.0,
+        "kafka_connect_timeout_s": 5.0,
+        "max_body_bytes": 64_000,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def kafka_settings(kafka: LocalKafka, federation: Federation) -> Settings:
+    """Settings with a topic prefix of this test's own, its topics created."""
+    settings = make_settings(kafka.bootstrap)
+    await create_topics(settings, federation_topics(federation, settings.topic_prefix))
+    return settings
+
+
+@pytest.fixture
+async def broker_url(kafka_settings: Settings, federation: Federation) -> AsyncIterator[str]:
+    """A real broker on a loopback port, publishing to the real Kafka."""
+    app = create_app(kafka_settings, federation, KafkaTransport(kafka_settings))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await asyncio.wait_for(server.close(), 30)

@@ -1,0 +1,83 @@
+"""Helpers for tests against the real local Kafka: starting it, reading topics back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from broker.transport import Record
+from tests.samples import REPO
+
+KAFKA_LOCAL = REPO / "deploy" / "kafka" / "kafka-local"
+
+
+@dataclass
+class LocalKafka:
+    """One local Kafka broker driven through deploy/kafka/kafka-local."""
+
+    port: int
+    state_dir: Path | None = None  # None: the repo's .cairn
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self, action: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CAIRN_KAFKA_PORT": str(self.port)}
+        if self.state_dir is not None:
+            env["CAIRN_STATE_DIR"] = str(self.state_dir)
+        return subprocess.run(
+            [str(KAFKA_LOCAL), action],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+
+    def start(self) -> None:
+        result = self._run("start")
+        if result.returncode != 0:
+            raise RuntimeError(f"kafka-local start failed:\n{result.stdout}\n{result.stderr}")
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def answers(self) -> bool:
+        return self._run("status").returncode == 0
+
+
+async def read_committed(bootstrap: str, topic: str, *, timeout_s: float = 20.0) -> list[Record]:
+    """Everything a read_committed consumer sees on ``topic``, from the beginning to the end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        while any([await consumer.position(tp) < end[tp] for tp in tps]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {timeout_s}s")
+            batches = await consumer.getmany(timeout_ms=200)
+            for messages in batches.values():
+                records += [
+                    Record(m.topic, m.key, m.value, tuple(m.headers or ())) for m in messages
+                ]
+        return records
+    finally:
+        await asyncio.wait_for(consumer.stop(), 10)

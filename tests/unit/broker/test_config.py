@@ -1,0 +1,52 @@
+"""Configuration precedence: CAIRN_* environment over the TOML file over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from broker.config import Settings
+
+
+def test_defaults_suit_local_development(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With no file and no environment the broker talks to local Kafka on loopback."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAIRN_CONFIG", raising=False)
+    s = Settings()
+    assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert s.http_host == "127.0.0.1"
+    assert s.max_body_bytes == 1_048_576
+
+
+def test_environment_beats_file_beats_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A value in the TOML file overrides the default; the environment overrides both."""
+    toml = tmp_path / "cairn.toml"
+    toml.write_text('kafka_bootstrap_servers = "kafka-a:9092,kafka-b:9092"\nmax_recipients = 4\n')
+    monkeypatch.setenv("CAIRN_CONFIG", str(toml))
+    monkeypatch.setenv("CAIRN_MAX_RECIPIENTS", "7")
+    s = Settings()
+    assert s.kafka_bootstrap_servers == "kafka-a:9092,kafka-b:9092"
+    assert s.max_recipients == 7
+
+
+def test_secrets_are_masked_in_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'cairn config show' never prints a password."""
+    monkeypatch.setenv("CAIRN_KAFKA_SASL_PASSWORD", "hunter2")
+    shown = Settings().shown()
+    assert shown["kafka_sasl_password"] == "********"
+    assert "hunter2" not in repr(shown)
+
+
+def test_unknown_setting_in_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A typo in the TOML file is an error, not silently ignored."""
+    toml = tmp_path / "cairn.toml"
+    toml.write_text("max_recipeints = 4\n")
+    monkeypatch.setenv("CAIRN_CONFIG", str(toml))
+    with pytest.raises(ValidationError):
+        Settings()
