@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from broker.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from no CAIRN_* variables, whatever the shell running pytest set."""
+    for name in [n for n in os.environ if n.startswith("CAIRN_")]:
+        monkeypatch.delenv(name)
 
 
 def test_defaults_suit_local_development(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
