@@ -9,6 +9,13 @@ KAFKA  := deploy/kafka/kafka-local
 WITH_KAFKA := deploy/kafka/with-kafka
 PYTEST_ARGS ?=
 
+# The development federation's private keys are encrypted with a random passphrase kept in the
+# git-ignored state folder (unless you bring your own in CAIRN_KEY_PASSPHRASE[_FILE]).
+DEV_PASSPHRASE := $(CURDIR)/.cairn/dev-passphrase
+ifeq ($(origin CAIRN_KEY_PASSPHRASE),undefined)
+export CAIRN_KEY_PASSPHRASE_FILE ?= $(DEV_PASSPHRASE)
+endif
+
 .PHONY: help venv demo test test-unit test-integration lint bench-throughput kafka-start kafka-stop kafka-status clean
 
 help:  ## list the targets
@@ -22,7 +29,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)  ## create .venv and install the project with its dev tools
 
-demo: $(STAMP)  ## run the end-to-end demo (starts and stops local Kafka)
+$(DEV_PASSPHRASE):
+	mkdir -p $(dir $@)
+	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
+
+demo: $(STAMP) $(DEV_PASSPHRASE)  ## run the end-to-end demo (starts and stops local Kafka)
 	$(WITH_KAFKA) $(BIN)/cairn demo
 
 test: $(STAMP)  ## run the whole suite, Kafka-backed tests included (starts and stops local Kafka)

@@ -1,16 +1,22 @@
-"""The sending side of an agency adapter: submit a referral to the broker, get a receipt.
+"""The sending side of an agency adapter: sign a referral, submit it over mutual TLS, get a receipt.
 
-Problem details from the broker come back as ``SubmissionRefused`` (the input must change) or
-``TransportError`` (nothing was sent; the same submission may be retried).
+The adapter signs the referral JSON as a compact JWS with its agency's signing key (the signed
+``iat`` header is the time of this submission) and posts it as ``application/jose`` with its TLS
+client certificate. Problem details from the broker come back as ``SubmissionRefused`` (the
+input must change) or ``TransportError`` (nothing was sent; the same submission may be retried).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
+from keys import SigningKey, sign_referral
 from schemas.errors import InputError, TransportError
 from schemas.receipt import Receipt
 from schemas.referral import Referral
@@ -28,31 +34,53 @@ class SubmissionRefused(InputError):
 
 
 class ReferralClient:
-    """Submits referrals to one broker over HTTP(S)."""
+    """Submits signed referrals to one broker over HTTPS with a client certificate."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        signing_key: SigningKey | None,
+        timeout_s: float = 30.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._ssl = ssl_context
+        self._key = signing_key
+        self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ReferralClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
+        self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
 
+    def sign(self, referral: Referral | bytes) -> bytes:
+        """The referral as the compact JWS this client would send."""
+        if self._key is None:
+            raise RuntimeError("this client has no signing key")
+        payload = referral if isinstance(referral, bytes) else referral.model_dump_json().encode()
+        return sign_referral(payload, self._key, issued_at=self._clock())
+
     async def submit(self, referral: Referral | bytes) -> Receipt:
-        """Submit; return the receipt on 202, raise SubmissionRefused or TransportError."""
+        """Sign and submit; return the receipt, raise SubmissionRefused or TransportError."""
+        return await self.post_raw(self.sign(referral), content_type="application/jose")
+
+    async def post_raw(self, body: bytes, *, content_type: str) -> Receipt:
+        """Post ``body`` as it is (tests use it to send what a real adapter never would)."""
         if self._session is None:
             raise RuntimeError("use ReferralClient as 'async with'")
-        body = referral if isinstance(referral, bytes) else referral.model_dump_json().encode()
         try:
             async with self._session.post(
                 f"{self._base_url}/v1/referrals",
                 data=body,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": content_type},
             ) as response:
                 text = await response.text()
                 status = response.status
@@ -60,7 +88,7 @@ class ReferralClient:
             raise TransportError(
                 f"cannot reach the broker at {self._base_url}: {type(exc).__name__}"
             ) from exc
-        if status == 202:
+        if status in (200, 202):
             return Receipt.model_validate_json(text)
         try:
             problem = json.loads(text)

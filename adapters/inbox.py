@@ -1,9 +1,10 @@
 """The receiving side of an agency adapter: consume the agency's own delivery topic.
 
-It reads committed records only, in a consumer group, and commits a record's offset only after
-the handler has finished with it, so a crash re-delivers rather than loses (at least once;
-handlers make processing idempotent by referral id). A record that cannot be opened is copied
-to the dead-letter topic with its ids and the reason, then committed: never dropped silently,
+It reads committed records only, in a consumer group, and commits offsets only after the handler
+has finished with the records before them, so a crash re-delivers rather than loses (at least
+once; handlers make processing idempotent by referral id). Each record is decrypted and its
+broker signature verified by ``open_value``; a record that fails is copied to the dead-letter
+topic with its ids and the reason code, then committed: never dropped silently, never acted on,
 never blocking the records behind it.
 """
 
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from broker.envelope import header_map, open_record
+from broker.envelope import header_map
 from schemas.disclosure import Disclosure
 from schemas.errors import InputError, TransportError
 
@@ -39,6 +40,7 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+Opener = Callable[[bytes], Disclosure]
 
 
 class Inbox:
@@ -51,6 +53,7 @@ class Inbox:
         agency: str,
         topic: str,
         dlq_topic: str,
+        open_value: Opener,
         group_id: str | None = None,
         connect_timeout_s: float = 10.0,
     ) -> None:
@@ -58,6 +61,7 @@ class Inbox:
         self.agency = agency
         self.topic = topic
         self.dlq_topic = dlq_topic
+        self._open = open_value
         self.group_id = group_id or f"cairn-inbox-{agency}"
         self._connect_timeout_s = connect_timeout_s
         self._consumer: AIOKafkaConsumer | None = None
@@ -115,20 +119,28 @@ class Inbox:
             if time.monotonic() - last_seen > idle_timeout_s:
                 break
             batches = await consumer.getmany(timeout_ms=500, max_records=100)
-            for tp, messages in batches.items():
-                for msg in messages:
-                    await self._handle_one(msg, handler)
-                    await consumer.commit({tp: msg.offset + 1})
-                    handled += 1
-                    last_seen = time.monotonic()
+            done: dict[TopicPartition, int] = {}
+            try:
+                for tp, messages in batches.items():
+                    for msg in messages:
+                        if max_messages is not None and handled >= max_messages:
+                            break
+                        await self._handle_one(msg, handler)
+                        done[tp] = msg.offset + 1
+                        handled += 1
+                        last_seen = time.monotonic()
+            finally:
+                # One commit per batch, covering exactly the records already handled.
+                if done:
+                    await consumer.commit(done)
         return handled
 
     async def _handle_one(self, msg: Any, handler: Handler) -> None:
-        headers = header_map(tuple(msg.headers or ()))
+        headers = header_map(msg.headers or ())
         try:
-            disclosure = open_record(msg.value, recipient=self.agency)
+            disclosure = self._open(msg.value)
         except InputError as exc:
-            await self._quarantine(msg, headers, type(exc).__name__)
+            await self._quarantine(msg, headers, str(getattr(exc, "reason", type(exc).__name__)))
             return
         await handler(Delivery(disclosure, msg.topic, msg.partition, msg.offset, headers))
 

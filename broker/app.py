@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -18,8 +20,17 @@ from aiohttp import web
 from broker.config import Settings
 from broker.ingest import Pipeline
 from broker.problems import http_problem, problem_for, problem_response
+from broker.replay import ReplayStore
 from broker.transport import Transport
-from schemas.errors import CairnError, PayloadTooLarge, UnsupportedMediaType
+from broker.trust import TrustStore
+from keys import peer_agency
+from keys.errors import VerificationError as KeyVerificationError
+from schemas.errors import (
+    AuthenticationError,
+    CairnError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from schemas.federation import Federation
 
 __all__ = ["create_app", "read_body", "serve"]
@@ -30,6 +41,8 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 SETTINGS = web.AppKey("settings", Settings)
 TRANSPORT = web.AppKey("transport", Transport)
 REQUEST_ID = web.RequestKey("request_id", str)
+TLS_AGENCY = web.RequestKey("tls_agency", str)
+JOSE = "application/jose"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -60,7 +73,14 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         response = await handler(request)
     except CairnError as exc:
         status, body = problem_for(exc)
-        log.info("request.refused", status=status, problem=body["type"], path=request.path)
+        log.info(
+            "request.refused",
+            status=status,
+            problem=body["type"],
+            reason=body.get("reason"),
+            path=request.path,
+            tls_agency=request.get(TLS_AGENCY),
+        )
         response = problem_response(status, body, request_id=request_id)
         if isinstance(exc, PayloadTooLarge):
             # The rest of the body was never read; the connection cannot be reused.
@@ -83,15 +103,37 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
+def tls_agency(request: web.Request) -> str:
+    """The agency named by the verified client certificate of this request's connection."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if ssl_object is None:
+        raise AuthenticationError("the broker only accepts submissions over mutual TLS")
+    try:
+        agency = peer_agency(ssl_object)
+    except KeyVerificationError as exc:
+        raise AuthenticationError(
+            f"the client certificate does not identify an agency: {exc}"
+        ) from None
+    request[TLS_AGENCY] = agency
+    return agency
+
+
 async def submit_referral(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("send the referral as application/json")
+    sender = tls_agency(request)
+    if request.content_type != JOSE:
+        raise UnsupportedMediaType(
+            "send the referral signed, as a compact JWS with Content-Type application/jose; "
+            "an unsigned referral is never accepted"
+        )
     body = await read_body(request, settings.max_body_bytes)
-    receipt = await request.app[PIPELINE].submit(body, request_id=request[REQUEST_ID])
+    outcome = await request.app[PIPELINE].submit(
+        body, sender=sender, request_id=request[REQUEST_ID]
+    )
+    receipt = outcome.receipt
     return web.json_response(
         receipt.model_dump(mode="json"),
-        status=202,
+        status=200 if outcome.replayed else 202,
         headers={"Location": f"/v1/referrals/{receipt.referral_id}"},
     )
 
@@ -101,19 +143,38 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if await request.app[TRANSPORT].ready():
-        return web.json_response({"status": "ready", "kafka": "reachable"})
-    return web.json_response({"status": "not ready", "kafka": "unreachable"}, status=503)
+    kafka = await request.app[TRANSPORT].ready()
+    try:
+        request.app[PIPELINE].trust.registry()
+        registry = True
+    except CairnError:
+        registry = False
+    body = {
+        "status": "ready" if kafka and registry else "not ready",
+        "kafka": "reachable" if kafka else "unreachable",
+        "registry": "trusted" if registry else "untrusted",
+    }
+    return web.json_response(body, status=200 if kafka and registry else 503)
 
 
-def create_app(settings: Settings, federation: Federation, transport: Transport) -> web.Application:
+def create_app(
+    settings: Settings,
+    federation: Federation,
+    transport: Transport,
+    trust: TrustStore,
+    *,
+    replay: ReplayStore | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> web.Application:
     """The broker application; the transport is started and stopped with the app."""
     app = web.Application(
         middlewares=[problems_middleware], client_max_size=settings.max_body_bytes
     )
     app[SETTINGS] = settings
     app[TRANSPORT] = transport
-    app[PIPELINE] = Pipeline(settings, federation, transport)
+    if replay is None:
+        replay = ReplayStore(settings.state_dir / "broker" / "replay.sqlite")
+    app[PIPELINE] = Pipeline(settings, federation, transport, trust, replay, clock)
     app.router.add_post("/v1/referrals", submit_referral)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -123,6 +184,7 @@ def create_app(settings: Settings, federation: Federation, transport: Transport)
         yield
         # Runs after in-flight requests have drained: flush and close the producer.
         await transport.stop()
+        replay.close()
         log.info("broker.stopped")
 
     app.cleanup_ctx.append(transport_lifecycle)
@@ -130,12 +192,16 @@ def create_app(settings: Settings, federation: Federation, transport: Transport)
 
 
 async def serve(
-    app: web.Application, settings: Settings, *, started: asyncio.Event | None = None
+    app: web.Application,
+    settings: Settings,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    started: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight requests and flush the producer."""
     runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=ssl_context)
     await site.start()
     log.info("broker.listening", host=settings.http_host, port=settings.http_port)
     stop = asyncio.Event()

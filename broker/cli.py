@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,27 +44,59 @@ def _logging(settings: Settings) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cairn")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Cairn: a secure exchange for domestic-abuse safeguarding referrals.
 
     Configuration comes from CAIRN_* environment variables over a TOML file ($CAIRN_CONFIG or
     ./cairn.toml) over defaults; see 'cairn config show'.
     """
 
+    def client_factory(agency: str, url: str) -> Any:
+        from adapters.agency import client_for
+
+        return client_for(_settings(), agency, url)
+
+    # The police and NHS import commands submit through the agency's own signing client.
+    ctx.obj = {"client_factory": client_factory}
+    # Log lines go to stderr, so that stdout carries only a command's output.
+    from broker.logs import configure_logging
+
+    configure_logging(
+        os.environ.get("CAIRN_LOG_FORMAT", "auto"), os.environ.get("CAIRN_LOG_LEVEL", "info")
+    )
+
 
 @cli.command()
 def serve() -> None:
-    """Run the broker: HTTP ingest in, Kafka out, until SIGTERM (drains, then flushes)."""
+    """Run the broker over mutual TLS until SIGTERM (then it drains and flushes).
+
+    Needs the federation's keys ('cairn keys init') and the key passphrase in
+    CAIRN_KEY_PASSPHRASE or CAIRN_KEY_PASSPHRASE_FILE.
+    """
     from broker.app import create_app
     from broker.app import serve as serve_app
     from broker.federation import load_federation
     from broker.transport import KafkaTransport
+    from broker.trust import TrustStore
+    from keys import FileStore, passphrase_from_env, server_context
 
     settings = _settings()
     _logging(settings)
-    federation = _run(_load(load_federation, settings.federation_dir))
-    app = create_app(settings, federation, KafkaTransport(settings))
-    _run(serve_app(app, settings))
+
+    async def main() -> None:
+        federation = load_federation(settings.federation_dir)
+        store = FileStore(settings.keys_path)
+        passphrase = passphrase_from_env()
+        trust = TrustStore(
+            store, passphrase, root_kid=settings.registry_root_kid, clock=lambda: datetime.now(UTC)
+        )
+        trust.registry()  # refuse to start on an untrusted registry
+        trust.signing_key()
+        app = create_app(settings, federation, KafkaTransport(settings), trust)
+        await serve_app(app, settings, server_context(store, passphrase))
+
+    _run(main())
 
 
 async def _load(fn: Callable[[Path], T], path: Path) -> T:
@@ -95,7 +129,7 @@ def topics_create() -> None:
 @click.option("--broker", "broker_url", help="Broker base URL [default: from config].")
 def send(file: Path, agency: str, broker_url: str | None) -> None:
     """Submit the referral in FILE (JSON) as AGENCY and print the receipt."""
-    from adapters.client import ReferralClient
+    from adapters.agency import client_for
     from schemas.decode import decode
     from schemas.referral import Referral
 
@@ -111,10 +145,10 @@ def send(file: Path, agency: str, broker_url: str | None) -> None:
             f"{file} names '{referral.header.sender_agency}' as sender, but you are sending as "
             f"'{agency}'"
         )
-    url = broker_url or f"http://{settings.http_host}:{settings.http_port}"
+    url = broker_url or default_broker_url(settings)
 
     async def go() -> str:
-        async with ReferralClient(url) as client:
+        async with client_for(settings, agency, url) as client:
             receipt = await client.submit(referral)
         return receipt.model_dump_json(indent=2)
 
@@ -123,6 +157,11 @@ def send(file: Path, agency: str, broker_url: str | None) -> None:
     except CairnError as exc:
         _print_problems(exc)
         raise click.ClickException(str(exc)) from None
+
+
+def default_broker_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host  # noqa: S104
+    return f"https://{host}:{settings.http_port}"
 
 
 def _print_problems(exc: CairnError) -> None:
@@ -152,34 +191,47 @@ def _print_problems(exc: CairnError) -> None:
     show_default=True,
     help="Stop after this many seconds in all.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print each disclosure as one JSON line.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "fhir"]),
+    default="text",
+    show_default=True,
+    help="text: a summary line; json: the disclosure; fhir: an HL7 FHIR R4 Bundle (NHS systems).",
+)
 def inbox(
-    agency: str, max_messages: int | None, idle_s: float, timeout_s: float, as_json: bool
+    agency: str,
+    max_messages: int | None,
+    idle_s: float,
+    timeout_s: float,
+    as_json: bool,
+    fmt: str,
 ) -> None:
     """Consume AGENCY's delivery topic and print each disclosure received."""
-    from adapters.inbox import Delivery, Inbox
+    from adapters.agency import inbox_for
+    from adapters.inbox import Delivery
     from broker.federation import load_federation
-    from broker.topics import delivery_topic
-    from broker.transport import kafka_options
 
     settings = _settings()
     federation = _run(_load(load_federation, settings.federation_dir))
     if federation.get(agency) is None:
         raise click.ClickException(f"'{agency}' is not an agency of {federation.name}")
 
+    fmt = "json" if as_json else fmt
+
     async def show(delivery: Delivery) -> None:
-        if as_json:
+        if fmt == "json":
             click.echo(delivery.disclosure.model_dump_json())
+        elif fmt == "fhir":
+            from adapters.nhs import disclosure_to_bundle
+
+            click.echo(json.dumps(disclosure_to_bundle(delivery.disclosure)))
         else:
             click.echo(describe(delivery))
 
     async def go() -> int:
-        async with Inbox(
-            kafka_options(settings),
-            agency=agency,
-            topic=delivery_topic(settings.topic_prefix, agency),
-            dlq_topic=f"{settings.topic_prefix}.dlq",
-        ) as box:
+        async with inbox_for(settings, agency) as box:
             return await box.drain(
                 show, max_messages=max_messages, idle_timeout_s=idle_s, total_timeout_s=timeout_s
             )
@@ -221,8 +273,10 @@ def demo(sample: Path | None, timeout_s: float) -> None:
     Exits 0 only if every recipient received the referral.
     """
     from broker.demo import run_demo
+    from broker.logs import configure_logging
 
     settings = _settings()
+    configure_logging(settings.log_format, os.environ.get("CAIRN_LOG_LEVEL", "warning"))
     ok = run_demo(settings, sample=sample, timeout_s=timeout_s)
     sys.exit(0 if ok else 1)
 
@@ -243,6 +297,19 @@ def config_show() -> None:
     path = config_file()
     click.echo(f"# config file: {path if path else '(none)'}")
     click.echo(json.dumps(settings.shown(), indent=2))
+
+
+def _attach() -> None:
+    from adapters.nhs.cli import nhs
+    from adapters.police.cli import police
+    from keys.cli import keys
+    from schemas.cli import schemas
+
+    for group in (keys, nhs, police, schemas):
+        cli.add_command(group)
+
+
+_attach()
 
 
 @wraps(cli)

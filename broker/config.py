@@ -63,8 +63,16 @@ class Settings(BaseSettings):
 
     # HTTP
     http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_port: int = Field(default=8443, ge=0, le=65535)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)  # seconds to drain on SIGTERM
+
+    # Signatures and replay
+    max_signature_age_s: int = Field(default=300, ge=1)  # seconds a signed referral stays usable
+    max_clock_skew_s: int = Field(default=60, ge=0)  # seconds a sender's clock may run ahead
+    replay_window_s: int = Field(default=30 * 86400, ge=1)  # seconds referral ids are remembered
+    registry_root_kid: str | None = Field(
+        default=None, description="Pin the federation root key by kid (recommended in production)"
+    )
 
     # Limits
     max_body_bytes: int = Field(default=1_048_576, gt=0)  # bytes per submission
@@ -72,6 +80,9 @@ class Settings(BaseSettings):
 
     # Files
     state_dir: Path = REPO_ROOT / ".cairn"
+    key_dir: Path | None = Field(
+        default=None, description="Key store folder [default: <state_dir>/keys]"
+    )
     federation_dir: Path = REPO_ROOT / "deploy" / "federation"
 
     # Logging
@@ -92,6 +103,10 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @property
+    def keys_path(self) -> Path:
+        return self.key_dir if self.key_dir is not None else self.state_dir / "keys"
 
     def shown(self) -> dict[str, Any]:
         """The effective settings as plain values, secrets masked, for ``cairn config show``."""

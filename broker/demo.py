@@ -1,8 +1,9 @@
 """The scripted demo: a police referral reaches two partner agencies through the real broker.
 
-Steps: create the topics, start ``cairn serve`` as its own process, submit the sample referral
-as the police adapter would, have each recipient's inbox consume its topic, print what each got,
-stop the broker with SIGTERM. Kafka itself is started and stopped by ``make demo``.
+Steps: create the development federation's keys if there are none, create the topics, start
+``cairn serve`` as its own process (mutual TLS), submit the sample referral signed as the police
+adapter would, have each recipient's inbox decrypt and verify what it consumes, print what each
+got, stop the broker with SIGTERM. Kafka itself is started and stopped by ``make demo``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from typing import Any
 import aiohttp
 import click
 
-from adapters.client import ReferralClient
-from adapters.inbox import Delivery, Inbox
+from adapters.agency import client_for, inbox_for
+from adapters.inbox import Delivery
 from broker.config import Settings
 from broker.federation import load_federation
-from broker.topics import delivery_topic, federation_topics
-from broker.transport import create_topics, kafka_options
+from broker.topics import federation_topics
+from broker.transport import create_topics
+from keys import FileStore, init_federation, passphrase_from_env
 from schemas.errors import CairnError
+from schemas.federation import Federation
 from schemas.referral import Referral
 
 __all__ = ["fresh_copy", "run_demo"]
@@ -63,6 +66,8 @@ def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bo
     referral = fresh_copy(json.loads(path.read_text(encoding="utf-8")))
     header = referral.header
 
+    _ensure_keys(settings, federation)
+
     _step(f"creating topics on {settings.kafka_bootstrap_servers}")
     specs = federation_topics(federation, settings.topic_prefix)
     result = asyncio.run(create_topics(settings, specs))
@@ -72,7 +77,7 @@ def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bo
     )
 
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"
     _step(f"starting the broker on {url}")
     env = {
         **os.environ,
@@ -84,7 +89,7 @@ def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bo
         [sys.executable, "-m", "broker", "serve"], env=env, stdin=subprocess.DEVNULL
     )
     try:
-        if not asyncio.run(_wait_ready(url, broker, timeout_s=30.0)):
+        if not asyncio.run(_wait_ready(settings, url, broker, timeout_s=30.0)):
             click.secho("    the broker did not become ready", fg="red")
             return False
         click.echo("    ready")
@@ -94,7 +99,7 @@ def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bo
             f"({header.purpose.value}) to {', '.join(header.recipients)}"
         )
         try:
-            receipt = asyncio.run(_submit(url, referral))
+            receipt = asyncio.run(_submit(settings, url, referral))
         except CairnError as exc:
             click.secho(f"    refused: {exc}", fg="red")
             return False
@@ -134,9 +139,31 @@ def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bo
     return ok
 
 
-async def _wait_ready(url: str, process: subprocess.Popen[bytes], *, timeout_s: float) -> bool:
+def _ensure_keys(settings: Settings, federation: Federation) -> None:
+    store = FileStore(settings.keys_path)
+    if not store.is_empty():
+        _step(f"using the federation keys in {store.root}")
+        return
+    _step(f"creating the development federation's keys in {store.root}")
+    registry = init_federation(store, federation, passphrase_from_env(), now=datetime.now(UTC))
+    click.echo(
+        f"    root key, CA, broker and auditor keys, {len(federation.agencies)} agencies "
+        f"(signing key, encryption key, TLS client certificate each); "
+        f"registry serial {registry.serial}"
+    )
+
+
+async def _wait_ready(
+    settings: Settings, url: str, process: subprocess.Popen[bytes], *, timeout_s: float
+) -> bool:
+    """Poll /readyz over mutual TLS (as the police adapter) until the broker is ready."""
+    from keys import client_context
+
+    context = client_context(FileStore(settings.keys_path), "kelder-police", passphrase_from_env())
     deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=3), connector=aiohttp.TCPConnector(ssl=context)
+    ) as session:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 return False
@@ -150,8 +177,8 @@ async def _wait_ready(url: str, process: subprocess.Popen[bytes], *, timeout_s: 
     return False
 
 
-async def _submit(url: str, referral: Referral) -> Any:
-    async with ReferralClient(url) as client:
+async def _submit(settings: Settings, url: str, referral: Referral) -> Any:
+    async with client_for(settings, referral.header.sender_agency, url) as client:
         return await client.submit(referral)
 
 
@@ -166,12 +193,7 @@ async def _receive_all(settings: Settings, header: Any, timeout_s: float) -> dic
             if delivery.disclosure.referral_id == header.referral_id:
                 received[agency] = True
 
-        async with Inbox(
-            kafka_options(settings),
-            agency=agency,
-            topic=delivery_topic(settings.topic_prefix, agency),
-            dlq_topic=f"{settings.topic_prefix}.dlq",
-        ) as box:
+        async with inbox_for(settings, agency) as box:
             deadline = time.monotonic() + timeout_s
             while agency not in received and time.monotonic() < deadline:
                 await box.drain(

@@ -1,15 +1,20 @@
 """Sealing a disclosure into a Kafka record for one recipient, and opening it again.
 
-Pure: no I/O. In this first version the record carries the disclosure as JSON; signing (JWS) and
-encryption to the recipient's key (JWE) replace the body of ``seal`` and ``open_record`` without
-changing their shape. Headers and keys carry ids and codes only, never personal data.
+Pure: no I/O. The record's value is a compact JWE, encrypted to the recipient's active X25519
+key, of a JWS the broker signed over the disclosure JSON (keys.seal_disclosure). Kafka therefore
+never holds a readable disclosure. The key and headers carry ids and codes only, never personal
+data, so they can route, correlate and audit without opening anything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+
 from broker.policy import Decision
 from broker.topics import delivery_topic
 from broker.transport import Record
+from keys import DecryptionKey, Registry, SigningKey, open_disclosure, seal_disclosure
 from schemas.decode import decode
 from schemas.disclosure import Disclosure
 from schemas.errors import VerificationError
@@ -17,10 +22,19 @@ from schemas.referral import Referral
 
 __all__ = ["CONTENT_TYPE", "header_map", "open_record", "seal"]
 
-CONTENT_TYPE = b"application/vnd.cairn.disclosure+json"
+CONTENT_TYPE = b"application/jose"  # RFC 7516 compact serialisation
 
 
-def seal(referral: Referral, decision: Decision, *, topic_prefix: str, request_id: str) -> Record:
+def seal(
+    referral: Referral,
+    decision: Decision,
+    *,
+    topic_prefix: str,
+    request_id: str,
+    broker_key: SigningKey,
+    registry: Registry,
+    now: datetime,
+) -> Record:
     """The record that delivers ``referral`` to ``decision.recipient``, keyed by referral id."""
     if not decision.allowed:
         raise RuntimeError("seal() called for a refused recipient")
@@ -32,10 +46,17 @@ def seal(referral: Referral, decision: Decision, *, topic_prefix: str, request_i
         purpose=header.purpose,
         referral=referral,
     )
+    sealed = seal_disclosure(
+        disclosure.model_dump_json().encode(),
+        broker_key,
+        registry,
+        recipient=decision.recipient,
+        now=now,
+    )
     return Record(
         topic=delivery_topic(topic_prefix, decision.recipient),
         key=str(header.referral_id).encode(),
-        value=disclosure.model_dump_json().encode(),
+        value=sealed,
         headers=(
             ("cairn-referral-id", str(header.referral_id).encode()),
             ("cairn-sender", header.sender_agency.encode()),
@@ -48,13 +69,23 @@ def seal(referral: Referral, decision: Decision, *, topic_prefix: str, request_i
     )
 
 
-def header_map(headers: tuple[tuple[str, bytes], ...]) -> dict[str, str]:
+def header_map(headers: Iterable[tuple[str, bytes]]) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in headers}
 
 
-def open_record(value: bytes, *, recipient: str) -> Disclosure:
-    """Turn a delivered record's value back into the disclosure; refuse one meant for another."""
-    disclosure = decode(Disclosure, value)
+def open_record(
+    value: bytes,
+    *,
+    recipient: str,
+    keys: Iterable[DecryptionKey],
+    registry: Registry,
+    now: datetime,
+) -> Disclosure:
+    """Decrypt and verify a delivered record; refuse one that is not a disclosure for us."""
+    # 1. Decrypt with one of our keys and verify the broker's signature (keys.open_disclosure).
+    payload = open_disclosure(value, keys, registry, recipient=recipient, now=now)
+    # 2. The signed content must be a valid disclosure addressed to us.
+    disclosure = decode(Disclosure, payload)
     if disclosure.recipient_agency != recipient:
         raise VerificationError(
             "a disclosure addressed to another agency reached this inbox; quarantined"

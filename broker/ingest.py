@@ -1,29 +1,42 @@
-"""The ingest pipeline: validate → decide → seal → publish, one submission at a time.
+"""The ingest pipeline: authenticate → validate → replay check → decide → seal → publish.
 
-Each stage is a separate function so that later capabilities (sender authentication, sharing
-agreements, encryption, audit) replace one stage without touching the others. A submission is
-accepted only when every record it produced has been committed to Kafka.
+Each stage is a separate step so that later capabilities (sharing agreements, audit) replace one
+stage without touching the others. A submission is accepted only when every record it produced
+has been committed to Kafka; only then is its referral id remembered as used.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import structlog
 
 from broker.config import Settings
 from broker.envelope import seal
 from broker.policy import decide
+from broker.replay import ReplayStore
 from broker.transport import Transport
+from broker.trust import TrustStore
+from keys import Registry, verify_referral
+from keys import VerificationError as KeyVerificationError
 from schemas.decode import decode
+from schemas.errors import ReplayError, SenderMismatch, UnknownSender
 from schemas.federation import Federation
 from schemas.receipt import Receipt, RecipientReceipt, RecipientStatus
 from schemas.referral import Referral
 
-__all__ = ["Pipeline"]
+__all__ = ["Outcome", "Pipeline"]
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    receipt: Receipt
+    replayed: bool  # True: an earlier identical submission's receipt; nothing was sent now
 
 
 @dataclass
@@ -31,31 +44,109 @@ class Pipeline:
     settings: Settings
     federation: Federation
     transport: Transport
+    trust: TrustStore
+    replay: ReplayStore
+    clock: Callable[[], datetime]
 
-    async def submit(self, body: bytes, *, request_id: str) -> Receipt:
-        """Run every stage for one submission; raise a CairnError if any stage refuses."""
-        referral = decode(Referral, body)  # 1 validate
+    async def submit(self, body: bytes, *, sender: str, request_id: str) -> Outcome:
+        """Run every stage for one signed submission from the TLS-authenticated ``sender``."""
+        now = self.clock()
+        # 1 authenticate: the TLS identity is a member, and it signed this referral recently.
+        registry = self.trust.registry()
+        if registry.member(sender) is None:
+            raise UnknownSender(f"'{sender}' is not a member of the federation registry")
+        payload = verify_referral(
+            body,
+            registry,
+            sender=sender,
+            now=now,
+            max_bytes=self.settings.max_body_bytes,
+            max_age=timedelta(seconds=self.settings.max_signature_age_s),
+            clock_skew=timedelta(seconds=self.settings.max_clock_skew_s),
+        )
+        # 2 validate: a well-formed referral whose named sender is the authenticated one.
+        referral = decode(Referral, payload)
         header = referral.header
-        structlog.contextvars.bind_contextvars(referral_id=str(header.referral_id))
-        decisions = decide(  # 2 decide
-            referral, self.federation, max_recipients=self.settings.max_recipients
+        referral_id = str(header.referral_id)
+        structlog.contextvars.bind_contextvars(referral_id=referral_id)
+        if header.sender_agency != sender:
+            raise SenderMismatch(
+                f"the referral names '{header.sender_agency}' as sender but was sent and "
+                f"signed by '{sender}'"
+            )
+        # 3 replay: the id is single-use; an identical resubmission gets its first receipt.
+        digest = hashlib.sha256(payload).hexdigest()
+        async with self.replay.lock(referral_id):
+            try:
+                seen = self.replay.lookup(referral_id)
+                if seen is not None:
+                    if seen.digest != digest:
+                        raise ReplayError(
+                            f"referral id {referral_id} was already used for a different "
+                            "referral; give a new referral a new id"
+                        )
+                    log.info("referral.replayed")
+                    return Outcome(Receipt.model_validate_json(seen.receipt), replayed=True)
+                receipt = await self._deliver(referral, registry, request_id, now)
+                self.replay.remember(referral_id, digest, receipt.model_dump_json(), now)
+                return Outcome(receipt, replayed=False)
+            finally:
+                self.replay.release(referral_id)
+
+    async def _deliver(
+        self, referral: Referral, registry: Registry, request_id: str, now: datetime
+    ) -> Receipt:
+        header = referral.header
+        # 4 decide
+        decisions = decide(
+            referral,
+            self.federation,
+            max_recipients=self.settings.max_recipients,
+            can_receive=lambda agency: _can_receive(registry, agency, now),
         )
         allowed = [d for d in decisions if d.allowed]
-        records = [  # 3 seal
-            seal(referral, d, topic_prefix=self.settings.topic_prefix, request_id=request_id)
+        # 5 seal: sign with the broker's key, encrypt to each recipient's key.
+        broker_key = self.trust.signing_key()
+        records = [
+            seal(
+                referral,
+                d,
+                topic_prefix=self.settings.topic_prefix,
+                request_id=request_id,
+                broker_key=broker_key,
+                registry=registry,
+                now=now,
+            )
             for d in allowed
         ]
-        await self.transport.publish(records)  # 4 publish: all committed, or TransportError
+        # 6 publish: every record committed in one transaction, or TransportError.
+        if records:
+            await self.transport.publish(records)
         log.info(
             "referral.accepted",
             sender=header.sender_agency,
             purpose=header.purpose.value,
             recipients=[d.recipient for d in allowed],
+            refused=[d.recipient for d in decisions if not d.allowed],
         )
         return Receipt(
             referral_id=header.referral_id,
-            accepted_at=datetime.now(UTC),
+            accepted_at=now,
             recipients=tuple(
-                RecipientReceipt(agency=d.recipient, status=RecipientStatus.QUEUED) for d in allowed
+                RecipientReceipt(
+                    agency=d.recipient,
+                    status=RecipientStatus.QUEUED if d.allowed else RecipientStatus.REFUSED,
+                    reasons=d.reasons,
+                )
+                for d in decisions
             ),
         )
+
+
+def _can_receive(registry: Registry, agency: str, now: datetime) -> bool:
+    """True if the registry has an encryption key for ``agency`` that we may use now."""
+    try:
+        registry.encryption_key(agency, now=now)
+    except KeyVerificationError:
+        return False
+    return True

@@ -70,7 +70,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
-    numeric = getattr(logging, level.upper())
+    numeric = getattr(logging, level.upper(), logging.INFO)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

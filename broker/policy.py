@@ -1,12 +1,14 @@
 """Deciding, per intended recipient, whether and what it may receive.
 
-Pure: no I/O. This first version checks only that every party is a member of the federation and
-allows each named recipient the whole referral; sharing agreements (consent, lawful basis,
-need-to-know) replace the body of ``decide`` without changing its shape.
+Pure: no I/O. This version checks that every party is a member of the federation and that each
+recipient can receive (it has an encryption key the registry lets us use now); it allows each
+such recipient the whole referral. Sharing agreements (consent, lawful basis, need-to-know)
+replace the body of ``decide`` without changing its shape.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.errors import FieldProblem, SchemaError, UnknownAgency
@@ -23,7 +25,13 @@ class Decision:
     reasons: tuple[str, ...]  # rule ids and codes only, never personal data
 
 
-def decide(referral: Referral, federation: Federation, *, max_recipients: int) -> list[Decision]:
+def decide(
+    referral: Referral,
+    federation: Federation,
+    *,
+    max_recipients: int,
+    can_receive: Callable[[str], bool] = lambda _agency: True,
+) -> list[Decision]:
     """One decision per intended recipient, in the order the sender named them."""
     header = referral.header
     if len(header.recipients) > max_recipients:
@@ -48,4 +56,9 @@ def decide(referral: Referral, federation: Federation, *, max_recipients: int) -
             "the referral names agencies that cannot take part; fix the named fields",
             tuple(problems),
         )
-    return [Decision(r, allowed=True, reasons=("federation-member",)) for r in header.recipients]
+    return [
+        Decision(r, allowed=True, reasons=("federation-member",))
+        if can_receive(r)
+        else Decision(r, allowed=False, reasons=("no-usable-encryption-key",))
+        for r in header.recipients
+    ]

@@ -1,7 +1,8 @@
 """RFC 9457 problem details: the one place where errors become HTTP responses.
 
-Each error class has a stable ``type`` URI an integrator can switch on, a status and a title. The
-``detail`` is the error's own message, which names fields and limits but never values sent.
+Each error has a stable ``type`` URI an integrator can switch on, a status and a title. The
+``detail`` is the error's own message, which names fields, limits and codes but never values
+sent. Verification failures from ``keys`` carry a reason code, and each reason has its own type.
 """
 
 from __future__ import annotations
@@ -11,19 +12,26 @@ from typing import Any
 
 from aiohttp import web
 
+from keys.errors import Reason
+from keys.errors import VerificationError as KeyVerificationError
 from schemas.errors import (
+    AuthenticationError,
     CairnError,
     InfrastructureError,
     InputError,
     PayloadTooLarge,
+    RegistryUntrusted,
+    ReplayError,
     SchemaError,
+    SenderMismatch,
     TransportError,
     UnknownAgency,
+    UnknownSender,
     UnsupportedMediaType,
     VerificationError,
 )
 
-__all__ = ["PROBLEM_TYPES", "http_problem", "problem_for", "problem_response"]
+__all__ = ["PROBLEM_TYPES", "REASON_TYPES", "http_problem", "problem_for", "problem_response"]
 
 MEDIA_TYPE = "application/problem+json"
 
@@ -31,13 +39,42 @@ MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPES: tuple[tuple[type[CairnError], int, str, str], ...] = (
     (PayloadTooLarge, 413, "payload-too-large", "Request body too large"),
     (UnsupportedMediaType, 415, "unsupported-media-type", "Unsupported media type"),
+    (UnknownSender, 403, "unknown-sender", "The sending agency is not in the registry"),
+    (SenderMismatch, 403, "sender-mismatch", "Sender does not match the TLS identity"),
+    (AuthenticationError, 403, "unauthenticated", "The sender is not authenticated"),
+    (ReplayError, 409, "replay-conflict", "Referral id already used for another referral"),
     (UnknownAgency, 422, "unknown-agency", "Agency not in the federation"),
     (SchemaError, 422, "invalid-referral", "The referral is not valid"),
-    (VerificationError, 422, "verification-failed", "Verification failed"),
+    (VerificationError, 403, "verification-failed", "Verification failed"),
     (InputError, 400, "bad-request", "Bad request"),
     (TransportError, 503, "kafka-unavailable", "Delivery is unavailable; nothing was sent"),
+    (RegistryUntrusted, 503, "registry-untrusted", "The federation registry is not trusted"),
     (InfrastructureError, 503, "unavailable", "Service unavailable; nothing was sent"),
 )
+
+# A keys.VerificationError's reason picks its own problem type: (status, slug, title).
+REASON_TYPES: dict[Reason, tuple[int, str, str]] = {
+    Reason.UNSIGNED: (403, "unsigned-referral", "The referral is not signed"),
+    Reason.MALFORMED: (400, "malformed-signature", "The signed referral is not a valid JWS"),
+    Reason.TOO_LARGE: (413, "payload-too-large", "Request body too large"),
+    Reason.ALGORITHM: (403, "algorithm-not-allowed", "Signature algorithm not allowed"),
+    Reason.WRONG_TYPE: (403, "wrong-token-type", "The token is not a signed referral"),
+    Reason.BAD_SIGNATURE: (403, "bad-signature", "The signature does not verify"),
+    Reason.UNKNOWN_KEY: (403, "unknown-key", "The signing key is not in the registry"),
+    Reason.WRONG_SIGNER: (403, "wrong-signer", "Signed by another agency's key"),
+    Reason.WRONG_USE: (403, "wrong-key-use", "The key is not a signing key"),
+    Reason.KEY_REVOKED: (403, "key-revoked", "The signing key is revoked"),
+    Reason.KEY_EXPIRED: (403, "key-expired", "The signing key has expired"),
+    Reason.KEY_RETIRED: (403, "key-expired", "The signing key has expired"),
+    Reason.KEY_NOT_YET_VALID: (403, "key-not-yet-valid", "The signing key is not yet valid"),
+    Reason.NO_IAT: (403, "signature-time-invalid", "The signature time is missing or invalid"),
+    Reason.IAT_TOO_OLD: (403, "signature-time-invalid", "The signature time is missing or invalid"),
+    Reason.IAT_IN_FUTURE: (
+        403,
+        "signature-time-invalid",
+        "The signature time is missing or invalid",
+    ),
+}
 
 
 def _type_uri(slug: str) -> str:
@@ -45,19 +82,29 @@ def _type_uri(slug: str) -> str:
 
 
 def problem_for(exc: CairnError) -> tuple[int, dict[str, Any]]:
+    """Status and problem body for ``exc``."""
+    if isinstance(exc, KeyVerificationError) and exc.reason in REASON_TYPES:
+        status, slug, title = REASON_TYPES[exc.reason]
+        body = _body(status, slug, title, exc)
+        body["reason"] = exc.reason.value
+        return status, body
     for cls, status, slug, title in PROBLEM_TYPES:
         if isinstance(exc, cls):
-            body: dict[str, Any] = {
-                "type": _type_uri(slug),
-                "title": title,
-                "status": status,
-                "detail": str(exc),
-            }
-            problems = getattr(exc, "problems", ())
-            if problems:
-                body["errors"] = [{"field": p.field, "problem": p.problem} for p in problems]
-            return status, body
+            return status, _body(status, slug, title, exc)
     raise RuntimeError(f"no problem type is mapped for {type(exc).__name__}")
+
+
+def _body(status: int, slug: str, title: str, exc: CairnError) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": _type_uri(slug),
+        "title": title,
+        "status": status,
+        "detail": str(exc),
+    }
+    problems = getattr(exc, "problems", ())
+    if problems:
+        body["errors"] = [{"field": p.field, "problem": p.problem} for p in problems]
+    return body
 
 
 def problem_response(

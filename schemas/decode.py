@@ -7,18 +7,29 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from schemas.errors import FieldProblem, SchemaError
+from schemas.fields import INCONSISTENT
 
 __all__ = ["decode", "field_problems"]
 
 M = TypeVar("M", bound=BaseModel)
+
+# pydantic prefixes the messages of ValueError / AssertionError raised in validators; the
+# integrator needs only the sentence after it.
+_PREFIXES = ("Value error, ", "Assertion failed, ")
 
 
 def field_problems(exc: ValidationError) -> tuple[FieldProblem, ...]:
     """Name each bad field by its dotted path and say what is wrong, never echoing the value."""
     problems = []
     for err in exc.errors(include_input=False, include_url=False):
-        path = ".".join(str(p) for p in err["loc"]) or "(body)"
-        problems.append(FieldProblem(field=path, problem=err["msg"]))
+        loc = [str(p) for p in err["loc"]]
+        ctx = err.get("ctx") or {}
+        if err["type"] == INCONSISTENT and ctx.get("field"):
+            loc.extend(str(ctx["field"]).split("."))
+        message = err["msg"]
+        for prefix in _PREFIXES:
+            message = message.removeprefix(prefix)
+        problems.append(FieldProblem(field=".".join(loc) or "(body)", problem=message))
     return tuple(problems)
 
 

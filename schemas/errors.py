@@ -12,9 +12,15 @@ failed (nothing was sent; the same request may succeed later). Programming mista
     │   ├── PayloadTooLarge        the body exceeds a configured limit
     │   ├── UnsupportedMediaType   the body is not the media type the endpoint takes
     │   ├── UnknownAgency          a sender or recipient is not in the federation
-    │   └── VerificationError      a delivered message is not what it claims (wrong inbox, ...)
+    │   ├── AuthenticationError    the sender is not who it claims to be
+    │   │   ├── UnknownSender      the TLS identity is not a member of the registry
+    │   │   └── SenderMismatch     TLS identity, signer and the referral's sender differ
+    │   ├── ReplayError            a referral id reused with different content
+    │   └── VerificationError      a signature, key or envelope failed verification
+    │                              (keys.errors.VerificationError adds a reason code)
     └── InfrastructureError        a dependency failed: nothing was sent, retry later
-        └── TransportError         Kafka did not acknowledge the messages
+        ├── TransportError         Kafka did not acknowledge the messages
+        └── RegistryUntrusted      our own registry is unsigned, tampered or expired
 
 Messages never carry personal data: they name fields and limits, never the values sent.
 """
@@ -24,14 +30,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AuthenticationError",
     "CairnError",
     "FieldProblem",
     "InfrastructureError",
     "InputError",
     "PayloadTooLarge",
+    "RegistryUntrusted",
+    "ReplayError",
     "SchemaError",
+    "SenderMismatch",
     "TransportError",
     "UnknownAgency",
+    "UnknownSender",
     "UnsupportedMediaType",
     "VerificationError",
 ]
@@ -83,8 +94,24 @@ class UnknownAgency(InputError):
     """An agency named in the message is not a member of the federation."""
 
 
+class AuthenticationError(InputError):
+    """The sender could not be authenticated as the agency it claims to be."""
+
+
+class UnknownSender(AuthenticationError):
+    """The TLS client certificate names an agency the registry does not list."""
+
+
+class SenderMismatch(AuthenticationError):
+    """The TLS identity and the referral's sender are different agencies."""
+
+
+class ReplayError(InputError):
+    """A referral id was used before for a different referral."""
+
+
 class VerificationError(InputError):
-    """A message failed verification; it must be quarantined, never acted on."""
+    """A message failed verification; it must be refused or quarantined, never acted on."""
 
 
 class InfrastructureError(CairnError):
@@ -93,3 +120,7 @@ class InfrastructureError(CairnError):
 
 class TransportError(InfrastructureError):
     """Kafka did not acknowledge every message of a submission, so none of them counts."""
+
+
+class RegistryUntrusted(InfrastructureError):
+    """This component's copy of the federation registry cannot be trusted; it refuses to work."""

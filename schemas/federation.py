@@ -1,4 +1,4 @@
-"""The development federation: the agencies of a local partnership and their roles."""
+"""The development federation: the agencies of a local partnership, their roles, area settings."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ class Federation(Frozen):
 
     name: ShortText
     agencies: tuple[Agency, ...] = Field(min_length=1)
+    marac_escalation_threshold: int = Field(
+        default=3,
+        ge=1,
+        description="Incidents in 12 months that make a case MARAC-eligible by potential "
+        "escalation; each area sets its own",
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Federation:
@@ -47,3 +53,7 @@ class Federation(Frozen):
     @property
     def ids(self) -> tuple[str, ...]:
         return tuple(a.id for a in self.agencies)
+
+    def with_role(self, role: AgencyRole) -> tuple[Agency, ...]:
+        """The member agencies that have ``role``, in file order."""
+        return tuple(a for a in self.agencies if a.role is role)

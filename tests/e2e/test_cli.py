@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FederationKeys
 from tests.kafka_support import LocalKafka
 from tests.samples import REPO, personal_values, sample
 
@@ -29,10 +30,14 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def env(kafka: LocalKafka) -> dict[str, str]:
+def env(kafka: LocalKafka, federation_keys: FederationKeys, tmp_path: Path) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_KEY_PASSPHRASE")}
     return {
-        **os.environ,
+        **environ,
+        "CAIRN_STATE_DIR": str(tmp_path / "state"),
+        "CAIRN_KEY_DIR": str(federation_keys.root),
+        "CAIRN_KEY_PASSPHRASE": federation_keys.passphrase.decode(),
         "CAIRN_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
         "CAIRN_TOPIC_PREFIX": f"e2e{tag}",
         "CAIRN_TRANSACTIONAL_ID": f"cairn-e2e-{tag}",
@@ -54,7 +59,8 @@ def cairn(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.Co
 
 
 @pytest.fixture
-def served(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+def served(env: dict[str, str], federation_keys: FederationKeys) -> Iterator[subprocess.Popen[str]]:
+    keys = federation_keys
     assert cairn(env, "topics", "create").returncode == 0
     proc = subprocess.Popen(
         [*CAIRN, "serve"],
@@ -64,11 +70,12 @@ def served(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
         text=True,
         cwd=REPO,
     )
-    url = f"http://127.0.0.1:{env['CAIRN_HTTP_PORT']}/readyz"
+    url = f"https://127.0.0.1:{env['CAIRN_HTTP_PORT']}/readyz"
+    context = keys.client_ssl("kelder-police")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
                 if r.status == 200:
                     break
         except OSError:

@@ -7,6 +7,7 @@ cannot, every Kafka-backed test errors: these tests fail, they never skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -14,12 +15,15 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestServer
 
+from adapters.client import ReferralClient
 from broker.app import create_app
 from broker.config import Settings
 from broker.federation import load_federation
+from broker.replay import ReplayStore
 from broker.topics import federation_topics
 from broker.transport import KafkaTransport, create_topics
 from schemas.federation import Federation
+from tests.conftest import FederationKeys
 from tests.kafka_support import LocalKafka
 from tests.samples import FEDERATION_DIR
 
@@ -47,7 +51,7 @@ def federation() -> Federation:
     return load_federation(FEDERATION_DIR)
 
 
-def make_settings(bootstrap: str, **overrides: object) -> Settings:
+def make_settings(bootstrap: str, key_dir: object, **overrides: object) -> Settings:
     tag = uuid.uuid4().hex[:10]
     values: dict[str, object] = {
         "kafka_bootstrap_servers": bootstrap,
@@ -57,26 +61,50 @@ def make_settings(bootstrap: str, **overrides: object) -> Settings:
         "publish_timeout_s": 8.0,
         "kafka_connect_timeout_s": 5.0,
         "max_body_bytes": 64_000,
+        "key_dir": key_dir,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-async def kafka_settings(kafka: LocalKafka, federation: Federation) -> Settings:
+async def kafka_settings(
+    kafka: LocalKafka, federation: Federation, federation_keys: FederationKeys
+) -> Settings:
     """Settings with a topic prefix of this test's own, its topics created."""
-    settings = make_settings(kafka.bootstrap)
+    settings = make_settings(kafka.bootstrap, federation_keys.root)
     await create_topics(settings, federation_topics(federation, settings.topic_prefix))
     return settings
 
 
 @pytest.fixture
-async def broker_url(kafka_settings: Settings, federation: Federation) -> AsyncIterator[str]:
-    """A real broker on a loopback port, publishing to the real Kafka."""
-    app = create_app(kafka_settings, federation, KafkaTransport(kafka_settings))
+async def broker_url(
+    kafka_settings: Settings, federation: Federation, federation_keys: FederationKeys
+) -> AsyncIterator[str]:
+    """A real broker over mutual TLS on a loopback port, publishing to the real Kafka."""
+    async with running_broker(kafka_settings, federation, federation_keys) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def running_broker(
+    settings: Settings, federation: Federation, keys: FederationKeys
+) -> AsyncIterator[str]:
+    app = create_app(
+        settings, federation, KafkaTransport(settings), keys.trust(), replay=ReplayStore(None)
+    )
     server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    await server.start_server(ssl=keys.server_ssl())
     try:
         yield str(server.make_url("")).rstrip("/")
     finally:
         await asyncio.wait_for(server.close(), 30)
+
+
+def client(keys: FederationKeys, url: str, agency: str = "kelder-police") -> ReferralClient:
+    """A signing client with ``agency``'s TLS certificate."""
+    return ReferralClient(
+        url,
+        ssl_context=keys.client_ssl(agency),
+        signing_key=keys.trust(agency).signing_key(),
+    )

@@ -6,15 +6,16 @@ import asyncio
 import json
 import time
 
-import aiohttp
+import pytest
 
+from adapters.client import SubmissionRefused
 from broker.config import Settings
 from broker.topics import federation_topics
 from schemas.federation import Federation
+from tests.conftest import FederationKeys
+from tests.integration.conftest import client
 from tests.kafka_support import read_committed
 from tests.samples import sample
-
-JSON = {"Content-Type": "application/json"}
 
 
 async def delivery_counts(settings: Settings, federation: Federation) -> dict[str, list[bytes]]:
@@ -29,42 +30,51 @@ async def delivery_counts(settings: Settings, federation: Federation) -> dict[st
 
 
 async def test_referral_reaches_exactly_the_intended_recipients(
-    broker_url: str, kafka_settings: Settings, federation: Federation
+    broker_url: str,
+    kafka_settings: Settings,
+    federation: Federation,
+    federation_keys: FederationKeys,
 ) -> None:
     """After a 202 each named recipient's topic holds the referral once, and no other topic does."""
     data = sample()
     data["header"]["recipients"] = ["kelder-idva", "kelder-nhs"]
-    async with aiohttp.ClientSession() as s:
-        r = await s.post(f"{broker_url}/v1/referrals", data=json.dumps(data), headers=JSON)
-        assert r.status == 202, await r.text()
+    async with client(federation_keys, broker_url) as c:
+        await c.submit(json.dumps(data).encode())
     rid = data["header"]["referral_id"].encode()
     keys = await delivery_counts(kafka_settings, federation)
     assert {a: k for a, k in keys.items() if k} == {"kelder-idva": [rid], "kelder-nhs": [rid]}
 
 
 async def test_invalid_referral_gets_422_and_nothing_is_produced(
-    broker_url: str, kafka_settings: Settings, federation: Federation
+    broker_url: str,
+    kafka_settings: Settings,
+    federation: Federation,
+    federation_keys: FederationKeys,
 ) -> None:
     """A referral with a bad field is refused naming it, and no topic receives anything."""
     data = sample()
     data["victim"]["nhs_number"] = "9990000019"  # wrong check digit
-    async with aiohttp.ClientSession() as s:
-        r = await s.post(f"{broker_url}/v1/referrals", data=json.dumps(data), headers=JSON)
-        assert r.status == 422
-        assert r.content_type == "application/problem+json"
-        problem = await r.json()
-    assert problem["errors"][0]["field"] == "victim.nhs_number"
+    async with client(federation_keys, broker_url) as c:
+        with pytest.raises(SubmissionRefused) as info:
+            await c.submit(json.dumps(data).encode())
+    assert info.value.status == 422
+    assert info.value.problem["errors"][0]["field"] == "victim.nhs_number"
     assert all(not k for k in (await delivery_counts(kafka_settings, federation)).values())
 
 
 async def test_oversized_body_gets_413_without_being_buffered_whole(
-    broker_url: str, kafka_settings: Settings, federation: Federation
+    broker_url: str,
+    kafka_settings: Settings,
+    federation: Federation,
+    federation_keys: FederationKeys,
 ) -> None:
     """A chunked body far over the limit is answered 413 long before the client finishes."""
-    host, port = broker_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    host, port = broker_url.removeprefix("https://").split(":")
+    reader, writer = await asyncio.open_connection(
+        host, int(port), ssl=federation_keys.client_ssl("kelder-police")
+    )
     writer.write(
-        b"POST /v1/referrals HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/referrals HTTP/1.1\r\nHost: x\r\nContent-Type: application/jose\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
     chunk = b" " * 65_536

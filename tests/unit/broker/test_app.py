@@ -1,4 +1,4 @@
-"""The broker's HTTP interface against the in-memory transport."""
+"""The broker's HTTP interface over mutual TLS, against the in-memory transport."""
 
 from __future__ import annotations
 
@@ -6,96 +6,102 @@ import asyncio
 import json
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+import aiohttp
+import pytest
 
+from adapters.client import SubmissionRefused
 from broker.transport import MemoryTransport
 from tests.samples import sample, sample_bytes
+from tests.unit.conftest import AgencyClient
 
-JSON = {"Content-Type": "application/json"}
+JOSE = {"Content-Type": "application/jose"}
 
 
-async def post(client: TestClient, body: bytes, **headers: str) -> Any:  # type: ignore[type-arg]
-    return await client.post("/v1/referrals", data=body, headers={**JSON, **headers})
+async def refused(client_cm: Any, body: bytes) -> SubmissionRefused:
+    async with client_cm as client:
+        with pytest.raises(SubmissionRefused) as info:
+            await client.submit(body)
+    return info.value
 
 
 async def test_accepted_referral_gets_202_and_one_record_per_recipient(
-    client: TestClient,
-    transport: MemoryTransport,  # type: ignore[type-arg]
+    agency_client: AgencyClient, transport: MemoryTransport
 ) -> None:
-    """A valid referral is answered 202 with a receipt after one record per recipient."""
+    """A valid signed referral is answered with a receipt after one record per recipient."""
     data = sample()
-    response = await post(client, json.dumps(data).encode())
-    assert response.status == 202
-    receipt = await response.json()
-    assert receipt["referral_id"] == data["header"]["referral_id"]
-    assert [r["agency"] for r in receipt["recipients"]] == ["kelder-idva", "kelder-marac"]
+    async with agency_client("kelder-police") as client:
+        receipt = await client.submit(json.dumps(data).encode())
+    assert str(receipt.referral_id) == data["header"]["referral_id"]
+    assert [r.agency for r in receipt.recipients] == ["kelder-idva", "kelder-marac"]
     assert sorted(transport.topics) == ["unit.deliver.kelder-idva", "unit.deliver.kelder-marac"]
     record = transport.topics["unit.deliver.kelder-idva"][0]
     assert record.key == data["header"]["referral_id"].encode()
 
 
 async def test_invalid_referral_gets_422_naming_the_field_and_sends_nothing(
-    client: TestClient,
-    transport: MemoryTransport,  # type: ignore[type-arg]
+    agency_client: AgencyClient, transport: MemoryTransport
 ) -> None:
     """A bad date of birth is refused with problem+json naming victim.date_of_birth."""
     data = sample()
     data["victim"]["date_of_birth"] = "not a date"
-    response = await post(client, json.dumps(data).encode())
-    assert response.status == 422
-    assert response.content_type == "application/problem+json"
-    problem = await response.json()
-    assert problem["type"] == "urn:cairn:problem:invalid-referral"
-    assert [e["field"] for e in problem["errors"]] == ["victim.date_of_birth"]
-    assert "not a date" not in json.dumps(problem)  # values are never echoed back
+    exc = await refused(agency_client("kelder-police"), json.dumps(data).encode())
+    assert exc.status == 422
+    assert exc.problem["type"] == "urn:cairn:problem:invalid-referral"
+    assert [e["field"] for e in exc.problem["errors"]] == ["victim.date_of_birth"]
+    assert "not a date" not in json.dumps(exc.problem)  # values are never echoed back
     assert transport.published == 0
 
 
 async def test_unknown_recipient_is_refused_with_422(
-    client: TestClient,
-    transport: MemoryTransport,  # type: ignore[type-arg]
+    agency_client: AgencyClient, transport: MemoryTransport
 ) -> None:
     """A recipient outside the federation is refused and nothing is sent to the others."""
-    response = await post(client, sample_bytes(recipients=["kelder-idva", "nowhere-council"]))
-    assert response.status == 422
-    problem = await response.json()
-    assert problem["type"] == "urn:cairn:problem:unknown-agency"
-    assert problem["errors"] == [
+    body = sample_bytes(recipients=["kelder-idva", "nowhere-council"])
+    exc = await refused(agency_client("kelder-police"), body)
+    assert exc.status == 422
+    assert exc.problem["type"] == "urn:cairn:problem:unknown-agency"
+    assert exc.problem["errors"] == [
         {"field": "header.recipients.1", "problem": "not a member of this federation"}
     ]
     assert transport.published == 0
 
 
-async def test_malformed_json_is_a_422_not_a_500(client: TestClient) -> None:  # type: ignore[type-arg]
-    """Bytes that are not JSON get a typed 422, never a 500."""
-    response = await post(client, b"{not json")
-    assert response.status == 422
-    assert (await response.json())["type"] == "urn:cairn:problem:invalid-referral"
+async def test_signed_non_json_is_a_422_not_a_500(agency_client: AgencyClient) -> None:
+    """Signed bytes that are not JSON get a typed 422, never a 500."""
+    exc = await refused(agency_client("kelder-police"), b"{not json")
+    assert exc.status == 422
+    assert exc.problem["type"] == "urn:cairn:problem:invalid-referral"
 
 
-async def test_wrong_media_type_gets_415(client: TestClient) -> None:  # type: ignore[type-arg]
-    """Only application/json is accepted."""
-    response = await client.post(
-        "/v1/referrals", data=sample_bytes(), headers={"Content-Type": "text/plain"}
+async def test_unsigned_json_gets_415_saying_to_sign(
+    police_session: aiohttp.ClientSession, broker_url: str, transport: MemoryTransport
+) -> None:
+    """A plain JSON referral is refused: only signed referrals (application/jose) are taken."""
+    response = await police_session.post(
+        f"{broker_url}/v1/referrals",
+        data=sample_bytes(),
+        headers={"Content-Type": "application/json"},
     )
     assert response.status == 415
     assert response.content_type == "application/problem+json"
+    assert "signed" in (await response.json())["detail"]
+    assert transport.published == 0
 
 
 async def test_declared_oversized_body_gets_413(
-    client: TestClient,
-    transport: MemoryTransport,  # type: ignore[type-arg]
+    police_session: aiohttp.ClientSession, broker_url: str, transport: MemoryTransport
 ) -> None:
     """A Content-Length over the limit is refused with 413 before the body is read."""
-    response = await post(client, b" " * 64_001)
+    response = await police_session.post(
+        f"{broker_url}/v1/referrals", data=b" " * 64_001, headers=JOSE
+    )
     assert response.status == 413
     assert (await response.json())["type"] == "urn:cairn:problem:payload-too-large"
     assert transport.published == 0
 
 
 async def test_streamed_oversized_body_is_refused_while_streaming(
-    client: TestClient,
-    transport: MemoryTransport,  # type: ignore[type-arg]
+    police_session: aiohttp.ClientSession, broker_url: str, transport: MemoryTransport
 ) -> None:
     """A chunked body with no length is cut off once it passes the limit, not buffered whole."""
     sent = 0
@@ -108,9 +114,13 @@ async def test_streamed_oversized_body_is_refused_while_streaming(
             await asyncio.sleep(0)
 
     try:
-        response = await post(client, body())  # type: ignore[arg-type]
+        response = await police_session.post(
+            f"{broker_url}/v1/referrals",
+            data=body(),
+            headers=JOSE,  # type: ignore[arg-type]
+        )
         status = response.status
-    except Exception:  # the server may close while we are still sending
+    except aiohttp.ClientError:  # the server may close while we are still sending
         status = 413
     assert status == 413
     assert sent < 16_384_000
@@ -118,12 +128,16 @@ async def test_streamed_oversized_body_is_refused_while_streaming(
 
 
 async def test_kafka_unavailable_gives_503_and_nothing(
-    client: TestClient,
-    transport: MemoryTransport,  # type: ignore[type-arg]
+    police_session: aiohttp.ClientSession,
+    broker_url: str,
+    agency_client: AgencyClient,
+    transport: MemoryTransport,
 ) -> None:
     """When the transport cannot commit, the sender gets 503 problem+json with Retry-After."""
     transport.available = False
-    response = await post(client, sample_bytes())
+    async with agency_client("kelder-police") as client:
+        signed = client.sign(sample_bytes())
+    response = await police_session.post(f"{broker_url}/v1/referrals", data=signed, headers=JOSE)
     assert response.status == 503
     assert response.headers["Retry-After"]
     assert (await response.json())["type"] == "urn:cairn:problem:kafka-unavailable"
@@ -131,28 +145,31 @@ async def test_kafka_unavailable_gives_503_and_nothing(
 
 
 async def test_readyz_follows_the_transport(
-    client: TestClient,
-    transport: MemoryTransport,  # type: ignore[type-arg]
+    police_session: aiohttp.ClientSession, broker_url: str, transport: MemoryTransport
 ) -> None:
     """/readyz is 200 while the transport is ready and 503 when it is not; /healthz stays 200."""
-    assert (await client.get("/readyz")).status == 200
+    assert (await police_session.get(f"{broker_url}/readyz")).status == 200
     transport.available = False
-    assert (await client.get("/readyz")).status == 503
-    assert (await client.get("/healthz")).status == 200
+    assert (await police_session.get(f"{broker_url}/readyz")).status == 503
+    assert (await police_session.get(f"{broker_url}/healthz")).status == 200
 
 
-async def test_unknown_route_is_problem_json(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_unknown_route_is_problem_json(
+    police_session: aiohttp.ClientSession, broker_url: str
+) -> None:
     """404 and 405 are problem+json too."""
-    r404 = await client.get("/v1/nothing")
+    r404 = await police_session.get(f"{broker_url}/v1/nothing")
     assert r404.status == 404
     assert r404.content_type == "application/problem+json"
-    r405 = await client.get("/v1/referrals")
+    r405 = await police_session.get(f"{broker_url}/v1/referrals")
     assert r405.status == 405
     assert r405.content_type == "application/problem+json"
 
 
-async def test_request_id_is_echoed(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_request_id_is_echoed(police_session: aiohttp.ClientSession, broker_url: str) -> None:
     """The caller's X-Request-Id comes back on the response and in problem bodies."""
-    response = await post(client, b"[]", **{"X-Request-Id": "req-123"})
+    response = await police_session.post(
+        f"{broker_url}/v1/referrals", data=b"x", headers={**JOSE, "X-Request-Id": "req-123"}
+    )
     assert response.headers["X-Request-Id"] == "req-123"
     assert (await response.json())["request_id"] == "req-123"

@@ -10,10 +10,13 @@ from collections.abc import Sequence
 
 import aiohttp
 
+from adapters.client import ReferralClient
 from broker.app import create_app, serve
 from broker.config import Settings
+from broker.replay import ReplayStore
 from broker.transport import MemoryTransport, Record
 from schemas.federation import Federation
+from tests.conftest import FederationKeys
 from tests.samples import sample_bytes
 
 
@@ -37,22 +40,29 @@ def free_port() -> int:
 
 
 async def test_sigterm_answers_in_flight_request_then_stops_transport(
-    settings: Settings, federation: Federation
+    settings: Settings, federation: Federation, federation_keys: FederationKeys
 ) -> None:
     """A submission in flight when SIGTERM arrives still gets its 202; then the producer stops."""
     settings = settings.model_copy(update={"http_port": free_port(), "shutdown_timeout_s": 5.0})
     transport = SlowTransport()
     started = asyncio.Event()
+    app = create_app(
+        settings, federation, transport, federation_keys.trust(), replay=ReplayStore(None)
+    )
     server = asyncio.create_task(
-        serve(create_app(settings, federation, transport), settings, started=started)
+        serve(app, settings, federation_keys.server_ssl(), started=started)
     )
     await asyncio.wait_for(started.wait(), 5)
-    async with aiohttp.ClientSession() as session:
+    signer = ReferralClient(
+        "-", ssl_context=None, signing_key=federation_keys.trust("kelder-police").signing_key()
+    )
+    connector = aiohttp.TCPConnector(ssl=federation_keys.client_ssl("kelder-police"))
+    async with aiohttp.ClientSession(connector=connector) as session:
         request = asyncio.create_task(
             session.post(
-                f"http://127.0.0.1:{settings.http_port}/v1/referrals",
-                data=sample_bytes(),
-                headers={"Content-Type": "application/json"},
+                f"https://127.0.0.1:{settings.http_port}/v1/referrals",
+                data=signer.sign(sample_bytes()),
+                headers={"Content-Type": "application/jose"},
             )
         )
         await asyncio.sleep(0.2)  # the request is now waiting on the slow commit

@@ -1,0 +1,100 @@
+"""Wiring an agency adapter to its credentials: TLS certificate, signing key, decryption keys.
+
+In the development federation every agency's keys sit in one key store under the state folder;
+in a real deployment each agency's store holds only its own private keys, and the same calls
+work unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from adapters.client import ReferralClient
+from adapters.inbox import Inbox
+from broker.config import Settings
+from broker.envelope import open_record
+from broker.topics import delivery_topic
+from broker.transport import kafka_options
+from broker.trust import TrustStore
+from keys import FileStore, client_context, passphrase_from_env
+from schemas.disclosure import Disclosure
+
+__all__ = ["agency_trust", "client_for", "inbox_for", "opener_for"]
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def agency_trust(
+    settings: Settings, agency: str, *, clock: Clock = _utcnow, passphrase: bytes | None = None
+) -> TrustStore:
+    """The agency's view of the federation: verified registry and its own keys.
+
+    The passphrase comes from CAIRN_KEY_PASSPHRASE[_FILE] unless given.
+    """
+    return TrustStore(
+        FileStore(settings.keys_path),
+        passphrase if passphrase is not None else passphrase_from_env(),
+        root_kid=settings.registry_root_kid,
+        member_id=agency,
+        clock=clock,
+    )
+
+
+def client_for(
+    settings: Settings,
+    agency: str,
+    base_url: str,
+    *,
+    clock: Clock = _utcnow,
+    passphrase: bytes | None = None,
+) -> ReferralClient:
+    """A client that signs as ``agency`` and connects with its TLS client certificate."""
+    passphrase = passphrase if passphrase is not None else passphrase_from_env()
+    trust = agency_trust(settings, agency, clock=clock, passphrase=passphrase)
+    context = client_context(trust.store, agency, passphrase)
+    return ReferralClient(
+        base_url, ssl_context=context, signing_key=trust.signing_key(), clock=clock
+    )
+
+
+def opener_for(
+    trust: TrustStore, agency: str, *, clock: Clock = _utcnow
+) -> Callable[[bytes], Disclosure]:
+    """Decrypt and verify one delivered record as ``agency``, against the current registry."""
+
+    def open_value(value: bytes) -> Disclosure:
+        return open_record(
+            value,
+            recipient=agency,
+            keys=trust.decryption_keys(),
+            registry=trust.registry(),
+            now=clock(),
+        )
+
+    return open_value
+
+
+def inbox_for(
+    settings: Settings,
+    agency: str,
+    *,
+    group_id: str | None = None,
+    clock: Clock = _utcnow,
+    passphrase: bytes | None = None,
+) -> Inbox:
+    """The agency's consumer of its own delivery topic, opening records with its own keys."""
+    trust = agency_trust(settings, agency, clock=clock, passphrase=passphrase)
+    trust.decryption_keys()  # fail now, not at the first record, if the keys cannot be loaded
+    return Inbox(
+        kafka_options(settings),
+        agency=agency,
+        topic=delivery_topic(settings.topic_prefix, agency),
+        dlq_topic=f"{settings.topic_prefix}.dlq",
+        open_value=opener_for(trust, agency, clock=clock),
+        group_id=group_id,
+    )

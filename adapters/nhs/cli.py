@@ -1,0 +1,88 @@
+"""The ``nhs`` command group: submit an NHS trust's FHIR safeguarding referral through Cairn."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Protocol
+
+import click
+
+from adapters.nhs.inbound import parse_bundle
+from schemas.errors import CairnError, InputError
+from schemas.receipt import Receipt
+from schemas.referral import Referral
+
+__all__ = ["ClientFactory", "Submitter", "nhs"]
+
+
+class Submitter(Protocol):
+    """What the import needs of ``adapters.client.ReferralClient``."""
+
+    async def submit(self, referral: Referral | bytes) -> Receipt: ...
+
+
+#: (sending agency id, broker URL) -> a client signing as that agency, used as ``async with``.
+#: The ``cairn`` CLI puts one in ``ctx.obj["client_factory"]``, e.g.
+#: ``lambda agency, url: adapters.agency.client_for(settings, agency, url)``.
+ClientFactory = Callable[[str, str], AbstractAsyncContextManager[Submitter]]
+
+
+def _client_factory() -> ClientFactory:
+    obj = click.get_current_context().find_root().obj
+    factory = obj.get("client_factory") if isinstance(obj, dict) else None
+    if factory is None:
+        raise click.ClickException(
+            "no submission credentials: run this through the cairn CLI, which provides the "
+            "agency's signing key and TLS identity, or use --dry-run to check the bundle"
+        )
+    return factory  # type: ignore[no-any-return]  # ctx.obj is untyped by click's design
+
+
+@click.group()
+def nhs() -> None:
+    """NHS trust adapter: FHIR R4 bundles in and out."""
+
+
+@nhs.command("import")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--broker",
+    "broker_url",
+    envvar="CAIRN_BROKER_URL",
+    default="https://127.0.0.1:8443",
+    show_default=True,
+    help="Broker base URL.",
+)
+@click.option("--dry-run", is_flag=True, help="Map and check the bundle; submit nothing.")
+def import_(bundle: Path, broker_url: str, dry_run: bool) -> None:
+    """Map BUNDLE (a FHIR R4 Bundle, JSON) to a Cairn referral and submit it."""
+    try:
+        referral = parse_bundle(bundle.read_bytes())
+    except InputError as exc:
+        for p in exc.problems:
+            click.echo(f"  {p.field}: {p.problem}", err=True)
+        raise click.ClickException(f"{bundle} was refused: {exc}") from None
+    header = referral.header
+    click.echo(
+        f"referral {header.referral_id}: {header.purpose.value} from {header.sender_agency} "
+        f"to {', '.join(header.recipients)}"
+    )
+    if dry_run:
+        click.echo("dry run: not submitted")
+        return
+    try:
+        factory = _client_factory()
+        click.echo(asyncio.run(_submit(factory(header.sender_agency, broker_url), referral)))
+    except CairnError as exc:
+        for p in getattr(exc, "problems", ()):
+            click.echo(f"  {p.field}: {p.problem}", err=True)
+        raise click.ClickException(str(exc)) from None
+
+
+async def _submit(session: AbstractAsyncContextManager[Submitter], referral: Referral) -> str:
+    async with session as client:
+        receipt = await client.submit(referral)
+    return receipt.model_dump_json(indent=2)

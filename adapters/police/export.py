@@ -1,0 +1,194 @@
+"""The police force's export of domestic-abuse incidents: one JSON object per line.
+
+This is the shape a force's records system (its occurrence, nominal and risk-assessment tables)
+is asked to produce; ``README.md`` beside this file documents it for the force's integrators.
+Each line is one occurrence with its linked persons (victim, suspect, children), their
+addresses, the DASH answers the attending officer recorded, and the information-sharing
+decision. The models are strict (unknown fields refused) so a mistyped column is reported
+rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+
+from schemas.consent import ConsentState, OverrideReason
+from schemas.dash import DEFAULT_QUESTION_SET, DashAnswer, QuestionId
+from schemas.fields import AgencyId, Frozen, LongText, NhsNumber, Postcode, ShortText, inconsistent
+from schemas.referral import HousingTenure, Relationship, RestrictionKind, RiskLevel
+
+__all__ = [
+    "EXPORT_VERSION",
+    "ContactType",
+    "ExportAddress",
+    "ExportContact",
+    "ExportDash",
+    "ExportOrder",
+    "ExportOverride",
+    "ExportPerson",
+    "ExportSharing",
+    "IncidentRecord",
+    "PersonRole",
+]
+
+EXPORT_VERSION = "1"
+
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class PersonRole(StrEnum):
+    VICTIM = "victim"
+    SUSPECT = "suspect"
+    CHILD = "child"
+
+
+class ContactType(StrEnum):
+    MOBILE = "mobile"
+    LANDLINE = "landline"
+    TEXT = "text"
+    EMAIL = "email"
+    POSTAL = "postal"
+    THIRD_PARTY = "third_party"
+
+
+class ExportAddress(Frozen):
+    address_id: Code
+    lines: tuple[ShortText, ...] = Field(min_length=1, max_length=6)
+    postcode: Postcode
+
+
+class ExportContact(Frozen):
+    type: ContactType
+    value: ShortText
+    safe_to_contact: bool
+    safe_to_leave_message: bool = False
+    best_times: ShortText | None = None
+
+
+class ExportOrder(Frozen):
+    type: RestrictionKind
+    conditions: LongText | None = None
+    expires_on: date | None = None
+
+
+class ExportPerson(Frozen):
+    """A nominal linked to the occurrence. Fields that do not apply to a role stay empty."""
+
+    person_id: Code
+    role: PersonRole
+    given_name: ShortText
+    family_name: ShortText
+    aliases: tuple[ShortText, ...] = ()
+    date_of_birth: date | None = None
+    nhs_number: NhsNumber | None = None
+    address_id: Code | None = None
+    # victim
+    contacts: tuple[ExportContact, ...] = ()
+    housing_tenure: HousingTenure | None = None
+    pregnant: bool | None = None
+    expected_due_date: date | None = None
+    # suspect
+    relationship_to_victim: Relationship | None = None
+    bail_and_orders: tuple[ExportOrder, ...] = ()
+    criminal_history: LongText | None = None
+    # child
+    school_agency: AgencyId | None = None
+    home_educated: bool = False
+    present_at_incident: bool | None = None
+    whereabouts: ShortText | None = None
+    voice_of_child: LongText | None = None
+
+    @model_validator(mode="after")
+    def _role_fields(self) -> ExportPerson:
+        if self.role is not PersonRole.SUSPECT and self.date_of_birth is None:
+            raise inconsistent("date_of_birth", f"a {self.role.value} needs a date of birth")
+        if self.role is PersonRole.SUSPECT and self.relationship_to_victim is None:
+            raise inconsistent("relationship_to_victim", "give the suspect's relationship")
+        return self
+
+
+class ExportDash(Frozen):
+    question_set: str = DEFAULT_QUESTION_SET
+    answers: dict[QuestionId, DashAnswer]
+
+
+class ExportOverride(Frozen):
+    decision_maker: Code = Field(description="The authorising officer's collar number")
+    decision_maker_role: ShortText
+    reason: OverrideReason
+    justification: LongText
+    subject_told: bool
+    subject_not_told_reason: LongText | None = None
+
+
+class ExportSharing(Frozen):
+    """The victim's consent to referral, and the override when it is absent."""
+
+    victim_consent: ConsentState
+    victim_informed: bool
+    not_informed_reason: LongText | None = None
+    override: ExportOverride | None = None
+
+
+class IncidentRecord(Frozen):
+    """One occurrence: one line of the export."""
+
+    export_version: Literal["1"]
+    force: AgencyId
+    occurrence_reference: Code
+    officer: Code = Field(description="Attending officer's collar number")
+    occurred_at: AwareDatetime
+    location: ShortText
+    attended: bool
+    summary: LongText
+    injuries: LongText | None = None
+    circumstances_for_school: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | (
+        None
+    ) = None
+    incidents_last_12_months: int | None = Field(default=None, ge=0)
+    risk_level: RiskLevel
+    professional_judgement: LongText | None = None
+    dash: ExportDash | None = None
+    addresses: tuple[ExportAddress, ...] = ()
+    persons: tuple[ExportPerson, ...] = Field(min_length=1)
+    sharing: ExportSharing
+    actions_taken: tuple[LongText, ...] = ()
+    victim_wishes: LongText | None = None
+    safety_plan: LongText | None = None
+
+    @model_validator(mode="after")
+    def _linked(self) -> IncidentRecord:
+        victims = [p for p in self.persons if p.role is PersonRole.VICTIM]
+        if len(victims) != 1:
+            raise inconsistent("persons", f"exactly one victim is needed, found {len(victims)}")
+        suspects = [p for p in self.persons if p.role is PersonRole.SUSPECT]
+        if len(suspects) > 1:
+            raise inconsistent(
+                "persons", "one suspect per line: export each suspect's occurrence separately"
+            )
+        ids = [p.person_id for p in self.persons]
+        if len(set(ids)) != len(ids):
+            raise inconsistent("persons", "person_id values must be unique within a line")
+        known = {a.address_id for a in self.addresses}
+        for i, person in enumerate(self.persons):
+            if person.address_id is not None and person.address_id not in known:
+                raise inconsistent(f"persons.{i}.address_id", "no address with this id")
+        return self
+
+    @property
+    def victim(self) -> ExportPerson:
+        return next(p for p in self.persons if p.role is PersonRole.VICTIM)
+
+    @property
+    def suspect(self) -> ExportPerson | None:
+        return next((p for p in self.persons if p.role is PersonRole.SUSPECT), None)
+
+    def index_of(self, person: ExportPerson) -> int:
+        return self.persons.index(person)
+
+    def address(self, address_id: str | None) -> ExportAddress | None:
+        return next((a for a in self.addresses if a.address_id == address_id), None)

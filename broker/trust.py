@@ -1,0 +1,123 @@
+"""What a federation member trusts and holds, from the key store: the verified registry, and
+its own signing and decryption keys. The broker uses it as ``cairn-broker``; agency adapters use
+it as their agency.
+
+The registry is re-read whenever its file changes (rotate, revoke and refresh re-sign it), so a
+revocation takes effect on the next request without a restart. A registry older than one already
+seen (a lower serial) is refused, as is one that is unsigned, tampered or expired: the broker
+then refuses to work (503) rather than trust it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from keys import (
+    BROKER_ID,
+    DecryptionKey,
+    FileStore,
+    Registry,
+    SigningKey,
+    VerificationError,
+    load_decryption_keys,
+    load_registry,
+    load_signing_key,
+)
+from keys.store import REGISTRY
+from schemas.errors import RegistryUntrusted
+
+__all__ = ["TrustStore"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Loaded:
+    stamp: tuple[int, int, int]  # (mtime_ns, size, inode) of the registry file
+    registry: Registry
+
+
+class TrustStore:
+    """The registry in force and one member's keys, refreshed when the registry changes."""
+
+    def __init__(
+        self,
+        store: FileStore,
+        passphrase: bytes,
+        *,
+        root_kid: str | None = None,
+        member_id: str = BROKER_ID,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self._passphrase = passphrase
+        self._root_kid = root_kid
+        self._member_id = member_id
+        self._clock = clock
+        self._loaded: _Loaded | None = None
+        self._min_serial = 0
+        self._signing_key: SigningKey | None = None
+        self._decryption_keys: tuple[DecryptionKey, ...] | None = None
+
+    def registry(self) -> Registry:
+        """The verified registry in force now; RegistryUntrusted if there is none."""
+        now = self._clock()
+        try:
+            st = os.stat(self.store.path(REGISTRY))
+        except OSError:
+            raise RegistryUntrusted(
+                f"no registry at {self.store.path(REGISTRY)}; run 'cairn keys init'"
+            ) from None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        loaded = self._loaded
+        if loaded is None or loaded.stamp != stamp:
+            loaded = self._load(stamp, now)
+        if now >= loaded.registry.expires_at:
+            log.error("registry.expired", serial=loaded.registry.serial)
+            raise RegistryUntrusted(
+                "the federation registry has expired; an operator must run 'cairn keys refresh'"
+            )
+        return loaded.registry
+
+    def _load(self, stamp: tuple[int, int, int], now: datetime) -> _Loaded:
+        try:
+            registry = load_registry(
+                self.store, now=now, root_kid=self._root_kid, min_serial=self._min_serial
+            )
+        except VerificationError as exc:
+            log.error("registry.refused", reason=exc.reason.value)
+            raise RegistryUntrusted(
+                f"the federation registry cannot be trusted ({exc.reason.value}); "
+                "nothing is accepted until an operator restores a valid signed registry"
+            ) from None
+        if self._loaded is None or registry.serial != self._loaded.registry.serial:
+            log.info("registry.loaded", serial=registry.serial)
+        self._min_serial = registry.serial
+        self._loaded = _Loaded(stamp, registry)
+        # The active keys may have been rotated: load them again on next use.
+        self._signing_key = None
+        self._decryption_keys = None
+        return self._loaded
+
+    def signing_key(self) -> SigningKey:
+        """This component's active signing key, decrypted once per registry version."""
+        registry = self.registry()
+        if self._signing_key is None:
+            self._signing_key = load_signing_key(
+                self.store, self._member_id, self._passphrase, registry, now=self._clock()
+            )
+        return self._signing_key
+
+    def decryption_keys(self) -> tuple[DecryptionKey, ...]:
+        """Every decryption key this member may still use: active, or retired within grace."""
+        registry = self.registry()
+        if self._decryption_keys is None:
+            self._decryption_keys = load_decryption_keys(
+                self.store, self._member_id, self._passphrase, registry, now=self._clock()
+            )
+        return self._decryption_keys

@@ -1,0 +1,254 @@
+"""JWS and JWE compact serialisation, pinned to the federation's algorithms, registry-agnostic.
+
+DESIGN §5 fixes the algorithms: signatures are EdDSA over Ed25519 (RFC 8037), encryption is
+ECDH-ES+A256KW over X25519 with A256GCM content encryption. This module does the JOSE work
+with joserfc (on pyca/cryptography) and adds what a generic library cannot know: the size
+limit, the exact algorithms, the explicit ``typ`` of each kind of message (RFC 8725 §3.11),
+and which key a ``kid`` names, through a resolver the caller supplies. Callers that know the
+registry live in ``keys.envelope``; this module never decides whether a key is trusted.
+
+Every failure, whatever the library raised, leaves as one ``VerificationError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from joserfc import jwe, jws
+from joserfc.errors import BadSignatureError, JoseError, UnsupportedAlgorithmError
+from joserfc.jwa import JWSAlgModel
+from joserfc.jwk import OKPKey
+from joserfc.registry import HeaderParameter
+
+from keys.errors import Reason, VerificationError
+from keys.jwk import SigningKey, b64url_decode, kid_of
+
+__all__ = [
+    "CONTENT_ENCRYPTION",
+    "KEY_AGREEMENT",
+    "MAX_TOKEN_BYTES",
+    "SIGNATURE_ALGORITHM",
+    "decrypt_compact",
+    "encrypt_compact",
+    "read_header",
+    "sign_compact",
+    "verify_compact",
+]
+
+SIGNATURE_ALGORITHM: Final = "EdDSA"
+# RFC 9864 renames EdDSA-over-Ed25519 to "Ed25519"; a third party on a newer library may send
+# that. Both names mean the same algorithm here because the key is always an Ed25519 key.
+_ACCEPTED_SIGNATURE_ALGORITHMS: Final = frozenset({SIGNATURE_ALGORITHM, "Ed25519"})
+KEY_AGREEMENT: Final = "ECDH-ES+A256KW"
+CONTENT_ENCRYPTION: Final = "A256GCM"
+MAX_TOKEN_BYTES: Final = 4_194_304  # bytes: a 1 MiB referral, signed, then encrypted, fits
+
+_JWS_SEGMENTS: Final = 3
+_JWE_SEGMENTS: Final = 5
+_MAX_HEADER_BYTES: Final = 4096  # bytes of encoded protected header
+
+
+class _JWSRegistry(jws.JWSRegistry):
+    """joserfc's JWS registry limited to our algorithms, without the RFC 9864 warning.
+
+    joserfc warns on every use of "EdDSA" because RFC 9864 deprecates the name for being
+    ambiguous about the curve. DESIGN §5 names EdDSA, every JOSE library in use verifies it,
+    and Cairn only ever pairs it with an Ed25519 key, so the ambiguity cannot arise; a
+    warning per message would only be noise (and an error under the test suite).
+    """
+
+    def get_alg(self, name: str) -> JWSAlgModel:
+        if name not in _ACCEPTED_SIGNATURE_ALGORITHMS:
+            raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
+        return self.algorithms[name]
+
+
+# ``iat`` in a JWS header: the time the sender signed (RFC 7519 §5.3 replication of a claim).
+_EXTRA_JWS_HEADERS: Final = {"iat": HeaderParameter("Issued At", "int")}
+
+
+def _jws_registry(max_bytes: int) -> jws.JWSRegistry:
+    registry = _JWSRegistry(
+        header_registry=_EXTRA_JWS_HEADERS, algorithms=sorted(_ACCEPTED_SIGNATURE_ALGORITHMS)
+    )
+    # Our own limit (checked before parsing) is the binding one; joserfc's defaults (128 kB
+    # payloads) would refuse a large referral with a less helpful error.
+    registry.max_payload_length = max_bytes
+    registry.max_header_length = _MAX_HEADER_BYTES
+    return registry
+
+
+def _jwe_registry(max_bytes: int) -> jwe.JWERegistry:
+    registry = jwe.JWERegistry(algorithms=[KEY_AGREEMENT, CONTENT_ENCRYPTION])
+    registry.max_ciphertext_length = max_bytes
+    registry.max_protected_header_length = _MAX_HEADER_BYTES
+    return registry
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 7515 §5.2 lets a parser reject duplicate header names; we do, so that no two
+    # parsers (ours and the library's) can read different values from one header.
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise ValueError(f"duplicate header parameter {name!r}")
+        result[name] = value
+    return result
+
+
+def read_header(token: bytes | str, *, jwe_token: bool, max_bytes: int) -> dict[str, Any]:
+    """The protected header of a compact JWS (or JWE), checked for shape but not trusted."""
+    raw = token.encode("ascii", "replace") if isinstance(token, str) else token
+    if len(raw) > max_bytes:
+        raise VerificationError(
+            Reason.TOO_LARGE, f"the token is larger than the limit of {max_bytes} bytes"
+        )
+    kind, segments = ("JWE", _JWE_SEGMENTS) if jwe_token else ("JWS", _JWS_SEGMENTS)
+    parts = raw.split(b".")
+    if len(parts) != segments:
+        raise VerificationError(
+            Reason.MALFORMED, f"not a compact {kind}: expected {segments} dot-separated parts"
+        )
+    if len(parts[0]) > _MAX_HEADER_BYTES:
+        raise VerificationError(Reason.MALFORMED, f"the {kind} header is too large")
+    try:
+        header = json.loads(b64url_decode(parts[0]), object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError(
+            Reason.MALFORMED, f"the {kind} header is not base64url-encoded JSON"
+        ) from None
+    if not isinstance(header, dict):
+        raise VerificationError(Reason.MALFORMED, f"the {kind} header is not a JSON object")
+    if "crit" in header:
+        # We implement no extensions, so a critical one must not be ignored (RFC 7515 §4.1.11).
+        raise VerificationError(Reason.MALFORMED, f"the {kind} names critical extensions")
+    if not isinstance(header.get("kid"), str):
+        raise VerificationError(Reason.MALFORMED, f"the {kind} header has no kid")
+    return header
+
+
+def sign_compact(payload: bytes, key: SigningKey, *, typ: str, iat: int | None = None) -> bytes:
+    """A compact JWS of ``payload``: EdDSA, with the signer's kid and the message type.
+
+    ``iat`` (seconds since the epoch) goes into the protected header, where the signature
+    covers it (RFC 7519 §5.3 lets claims be replicated as header parameters).
+    """
+    header: dict[str, Any] = {"alg": SIGNATURE_ALGORITHM, "kid": key.kid, "typ": typ}
+    if iat is not None:
+        header["iat"] = iat
+    registry = _jws_registry(max(len(payload), 1))
+    token = jws.serialize_compact(
+        header, payload, OKPKey.import_key(key.private_key), registry=registry
+    )
+    return token.encode("ascii")
+
+
+def verify_compact(
+    token: bytes | str,
+    key_for: Callable[[str], Ed25519PublicKey],
+    *,
+    typ: str,
+    max_bytes: int = MAX_TOKEN_BYTES,
+) -> bytes:
+    """The payload of a compact JWS whose signature verifies under the key ``key_for(kid)``.
+
+    ``key_for`` decides whether the kid is trusted, raising ``VerificationError`` if not.
+    """
+    # 1. Shape: size, three segments, a JSON header with a kid (RFC 7515 §5.2 steps 1-4).
+    header = read_header(token, jwe_token=False, max_bytes=max_bytes)
+    # 2. The algorithm is ours; "none" and every other one is refused before any key is used.
+    alg = header.get("alg")
+    if alg == "none" or _signature_empty(token):
+        raise VerificationError(Reason.UNSIGNED, "the token carries no signature")
+    if alg not in _ACCEPTED_SIGNATURE_ALGORITHMS:
+        raise VerificationError(
+            Reason.ALGORITHM, f"signature algorithm {alg!r} is not allowed; use EdDSA (Ed25519)"
+        )
+    # 3. Explicit typing (RFC 8725 §3.11): a token of one kind never passes as another.
+    if header.get("typ") != typ:
+        raise VerificationError(
+            Reason.WRONG_TYPE, f"expected a token of type {typ!r}, got {header.get('typ')!r}"
+        )
+    # 4. The key the kid names, if the caller trusts it.
+    public_key = key_for(header["kid"])
+    # 5. The signature (RFC 7515 §5.2 step 8).
+    try:
+        verified = jws.deserialize_compact(
+            token, OKPKey.import_key(public_key), registry=_jws_registry(max_bytes)
+        )
+    except BadSignatureError:
+        raise VerificationError(Reason.BAD_SIGNATURE, "the signature does not verify") from None
+    except (JoseError, ValueError, TypeError, KeyError, InvalidSignature) as exc:
+        raise VerificationError(
+            Reason.MALFORMED, f"the JWS could not be verified ({type(exc).__name__})"
+        ) from None
+    return verified.payload
+
+
+def _signature_empty(token: bytes | str) -> bool:
+    """True if a compact JWS has an empty signature segment (an unsecured JWS)."""
+    raw = token.encode("ascii", "replace") if isinstance(token, str) else token
+    return raw.rsplit(b".", 1)[-1] == b""
+
+
+def encrypt_compact(
+    plaintext: bytes, public_key: X25519PublicKey, *, cty: str | None = "JOSE"
+) -> bytes:
+    """A compact JWE of ``plaintext`` to one X25519 key: ECDH-ES+A256KW, A256GCM, its kid.
+
+    ``cty`` "JOSE" says the plaintext is itself a compact JOSE object (RFC 7515 §4.1.10).
+    """
+    header: dict[str, Any] = {
+        "alg": KEY_AGREEMENT,
+        "enc": CONTENT_ENCRYPTION,
+        "kid": kid_of(public_key),
+    }
+    if cty is not None:
+        header["cty"] = cty
+    registry = _jwe_registry(max(len(plaintext), 1))
+    token = jwe.encrypt_compact(header, plaintext, OKPKey.import_key(public_key), registry=registry)
+    return token.encode("ascii")
+
+
+def decrypt_compact(
+    token: bytes | str,
+    key_for: Callable[[str], X25519PrivateKey],
+    *,
+    max_bytes: int = MAX_TOKEN_BYTES,
+) -> bytes:
+    """The plaintext of a compact JWE, decrypted with the private key ``key_for(kid)``.
+
+    ``key_for`` raises ``VerificationError`` if the kid is not a key the caller may use.
+    """
+    # 1. Shape: size, five segments, a JSON header with a kid (RFC 7516 §5.2 steps 1-3).
+    header = read_header(token, jwe_token=True, max_bytes=max_bytes)
+    # 2. The algorithms are ours: no RSA, no direct keys, no compression (RFC 7516 §4.1.3).
+    if header.get("alg") != KEY_AGREEMENT or header.get("enc") != CONTENT_ENCRYPTION:
+        raise VerificationError(
+            Reason.ALGORITHM,
+            f"JWE algorithms {header.get('alg')!r}/{header.get('enc')!r} are not allowed; "
+            f"use {KEY_AGREEMENT} with {CONTENT_ENCRYPTION}",
+        )
+    if "zip" in header:
+        raise VerificationError(Reason.ALGORITHM, "compressed JWEs are not accepted")
+    # 3. Our private key for the kid, if it is one we may still use.
+    private_key = key_for(header["kid"])
+    # 4. Key agreement, key unwrap, authenticated decryption (RFC 7516 §5.2 steps 6-16).
+    try:
+        opened = jwe.decrypt_compact(
+            token, OKPKey.import_key(private_key), registry=_jwe_registry(max_bytes)
+        )
+    except (JoseError, ValueError, TypeError, KeyError, InvalidTag) as exc:
+        raise VerificationError(
+            Reason.DECRYPTION_FAILED,
+            f"the JWE does not decrypt: tampered, truncated or not for this key "
+            f"({type(exc).__name__})",
+        ) from None
+    if opened.plaintext is None:
+        raise VerificationError(Reason.DECRYPTION_FAILED, "the JWE has no plaintext")
+    return opened.plaintext

@@ -1,0 +1,70 @@
+"""TLS contexts for mutual TLS between the agencies and the broker, from the store's PKI files.
+
+``ssl`` loads certificates and keys only from paths, so these helpers take a ``FileStore`` and
+hand ``ssl`` the paths of the files in it (the reading is done by OpenSSL, not by us). The
+private keys stay encrypted on disk: OpenSSL decrypts them in memory with the passphrase, so no
+unencrypted key file is ever written. ``peer_agency`` names the agency at the other end of an
+accepted connection, which the broker compares with the referral's claimed sender.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from cryptography import x509
+
+from keys.errors import KeyStoreError, PassphraseError, Reason, VerificationError
+from keys.pki import agency_of_certificate
+from keys.store import CA_CERT, SERVER_CERT, SERVER_KEY, FileStore, client_cert, client_key
+
+__all__ = ["client_context", "peer_agency", "server_context"]
+
+
+def _load_chain(context: ssl.SSLContext, store: FileStore, cert: str, key: str, pw: bytes) -> None:
+    try:
+        context.load_cert_chain(store.path(cert), store.path(key), password=pw)
+    except FileNotFoundError:
+        raise KeyStoreError(
+            f"{store.path(cert)} or its key is missing; has 'cairn keys init' been run?"
+        ) from None
+    except ssl.SSLError:
+        raise PassphraseError(
+            f"cannot load {store.path(key)}: the passphrase is wrong or the file is damaged"
+        ) from None
+
+
+def _ca(store: FileStore) -> str:
+    path = store.path(CA_CERT)
+    if not path.is_file():
+        raise KeyStoreError(f"{path} is missing; has 'cairn keys init' been run?")
+    return str(path)
+
+
+def server_context(store: FileStore, passphrase: bytes) -> ssl.SSLContext:
+    """The broker's server context: its certificate, and client certificates required."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=_ca(store))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED  # mTLS: no certificate, no connection
+    _load_chain(context, store, SERVER_CERT, SERVER_KEY, passphrase)
+    return context
+
+
+def client_context(store: FileStore, agency_id: str, passphrase: bytes) -> ssl.SSLContext:
+    """An agency's client context: its client certificate; the broker checked against the CA."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=_ca(store))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(context, store, client_cert(agency_id), client_key(agency_id), passphrase)
+    return context
+
+
+def peer_agency(connection: ssl.SSLObject | ssl.SSLSocket) -> str:
+    """The agency id in the verified client certificate of an accepted connection."""
+    der = connection.getpeercert(binary_form=True)
+    if not der:
+        raise VerificationError(Reason.WRONG_SIGNER, "the client presented no certificate")
+    try:
+        return agency_of_certificate(x509.load_der_x509_certificate(der))
+    except ValueError:
+        raise VerificationError(
+            Reason.MALFORMED, "the client certificate does not name one agency"
+        ) from None

@@ -1,0 +1,196 @@
+"""G8, consent and lawful basis: why this sharing is lawful, and who decided when consent is absent.
+
+Legal references are codes, not free text, so policy and audit can match on them:
+
+- UK GDPR Art 6(1)(c) legal obligation, (d) vital interests, (e) public task.
+- UK GDPR Art 9(2)(g) substantial public interest, which needs a DPA 2018 Schedule 1 Part 2
+  condition (para 10 unlawful acts, para 18 safeguarding of children and individuals at risk),
+  and 9(2)(h) health or social care, which needs Schedule 1 para 2.
+- DPA 2018 Schedule 8 para 4 (safeguarding) for police law-enforcement processing under Part 3,
+  where neither Art 6 nor Art 9 applies.
+- Statutory gateways: Crime and Disorder Act 1998 s115 (a power to share, not a duty), Health and
+  Social Care Act 2012 s251B (duty to share for care; disapplied when the person objects),
+  Children Act 1989 s47 and 2004 s11, Domestic Abuse Act 2021 s49A (Operation Encompass).
+- Caldicott principles 7 (the duty to share can be as important as the duty to protect
+  confidentiality) and 8 (inform patients and service users about how their information is used).
+
+Consent states other than ``obtained`` need an override record (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import model_validator
+
+from schemas.fields import Frozen, LongText, ShortText, inconsistent
+
+__all__ = [
+    "Art6Basis",
+    "Art9Condition",
+    "CaldicottPrinciple",
+    "Consent",
+    "ConsentOverride",
+    "ConsentState",
+    "DpaCondition",
+    "OverrideReason",
+    "StatutoryGateway",
+]
+
+
+class ConsentState(StrEnum):
+    OBTAINED = "obtained"
+    REFUSED = "refused"
+    WITHDRAWN = "withdrawn"
+    NOT_SOUGHT_UNSAFE = "not_sought_unsafe"  # asking would put the victim at risk
+    CANNOT_BE_GIVEN = "cannot_be_given"  # e.g. lacks capacity, or cannot be contacted in time
+    NOT_REQUIRED_STATUTORY = "not_required_statutory"  # a statutory duty applies
+
+
+class Art6Basis(StrEnum):
+    LEGAL_OBLIGATION = "art6_1_c"
+    VITAL_INTERESTS = "art6_1_d"
+    PUBLIC_TASK = "art6_1_e"
+
+
+class Art9Condition(StrEnum):
+    SUBSTANTIAL_PUBLIC_INTEREST = "art9_2_g"
+    HEALTH_OR_SOCIAL_CARE = "art9_2_h"
+
+
+class DpaCondition(StrEnum):
+    """The DPA 2018 paragraph relied on for special category or criminal-offence data."""
+
+    SCH1_PARA2_HEALTH_SOCIAL_CARE = "dpa2018_sch1_para2"
+    SCH1_PARA10_UNLAWFUL_ACTS = "dpa2018_sch1_para10"
+    SCH1_PARA18_SAFEGUARDING = "dpa2018_sch1_para18"
+    SCH8_PARA4_SAFEGUARDING = "dpa2018_sch8_para4"  # police, Part 3 processing
+
+
+class StatutoryGateway(StrEnum):
+    CDA_1998_S115 = "cda1998_s115"
+    HSCA_2012_S251B = "hsca2012_s251b"
+    CA_1989_S47 = "ca1989_s47"
+    CA_2004_S11 = "ca2004_s11"
+    DAA_2021_S49A = "daa2021_s49a"
+
+
+class CaldicottPrinciple(StrEnum):
+    P7_DUTY_TO_SHARE = "caldicott_7"
+    P8_INFORM_EXPECTATIONS = "caldicott_8"
+
+
+class OverrideReason(StrEnum):
+    """The fixed list of reasons for sharing without consent (DESIGN §3)."""
+
+    RISK_TO_VICTIM = "risk_to_victim"
+    RISK_TO_CHILDREN = "risk_to_children"
+    PREJUDICE_PROTECTION = "prejudice_protection"  # seeking consent would prejudice protection
+    PREVENTION_DETECTION_OF_CRIME = "prevention_detection_of_crime"
+    VITAL_INTERESTS = "vital_interests"
+
+
+# Art 9(2)(g) rests on a Schedule 1 Part 2 condition, 9(2)(h) on Schedule 1 para 2.
+_ART9_PARAGRAPHS = {
+    Art9Condition.SUBSTANTIAL_PUBLIC_INTEREST: {
+        DpaCondition.SCH1_PARA10_UNLAWFUL_ACTS,
+        DpaCondition.SCH1_PARA18_SAFEGUARDING,
+    },
+    Art9Condition.HEALTH_OR_SOCIAL_CARE: {DpaCondition.SCH1_PARA2_HEALTH_SOCIAL_CARE},
+}
+
+
+class ConsentOverride(Frozen):
+    """The record of a decision to share without the subject's consent."""
+
+    decision_maker: ShortText
+    decision_maker_role: ShortText
+    reason: OverrideReason
+    justification: LongText
+    subject_told: bool
+    subject_not_told_reason: LongText | None = None
+    legal_paragraph: DpaCondition | StatutoryGateway
+
+    @model_validator(mode="after")
+    def _told_or_why_not(self) -> ConsentOverride:
+        if not self.subject_told and self.subject_not_told_reason is None:
+            raise inconsistent(
+                "subject_not_told_reason",
+                "say why the subject was not told of the decision to share without consent",
+            )
+        if self.subject_told and self.subject_not_told_reason is not None:
+            raise inconsistent(
+                "subject_not_told_reason", "give no reason for not telling when subject_told"
+            )
+        return self
+
+
+class Consent(Frozen):
+    """G8: the consent state, the lawful basis, and the override record when consent is absent."""
+
+    state: ConsentState
+    art6_basis: Art6Basis | None = None
+    art9_condition: Art9Condition | None = None
+    dpa_condition: DpaCondition | None = None
+    statutory_gateway: StatutoryGateway | None = None
+    caldicott_principles: tuple[CaldicottPrinciple, ...] = ()
+    subject_informed: bool
+    not_informed_reason: LongText | None = None
+    override: ConsentOverride | None = None
+
+    @model_validator(mode="after")
+    def _lawful(self) -> Consent:
+        part3 = self.dpa_condition is DpaCondition.SCH8_PARA4_SAFEGUARDING
+        if part3 and (self.art6_basis is not None or self.art9_condition is not None):
+            raise inconsistent(
+                "dpa_condition",
+                "Schedule 8 is for police Part 3 processing, which relies on neither Art 6 nor "
+                "Art 9: leave art6_basis and art9_condition empty, or use a Schedule 1 paragraph",
+            )
+        if not part3 and self.art6_basis is None:
+            raise inconsistent(
+                "art6_basis", "name the UK GDPR Art 6 basis (art6_1_c, art6_1_d or art6_1_e)"
+            )
+        if self.art9_condition is not None:
+            allowed = _ART9_PARAGRAPHS[self.art9_condition]
+            if self.dpa_condition not in allowed:
+                raise inconsistent(
+                    "dpa_condition",
+                    f"{self.art9_condition.value} needs one of "
+                    f"{', '.join(sorted(p.value for p in allowed))}",
+                )
+        elif self.dpa_condition is not None and not part3:
+            raise inconsistent(
+                "art9_condition",
+                f"{self.dpa_condition.value} is a condition for an Art 9 basis: name it",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _override_when_no_consent(self) -> Consent:
+        if self.subject_informed and self.not_informed_reason is not None:
+            raise inconsistent(
+                "not_informed_reason", "give no reason for not informing when subject_informed"
+            )
+        if not self.subject_informed and self.not_informed_reason is None:
+            raise inconsistent(
+                "not_informed_reason", "say why the subject was not informed of the referral"
+            )
+        if self.state is ConsentState.OBTAINED:
+            if not self.subject_informed:
+                raise inconsistent(
+                    "subject_informed", "consent cannot be obtained without informing the subject"
+                )
+            if self.override is not None:
+                raise inconsistent("override", "consent was obtained: there is nothing to override")
+        elif self.override is None:
+            raise inconsistent(
+                "override",
+                f"consent is '{self.state.value}': record who decided to share without it, "
+                "their role, the reason, the justification and the legal paragraph",
+            )
+        if self.state is ConsentState.NOT_REQUIRED_STATUTORY and self.statutory_gateway is None:
+            raise inconsistent(
+                "statutory_gateway", "name the statutory gateway that makes consent unnecessary"
+            )
+        return self
