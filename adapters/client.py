@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from keys import SigningKey, sign_referral
+from schemas.encompass import EncompassNotification
 from schemas.errors import InputError, TransportError
 from schemas.receipt import Receipt
 from schemas.referral import Referral
@@ -61,14 +62,14 @@ class ReferralClient:
         if self._session is not None:
             await self._session.close()
 
-    def sign(self, referral: Referral | bytes) -> bytes:
+    def sign(self, referral: Referral | EncompassNotification | bytes) -> bytes:
         """The referral as the compact JWS this client would send."""
         if self._key is None:
             raise RuntimeError("this client has no signing key")
         payload = referral if isinstance(referral, bytes) else referral.model_dump_json().encode()
         return sign_referral(payload, self._key, issued_at=self._clock())
 
-    async def submit(self, referral: Referral | bytes) -> Receipt:
+    async def submit(self, referral: Referral | EncompassNotification | bytes) -> Receipt:
         """Sign and submit; return the receipt, raise SubmissionRefused or TransportError."""
         return await self.post_raw(self.sign(referral), content_type="application/jose")
 

@@ -243,20 +243,27 @@ def inbox(
 def describe(delivery: Any) -> str:
     """A short human summary of one delivery for a terminal."""
     d = delivery.disclosure
+    head = f"[{d.recipient_agency}] {d.purpose.value} {d.referral_id} from {d.sender_agency}"
+    if d.notification is not None:
+        c = d.notification.content
+        return (
+            f"{head}: Operation Encompass notice for {c.child_given_name} {c.child_family_name}"
+            f" (born {c.child_date_of_birth}); incident {c.occurred_at:%Y-%m-%d %H:%M}; "
+            f"notify by {d.notification.header.notify_by:%Y-%m-%d %H:%M}"
+        )
     r = d.referral
     return (
-        f"[{d.recipient_agency}] referral {d.referral_id} from {d.sender_agency}: "
-        f"purpose {d.purpose.value}, priority {r.header.priority.value}, risk {r.risk.level.value}"
-        f"; victim {r.victim.given_name} {r.victim.family_name}; "
+        f"{head}: priority {r.header.priority.value}, risk {r.risk.level.value}; "
+        f"victim {r.victim.given_name} {r.victim.family_name}; "
         f"incident {r.incident.occurred_at:%Y-%m-%d %H:%M} at {r.incident.location}"
     )
 
 
 @cli.command()
 @click.option(
-    "--sample",
+    "--export",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Referral to send [default: the high-risk sample].",
+    help="Police incident export (JSON lines) [default: the federation's sample export].",
 )
 @click.option(
     "--timeout",
@@ -265,19 +272,21 @@ def describe(delivery: Any) -> str:
     show_default=True,
     help="Seconds to wait for each recipient.",
 )
-def demo(sample: Path | None, timeout_s: float) -> None:
-    """Run the scripted scenario: topics, broker, police sends, recipients receive.
+def demo(export: Path | None, timeout_s: float) -> None:
+    """Run the scripted scenario: keys, topics, broker, police import, recipients receive.
 
-    Needs a running Kafka (make demo starts one).
-
-    Exits 0 only if every recipient received the referral.
+    Needs a running Kafka (make demo starts one). Exits 0 only if every message reached exactly
+    its recipients.
     """
     from broker.demo import run_demo
     from broker.logs import configure_logging
 
     settings = _settings()
     configure_logging(settings.log_format, os.environ.get("CAIRN_LOG_LEVEL", "warning"))
-    ok = run_demo(settings, sample=sample, timeout_s=timeout_s)
+    try:
+        ok = run_demo(settings, export=export, timeout_s=timeout_s)
+    except CairnError as exc:
+        raise click.ClickException(str(exc)) from None
     sys.exit(0 if ok else 1)
 
 

@@ -1,43 +1,49 @@
-"""The scripted demo: a police referral reaches two partner agencies through the real broker.
+"""The scripted demo: a police force's incident export becomes referrals and Encompass notices,
+and each reaches exactly its recipients through the real broker and the real Kafka.
 
 Steps: create the development federation's keys if there are none, create the topics, start
-``cairn serve`` as its own process (mutual TLS), submit the sample referral signed as the police
-adapter would, have each recipient's inbox decrypt and verify what it consumes, print what each
-got, stop the broker with SIGTERM. Kafka itself is started and stopped by ``make demo``.
+``cairn serve`` as its own process (mutual TLS), run the police adapter over the sample export
+(``deploy/federation/samples/police-export.jsonl``) and submit every message it produces, signed,
+as the police force; then each recipient's inbox decrypts and verifies what it consumes and
+prints it; finally the broker is stopped with SIGTERM. Kafka itself is started and stopped by
+``make demo``.
+
+The demo broker keeps its replay memory in a folder of its own per run, so running the demo
+again submits the same (stable) message ids again and they are delivered again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import uuid
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import click
 
 from adapters.agency import client_for, inbox_for
 from adapters.inbox import Delivery
+from adapters.police import Outgoing, import_export
 from broker.config import Settings
 from broker.federation import load_federation
 from broker.topics import federation_topics
 from broker.transport import create_topics
-from keys import FileStore, init_federation, passphrase_from_env
+from keys import FileStore, client_context, init_federation, passphrase_from_env
 from schemas.errors import CairnError
 from schemas.federation import Federation
-from schemas.referral import Referral
+from schemas.receipt import Receipt, RecipientStatus
 
-__all__ = ["fresh_copy", "run_demo"]
+__all__ = ["DEFAULT_EXPORT", "run_demo"]
 
-DEFAULT_SAMPLE = Path("samples") / "referral-high-risk.json"
+DEFAULT_EXPORT = Path("samples") / "police-export.jsonl"
 
 
 def _free_port() -> int:
@@ -46,26 +52,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fresh_copy(sample: dict[str, Any]) -> Referral:
-    """The sample with a new referral id and creation time, so every run is a new referral."""
-    header = {
-        **sample["header"],
-        "referral_id": str(uuid.uuid4()),
-        "created_at": datetime.now(UTC).isoformat(),
-    }
-    return Referral.model_validate({**sample, "header": header})
-
-
 def _step(text: str) -> None:
     click.secho(f"==> {text}", bold=True)
 
 
-def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bool:
+def run_demo(settings: Settings, *, export: Path | None, timeout_s: float) -> bool:
     federation = load_federation(settings.federation_dir)
-    path = sample or settings.federation_dir / DEFAULT_SAMPLE
-    referral = fresh_copy(json.loads(path.read_text(encoding="utf-8")))
-    header = referral.header
-
     _ensure_keys(settings, federation)
 
     _step(f"creating topics on {settings.kafka_bootstrap_servers}")
@@ -76,13 +68,26 @@ def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bo
         f"{sum(v == 'exists' for v in result.values())} already there"
     )
 
+    path = export or settings.federation_dir / DEFAULT_EXPORT
+    _step(f"police adapter reads {path}")
+    with path.open(encoding="utf-8") as fh:
+        produced, errors = import_export(fh, federation, datetime.now(UTC))
+    for e in errors:
+        click.secho(f"    line {e.row}: {e.field}: {e.reason}", fg="yellow")
+    click.echo(f"    {len(produced)} message(s) from the export, {len(errors)} problem line(s)")
+    if not produced:
+        return False
+
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
-    _step(f"starting the broker on {url}")
+    _step(f"starting the broker on {url} (mutual TLS)")
+    run_state = Path(tempfile.mkdtemp(prefix="demo-", dir=_state_dir(settings)))
     env = {
         **os.environ,
         "CAIRN_HTTP_HOST": "127.0.0.1",
         "CAIRN_HTTP_PORT": str(port),
+        "CAIRN_STATE_DIR": str(run_state),
+        "CAIRN_KEY_DIR": str(settings.keys_path),
         "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
     }
     broker = subprocess.Popen(
@@ -94,22 +99,19 @@ def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bo
             return False
         click.echo("    ready")
 
-        _step(
-            f"{header.sender_agency} submits referral {header.referral_id} "
-            f"({header.purpose.value}) to {', '.join(header.recipients)}"
-        )
-        try:
-            receipt = asyncio.run(_submit(settings, url, referral))
-        except CairnError as exc:
-            click.secho(f"    refused: {exc}", fg="red")
-            return False
-        click.echo(
-            f"    202 accepted at {receipt.accepted_at:%H:%M:%S}: "
-            + ", ".join(f"{r.agency}={r.status.value}" for r in receipt.recipients)
-        )
+        _step("the police force submits each message, signed with its key")
+        receipts = asyncio.run(_submit_all(settings, url, produced))
+        expected: dict[str, set[str]] = defaultdict(set)
+        for outgoing in produced:
+            receipt = receipts.get(str(outgoing.message_id))
+            if receipt is None:
+                continue
+            for r in receipt.recipients:
+                if r.status is RecipientStatus.QUEUED:
+                    expected[r.agency].add(str(outgoing.message_id))
 
-        _step("recipients read their own topics (read_committed)")
-        received = asyncio.run(_receive_all(settings, header, timeout_s))
+        _step("each recipient reads its own topic (read_committed), decrypts and verifies")
+        received = asyncio.run(_receive_all(settings, expected, timeout_s))
     finally:
         _step("stopping the broker (SIGTERM: drain, flush)")
         broker.send_signal(signal.SIGTERM)
@@ -120,23 +122,12 @@ def run_demo(settings: Settings, *, sample: Path | None, timeout_s: float) -> bo
             broker.wait()
         click.echo(f"    broker exited with {broker.returncode}")
 
-    _step("summary")
-    ok = True
-    for agency in header.recipients:
-        got = received.get(agency)
-        mark = "received" if got else "MISSING"
-        ok = ok and bool(got)
-        click.secho(f"    {agency:24} {mark}", fg="green" if got else "red")
-    others = sorted(set(received) - set(header.recipients))
-    if others:
-        ok = False
-        click.secho(f"    unexpected recipients: {', '.join(others)}", fg="red")
-    click.secho(
-        "demo: OK, every recipient received the referral" if ok else "demo: FAILED",
-        fg="green" if ok else "red",
-        bold=True,
-    )
-    return ok
+    return _summary(produced, receipts, expected, received)
+
+
+def _state_dir(settings: Settings) -> Path:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return settings.state_dir
 
 
 def _ensure_keys(settings: Settings, federation: Federation) -> None:
@@ -156,9 +147,7 @@ def _ensure_keys(settings: Settings, federation: Federation) -> None:
 async def _wait_ready(
     settings: Settings, url: str, process: subprocess.Popen[bytes], *, timeout_s: float
 ) -> bool:
-    """Poll /readyz over mutual TLS (as the police adapter) until the broker is ready."""
-    from keys import client_context
-
+    """Poll /readyz over mutual TLS (as the police force) until the broker is ready."""
     context = client_context(FileStore(settings.keys_path), "kelder-police", passphrase_from_env())
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession(
@@ -177,28 +166,75 @@ async def _wait_ready(
     return False
 
 
-async def _submit(settings: Settings, url: str, referral: Referral) -> Any:
-    async with client_for(settings, referral.header.sender_agency, url) as client:
-        return await client.submit(referral)
+async def _submit_all(settings: Settings, url: str, produced: list[Outgoing]) -> dict[str, Receipt]:
+    receipts: dict[str, Receipt] = {}
+    senders = {o.sender for o in produced}
+    for sender in sorted(senders):
+        async with client_for(settings, sender, url) as client:
+            for o in (o for o in produced if o.sender == sender):
+                label = f"line {o.row} {o.purpose.value:9} {o.message_id}"
+                try:
+                    receipt = await client.submit(o.message)
+                except CairnError as exc:
+                    click.secho(f"    {label}: refused: {exc}", fg="red")
+                    continue
+                receipts[str(o.message_id)] = receipt
+                statuses = ", ".join(f"{r.agency}={r.status.value}" for r in receipt.recipients)
+                click.echo(f"    {label}: accepted: {statuses}")
+    return receipts
 
 
-async def _receive_all(settings: Settings, header: Any, timeout_s: float) -> dict[str, bool]:
+async def _receive_all(
+    settings: Settings, expected: dict[str, set[str]], timeout_s: float
+) -> dict[str, set[str]]:
     from broker.cli import describe
 
-    received: dict[str, bool] = {}
+    received: dict[str, set[str]] = defaultdict(set)
 
     async def one(agency: str) -> None:
         async def show(delivery: Delivery) -> None:
             click.echo(f"    {describe(delivery)}")
-            if delivery.disclosure.referral_id == header.referral_id:
-                received[agency] = True
+            received[agency].add(str(delivery.disclosure.referral_id))
 
         async with inbox_for(settings, agency) as box:
             deadline = time.monotonic() + timeout_s
-            while agency not in received and time.monotonic() < deadline:
+            while not expected[agency] <= received[agency] and time.monotonic() < deadline:
                 await box.drain(
-                    show, idle_timeout_s=2.0, total_timeout_s=max(0.1, deadline - time.monotonic())
+                    show,
+                    idle_timeout_s=2.0,
+                    total_timeout_s=max(0.1, deadline - time.monotonic()),
                 )
 
-    await asyncio.gather(*(one(a) for a in header.recipients))
+    await asyncio.gather(*(one(a) for a in sorted(expected)))
     return received
+
+
+def _summary(
+    produced: list[Outgoing],
+    receipts: dict[str, Receipt],
+    expected: dict[str, set[str]],
+    received: dict[str, set[str]],
+) -> bool:
+    _step("summary")
+    ok = len(receipts) == len(produced)
+    for o in produced:
+        mid = str(o.message_id)
+        for agency in o.recipients:
+            got = mid in received.get(agency, set())
+            wanted = mid in expected.get(agency, set())
+            mark = "received" if got else ("MISSING" if wanted else "not sent")
+            ok = ok and got
+            click.secho(
+                f"    line {o.row}  {o.purpose.value:9}  {agency:22} {mark}",
+                fg="green" if got else "red",
+            )
+    stray = {a: ids - expected.get(a, set()) for a, ids in received.items()}
+    for agency, ids in stray.items():
+        if ids:
+            click.echo(f"    {agency} also read {len(ids)} earlier message(s) left on its topic")
+    click.secho(
+        "demo: OK, every message reached exactly its recipients" if ok else "demo: FAILED",
+        fg="green" if ok else "red",
+        bold=True,
+    )
+    return ok

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from broker.policy import Decision
+from broker.policy import Decision, routing
 from broker.topics import delivery_topic
 from broker.transport import Record
 from keys import DecryptionKey, Registry, SigningKey, open_disclosure, seal_disclosure
 from schemas.decode import decode
 from schemas.disclosure import Disclosure
+from schemas.encompass import EncompassNotification
 from schemas.errors import VerificationError
 from schemas.referral import Referral
 
@@ -26,7 +27,7 @@ CONTENT_TYPE = b"application/jose"  # RFC 7516 compact serialisation
 
 
 def seal(
-    referral: Referral,
+    message: Referral | EncompassNotification,
     decision: Decision,
     *,
     topic_prefix: str,
@@ -35,16 +36,17 @@ def seal(
     registry: Registry,
     now: datetime,
 ) -> Record:
-    """The record that delivers ``referral`` to ``decision.recipient``, keyed by referral id."""
+    """The record that delivers ``message`` to ``decision.recipient``, keyed by its id."""
     if not decision.allowed:
         raise RuntimeError("seal() called for a refused recipient")
-    header = referral.header
+    route = routing(message)
     disclosure = Disclosure(
-        referral_id=header.referral_id,
-        sender_agency=header.sender_agency,
+        referral_id=route.message_id,
+        sender_agency=route.sender,
         recipient_agency=decision.recipient,
-        purpose=header.purpose,
-        referral=referral,
+        purpose=route.purpose,
+        referral=message if isinstance(message, Referral) else None,
+        notification=message if isinstance(message, EncompassNotification) else None,
     )
     sealed = seal_disclosure(
         disclosure.model_dump_json().encode(),
@@ -53,16 +55,17 @@ def seal(
         recipient=decision.recipient,
         now=now,
     )
+    message_id = str(route.message_id).encode()
     return Record(
         topic=delivery_topic(topic_prefix, decision.recipient),
-        key=str(header.referral_id).encode(),
+        key=message_id,
         value=sealed,
         headers=(
-            ("cairn-referral-id", str(header.referral_id).encode()),
-            ("cairn-sender", header.sender_agency.encode()),
+            ("cairn-referral-id", message_id),
+            ("cairn-sender", route.sender.encode()),
             ("cairn-recipient", decision.recipient.encode()),
-            ("cairn-purpose", header.purpose.value.encode()),
-            ("cairn-schema-version", header.schema_version.encode()),
+            ("cairn-purpose", route.purpose.value.encode()),
+            ("cairn-schema-version", message.header.schema_version.encode()),
             ("cairn-request-id", request_id.encode()),
             ("content-type", CONTENT_TYPE),
         ),

@@ -16,17 +16,18 @@ import structlog
 
 from broker.config import Settings
 from broker.envelope import seal
-from broker.policy import decide
+from broker.policy import decide, routing
 from broker.replay import ReplayStore
 from broker.transport import Transport
 from broker.trust import TrustStore
 from keys import Registry, verify_referral
 from keys import VerificationError as KeyVerificationError
-from schemas.decode import decode
+from schemas.encompass import EncompassNotification
 from schemas.errors import ReplayError, SenderMismatch, UnknownSender
 from schemas.federation import Federation
 from schemas.receipt import Receipt, RecipientReceipt, RecipientStatus
 from schemas.referral import Referral
+from schemas.submission import decode_submission
 
 __all__ = ["Outcome", "Pipeline"]
 
@@ -64,14 +65,15 @@ class Pipeline:
             max_age=timedelta(seconds=self.settings.max_signature_age_s),
             clock_skew=timedelta(seconds=self.settings.max_clock_skew_s),
         )
-        # 2 validate: a well-formed referral whose named sender is the authenticated one.
-        referral = decode(Referral, payload)
-        header = referral.header
-        referral_id = str(header.referral_id)
+        # 2 validate: a well-formed referral (or Encompass notice) whose sender is the
+        #   authenticated one.
+        message = decode_submission(payload)
+        route = routing(message)
+        referral_id = str(route.message_id)
         structlog.contextvars.bind_contextvars(referral_id=referral_id)
-        if header.sender_agency != sender:
+        if route.sender != sender:
             raise SenderMismatch(
-                f"the referral names '{header.sender_agency}' as sender but was sent and "
+                f"the message names '{route.sender}' as sender but was sent and "
                 f"signed by '{sender}'"
             )
         # 3 replay: the id is single-use; an identical resubmission gets its first receipt.
@@ -87,19 +89,23 @@ class Pipeline:
                         )
                     log.info("referral.replayed")
                     return Outcome(Receipt.model_validate_json(seen.receipt), replayed=True)
-                receipt = await self._deliver(referral, registry, request_id, now)
+                receipt = await self._deliver(message, registry, request_id, now)
                 self.replay.remember(referral_id, digest, receipt.model_dump_json(), now)
                 return Outcome(receipt, replayed=False)
             finally:
                 self.replay.release(referral_id)
 
     async def _deliver(
-        self, referral: Referral, registry: Registry, request_id: str, now: datetime
+        self,
+        message: Referral | EncompassNotification,
+        registry: Registry,
+        request_id: str,
+        now: datetime,
     ) -> Receipt:
-        header = referral.header
+        route = routing(message)
         # 4 decide
         decisions = decide(
-            referral,
+            message,
             self.federation,
             max_recipients=self.settings.max_recipients,
             can_receive=lambda agency: _can_receive(registry, agency, now),
@@ -109,7 +115,7 @@ class Pipeline:
         broker_key = self.trust.signing_key()
         records = [
             seal(
-                referral,
+                message,
                 d,
                 topic_prefix=self.settings.topic_prefix,
                 request_id=request_id,
@@ -124,13 +130,13 @@ class Pipeline:
             await self.transport.publish(records)
         log.info(
             "referral.accepted",
-            sender=header.sender_agency,
-            purpose=header.purpose.value,
+            sender=route.sender,
+            purpose=route.purpose.value,
             recipients=[d.recipient for d in allowed],
             refused=[d.recipient for d in decisions if not d.allowed],
         )
         return Receipt(
-            referral_id=header.referral_id,
+            referral_id=route.message_id,
             accepted_at=now,
             recipients=tuple(
                 RecipientReceipt(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from broker.transport import Record
 from tests.samples import REPO
@@ -53,10 +54,17 @@ class LocalKafka:
         return self._run("status").returncode == 0
 
 
-async def read_committed(bootstrap: str, topic: str, *, timeout_s: float = 20.0) -> list[Record]:
-    """Everything a read_committed consumer sees on ``topic``, from the beginning to the end."""
+async def read_committed(
+    bootstrap: str,
+    topic: str,
+    *,
+    timeout_s: float = 20.0,
+    isolation_level: str = "read_committed",
+) -> list[Record]:
+    """Everything a consumer sees on ``topic``, from the beginning to the end (read_committed
+    unless told otherwise; read_uncommitted also returns records of aborted transactions)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        bootstrap_servers=bootstrap, isolation_level=isolation_level, enable_auto_commit=False
     )
     await consumer.start()
     try:
@@ -81,3 +89,12 @@ async def read_committed(bootstrap: str, topic: str, *, timeout_s: float = 20.0)
         return records
     finally:
         await asyncio.wait_for(consumer.stop(), 10)
+
+
+async def topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return sorted(t for t in await admin.list_topics() if t.startswith(prefix + "."))
+    finally:
+        await admin.close()

@@ -63,6 +63,9 @@ def full_url(referral_id: uuid.UUID, name: str) -> str:
 
 def disclosure_to_bundle(disclosure: Disclosure) -> dict[str, Any]:
     """The FHIR R4 Bundle (JSON-ready dict) of what the NHS trust received."""
+    if disclosure.referral is None:
+        # Encompass notices go to schools and children's social care, never to a trust.
+        raise ValueError("only referrals map to a FHIR Bundle; this disclosure is a notification")
     return referral_to_bundle(disclosure.referral)
 
 

@@ -267,7 +267,9 @@ def _notification(
             sender_officer=record.officer,
             recipient=recipient,
             created_at=now,
-            notify_by=next_school_day_start(max(now, record.occurred_at)),
+            # The statutory deadline runs from the incident, not from when the export was
+            # read: a notice made late is due at once and shows as overdue, never re-dated.
+            notify_by=next_school_day_start(record.occurred_at),
         ),
         content=encompass_content(
             child,

@@ -143,7 +143,8 @@ def test_notification_carries_exactly_the_statutory_content() -> None:
     first = notes[0]
     assert first.content.police_reference == "KP/2026/118842"
     assert first.content.child_present is True
-    assert first.header.notify_by == datetime(2026, 11, 27, 8, 30, tzinfo=UTC)
+    # Incident on Wednesday 25 Nov 2026 at 22:40: due before school starts on Thursday 26th.
+    assert first.header.notify_by == datetime(2026, 11, 26, 8, 30, tzinfo=UTC)
 
 
 def test_no_notification_when_police_did_not_attend() -> None:
