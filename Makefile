@@ -16,7 +16,7 @@ ifeq ($(origin CAIRN_KEY_PASSPHRASE),undefined)
 export CAIRN_KEY_PASSPHRASE_FILE ?= $(DEV_PASSPHRASE)
 endif
 
-.PHONY: help venv demo test test-unit test-integration lint bench-throughput kafka-start kafka-stop kafka-status clean
+.PHONY: help venv demo test test-unit test-integration lint bench-throughput bench-crypto kafka-start kafka-stop kafka-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -49,6 +49,9 @@ lint: $(STAMP)  ## ruff and mypy --strict
 
 bench-throughput: $(STAMP)  ## HTTP -> broker -> Kafka -> recipient, beside a bare aiohttp+aiokafka baseline
 	$(WITH_KAFKA) $(BIN)/python bench/throughput.py
+
+bench-crypto: $(STAMP)  ## seal/open one 4 KB disclosure beside the raw pyca/cryptography primitives
+	$(BIN)/python bench/crypto.py
 
 kafka-start:  ## start local Kafka (fetches the jars once)
 	$(KAFKA) start
