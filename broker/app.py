@@ -143,18 +143,25 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready only while Kafka answers, the registry is trusted and our signing key is usable."""
     kafka = await request.app[TRANSPORT].ready()
+    trust = request.app[PIPELINE].trust
+    registry = signing = False
     try:
-        request.app[PIPELINE].trust.registry()
+        trust.registry()
         registry = True
+        trust.signing_key()
+        signing = True
     except CairnError:
-        registry = False
+        pass
+    ready = kafka and registry and signing
     body = {
-        "status": "ready" if kafka and registry else "not ready",
+        "status": "ready" if ready else "not ready",
         "kafka": "reachable" if kafka else "unreachable",
         "registry": "trusted" if registry else "untrusted",
+        "signing_key": "usable" if signing else "unusable",
     }
-    return web.json_response(body, status=200 if kafka and registry else 503)
+    return web.json_response(body, status=200 if ready else 503)
 
 
 def create_app(

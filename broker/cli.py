@@ -89,7 +89,11 @@ def serve() -> None:
         store = FileStore(settings.keys_path)
         passphrase = passphrase_from_env()
         trust = TrustStore(
-            store, passphrase, root_kid=settings.registry_root_kid, clock=lambda: datetime.now(UTC)
+            store,
+            passphrase,
+            root_kid=settings.registry_root_kid,
+            clock=lambda: datetime.now(UTC),
+            serial_file=settings.state_dir / "broker" / "registry-serial",
         )
         trust.registry()  # refuse to start on an untrusted registry
         trust.signing_key()

@@ -23,7 +23,7 @@ from broker.trust import TrustStore
 from keys import Registry, verify_referral
 from keys import VerificationError as KeyVerificationError
 from schemas.encompass import EncompassNotification
-from schemas.errors import ReplayError, SenderMismatch, UnknownSender
+from schemas.errors import ReplayError, SenderMismatch, SigningUnavailable, UnknownSender
 from schemas.federation import Federation
 from schemas.receipt import Receipt, RecipientReceipt, RecipientStatus
 from schemas.referral import Referral
@@ -112,19 +112,27 @@ class Pipeline:
         )
         allowed = [d for d in decisions if d.allowed]
         # 5 seal: sign with the broker's key, encrypt to each recipient's key.
-        broker_key = self.trust.signing_key()
-        records = [
-            seal(
-                message,
-                d,
-                topic_prefix=self.settings.topic_prefix,
-                request_id=request_id,
-                broker_key=broker_key,
-                registry=registry,
-                now=now,
-            )
-            for d in allowed
-        ]
+        broker_key = self.trust.signing_key()  # SigningUnavailable (503) if ours is unusable
+        try:
+            records = [
+                seal(
+                    message,
+                    d,
+                    topic_prefix=self.settings.topic_prefix,
+                    request_id=request_id,
+                    broker_key=broker_key,
+                    registry=registry,
+                    now=now,
+                )
+                for d in allowed
+            ]
+        except KeyVerificationError as exc:
+            # Recipients were checked in decide; what fails here is ours, never the sender's.
+            log.error("seal.failed", reason=exc.reason.value)
+            raise SigningUnavailable(
+                f"the broker could not seal the disclosures ({exc.reason.value}); "
+                "nothing was sent, retry later"
+            ) from None
         # 6 publish: every record committed in one transaction, or TransportError.
         if records:
             await self.transport.publish(records)

@@ -24,6 +24,7 @@ from schemas.errors import (
     ReplayError,
     SchemaError,
     SenderMismatch,
+    SigningUnavailable,
     TransportError,
     UnknownAgency,
     UnknownSender,
@@ -49,6 +50,7 @@ PROBLEM_TYPES: tuple[tuple[type[CairnError], int, str, str], ...] = (
     (InputError, 400, "bad-request", "Bad request"),
     (TransportError, 503, "kafka-unavailable", "Delivery is unavailable; nothing was sent"),
     (RegistryUntrusted, 503, "registry-untrusted", "The federation registry is not trusted"),
+    (SigningUnavailable, 503, "broker-cannot-sign", "The broker cannot sign; nothing was sent"),
     (InfrastructureError, 503, "unavailable", "Service unavailable; nothing was sent"),
 )
 

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import structlog
 
@@ -21,6 +22,7 @@ from keys import (
     BROKER_ID,
     DecryptionKey,
     FileStore,
+    KeyUse,
     Registry,
     SigningKey,
     VerificationError,
@@ -29,7 +31,7 @@ from keys import (
     load_signing_key,
 )
 from keys.store import REGISTRY
-from schemas.errors import RegistryUntrusted
+from schemas.errors import RegistryUntrusted, SigningUnavailable
 
 __all__ = ["TrustStore"]
 
@@ -38,7 +40,7 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class _Loaded:
-    stamp: tuple[int, int, int]  # (mtime_ns, size, inode) of the registry file
+    stamp: tuple[int, ...]  # (mtime_ns, ctime_ns, size, inode) of the registry file
     registry: Registry
 
 
@@ -53,14 +55,18 @@ class TrustStore:
         root_kid: str | None = None,
         member_id: str = BROKER_ID,
         clock: Callable[[], datetime],
+        serial_file: Path | None = None,
     ) -> None:
+        """``serial_file`` keeps the highest registry serial seen across restarts, so that a
+        restarted component cannot be handed an older (validly signed) registry either."""
         self.store = store
         self._passphrase = passphrase
         self._root_kid = root_kid
         self._member_id = member_id
         self._clock = clock
         self._loaded: _Loaded | None = None
-        self._min_serial = 0
+        self._serial_file = serial_file
+        self._min_serial = _read_serial(serial_file)
         self._signing_key: SigningKey | None = None
         self._decryption_keys: tuple[DecryptionKey, ...] | None = None
 
@@ -73,7 +79,8 @@ class TrustStore:
             raise RegistryUntrusted(
                 f"no registry at {self.store.path(REGISTRY)}; run 'cairn keys init'"
             ) from None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        # ctime cannot be set back by utime(), so an in-place edit is noticed too.
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
         loaded = self._loaded
         if loaded is None or loaded.stamp != stamp:
             loaded = self._load(stamp, now)
@@ -84,7 +91,7 @@ class TrustStore:
             )
         return loaded.registry
 
-    def _load(self, stamp: tuple[int, int, int], now: datetime) -> _Loaded:
+    def _load(self, stamp: tuple[int, ...], now: datetime) -> _Loaded:
         try:
             registry = load_registry(
                 self.store, now=now, root_kid=self._root_kid, min_serial=self._min_serial
@@ -97,6 +104,8 @@ class TrustStore:
             ) from None
         if self._loaded is None or registry.serial != self._loaded.registry.serial:
             log.info("registry.loaded", serial=registry.serial)
+        if registry.serial > self._min_serial and self._serial_file is not None:
+            _write_serial(self._serial_file, registry.serial)
         self._min_serial = registry.serial
         self._loaded = _Loaded(stamp, registry)
         # The active keys may have been rotated: load them again on next use.
@@ -105,12 +114,25 @@ class TrustStore:
         return self._loaded
 
     def signing_key(self) -> SigningKey:
-        """This component's active signing key, decrypted once per registry version."""
+        """This component's active signing key, decrypted once per registry version.
+
+        Raises SigningUnavailable (ours to fix, not the caller's) if the registry no longer
+        lets this member sign: revoked, expired or missing.
+        """
         registry = self.registry()
-        if self._signing_key is None:
-            self._signing_key = load_signing_key(
-                self.store, self._member_id, self._passphrase, registry, now=self._clock()
-            )
+        now = self._clock()
+        try:
+            if self._signing_key is None:
+                self._signing_key = load_signing_key(
+                    self.store, self._member_id, self._passphrase, registry, now=now
+                )
+            registry.check_key(self._member_id, self._signing_key.kid, KeyUse.SIGNING, now=now)
+        except VerificationError as exc:
+            log.error("signing_key.unusable", member=self._member_id, reason=exc.reason.value)
+            raise SigningUnavailable(
+                f"{self._member_id} has no signing key it may use now ({exc.reason.value}); "
+                f"an operator must run 'cairn keys rotate --agency {self._member_id}'"
+            ) from None
         return self._signing_key
 
     def decryption_keys(self) -> tuple[DecryptionKey, ...]:
@@ -121,3 +143,24 @@ class TrustStore:
                 self.store, self._member_id, self._passphrase, registry, now=self._clock()
             )
         return self._decryption_keys
+
+
+def _read_serial(path: Path | None) -> int:
+    if path is None:
+        return 0
+    try:
+        return int(path.read_text(encoding="ascii").strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except ValueError:
+        raise RegistryUntrusted(f"{path} does not hold a registry serial number") from None
+
+
+def _write_serial(path: Path, serial: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(f"{serial}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

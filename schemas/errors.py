@@ -20,7 +20,8 @@ failed (nothing was sent; the same request may succeed later). Programming mista
     │                              (keys.errors.VerificationError adds a reason code)
     └── InfrastructureError        a dependency failed: nothing was sent, retry later
         ├── TransportError         Kafka did not acknowledge the messages
-        └── RegistryUntrusted      our own registry is unsigned, tampered or expired
+        ├── RegistryUntrusted      our own registry is unsigned, tampered or expired
+        └── SigningUnavailable     our own signing key is revoked, expired or missing
 
 Messages never carry personal data: they name fields and limits, never the values sent.
 """
@@ -40,6 +41,7 @@ __all__ = [
     "ReplayError",
     "SchemaError",
     "SenderMismatch",
+    "SigningUnavailable",
     "TransportError",
     "UnknownAgency",
     "UnknownSender",
@@ -124,3 +126,7 @@ class TransportError(InfrastructureError):
 
 class RegistryUntrusted(InfrastructureError):
     """This component's copy of the federation registry cannot be trusted; it refuses to work."""
+
+
+class SigningUnavailable(InfrastructureError):
+    """This component has no signing key it may use now; an operator must rotate its keys."""
