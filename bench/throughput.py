@@ -1,22 +1,27 @@
 """Throughput of the real broker, end to end, beside a bare aiohttp + aiokafka baseline.
 
 One run, one process, one event loop. Each path gets its own topics, a warm-up, then N referrals
-posted over HTTP on 127.0.0.1 at a fixed concurrency; a referral counts as delivered when every
+posted over HTTP(S) on 127.0.0.1 at a fixed concurrency; a referral counts as delivered when every
 recipient's consumer has handed it to its handler, and its latency runs from the start of its POST
 until then. The paths, in the order they run:
 
-- ``baseline-idem``: a bare aiohttp handler reads the body and does one idempotent ``acks=all``
-  ``send_and_wait`` per recipient (concurrently, no transaction), then answers 202.
+- ``baseline-idem``: a bare aiohttp handler over plain HTTP reads the JSON body and does one
+  idempotent ``acks=all`` ``send_and_wait`` per recipient (concurrently, no transaction), then
+  answers 202.
 - ``baseline-txn``: the same handler, but both records go in one Kafka transaction, one
   transaction at a time per producer, exactly as ``KafkaTransport`` publishes.
-- ``cairn``: ``broker.app.create_app`` with ``KafkaTransport`` on a real TCP socket; recipients
-  read with ``adapters.inbox.Inbox``.
+- ``cairn``: ``broker.app.create_app`` with ``KafkaTransport`` over mutual TLS on a real TCP
+  socket, with a throwaway federation's keys made for the run in a temporary folder; each sender
+  submits compact JWS through ``adapters.client.ReferralClient``; recipients read with
+  ``adapters.inbox.Inbox``, which decrypts each JWE and verifies the broker's JWS.
 
 Baseline records have the same key, header names and value size as the broker's sealed records,
-and their consumers mirror ``Inbox.drain`` (read_committed, consumer group, commit after each
-record), so the ratio is the cost of what the broker and the inbox add: validation, policy,
-sealing, opening. ``--recipient plain`` reads every path with a bare read_committed consumer
-instead (no group, no commits), which isolates the sending side. See bench/README.md.
+and their consumers mirror ``Inbox.drain`` (read_committed, consumer group, one commit per
+batch), so the ratio is the cost of what Cairn adds: mutual TLS, verifying the sender's JWS,
+validation, policy, the replay check, signing and sealing (JWS inside JWE) per recipient, and
+opening and verifying in the inbox. ``--recipient plain`` reads every path with a bare
+read_committed consumer instead (no group, no commits, no opening), which isolates the sending
+side. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -33,14 +38,17 @@ import os
 import re
 import resource
 import secrets
+import ssl
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -49,23 +57,44 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
+from adapters.agency import opener_for
+from adapters.client import ReferralClient, SubmissionRefused
 from adapters.inbox import Delivery, Inbox
-from broker.app import create_app
+from broker.app import JOSE, create_app
 from broker.config import Settings
-from broker.demo import fresh_copy
 from broker.envelope import CONTENT_TYPE, seal
 from broker.federation import load_federation
 from broker.logs import configure_logging
 from broker.policy import decide
+from broker.replay import ReplayStore
 from broker.topics import TopicSpec, delivery_topic, federation_topics
 from broker.transport import KafkaTransport, create_topics, kafka_options
-from schemas.errors import CairnError
+from broker.trust import TrustStore
+from keys import (
+    BROKER_ID,
+    FileStore,
+    client_context,
+    init_federation,
+    server_context,
+    sign_referral,
+)
+from schemas.disclosure import Disclosure
+from schemas.errors import CairnError, TransportError
 from schemas.federation import Federation
+from schemas.receipt import RecipientStatus
+from schemas.referral import Referral
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
 RSS_SAMPLE_INTERVAL_S = 0.005  # seconds between VmRSS samples
 CLEANUP_TIMEOUT_S = 30.0  # seconds for deleting topics and stopping clients after the run
 CONNECT_TIMEOUT_S = 10.0  # seconds for any Kafka client to start
+REQUEST_TIMEOUT_S = 60.0  # seconds for one submission, connection included
+# Pre-signing: bodies are signed before the clock starts only if the phase, estimated from the
+# warm-up's rate, fits PRESIGN_SAFETY times over in the broker's max_signature_age_s, less the
+# margin. The margin also covers iat being whole seconds and a request waiting in the event loop
+# between the age check here and the broker's own.
+PRESIGN_SAFETY = 2.0  # times the estimated phase duration
+SIGNATURE_MARGIN_S = 20.0  # seconds kept in hand below max_signature_age_s
 
 
 class BenchError(Exception):
@@ -178,11 +207,14 @@ class Sink:
         self.tracker.seen(referral_id, recipient, time.perf_counter())
 
 
-@dataclass(frozen=True)
+@dataclass
 class Job:
     referral_id: str
-    body: bytes
+    sender: str
     recipients: tuple[str, ...]
+    payload: bytes  # the referral JSON: what the baselines post, and what a sender signs
+    signed: bytes | None = None  # its compact JWS, when signed before the clock starts
+    signed_at: float = math.nan  # time.time() just before it was signed
 
 
 @dataclass
@@ -198,6 +230,8 @@ class Result:
     rss_start_mib: float
     rss_peak_mib: float
     rss_method: str
+    signing: str = ""  # how the sender signed, on the Cairn path
+    signed_in_loop: bool = False  # whether the sender's signing was inside the measured loop
 
     @property
     def rate(self) -> float:
@@ -217,30 +251,57 @@ class Result:
             "rss_peak_mib": round(self.rss_peak_mib, 1),
             "rss_growth_mib": round(self.rss_peak_mib - self.rss_start_mib, 1),
             "rss_method": self.rss_method,
+            "signing": self.signing,
+            "signed_in_loop": self.signed_in_loop,
         }
 
 
 # --- driving ------------------------------------------------------------------------------------
 
 
+def fresh_referral(sample: dict[str, Any]) -> Referral:
+    """The sample with a new referral id and creation time, so the broker sees a new referral
+    rather than a replay of the last one."""
+    header = {
+        **sample["header"],
+        "referral_id": str(uuid.uuid4()),
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    return Referral.model_validate({**sample, "header": header})
+
+
 def make_jobs(sample: dict[str, Any], count: int) -> list[Job]:
     """``count`` fresh copies of the sample, serialised before the clock starts."""
     jobs = []
     for _ in range(count):
-        referral = fresh_copy(sample)
+        referral = fresh_referral(sample)
         jobs.append(
             Job(
                 str(referral.header.referral_id),
-                referral.model_dump_json().encode(),
+                referral.header.sender_agency,
                 tuple(referral.header.recipients),
+                referral.model_dump_json().encode(),
             )
         )
     return jobs
 
 
+class Poster(Protocol):
+    """How one path's client submits a job."""
+
+    def prepare(self, jobs: Sequence[Job], *, expected_s: float) -> None:
+        """Called before the clock starts; ``expected_s`` estimates how long the phase takes."""
+
+    async def post(self, job: Job) -> str | None:
+        """Submit ``job``; None once it is accepted, else why it was not."""
+
+    def signing(self) -> tuple[str, bool]:
+        """How the last prepared phase was signed ('' if not at all), and whether any of its
+        signing happened inside the measured loop."""
+
+
 async def run_phase(
-    session: aiohttp.ClientSession,
-    url: str,
+    poster: Poster,
     jobs: Sequence[Job],
     sink: Sink,
     *,
@@ -255,19 +316,11 @@ async def run_phase(
     async def worker() -> None:
         for job in queue:
             tracker.started[job.referral_id] = began = time.perf_counter()
-            try:
-                async with session.post(
-                    url, data=job.body, headers={"Content-Type": "application/json"}
-                ) as response:
-                    await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                tracker.failed(job.referral_id, type(exc).__name__)
-                continue
-            if status == 202:
+            failure = await poster.post(job)
+            if failure is None:
                 tracker.accepted[job.referral_id] = time.perf_counter() - began
             else:
-                tracker.failed(job.referral_id, f"HTTP {status}")
+                tracker.failed(job.referral_id, failure)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(jobs)))))
@@ -288,38 +341,41 @@ async def measure(
     *,
     path: str,
     note: str,
-    url: str,
+    poster: Poster,
     sample: dict[str, Any],
     args: argparse.Namespace,
     deadline: float,
 ) -> Result:
     """Warm up, then measure one path."""
-    connector = aiohttp.TCPConnector(limit=args.concurrency)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        if args.warmup:
-            warm, _, _ = await run_phase(
-                session,
-                url,
-                make_jobs(sample, args.warmup),
-                sink,
-                concurrency=args.concurrency,
-                deadline=deadline,
-            )
-            if warm.failures:
-                raise BenchError(f"{path}: warm-up failed: {sorted(set(warm.failures.values()))}")
-        jobs = make_jobs(sample, args.count)
-        gc.collect()
-        with RssProbe() as rss:
-            tracker, start, end = await run_phase(
-                session, url, jobs, sink, concurrency=args.concurrency, deadline=deadline
-            )
+    expected_s = math.inf  # no warm-up, no estimate
+    if args.warmup:
+        warm_jobs = make_jobs(sample, args.warmup)
+        poster.prepare(warm_jobs, expected_s=math.inf)
+        warm, warm_start, warm_end = await run_phase(
+            poster, warm_jobs, sink, concurrency=args.concurrency, deadline=deadline
+        )
+        if warm.failures:
+            raise BenchError(f"{path}: warm-up failed: {sorted(set(warm.failures.values()))}")
+        if warm.delivered and warm_end > warm_start:
+            # The warm-up includes connecting and Kafka's first transactions, so this
+            # overestimates the phase: on the safe side for pre-signing.
+            expected_s = args.count * (warm_end - warm_start) / len(warm.delivered)
+    jobs = make_jobs(sample, args.count)
+    poster.prepare(jobs, expected_s=expected_s)
+    gc.collect()
+    with RssProbe() as rss:
+        tracker, start, end = await run_phase(
+            poster, jobs, sink, concurrency=args.concurrency, deadline=deadline
+        )
+    signing, signed_in_loop = poster.signing()
     failures: dict[str, int] = {}
     for reason in tracker.failures.values():
         failures[reason] = failures.get(reason, 0) + 1
     return Result(
         path=path,
         note=note,
+        signing=signing,
+        signed_in_loop=signed_in_loop,
         count=len(jobs),
         delivered=len(tracker.delivered),
         failures=failures,
@@ -335,34 +391,188 @@ async def measure(
 # --- the paths ----------------------------------------------------------------------------------
 
 
-async def serve_local(app: web.Application) -> tuple[web.AppRunner, str]:
-    """Start ``app`` on a free port on 127.0.0.1; return the runner and the submission URL."""
+@dataclass(frozen=True)
+class BenchKeys:
+    """A throwaway federation's keys, PKI and registry, in a folder that lives for one run."""
+
+    folder: Path
+    store: FileStore
+    passphrase: bytes
+
+    def trust(self, member: str) -> TrustStore:
+        return TrustStore(self.store, self.passphrase, member_id=member, clock=_utcnow)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def throwaway_keys(federation: Federation) -> Iterator[BenchKeys]:
+    """Every key of ``federation`` made afresh in a temporary folder, deleted afterwards."""
+    with tempfile.TemporaryDirectory(prefix="cairn-bench-") as folder:
+        root = Path(folder)
+        store = FileStore(root / "keys")
+        passphrase = secrets.token_urlsafe(32).encode()  # random: it leaves with the folder
+        init_federation(store, federation, passphrase, now=_utcnow())
+        yield BenchKeys(root, store, passphrase)
+
+
+async def serve_local(
+    app: web.Application, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, str]:
+    """Start ``app`` on a free port on 127.0.0.1; return the runner and its base URL."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}/v1/referrals"
+    return runner, f"{'https' if ssl_context else 'http'}://{host}:{port}"
+
+
+@dataclass
+class PlainPoster:
+    """The baselines' client: the referral JSON as it is, over plain HTTP."""
+
+    session: aiohttp.ClientSession
+    url: str
+
+    def prepare(self, jobs: Sequence[Job], *, expected_s: float) -> None:
+        """Nothing to do: the JSON is the body."""
+
+    async def post(self, job: Job) -> str | None:
+        try:
+            async with self.session.post(
+                self.url, data=job.payload, headers={"Content-Type": "application/json"}
+            ) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return type(exc).__name__
+        return None if status == 202 else f"HTTP {status}"
+
+    def signing(self) -> tuple[str, bool]:
+        return "", False
+
+
+class SigningPoster:
+    """The Cairn path's client: one ``ReferralClient`` per sender, signing with its key and
+    connecting with its TLS client certificate.
+
+    ``auto`` signs every body before the clock starts when the phase is expected to end well
+    within the broker's ``max_signature_age_s``; a body that nevertheless gets too old before
+    its turn is signed again inside the loop, and counted. ``inside`` always signs inside the
+    loop, as ``ReferralClient.submit`` does.
+    """
+
+    def __init__(self, clients: dict[str, ReferralClient], *, max_age_s: float, mode: str) -> None:
+        self.clients = clients
+        self.max_age_s = max_age_s
+        self.mode = mode
+        self.expected_s = math.inf
+        self.presigned = False
+        self.resigned = 0
+
+    def prepare(self, jobs: Sequence[Job], *, expected_s: float) -> None:
+        self.expected_s = expected_s
+        self.resigned = 0
+        self.presigned = (
+            self.mode == "auto"
+            and PRESIGN_SAFETY * expected_s + SIGNATURE_MARGIN_S <= self.max_age_s
+        )
+        if self.presigned:
+            for job in jobs:
+                job.signed_at = time.time()
+                job.signed = self.clients[job.sender].sign(job.payload)
+
+    def _fresh(self, job: Job) -> bool:
+        """Whether the broker will still take ``job``'s pre-made signature (iat is time.time()
+        at signing or later, floored to the second: hence the margin)."""
+        return time.time() - job.signed_at + SIGNATURE_MARGIN_S <= self.max_age_s
+
+    async def post(self, job: Job) -> str | None:
+        client = self.clients[job.sender]
+        try:
+            if job.signed is not None and self._fresh(job):
+                receipt = await client.post_raw(job.signed, content_type=JOSE)
+            else:
+                if job.signed is not None:
+                    self.resigned += 1
+                receipt = await client.submit(job.payload)  # signs now
+        except SubmissionRefused as exc:
+            return f"HTTP {exc.status} {exc.problem.get('title', '')}".rstrip()
+        except TransportError as exc:
+            return f"TransportError: {exc}"
+        refused = [r.agency for r in receipt.recipients if r.status is not RecipientStatus.QUEUED]
+        return f"not queued for {', '.join(refused)}" if refused else None
+
+    def signing(self) -> tuple[str, bool]:
+        inside = "signed inside the loop by ReferralClient.submit"
+        if self.mode == "inside":
+            return f"{inside} (--sign inside)", True
+        if not self.presigned:
+            if math.isinf(self.expected_s):
+                return f"{inside} (no warm-up to estimate the phase from)", True
+            return (
+                f"{inside}: the phase, estimated at {self.expected_s:.0f} s, could outlive "
+                f"max_signature_age_s {self.max_age_s:g}",
+                True,
+            )
+        note = (
+            f"pre-signed before the clock (phase estimated at {self.expected_s:.0f} s, "
+            f"max_signature_age_s {self.max_age_s:g})"
+        )
+        if self.resigned:
+            note += f"; {self.resigned} signed again inside the loop as their signature aged"
+        return note, self.resigned > 0
 
 
 @contextlib.asynccontextmanager
-async def cairn_path(settings: Settings, federation: Federation) -> AsyncIterator[str]:
-    """The real broker app with the real Kafka transport, as ``cairn serve`` builds it."""
-    runner, url = await serve_local(create_app(settings, federation, KafkaTransport(settings)))
+async def cairn_path(
+    settings: Settings,
+    federation: Federation,
+    keys: BenchKeys,
+    senders: Sequence[str],
+    args: argparse.Namespace,
+) -> AsyncIterator[SigningPoster]:
+    """The real broker app with the real Kafka transport over mutual TLS, as ``cairn serve``
+    builds it, and a signing client per sender."""
+    replay = ReplayStore(None if args.replay == "memory" else keys.folder / "replay.sqlite")
+    app = create_app(
+        settings, federation, KafkaTransport(settings), keys.trust(BROKER_ID), replay=replay
+    )
+    runner, base_url = await serve_local(app, server_context(keys.store, keys.passphrase))
     try:
-        yield url
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {
+                sender: await stack.enter_async_context(
+                    ReferralClient(
+                        base_url,
+                        ssl_context=client_context(keys.store, sender, keys.passphrase),
+                        signing_key=keys.trust(sender).signing_key(),
+                        timeout_s=REQUEST_TIMEOUT_S,
+                    )
+                )
+                for sender in senders
+            }
+            yield SigningPoster(clients, max_age_s=settings.max_signature_age_s, mode=args.sign)
     finally:
         await runner.cleanup()  # drains, then the cleanup context stops the transport
 
 
 @contextlib.asynccontextmanager
 async def baseline_path(
-    settings: Settings, prefix: str, padding: dict[str, int], *, transactional: bool
-) -> AsyncIterator[str]:
+    settings: Settings,
+    prefix: str,
+    padding: dict[str, int],
+    *,
+    transactional: bool,
+    concurrency: int,
+) -> AsyncIterator[PlainPoster]:
     """A bare aiohttp handler that writes one record per recipient and answers 202 after acks."""
     producer = AIOKafkaProducer(
         **kafka_options(settings),
@@ -410,10 +620,13 @@ async def baseline_path(
 
     app = web.Application(client_max_size=settings.max_body_bytes)
     app.router.add_post("/v1/referrals", submit)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     try:
-        runner, url = await serve_local(app)
+        runner, base_url = await serve_local(app)
         try:
-            yield url
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                yield PlainPoster(session, f"{base_url}/v1/referrals")
         finally:
             await runner.cleanup()
     finally:
@@ -421,14 +634,34 @@ async def baseline_path(
 
 
 async def inbox_consumer(
-    settings: Settings, prefix: str, agency: str, sink: Sink, deadline: float
+    settings: Settings,
+    prefix: str,
+    agency: str,
+    sink: Sink,
+    deadline: float,
+    *,
+    keys: BenchKeys,
 ) -> None:
-    """The recipient side of the Cairn path: the agency adapter's own inbox."""
+    """The recipient side of the Cairn path: the agency adapter's own inbox, opening each
+    record with the agency's own keys."""
+    trust = keys.trust(agency)
+    trust.decryption_keys()  # decrypt the private keys now, not in the first measured record
+    opener = opener_for(trust, agency)
+
+    def open_value(value: bytes) -> Disclosure:
+        # Inbox would quarantine a record it cannot open and go on, leaving this run to wait
+        # for the timeout; a benchmark stops at once instead.
+        try:
+            return opener(value)
+        except CairnError as exc:
+            raise BenchError(f"{agency}'s inbox could not open a record: {exc}") from exc
+
     async with Inbox(
         kafka_options(settings),
         agency=agency,
         topic=delivery_topic(prefix, agency),
         dlq_topic=f"{prefix}.dlq",
+        open_value=open_value,
         group_id=f"{prefix}-inbox-{agency}",
         connect_timeout_s=CONNECT_TIMEOUT_S,
     ) as inbox:
@@ -451,8 +684,9 @@ async def plain_consumer(
     *,
     commit: bool = True,
 ) -> None:
-    """The baselines' recipient: ``Inbox.drain`` without opening the record. Without ``commit``
-    it is a bare read_committed reader: no group, no offset commits."""
+    """The baselines' recipient: ``Inbox.drain`` without opening the record (read_committed,
+    a consumer group, one commit per batch). Without ``commit`` it is a bare read_committed
+    reader: no group, no offset commits."""
     consumer = AIOKafkaConsumer(
         delivery_topic(prefix, agency),
         **kafka_options(settings),
@@ -465,11 +699,13 @@ async def plain_consumer(
     try:
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500, max_records=100)
+            done: dict[TopicPartition, int] = {}
             for tp, messages in batches.items():
                 for msg in messages:
                     sink.seen(msg.key.decode(), agency)
-                    if commit:
-                        await consumer.commit({tp: msg.offset + 1})
+                    done[tp] = msg.offset + 1
+            if commit and done:
+                await consumer.commit(done)  # one commit per batch, as Inbox.drain
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), CLEANUP_TIMEOUT_S)
@@ -521,15 +757,47 @@ def check_local(bootstrap: str) -> None:
             )
 
 
-def record_padding(sample: dict[str, Any], federation: Federation, prefix: str) -> dict[str, int]:
-    """Bytes the broker's sealed record adds to the submitted body, per recipient."""
-    referral = fresh_copy(sample)
-    body = referral.model_dump_json().encode()
-    padding = {}
-    for decision in decide(referral, federation, max_recipients=16):
-        record = seal(referral, decision, topic_prefix=prefix, request_id=str(uuid.uuid4()))
-        padding[decision.recipient] = max(0, len(record.value) - len(body))
-    return padding
+@dataclass(frozen=True)
+class Sizes:
+    """What one referral weighs on each path, in bytes."""
+
+    json: int  # the referral JSON, as the baselines post it
+    jws: int  # the same signed as a compact JWS, as Cairn's senders post it
+    records: dict[str, int]  # the broker's sealed record (JWE) per recipient
+
+    def record_range(self) -> str:
+        low, high = min(self.records.values(), default=0), max(self.records.values(), default=0)
+        return f"{low}" if low == high else f"{low}-{high}"
+
+    def padding(self) -> dict[str, int]:
+        """Bytes a baseline adds to the JSON so that its record weighs what the broker's does."""
+        return {r: max(0, n - self.json) for r, n in self.records.items()}
+
+
+def message_sizes(
+    sample: dict[str, Any], federation: Federation, settings: Settings, keys: BenchKeys
+) -> Sizes:
+    """Sign one fresh copy as its sender would and seal it as the broker would."""
+    referral = fresh_referral(sample)
+    payload = referral.model_dump_json().encode()
+    now = _utcnow()
+    signed = sign_referral(
+        payload, keys.trust(referral.header.sender_agency).signing_key(), issued_at=now
+    )
+    broker = keys.trust(BROKER_ID)
+    records = {}
+    for decision in decide(referral, federation, max_recipients=settings.max_recipients):
+        record = seal(
+            referral,
+            decision,
+            topic_prefix=settings.topic_prefix,
+            request_id=str(uuid.uuid4()),
+            broker_key=broker.signing_key(),
+            registry=broker.registry(),
+            now=now,
+        )
+        records[decision.recipient] = len(record.value)
+    return Sizes(len(payload), len(signed), records)
 
 
 async def wait_for_leaders(
@@ -582,7 +850,7 @@ async def delete_leftovers(
             await admin.close()
 
 
-async def run(args: argparse.Namespace) -> list[Result]:
+async def run(args: argparse.Namespace) -> tuple[list[Result], Sizes]:
     run_id = secrets.token_hex(4)
     prefix = f"bench{run_id}"
     settings = Settings(
@@ -595,9 +863,23 @@ async def run(args: argparse.Namespace) -> list[Result]:
     )
     federation = load_federation(settings.federation_dir)
     sample = json.loads(args.sample.read_text(encoding="utf-8"))
-    recipients = tuple(sample["header"]["recipients"])
-    padding = record_padding(sample, federation, prefix)
+    with throwaway_keys(federation) as keys:
+        sizes = message_sizes(sample, federation, settings, keys)
+        results = await run_paths(args, settings, federation, keys, sample, sizes)
+    return results, sizes
 
+
+async def run_paths(
+    args: argparse.Namespace,
+    settings: Settings,
+    federation: Federation,
+    keys: BenchKeys,
+    sample: dict[str, Any],
+    sizes: Sizes,
+) -> list[Result]:
+    prefix = settings.topic_prefix
+    recipients = tuple(sample["header"]["recipients"])
+    senders = (sample["header"]["sender_agency"],)
     base_idem, base_txn = f"{prefix}-idem", f"{prefix}-txn"
     specs = list(federation_topics(federation, prefix))
     for base in (base_idem, base_txn):
@@ -610,23 +892,35 @@ async def run(args: argparse.Namespace) -> list[Result]:
             await create_topics(settings, specs)
             created = True
             await wait_for_leaders(settings, specs, CONNECT_TIMEOUT_S)
+            cairn_note = (
+                f"broker.app over mutual TLS + KafkaTransport (one transaction per referral), "
+                f"{args.replay} replay store"
+            )
             if args.recipient == "inbox":
                 base_consumer: Consumer = plain_consumer
-                cairn_consumer: Consumer = inbox_consumer
-                cairn_note = "broker.app + KafkaTransport (one transaction per referral), Inbox"
+                cairn_consumer: Consumer = functools.partial(inbox_consumer, keys=keys)
+                cairn_note += ", Inbox (JWE open + JWS verify)"
             else:
                 base_consumer = cairn_consumer = functools.partial(plain_consumer, commit=False)
-                cairn_note = "broker.app + KafkaTransport (one transaction per referral)"
+                cairn_note += ", records not opened"
             for base, transactional, note in (
-                (base_idem, False, "aiohttp + idempotent send_and_wait, no transaction"),
-                (base_txn, True, "aiohttp + one Kafka transaction per request"),
+                (
+                    base_idem,
+                    False,
+                    "plain HTTP, aiohttp + idempotent send_and_wait, no transaction",
+                ),
+                (base_txn, True, "plain HTTP, aiohttp + one Kafka transaction per request"),
             ):
                 name = "baseline-txn" if transactional else "baseline-idem"
                 if name not in args.paths:
                     continue
                 async with baseline_path(
-                    settings, base, padding, transactional=transactional
-                ) as url:
+                    settings,
+                    base,
+                    sizes.padding(),
+                    transactional=transactional,
+                    concurrency=args.concurrency,
+                ) as poster:
                     results.append(
                         await with_consumers(
                             base_consumer,
@@ -638,7 +932,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                                 measure,
                                 path=name,
                                 note=note,
-                                url=url,
+                                poster=poster,
                                 sample=sample,
                                 args=args,
                                 deadline=deadline,
@@ -646,7 +940,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                         )
                     )
             if "cairn" in args.paths:
-                async with cairn_path(settings, federation) as url:
+                async with cairn_path(settings, federation, keys, senders, args) as cairn:
                     results.append(
                         await with_consumers(
                             cairn_consumer,
@@ -658,7 +952,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                                 measure,
                                 path="cairn",
                                 note=cairn_note,
-                                url=url,
+                                poster=cairn,
                                 sample=sample,
                                 args=args,
                                 deadline=deadline,
@@ -680,17 +974,17 @@ async def run(args: argparse.Namespace) -> list[Result]:
     return results
 
 
-def render(
-    results: Sequence[Result], args: argparse.Namespace, body_bytes: int, recipients: int
-) -> str:
+def render(results: Sequence[Result], args: argparse.Namespace, sizes: Sizes) -> str:
     columns = (
         f"{'path':<14}{'referrals/s':>12}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
         f"{'202 p50':>9}{'202 p99':>9}{'peak RSS MiB':>14}{'+RSS MiB':>10}"
     )
     lines = [
         f"Cairn throughput: {args.count} referrals per path after {args.warmup} warm-up, "
-        f"concurrency {args.concurrency}, {recipients} recipients each, body {body_bytes} B, "
+        f"concurrency {args.concurrency}, {len(sizes.records)} recipients each, "
         f"recipient {args.recipient}, Kafka {args.bootstrap}",
+        f"body {sizes.json} B JSON (baselines) / {sizes.jws} B JWS (cairn); records "
+        f"{sizes.record_range()} B (the broker's JWE per recipient; baselines padded to it)",
         "latency ms = POST start -> every recipient has consumed it (202 = HTTP answer)",
         columns,
         "-" * len(columns),
@@ -705,16 +999,27 @@ def render(
         )
     lines.append("")
     cairn = next((r for r in results if r.path == "cairn"), None)
-    for base in (r for r in results if r.path != "cairn"):
-        if cairn is None:
-            break
-        lines.append(
-            f"ratio cairn/{base.path}: throughput {cairn.rate / base.rate:.2f}x, "
-            f"p50 {percentile(cairn.e2e_ms, 50) / percentile(base.e2e_ms, 50):.2f}x, "
-            f"p99 {percentile(cairn.e2e_ms, 99) / percentile(base.e2e_ms, 99):.2f}x"
-        )
+    bases = [r for r in results if r.path != "cairn"]
+    if cairn is not None:
+        for base in bases:
+            lines.append(
+                f"ratio cairn/{base.path}: throughput {cairn.rate / base.rate:.2f}x, "
+                f"p50 {percentile(cairn.e2e_ms, 50) / percentile(base.e2e_ms, 50):.2f}x, "
+                f"p99 {percentile(cairn.e2e_ms, 99) / percentile(base.e2e_ms, 99):.2f}x"
+            )
+        if bases:
+            opened = " + JWE open + JWS verify" if args.recipient == "inbox" else ""
+            signed = " + JWS sign (sender, in the loop)" if cairn.signed_in_loop else ""
+            lines += [
+                f"the ratios include TLS + JWS verify + JWE seal{opened}{signed}, besides "
+                "validation, policy and the replay check:",
+                "  the baselines do the same Kafka work over plain HTTP with plain JSON, "
+                "without TLS, signatures or encryption",
+            ]
     for r in results:
         lines.append(f"{r.path}: {r.note}")
+        if r.signing:
+            lines.append(f"{r.path} signing: {r.signing}")
     if results:
         lines.append(f"peak RSS: {results[0].rss_method}; +RSS = peak minus RSS at phase start")
     for r in results:
@@ -769,9 +1074,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--recipient",
         choices=("inbox", "plain"),
         default="inbox",
-        help="inbox (default): Cairn is read by adapters.inbox.Inbox and the baselines by a "
-        "consumer that, like Inbox, commits after each record; plain: every path is read by a "
-        "bare read_committed consumer without group or commits, isolating the sending side",
+        help="inbox (default): Cairn is read by adapters.inbox.Inbox (which opens and verifies "
+        "each record) and the baselines by a consumer that, like Inbox, commits once per batch; "
+        "plain: every path is read by a bare read_committed consumer without group, commits or "
+        "opening, isolating the sending side",
+    )
+    parser.add_argument(
+        "--sign",
+        choices=("auto", "inside"),
+        default="auto",
+        help="auto (default): the cairn path's bodies are signed before the clock starts if "
+        "the phase, estimated from the warm-up, ends well within the broker's "
+        "max_signature_age_s, else inside the loop; inside: always inside the loop "
+        "(ReferralClient.submit), so the sender's signing is measured too",
+    )
+    parser.add_argument(
+        "--replay",
+        choices=("memory", "file"),
+        default="memory",
+        help="the broker's replay store: memory (default, ReplayStore(None)), or file: SQLite "
+        "(WAL, synchronous=FULL) in the run's temporary folder, as 'cairn serve' keeps it",
     )
     parser.add_argument(
         "--keep-topics",
@@ -798,13 +1120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.sample = Settings().federation_dir / "samples" / "referral-high-risk.json"
     try:
         check_local(args.bootstrap)
-        results = asyncio.run(run(args))
+        results, sizes = asyncio.run(run(args))
     except (BenchError, CairnError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    probe = make_jobs(json.loads(args.sample.read_text(encoding="utf-8")), 1)[0]
-    body_bytes = len(probe.body)
-    print(render(results, args, body_bytes, len(probe.recipients)))
+    print(render(results, args, sizes))
     if args.json:
         print(
             json.dumps(
@@ -813,7 +1133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "warmup": args.warmup,
                     "concurrency": args.concurrency,
                     "recipient": args.recipient,
-                    "body_bytes": body_bytes,
+                    "sign": args.sign,
+                    "replay": args.replay,
+                    "body_bytes": {"json": sizes.json, "jws": sizes.jws},
+                    "record_bytes": sizes.records,
                     "bootstrap": args.bootstrap,
                     "results": [r.summary() for r in results],
                 }
