@@ -8,7 +8,11 @@ work unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from typing import Protocol
+
+import click
 
 from adapters.client import ReferralClient
 from adapters.inbox import Inbox
@@ -19,8 +23,19 @@ from broker.transport import kafka_options
 from broker.trust import TrustStore
 from keys import FileStore, client_context, passphrase_from_env
 from schemas.disclosure import Disclosure
+from schemas.encompass import EncompassNotification
+from schemas.receipt import Receipt
+from schemas.referral import Referral
 
-__all__ = ["agency_trust", "client_for", "inbox_for", "opener_for"]
+__all__ = [
+    "ClientFactory",
+    "Submitter",
+    "agency_trust",
+    "cli_client_factory",
+    "client_for",
+    "inbox_for",
+    "opener_for",
+]
 
 Clock = Callable[[], datetime]
 
@@ -98,3 +113,29 @@ def inbox_for(
         open_value=opener_for(trust, agency, clock=clock),
         group_id=group_id,
     )
+
+
+class Submitter(Protocol):
+    """What an import command needs of ``adapters.client.ReferralClient``."""
+
+    async def submit(self, referral: Referral | EncompassNotification | bytes) -> Receipt: ...
+
+
+#: (sending agency id, broker URL) -> a client signing as that agency, used as ``async with``.
+#: The ``cairn`` CLI puts one in ``ctx.obj["client_factory"]``: ``client_for`` with its settings.
+ClientFactory = Callable[[str, str], AbstractAsyncContextManager[Submitter]]
+
+
+def cli_client_factory(checked: str) -> ClientFactory:
+    """The client factory the ``cairn`` root command provides to its import subcommands.
+
+    ``checked`` names what ``--dry-run`` would check instead ("the file", "the bundle").
+    """
+    obj = click.get_current_context().find_root().obj
+    factory = obj.get("client_factory") if isinstance(obj, dict) else None
+    if factory is None:
+        raise click.ClickException(
+            "no submission credentials: run this through the cairn CLI, which provides the "
+            f"agency's signing key and TLS identity, or use --dry-run to check {checked}"
+        )
+    return factory  # type: ignore[no-any-return]  # ctx.obj is untyped by click's design

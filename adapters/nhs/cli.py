@@ -3,42 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Protocol
 
 import click
 
+from adapters.agency import ClientFactory, Submitter, cli_client_factory
 from adapters.nhs.inbound import parse_bundle
 from schemas.errors import CairnError, InputError
-from schemas.receipt import Receipt
 from schemas.referral import Referral
 
-__all__ = ["ClientFactory", "Submitter", "nhs"]
-
-
-class Submitter(Protocol):
-    """What the import needs of ``adapters.client.ReferralClient``."""
-
-    async def submit(self, referral: Referral | bytes) -> Receipt: ...
-
-
-#: (sending agency id, broker URL) -> a client signing as that agency, used as ``async with``.
-#: The ``cairn`` CLI puts one in ``ctx.obj["client_factory"]``, e.g.
-#: ``lambda agency, url: adapters.agency.client_for(settings, agency, url)``.
-ClientFactory = Callable[[str, str], AbstractAsyncContextManager[Submitter]]
+__all__ = ["nhs"]
 
 
 def _client_factory() -> ClientFactory:
-    obj = click.get_current_context().find_root().obj
-    factory = obj.get("client_factory") if isinstance(obj, dict) else None
-    if factory is None:
-        raise click.ClickException(
-            "no submission credentials: run this through the cairn CLI, which provides the "
-            "agency's signing key and TLS identity, or use --dry-run to check the bundle"
-        )
-    return factory  # type: ignore[no-any-return]  # ctx.obj is untyped by click's design
+    return cli_client_factory("the bundle")
 
 
 @click.group()

@@ -3,46 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 from uuid import UUID
 
 import click
 
+from adapters.agency import ClientFactory, Submitter, cli_client_factory
 from adapters.client import SubmissionRefused
 from adapters.police.referrals import Outgoing, RowError, import_export
 from schemas.errors import CairnError, TransportError
 from schemas.federation import Federation
-from schemas.receipt import Receipt
 from schemas.referral import Referral
 
-__all__ = ["ClientFactory", "Submitter", "police", "render_table"]
-
-
-class Submitter(Protocol):
-    """What the import needs of ``adapters.client.ReferralClient``."""
-
-    async def submit(self, referral: Referral | bytes) -> Receipt: ...
-
-
-#: (sending agency id, broker URL) -> a client signing as that agency, used as ``async with``.
-#: The ``cairn`` CLI puts one in ``ctx.obj["client_factory"]``, e.g.
-#: ``lambda agency, url: adapters.agency.client_for(settings, agency, url)``.
-ClientFactory = Callable[[str, str], AbstractAsyncContextManager[Submitter]]
+__all__ = ["police", "render_table"]
 
 
 def _client_factory() -> ClientFactory:
-    obj = click.get_current_context().find_root().obj
-    factory = obj.get("client_factory") if isinstance(obj, dict) else None
-    if factory is None:
-        raise click.ClickException(
-            "no submission credentials: run this through the cairn CLI, which provides the "
-            "agency's signing key and TLS identity, or use --dry-run to check the file"
-        )
-    return factory  # type: ignore[no-any-return]  # ctx.obj is untyped by click's design
+    return cli_client_factory("the file")
 
 
 _DEFAULT_FEDERATION_DIR = Path("deploy") / "federation"
