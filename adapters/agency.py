@@ -21,15 +21,16 @@ from broker.envelope import open_record
 from broker.topics import delivery_topic
 from broker.transport import kafka_options
 from broker.trust import TrustStore
-from keys import FileStore, client_context, passphrase_from_env
+from keys import FileStore, client_context, passphrase_from_env, sign_ack
 from schemas.disclosure import Disclosure
 from schemas.encompass import EncompassNotification
-from schemas.receipt import Receipt
+from schemas.receipt import Acknowledgement, AcknowledgementStatus, Receipt
 from schemas.referral import Referral
 
 __all__ = [
     "ClientFactory",
     "Submitter",
+    "acknowledger_for",
     "agency_trust",
     "cli_client_factory",
     "client_for",
@@ -94,6 +95,24 @@ def opener_for(
     return open_value
 
 
+def acknowledger_for(
+    trust: TrustStore, agency: str, *, clock: Clock = _utcnow
+) -> Callable[[Disclosure], bytes]:
+    """Sign an acknowledgement that ``agency`` has filed a disclosure."""
+
+    def acknowledge(disclosure: Disclosure) -> bytes:
+        now = clock()
+        ack = Acknowledgement(
+            referral_id=disclosure.referral_id,
+            agency=agency,
+            status=AcknowledgementStatus.FILED,
+            acknowledged_at=now,
+        )
+        return sign_ack(ack.model_dump_json().encode(), trust.signing_key(), issued_at=now)
+
+    return acknowledge
+
+
 def inbox_for(
     settings: Settings,
     agency: str,
@@ -111,6 +130,8 @@ def inbox_for(
         topic=delivery_topic(settings.topic_prefix, agency),
         dlq_topic=f"{settings.topic_prefix}.dlq",
         open_value=opener_for(trust, agency, clock=clock),
+        acknowledge=acknowledger_for(trust, agency, clock=clock),
+        receipts_topic=f"{settings.topic_prefix}.receipts",
         group_id=group_id,
     )
 

@@ -6,6 +6,11 @@ once; handlers make processing idempotent by referral id). Each record is decryp
 broker signature verified by ``open_value``; a record that fails is copied to the dead-letter
 topic with its ids and the reason code, then committed: never dropped silently, never acted on,
 never blocking the records behind it.
+
+Once the handler has filed a disclosure, the inbox sends the broker a signed acknowledgement on
+the receipts topic (before committing the offset, so an acknowledgement is never lost; the
+broker ignores a repeated one). That acknowledgement closes the loop in the audit trail and
+stops the disclosure's delivery deadline.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Delivery:
 
 Handler = Callable[[Delivery], Awaitable[None]]
 Opener = Callable[[bytes], Disclosure]
+Acknowledger = Callable[[Disclosure], bytes]  # -> a signed acknowledgement (compact JWS)
 
 
 class Inbox:
@@ -54,6 +60,8 @@ class Inbox:
         topic: str,
         dlq_topic: str,
         open_value: Opener,
+        acknowledge: Acknowledger | None = None,
+        receipts_topic: str | None = None,
         group_id: str | None = None,
         connect_timeout_s: float = 10.0,
     ) -> None:
@@ -62,6 +70,11 @@ class Inbox:
         self.topic = topic
         self.dlq_topic = dlq_topic
         self._open = open_value
+        if (acknowledge is None) != (receipts_topic is None):
+            raise TypeError("give both acknowledge and receipts_topic, or neither")
+        self._acknowledge = acknowledge
+        self.receipts_topic = receipts_topic
+        self.acknowledged = 0
         self.group_id = group_id or f"cairn-inbox-{agency}"
         self._connect_timeout_s = connect_timeout_s
         self._consumer: AIOKafkaConsumer | None = None
@@ -77,6 +90,7 @@ class Inbox:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
+        # One idempotent producer for dead letters and acknowledgements.
         dlq = AIOKafkaProducer(**self._kafka, acks="all", enable_idempotence=True)
         try:
             await asyncio.wait_for(consumer.start(), self._connect_timeout_s)
@@ -143,6 +157,16 @@ class Inbox:
             await self._quarantine(msg, headers, str(getattr(exc, "reason", type(exc).__name__)))
             return
         await handler(Delivery(disclosure, msg.topic, msg.partition, msg.offset, headers))
+        if self._acknowledge is not None and self.receipts_topic is not None:
+            assert self._dlq is not None
+            rid = str(disclosure.referral_id).encode()
+            await self._dlq.send_and_wait(
+                self.receipts_topic,
+                self._acknowledge(disclosure),
+                key=rid,
+                headers=[("cairn-referral-id", rid), ("cairn-agency", self.agency.encode())],
+            )
+            self.acknowledged += 1
 
     async def _quarantine(self, msg: Any, headers: dict[str, str], reason: str) -> None:
         assert self._dlq is not None

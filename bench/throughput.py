@@ -65,6 +65,7 @@ from broker.config import Settings
 from broker.envelope import CONTENT_TYPE, seal
 from broker.federation import load_federation
 from broker.logs import configure_logging
+from broker.agreements import AGREEMENTS_DIR, load_agreements
 from broker.policy import decide
 from broker.replay import ReplayStore
 from broker.topics import TopicSpec, delivery_topic, federation_topics
@@ -786,7 +787,14 @@ def message_sizes(
     )
     broker = keys.trust(BROKER_ID)
     records = {}
-    for decision in decide(referral, federation, max_recipients=settings.max_recipients):
+    decisions = decide(
+        referral,
+        federation,
+        agreements=load_agreements(settings.federation_dir / AGREEMENTS_DIR),
+        now=now,
+        max_recipients=settings.max_recipients,
+    )
+    for decision in (d for d in decisions if d.allowed):
         record = seal(
             referral,
             decision,

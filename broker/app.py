@@ -17,9 +17,12 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
+from broker.agreements import AGREEMENTS_DIR, Agreement, load_agreements
+from broker.calendar import CALENDAR_FILE, SchoolCalendar, load_calendar
 from broker.config import Settings
 from broker.ingest import Pipeline
 from broker.problems import http_problem, problem_for, problem_response
+from broker.receipts import ReceiptsLoop
 from broker.replay import ReplayStore
 from broker.transport import Transport
 from broker.trust import TrustStore
@@ -172,26 +175,52 @@ def create_app(
     *,
     replay: ReplayStore | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    consume_receipts: bool = False,
+    agreements: tuple[Agreement, ...] | None = None,
+    calendar: SchoolCalendar | None = None,
 ) -> web.Application:
-    """The broker application; the transport is started and stopped with the app."""
+    """The broker application; the transport is started and stopped with the app.
+
+    With ``consume_receipts`` the app also runs the loop that audits recipients'
+    acknowledgements (``broker.receipts``), started after the transport and stopped before it.
+    Sharing agreements and the school calendar are read from the federation folder unless
+    given.
+    """
+    if agreements is None:
+        agreements = load_agreements(settings.federation_dir / AGREEMENTS_DIR)
+    if calendar is None:
+        calendar = load_calendar(settings.federation_dir / CALENDAR_FILE)
     app = web.Application(
         middlewares=[problems_middleware], client_max_size=settings.max_body_bytes
     )
     app[SETTINGS] = settings
     app[TRANSPORT] = transport
+    owns_replay = replay is None  # close only what we opened
     if replay is None:
         replay = ReplayStore(settings.state_dir / "broker" / "replay.sqlite")
-    app[PIPELINE] = Pipeline(settings, federation, transport, trust, replay, clock)
+    app[PIPELINE] = Pipeline(
+        settings, federation, transport, trust, replay, clock, agreements, calendar
+    )
     app.router.add_post("/v1/referrals", submit_referral)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 
     async def transport_lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
         await transport.start()
+        stop = asyncio.Event()
+        task = None
+        if consume_receipts:
+            loop = ReceiptsLoop(settings, trust, replay, transport, clock)
+            task = asyncio.create_task(loop.run(stop))
         yield
-        # Runs after in-flight requests have drained: flush and close the producer.
+        # Runs after in-flight requests have drained: stop the receipts loop, then flush and
+        # close the producer.
+        stop.set()
+        if task is not None:
+            await asyncio.wait_for(task, 15)
         await transport.stop()
-        replay.close()
+        if owns_replay:
+            replay.close()
         log.info("broker.stopped")
 
     app.cleanup_ctx.append(transport_lifecycle)

@@ -97,7 +97,9 @@ def serve() -> None:
         )
         trust.registry()  # refuse to start on an untrusted registry
         trust.signing_key()
-        app = create_app(settings, federation, KafkaTransport(settings), trust)
+        app = create_app(
+            settings, federation, KafkaTransport(settings), trust, consume_receipts=True
+        )
         await serve_app(app, settings, server_context(store, passphrase))
 
     _run(main())
@@ -245,22 +247,26 @@ def inbox(
 
 
 def describe(delivery: Any) -> str:
-    """A short human summary of one delivery for a terminal."""
+    """A short human summary of one delivery for a terminal: only what this recipient got."""
     d = delivery.disclosure
     head = f"[{d.recipient_agency}] {d.purpose.value} {d.referral_id} from {d.sender_agency}"
+    groups = ",".join(g.label for g in d.groups)
     if d.notification is not None:
         c = d.notification.content
         return (
             f"{head}: Operation Encompass notice for {c.child_given_name} {c.child_family_name}"
-            f" (born {c.child_date_of_birth}); incident {c.occurred_at:%Y-%m-%d %H:%M}; "
-            f"notify by {d.notification.header.notify_by:%Y-%m-%d %H:%M}"
+            f" (born {c.child_date_of_birth}); incident {c.occurred_at:%Y-%m-%d %H:%M} "
+            f"[{d.agreement}; {groups}]"
         )
     r = d.referral
-    return (
-        f"{head}: priority {r.header.priority.value}, risk {r.risk.level.value}; "
-        f"victim {r.victim.given_name} {r.victim.family_name}; "
-        f"incident {r.incident.occurred_at:%Y-%m-%d %H:%M} at {r.incident.location}"
-    )
+    parts = [f"priority {r.header.priority.value}"]
+    if r.risk is not None:
+        parts.append(f"risk {r.risk.level.value}")
+    if r.victim is not None:
+        parts.append(f"victim {r.victim.given_name} {r.victim.family_name}")
+    if r.incident is not None:
+        parts.append(f"incident {r.incident.occurred_at:%Y-%m-%d %H:%M}")
+    return f"{head}: {'; '.join(parts)} [{d.agreement}; {groups}]"
 
 
 @cli.command()
@@ -315,10 +321,12 @@ def config_show() -> None:
 def _attach() -> None:
     from adapters.nhs.cli import nhs
     from adapters.police.cli import police
+    from broker.auditcli import audit
+    from broker.policycli import policy
     from keys.cli import keys
     from schemas.cli import schemas
 
-    for group in (keys, nhs, police, schemas):
+    for group in (audit, keys, nhs, police, policy, schemas):
         cli.add_command(group)
 
 

@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from broker.policy import Decision, routing
+from broker.redaction import redact
 from broker.topics import delivery_topic
 from broker.transport import Record
 from keys import DecryptionKey, Registry, SigningKey, open_disclosure, seal_disclosure
 from schemas.decode import decode
-from schemas.disclosure import Disclosure
+from schemas.disclosure import DisclosedReferral, Disclosure
 from schemas.encompass import EncompassNotification
 from schemas.errors import VerificationError
 from schemas.referral import Referral
@@ -39,14 +40,29 @@ def seal(
     """The record that delivers ``message`` to ``decision.recipient``, keyed by its id."""
     if not decision.allowed:
         raise RuntimeError("seal() called for a refused recipient")
+    if (
+        decision.agreement is None
+        or decision.lawful_basis is None
+        or decision.consent_basis is None
+        or decision.retention is None
+        or not decision.groups
+    ):
+        raise RuntimeError("seal() needs a decision naming its agreement, bases and groups")
     route = routing(message)
+    # Redact before sealing: the recipient can decrypt only what its agreement allows.
+    content = redact(message, decision)
     disclosure = Disclosure(
         referral_id=route.message_id,
         sender_agency=route.sender,
         recipient_agency=decision.recipient,
         purpose=route.purpose,
-        referral=message if isinstance(message, Referral) else None,
-        notification=message if isinstance(message, EncompassNotification) else None,
+        agreement=decision.agreement,
+        lawful_basis=decision.lawful_basis,
+        consent_basis=decision.consent_basis,
+        groups=decision.groups,
+        retention=decision.retention,
+        referral=content if isinstance(content, DisclosedReferral) else None,
+        notification=content if isinstance(content, EncompassNotification) else None,
     )
     sealed = seal_disclosure(
         disclosure.model_dump_json().encode(),

@@ -1,4 +1,4 @@
-"""The ingest pipeline: authenticate → validate → replay check → decide → seal → publish.
+"""The ingest pipeline: authenticate → validate → replay → decide → seal → audit → publish.
 
 Each stage is a separate step so that later capabilities (sharing agreements, audit) replace one
 stage without touching the others. A submission is accepted only when every record it produced
@@ -14,14 +14,18 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from broker.agreements import Agreement
+from broker.calendar import WEEKDAYS, SchoolCalendar
 from broker.config import Settings
 from broker.envelope import seal
 from broker.policy import decide, routing
+from broker.receipts import audit_record
 from broker.replay import ReplayStore
 from broker.transport import Transport
 from broker.trust import TrustStore
 from keys import Registry, verify_referral
 from keys import VerificationError as KeyVerificationError
+from schemas.audit import submission_events
 from schemas.encompass import EncompassNotification
 from schemas.errors import ReplayError, SenderMismatch, SigningUnavailable, UnknownSender
 from schemas.federation import Federation
@@ -48,6 +52,8 @@ class Pipeline:
     trust: TrustStore
     replay: ReplayStore
     clock: Callable[[], datetime]
+    agreements: tuple[Agreement, ...] = ()
+    calendar: SchoolCalendar = WEEKDAYS
 
     async def submit(self, body: bytes, *, sender: str, request_id: str) -> Outcome:
         """Run every stage for one signed submission from the TLS-authenticated ``sender``."""
@@ -107,8 +113,11 @@ class Pipeline:
         decisions = decide(
             message,
             self.federation,
+            agreements=self.agreements,
+            now=now,
             max_recipients=self.settings.max_recipients,
             can_receive=lambda agency: _can_receive(registry, agency, now),
+            calendar=self.calendar,
         )
         allowed = [d for d in decisions if d.allowed]
         # 5 seal: sign with the broker's key, encrypt to each recipient's key.
@@ -133,9 +142,18 @@ class Pipeline:
                 f"the broker could not seal the disclosures ({exc.reason.value}); "
                 "nothing was sent, retry later"
             ) from None
-        # 6 publish: every record committed in one transaction, or TransportError.
-        if records:
-            await self.transport.publish(records)
+        # 6 audit: received, decided, then disclosed or refused per recipient, in the same
+        #   Kafka transaction as the disclosures: no disclosure without its audit event.
+        events = submission_events(
+            message,
+            decisions,
+            secret=self.trust.pseudonym_secret(),
+            at=now,
+            request_id=request_id,
+        )
+        records += [audit_record(self.settings.topic_prefix, e) for e in events]
+        # 7 publish: every record committed in one transaction, or TransportError.
+        await self.transport.publish(records)
         log.info(
             "referral.accepted",
             sender=route.sender,

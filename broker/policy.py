@@ -1,26 +1,148 @@
-"""Deciding, per intended recipient, whether and what it may receive.
+"""Deciding, per intended recipient, whether and what it may receive, and why.
 
-Pure: no I/O. This version checks that every party is a member of the federation, that each
-recipient can receive (it has an encryption key the registry lets us use now), and that an
-Operation Encompass notification goes from a police force to a school or children's social care
-only; it allows each such recipient the whole message. Sharing agreements (consent, lawful
-basis, need-to-know) replace the body of ``decide`` without changing its shape.
+Pure: no I/O. ``decide`` takes the message, the federation, the sharing agreements, the time and
+the school calendar, and returns one ``Decision`` per intended recipient, in the sender's order:
+allowed or refused, the exact groups and subsets to disclose, the lawful basis and consent basis
+relied on, the agreement and its retention, the Operation Encompass deadline, and the ids of the
+rules that produced it, so ``cairn policy explain`` can show an IG officer why. Rule ids and
+reason codes are made of codes and agency or agreement ids only, never personal data.
+
+The steps, in order:
+
+1. fan-out: more recipients than ``max_recipients`` is a ``SchemaError``;
+2. membership: the sender and every recipient are federation members, nobody refers to
+   itself, Encompass goes from police to schools or children's social care (``UnknownAgency``);
+3. the referral as a whole (``PolicyRefusal``, HTTP 422): it names a lawful basis (G8), an
+   override record is complete when consent was not obtained, an agreement in force covers the
+   purpose with the sender as a party, and one of them accepts the basis the referral names;
+4. per recipient: an agreement covering the purpose has it as a party in its federation role
+   and grants that role something; the agreement accepts the lawful basis, the consent state
+   and the override reason; a MARAC criterion is met where the terms require one; a recorded
+   objection to health-care sharing blocks health-care purposes unless a safeguarding override
+   applies; Encompass reaches only the child's own school (or children's social care for a
+   home-educated child) with its deadline at the start of the next school day;
+5. what is disclosed: the granted groups present in the referral; G7 only with an Art 9
+   condition (or Schedule 8); unsafe contact routes never (``broker.redaction``);
+6. an allowed recipient without a usable encryption key is refused (no-usable-encryption-key).
+
+Rule ids (``Decision.rules``), for the IG officer:
+
+=============================================  ============================================
+``agreement.<id>.purpose.<PURPOSE>``           the agreement covers the purpose, both parties
+``agreement.none_covers_recipient``            the recipient is party to no such agreement
+``agreement.<id>.role.<role>.granted``         the role may receive something (or
+                                               ``.not_granted``)
+``lawful_basis.<codes>``                       the basis relied on (``agreement.<id>.
+                                               lawful_basis.not_accepted`` when none fits)
+``lawful_basis.statutory.<codes>``             a notification's statutory basis
+``consent.obtained`` / ``consent.<state>``     the consent state (``.not_accepted`` if refused)
+``override.<reason>.accepted``                 the override reason (``.not_accepted``)
+``marac.criterion.<criterion>``                each MARAC criterion met (``marac.criterion.none``)
+``objection.health_sharing.blocks``            an objection stops health-care sharing
+``objection.health_sharing.overridden.<r>``    ... unless a safeguarding override applies
+``encompass.recipient.<role>``                 Encompass to a school or children's social care
+``encompass.not_own_pupil``                    no child of the referral is at this school
+``encompass.no_home_educated_child``           no home-educated child of school age
+``encompass.not_school_age``                   the notified child is not 4 to 17
+``encompass.deadline.next_school_day``         the deadline is set (``Decision.deadline``)
+``encompass.deadline.passed``                  it was already past at decision time
+``encompass.calendar.not_covered``             the term dates do not reach the deadline
+``encompass.notify_by.after_deadline``         the sender's notify_by is later than the law's
+``group.<label>.not_in_referral``              granted, but the sender left it out
+``group.<label>.no_entries``                   granted, but its scope keeps no entry
+``special_category.withheld.no_condition``     G7 withheld: no Art 9 condition in the basis
+``safe_contact.unsafe_routes_removed``         the referral has unsafe routes; none are sent
+``recipient.no_usable_encryption_key``         allowed, but no key to encrypt to
+=============================================  ============================================
+
+``Decision.reasons`` are the few codes a sender sees on its receipt: for an allowed recipient
+the agreement (``agreement.<id>``) and the consent basis (``consent.obtained``,
+``override.<reason>``, ``consent.not_required_statutory``); for a refused one why
+(``recipient.not_party``, ``role.not_granted``, ``lawful_basis.not_accepted``,
+``consent.state_not_accepted``, ``override.reason_not_accepted``, ``marac.no_criterion``,
+``objection.health_sharing``, ``encompass.not_own_pupil``, ``encompass.no_home_educated_child``,
+``encompass.not_school_age``, ``no-usable-encryption-key``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final
 from uuid import UUID
 
-from schemas.encompass import EncompassNotification
-from schemas.errors import FieldProblem, SchemaError, UnknownAgency
+from broker.agreements import Agreement, PurposeTerms
+from broker.calendar import WEEKDAYS, SchoolCalendar, next_school_day_start
+from broker.redaction import agencies_in_scope, children_in_scope, unsafe_details
+from schemas.consent import (
+    Art9Condition,
+    Consent,
+    ConsentOverride,
+    ConsentState,
+    OverrideReason,
+    StatutoryGateway,
+)
+from schemas.disclosure import ConsentBasis, GroupShare, LawfulBasis, Retention, ShareScope
+from schemas.encompass import EncompassNotification, is_school_age
+from schemas.errors import FieldProblem, InputError, SchemaError, UnknownAgency
 from schemas.federation import AgencyRole, Federation
-from schemas.referral import Purpose, Referral
+from schemas.marac import MaracCriterion, marac_eligibility
+from schemas.referral import FieldGroup, Purpose, Referral
 
-__all__ = ["Decision", "Routing", "decide", "routing"]
+__all__ = [
+    "ENCOMPASS_RECIPIENT_ROLES",
+    "HEALTH_CARE_PURPOSES",
+    "OVERRIDE_ITEMS",
+    "SAFEGUARDING_REASONS",
+    "Decision",
+    "PolicyRefusal",
+    "Routing",
+    "decide",
+    "missing_override_items",
+    "routing",
+]
 
-ENCOMPASS_RECIPIENT_ROLES = frozenset({AgencyRole.SCHOOL, AgencyRole.CHILDRENS_SOCIAL_CARE})
+ENCOMPASS_RECIPIENT_ROLES: Final = frozenset({AgencyRole.SCHOOL, AgencyRole.CHILDRENS_SOCIAL_CARE})
+#: Purposes that are sharing for the person's health care, where an objection counts (s251B).
+HEALTH_CARE_PURPOSES: Final = frozenset({Purpose.HEALTH_SAFEGUARDING})
+#: Override reasons that are safeguarding, and so outweigh an objection to health sharing.
+SAFEGUARDING_REASONS: Final = frozenset(
+    {
+        OverrideReason.RISK_TO_VICTIM,
+        OverrideReason.RISK_TO_CHILDREN,
+        OverrideReason.PREJUDICE_PROTECTION,
+        OverrideReason.VITAL_INTERESTS,
+    }
+)
+#: What a complete override record holds (DESIGN §3), by field of ``ConsentOverride``.
+OVERRIDE_ITEMS: Final = (
+    "decision_maker",
+    "decision_maker_role",
+    "reason",
+    "justification",
+    "subject_told",
+    "legal_paragraph",
+)
+
+
+class PolicyRefusal(InputError):
+    """The referral as a whole may not be shared: nothing is sent to anyone (HTTP 422).
+
+    ``problems`` name the fields to change (``consent``, ``consent.override.justification``,
+    ``header.purpose``); ``reasons`` are the rule codes (``lawful_basis.missing``,
+    ``consent.override.incomplete``, ``agreement.none_for_purpose``,
+    ``lawful_basis.not_accepted``). Neither carries personal data.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        problems: tuple[FieldProblem, ...] = (),
+        reasons: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, problems)
+        self.reasons = reasons
 
 
 @dataclass(frozen=True)
@@ -46,25 +168,88 @@ def routing(message: Referral | EncompassNotification) -> Routing:
 
 @dataclass(frozen=True)
 class Decision:
+    """What one recipient gets, and why. A refused decision has no groups and no basis."""
+
     recipient: str
     allowed: bool
-    reasons: tuple[str, ...]  # rule ids and codes only, never personal data
+    reasons: tuple[str, ...]  # short codes for the sender's receipt, never personal data
+    groups: tuple[GroupShare, ...] = ()  # exactly the groups and subsets to disclose
+    lawful_basis: LawfulBasis | None = None
+    consent_basis: ConsentBasis | None = None
+    rules: tuple[str, ...] = ()  # every rule that fired, for the IG officer
+    deadline: datetime | None = None  # Operation Encompass: the start of the next school day
+    agreement: str | None = None
+    retention: Retention | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        """The decision as JSON-ready codes: what ``cairn policy explain --json`` prints."""
+        return {
+            "recipient": self.recipient,
+            "allowed": self.allowed,
+            "agreement": self.agreement,
+            "groups": [g.label for g in self.groups],
+            "lawful_basis": self.lawful_basis.label if self.lawful_basis else None,
+            "consent_basis": self.consent_basis.label if self.consent_basis else None,
+            "retention": self.retention.label if self.retention else None,
+            "deadline": self.deadline.isoformat() if self.deadline else None,
+            "reasons": list(self.reasons),
+            "rules": list(self.rules),
+        }
 
 
 def decide(
     message: Referral | EncompassNotification,
     federation: Federation,
     *,
+    agreements: Sequence[Agreement],
+    now: datetime,
     max_recipients: int,
     can_receive: Callable[[str], bool] = lambda _agency: True,
+    calendar: SchoolCalendar = WEEKDAYS,
 ) -> list[Decision]:
-    """One decision per intended recipient, in the order the sender named them."""
+    """One decision per intended recipient, in the order the sender named them.
+
+    Raises ``SchemaError`` (fan-out), ``UnknownAgency`` (membership) or ``PolicyRefusal`` (no
+    lawful or consent basis for the referral as a whole) before deciding anyone.
+    """
+    if now.tzinfo is None:
+        raise TypeError("now must be timezone-aware")
     route = routing(message)
+    # 1 fan-out, before anything else is looked at
     if len(route.recipients) > max_recipients:
         raise SchemaError(
             f"a referral may name at most {max_recipients} recipients",
             (FieldProblem(route.recipients_field, f"at most {max_recipients} recipients"),),
         )
+    # 2 membership
+    _check_membership(route, federation)
+    # 3 the referral as a whole
+    today = now.astimezone(UTC).date()
+    covering = tuple(
+        a
+        for a in sorted(agreements, key=lambda a: a.id)
+        if a.in_force(today)
+        and a.terms(route.purpose) is not None
+        and _is_party(a, route.sender, federation)
+    )
+    _check_whole(message, route, covering)
+    # 4-6 each recipient
+    case = _Case(message, federation, route, covering, now, calendar)
+    decisions = []
+    for recipient in route.recipients:
+        decision = case.decide(recipient)
+        if decision.allowed and not can_receive(recipient):
+            decision = Decision(
+                recipient,
+                allowed=False,
+                reasons=("no-usable-encryption-key",),
+                rules=(*decision.rules, "recipient.no_usable_encryption_key"),
+            )
+        decisions.append(decision)
+    return decisions
+
+
+def _check_membership(route: Routing, federation: Federation) -> None:
     problems: list[FieldProblem] = []
     sender = federation.get(route.sender)
     if sender is None:
@@ -76,24 +261,361 @@ def decide(
         )
     many = len(route.recipients) > 1 or route.recipients_field.endswith("s")
     for i, recipient in enumerate(route.recipients):
-        field = f"{route.recipients_field}.{i}" if many else route.recipients_field
+        at = f"{route.recipients_field}.{i}" if many else route.recipients_field
         agency = federation.get(recipient)
         if agency is None:
-            problems.append(FieldProblem(field, "not a member of this federation"))
+            problems.append(FieldProblem(at, "not a member of this federation"))
         elif recipient == route.sender:
-            problems.append(FieldProblem(field, "a sender cannot refer to itself"))
+            problems.append(FieldProblem(at, "a sender cannot refer to itself"))
         elif encompass and agency.role not in ENCOMPASS_RECIPIENT_ROLES:
             problems.append(
-                FieldProblem(field, "Encompass notices go to schools or children's social care")
+                FieldProblem(at, "Encompass notices go to schools or children's social care")
             )
     if problems:
         raise UnknownAgency(
             "the message names agencies that cannot take part; fix the named fields",
             tuple(problems),
         )
-    return [
-        Decision(r, allowed=True, reasons=("federation-member",))
-        if can_receive(r)
-        else Decision(r, allowed=False, reasons=("no-usable-encryption-key",))
-        for r in route.recipients
+
+
+def _is_party(agreement: Agreement, agency: str, federation: Federation) -> bool:
+    """A party in the role the federation gives it: a mis-roled party is no party."""
+    party = agreement.party(agency)
+    member = federation.get(agency)
+    return party is not None and member is not None and party.role is member.role
+
+
+def _check_whole(
+    message: Referral | EncompassNotification, route: Routing, covering: tuple[Agreement, ...]
+) -> None:
+    purpose = route.purpose.value
+    if isinstance(message, Referral):
+        consent = message.consent
+        if consent is None:
+            raise PolicyRefusal(
+                "the referral names no lawful basis or consent state; fill in G8 (consent): the "
+                "UK GDPR Art 6 basis, any Art 9 condition with its DPA 2018 paragraph, and the "
+                "consent state",
+                (FieldProblem("consent", "required: the lawful basis and consent state"),),
+                ("lawful_basis.missing",),
+            )
+        if consent.state is not ConsentState.OBTAINED:
+            missing = missing_override_items(consent.override)
+            if missing:
+                raise PolicyRefusal(
+                    f"consent is '{consent.state.value}' and the override record is incomplete: "
+                    f"missing {', '.join(missing)}",
+                    tuple(
+                        FieldProblem(f"consent.override.{item}", "missing from the override")
+                        for item in missing
+                    ),
+                    ("consent.override.incomplete",),
+                )
+    if not covering:
+        raise PolicyRefusal(
+            f"no sharing agreement in force lets '{route.sender}' share for {purpose}",
+            (FieldProblem("header.purpose", f"no agreement covers {purpose} for the sender"),),
+            ("agreement.none_for_purpose",),
+        )
+    terms = [a.terms(route.purpose) for a in covering]
+    if isinstance(message, EncompassNotification):
+        if not any(t is not None and t.notification_basis is not None for t in terms):
+            raise PolicyRefusal(
+                "no sharing agreement in force names the statutory basis for Operation "
+                "Encompass notifications",
+                (FieldProblem("header.purpose", "no statutory basis for notifications"),),
+                ("lawful_basis.not_accepted",),
+            )
+        return
+    consent = message.consent
+    assert consent is not None  # checked above
+    if not any(t is not None and _basis(t, consent) is not None for t in terms):
+        raise PolicyRefusal(
+            f"no sharing agreement for {purpose} accepts the lawful basis the referral names "
+            f"({_consent_codes(consent) or 'none'})",
+            (FieldProblem("consent", f"not a lawful basis any {purpose} agreement accepts"),),
+            ("lawful_basis.not_accepted",),
+        )
+
+
+def missing_override_items(override: ConsentOverride | None) -> list[str]:
+    """The items a complete override record lacks (all of them when there is none).
+
+    A decoded referral cannot lack them (``ConsentOverride`` requires each); this guards the
+    engine against a record built another way, and names what is missing either way.
+    """
+    if override is None:
+        return list(OVERRIDE_ITEMS)
+    missing = [
+        item
+        for item in OVERRIDE_ITEMS
+        if getattr(override, item, None) is None
+        or (isinstance(getattr(override, item), str) and not getattr(override, item).strip())
     ]
+    if getattr(override, "subject_told", None) is False and not getattr(
+        override, "subject_not_told_reason", None
+    ):
+        missing.append("subject_not_told_reason")
+    return missing
+
+
+def _consent_codes(consent: Consent) -> str:
+    codes = (
+        consent.art6_basis,
+        consent.art9_condition,
+        consent.dpa_condition,
+        consent.statutory_gateway,
+    )
+    return "+".join(c.value for c in codes if c is not None)
+
+
+def _relies_on(basis: LawfulBasis, consent: Consent) -> bool:
+    """The referral names every code the agreement's basis names."""
+    pairs = (
+        (basis.art6, consent.art6_basis),
+        (basis.art9, consent.art9_condition),
+        (basis.dpa, consent.dpa_condition),
+        (basis.gateway, consent.statutory_gateway),
+    )
+    return all(want is None or want == have for want, have in pairs)
+
+
+def _basis(terms: PurposeTerms, consent: Consent) -> LawfulBasis | None:
+    """The most specific of the terms' bases the referral relies on (first on a tie)."""
+    fits = [b for b in terms.lawful_bases if _relies_on(b, consent)]
+    return max(fits, key=lambda b: len(b.codes), default=None)
+
+
+def _health_care(purpose: Purpose, basis: LawfulBasis) -> bool:
+    return (
+        purpose in HEALTH_CARE_PURPOSES
+        or basis.gateway is StatutoryGateway.HSCA_2012_S251B
+        or basis.art9 is Art9Condition.HEALTH_OR_SOCIAL_CARE
+    )
+
+
+class _Refused(Exception):
+    """One agreement does not let this recipient have the message; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Case:
+    """One message being decided: what every recipient's decision shares."""
+
+    message: Referral | EncompassNotification
+    federation: Federation
+    route: Routing
+    covering: tuple[Agreement, ...]
+    now: datetime
+    calendar: SchoolCalendar
+    _marac: tuple[MaracCriterion, ...] | None = field(default=None, init=False)
+
+    @property
+    def referral(self) -> Referral | None:
+        return self.message if isinstance(self.message, Referral) else None
+
+    def marac(self, referral: Referral) -> tuple[MaracCriterion, ...]:
+        if self._marac is None:
+            self._marac = marac_eligibility(
+                referral.risk, escalation_threshold=self.federation.marac_escalation_threshold
+            ).criteria
+        return self._marac
+
+    def decide(self, recipient: str) -> Decision:
+        agency = self.federation.get(recipient)
+        assert agency is not None  # membership was checked
+        parties = [a for a in self.covering if _is_party(a, recipient, self.federation)]
+        if not parties:
+            return Decision(
+                recipient,
+                allowed=False,
+                reasons=("recipient.not_party",),
+                rules=("agreement.none_covers_recipient",),
+            )
+        rules: list[str] = []
+        reasons: list[str] = []
+        for agreement in parties:
+            trail: list[str] = []
+            try:
+                decision = self._under(agreement, recipient, agency.role, trail)
+            except _Refused as refused:
+                rules.extend(trail)
+                if refused.reason not in reasons:
+                    reasons.append(refused.reason)
+                continue
+            # The first agreement (by id) that allows wins; the ones tried before it show why.
+            return replace(decision, rules=(*rules, *trail))
+        return Decision(recipient, allowed=False, reasons=tuple(reasons), rules=tuple(rules))
+
+    def _under(
+        self, agreement: Agreement, recipient: str, role: AgencyRole, rules: list[str]
+    ) -> Decision:
+        purpose = self.route.purpose
+        terms = agreement.terms(purpose)
+        assert terms is not None  # only covering agreements get here
+        rules.append(f"agreement.{agreement.id}.purpose.{purpose.value}")
+        grant = agreement.grant(purpose, role)
+        if grant is None:
+            rules.append(f"agreement.{agreement.id}.role.{role.value}.not_granted")
+            raise _Refused("role.not_granted")
+        rules.append(f"agreement.{agreement.id}.role.{role.value}.granted")
+        referral = self.referral
+        if referral is None:
+            basis, consent_basis = self._statutory(agreement, terms, rules)
+        else:
+            basis, consent_basis = self._consented(agreement, terms, referral, rules)
+        deadline = None
+        if purpose is Purpose.ENCOMPASS:
+            deadline = self._encompass(recipient, role, rules)
+        groups = self._groups(grant, basis, recipient, rules)
+        if referral is not None and unsafe_details(referral):
+            rules.append("safe_contact.unsafe_routes_removed")
+        consent_reason = (
+            f"override.{consent_basis.override_reason.value}"
+            if consent_basis.override_reason is not None
+            else f"consent.{consent_basis.state.value}"
+        )
+        return Decision(
+            recipient,
+            allowed=True,
+            reasons=(f"agreement.{agreement.id}", consent_reason),
+            groups=groups,
+            lawful_basis=basis,
+            consent_basis=consent_basis,
+            deadline=deadline,
+            agreement=agreement.id,
+            retention=agreement.retention,
+        )
+
+    def _statutory(
+        self, agreement: Agreement, terms: PurposeTerms, rules: list[str]
+    ) -> tuple[LawfulBasis, ConsentBasis]:
+        """A notification: the statute is the basis, and consent is not required."""
+        basis = terms.notification_basis
+        if basis is None:
+            rules.append(f"agreement.{agreement.id}.lawful_basis.not_accepted")
+            raise _Refused("lawful_basis.not_accepted")
+        rules.append(f"lawful_basis.statutory.{basis.label}")
+        state = ConsentState.NOT_REQUIRED_STATUTORY
+        if state not in terms.consent.states:
+            rules.append(f"consent.{state.value}.not_accepted")
+            raise _Refused("consent.state_not_accepted")
+        rules.append(f"consent.{state.value}")
+        return basis, ConsentBasis(state=state)
+
+    def _consented(
+        self, agreement: Agreement, terms: PurposeTerms, referral: Referral, rules: list[str]
+    ) -> tuple[LawfulBasis, ConsentBasis]:
+        consent = referral.consent
+        assert consent is not None  # checked for the referral as a whole
+        basis = _basis(terms, consent)
+        if basis is None:
+            rules.append(f"agreement.{agreement.id}.lawful_basis.not_accepted")
+            raise _Refused("lawful_basis.not_accepted")
+        rules.append(f"lawful_basis.{basis.label}")
+        state = consent.state
+        if state not in terms.consent.states:
+            rules.append(f"consent.{state.value}.not_accepted")
+            raise _Refused("consent.state_not_accepted")
+        rules.append(f"consent.{state.value}")
+        override = consent.override
+        reason: OverrideReason | None = None
+        if state is ConsentState.OBTAINED:
+            consent_basis = ConsentBasis(state=state)
+        else:
+            assert override is not None  # complete: checked for the referral as a whole
+            reason = override.reason
+            if reason not in terms.consent.override_reasons:
+                rules.append(f"override.{reason.value}.not_accepted")
+                raise _Refused("override.reason_not_accepted")
+            rules.append(f"override.{reason.value}.accepted")
+            consent_basis = ConsentBasis(
+                state=state, override_reason=reason, override_paragraph=override.legal_paragraph
+            )
+        if terms.marac_criterion_required:
+            criteria = self.marac(referral)
+            if not criteria:
+                rules.append("marac.criterion.none")
+                raise _Refused("marac.no_criterion")
+            rules.extend(f"marac.criterion.{c.value}" for c in criteria)
+        if consent.objection_to_health_sharing and _health_care(self.route.purpose, basis):
+            if reason in SAFEGUARDING_REASONS:
+                assert reason is not None
+                rules.append(f"objection.health_sharing.overridden.{reason.value}")
+            else:
+                rules.append("objection.health_sharing.blocks")
+                raise _Refused("objection.health_sharing")
+        return basis, consent_basis
+
+    def _encompass(self, recipient: str, role: AgencyRole, rules: list[str]) -> datetime:
+        """Only the child's own school (or CSC, home-educated), by the next school day."""
+        school = role is AgencyRole.SCHOOL
+        rules.append(f"encompass.recipient.{role.value}")
+        referral = self.referral
+        if referral is None:
+            assert isinstance(self.message, EncompassNotification)
+            content = self.message.content
+            occurred = content.occurred_at
+            if not is_school_age(content.child_date_of_birth, occurred.date()):
+                rules.append("encompass.not_school_age")
+                raise _Refused("encompass.not_school_age")
+        else:
+            occurred = referral.incident.occurred_at
+            scope = ShareScope.OWN_PUPIL if school else ShareScope.HOME_EDUCATED
+            if not children_in_scope(referral.children, scope, recipient, on=occurred.date()):
+                code = "encompass.not_own_pupil" if school else "encompass.no_home_educated_child"
+                rules.append(code)
+                raise _Refused(code)
+        deadline = next_school_day_start(
+            occurred, self.calendar, school=recipient if school else None
+        )
+        rules.append("encompass.deadline.next_school_day")
+        if not self.calendar.covers(deadline.date()):
+            rules.append("encompass.calendar.not_covered")
+        if self.now > deadline:
+            rules.append("encompass.deadline.passed")
+        if isinstance(self.message, EncompassNotification) and (
+            self.message.header.notify_by > deadline
+        ):
+            rules.append("encompass.notify_by.after_deadline")
+        return deadline
+
+    def _groups(
+        self,
+        grant: tuple[GroupShare, ...],
+        basis: LawfulBasis,
+        recipient: str,
+        rules: list[str],
+    ) -> tuple[GroupShare, ...]:
+        referral = self.referral
+        if referral is None:
+            return grant  # a notification is the statutory content, whole, by its type
+        out = []
+        for share in grant:
+            value = referral.group(share.group)
+            if value is None or value == ():
+                rules.append(f"group.{share.label}.not_in_referral")
+                continue
+            if share.group is FieldGroup.G7 and not basis.special_category:
+                rules.append("special_category.withheld.no_condition")
+                continue
+            if not _entries(referral, share, recipient):
+                rules.append(f"group.{share.label}.no_entries")
+                continue
+            out.append(share)
+        return tuple(out)
+
+
+def _entries(referral: Referral, share: GroupShare, recipient: str) -> bool:
+    """Whether a scoped share keeps anything of the group for this recipient."""
+    if share.group is FieldGroup.G4:
+        on = referral.incident.occurred_at.date()
+        return bool(children_in_scope(referral.children, share.scope, recipient, on=on))
+    if share.group is FieldGroup.G9 and referral.agencies_actions is not None:
+        kept = agencies_in_scope(referral.agencies_actions, share.scope, recipient)
+        return bool(kept.involved or kept.actions)
+    return True

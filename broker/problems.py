@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from broker.policy import PolicyRefusal
 from keys.errors import Reason
 from keys.errors import VerificationError as KeyVerificationError
 from schemas.errors import (
@@ -45,6 +46,7 @@ PROBLEM_TYPES: tuple[tuple[type[CairnError], int, str, str], ...] = (
     (AuthenticationError, 403, "unauthenticated", "The sender is not authenticated"),
     (ReplayError, 409, "replay-conflict", "Referral id already used for another referral"),
     (UnknownAgency, 422, "unknown-agency", "Agency not in the federation"),
+    (PolicyRefusal, 422, "policy-refusal", "No lawful basis to share this referral"),
     (SchemaError, 422, "invalid-referral", "The referral is not valid"),
     (VerificationError, 403, "verification-failed", "Verification failed"),
     (InputError, 400, "bad-request", "Bad request"),
@@ -106,6 +108,9 @@ def _body(status: int, slug: str, title: str, exc: CairnError) -> dict[str, Any]
     problems = getattr(exc, "problems", ())
     if problems:
         body["errors"] = [{"field": p.field, "problem": p.problem} for p in problems]
+    reasons = getattr(exc, "reasons", ())
+    if reasons:
+        body["reasons"] = list(reasons)  # rule codes, never personal data
     return body
 
 

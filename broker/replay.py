@@ -1,4 +1,6 @@
-"""Single use of referral ids: a resubmission returns the original receipt and sends nothing.
+"""What the broker remembers about each referral: its id was used, and who acknowledged it.
+
+Single use of referral ids: a resubmission returns the original receipt and sends nothing.
 
 A referral id is remembered, with a digest of the exact referral and the receipt it got, once
 Kafka has committed its disclosures. The same id with the same content is a retry (the sender
@@ -6,6 +8,9 @@ lost our answer, or retried a 503 that had in fact committed): it gets the origi
 nothing is sent again. The same id with different content is refused. Ids are kept for the
 replay window; the signature's ``iat`` clock check refuses anything older than the skew bound,
 so an id forgotten after the window cannot come back either.
+
+Acknowledgements from recipients are remembered per (referral, agency), so a repeated one is
+recognised and audited once.
 
 Stored in SQLite (WAL, synchronous=FULL) under the state folder: small, durable, one writer.
 """
@@ -20,14 +25,20 @@ from pathlib import Path
 
 __all__ = ["ReplayStore", "Seen"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS seen (
-    referral_id TEXT PRIMARY KEY,
-    digest      TEXT NOT NULL,
-    receipt     TEXT NOT NULL,
-    first_seen  TEXT NOT NULL
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS seen (
+        referral_id TEXT PRIMARY KEY,
+        digest      TEXT NOT NULL,
+        receipt     TEXT NOT NULL,
+        first_seen  TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS acks (
+        referral_id TEXT NOT NULL,
+        agency      TEXT NOT NULL,
+        acked_at    TEXT NOT NULL,
+        PRIMARY KEY (referral_id, agency)
+    )""",
 )
-"""
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,8 @@ class ReplayStore:
         self._db = sqlite3.connect(":memory:" if path is None else str(path), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
+        for statement in _SCHEMA:
+            self._db.execute(statement)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def lock(self, referral_id: str) -> asyncio.Lock:
@@ -67,6 +79,17 @@ class ReplayStore:
         self._db.execute(
             "INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)",
             (referral_id, digest, receipt, now.isoformat()),
+        )
+
+    def acknowledged(self, referral_id: str, agency: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM acks WHERE referral_id = ? AND agency = ?", (referral_id, agency)
+        ).fetchone()
+        return row is not None
+
+    def remember_ack(self, referral_id: str, agency: str, at: datetime) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO acks VALUES (?, ?, ?)", (referral_id, agency, at.isoformat())
         )
 
     def prune(self, now: datetime, window: timedelta) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -28,6 +28,7 @@ from broker.topics import TopicSpec
 from schemas.errors import TransportError
 
 __all__ = [
+    "Consumed",
     "KafkaTransport",
     "MemoryTransport",
     "Record",
@@ -49,6 +50,15 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+@dataclass(frozen=True)
+class Consumed:
+    """Offsets a consumer group has processed, to commit in the same transaction as its output
+    (consume-transform-produce: the output and the progress are both kept, or neither)."""
+
+    group_id: str
+    offsets: dict[TopicPartition, int]  # the next offset to read, per partition
+
+
 class Transport(Protocol):
     async def start(self) -> None:
         """Prepare to publish; must not fail when Kafka is down (readiness says so instead)."""
@@ -56,8 +66,11 @@ class Transport(Protocol):
     async def stop(self) -> None:
         """Flush what was accepted and release connections."""
 
-    async def publish(self, records: Sequence[Record]) -> None:
-        """Make every record visible to read-committed consumers, or none; else TransportError."""
+    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
+        """Make every record visible to read-committed consumers, or none; else TransportError.
+
+        With ``consumed``, the group's offsets are committed in the same transaction.
+        """
 
     async def ready(self) -> bool:
         """True while a publish could succeed now."""
@@ -98,15 +111,16 @@ class KafkaTransport:
         async with self._lock:
             await self._discard()
 
-    async def publish(self, records: Sequence[Record]) -> None:
-        if not records:
+    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
+        if not records and consumed is None:
             raise RuntimeError("publish() needs at least one record")
         async with self._lock:
             producer = await self._connect()
             await self._check_topics(producer, {r.topic for r in records})
             try:
                 await asyncio.wait_for(
-                    self._transaction(producer, records), self._settings.publish_timeout_s
+                    self._transaction(producer, records, consumed),
+                    self._settings.publish_timeout_s,
                 )
             except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning("kafka.publish_failed", error=type(exc).__name__, records=len(records))
@@ -161,10 +175,14 @@ class KafkaTransport:
             )
 
     @staticmethod
-    async def _transaction(producer: AIOKafkaProducer, records: Sequence[Record]) -> None:
+    async def _transaction(
+        producer: AIOKafkaProducer, records: Sequence[Record], consumed: Consumed | None
+    ) -> None:
         async with producer.transaction():
             for r in records:
                 await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+            if consumed is not None:
+                await producer.send_offsets_to_transaction(consumed.offsets, consumed.group_id)
         # Leaving the block committed the transaction, which first waited for every ack.
 
     async def _connect(self) -> AIOKafkaProducer:
@@ -226,6 +244,7 @@ class MemoryTransport:
     topics: dict[str, list[Record]] = field(default_factory=dict)
     known_topics: set[str] | None = None  # None: any topic exists
     published: int = 0
+    committed: dict[str, dict[TopicPartition, int]] = field(default_factory=dict)
 
     async def start(self) -> None:
         return None
@@ -233,8 +252,8 @@ class MemoryTransport:
     async def stop(self) -> None:
         return None
 
-    async def publish(self, records: Sequence[Record]) -> None:
-        if not records:
+    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
+        if not records and consumed is None:
             raise RuntimeError("publish() needs at least one record")
         if not self.available:
             raise TransportError(
@@ -246,6 +265,8 @@ class MemoryTransport:
         for r in records:
             self.topics.setdefault(r.topic, []).append(r)
         self.published += len(records)
+        if consumed is not None:
+            self.committed.setdefault(consumed.group_id, {}).update(consumed.offsets)
 
     async def ready(self) -> bool:
         return self.available

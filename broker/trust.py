@@ -69,6 +69,7 @@ class TrustStore:
         self._min_serial = _read_serial(serial_file)
         self._signing_key: SigningKey | None = None
         self._decryption_keys: tuple[DecryptionKey, ...] | None = None
+        self._pseudonym_secret: bytes | None = None
 
     def registry(self) -> Registry:
         """The verified registry in force now; RegistryUntrusted if there is none."""
@@ -134,6 +135,14 @@ class TrustStore:
                 f"an operator must run 'cairn keys rotate --agency {self._member_id}'"
             ) from None
         return self._signing_key
+
+    def pseudonym_secret(self) -> bytes:
+        """The federation's audit pseudonym secret (HMAC key), decrypted once."""
+        if self._pseudonym_secret is None:
+            from broker.auditlog import load_pseudonym_secret
+
+            self._pseudonym_secret = load_pseudonym_secret(self.store, self._passphrase)
+        return self._pseudonym_secret
 
     def decryption_keys(self) -> tuple[DecryptionKey, ...]:
         """Every decryption key this member may still use: active, or retired within grace."""

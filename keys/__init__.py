@@ -15,13 +15,16 @@ Operators run ``init_federation``, ``rotate``, ``revoke`` and ``refresh`` throug
 from __future__ import annotations
 
 from keys.envelope import (
+    ACK_TYP,
     DISCLOSURE_TYP,
     REFERRAL_TYP,
     decrypt_for,
     encrypt_to,
     open_disclosure,
     seal_disclosure,
+    sign_ack,
     sign_referral,
+    verify_ack,
     verify_referral,
     verify_signed,
 )
@@ -60,6 +63,7 @@ from keys.store import FileStore, MemoryStore, Store, passphrase_from_env
 from keys.tls import client_context, peer_agency, server_context
 
 __all__ = [
+    "ACK_TYP",
     "AUDITOR_ID",
     "BROKER_ID",
     "CLOCK_SKEW",
@@ -100,8 +104,10 @@ __all__ = [
     "rotate",
     "seal_disclosure",
     "server_context",
+    "sign_ack",
     "sign_referral",
     "thumbprint",
+    "verify_ack",
     "verify_referral",
     "verify_registry",
     "verify_signed",

@@ -34,19 +34,23 @@ from keys.jwk import DecryptionKey, SigningKey
 from keys.registry import BROKER_ID, CLOCK_SKEW, KeyUse, Registry
 
 __all__ = [
+    "ACK_TYP",
     "DISCLOSURE_TYP",
     "REFERRAL_TYP",
     "decrypt_for",
     "encrypt_to",
     "open_disclosure",
     "seal_disclosure",
+    "sign_ack",
     "sign_referral",
+    "verify_ack",
     "verify_referral",
     "verify_signed",
 ]
 
 REFERRAL_TYP: Final = "cairn-referral+jws"
 DISCLOSURE_TYP: Final = "cairn-disclosure+jws"
+ACK_TYP: Final = "cairn-ack+jws"  # a recipient's signed acknowledgement of one disclosure
 
 
 def sign_referral(payload: bytes, key: SigningKey, *, issued_at: datetime | None = None) -> bytes:
@@ -212,3 +216,13 @@ def open_disclosure(
         max_bytes=max_bytes,
         clock_skew=clock_skew,
     )
+
+
+def sign_ack(payload: bytes, key: SigningKey, *, issued_at: datetime) -> bytes:
+    """A recipient's acknowledgement as a compact JWS under its signing key."""
+    return sign_compact(payload, key, typ=ACK_TYP, iat=int(issued_at.timestamp()))
+
+
+def verify_ack(token: bytes | str, registry: Registry, *, signer: str, now: datetime) -> bytes:
+    """The acknowledgement payload if ``signer`` signed it with a key trusted at ``now``."""
+    return verify_signed(token, registry, signer=signer, typ=ACK_TYP, now=now)

@@ -142,14 +142,28 @@ def init_federation(
     server = issue_server_certificate(ca, federation.name, now=now, validity=life.certificate)
     store.write(layout.SERVER_CERT, server.certificate_pem(), private=False)
     store.write(layout.SERVER_KEY, encrypt_private_key(server.key, passphrase), private=True)
-    for agency in federation.agencies:
+    # The auditor's certificate is what IG officers' tools present to the audit API.
+    tls_clients = [
+        *((a.id, a.role.value) for a in federation.agencies),
+        (AUDITOR_ID, ServiceRole.AUDITOR.value),
+    ]
+    for client_id, role in tls_clients:
         client = issue_client_certificate(
-            ca, agency.id, agency.role.value, federation.name, now=now, validity=life.certificate
+            ca, client_id, role, federation.name, now=now, validity=life.certificate
         )
-        store.write(layout.client_cert(agency.id), client.certificate_pem(), private=False)
+        store.write(layout.client_cert(client_id), client.certificate_pem(), private=False)
         store.write(
-            layout.client_key(agency.id), encrypt_private_key(client.key, passphrase), private=True
+            layout.client_key(client_id), encrypt_private_key(client.key, passphrase), private=True
         )
+
+    # The federation's pseudonym secret (HMAC key for audit subjects), kept as the seed of an
+    # Ed25519 key so that it is stored encrypted like every other private key. It is never
+    # replaced: a new one would make every earlier audit entry unsearchable.
+    store.write(
+        layout.PSEUDONYM_KEY,
+        encrypt_private_key(Ed25519PrivateKey.generate(), passphrase),
+        private=True,
+    )
 
     # Then every member's JOSE keys.
     identities: list[tuple[str, str, AgencyRole | ServiceRole]] = [

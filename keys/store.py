@@ -69,6 +69,7 @@ MIN_PASSPHRASE_CHARS: Final = 16
 REGISTRY: Final = "registry.jws"  # the root-signed registry (public)
 ROOT_PUBLIC: Final = "root.jwk"  # the root public key, the trust anchor (public)
 ROOT_KEY: Final = "private/root.key"
+PSEUDONYM_KEY: Final = "private/pseudonym.key"  # the audit pseudonym secret (encrypted)
 CA_CERT: Final = "tls/ca.crt"
 CA_KEY: Final = "tls/ca.key"
 SERVER_CERT: Final = "tls/server.crt"

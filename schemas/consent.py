@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from schemas.fields import Frozen, LongText, ShortText, inconsistent
 
@@ -137,6 +137,12 @@ class Consent(Frozen):
     subject_informed: bool
     not_informed_reason: LongText | None = None
     override: ConsentOverride | None = None
+    objection_to_health_sharing: bool = Field(
+        default=False,
+        description="The person has objected to their information being shared for their "
+        "health care: the s251B duty to share is then disapplied, and only a safeguarding "
+        "override lets it go to a health-care purpose",
+    )
 
     @model_validator(mode="after")
     def _lawful(self) -> Consent:

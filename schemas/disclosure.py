@@ -1,28 +1,399 @@
-"""What one recipient receives: the part of a submission it may see, with where it came from.
+"""What one recipient receives: the part of a submission it may see, and on what basis it got it.
 
-A disclosure carries either a referral or an Operation Encompass notification, never both. For a
-notification, ``referral_id`` holds the notification's id: it is the message's idempotency key
-either way.
+A disclosure carries either a redacted referral or an Operation Encompass notification, never
+both. For a notification, ``referral_id`` holds the notification's id: it is the message's
+idempotency key either way.
+
+The redacted referral (``DisclosedReferral``) mirrors ``Referral`` group by group, but every
+group, and every field inside a group, is optional: a recipient's sharing agreement may allow a
+group whole, a named subset of its fields, or nothing. ``groups`` says exactly which groups and
+subsets were disclosed, so a recipient can tell "withheld" from "not known". The ``Disclosed*``
+models check field types only: the values came from a referral that was validated whole, and
+the cross-field checks of ``Referral`` (score agrees with answers, and so on) cannot hold once
+fields are withheld.
+
+Every disclosure names the agreement it was made under, the lawful basis (UK GDPR Art 6 / Art 9
+with the DPA 2018 paragraph, or a statutory gateway) and the consent basis (the consent state,
+and the override reason and paragraph when consent was not obtained), and how long the
+recipient may keep it. These are codes, never free text, so audit and IG queries can match them.
 """
 
 from __future__ import annotations
 
+from datetime import date
+from enum import StrEnum
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import model_validator
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
+from schemas.consent import (
+    Art6Basis,
+    Art9Condition,
+    CaldicottPrinciple,
+    ConsentOverride,
+    ConsentState,
+    DpaCondition,
+    OverrideReason,
+    StatutoryGateway,
+)
+from schemas.dash import DashAnswer, QuestionId, RiskLevel
 from schemas.encompass import EncompassNotification
-from schemas.referral import AgencyId, Frozen, Purpose, Referral
+from schemas.fields import NhsNumber, inconsistent
+from schemas.referral import (
+    FIELD_GROUPS,
+    Address,
+    AgenciesActions,
+    AgencyId,
+    Classification,
+    ContactRoute,
+    FieldGroup,
+    Frozen,
+    HousingTenure,
+    LongText,
+    Pregnancy,
+    Priority,
+    Purpose,
+    Reference,
+    Referral,
+    Relationship,
+    Restriction,
+    ShortText,
+    SpecialCategory,
+    Wishes,
+)
 
-__all__ = ["Disclosure"]
+__all__ = [
+    "AgreementId",
+    "ConsentBasis",
+    "Disclosed",
+    "DisclosedChild",
+    "DisclosedConsent",
+    "DisclosedDash",
+    "DisclosedHeader",
+    "DisclosedIncident",
+    "DisclosedPerpetrator",
+    "DisclosedReferral",
+    "DisclosedRisk",
+    "DisclosedSafeContact",
+    "DisclosedVictim",
+    "Disclosure",
+    "Disposal",
+    "GroupShare",
+    "LawfulBasis",
+    "Retention",
+    "RetentionStart",
+    "ShareScope",
+    "SubsetName",
+]
+
+#: A sharing agreement's id: also its file name under ``deploy/federation/agreements``.
+AgreementId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,39}$")]
+#: A named subset of one field group's fields ("full" is reserved for the whole group).
+SubsetName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
+# --- the basis of a disclosure -----------------------------------------------------------------
+
+
+class LawfulBasis(Frozen):
+    """A lawful basis a disclosure relies on: the codes of DESIGN §3, as a set.
+
+    In an agreement it is a template: a referral relies on it when its G8 names every code the
+    template names. Art 9(2)(g) needs a DPA 2018 Schedule 1 Part 2 paragraph (10 or 18), Art
+    9(2)(h) needs Schedule 1 paragraph 2, and Schedule 8 paragraph 4 (police Part 3 processing)
+    stands without Art 6 or Art 9, the same pairing rules as ``schemas.consent.Consent``.
+    """
+
+    art6: Art6Basis | None = None
+    art9: Art9Condition | None = None
+    dpa: DpaCondition | None = None
+    gateway: StatutoryGateway | None = None
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> LawfulBasis:
+        if not self.codes:
+            raise ValueError("name at least one of art6, art9, dpa or gateway")
+        part3 = self.dpa is DpaCondition.SCH8_PARA4_SAFEGUARDING
+        if part3 and (self.art6 is not None or self.art9 is not None):
+            raise inconsistent("dpa", "Schedule 8 para 4 stands without Art 6 or Art 9")
+        if self.art9 is Art9Condition.SUBSTANTIAL_PUBLIC_INTEREST and self.dpa not in (
+            DpaCondition.SCH1_PARA10_UNLAWFUL_ACTS,
+            DpaCondition.SCH1_PARA18_SAFEGUARDING,
+        ):
+            raise inconsistent("dpa", "art9_2_g needs dpa2018_sch1_para10 or dpa2018_sch1_para18")
+        if (
+            self.art9 is Art9Condition.HEALTH_OR_SOCIAL_CARE
+            and self.dpa is not DpaCondition.SCH1_PARA2_HEALTH_SOCIAL_CARE
+        ):
+            raise inconsistent("dpa", "art9_2_h needs dpa2018_sch1_para2")
+        if self.art9 is None and self.dpa is not None and not part3:
+            raise inconsistent("art9", f"{self.dpa.value} is a condition for an Art 9 basis")
+        return self
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The legal codes, in the order Art 6, Art 9, DPA paragraph, gateway."""
+        return tuple(c.value for c in (self.art6, self.art9, self.dpa, self.gateway) if c)
+
+    @property
+    def label(self) -> str:
+        """The codes joined with '+', e.g. 'art6_1_e+art9_2_g+dpa2018_sch1_para18'."""
+        return "+".join(self.codes)
+
+    @property
+    def special_category(self) -> bool:
+        """Whether it carries a condition for special category data (Art 9, or Schedule 8)."""
+        return self.art9 is not None or self.dpa is DpaCondition.SCH8_PARA4_SAFEGUARDING
+
+
+class ConsentBasis(Frozen):
+    """The consent state a disclosure rests on, and the override when consent was not obtained."""
+
+    state: ConsentState
+    override_reason: OverrideReason | None = None
+    override_paragraph: DpaCondition | StatutoryGateway | None = None
+
+    @model_validator(mode="after")
+    def _override_only_without_consent(self) -> ConsentBasis:
+        if self.state is ConsentState.OBTAINED and self.override_reason is not None:
+            raise inconsistent("override_reason", "consent was obtained: nothing was overridden")
+        if (self.override_reason is None) != (self.override_paragraph is None):
+            raise inconsistent(
+                "override_paragraph", "an override names both its reason and its paragraph"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """e.g. 'obtained', or 'refused+override:risk_to_children'."""
+        if self.override_reason is None:
+            return self.state.value
+        return f"{self.state.value}+override:{self.override_reason.value}"
+
+
+class RetentionStart(StrEnum):
+    RECEIPT = "receipt"
+    CASE_CLOSURE = "case_closure"
+
+
+class Disposal(StrEnum):
+    DESTROY = "destroy"
+    REVIEW = "review"
+
+
+class Retention(Frozen):
+    """How long a recipient may keep what it received under an agreement, and what then."""
+
+    years: int = Field(default=0, ge=0, le=100)
+    months: int = Field(default=0, ge=0, le=1200)
+    days: int = Field(default=0, ge=0, le=36500)
+    starts: RetentionStart
+    then: Disposal
+    note: LongText | None = None
+
+    @model_validator(mode="after")
+    def _some_period(self) -> Retention:
+        if not (self.years or self.months or self.days):
+            raise inconsistent("years", "give a retention period in years, months or days")
+        return self
+
+    @property
+    def label(self) -> str:
+        parts = [
+            f"{n} {unit}{'s' if n != 1 else ''}"
+            for n, unit in ((self.years, "year"), (self.months, "month"), (self.days, "day"))
+            if n
+        ]
+        starts = self.starts.value.replace("_", " ")
+        return f"{' '.join(parts)} from {starts}, then {self.then.value}"
+
+
+class ShareScope(StrEnum):
+    """Which entries of a repeating group a subset keeps, relative to the recipient."""
+
+    OWN_PUPIL = "own_pupil"  # G4: the children whose school is the recipient
+    HOME_EDUCATED = "home_educated"  # G4: home-educated children of school age
+    OWN_AGENCY = "own_agency"  # G9: involvement and actions that name the recipient
+
+
+class GroupShare(Frozen):
+    """One field group as disclosed: the whole group, or a named subset of its fields."""
+
+    group: FieldGroup
+    subset: SubsetName | None = Field(default=None, description="null: the whole group")
+    fields: tuple[str, ...] = Field(
+        default=(), description="For a subset: the group's fields kept (of each entry for G4)"
+    )
+    dash_topics: tuple[str, ...] = Field(
+        default=(), description="For a G6 subset: the DASH question topics whose answers are kept"
+    )
+    scope: ShareScope | None = None
+
+    @model_validator(mode="after")
+    def _whole_or_subset(self) -> GroupShare:
+        if self.subset is None and (self.fields or self.dash_topics or self.scope is not None):
+            raise inconsistent("subset", "name the subset whose fields are listed")
+        if self.subset is not None and not self.fields:
+            raise inconsistent("fields", "a subset keeps at least one field")
+        return self
+
+    @property
+    def label(self) -> str:
+        """'G4' for the whole group, 'G4.children_basic' for a subset."""
+        return self.group.value if self.subset is None else f"{self.group.value}.{self.subset}"
+
+
+# --- the redacted referral ---------------------------------------------------------------------
+
+
+class Disclosed(Frozen):
+    """Base of the redacted group models: no cross-field checks, every field optional."""
+
+
+class DisclosedHeader(Disclosed):
+    referral_id: UUID | None = None
+    schema_version: Literal["1.0"] | None = None
+    sender_agency: AgencyId | None = None
+    sender_officer: Reference | None = None
+    recipients: tuple[AgencyId, ...] = ()
+    purpose: Purpose | None = None
+    priority: Priority | None = None
+    classification: Classification | None = None
+    police_reference: Reference | None = None
+    marac_reference: Reference | None = None
+    created_at: AwareDatetime | None = None
+
+
+class DisclosedVictim(Disclosed):
+    given_name: ShortText | None = None
+    family_name: ShortText | None = None
+    aliases: tuple[ShortText, ...] = ()
+    date_of_birth: date | None = None
+    nhs_number: NhsNumber | None = None
+    address: Address | None = None
+    housing_tenure: HousingTenure | None = None
+    pregnancy: Pregnancy | None = None
+
+
+class DisclosedSafeContact(Disclosed):
+    """G2 as disclosed: only safe routes ever reach a recipient (``broker.redaction``)."""
+
+    routes: tuple[ContactRoute, ...] = ()
+    notes: LongText | None = None
+
+
+class DisclosedPerpetrator(Disclosed):
+    given_name: ShortText | None = None
+    family_name: ShortText | None = None
+    aliases: tuple[ShortText, ...] = ()
+    date_of_birth: date | None = None
+    relationship: Relationship | None = None
+    address: Address | None = None
+    bail_and_orders: tuple[Restriction, ...] = ()
+    criminal_history: LongText | None = None
+
+
+class DisclosedChild(Disclosed):
+    given_name: ShortText | None = None
+    family_name: ShortText | None = None
+    date_of_birth: date | None = None
+    school_agency: AgencyId | None = None
+    home_educated: bool | None = None
+    present_at_incident: bool | None = None
+    where: ShortText | None = None
+    voice_of_child: LongText | None = None
+
+
+class DisclosedIncident(Disclosed):
+    occurred_at: AwareDatetime | None = None
+    location: ShortText | None = None
+    summary: LongText | None = None
+    injuries: LongText | None = None
+    reported_to_police: bool | None = None
+    police_attended: bool | None = None
+
+
+class DisclosedDash(Disclosed):
+    """DASH answers as disclosed: all of them, or those of the topics a subset keeps."""
+
+    question_set: str
+    answers: dict[QuestionId, DashAnswer] = Field(json_schema_extra={"additionalProperties": False})
+
+
+class DisclosedRisk(Disclosed):
+    level: RiskLevel | None = None
+    dash_score: int | None = Field(default=None, ge=0, le=24)
+    dash: DisclosedDash | None = None
+    professional_judgement: LongText | None = None
+    incidents_last_12_months: int | None = Field(default=None, ge=0)
+
+
+class DisclosedConsent(Disclosed):
+    state: ConsentState | None = None
+    art6_basis: Art6Basis | None = None
+    art9_condition: Art9Condition | None = None
+    dpa_condition: DpaCondition | None = None
+    statutory_gateway: StatutoryGateway | None = None
+    caldicott_principles: tuple[CaldicottPrinciple, ...] = ()
+    subject_informed: bool | None = None
+    not_informed_reason: LongText | None = None
+    override: ConsentOverride | None = None
+    objection_to_health_sharing: bool | None = None
+
+
+class DisclosedReferral(Disclosed):
+    """A referral as one recipient receives it: only the groups and fields it may see.
+
+    The header is always present (every agreement grants G0, whole or as a subset); any other
+    group is absent (None, or () for children) when it was withheld or the sender left it out.
+    """
+
+    header: DisclosedHeader
+    victim: DisclosedVictim | None = None
+    safe_contact: DisclosedSafeContact | None = None
+    perpetrator: DisclosedPerpetrator | None = None
+    children: tuple[DisclosedChild, ...] = ()
+    incident: DisclosedIncident | None = None
+    risk: DisclosedRisk | None = None
+    special_category: SpecialCategory | None = None
+    consent: DisclosedConsent | None = None
+    agencies_actions: AgenciesActions | None = None
+    wishes: Wishes | None = None
+
+    @classmethod
+    def whole(cls, referral: Referral) -> DisclosedReferral:
+        """Every group of ``referral``, unsafe routes included: the sender's own view of it.
+
+        Never what a recipient gets (``broker.redaction.redact`` makes that); adapters use it
+        to map a whole referral with the same code that maps a disclosure.
+        """
+        return cls.model_validate(referral.model_dump())
+
+    def group(self, group: FieldGroup) -> object:
+        """The value of one field group (None or () when it was not disclosed)."""
+        value: object = getattr(self, FIELD_GROUPS[group])
+        return value
+
+
+# --- the disclosure ----------------------------------------------------------------------------
 
 
 class Disclosure(Frozen):
+    """One message to one recipient: what it may see, and the agreement and basis behind it."""
+
     referral_id: UUID
     sender_agency: AgencyId
     recipient_agency: AgencyId
     purpose: Purpose
-    referral: Referral | None = None
+    agreement: AgreementId = Field(description="The sharing agreement the disclosure is made under")
+    lawful_basis: LawfulBasis
+    consent_basis: ConsentBasis
+    groups: tuple[GroupShare, ...] = Field(
+        min_length=1, description="Exactly the field groups and subsets disclosed"
+    )
+    retention: Retention
+    referral: DisclosedReferral | None = None
     notification: EncompassNotification | None = None
 
     @model_validator(mode="after")

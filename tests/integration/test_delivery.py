@@ -35,14 +35,18 @@ async def test_referral_reaches_exactly_the_intended_recipients(
     federation: Federation,
     federation_keys: FederationKeys,
 ) -> None:
-    """After a 202 each named recipient's topic holds the referral once, and no other topic does."""
+    """After the receipt each allowed recipient's topic holds the referral once; a recipient the
+    sharing agreements refuse, and every agency not named, get nothing."""
     data = sample()
-    data["header"]["recipients"] = ["kelder-idva", "kelder-nhs"]
+    # The NHS trust is not a party to the MARAC agreement: named, but refused by policy.
+    data["header"]["recipients"] = ["kelder-idva", "kelder-marac", "kelder-nhs"]
     async with client(federation_keys, broker_url) as c:
-        await c.submit(json.dumps(data).encode())
+        receipt = await c.submit(json.dumps(data).encode())
+    statuses = {r.agency: r.status.value for r in receipt.recipients}
+    assert statuses == {"kelder-idva": "queued", "kelder-marac": "queued", "kelder-nhs": "refused"}
     rid = data["header"]["referral_id"].encode()
     keys = await delivery_counts(kafka_settings, federation)
-    assert {a: k for a, k in keys.items() if k} == {"kelder-idva": [rid], "kelder-nhs": [rid]}
+    assert {a: k for a, k in keys.items() if k} == {"kelder-idva": [rid], "kelder-marac": [rid]}
 
 
 async def test_invalid_referral_gets_422_and_nothing_is_produced(

@@ -18,10 +18,14 @@ from fhir.resources.R4B.bundle import Bundle
 from adapters.nhs import bundle_to_referral, disclosure_to_bundle, parse_bundle, referral_to_bundle
 from adapters.nhs.cli import nhs
 from adapters.nhs.codes import NHS_NUMBER_SYSTEM
-from schemas.disclosure import Disclosure
+from broker.agreements import load_agreements
+from broker.federation import load_federation
+from broker.policy import decide
+from schemas.disclosure import DisclosedReferral, Disclosure
 from schemas.errors import SchemaError
 from schemas.receipt import Receipt
 from schemas.referral import Referral
+from tests.samples import FEDERATION_DIR
 
 SAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "federation" / "samples"
 FHIR_SAMPLES = sorted(SAMPLES.glob("nhs-*.fhir.json"))
@@ -99,12 +103,32 @@ def test_every_emitted_bundle_validates_with_fhir_resources(path: Path) -> None:
 def test_disclosure_to_bundle_files_what_the_trust_received() -> None:
     """A disclosure to the NHS trust becomes a valid bundle that maps back to its referral."""
     referral = Referral.model_validate_json((SAMPLES / "referral-high-risk.json").read_bytes())
+    # The basis fields come from a real policy decision; the referral is sent whole so that
+    # every mapped element can be checked on the way back.
+    decision = next(
+        d
+        for d in decide(
+            referral,
+            load_federation(FEDERATION_DIR),
+            agreements=load_agreements(FEDERATION_DIR / "agreements"),
+            now=referral.header.created_at,
+            max_recipients=16,
+        )
+        if d.allowed
+    )
+    assert decision.lawful_basis and decision.consent_basis and decision.retention
+    assert decision.agreement
     disclosure = Disclosure(
         referral_id=referral.header.referral_id,
         sender_agency="kelder-police",
         recipient_agency="kelder-nhs",
         purpose=referral.header.purpose,
-        referral=referral,
+        agreement=decision.agreement,
+        lawful_basis=decision.lawful_basis,
+        consent_basis=decision.consent_basis,
+        groups=decision.groups,
+        retention=decision.retention,
+        referral=DisclosedReferral.whole(referral),
     )
     bundle = disclosure_to_bundle(disclosure)
     Bundle.model_validate(bundle)

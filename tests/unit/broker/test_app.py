@@ -33,7 +33,13 @@ async def test_accepted_referral_gets_202_and_one_record_per_recipient(
         receipt = await client.submit(json.dumps(data).encode())
     assert str(receipt.referral_id) == data["header"]["referral_id"]
     assert [r.agency for r in receipt.recipients] == ["kelder-idva", "kelder-marac"]
-    assert sorted(transport.topics) == ["unit.deliver.kelder-idva", "unit.deliver.kelder-marac"]
+    assert sorted(transport.topics) == [
+        "unit.audit",
+        "unit.deliver.kelder-idva",
+        "unit.deliver.kelder-marac",
+    ]
+    events = [dict(r.headers)["cairn-event-type"] for r in transport.topics["unit.audit"]]
+    assert events == [b"received", b"decided", b"disclosed", b"disclosed"]
     record = transport.topics["unit.deliver.kelder-idva"][0]
     assert record.key == data["header"]["referral_id"].encode()
 

@@ -6,22 +6,36 @@ from datetime import UTC, datetime
 
 import pytest
 
+from broker.agreements import load_agreements
 from broker.envelope import header_map, open_record, seal
-from broker.policy import Decision
+from broker.federation import load_federation
+from broker.policy import Decision, decide
 from broker.transport import Record
 from schemas.errors import VerificationError
 from schemas.referral import Referral
 from tests.conftest import FederationKeys
-from tests.samples import personal_values, sample
+from tests.samples import FEDERATION_DIR, personal_values, sample
 
 NOW = datetime.now(UTC)
+
+
+def decision_for(recipient: str, data: dict[str, object]) -> Decision:
+    """The sharing policy's real decision for ``recipient`` of the referral in ``data``."""
+    decisions = decide(
+        Referral.model_validate(data),
+        load_federation(FEDERATION_DIR),
+        agreements=load_agreements(FEDERATION_DIR / "agreements"),
+        now=NOW,
+        max_recipients=16,
+    )
+    return next(d for d in decisions if d.recipient == recipient)
 
 
 def sealed_for(keys: FederationKeys, recipient: str, data: dict[str, object]) -> Record:
     broker = keys.trust()
     return seal(
         Referral.model_validate(data),
-        Decision(recipient, True, ()),
+        decision_for(recipient, data),
         topic_prefix="cairn",
         request_id="rq",
         broker_key=broker.signing_key(),

@@ -72,4 +72,4 @@ async def test_sigterm_answers_in_flight_request_then_stops_transport(
         response.release()
     await asyncio.wait_for(server, 10)
     assert transport.stopped
-    assert transport.published == 2
+    assert transport.published == 6  # 2 disclosures and their 4 audit events

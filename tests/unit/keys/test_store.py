@@ -43,8 +43,9 @@ def test_private_files_are_0600_in_0700_folders(kelder: Kelder) -> None:
     """Every private key file is readable by its owner only, in folders only the owner opens."""
     root = kelder.store.root
     private = [p for p in _files(root) if p.suffix == ".key"]
-    # root, CA, server, 8 client TLS keys, 8 x (sig + enc), broker and auditor signing keys
-    assert len(private) == 1 + 1 + 1 + 8 + 16 + 2
+    # root, CA, server, 8 + 1 (auditor) client TLS keys, 8 x (sig + enc), broker and auditor
+    # signing keys, the audit pseudonym secret
+    assert len(private) == 1 + 1 + 1 + 9 + 16 + 2 + 1
     assert {_mode(p) for p in private} == {0o600}
     folders = [root, *(p for p in root.rglob("*") if p.is_dir())]
     assert {_mode(p) for p in folders} == {0o700}

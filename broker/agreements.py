@@ -1,0 +1,581 @@
+"""Information-sharing agreements as data: the models, the YAML loader and the linter.
+
+One YAML file per agreement under ``<federation_dir>/agreements/`` (the file is named after the
+agreement's id). An agreement names its parties and their roles, its retention, the subsets of
+field groups it shares, and per purpose: the lawful bases it may rely on, the consent states and
+override reasons it accepts, whether a MARAC criterion must be met, and for each recipient role
+the field groups it may receive, each whole (``full``) or as a named subset.
+
+A subset is concrete data, so an IG officer reads exactly what "limited" means: the fields of
+the group it keeps, and optionally a scope (``own_pupil``: only the children at the recipient
+school; ``home_educated``; ``own_agency``: only G9 entries naming the recipient) or, for G6,
+the DASH topics whose answers it keeps. ``Agreement`` validation catches what one file alone can
+get wrong (unknown groups, roles, fields, subsets); ``check`` lints a set of agreements against
+the federation (unknown or mis-roled parties, purposes with no lawful basis, contradictory
+rules). Loading is the only I/O here; the policy engine takes the loaded, immutable models.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from schemas.consent import Consent, ConsentState, OverrideReason
+from schemas.dash import known_question_sets, question_set
+from schemas.decode import field_problems
+from schemas.disclosure import (
+    AgreementId,
+    GroupShare,
+    LawfulBasis,
+    Retention,
+    ShareScope,
+    SubsetName,
+)
+from schemas.errors import FieldProblem, SchemaError
+from schemas.federation import AgencyRole, Federation
+from schemas.fields import AgencyId, Frozen, LongText, ShortText, inconsistent
+from schemas.referral import (
+    AgenciesActions,
+    Child,
+    FieldGroup,
+    Header,
+    Incident,
+    Perpetrator,
+    Purpose,
+    Risk,
+    SafeContact,
+    SpecialCategory,
+    Victim,
+    Wishes,
+)
+
+__all__ = [
+    "AGREEMENTS_DIR",
+    "ENCOMPASS_CONTENT",
+    "FULL",
+    "GROUP_MODELS",
+    "Agreement",
+    "ConsentTerms",
+    "Party",
+    "Problem",
+    "PurposeTerms",
+    "Subset",
+    "check",
+    "lint_directory",
+    "load_agreement",
+    "load_agreements",
+]
+
+#: The agreements' folder inside the federation folder.
+AGREEMENTS_DIR: Final = "agreements"
+#: The access level that grants a whole group.
+FULL: Final = "full"
+
+#: Group -> the model whose fields a subset of that group picks from (G4: each child).
+GROUP_MODELS: Final[Mapping[FieldGroup, type[BaseModel]]] = MappingProxyType(
+    {
+        FieldGroup.G0: Header,
+        FieldGroup.G1: Victim,
+        FieldGroup.G2: SafeContact,
+        FieldGroup.G3: Perpetrator,
+        FieldGroup.G4: Child,
+        FieldGroup.G5: Incident,
+        FieldGroup.G6: Risk,
+        FieldGroup.G7: SpecialCategory,
+        FieldGroup.G8: Consent,
+        FieldGroup.G9: AgenciesActions,
+        FieldGroup.G10: Wishes,
+    }
+)
+
+_SCOPE_GROUP: Final = {
+    ShareScope.OWN_PUPIL: FieldGroup.G4,
+    ShareScope.HOME_EDUCATED: FieldGroup.G4,
+    ShareScope.OWN_AGENCY: FieldGroup.G9,
+}
+
+#: The most an Operation Encompass grant may carry per group (s49A statutory content; G0 is
+#: routing metadata with no personal data, G8 only the legal codes).
+ENCOMPASS_CONTENT: Final[Mapping[FieldGroup, frozenset[str] | None]] = MappingProxyType(
+    {
+        FieldGroup.G0: None,  # any header field
+        FieldGroup.G4: frozenset(
+            {
+                "given_name",
+                "family_name",
+                "date_of_birth",
+                "school_agency",
+                "home_educated",
+                "present_at_incident",
+                "where",
+                "voice_of_child",
+            }
+        ),
+        FieldGroup.G5: frozenset({"occurred_at", "location", "summary"}),
+        FieldGroup.G8: frozenset(
+            {"art6_basis", "art9_condition", "dpa_condition", "statutory_gateway"}
+        ),
+    }
+)
+_ENCOMPASS_SCOPES: Final = {
+    AgencyRole.SCHOOL: ShareScope.OWN_PUPIL,
+    AgencyRole.CHILDRENS_SOCIAL_CARE: ShareScope.HOME_EDUCATED,
+}
+
+
+@functools.cache  # the question sets are package data: they do not change while running
+def _dash_topics() -> frozenset[str]:
+    return frozenset(q.topic for v in known_question_sets() for q in question_set(v).questions)
+
+
+class Party(Frozen):
+    """An agency that signed the agreement, in the role it signed in."""
+
+    agency: AgencyId
+    role: AgencyRole
+
+
+class Subset(Frozen):
+    """A named part of one field group: the fields kept, and which entries (scope)."""
+
+    fields: tuple[str, ...] = Field(min_length=1)
+    scope: ShareScope | None = None
+    dash_topics: tuple[str, ...] = Field(
+        default=(), description="G6 only: keep the DASH answers of these question topics"
+    )
+    note: LongText = Field(description="What the subset is for, in words an IG officer reads")
+
+
+class ConsentTerms(Frozen):
+    """Which consent states the agreement accepts, and which override reasons."""
+
+    states: tuple[ConsentState, ...] = Field(min_length=1)
+    override_reasons: tuple[OverrideReason, ...] = ()
+
+
+class PurposeTerms(Frozen):
+    """What the agreement allows for one purpose."""
+
+    purpose: Purpose
+    lawful_bases: tuple[LawfulBasis, ...] = Field(
+        default=(), description="Any one of them, named in the referral's G8, makes it lawful"
+    )
+    notification_basis: LawfulBasis | None = Field(
+        default=None,
+        description="ENCOMPASS only: the statutory basis an Operation Encompass notification "
+        "relies on (a notification carries no G8: the statute is its basis)",
+    )
+    consent: ConsentTerms
+    marac_criterion_required: bool = False
+    recipients: Mapping[AgencyRole, Mapping[FieldGroup, str]] = Field(
+        description="Role -> group -> 'full' or a subset name of that group"
+    )
+
+
+class Agreement(Frozen):
+    """One information-sharing agreement, as signed by its parties."""
+
+    id: AgreementId
+    title: ShortText
+    version: ShortText
+    in_force_from: date
+    in_force_until: date | None = None
+    # The sizes are checked below rather than with min_length, which would add a misleading
+    # "too short" error whenever one entry is invalid.
+    parties: tuple[Party, ...]
+    retention: Retention
+    subsets: Mapping[FieldGroup, Mapping[SubsetName, Subset]] = Field(default_factory=dict)
+    purposes: tuple[PurposeTerms, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Agreement:
+        if len(self.parties) < 2:
+            raise inconsistent("parties", "an agreement has at least two parties")
+        if not self.purposes:
+            raise inconsistent("purposes", "an agreement covers at least one purpose")
+        agencies = [p.agency for p in self.parties]
+        if len(agencies) != len(set(agencies)):
+            raise inconsistent("parties", "each agency is a party once")
+        purposes = [t.purpose for t in self.purposes]
+        if len(purposes) != len(set(purposes)):
+            raise inconsistent("purposes", "each purpose has one set of terms")
+        if self.in_force_until is not None and self.in_force_until < self.in_force_from:
+            raise inconsistent("in_force_until", "an agreement ends after it starts")
+        topics = _dash_topics()
+        for group, named in self.subsets.items():
+            fields = GROUP_MODELS[group].model_fields
+            for name, subset in named.items():
+                at = f"subsets.{group.value}.{name}"
+                if name == FULL:
+                    raise inconsistent(at, f"'{FULL}' means the whole group; name it otherwise")
+                unknown = [f for f in subset.fields if f not in fields]
+                if unknown:
+                    raise inconsistent(
+                        f"{at}.fields",
+                        f"{', '.join(unknown)} not a field of {group.value} "
+                        f"({GROUP_MODELS[group].__name__}: {', '.join(fields)})",
+                    )
+                if subset.scope is not None and _SCOPE_GROUP[subset.scope] is not group:
+                    raise inconsistent(
+                        f"{at}.scope",
+                        f"scope {subset.scope.value} applies to "
+                        f"{_SCOPE_GROUP[subset.scope].value} only",
+                    )
+                if subset.dash_topics and (
+                    group is not FieldGroup.G6 or "dash" not in subset.fields
+                ):
+                    raise inconsistent(
+                        f"{at}.dash_topics", "dash_topics belong to a G6 subset that keeps 'dash'"
+                    )
+                odd = [t for t in subset.dash_topics if t not in topics]
+                if odd:
+                    raise inconsistent(
+                        f"{at}.dash_topics", f"{', '.join(odd)} not a DASH question topic"
+                    )
+        for i, terms in enumerate(self.purposes):
+            for role, grant in terms.recipients.items():
+                at = f"purposes.{i}.recipients.{role.value}"
+                if FieldGroup.G0 not in grant:
+                    raise inconsistent(
+                        at, "grant G0 (whole or a subset): a disclosure needs its header"
+                    )
+                for group, access in grant.items():
+                    if access != FULL and access not in self.subsets.get(group, {}):
+                        raise inconsistent(
+                            f"{at}.{group.value}",
+                            f"'{access}' is neither '{FULL}' nor a subset defined under "
+                            f"subsets.{group.value}",
+                        )
+        return self
+
+    def terms(self, purpose: Purpose) -> PurposeTerms | None:
+        """The terms for ``purpose``, if the agreement covers it."""
+        return next((t for t in self.purposes if t.purpose is purpose), None)
+
+    def party(self, agency: str) -> Party | None:
+        return next((p for p in self.parties if p.agency == agency), None)
+
+    def in_force(self, day: date) -> bool:
+        until = self.in_force_until
+        return self.in_force_from <= day and (until is None or day <= until)
+
+    def share(self, group: FieldGroup, access: str) -> GroupShare:
+        """The disclosed form of one grant entry: the whole group, or the subset spelt out."""
+        if access == FULL:
+            return GroupShare(group=group)
+        subset = self.subsets[group][access]
+        return GroupShare(
+            group=group,
+            subset=access,
+            fields=subset.fields,
+            dash_topics=subset.dash_topics,
+            scope=subset.scope,
+        )
+
+    def grant(self, purpose: Purpose, role: AgencyRole) -> tuple[GroupShare, ...] | None:
+        """What ``role`` may receive for ``purpose``, in group order; None: nothing granted."""
+        terms = self.terms(purpose)
+        if terms is None or role not in terms.recipients:
+            return None
+        granted = terms.recipients[role]
+        return tuple(self.share(g, granted[g]) for g in FieldGroup if g in granted)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_agreement(path: Path) -> Agreement:
+    """Read and validate one agreement file; SchemaError names the file and each bad field."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SchemaError(f"no agreement file at {path}") from None
+    except yaml.YAMLError as exc:
+        raise SchemaError(f"{path} is not valid YAML: {exc}") from None
+    try:
+        agreement = Agreement.model_validate(raw)
+    except ValidationError as exc:
+        raise SchemaError(
+            f"{path} is not a valid sharing agreement; fix the named fields",
+            field_problems(exc),
+        ) from None
+    if agreement.id != path.stem:
+        raise SchemaError(
+            f"{path} holds agreement '{agreement.id}'",
+            (FieldProblem("id", f"name the file {agreement.id}.yaml, or the id {path.stem}"),),
+        )
+    return agreement
+
+
+def _files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise SchemaError(
+            f"no agreements folder at {directory}; each disclosure is made under an agreement, "
+            "so the broker shares nothing without one"
+        )
+    return sorted(directory.glob("*.yaml"))
+
+
+def load_agreements(directory: Path) -> tuple[Agreement, ...]:
+    """Every agreement in ``directory`` (``*.yaml``), by id; SchemaError lists every problem.
+
+    The problems of all files are reported together, each field prefixed with its file name.
+    """
+    agreements: list[Agreement] = []
+    problems: list[FieldProblem] = []
+    for path in _files(directory):
+        try:
+            agreements.append(load_agreement(path))
+        except SchemaError as exc:
+            problems.extend(_file_problems(path, exc))
+    if problems:
+        raise SchemaError(
+            f"the sharing agreements in {directory} are not valid: {len(problems)} problem(s); "
+            "run 'cairn policy check'",
+            tuple(problems),
+        )
+    return tuple(sorted(agreements, key=lambda a: a.id))
+
+
+def _file_problems(path: Path, exc: SchemaError) -> list[FieldProblem]:
+    if not exc.problems:
+        return [FieldProblem(path.name, str(exc))]
+    return [FieldProblem(f"{path.name}: {p.field}", p.problem) for p in exc.problems]
+
+
+# --- linting -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the agreements: where (agreement or file, field), a code, why."""
+
+    agreement: str
+    field: str
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.agreement}: {self.field}: {self.message} [{self.code}]"
+
+
+def lint_directory(directory: Path, federation: Federation) -> list[Problem]:
+    """Load every agreement file in ``directory`` and lint them: load errors become problems."""
+    loaded: list[Agreement] = []
+    problems: list[Problem] = []
+    try:
+        files = _files(directory)
+    except SchemaError as exc:
+        return [Problem(str(directory), "(folder)", "agreements.missing", str(exc))]
+    if not files:
+        problems.append(
+            Problem(str(directory), "(folder)", "agreements.none", "no agreement files")
+        )
+    for path in files:
+        try:
+            loaded.append(load_agreement(path))
+        except SchemaError as exc:
+            problems.extend(
+                Problem(path.name, p.field, "agreement.invalid", p.problem)
+                for p in (exc.problems or (FieldProblem("(file)", str(exc)),))
+            )
+    return problems + check(loaded, federation)
+
+
+def check(agreements: Sequence[Agreement], federation: Federation) -> list[Problem]:
+    """Lint agreements against each other and the federation; [] when there is nothing to fix."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for a in agreements:
+        if a.id in seen:
+            problems.append(
+                Problem(a.id, "id", "agreement.duplicate_id", "another agreement has this id")
+            )
+        seen.add(a.id)
+        problems.extend(_check_parties(a, federation))
+        for i, terms in enumerate(a.purposes):
+            problems.extend(_check_terms(a, i, terms))
+    problems.extend(_contradictions(agreements))
+    return problems
+
+
+def _check_parties(a: Agreement, federation: Federation) -> Iterable[Problem]:
+    for i, party in enumerate(a.parties):
+        member = federation.get(party.agency)
+        if member is None:
+            yield Problem(
+                a.id,
+                f"parties.{i}.agency",
+                "party.unknown_agency",
+                f"'{party.agency}' is not an agency of {federation.name}",
+            )
+        elif member.role is not party.role:
+            yield Problem(
+                a.id,
+                f"parties.{i}.role",
+                "party.role_mismatch",
+                f"'{party.agency}' is {member.role.value} in the federation, "
+                f"not {party.role.value}",
+            )
+
+
+def _check_terms(a: Agreement, i: int, terms: PurposeTerms) -> Iterable[Problem]:
+    at = f"purposes.{i}"
+    purpose = terms.purpose
+    encompass = purpose is Purpose.ENCOMPASS
+    roles = {p.role for p in a.parties}
+    if not terms.recipients:
+        yield Problem(
+            a.id,
+            f"{at}.recipients",
+            "purpose.no_recipients",
+            f"{purpose.value} grants nothing to any role",
+        )
+    for role in terms.recipients:
+        if role not in roles:
+            yield Problem(
+                a.id,
+                f"{at}.recipients.{role.value}",
+                "grant.role_not_party",
+                f"no party of the agreement has the role {role.value}",
+            )
+    if not terms.lawful_bases and not (encompass and terms.notification_basis is not None):
+        yield Problem(
+            a.id,
+            f"{at}.lawful_bases",
+            "purpose.no_lawful_basis",
+            f"{purpose.value} names no lawful basis, so nothing can be shared for it",
+        )
+    if encompass and terms.notification_basis is None:
+        yield Problem(
+            a.id,
+            f"{at}.notification_basis",
+            "encompass.no_notification_basis",
+            "name the statutory basis Operation Encompass notifications rely on",
+        )
+    if not encompass and terms.notification_basis is not None:
+        yield Problem(
+            a.id,
+            f"{at}.notification_basis",
+            "purpose.notification_basis_misplaced",
+            "only the ENCOMPASS purpose carries notifications",
+        )
+    yield from _check_consent(a, at, terms)
+    if purpose is Purpose.MARAC and not terms.marac_criterion_required:
+        yield Problem(
+            a.id,
+            f"{at}.marac_criterion_required",
+            "marac.criterion_not_required",
+            "a MARAC referral must meet a MARAC criterion: set marac_criterion_required",
+        )
+    special = any(b.special_category for b in terms.lawful_bases)
+    for role, grant in terms.recipients.items():
+        where = f"{at}.recipients.{role.value}"
+        if FieldGroup.G7 in grant and not special:
+            yield Problem(
+                a.id,
+                f"{where}.G7",
+                "special_category.no_condition",
+                "G7 is granted but no lawful basis of the purpose has an Art 9 condition (or "
+                "Schedule 8), so it would always be withheld",
+            )
+        if encompass:
+            yield from _check_encompass(a, where, role, grant)
+
+
+def _check_consent(a: Agreement, at: str, terms: PurposeTerms) -> Iterable[Problem]:
+    others = {s for s in terms.consent.states if s is not ConsentState.OBTAINED}
+    if terms.consent.override_reasons and not others:
+        yield Problem(
+            a.id,
+            f"{at}.consent.override_reasons",
+            "consent.overrides_unreachable",
+            "override reasons are listed but only 'obtained' is accepted, so none can apply",
+        )
+    # A notification's "not required, statutory" needs no override: the statute is its basis.
+    if terms.purpose is Purpose.ENCOMPASS:
+        others.discard(ConsentState.NOT_REQUIRED_STATUTORY)
+    if others and not terms.consent.override_reasons:
+        yield Problem(
+            a.id,
+            f"{at}.consent.states",
+            "consent.states_need_override",
+            f"{', '.join(sorted(s.value for s in others))} accepted, but those states need an "
+            "override and no override reason is accepted",
+        )
+
+
+def _check_encompass(
+    a: Agreement, where: str, role: AgencyRole, grant: Mapping[FieldGroup, str]
+) -> Iterable[Problem]:
+    scope = _ENCOMPASS_SCOPES.get(role)
+    if scope is None:
+        yield Problem(
+            a.id,
+            where,
+            "encompass.recipient_role",
+            "Operation Encompass goes to schools, or children's social care for a "
+            "home-educated child",
+        )
+        return
+    for group, access in grant.items():
+        allowed = ENCOMPASS_CONTENT.get(group, frozenset())
+        share = a.share(group, access)
+        if group not in ENCOMPASS_CONTENT or (
+            allowed is not None and (share.subset is None or not set(share.fields) <= allowed)
+        ):
+            yield Problem(
+                a.id,
+                f"{where}.{group.value}",
+                "encompass.beyond_statutory",
+                f"{share.label} is more than the statutory content of a notification",
+            )
+        if group is FieldGroup.G4 and share.scope is not scope:
+            yield Problem(
+                a.id,
+                f"{where}.G4",
+                "encompass.scope",
+                f"a {role.value} gets only the children it is responsible for: use a subset "
+                f"with scope {scope.value}",
+            )
+
+
+def _contradictions(agreements: Sequence[Agreement]) -> Iterable[Problem]:
+    """Two agreements in force together that grant one role different things for one purpose.
+
+    The engine then uses the first by id, which is a choice an IG officer should make instead.
+    """
+    for x, a in enumerate(agreements):
+        for b in agreements[x + 1 :]:
+            if not _overlap(a, b):
+                continue
+            shared = {p.agency for p in a.parties} & {p.agency for p in b.parties}
+            if len(shared) < 2:
+                continue
+            for terms in a.purposes:
+                other = b.terms(terms.purpose)
+                if other is None:
+                    continue
+                for role in terms.recipients.keys() & other.recipients.keys():
+                    if a.grant(terms.purpose, role) != b.grant(terms.purpose, role):
+                        yield Problem(
+                            a.id,
+                            f"purposes.{a.purposes.index(terms)}.recipients.{role.value}",
+                            "grant.contradictory",
+                            f"{b.id} grants {role.value} other groups for "
+                            f"{terms.purpose.value} while both are in force",
+                        )
+
+
+def _overlap(a: Agreement, b: Agreement) -> bool:
+    a_end = a.in_force_until or date.max
+    b_end = b.in_force_until or date.max
+    return a.in_force_from <= b_end and b.in_force_from <= a_end

@@ -1,0 +1,536 @@
+"""The ``cairn audit`` commands: verify the log offline, query it, prove entries, export a report.
+
+For the information-governance officer (DESIGN §6). The log is ``<state_dir>/audit`` unless
+``--dir`` says otherwise; ``verify`` needs only the files and the auditor's public keys (from
+the federation registry in the key store, or given as ``--vkey``). ``query`` and ``export``
+find a person by their identifiers, which are turned into pseudonyms with the federation's
+pseudonym secret (so they need ``CAIRN_KEY_PASSPHRASE`` or ``CAIRN_KEY_PASSPHRASE_FILE``); the
+identifiers themselves are never written anywhere. Long runs show progress on stderr; stdout
+carries only the result. Errors are one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
+
+import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from broker.auditlog import (
+    DEFAULT_ORIGIN,
+    ENTRIES_FILE,
+    AuditBusy,
+    AuditLog,
+    Progress,
+    Query,
+    disclosure_report,
+    load_pseudonym_secret,
+    report_csv,
+    report_json,
+    verify,
+)
+from broker.checkpoint import Checkpoint, NoteVerifier
+from broker.config import Settings
+from schemas.audit import AuditEventType, person_pseudonyms
+from schemas.consent import OverrideReason
+from schemas.errors import CairnError
+from schemas.referral import Purpose
+
+__all__ = ["audit"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _clean_errors(fn: Callable[P, T]) -> Callable[P, T]:
+    """Turn Cairn's errors into one-line messages, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except CairnError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError, TOML errors: all configuration faults
+        raise click.ClickException(f"configuration is not valid: {exc}") from None
+
+
+def _directory(ctx: click.Context) -> Path:
+    given: Path | None = ctx.obj["audit_dir"]
+    folder = given if given is not None else _settings().state_dir / "audit"
+    if not (folder / ENTRIES_FILE).is_file():
+        raise click.ClickException(f"no audit log in {folder}; give its folder with --dir")
+    return folder
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Progress]:
+    """A ``progress(done, total)`` callback drawing a bar on stderr."""
+    bar: Any = None
+    try:
+
+        def update(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+                bar.__enter__()
+            bar.update(done - bar.pos)
+
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+@contextmanager
+def _open_log(ctx: click.Context) -> Iterator[AuditLog]:
+    """The log for reading: opened for writing (so it recovers and catches up its index) when
+    the auditor is not running, read-only beside it when it is."""
+    folder = _directory(ctx)
+    origin: str = ctx.obj["audit_origin"]
+    try:
+        with _progress("reading the audit log") as progress:
+            opened = AuditLog.open(folder, origin=origin, progress=progress)
+    except AuditBusy:
+        opened = AuditLog.open(folder, origin=origin, readonly=True)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _verifiers(vkeys: tuple[str, ...], origin: str) -> list[NoteVerifier]:
+    if vkeys:
+        return [NoteVerifier.from_vkey(v) for v in vkeys]
+    # The auditor's keys from the registry, retired ones included: older checkpoints were
+    # signed with them. A revoked key is left out, so what it signed is refused.
+    from keys.federation import read_root_key
+    from keys.registry import AUDITOR_ID, KeyStatus, KeyUse, verify_registry_signature
+    from keys.store import REGISTRY, FileStore
+
+    settings = _settings()
+    store = FileStore(settings.keys_path)
+    root = read_root_key(store, root_kid=settings.registry_root_kid)
+    registry = verify_registry_signature(store.read(REGISTRY), root)
+    member = registry.member(AUDITOR_ID)
+    keys = [] if member is None else member.keys
+    found = []
+    for k in keys:
+        public = k.jwk.public_key()
+        usable = k.use is KeyUse.SIGNING and k.status is not KeyStatus.REVOKED
+        if usable and isinstance(public, Ed25519PublicKey):
+            found.append(NoteVerifier(origin, public))
+    if not found:
+        raise click.ClickException(
+            f"the registry lists no usable signing key for {AUDITOR_ID}; give --vkey"
+        )
+    return found
+
+
+def _subject_pseudonyms(
+    nhs_number: str | None,
+    given_name: str | None,
+    family_name: str | None,
+    dob: datetime | None,
+    aliases: tuple[str, ...],
+) -> tuple[str, ...]:
+    if not (nhs_number or given_name or family_name or dob or aliases):
+        return ()
+    from keys.store import FileStore, passphrase_from_env
+
+    secret = load_pseudonym_secret(FileStore(_settings().keys_path), passphrase_from_env())
+    try:
+        return person_pseudonyms(
+            secret,
+            nhs_number=nhs_number,
+            given_name=given_name,
+            family_name=family_name,
+            date_of_birth=dob.date() if dob is not None else None,
+            aliases=aliases,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _moment(value: datetime | None) -> datetime | None:
+    """A date or time from the command line; without a zone it is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _write(output: Path | None, text: str) -> None:
+    """Write the result to stdout, or to ``output`` whole (temp file, fsync, rename), 0600."""
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output = output.resolve()
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _subject_options(fn: Callable[P, T]) -> Callable[P, T]:
+    """The identifiers a person is found by; none of them is stored or printed."""
+    for option in reversed(
+        (
+            click.option("--nhs-number", help="The subject's NHS number."),
+            click.option("--given-name", help="The subject's given name (the first one counts)."),
+            click.option("--family-name", help="The subject's family name."),
+            click.option(
+                "--dob", type=click.DateTime(["%Y-%m-%d"]), help="Date of birth, YYYY-MM-DD."
+            ),
+            click.option("--alias", "aliases", multiple=True, help="Another name, 'Given Family'."),
+        )
+    ):
+        fn = option(fn)
+    return fn
+
+
+_WHEN = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
+
+
+@click.group("audit")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The audit log folder [default: <state_dir>/audit].",
+)
+@click.option(
+    "--origin",
+    default=DEFAULT_ORIGIN,
+    show_default=True,
+    help="The log's origin: the name in its checkpoints.",
+)
+@click.pass_context
+def audit(ctx: click.Context, directory: Path | None, origin: str) -> None:
+    """The verifiable audit log: verify it, query it, prove entries, export reports."""
+    ctx.ensure_object(dict)
+    ctx.obj["audit_dir"] = directory
+    ctx.obj["audit_origin"] = origin
+
+
+@audit.command("verify")
+@click.option(
+    "--vkey",
+    "vkeys",
+    multiple=True,
+    help="An auditor verifier key (name+keyid+base64) [default: the registry's auditor keys].",
+)
+@click.option("--skip-events", is_flag=True, help="Do not check each entry is a valid event.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+@_clean_errors
+def verify_command(
+    ctx: click.Context, vkeys: tuple[str, ...], skip_events: bool, as_json: bool
+) -> None:
+    """Verify the log offline from its files: recompute the tree, check every checkpoint.
+
+    Exits 1 and names the first bad entry or checkpoint if anything does not verify.
+    """
+    folder = _directory(ctx)
+    origin: str = ctx.obj["audit_origin"]
+    verifiers = _verifiers(vkeys, origin)
+    with _progress("verifying") as progress:
+        report = verify(
+            folder, verifiers, origin=origin, check_events=not skip_events, progress=progress
+        )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "entries": report.entries,
+                    "checkpoints": report.checkpoints,
+                    "verified_size": report.verified_size,
+                    "unattested": report.unattested,
+                    "root": base64.b64encode(report.root).decode("ascii"),
+                    "first_bad": str(report.first_bad) if report.first_bad else None,
+                    "problems": [str(p) for p in report.problems],
+                },
+                indent=2,
+            )
+        )
+    elif report.ok:
+        click.echo(
+            f"OK: {report.entries} entries, {report.checkpoints} checkpoints; signed tree "
+            f"heads vouch for {report.verified_size} entries"
+        )
+    else:
+        click.echo(f"FAILED: first bad place: {report.first_bad}")
+        for problem in report.problems[1:]:
+            click.echo(f"  also: {problem}")
+    if report.unattested and not as_json:
+        click.echo(
+            f"note: the last {report.unattested} entries are not covered by a checkpoint yet",
+            err=True,
+        )
+    if not report.ok:
+        ctx.exit(1)
+
+
+@audit.command("query")
+@_subject_options
+@click.option("--agency", help="Events where this agency sends, receives, or owns the keys.")
+@click.option("--sender")
+@click.option("--recipient")
+@click.option("--purpose", type=click.Choice([p.value for p in Purpose]))
+@click.option("--lawful-basis", help="A lawful basis code, e.g. art6_1_e or cda1998_s115.")
+@click.option(
+    "--override/--no-override",
+    default=None,
+    help="Only events where consent was (or was not) overridden.",
+)
+@click.option("--override-reason", type=click.Choice([r.value for r in OverrideReason]))
+@click.option("--agreement", help="The sharing agreement relied on, by id.")
+@click.option(
+    "--type", "types", multiple=True, type=click.Choice([t.value for t in AuditEventType])
+)
+@click.option("--message-id", type=click.UUID)
+@click.option("--since", type=_WHEN, help="From this date or time (UTC unless a zone is given).")
+@click.option("--until", type=_WHEN, help="Before this date or time.")
+@click.option("--limit", type=click.IntRange(min=1))
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_context
+@_clean_errors
+def query_command(
+    ctx: click.Context,
+    nhs_number: str | None,
+    given_name: str | None,
+    family_name: str | None,
+    dob: datetime | None,
+    aliases: tuple[str, ...],
+    agency: str | None,
+    sender: str | None,
+    recipient: str | None,
+    purpose: str | None,
+    lawful_basis: str | None,
+    override: bool | None,
+    override_reason: str | None,
+    agreement: str | None,
+    types: tuple[str, ...],
+    message_id: UUID | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int | None,
+    fmt: str,
+) -> None:
+    """Find audit events by subject, agency, purpose, lawful basis, consent override, date."""
+    subjects = _subject_pseudonyms(nhs_number, given_name, family_name, dob, aliases)
+    query = Query(
+        subjects=subjects,
+        agency=agency,
+        sender=sender,
+        recipient=recipient,
+        purpose=Purpose(purpose) if purpose else None,
+        lawful_basis=lawful_basis,
+        override=override,
+        override_reason=OverrideReason(override_reason) if override_reason else None,
+        agreement=agreement,
+        types=tuple(AuditEventType(t) for t in types),
+        message_id=message_id,
+        since=_moment(since),
+        until=_moment(until),
+        limit=limit,
+    )
+    with _open_log(ctx) as log:
+        found = log.query(query)
+        for entry in found:
+            event = entry.event
+            if fmt == "json":
+                click.echo(json.dumps({"leaf_index": entry.index, "event": event.jsonable()}))
+                continue
+            parties = " -> ".join(p for p in (event.sender, event.recipient) if p)
+            detail = " ".join(
+                part
+                for part in (
+                    event.purpose.value if event.purpose else "",
+                    ",".join(event.lawful_basis),
+                    event.consent_state.value if event.consent_state else "",
+                    event.override_reason.value if event.override_reason else "",
+                    ",".join(event.field_groups),
+                    ",".join(event.reasons),
+                )
+                if part
+            )
+            click.echo(
+                f"{entry.index:>8}  {event.at.isoformat()}  {event.type.value:<17} "
+                f"{event.message_id or '-'}  {parties or event.agency or '-'}  {detail}"
+            )
+    if fmt == "table":
+        click.echo(f"{len(found)} events", err=True)
+
+
+def _checkpoint_for(log: AuditLog, size: int) -> bytes | None:
+    for note in reversed(log.checkpoints):
+        split = note.rfind(b"\n\n")
+        if Checkpoint.parse(note[: split + 1]).size == size:
+            return note
+    return None
+
+
+def _latest_size(log: AuditLog) -> int:
+    note = log.latest_checkpoint()
+    if note is None:
+        raise click.ClickException(
+            "the log has no checkpoint yet: proofs are given against signed tree heads; "
+            "give --size to prove against the unsigned current tree"
+        )
+    return Checkpoint.parse(note[: note.rfind(b"\n\n") + 1]).size
+
+
+def _b64(hashes: list[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode("ascii") for h in hashes]
+
+
+@audit.command("prove")
+@click.option("--index", type=click.IntRange(min=0), help="Prove this entry is in the log.")
+@click.option("--size", type=click.IntRange(min=0), help="At this tree size [default: latest].")
+@click.option(
+    "--from",
+    "first",
+    type=click.IntRange(min=0),
+    help="Prove the tree at --size extends the tree at this size.",
+)
+@click.pass_context
+@_clean_errors
+def prove_command(
+    ctx: click.Context, index: int | None, size: int | None, first: int | None
+) -> None:
+    """Print an RFC 9162 inclusion proof (--index) or consistency proof (--from) as JSON.
+
+    Any RFC 9162 / Certificate Transparency verifier can check the output against the
+    signed checkpoint printed with it.
+    """
+    if (index is None) == (first is None):
+        raise click.UsageError("give --index for an inclusion proof or --from for consistency")
+    with _open_log(ctx) as log:
+        at = _latest_size(log) if size is None else size
+        if at > log.size:
+            raise click.ClickException(f"the log has {log.size} entries, not {at}")
+        if index is not None:
+            if index >= at:
+                raise click.ClickException(f"entry {index} is not in the tree of size {at}")
+            entry = log.entry(index)
+            document: dict[str, Any] = {
+                "type": "inclusion",
+                "leaf_index": index,
+                "tree_size": at,
+                "entry": entry.data.decode("utf-8"),
+                "leaf_hash": _b64([entry.leaf_hash])[0],
+                "proof": _b64(log.inclusion_proof(index, at)),
+                "root_hash": _b64([log.root(at)])[0],
+            }
+        else:
+            assert first is not None
+            if first > at:
+                raise click.ClickException(f"--from {first} is after --size {at}")
+            document = {
+                "type": "consistency",
+                "first_size": first,
+                "second_size": at,
+                "first_root": _b64([log.root(first)])[0],
+                "second_root": _b64([log.root(at)])[0],
+                "proof": _b64(log.consistency_proof(first, at)),
+                "first_checkpoint": _note(_checkpoint_for(log, first)),
+            }
+        document["checkpoint"] = _note(_checkpoint_for(log, at))
+    click.echo(json.dumps(document, indent=2))
+
+
+def _note(note: bytes | None) -> str | None:
+    return None if note is None else note.decode("utf-8")
+
+
+@audit.command("export")
+@_subject_options
+@click.option("--since", type=_WHEN, help="From this date or time (UTC unless a zone is given).")
+@click.option("--until", type=_WHEN, help="Before this date or time.")
+@click.option("--no-refusals", is_flag=True, help="Leave out recipients that were refused.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report to this file (created 0600) instead of stdout.",
+)
+@click.pass_context
+@_clean_errors
+def export_command(
+    ctx: click.Context,
+    nhs_number: str | None,
+    given_name: str | None,
+    family_name: str | None,
+    dob: datetime | None,
+    aliases: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    no_refusals: bool,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """A disclosure report about one person, for a subject access request (CSV or JSON).
+
+    Every disclosure (and refusal) about the person: when, from and to whom, for what
+    purpose, on what lawful basis and consent, which field groups, whether it was delivered
+    and acknowledged, and its leaf index for an inclusion proof ('cairn audit prove').
+    """
+    subjects = _subject_pseudonyms(nhs_number, given_name, family_name, dob, aliases)
+    if not subjects:
+        raise click.UsageError("say who the report is about: --nhs-number, or names and --dob")
+    with _open_log(ctx) as log:
+        rows = disclosure_report(
+            log,
+            subjects,
+            since=_moment(since),
+            until=_moment(until),
+            include_refusals=not no_refusals,
+        )
+        checkpoint = log.latest_checkpoint()
+    text = report_csv(rows) if fmt == "csv" else report_json(rows, checkpoint=checkpoint)
+    _write(output, text)
+    click.echo(f"{len(rows)} disclosures", err=True)
+
+
+@audit.command("reindex")
+@click.pass_context
+@_clean_errors
+def reindex_command(ctx: click.Context) -> None:
+    """Rebuild the query index from the entries file (stop the auditor first)."""
+    folder = _directory(ctx)
+    origin: str = ctx.obj["audit_origin"]
+    with AuditLog.open(folder, origin=origin) as log, _progress("indexing") as progress:
+        count = log.rebuild_index(progress)
+    click.echo(f"indexed {count} entries")

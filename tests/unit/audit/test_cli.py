@@ -1,0 +1,207 @@
+"""``cairn audit``: verify, query, prove and export, as an IG officer runs them."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import shutil
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.auditcli import audit
+from broker.auditlog import ENTRIES_FILE, AuditLog, load_pseudonym_secret
+from broker.checkpoint import NoteVerifier, verify_checkpoint
+from broker.merkle import leaf_hash, verify_consistency, verify_inclusion
+from broker.policy import Decision
+from keys.federation import init_federation, load_registry, load_signing_key
+from keys.registry import AUDITOR_ID
+from keys.store import FileStore
+from schemas.audit import submission_events
+from schemas.federation import Federation
+from tests.unit.audit.conftest import NOW, Message, recipients_of
+
+PASSPHRASE = "audit cli unit-test passphrase 0123456789"
+SMALL = Federation.model_validate(
+    {
+        "name": "Audit CLI test partnership",
+        "agencies": [
+            {"id": "test-police", "name": "Test Constabulary", "role": "police"},
+            {"id": "test-idva", "name": "Test IDVA service", "role": "idva"},
+        ],
+    }
+)
+VICTIM_NHS = "999 000 0018"  # the victim of referral-high-risk.json
+
+
+class CliRunnerCall(Protocol):
+    def __call__(self, *args: str) -> Result: ...
+
+
+@dataclass(frozen=True)
+class Setup:
+    state: Path
+    keys: Path
+    audit: Path
+    vkey: str
+    size: int
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, messages: list[Message]) -> Setup:
+    """A key store with the auditor's key and the pseudonym secret, and a log built with them."""
+    state = tmp_path_factory.mktemp("state")
+    store = FileStore(state / "keys")
+    now = datetime.now(UTC)
+    init_federation(store, SMALL, PASSPHRASE.encode(), now=now)
+    secret = load_pseudonym_secret(store, PASSPHRASE.encode())
+    registry = load_registry(store, now=now)
+    key = load_signing_key(store, AUDITOR_ID, PASSPHRASE.encode(), registry, now=now)
+    events: list[bytes] = []
+    for message in messages:
+        decisions = [Decision(r, True, ("rule:a",)) for r in recipients_of(message)]
+        events += [
+            e.canonical() for e in submission_events(message, decisions, secret=secret, at=NOW)
+        ]
+    folder = state / "audit"
+    with AuditLog.open(folder) as log:
+        for start in range(0, len(events), 20):
+            log.append([(i, events[i]) for i in range(start, min(start + 20, len(events)))])
+            log.sign_checkpoint(key)
+    vkey = NoteVerifier(log.origin, key.private_key.public_key()).vkey()
+    return Setup(state, state / "keys", folder, vkey, len(events))
+
+
+@pytest.fixture
+def run(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> CliRunnerCall:
+    monkeypatch.delenv("CAIRN_CONFIG", raising=False)
+    monkeypatch.delenv("CAIRN_KEY_PASSPHRASE_FILE", raising=False)
+    monkeypatch.setenv("CAIRN_STATE_DIR", str(setup.state))
+    monkeypatch.setenv("CAIRN_KEY_DIR", str(setup.keys))
+    monkeypatch.setenv("CAIRN_KEY_PASSPHRASE", PASSPHRASE)
+    runner = CliRunner()
+
+    def call(*args: str) -> Result:
+        return runner.invoke(audit, list(args), catch_exceptions=False)
+
+    return call
+
+
+def test_verify_passes_a_clean_log_with_the_registry_keys(run: CliRunnerCall, setup: Setup) -> None:
+    """With the auditor's keys from the registry, a clean log verifies and exits 0."""
+    result = run("verify")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"OK: {setup.size} entries")
+    report = json.loads(run("verify", "--json").stdout)
+    assert report["ok"] is True
+    assert report["verified_size"] == setup.size
+
+
+def test_verify_fails_and_names_the_first_bad_entry(
+    run: CliRunnerCall, setup: Setup, tmp_path: Path
+) -> None:
+    """A damaged copy of the log fails with exit 1, naming the entry."""
+    copy = tmp_path / "copy"
+    shutil.copytree(setup.audit, copy)
+    data = bytearray((copy / ENTRIES_FILE).read_bytes())
+    data[24 + 24 + 3] ^= 0x20
+    (copy / ENTRIES_FILE).write_bytes(bytes(data))
+    result = run("--dir", str(copy), "verify")
+    assert result.exit_code == 1
+    assert result.stdout.startswith("FAILED: first bad place: entry 0:")
+
+
+def test_verify_with_someone_elses_key_refuses_every_checkpoint(
+    run: CliRunnerCall, setup: Setup
+) -> None:
+    """A verifier key that is not the auditor's vouches for nothing."""
+    other = NoteVerifier("cairn.local/audit", Ed25519PrivateKey.generate().public_key())
+    result = run("verify", "--vkey", other.vkey())
+    assert result.exit_code == 1
+    assert "checkpoint 0: refused" in result.stdout
+    assert run("verify", "--vkey", setup.vkey).exit_code == 0
+
+
+def test_query_by_identifiers_lists_the_persons_events(run: CliRunnerCall) -> None:
+    """Querying by NHS number lists events about the person; identifiers are not echoed."""
+    result = run("query", "--nhs-number", VICTIM_NHS, "--type", "disclosed", "--format", "json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines
+    assert {line["event"]["type"] for line in lines} == {"disclosed"}
+    assert "9990000018" not in result.output
+    table = run("query", "--nhs-number", VICTIM_NHS, "--purpose", "MARAC")
+    assert table.exit_code == 0
+    assert "disclosed" in table.stdout
+
+
+def test_query_needs_identifiers_that_name_someone(run: CliRunnerCall) -> None:
+    """A name without a date of birth is refused with a usage message."""
+    result = run("query", "--given-name", "Testina", "--family-name", "Fictitia")
+    assert result.exit_code == 2
+    assert "date of birth" in result.output
+
+
+def test_prove_inclusion_output_verifies_against_the_signed_checkpoint(
+    run: CliRunnerCall, setup: Setup
+) -> None:
+    """The printed inclusion proof checks against the printed, signed checkpoint."""
+    result = run("prove", "--index", "7")
+    assert result.exit_code == 0, result.output
+    proof = json.loads(result.stdout)
+    head = verify_checkpoint(proof["checkpoint"].encode(), [NoteVerifier.from_vkey(setup.vkey)])
+    assert head.size == proof["tree_size"] == setup.size
+    assert base64.b64decode(proof["leaf_hash"]) == leaf_hash(proof["entry"].encode())
+    verify_inclusion(
+        7,
+        head.size,
+        leaf_hash(proof["entry"].encode()),
+        [base64.b64decode(p) for p in proof["proof"]],
+        head.root_hash,
+    )
+
+
+def test_prove_consistency_output_verifies(run: CliRunnerCall, setup: Setup) -> None:
+    """The printed consistency proof links the two signed checkpoints."""
+    result = run("prove", "--from", "20")
+    assert result.exit_code == 0, result.output
+    proof = json.loads(result.stdout)
+    verifiers = [NoteVerifier.from_vkey(setup.vkey)]
+    first = verify_checkpoint(proof["first_checkpoint"].encode(), verifiers)
+    second = verify_checkpoint(proof["checkpoint"].encode(), verifiers)
+    verify_consistency(
+        first.size,
+        second.size,
+        [base64.b64decode(p) for p in proof["proof"]],
+        first.root_hash,
+        second.root_hash,
+    )
+
+
+def test_export_writes_a_private_csv_and_a_json_report(run: CliRunnerCall, tmp_path: Path) -> None:
+    """The SAR export writes CSV to a 0600 file, and JSON with the checkpoint."""
+    out = tmp_path / "sar.csv"
+    result = run("export", "--nhs-number", VICTIM_NHS, "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert rows
+    assert {r["type"] for r in rows} == {"disclosed"}
+    document = json.loads(run("export", "--nhs-number", VICTIM_NHS, "--format", "json").stdout)
+    assert len(document["disclosures"]) == len(rows)
+    assert document["checkpoint"].startswith("cairn.local/audit\n")
+
+
+def test_a_missing_log_is_a_one_line_error(run: CliRunnerCall, tmp_path: Path) -> None:
+    """Pointing at a folder with no log says so and how to fix it."""
+    result = run("--dir", str(tmp_path / "nothing"), "verify")
+    assert result.exit_code == 1
+    assert "no audit log" in result.output
