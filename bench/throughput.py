@@ -60,12 +60,12 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 from adapters.agency import opener_for
 from adapters.client import ReferralClient, SubmissionRefused
 from adapters.inbox import Delivery, Inbox
+from broker.agreements import AGREEMENTS_DIR, load_agreements
 from broker.app import JOSE, create_app
 from broker.config import Settings
 from broker.envelope import CONTENT_TYPE, seal
 from broker.federation import load_federation
 from broker.logs import configure_logging
-from broker.agreements import AGREEMENTS_DIR, load_agreements
 from broker.policy import decide
 from broker.replay import ReplayStore
 from broker.topics import TopicSpec, delivery_topic, federation_topics

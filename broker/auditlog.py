@@ -71,10 +71,10 @@ from broker.merkle import (
     leaf_hash,
     verify_consistency,
 )
+from keys import store as keys_store
 from keys.errors import KeyStoreError
 from keys.errors import VerificationError as KeyVerificationError
 from keys.jwk import SigningKey
-from keys import store as keys_store
 from keys.store import Store, decrypt_private_key, encrypt_private_key
 from schemas.audit import MAX_EVENT_BYTES, AuditEvent, AuditEventType
 from schemas.consent import OverrideReason

@@ -116,7 +116,9 @@ def test_disclosure_to_bundle_files_what_the_trust_received() -> None:
         )
         if d.allowed
     )
-    assert decision.lawful_basis and decision.consent_basis and decision.retention
+    assert decision.lawful_basis
+    assert decision.consent_basis
+    assert decision.retention
     assert decision.agreement
     disclosure = Disclosure(
         referral_id=referral.header.referral_id,
