@@ -105,6 +105,50 @@ def serve() -> None:
     _run(main())
 
 
+@cli.command()
+def auditor() -> None:
+    """Run the auditor: append cairn.audit to the verifiable log, sign checkpoints, serve proofs.
+
+    A process of its own (its own key and files; the broker cannot rewrite the log). The audit
+    API listens on CAIRN_AUDITOR_HTTP_PORT over mutual TLS for the auditor's certificate only.
+    Stops on SIGTERM after catching up and signing a final checkpoint.
+    """
+    from broker.app import serve as serve_app
+    from broker.auditor import Auditor, auditor_app
+    from broker.trust import TrustStore
+    from keys import AUDITOR_ID, FileStore, passphrase_from_env, server_context
+
+    settings = _settings()
+    _logging(settings)
+
+    async def main() -> None:
+        store = FileStore(settings.keys_path)
+        passphrase = passphrase_from_env()
+        trust = TrustStore(
+            store,
+            passphrase,
+            root_kid=settings.registry_root_kid,
+            member_id=AUDITOR_ID,
+            clock=lambda: datetime.now(UTC),
+            serial_file=settings.state_dir / "audit" / "registry-serial",
+        )
+        trust.signing_key()  # refuse to start without a usable key
+        trust.pseudonym_secret()
+        worker = Auditor(settings, trust)
+        await worker.open()
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        http = settings.model_copy(update={"http_port": settings.auditor_http_port})
+        try:
+            await serve_app(auditor_app(worker), http, server_context(store, passphrase))
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, settings.shutdown_timeout_s + 15)
+            await worker.close()
+
+    _run(main())
+
+
 async def _load(fn: Callable[[Path], T], path: Path) -> T:
     return fn(path)
 

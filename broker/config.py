@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         default=None, description="Pin the federation root key by kid (recommended in production)"
     )
 
+    # Auditor
+    auditor_http_port: int = Field(default=8444, ge=0, le=65535)
+    checkpoint_every_entries: int = Field(default=1000, ge=1)  # leaves between checkpoints
+    checkpoint_every_s: float = Field(default=10.0, gt=0)  # seconds between checkpoints
+
     # Limits
     max_body_bytes: int = Field(default=1_048_576, gt=0)  # bytes per submission
     max_recipients: int = Field(default=16, ge=1)  # recipients per referral

@@ -78,6 +78,67 @@ def run_demo(settings: Settings, *, export: Path | None, timeout_s: float) -> bo
     if not produced:
         return False
 
+    audit_port = _free_port()
+    _step(f"starting the auditor (audit API on https://127.0.0.1:{audit_port})")
+    auditor = subprocess.Popen(  # our own CLI, fixed argv
+        [sys.executable, "-m", "broker", "auditor"],
+        env={
+            **os.environ,
+            "CAIRN_STATE_DIR": str(settings.state_dir),
+            "CAIRN_KEY_DIR": str(settings.keys_path),
+            "CAIRN_AUDITOR_HTTP_PORT": str(audit_port),
+            "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
+        },
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        ok = _run_broker(settings, produced, timeout_s)
+    finally:
+        _step("stopping the auditor (SIGTERM: catch up, sign a final checkpoint)")
+        _stop(auditor)
+    return _audit_summary(settings) and ok
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    click.echo(f"    exited with {process.returncode}")
+
+
+def _audit_summary(settings: Settings) -> bool:
+    """Print the latest signed checkpoint and verify the whole log offline, from its files."""
+    from broker.auditlog import AuditLog
+
+    directory = settings.state_dir / "audit"
+    log = AuditLog.open(directory, readonly=True)
+    try:
+        note = log.latest_checkpoint()
+    finally:
+        log.close()
+    _step("latest signed checkpoint (C2SP signed note)")
+    click.echo("    " + (note.decode().replace("\n", "\n    ") if note else "(none)"))
+    verify = subprocess.run(  # noqa: S603  (our own CLI, fixed argv)
+        [sys.executable, "-m", "broker", "audit", "--dir", str(directory), "verify"],
+        env={**os.environ, "CAIRN_KEY_DIR": str(settings.keys_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    ok = verify.returncode == 0
+    click.secho(
+        f"audit verify: {'OK' if ok else 'FAILED'} ({(verify.stdout or verify.stderr).strip()})",
+        fg="green" if ok else "red",
+        bold=True,
+    )
+    return ok
+
+
+def _run_broker(settings: Settings, produced: list[Outgoing], timeout_s: float) -> bool:
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
     _step(f"starting the broker on {url} (mutual TLS)")
@@ -114,13 +175,7 @@ def run_demo(settings: Settings, *, export: Path | None, timeout_s: float) -> bo
         received = asyncio.run(_receive_all(settings, expected, timeout_s))
     finally:
         _step("stopping the broker (SIGTERM: drain, flush)")
-        broker.send_signal(signal.SIGTERM)
-        try:
-            broker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait()
-        click.echo(f"    broker exited with {broker.returncode}")
+        _stop(broker)
 
     return _summary(produced, receipts, expected, received)
 
@@ -179,8 +234,10 @@ async def _submit_all(settings: Settings, url: str, produced: list[Outgoing]) ->
                     click.secho(f"    {label}: refused: {exc}", fg="red")
                     continue
                 receipts[str(o.message_id)] = receipt
-                statuses = ", ".join(f"{r.agency}={r.status.value}" for r in receipt.recipients)
-                click.echo(f"    {label}: accepted: {statuses}")
+                click.echo(f"    {label}: accepted")
+                for r in receipt.recipients:
+                    why = ", ".join(r.reasons)
+                    click.echo(f"        {r.agency:22} {r.status.value:7} {why}")
     return receipts
 
 

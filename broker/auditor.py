@@ -1,0 +1,359 @@
+"""The auditor: the verifiable audit log's only writer, and its HTTP face for IG officers.
+
+``cairn auditor`` runs as its own process, not as a task inside ``cairn serve``: it holds its
+own signing key, its own files and its own failure domain, so the broker, which produces the
+events, can never rewrite the record of what it did, and a stuck or crashing auditor never holds
+up a referral (the broker's Kafka transaction already made the events durable on
+``cairn.audit``; the auditor catches up).
+
+It reads ``cairn.audit`` (one partition, read_committed) from the log's next Kafka offset, so
+the offset is the idempotency key: after a crash at any point it resumes without a gap or a
+duplicate. Every ``every_entries`` leaves or ``every_s`` seconds it signs a checkpoint (C2SP
+signed note) and publishes it to ``cairn.checkpoints``.
+
+HTTP, over mutual TLS, for the auditor's certificate only (IG tools present it):
+
+    GET  /v1/audit/checkpoint                          latest signed checkpoint (text/plain)
+    GET  /v1/audit/entries?agency=&purpose=&...        events matching the filters (JSON)
+    GET  /v1/audit/proof/inclusion?index=&size=        RFC 9162 §2.1.3 inclusion proof
+    GET  /v1/audit/proof/consistency?first=&second=    RFC 9162 §2.1.4 consistency proof
+    POST /v1/audit/subject                             every event about a person, given their
+                                                       identifiers in a JSON body (never in a URL)
+
+Every log operation runs on one dedicated thread: the store is not thread-safe, and its
+appends block on fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from broker.app import TLS_AGENCY, problems_middleware
+from broker.auditlog import (
+    DEFAULT_ORIGIN,
+    AuditLog,
+    CheckpointPolicy,
+    Entry,
+    Query,
+)
+from broker.config import Settings
+from broker.transport import kafka_options
+from broker.trust import TrustStore
+from keys import AUDITOR_ID, peer_agency
+from keys.errors import VerificationError as KeyVerificationError
+from schemas.audit import person_pseudonyms
+from schemas.consent import OverrideReason
+from schemas.errors import AuthenticationError, FieldProblem, SchemaError
+from schemas.referral import Purpose
+
+__all__ = ["Auditor", "auditor_app"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+class Auditor:
+    """Consumes the audit topic into the log and signs checkpoints; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        trust: TrustStore,
+        *,
+        directory: Path | None = None,
+        policy: CheckpointPolicy | None = None,
+        origin: str = DEFAULT_ORIGIN,
+    ) -> None:
+        self.settings = settings
+        self.trust = trust
+        self.directory = directory or settings.state_dir / "audit"
+        self.policy = policy or CheckpointPolicy(
+            every_entries=settings.checkpoint_every_entries, every_s=settings.checkpoint_every_s
+        )
+        self.origin = origin
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditlog")
+        self._log: AuditLog | None = None
+        self.appended = 0
+        self.appended_since_checkpoint = 0
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the log's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    @property
+    def log(self) -> AuditLog:
+        if self._log is None:
+            raise RuntimeError("the auditor has not opened its log")
+        return self._log
+
+    async def open(self) -> None:
+        self._log = await self.call(lambda: AuditLog.open(self.directory, origin=self.origin))
+        log.info("auditor.opened", size=self._log.size, next_offset=self._log.next_offset)
+
+    async def close(self) -> None:
+        if self._log is not None:
+            await self.call(self._log.close)
+            self._log = None
+        self._thread.shutdown(wait=True)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the audit topic until ``stop``; reconnect after Kafka failures."""
+        while not stop.is_set():
+            try:
+                await self._follow(stop)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("auditor.paused", error=type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5.0)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        options = kafka_options(self.settings)
+        tp = TopicPartition(f"{self.settings.topic_prefix}.audit", 0)
+        consumer = AIOKafkaConsumer(
+            **options, isolation_level="read_committed", enable_auto_commit=False
+        )
+        producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
+        await asyncio.wait_for(consumer.start(), self.settings.kafka_connect_timeout_s)
+        try:
+            await asyncio.wait_for(producer.start(), self.settings.kafka_connect_timeout_s)
+            consumer.assign([tp])
+            # The log, not a consumer group, knows where we are: its next Kafka offset.
+            consumer.seek(tp, self.log.next_offset)
+            while not stop.is_set():
+                await self._step(consumer, tp)
+                if await self.call(self.log.checkpoint_due, self.policy):
+                    await self.checkpoint(producer)
+            # Stopping: catch up with what is already committed (bounded), then sign a final
+            # checkpoint so that the last events do not wait for the next run to be attested.
+            end = (await consumer.end_offsets([tp]))[tp]
+            deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s
+            while await consumer.position(tp) < end:
+                if asyncio.get_running_loop().time() > deadline:
+                    log.warning("auditor.stopped_behind", position=await consumer.position(tp))
+                    break
+                await self._step(consumer, tp)
+            if self.appended_since_checkpoint:
+                await self.checkpoint(producer)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), 10)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10)
+
+    async def _step(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        batch = await consumer.getmany(tp, timeout_ms=500, max_records=500)
+        messages = batch.get(tp, [])
+        if messages:
+            result = await self.call(self.log.append, [(m.offset, m.value) for m in messages])
+            self.appended += result.appended
+            self.appended_since_checkpoint += result.appended
+
+    async def checkpoint(self, producer: AIOKafkaProducer | None = None) -> bytes:
+        """Sign a checkpoint of the log as it is now, and publish it if given a producer."""
+        key = self.trust.signing_key()
+        note = await self.call(self.log.sign_checkpoint, key)
+        self.appended_since_checkpoint = 0
+        log.info("auditor.checkpoint", size=self.log.size)
+        if producer is not None:
+            await producer.send_and_wait(f"{self.settings.topic_prefix}.checkpoints", note)
+        return note
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+AUDITOR = web.AppKey("auditor", Auditor)
+
+
+@web.middleware
+async def auditor_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Only the auditor's client certificate may read the log (IG tools present it)."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if ssl_object is None:
+        raise AuthenticationError("the audit API is served over mutual TLS only")
+    try:
+        agency = peer_agency(ssl_object)
+    except KeyVerificationError:
+        raise AuthenticationError("the client certificate does not identify anyone") from None
+    request[TLS_AGENCY] = agency
+    if agency != AUDITOR_ID:
+        raise AuthenticationError(
+            f"'{agency}' may not read the audit log; present the auditor's certificate"
+        )
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+def _int(request: web.Request, name: str, default: int | None = None) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise SchemaError(f"'{name}' is required", (FieldProblem(name, "required"),))
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SchemaError(
+            f"'{name}' is not a whole number", (FieldProblem(name, "not an integer"),)
+        ) from None
+    if value < 0:
+        raise SchemaError(f"'{name}' is negative", (FieldProblem(name, "must be 0 or more"),))
+    return value
+
+
+def _b64(hashes: list[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
+
+
+def _entries(entries: list[Entry]) -> web.Response:
+    return web.json_response(
+        {
+            "entries": [
+                {"index": e.index, "offset": e.offset, "event": json.loads(e.data)} for e in entries
+            ]
+        }
+    )
+
+
+def _moment(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise SchemaError(
+            f"'{name}' is not an ISO 8601 date or time", (FieldProblem(name, "not a date"),)
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+async def checkpoint(request: web.Request) -> web.Response:
+    auditor = request.app[AUDITOR]
+    note = await auditor.call(auditor.log.latest_checkpoint)
+    if note is None:
+        raise web.HTTPNotFound(text="no checkpoint has been signed yet")
+    return web.Response(body=note, content_type="text/plain", charset="utf-8")
+
+
+async def entries(request: web.Request) -> web.Response:
+    auditor = request.app[AUDITOR]
+    q = request.query
+    try:
+        purpose = Purpose(q["purpose"]) if "purpose" in q else None
+        reason = OverrideReason(q["override_reason"]) if "override_reason" in q else None
+    except ValueError as exc:
+        raise SchemaError(str(exc)) from None
+    override = {"true": True, "false": False}.get(q.get("override", ""))
+    query = Query(
+        agency=q.get("agency"),
+        sender=q.get("sender"),
+        recipient=q.get("recipient"),
+        purpose=purpose,
+        lawful_basis=q.get("lawful_basis"),
+        override=override,
+        override_reason=reason,
+        since=_moment(request, "since"),
+        until=_moment(request, "until"),
+        limit=min(_int(request, "limit", 1000), 10_000),
+    )
+    return _entries(await auditor.call(auditor.log.query, query))
+
+
+async def inclusion(request: web.Request) -> web.Response:
+    auditor = request.app[AUDITOR]
+    size = _int(request, "size", auditor.log.size)
+    index = _int(request, "index")
+    if not index < size <= auditor.log.size:
+        raise SchemaError(
+            "need index < size <= the tree size", (FieldProblem("index", "out of range"),)
+        )
+    proof = await auditor.call(auditor.log.inclusion_proof, index, size)
+    entry = await auditor.call(auditor.log.entry, index)
+    root = await auditor.call(auditor.log.root, size)
+    return web.json_response(
+        {
+            "index": index,
+            "size": size,
+            "leaf_hash": _b64([entry.leaf_hash])[0],
+            "root_hash": _b64([root])[0],
+            "proof": _b64(proof),
+        }
+    )
+
+
+async def consistency(request: web.Request) -> web.Response:
+    auditor = request.app[AUDITOR]
+    second = _int(request, "second", auditor.log.size)
+    first = _int(request, "first")
+    if not 0 < first <= second <= auditor.log.size:
+        raise SchemaError(
+            "need 0 < first <= second <= the tree size", (FieldProblem("first", "out of range"),)
+        )
+    proof = await auditor.call(auditor.log.consistency_proof, first, second)
+    return web.json_response(
+        {
+            "first": first,
+            "second": second,
+            "first_root": _b64([await auditor.call(auditor.log.root, first)])[0],
+            "second_root": _b64([await auditor.call(auditor.log.root, second)])[0],
+            "proof": _b64(proof),
+        }
+    )
+
+
+async def subject(request: web.Request) -> web.Response:
+    """Every event about one person, found by identifiers sent in the body, not the URL."""
+    auditor = request.app[AUDITOR]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SchemaError("send the identifiers as a JSON object") from None
+    if not isinstance(body, dict):
+        raise SchemaError("send the identifiers as a JSON object")
+    allowed = {"nhs_number", "given_name", "family_name", "date_of_birth", "aliases"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise SchemaError(
+            "unknown identifier fields",
+            tuple(FieldProblem(k, "not an identifier") for k in unknown),
+        )
+    try:
+        dob = date.fromisoformat(body["date_of_birth"]) if body.get("date_of_birth") else None
+        pseudonyms = person_pseudonyms(
+            auditor.trust.pseudonym_secret(),
+            nhs_number=body.get("nhs_number"),
+            given_name=body.get("given_name"),
+            family_name=body.get("family_name"),
+            date_of_birth=dob,
+            aliases=tuple(body.get("aliases") or ()),
+        )
+    except (ValueError, TypeError) as exc:
+        raise SchemaError(f"the identifiers are not usable: {exc}") from None
+    if not pseudonyms:
+        raise SchemaError("give an NHS number, or a name with a date of birth")
+    return _entries(await auditor.call(auditor.log.query, Query(subjects=tuple(pseudonyms))))
+
+
+def auditor_app(auditor: Auditor) -> web.Application:
+    app = web.Application(middlewares=[problems_middleware, auditor_only])
+    app[AUDITOR] = auditor
+    app.router.add_get("/v1/audit/checkpoint", checkpoint)
+    app.router.add_get("/v1/audit/entries", entries)
+    app.router.add_get("/v1/audit/proof/inclusion", inclusion)
+    app.router.add_get("/v1/audit/proof/consistency", consistency)
+    app.router.add_post("/v1/audit/subject", subject)
+    return app
