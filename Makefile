@@ -16,7 +16,7 @@ ifeq ($(origin CAIRN_KEY_PASSPHRASE),undefined)
 export CAIRN_KEY_PASSPHRASE_FILE ?= $(DEV_PASSPHRASE)
 endif
 
-.PHONY: help venv demo test test-unit test-integration lint bench-throughput bench-crypto kafka-start kafka-stop kafka-status clean
+.PHONY: help venv demo test test-unit test-integration lint bench-throughput bench-crypto bench-audit kafka-start kafka-stop kafka-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -52,6 +52,9 @@ bench-throughput: $(STAMP)  ## HTTP -> broker -> Kafka -> recipient, beside a ba
 
 bench-crypto: $(STAMP)  ## seal/open one 4 KB disclosure beside the raw pyca/cryptography primitives
 	$(BIN)/python bench/crypto.py
+
+bench-audit: $(STAMP)  ## append and verify N audit events durably, beside bare hashlib; proofs at 1M
+	$(BIN)/python bench/audit.py
 
 kafka-start:  ## start local Kafka (fetches the jars once)
 	$(KAFKA) start
