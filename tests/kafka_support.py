@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +99,41 @@ async def topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
         return sorted(t for t in await admin.list_topics() if t.startswith(prefix + "."))
     finally:
         await admin.close()
+
+
+async def read_committed_many(
+    bootstrap: str, topics: Sequence[str], *, timeout_s: float = 20.0
+) -> dict[str, list[Record]]:
+    """Everything committed on each of ``topics``, from the beginning to the end, read by one
+    read_committed consumer (one consumer for many topics, where ``read_committed`` makes one
+    per topic)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        if any(consumer.partitions_for_topic(t) is None for t in topics):
+            await consumer._client.force_metadata_update()
+        unknown = [t for t in topics if not consumer.partitions_for_topic(t)]
+        if unknown:
+            raise LookupError(f"no such topics: {', '.join(unknown)}")
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        records: dict[str, list[Record]] = {t: [] for t in topics}
+        deadline = time.monotonic() + timeout_s
+        while any([await consumer.position(tp) < end[tp] for tp in tps]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {', '.join(topics)} to the end in {timeout_s}s")
+            batches = await consumer.getmany(timeout_ms=200)
+            for messages in batches.values():
+                for m in messages:
+                    records[m.topic].append(Record(m.topic, m.key, m.value, tuple(m.headers or ())))
+        return records
+    finally:
+        await asyncio.wait_for(consumer.stop(), 10)
