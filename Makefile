@@ -33,10 +33,19 @@ $(DEV_PASSPHRASE):
 	mkdir -p $(dir $@)
 	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
 
-demo: $(STAMP) $(DEV_PASSPHRASE)  ## run the end-to-end demo (starts and stops local Kafka)
-	$(WITH_KAFKA) $(BIN)/cairn demo
+demo: $(STAMP) $(DEV_PASSPHRASE)  ## run the end-to-end demo (starts and stops local Kafka); KEEP=1 keeps it running
+	$(WITH_KAFKA) $(BIN)/cairn demo $(if $(KEEP),--keep)
 
-test: $(STAMP)  ## run the whole suite, Kafka-backed tests included (starts and stops local Kafka)
+# The browser tests drive Debian's Chromium (never a browser Playwright downloads).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+	  echo "the browser tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
+	fi
+
+test: $(STAMP) $(CHROMIUM)  ## run the whole suite, Kafka and browser tests included (starts and stops local Kafka)
 	$(WITH_KAFKA) $(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)  ## unit tests only: no Kafka, seconds

@@ -3,6 +3,7 @@
 POST /v1/referrals   submit a referral; 202 + receipt once Kafka has committed every record
 GET  /healthz        the process is alive
 GET  /readyz         200 only while Kafka is reachable, else 503
+GET  /metrics        Prometheus metrics (codes and counts only), for any federation certificate
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,13 +20,16 @@ import structlog
 from aiohttp import web
 
 from broker.agreements import AGREEMENTS_DIR, Agreement, load_agreements
+from broker.auditlog import CHECKPOINTS_FILE
 from broker.calendar import CALENDAR_FILE, SchoolCalendar, load_calendar
 from broker.config import Settings
+from broker.deadlines import OverdueSweep
 from broker.ingest import Pipeline
+from broker.metrics import CONTENT_TYPE, CountingTransport, KafkaProbe, Metrics
 from broker.problems import http_problem, problem_for, problem_response
 from broker.receipts import ReceiptsLoop
 from broker.replay import ReplayStore
-from broker.transport import Transport
+from broker.transport import KafkaTransport, Transport
 from broker.trust import TrustStore
 from keys import peer_agency
 from keys.errors import VerificationError as KeyVerificationError
@@ -36,13 +41,15 @@ from schemas.errors import (
 )
 from schemas.federation import Federation
 
-__all__ = ["create_app", "read_body", "serve"]
+__all__ = ["METRICS", "REPLAY", "create_app", "read_body", "serve"]
 
 log = structlog.get_logger(__name__)
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
 SETTINGS = web.AppKey("settings", Settings)
 TRANSPORT = web.AppKey("transport", Transport)
+METRICS = web.AppKey("metrics", Metrics)
+REPLAY = web.AppKey("replay", ReplayStore)
 REQUEST_ID = web.RequestKey("request_id", str)
 TLS_AGENCY = web.RequestKey("tls_agency", str)
 JOSE = "application/jose"
@@ -76,6 +83,8 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         response = await handler(request)
     except CairnError as exc:
         status, body = problem_for(exc)
+        if request.path == "/v1/referrals":
+            request.app[METRICS].refused.labels(reason=str(body["type"]).rsplit(":", 1)[-1]).inc()
         log.info(
             "request.refused",
             status=status,
@@ -122,6 +131,19 @@ def tls_agency(request: web.Request) -> str:
 
 
 async def submit_referral(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    metrics.received.inc()
+    start = time.perf_counter()
+    outcome = "refused"
+    try:
+        response = await _submit_referral(request)
+        outcome = "replayed" if response.status == 200 else "accepted"
+        return response
+    finally:
+        metrics.submission_seconds.labels(outcome=outcome).observe(time.perf_counter() - start)
+
+
+async def _submit_referral(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     sender = tls_agency(request)
     if request.content_type != JOSE:
@@ -167,6 +189,13 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus text exposition; any certificate of the federation (agency or auditor)."""
+    tls_agency(request)
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 def create_app(
     settings: Settings,
     federation: Federation,
@@ -176,15 +205,18 @@ def create_app(
     replay: ReplayStore | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     consume_receipts: bool = False,
+    dashboard: bool = False,
     agreements: tuple[Agreement, ...] | None = None,
     calendar: SchoolCalendar | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The broker application; the transport is started and stopped with the app.
 
     With ``consume_receipts`` the app also runs the loop that audits recipients'
-    acknowledgements (``broker.receipts``), started after the transport and stopped before it.
-    Sharing agreements and the school calendar are read from the federation folder unless
-    given.
+    acknowledgements (``broker.receipts``) and the overdue sweep (``broker.deadlines``),
+    started after the transport and stopped before it.
+    With ``dashboard`` it serves the ops view at /ui/ (broker.dashboard). Sharing agreements
+    and the school calendar are read from the federation folder unless given.
     """
     if agreements is None:
         agreements = load_agreements(settings.federation_dir / AGREEMENTS_DIR)
@@ -193,31 +225,58 @@ def create_app(
     app = web.Application(
         middlewares=[problems_middleware], client_max_size=settings.max_body_bytes
     )
+    if metrics is None:
+        metrics = Metrics()
+    metrics.checkpoint_file = settings.state_dir / "audit" / CHECKPOINTS_FILE
+    if isinstance(transport, KafkaTransport):  # lag figures only where there is a Kafka
+        metrics.probe = KafkaProbe(settings, federation.ids)
+    ledger = None
+    if dashboard:
+        from broker.dashboard import FlowLedger, TappedTransport
+
+        # The ops view counts what the broker committed (ids, agencies, purposes, times).
+        ledger = FlowLedger()
+        transport = TappedTransport(transport, ledger)
+    transport = CountingTransport(transport, metrics)
     app[SETTINGS] = settings
     app[TRANSPORT] = transport
+    app[METRICS] = metrics
     owns_replay = replay is None  # close only what we opened
     if replay is None:
         replay = ReplayStore(settings.state_dir / "broker" / "replay.sqlite")
+    app[REPLAY] = replay
     app[PIPELINE] = Pipeline(
-        settings, federation, transport, trust, replay, clock, agreements, calendar
+        settings, federation, transport, trust, replay, clock, agreements, calendar, metrics
     )
     app.router.add_post("/v1/referrals", submit_referral)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    if ledger is not None:
+        from broker.dashboard import LedgerOpsSource, add_ops_routes, dlq_counter
+
+        source = LedgerOpsSource(
+            ledger, probes={"kafka": transport.ready}, dlq_count=dlq_counter(settings), clock=clock
+        )
+        add_ops_routes(app, source)
 
     async def transport_lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
         await transport.start()
         stop = asyncio.Event()
-        task = None
+        tasks = []
         if consume_receipts:
-            loop = ReceiptsLoop(settings, trust, replay, transport, clock)
-            task = asyncio.create_task(loop.run(stop))
+            loop = ReceiptsLoop(settings, trust, replay, transport, clock, metrics=metrics)
+            tasks.append(asyncio.create_task(loop.run(stop)))
+            sweep = OverdueSweep(settings, replay, transport, metrics, clock)
+            tasks.append(asyncio.create_task(sweep.run(stop)))
         yield
-        # Runs after in-flight requests have drained: stop the receipts loop, then flush and
-        # close the producer.
+        # Runs after in-flight requests have drained: stop the receipts loop and the overdue
+        # sweep, then flush and close the producer.
         stop.set()
-        if task is not None:
+        for task in tasks:
             await asyncio.wait_for(task, 15)
+        if metrics.probe is not None:
+            await metrics.probe.close()
         await transport.stop()
         if owns_replay:
             replay.close()

@@ -348,7 +348,8 @@ async def subject(request: web.Request) -> web.Response:
     return _entries(await auditor.call(auditor.log.query, Query(subjects=tuple(pseudonyms))))
 
 
-def auditor_app(auditor: Auditor) -> web.Application:
+def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application:
+    """The audit API; with ``dashboard``, also the IG view at /ui/ig (broker.dashboard)."""
     app = web.Application(middlewares=[problems_middleware, auditor_only])
     app[AUDITOR] = auditor
     app.router.add_get("/v1/audit/checkpoint", checkpoint)
@@ -356,4 +357,8 @@ def auditor_app(auditor: Auditor) -> web.Application:
     app.router.add_get("/v1/audit/proof/inclusion", inclusion)
     app.router.add_get("/v1/audit/proof/consistency", consistency)
     app.router.add_post("/v1/audit/subject", subject)
+    if dashboard:
+        from broker.dashboard import add_ig_routes
+
+        add_ig_routes(app, auditor)
     return app

@@ -98,7 +98,12 @@ def serve() -> None:
         trust.registry()  # refuse to start on an untrusted registry
         trust.signing_key()
         app = create_app(
-            settings, federation, KafkaTransport(settings), trust, consume_receipts=True
+            settings,
+            federation,
+            KafkaTransport(settings),
+            trust,
+            consume_receipts=True,
+            dashboard=True,
         )
         await serve_app(app, settings, server_context(store, passphrase))
 
@@ -140,7 +145,9 @@ def auditor() -> None:
         task = asyncio.create_task(worker.run(stop))
         http = settings.model_copy(update={"http_port": settings.auditor_http_port})
         try:
-            await serve_app(auditor_app(worker), http, server_context(store, passphrase))
+            await serve_app(
+                auditor_app(worker, dashboard=True), http, server_context(store, passphrase)
+            )
         finally:
             stop.set()
             await asyncio.wait_for(task, settings.shutdown_timeout_s + 15)
@@ -326,7 +333,8 @@ def describe(delivery: Any) -> str:
     show_default=True,
     help="Seconds to wait for each recipient.",
 )
-def demo(export: Path | None, timeout_s: float) -> None:
+@click.option("--keep", is_flag=True, help="Keep the broker, auditor and dashboard running.")
+def demo(export: Path | None, timeout_s: float, keep: bool) -> None:
     """Run the scripted scenario: keys, topics, broker, police import, recipients receive.
 
     Needs a running Kafka (make demo starts one). Exits 0 only if every message reached exactly
@@ -338,7 +346,7 @@ def demo(export: Path | None, timeout_s: float) -> None:
     settings = _settings()
     configure_logging(settings.log_format, os.environ.get("CAIRN_LOG_LEVEL", "warning"))
     try:
-        ok = run_demo(settings, export=export, timeout_s=timeout_s)
+        ok = run_demo(settings, export=export, timeout_s=timeout_s, keep=keep)
     except CairnError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(0 if ok else 1)
@@ -367,10 +375,11 @@ def _attach() -> None:
     from adapters.police.cli import police
     from broker.auditcli import audit
     from broker.policycli import policy
+    from broker.status import status
     from keys.cli import keys
     from schemas.cli import schemas
 
-    for group in (audit, keys, nhs, police, policy, schemas):
+    for group in (audit, keys, nhs, police, policy, schemas, status):
         cli.add_command(group)
 
 

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     checkpoint_every_entries: int = Field(default=1000, ge=1)  # leaves between checkpoints
     checkpoint_every_s: float = Field(default=10.0, gt=0)  # seconds between checkpoints
 
+    # Delivery deadlines (Operation Encompass: the start of the next school day, from the policy)
+    deadline_marac_s: int = Field(default=86_400, ge=1)  # seconds to acknowledge MARAC
+    deadline_idva_high_s: int = Field(default=86_400, ge=1)  # seconds to acknowledge high-risk IDVA
+    overdue_sweep_every_s: float = Field(default=30.0, gt=0)  # seconds between overdue sweeps
+    ops_refresh_s: float = Field(default=10.0, gt=0)  # seconds Kafka lag figures are cached
+
     # Limits
     max_body_bytes: int = Field(default=1_048_576, gt=0)  # bytes per submission
     max_recipients: int = Field(default=16, ge=1)  # recipients per referral

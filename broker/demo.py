@@ -56,7 +56,9 @@ def _step(text: str) -> None:
     click.secho(f"==> {text}", bold=True)
 
 
-def run_demo(settings: Settings, *, export: Path | None, timeout_s: float) -> bool:
+def run_demo(
+    settings: Settings, *, export: Path | None, timeout_s: float, keep: bool = False
+) -> bool:
     federation = load_federation(settings.federation_dir)
     _ensure_keys(settings, federation)
 
@@ -91,12 +93,34 @@ def run_demo(settings: Settings, *, export: Path | None, timeout_s: float) -> bo
         },
         stdin=subprocess.DEVNULL,
     )
+    urls: list[str] = []
     try:
-        ok = _run_broker(settings, produced, timeout_s)
+        ok = _run_broker(settings, produced, timeout_s, audit_port=audit_port, keep=keep, urls=urls)
     finally:
         _step("stopping the auditor (SIGTERM: catch up, sign a final checkpoint)")
         _stop(auditor)
-    return _audit_summary(settings) and ok
+    ok = _audit_summary(settings) and ok
+    _step("dashboard" + ("" if keep else " (stopped with the demo; make demo KEEP=1 keeps it)"))
+    for url in urls:
+        click.echo(f"    {url}")
+    return ok
+
+
+def _wait_for_interrupt() -> None:
+    stopped = False
+
+    def handle(_signum: int, _frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        while not stopped:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -138,9 +162,22 @@ def _audit_summary(settings: Settings) -> bool:
     return ok
 
 
-def _run_broker(settings: Settings, produced: list[Outgoing], timeout_s: float) -> bool:
+def _run_broker(
+    settings: Settings,
+    produced: list[Outgoing],
+    timeout_s: float,
+    *,
+    audit_port: int,
+    keep: bool,
+    urls: list[str],
+) -> bool:
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
+    urls += [
+        f"ops view: {url}/ui/ (any agency's client certificate, e.g. "
+        f"{settings.keys_path / 'tls'}/...)",
+        f"IG view:  https://127.0.0.1:{audit_port}/ui/ig (the auditor's client certificate only)",
+    ]
     _step(f"starting the broker on {url} (mutual TLS)")
     run_state = Path(tempfile.mkdtemp(prefix="demo-", dir=_state_dir(settings)))
     env = {
@@ -173,6 +210,11 @@ def _run_broker(settings: Settings, produced: list[Outgoing], timeout_s: float) 
 
         _step("each recipient reads its own topic (read_committed), decrypts and verifies")
         received = asyncio.run(_receive_all(settings, expected, timeout_s))
+        if keep:
+            _step("kept running (KEEP=1): press Ctrl-C to stop")
+            for line in urls:
+                click.echo(f"    {line}")
+            _wait_for_interrupt()
     finally:
         _step("stopping the broker (SIGTERM: drain, flush)")
         _stop(broker)

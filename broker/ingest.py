@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -17,10 +17,12 @@ import structlog
 from broker.agreements import Agreement
 from broker.calendar import WEEKDAYS, SchoolCalendar
 from broker.config import Settings
+from broker.deadlines import deadline_for
 from broker.envelope import seal
-from broker.policy import decide, routing
+from broker.metrics import Metrics, code
+from broker.policy import Decision, decide, routing
 from broker.receipts import audit_record
-from broker.replay import ReplayStore
+from broker.replay import Delivery, ReplayStore
 from broker.transport import Transport
 from broker.trust import TrustStore
 from keys import Registry, verify_referral
@@ -54,27 +56,30 @@ class Pipeline:
     clock: Callable[[], datetime]
     agreements: tuple[Agreement, ...] = ()
     calendar: SchoolCalendar = WEEKDAYS
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def submit(self, body: bytes, *, sender: str, request_id: str) -> Outcome:
         """Run every stage for one signed submission from the TLS-authenticated ``sender``."""
         now = self.clock()
         # 1 authenticate: the TLS identity is a member, and it signed this referral recently.
-        registry = self.trust.registry()
-        if registry.member(sender) is None:
-            raise UnknownSender(f"'{sender}' is not a member of the federation registry")
-        payload = verify_referral(
-            body,
-            registry,
-            sender=sender,
-            now=now,
-            max_bytes=self.settings.max_body_bytes,
-            max_age=timedelta(seconds=self.settings.max_signature_age_s),
-            clock_skew=timedelta(seconds=self.settings.max_clock_skew_s),
-        )
+        with self.metrics.stage("verify"):
+            registry = self.trust.registry()
+            if registry.member(sender) is None:
+                raise UnknownSender(f"'{sender}' is not a member of the federation registry")
+            payload = verify_referral(
+                body,
+                registry,
+                sender=sender,
+                now=now,
+                max_bytes=self.settings.max_body_bytes,
+                max_age=timedelta(seconds=self.settings.max_signature_age_s),
+                clock_skew=timedelta(seconds=self.settings.max_clock_skew_s),
+            )
         # 2 validate: a well-formed referral (or Encompass notice) whose sender is the
         #   authenticated one.
-        message = decode_submission(payload)
-        route = routing(message)
+        with self.metrics.stage("validate"):
+            message = decode_submission(payload)
+            route = routing(message)
         referral_id = str(route.message_id)
         structlog.contextvars.bind_contextvars(referral_id=referral_id)
         if route.sender != sender:
@@ -94,6 +99,7 @@ class Pipeline:
                             "referral; give a new referral a new id"
                         )
                     log.info("referral.replayed")
+                    self.metrics.replayed.inc()
                     return Outcome(Receipt.model_validate_json(seen.receipt), replayed=True)
                 receipt = await self._deliver(message, registry, request_id, now)
                 self.replay.remember(referral_id, digest, receipt.model_dump_json(), now)
@@ -110,31 +116,33 @@ class Pipeline:
     ) -> Receipt:
         route = routing(message)
         # 4 decide
-        decisions = decide(
-            message,
-            self.federation,
-            agreements=self.agreements,
-            now=now,
-            max_recipients=self.settings.max_recipients,
-            can_receive=lambda agency: _can_receive(registry, agency, now),
-            calendar=self.calendar,
-        )
+        with self.metrics.stage("decide"):
+            decisions = decide(
+                message,
+                self.federation,
+                agreements=self.agreements,
+                now=now,
+                max_recipients=self.settings.max_recipients,
+                can_receive=lambda agency: _can_receive(registry, agency, now),
+                calendar=self.calendar,
+            )
         allowed = [d for d in decisions if d.allowed]
         # 5 seal: sign with the broker's key, encrypt to each recipient's key.
         broker_key = self.trust.signing_key()  # SigningUnavailable (503) if ours is unusable
         try:
-            records = [
-                seal(
-                    message,
-                    d,
-                    topic_prefix=self.settings.topic_prefix,
-                    request_id=request_id,
-                    broker_key=broker_key,
-                    registry=registry,
-                    now=now,
-                )
-                for d in allowed
-            ]
+            with self.metrics.stage("seal"):
+                records = [
+                    seal(
+                        message,
+                        d,
+                        topic_prefix=self.settings.topic_prefix,
+                        request_id=request_id,
+                        broker_key=broker_key,
+                        registry=registry,
+                        now=now,
+                    )
+                    for d in allowed
+                ]
         except KeyVerificationError as exc:
             # Recipients were checked in decide; what fails here is ours, never the sender's.
             log.error("seal.failed", reason=exc.reason.value)
@@ -153,7 +161,9 @@ class Pipeline:
         )
         records += [audit_record(self.settings.topic_prefix, e) for e in events]
         # 7 publish: every record committed in one transaction, or TransportError.
-        await self.transport.publish(records)
+        with self.metrics.stage("publish"):
+            await self.transport.publish(records)
+        self._committed(message, decisions, now)
         log.info(
             "referral.accepted",
             sender=route.sender,
@@ -173,6 +183,37 @@ class Pipeline:
                 for d in decisions
             ),
         )
+
+    def _committed(
+        self,
+        message: Referral | EncompassNotification,
+        decisions: list[Decision],
+        now: datetime,
+    ) -> None:
+        """Count what Kafka committed, and remember each disclosure with its deadline."""
+        route = routing(message)
+        sender, purpose = route.sender, route.purpose.value
+        self.metrics.accepted.labels(sender=sender, purpose=purpose).inc()
+        for d in decisions:
+            if not d.allowed:
+                for reason in d.reasons or ("unspecified",):
+                    self.metrics.withheld.labels(
+                        sender=sender, recipient=d.recipient, purpose=purpose, reason=code(reason)
+                    ).inc()
+                continue
+            self.metrics.disclosures.labels(
+                sender=sender, recipient=d.recipient, purpose=purpose
+            ).inc()
+            self.replay.record_delivery(
+                Delivery(
+                    referral_id=str(route.message_id),
+                    agency=d.recipient,
+                    purpose=purpose,
+                    sender=sender,
+                    delivered_at=now,
+                    due_at=deadline_for(message, d, self.settings, now),
+                )
+            )
 
 
 def _can_receive(registry: Registry, agency: str, now: datetime) -> bool:

@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 
 from broker.config import Settings
 from broker.envelope import header_map
+from broker.metrics import Metrics, code
 from broker.replay import ReplayStore
 from broker.transport import Consumed, Record, Transport, kafka_options
 from broker.trust import TrustStore
@@ -66,8 +67,11 @@ class ReceiptsLoop:
         replay: ReplayStore,
         transport: Transport,
         clock: Callable[[], datetime],
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._trust = trust
         self._replay = replay
         self._transport = transport
@@ -119,6 +123,8 @@ class ReceiptsLoop:
         now = self._clock()
         for referral_id, agency in acks:
             self._replay.remember_ack(referral_id, agency, now)
+            if self._metrics is not None:
+                self._metrics.acknowledged.labels(recipient=code(agency)).inc()
         self.audited += len(acks)
 
     def _examine(self, msg: Any) -> tuple[Record | None, tuple[str, str] | None]:
@@ -138,6 +144,8 @@ class ReceiptsLoop:
         except InputError as exc:
             self.quarantined += 1
             reason = str(getattr(exc, "reason", type(exc).__name__))
+            if self._metrics is not None:
+                self._metrics.quarantined.labels(reason=code(reason)).inc()
             log.warning(
                 "receipt.quarantined",
                 referral_id=headers.get("cairn-referral-id"),

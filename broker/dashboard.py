@@ -1,0 +1,452 @@
+"""The dashboard: an operations view served by the broker, an IG view served by the auditor.
+
+Both are small static pages (``broker/static/``, vanilla JavaScript, no external resources)
+that read JSON from the app that serves them, over the same mutual TLS and client-certificate
+roles as the API:
+
+    broker   GET  /ui/                  the ops view (any federation member's certificate)
+             GET  /ui/api/ops?window_s= flows, per-agency lag, DLQ count, overdue items, health
+    auditor  GET  /ui/ig                the IG view (the auditor's certificate only: the auditor
+                                        app's middleware refuses every other one with 401)
+             POST /ui/ig/api/verify     verify the audit log's files now (``auditlog.verify``)
+
+The IG page otherwise reads the audit API itself (``/v1/audit/checkpoint``, ``/entries``,
+``/subject``). The ops JSON holds ids, agencies, purposes, counts and times only: never a
+name, date of birth, NHS number or address, and never a subject pseudonym.
+
+Where the ops figures come from is behind ``OpsSource``. ``LedgerOpsSource`` is the built-in
+one: ``TappedTransport`` wraps the broker's transport and, after each successful publish,
+records the audit events the broker itself committed (``disclosed``, ``refused``,
+``acknowledged``) in a bounded in-memory ``FlowLedger``. The replay database alone cannot
+serve: its receipts name neither the sender nor the purpose. The ledger starts empty at each
+start of the broker; an ``OpsSource`` over ``broker.metrics`` may replace it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any, Final, Protocol
+from uuid import UUID
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+
+from broker.app import tls_agency
+from broker.auditlog import verify
+from broker.auditor import AUDITOR, Auditor
+from broker.checkpoint import NoteVerifier
+from broker.config import Settings
+from broker.transport import Consumed, Record, Transport, kafka_options
+from keys.registry import AUDITOR_ID, KeyStatus, KeyUse
+from schemas.audit import AuditEvent, AuditEventType
+from schemas.errors import AuthenticationError, CairnError, FieldProblem, SchemaError
+
+__all__ = [
+    "DEFAULT_WINDOW_S",
+    "MAX_WINDOW_S",
+    "FlowLedger",
+    "LedgerOpsSource",
+    "OpsSource",
+    "TappedTransport",
+    "add_ig_routes",
+    "add_ops_routes",
+    "dlq_counter",
+]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_WINDOW_S: Final = 86_400  # seconds: the ops view's window unless the page asks
+MAX_WINDOW_S: Final = 30 * 86_400  # seconds
+MAX_LEDGER_EVENTS: Final = 100_000  # audit facts kept in memory; the oldest go first
+OVERDUE_SHOWN: Final = 200  # overdue items listed, newest first
+
+_STATIC: Final = resources.files("broker") / "static"
+_OPS_FILES: Final = {"ops.js": "text/javascript", "style.css": "text/css"}
+_IG_FILES: Final = {"ig.js": "text/javascript", "style.css": "text/css"}
+# Pages load nothing from anywhere but their own origin, and are never cached or framed.
+_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+Probe = Callable[[], Awaitable[bool]]
+
+
+# --- where the ops figures come from ---------------------------------------------------------
+
+
+class OpsSource(Protocol):
+    """Anything that can summarise the exchange for the ops view."""
+
+    async def snapshot(self, window: timedelta) -> dict[str, Any]:
+        """The ops JSON (see ``LedgerOpsSource.snapshot`` for its shape) over ``window``."""
+
+
+@dataclass(frozen=True)
+class _Fact:
+    """One audit fact the ops view counts: ids, agencies, purpose and times only."""
+
+    type: AuditEventType
+    at: datetime
+    message_id: UUID
+    sender: str | None
+    recipient: str
+    purpose: str | None
+    due_at: datetime | None
+
+
+class FlowLedger:
+    """What the broker committed recently: disclosures, refusals and acknowledgements.
+
+    Bounded (``max_events``, oldest dropped first); kept in memory only.
+    """
+
+    def __init__(self, max_events: int = MAX_LEDGER_EVENTS) -> None:
+        self._facts: deque[_Fact] = deque(maxlen=max_events)
+        self._acked: set[tuple[UUID, str]] = set()
+        self._purposes: dict[UUID, str] = {}
+
+    def observe(self, records: Sequence[Record]) -> None:
+        """Note the audit events among ``records`` (which Kafka has just committed)."""
+        for record in records:
+            if not record.topic.endswith(".audit"):
+                continue
+            try:
+                event = AuditEvent.model_validate_json(record.value)
+            except ValidationError:
+                log.warning("dashboard.unreadable_audit_record", topic=record.topic)
+                continue
+            self._note(event)
+
+    def _note(self, event: AuditEvent) -> None:
+        counted = (AuditEventType.DISCLOSED, AuditEventType.REFUSED, AuditEventType.ACKNOWLEDGED)
+        if event.type not in counted or event.message_id is None or event.recipient is None:
+            return
+        if event.purpose is not None:
+            self._purposes[event.message_id] = event.purpose.value
+        if event.type is AuditEventType.ACKNOWLEDGED:
+            self._acked.add((event.message_id, event.recipient))
+        self._facts.append(
+            _Fact(
+                type=event.type,
+                at=event.at,
+                message_id=event.message_id,
+                sender=event.sender,
+                recipient=event.recipient,
+                purpose=event.purpose.value if event.purpose is not None else None,
+                due_at=event.due_at,
+            )
+        )
+
+    def facts(self) -> tuple[_Fact, ...]:
+        return tuple(self._facts)
+
+    def acknowledged(self, message_id: UUID, recipient: str) -> bool:
+        return (message_id, recipient) in self._acked
+
+
+class TappedTransport:
+    """A transport that tells a ``FlowLedger`` what each successful publish committed."""
+
+    def __init__(self, inner: Transport, ledger: FlowLedger) -> None:
+        self.inner = inner
+        self.ledger = ledger
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
+        await self.inner.publish(records, consumed)
+        # Only after the commit: a failed publish disclosed nothing.
+        self.ledger.observe(records)
+
+    async def ready(self) -> bool:
+        return await self.inner.ready()
+
+
+class LedgerOpsSource:
+    """The ops figures from a ``FlowLedger``, health probes and an optional DLQ counter."""
+
+    def __init__(
+        self,
+        ledger: FlowLedger,
+        *,
+        probes: Mapping[str, Probe] | None = None,
+        dlq_count: Callable[[], Awaitable[int]] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        probe_timeout_s: float = 3.0,  # seconds per probe
+    ) -> None:
+        self.ledger = ledger
+        self.probes = dict(probes or {})
+        self.dlq_count = dlq_count
+        self.clock = clock
+        self.probe_timeout_s = probe_timeout_s
+
+    async def snapshot(self, window: timedelta) -> dict[str, Any]:
+        """Flows, lag per recipient, overdue items, DLQ count and health, as plain JSON.
+
+        ``flows``: one row per (sender, recipient, purpose) with ``disclosed`` and ``refused``
+        counts in the window and ``per_hour`` (disclosed per hour). ``agencies``: per recipient,
+        disclosures not yet acknowledged and the age of the oldest (the lag). ``overdue``:
+        disclosures past their ``due_at`` and still unacknowledged, newest due first.
+        """
+        now = self.clock()
+        since = now - window
+        hours = window.total_seconds() / 3600
+        flows: dict[tuple[str, str, str], dict[str, int]] = {}
+        pending: dict[str, list[datetime]] = {}
+        overdue: list[dict[str, Any]] = []
+        for fact in self.ledger.facts():
+            if fact.type is AuditEventType.ACKNOWLEDGED:
+                continue
+            if fact.at >= since:
+                key = (fact.sender or "?", fact.recipient, fact.purpose or "?")
+                row = flows.setdefault(key, {"disclosed": 0, "refused": 0})
+                row["disclosed" if fact.type is AuditEventType.DISCLOSED else "refused"] += 1
+            if fact.type is not AuditEventType.DISCLOSED:
+                continue
+            if self.ledger.acknowledged(fact.message_id, fact.recipient):
+                continue
+            pending.setdefault(fact.recipient, []).append(fact.at)
+            if fact.due_at is not None and fact.due_at < now:
+                overdue.append(
+                    {
+                        "message_id": str(fact.message_id),
+                        "purpose": fact.purpose,
+                        "sender": fact.sender,
+                        "recipient": fact.recipient,
+                        "due_at": fact.due_at.isoformat(),
+                        "overdue_s": int((now - fact.due_at).total_seconds()),
+                    }
+                )
+        overdue.sort(key=lambda o: (o["due_at"], o["message_id"]), reverse=True)
+        recipients = sorted({k[1] for k in flows} | set(pending))
+        return {
+            "generated_at": now.isoformat(),
+            "window_s": int(window.total_seconds()),
+            "flows": [
+                {
+                    "sender": sender,
+                    "recipient": recipient,
+                    "purpose": purpose,
+                    **counts,
+                    "per_hour": round(counts["disclosed"] / hours, 3) if hours else 0.0,
+                }
+                for (sender, recipient, purpose), counts in sorted(flows.items())
+            ],
+            "agencies": [
+                {
+                    "agency": agency,
+                    "unacknowledged": len(pending.get(agency, [])),
+                    "oldest_unacknowledged_s": (
+                        int((now - min(pending[agency])).total_seconds())
+                        if pending.get(agency)
+                        else None
+                    ),
+                }
+                for agency in recipients
+            ],
+            "overdue": overdue[:OVERDUE_SHOWN],
+            "overdue_total": len(overdue),
+            "dlq": await self._dlq(),
+            "quarantine": None,  # quarantine happens in the recipients' inboxes, not here
+            "health": await self._health(),
+        }
+
+    async def _dlq(self) -> int | None:
+        if self.dlq_count is None:
+            return None
+        try:
+            return await asyncio.wait_for(self.dlq_count(), self.probe_timeout_s)
+        except (CairnError, KafkaError, OSError, TimeoutError):
+            return None
+
+    async def _health(self) -> dict[str, str]:
+        async def one(probe: Probe) -> str:
+            try:
+                return "up" if await asyncio.wait_for(probe(), self.probe_timeout_s) else "down"
+            except (CairnError, KafkaError, OSError, TimeoutError):
+                return "down"
+
+        names = sorted(self.probes)
+        states = await asyncio.gather(*(one(self.probes[n]) for n in names))
+        return dict(zip(names, states, strict=True))
+
+
+# --- HTTP: shared -----------------------------------------------------------------------------
+
+
+def _file(name: str, content_type: str) -> web.Response:
+    body = (_STATIC / name).read_bytes()
+    return web.Response(body=body, content_type=content_type, charset="utf-8", headers=_HEADERS)
+
+
+def _static_route(files: Mapping[str, str]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Serve only the named files: no directory listing, no path from the URL reaches disk."""
+
+    async def handler(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in files:
+            raise web.HTTPNotFound(text=f"no such dashboard file: {name}")
+        return _file(name, files[name])
+
+    return handler
+
+
+def _json(body: Mapping[str, Any]) -> web.Response:
+    return web.json_response(body, headers=_HEADERS)
+
+
+# --- HTTP: the ops view (broker) ------------------------------------------------------------
+
+
+OPS_SOURCE = web.AppKey("ops_source", OpsSource)
+OPS_VIEWERS = web.AppKey("ops_viewers", frozenset)
+
+
+def _viewer(request: web.Request) -> str:
+    """The certificate's member, if it may see the ops view (403-style refusal otherwise)."""
+    member = tls_agency(request)
+    viewers = request.app[OPS_VIEWERS]
+    if viewers and member not in viewers:
+        raise AuthenticationError(f"'{member}' may not see the ops view")
+    return member
+
+
+async def ops_page(request: web.Request) -> web.Response:
+    _viewer(request)
+    return _file("index.html", "text/html")
+
+
+async def ops_data(request: web.Request) -> web.Response:
+    _viewer(request)
+    raw = request.query.get("window_s", str(DEFAULT_WINDOW_S))
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise SchemaError(
+            "'window_s' is not a whole number of seconds",
+            (FieldProblem("window_s", "not an integer"),),
+        ) from None
+    if not 60 <= seconds <= MAX_WINDOW_S:
+        raise SchemaError(
+            f"'window_s' must be between 60 and {MAX_WINDOW_S} seconds",
+            (FieldProblem("window_s", "out of range"),),
+        )
+    return _json(await request.app[OPS_SOURCE].snapshot(timedelta(seconds=seconds)))
+
+
+async def _to_slash(_request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui/")
+
+
+def add_ops_routes(
+    app: web.Application, source: OpsSource, *, viewers: Collection[str] = ()
+) -> None:
+    """Mount the ops view on the broker ``app``; ``viewers`` empty: any member may look."""
+    app[OPS_SOURCE] = source
+    app[OPS_VIEWERS] = frozenset(viewers)
+    app.router.add_get("/ui", _to_slash)
+    app.router.add_get("/ui/", ops_page)
+    app.router.add_get("/ui/api/ops", ops_data)
+    app.router.add_get("/ui/static/{name}", _guarded(_static_route(_OPS_FILES)))
+
+
+def _guarded(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def guarded(request: web.Request) -> web.Response:
+        _viewer(request)
+        return await handler(request)
+
+    return guarded
+
+
+# --- HTTP: the IG view (auditor) --------------------------------------------------------------
+
+
+def _verifiers(auditor: Auditor) -> list[NoteVerifier]:
+    """The auditor's signing keys from the verified registry, retired ones included."""
+    member = auditor.trust.registry().member(AUDITOR_ID)
+    found = []
+    for k in member.keys if member is not None else ():
+        public = k.jwk.public_key()
+        usable = k.use is KeyUse.SIGNING and k.status is not KeyStatus.REVOKED
+        if usable and isinstance(public, Ed25519PublicKey):
+            found.append(NoteVerifier(auditor.origin, public))
+    return found
+
+
+async def ig_page(_request: web.Request) -> web.Response:
+    return _file("ig.html", "text/html")
+
+
+async def ig_verify(request: web.Request) -> web.Response:
+    """Verify the log's files now, on the log's own thread so no append runs meanwhile."""
+    auditor = request.app[AUDITOR]
+    verifiers = _verifiers(auditor)
+    report = await auditor.call(lambda: verify(auditor.directory, verifiers, origin=auditor.origin))
+    return _json(
+        {
+            "ok": report.ok,
+            "entries": report.entries,
+            "checkpoints": report.checkpoints,
+            "verified_size": report.verified_size,
+            "unattested": report.unattested,
+            "root": report.root.hex(),
+            "problems": [str(p) for p in report.problems[:50]],
+            "verifiers": [v.vkey() for v in verifiers],
+        }
+    )
+
+
+def add_ig_routes(app: web.Application, auditor: Auditor) -> None:
+    """Mount the IG view on the auditor's ``app``, behind its auditor-only middleware."""
+    if AUDITOR not in app:
+        app[AUDITOR] = auditor
+    app.router.add_get("/ui/ig", ig_page)
+    app.router.add_post("/ui/ig/api/verify", ig_verify)
+    app.router.add_get("/ui/static/{name}", _static_route(_IG_FILES))
+
+
+# --- DLQ counting over Kafka -----------------------------------------------------------------
+
+
+def dlq_counter(settings: Settings) -> Callable[[], Awaitable[int]]:
+    """Count the records kept on ``<prefix>.dlq``: end minus beginning offsets, all partitions."""
+    topic = f"{settings.topic_prefix}.dlq"
+
+    async def count() -> int:
+        consumer = AIOKafkaConsumer(**kafka_options(settings))
+        await asyncio.wait_for(consumer.start(), settings.kafka_connect_timeout_s)
+        try:
+            await consumer.topics()  # refresh metadata so the topic's partitions are known
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            if not tps:
+                return 0
+            end = await consumer.end_offsets(tps)
+            begin = await consumer.beginning_offsets(tps)
+            return sum(end[tp] - begin[tp] for tp in tps)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), 10)
+
+    return count

@@ -1,0 +1,149 @@
+"""Delivery deadlines: by when each disclosure must be acknowledged, and the overdue sweep.
+
+A disclosure's deadline follows its purpose: Operation Encompass by the start of the next school
+day (the policy engine sets ``Decision.deadline``); MARAC and high-risk IDVA a configurable time
+after acceptance (``deadline_marac_s``, ``deadline_idva_high_s``); other purposes none. The
+pipeline records every committed disclosure with its deadline in the replay store.
+
+``due_overdue`` is the pure core: which deliveries were not acknowledged by their deadline.
+``OverdueSweep`` runs inside ``cairn serve`` beside the receipts loop: every
+``overdue_sweep_every_s`` seconds it publishes one ``overdue`` audit event per (referral,
+recipient) past its deadline, marks the delivery so it is reported once, logs
+``delivery.overdue`` (the line an alerting system matches) and counts it in
+``cairn_overdue_disclosures_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+
+import structlog
+
+from broker.config import Settings
+from broker.metrics import Metrics
+from broker.policy import Decision
+from broker.receipts import audit_record
+from broker.replay import Delivery, ReplayStore
+from broker.transport import Transport
+from schemas.audit import overdue
+from schemas.dash import RiskLevel
+from schemas.encompass import EncompassNotification
+from schemas.errors import CairnError
+from schemas.referral import Purpose, Referral
+
+__all__ = ["NOT_ACKNOWLEDGED", "OverdueSweep", "deadline_for", "due_overdue"]
+
+log = structlog.get_logger(__name__)
+
+NOT_ACKNOWLEDGED = "not-acknowledged"  # the overdue event's reason code
+
+
+def deadline_for(
+    message: Referral | EncompassNotification,
+    decision: Decision,
+    settings: Settings,
+    now: datetime,
+) -> datetime | None:
+    """When ``decision``'s recipient must have acknowledged the disclosure, if ever."""
+    if isinstance(message, EncompassNotification):
+        return decision.deadline  # the start of the next school day, from the policy
+    purpose = message.header.purpose
+    if purpose is Purpose.MARAC:
+        return now + timedelta(seconds=settings.deadline_marac_s)
+    if purpose is Purpose.IDVA and message.risk.level is RiskLevel.HIGH:
+        return now + timedelta(seconds=settings.deadline_idva_high_s)
+    return None
+
+
+def due_overdue(
+    deliveries: Iterable[Delivery],
+    acks: Mapping[tuple[str, str], datetime],
+    now: datetime,
+) -> list[Delivery]:
+    """Deliveries past their deadline at ``now`` and not acknowledged by it, not yet reported.
+
+    A delivery is overdue from the instant of its deadline. One acknowledged at or before its
+    deadline never is; one acknowledged late still is (it was not acknowledged by its deadline).
+    """
+    out = []
+    for d in deliveries:
+        if d.due_at is None or d.overdue_at is not None or now < d.due_at:
+            continue
+        acked = acks.get((d.referral_id, d.agency))
+        if acked is not None and acked <= d.due_at:
+            continue
+        out.append(d)
+    return out
+
+
+class OverdueSweep:
+    """Finds overdue deliveries and reports each once; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        replay: ReplayStore,
+        transport: Transport,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._settings = settings
+        self._replay = replay
+        self._transport = transport
+        self._metrics = metrics
+        self._clock = clock
+
+    async def sweep(self) -> list[Delivery]:
+        """Report every delivery overdue now; return them (empty if none or Kafka failed)."""
+        now = self._clock()
+        candidates = self._replay.open_deliveries()
+        acks = self._replay.acks([d.referral_id for d in candidates])
+        found = due_overdue(candidates, acks, now)
+        if not found:
+            return []
+        records = [
+            audit_record(
+                self._settings.topic_prefix,
+                overdue(
+                    uuid.UUID(d.referral_id),
+                    recipient=d.agency,
+                    due_at=d.due_at or now,
+                    at=now,
+                    sender=d.sender,
+                    purpose=Purpose(d.purpose),
+                    reasons=(NOT_ACKNOWLEDGED,),
+                ),
+            )
+            for d in found
+        ]
+        # The events are durable before the deliveries are marked: a crash in between reports
+        # them again on restart rather than never.
+        await self._transport.publish(records)
+        reported = []
+        for d in found:
+            if not self._replay.mark_overdue(d.referral_id, d.agency, now):
+                continue
+            reported.append(d)
+            self._metrics.overdue.labels(purpose=d.purpose, recipient=d.agency).inc()
+            log.warning(
+                "delivery.overdue",
+                referral_id=d.referral_id,
+                recipient=d.agency,
+                purpose=d.purpose,
+                due_at=d.due_at.isoformat() if d.due_at else None,
+            )
+        return reported
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sweep every ``overdue_sweep_every_s`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except CairnError as exc:  # TransportError: Kafka is down; try again next time
+                log.warning("overdue.sweep_failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.overdue_sweep_every_s)

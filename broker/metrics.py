@@ -1,0 +1,456 @@
+"""The broker's operational metrics: one Prometheus registry per app, codes in every label.
+
+``Metrics`` holds a ``CollectorRegistry`` of its own (never the global one, so tests can run
+several apps in one process) and the counters, histograms and gauges ``GET /metrics`` serves.
+Label values are agency ids, purpose codes, reason codes, stage names and exception class
+names only; ``code`` turns anything else into ``"other"``, so a value that is not a code can
+never reach the exposition, whatever a call site passes.
+
+Kafka figures (consumer lag per delivery topic, the auditor's lag, dead letters) come from
+``KafkaProbe``: refreshed in the background at most every ``ops_refresh_s`` seconds and within a
+bounded time, so ``/metrics`` answers from the cache and never waits on Kafka. The age of the
+auditor's latest checkpoint is read from its file's modification time when scraped.
+
+``CountingTransport`` wraps any transport to count produce errors and retries.
+``ops_snapshot`` gives the same picture as a JSON-ready dict for the dashboard and
+``cairn status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker.config import Settings
+from broker.replay import ReplayStore
+from broker.topics import delivery_topic
+from broker.transport import Consumed, Record, Transport, kafka_options
+from schemas.errors import TransportError
+
+__all__ = [
+    "CONTENT_TYPE",
+    "STAGES",
+    "CountingTransport",
+    "KafkaFigures",
+    "KafkaProbe",
+    "Metrics",
+    "code",
+    "ops_snapshot",
+]
+
+log = structlog.get_logger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STAGES = ("verify", "validate", "decide", "seal", "publish")
+# Seconds: a submission is tens of milliseconds when healthy, up to publish_timeout_s when not.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+def code(value: object) -> str:
+    """``value`` as a label value if it looks like a code (id, purpose, reason), else "other"."""
+    text = str(value)
+    return text if _CODE.fullmatch(text) else "other"
+
+
+class Metrics:
+    """The registry and its collectors; attributes are the instruments the broker updates."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.received = Counter(
+            "cairn_referrals_received", "Submissions that reached POST /v1/referrals", registry=r
+        )
+        self.accepted = Counter(
+            "cairn_referrals_accepted",
+            "Submissions accepted (committed to Kafka), by sender agency and purpose",
+            ["sender", "purpose"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            "cairn_referrals_replayed",
+            "Identical resubmissions answered with their original receipt",
+            registry=r,
+        )
+        self.refused = Counter(
+            "cairn_referrals_refused",
+            "Submissions refused as a whole, by problem type (reason code)",
+            ["reason"],
+            registry=r,
+        )
+        self.disclosures = Counter(
+            "cairn_disclosures",
+            "Disclosures committed, by sender agency, recipient agency and purpose",
+            ["sender", "recipient", "purpose"],
+            registry=r,
+        )
+        self.withheld = Counter(
+            "cairn_disclosures_refused",
+            "Recipients refused by the sharing policy, by reason code",
+            ["sender", "recipient", "purpose", "reason"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "cairn_stage_seconds",
+            "Time in each pipeline stage",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.submission_seconds = Histogram(
+            "cairn_submission_seconds",
+            "Time from receiving a submission's body to answering it, by outcome",
+            ["outcome"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.produce_errors = Counter(
+            "cairn_kafka_produce_errors",
+            "Kafka publishes that failed, by cause (exception class)",
+            ["error"],
+            registry=r,
+        )
+        self.produce_retries = Counter(
+            "cairn_kafka_produce_retries",
+            "Kafka publishes attempted again after a failed one",
+            registry=r,
+        )
+        self.acknowledged = Counter(
+            "cairn_acknowledgements",
+            "Recipients' acknowledgements audited, by recipient agency",
+            ["recipient"],
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "cairn_acknowledgements_quarantined",
+            "Acknowledgements sent to the dead-letter topic, by reason code",
+            ["reason"],
+            registry=r,
+        )
+        self.overdue = Counter(
+            "cairn_overdue_disclosures",
+            "Disclosures not acknowledged by their deadline, by purpose and recipient agency",
+            ["purpose", "recipient"],
+            registry=r,
+        )
+        self.probe: KafkaProbe | None = None
+        self.checkpoint_file: Path | None = None
+        r.register(_OpsCollector(self))
+        for stage in STAGES:  # every stage is exposed from the start, at zero
+            self.stage_seconds.labels(stage=stage)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block into ``cairn_stage_seconds{stage=name}``, even when it raises."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.labels(stage=code(name)).observe(time.perf_counter() - start)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
+
+    def checkpoint_age_s(self, now: float | None = None) -> float | None:
+        """Seconds since the auditor last wrote a checkpoint, or None if it never has."""
+        if self.checkpoint_file is None:
+            return None
+        try:
+            mtime = self.checkpoint_file.stat().st_mtime
+        except OSError:
+            return None
+        return max(0.0, (time.time() if now is None else now) - mtime)
+
+
+class _OpsCollector(Collector):
+    """Gauges read when scraped: cached Kafka figures and the checkpoint file's age."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # computed on collect; nothing to register up front
+
+    def collect(self) -> Iterable[Metric]:
+        age = self._metrics.checkpoint_age_s()
+        if age is not None:
+            g = GaugeMetricFamily(
+                "cairn_auditor_checkpoint_age_seconds",
+                "Seconds since the auditor's latest checkpoint was written",
+            )
+            g.add_metric([], age)
+            yield g
+        probe = self._metrics.probe
+        if probe is None:
+            return
+        probe.refresh_soon()
+        figures = probe.figures
+        up = GaugeMetricFamily(
+            "cairn_kafka_probe_up", "1 if the last Kafka lag probe answered in time"
+        )
+        up.add_metric([], 1.0 if figures.ok else 0.0)
+        yield up
+        if not figures.ok:
+            return
+        lag = GaugeMetricFamily(
+            "cairn_consumer_lag",
+            "Offsets on an agency's delivery topic its inbox group has not committed yet",
+            labels=["agency"],
+        )
+        for agency, value in sorted(figures.consumer_lag.items()):
+            lag.add_metric([code(agency)], value)
+        yield lag
+        if figures.auditor_lag is not None:
+            a = GaugeMetricFamily(
+                "cairn_auditor_lag", "Offsets on the audit topic the auditor has not stored yet"
+            )
+            a.add_metric([], figures.auditor_lag)
+            yield a
+        if figures.dlq_offsets is not None:
+            d = GaugeMetricFamily(
+                "cairn_dlq_offsets", "Offsets on the dead-letter topic (commit markers included)"
+            )
+            d.add_metric([], figures.dlq_offsets)
+            yield d
+
+
+@dataclass(frozen=True)
+class KafkaFigures:
+    """One probe's answer; ``ok`` False until Kafka has answered once."""
+
+    ok: bool = False
+    consumer_lag: dict[str, int] = field(default_factory=dict)  # agency -> offsets behind
+    auditor_lag: int | None = None
+    dlq_offsets: int | None = None
+    at: float = 0.0  # time.monotonic() of the answer
+
+
+class KafkaProbe:
+    """Asks Kafka for end offsets and the inbox groups' commits; cached, bounded, background."""
+
+    def __init__(
+        self, settings: Settings, agencies: Sequence[str], *, audit_dir: Path | None = None
+    ) -> None:
+        self._settings = settings
+        self._agencies = tuple(agencies)
+        self._audit_dir = audit_dir or settings.state_dir / "audit"
+        self.figures = KafkaFigures()
+        self._task: asyncio.Task[KafkaFigures] | None = None
+        self._tried = float("-inf")
+
+    def refresh_soon(self) -> None:
+        """Start a background refresh if the figures are stale and none is running."""
+        if self._task is not None and not self._task.done():
+            return
+        if time.monotonic() - self._tried < self._settings.ops_refresh_s:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # scraped outside the event loop (a test): keep the cache
+        self._tried = time.monotonic()
+        self._task = loop.create_task(self.refresh())
+
+    async def refresh(self) -> KafkaFigures:
+        """Probe Kafka now, within ``readiness_timeout_s`` x 2; keep the old figures on failure."""
+        try:
+            async with asyncio.timeout(self._settings.readiness_timeout_s * 2):
+                figures = await self._probe()
+        except Exception as exc:  # any failure only means "no fresh figures"
+            log.warning("ops.kafka_probe_failed", error=type(exc).__name__)
+            self.figures = KafkaFigures(ok=False, at=time.monotonic())
+            return self.figures
+        self.figures = figures
+        return figures
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _probe(self) -> KafkaFigures:
+        prefix = self._settings.topic_prefix
+        options = kafka_options(self._settings)
+        consumer = AIOKafkaConsumer(
+            **options, enable_auto_commit=False, isolation_level="read_committed"
+        )
+        admin = AIOKafkaAdminClient(**options)
+        try:
+            await consumer.start()
+            await admin.start()
+            deliver = {a: delivery_topic(prefix, a) for a in self._agencies}
+            topics = [*deliver.values(), f"{prefix}.audit", f"{prefix}.dlq"]
+            described = await admin.describe_topics(topics)
+            parts: dict[str, list[TopicPartition]] = {t: [] for t in topics}
+            for d in described:
+                if d["error_code"] == 0 and d["topic"] in parts:
+                    parts[d["topic"]] = sorted(
+                        TopicPartition(d["topic"], p["partition"]) for p in d["partitions"]
+                    )
+            every = [tp for tps in parts.values() for tp in tps]
+            end = await consumer.end_offsets(every)
+            begin = await consumer.beginning_offsets(every)
+            lag: dict[str, int] = {}
+            for agency, topic in deliver.items():
+                if not parts[topic]:
+                    continue
+                committed = await admin.list_consumer_group_offsets(f"cairn-inbox-{agency}")
+                behind = 0
+                for tp in parts[topic]:
+                    meta = committed.get(tp)
+                    done = meta.offset if meta is not None and meta.offset >= 0 else begin[tp]
+                    behind += max(0, end[tp] - done)
+                lag[agency] = behind
+            audit = parts[f"{prefix}.audit"]
+            auditor_lag = None
+            if audit:
+                stored = await asyncio.to_thread(_auditor_next_offset, self._audit_dir)
+                # A caught-up auditor sits just before the last transaction's commit marker.
+                auditor_lag = max(0, sum(end[tp] for tp in audit) - stored - 1)
+            dlq = parts[f"{prefix}.dlq"]
+            dlq_offsets = sum(end[tp] - begin[tp] for tp in dlq) if dlq else None
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            with contextlib.suppress(Exception):
+                await admin.close()
+        return KafkaFigures(True, lag, auditor_lag, dlq_offsets, time.monotonic())
+
+
+def _auditor_next_offset(audit_dir: Path) -> int:
+    """The next audit-topic offset the auditor will store, read from its index (0 if none)."""
+    path = audit_dir / "index.sqlite"
+    if not path.is_file():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    try:
+        row = db.execute("SELECT MAX(kafka_offset) FROM entry").fetchone()
+    except sqlite3.Error:
+        return 0
+    finally:
+        db.close()
+    return 0 if row is None or row[0] is None else int(row[0]) + 1
+
+
+class CountingTransport:
+    """A transport that counts produce errors (by cause) and retries into ``metrics``."""
+
+    def __init__(self, inner: Transport, metrics: Metrics) -> None:
+        self.inner = inner
+        self._metrics = metrics
+        self._failed = False  # the previous publish failed: the next one is a retry
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def ready(self) -> bool:
+        return await self.inner.ready()
+
+    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
+        if self._failed:
+            self._metrics.produce_retries.inc()
+        try:
+            if consumed is None:  # the plain call: some test doubles take records only
+                await self.inner.publish(records)
+            else:
+                await self.inner.publish(records, consumed)
+        except TransportError as exc:
+            self._failed = True
+            cause = exc.__cause__
+            self._metrics.produce_errors.labels(
+                error=code(type(cause if cause is not None else exc).__name__)
+            ).inc()
+            raise
+        self._failed = False
+
+
+def ops_snapshot(
+    metrics: Metrics,
+    replay: ReplayStore | None = None,
+    *,
+    kafka_ready: bool | None = None,
+    overdue_limit: int = 50,
+    clock: Callable[[], datetime] | None = None,
+) -> dict[str, Any]:
+    """The ops picture as JSON-ready codes, ids and numbers (no personal data).
+
+    ``flows``: sender → recipient per purpose with disclosure counts; ``refused``: per reason;
+    ``overdue``: newest first (from the replay store, if given); ``health``: Kafka, the lag
+    probe, the auditor.
+    """
+    flows = [
+        {"sender": s, "recipient": r, "purpose": p, "count": int(v)}
+        for (s, r, p), v in _samples(metrics, "cairn_disclosures_total", 3)
+    ]
+    refused = {
+        labels[0]: int(v) for labels, v in _samples(metrics, "cairn_referrals_refused_total", 1)
+    }
+    accepted = sum(v for _l, v in _samples(metrics, "cairn_referrals_accepted_total", 2))
+    overdue: list[dict[str, Any]] = []
+    if replay is not None:
+        overdue = [
+            {
+                "referral_id": d.referral_id,
+                "recipient": d.agency,
+                "purpose": d.purpose,
+                "sender": d.sender,
+                "due_at": d.due_at.isoformat() if d.due_at else None,
+                "overdue_at": d.overdue_at.isoformat() if d.overdue_at else None,
+            }
+            for d in replay.overdue(overdue_limit)
+        ]
+    figures = metrics.probe.figures if metrics.probe is not None else None
+    return {
+        "received": int(_value(metrics, "cairn_referrals_received_total")),
+        "accepted": int(accepted),
+        "refused": refused,
+        "flows": flows,
+        "overdue": overdue,
+        "dlq": figures.dlq_offsets if figures is not None and figures.ok else None,
+        "health": {
+            "kafka": None
+            if kafka_ready is None
+            else ("reachable" if kafka_ready else "unreachable"),
+            "kafka_probe": None if figures is None else figures.ok,
+            "consumer_lag": dict(figures.consumer_lag) if figures and figures.ok else {},
+            "auditor_lag": figures.auditor_lag if figures and figures.ok else None,
+            "auditor_checkpoint_age_s": metrics.checkpoint_age_s(),
+        },
+        "at": (clock() if clock is not None else datetime.now().astimezone()).isoformat(),
+    }
+
+
+def _samples(metrics: Metrics, name: str, arity: int) -> list[tuple[tuple[str, ...], float]]:
+    out = []
+    for family in metrics.registry.collect():
+        for s in family.samples:
+            if s.name == name:
+                labels = tuple(s.labels.values())
+                if len(labels) == arity:
+                    out.append((labels, s.value))
+    return sorted(out)
+
+
+def _value(metrics: Metrics, name: str) -> float:
+    return metrics.registry.get_sample_value(name) or 0.0

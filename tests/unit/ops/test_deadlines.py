@@ -1,0 +1,154 @@
+"""Delivery deadlines and the overdue sweep, on fixed clocks and the in-memory transport."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from structlog.testing import capture_logs
+
+from broker.config import Settings
+from broker.deadlines import NOT_ACKNOWLEDGED, OverdueSweep, deadline_for, due_overdue
+from broker.metrics import Metrics
+from broker.replay import Delivery, ReplayStore
+from broker.transport import MemoryTransport
+from schemas.errors import TransportError
+from tests.unit.conftest import Clock
+from tests.unit.policy.cases import notification, one, referral
+
+ACCEPTED = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)  # Thursday, a school day
+SCHOOL_START = datetime(2026, 11, 26, 8, 30, tzinfo=UTC)  # that day's start of school
+SCHOOL = "kelder-brook-primary"
+
+
+def encompass_delivery(settings: Settings) -> Delivery:
+    """The sample Encompass notice, decided and recorded as the pipeline does at ACCEPTED."""
+    note = notification()
+    decision = one(note, now=ACCEPTED)
+    return Delivery(
+        referral_id=str(note.header.notification_id),
+        agency=decision.recipient,
+        purpose="ENCOMPASS",
+        sender="kelder-police",
+        delivered_at=ACCEPTED,
+        due_at=deadline_for(note, decision, settings, ACCEPTED),
+    )
+
+
+def sweep_for(settings: Settings, clock: Clock) -> tuple[OverdueSweep, ReplayStore, Metrics]:
+    replay = ReplayStore(None)
+    metrics = Metrics()
+    replay.record_delivery(encompass_delivery(settings))
+    transport = MemoryTransport()
+    return OverdueSweep(settings, replay, transport, metrics, clock), replay, metrics
+
+
+def test_encompass_deadline_is_the_start_of_the_next_school_day(settings: Settings) -> None:
+    """An Encompass notice accepted before school is due at that morning's start of school."""
+    assert encompass_delivery(settings).due_at == SCHOOL_START
+
+
+def test_marac_and_high_risk_idva_deadlines_are_configurable(settings: Settings) -> None:
+    """MARAC and high-risk IDVA disclosures are due the configured seconds after acceptance;
+    a medium-risk IDVA referral has no deadline."""
+    custom = settings.model_copy(update={"deadline_marac_s": 3600, "deadline_idva_high_s": 7200})
+    marac = referral("MARAC", ("kelder-marac",))
+    assert deadline_for(marac, one(marac, now=ACCEPTED), custom, ACCEPTED) == ACCEPTED + timedelta(
+        hours=1
+    )
+    idva = referral("IDVA", ("kelder-idva",))
+    assert idva.risk.level.value == "high"
+    assert deadline_for(idva, one(idva, now=ACCEPTED), custom, ACCEPTED) == ACCEPTED + timedelta(
+        hours=2
+    )
+    medium = idva.model_copy(update={"risk": idva.risk.model_copy(update={"level": "medium"})})
+    assert deadline_for(medium, one(idva, now=ACCEPTED), custom, ACCEPTED) is None
+
+
+def test_due_overdue_is_pure_and_exact_at_the_deadline(settings: Settings) -> None:
+    """Not overdue a microsecond before the deadline; overdue from the deadline itself."""
+    d = encompass_delivery(settings)
+    assert due_overdue([d], {}, SCHOOL_START - timedelta(microseconds=1)) == []
+    assert due_overdue([d], {}, SCHOOL_START) == [d]
+
+
+def test_acknowledged_by_the_deadline_is_never_overdue(settings: Settings) -> None:
+    """An acknowledgement at or before the deadline keeps the delivery off the list for good."""
+    d = encompass_delivery(settings)
+    acks = {(d.referral_id, d.agency): SCHOOL_START}
+    assert due_overdue([d], acks, SCHOOL_START + timedelta(days=30)) == []
+
+
+def test_acknowledged_after_the_deadline_is_still_overdue(settings: Settings) -> None:
+    """A late acknowledgement does not undo the lateness: it was not acknowledged in time."""
+    d = encompass_delivery(settings)
+    acks = {(d.referral_id, d.agency): SCHOOL_START + timedelta(minutes=1)}
+    assert due_overdue([d], acks, SCHOOL_START + timedelta(minutes=5)) == [d]
+
+
+async def test_unacknowledged_encompass_becomes_overdue_at_school_start_once(
+    settings: Settings,
+) -> None:
+    """At the start of the next school day one overdue event, one metric and one log line;
+    later sweeps report nothing more."""
+    clock = Clock(SCHOOL_START - timedelta(seconds=1))
+    sweep, replay, metrics = sweep_for(settings, clock)
+    transport = sweep._transport
+    assert isinstance(transport, MemoryTransport)
+    assert await sweep.sweep() == []
+    clock.now = SCHOOL_START
+    with capture_logs() as logs:
+        reported = await sweep.sweep()
+    assert [(d.agency, d.purpose) for d in reported] == [(SCHOOL, "ENCOMPASS")]
+    clock.advance(timedelta(hours=3))
+    assert await sweep.sweep() == []
+    events = [json.loads(r.value) for r in transport.read_committed("unit.audit")]
+    assert [(e["type"], e["recipient"], e["due_at"]) for e in events] == [
+        ("overdue", SCHOOL, "2026-11-26T08:30:00Z")
+    ]
+    assert events[0]["reasons"] == [NOT_ACKNOWLEDGED]
+    (record,) = transport.read_committed("unit.audit")
+    assert record.headers[0] == ("cairn-event-type", b"overdue")
+    overdue_logs = [entry for entry in logs if entry["event"] == "delivery.overdue"]
+    assert overdue_logs == [
+        {
+            "event": "delivery.overdue",
+            "log_level": "warning",
+            "referral_id": reported[0].referral_id,
+            "recipient": SCHOOL,
+            "purpose": "ENCOMPASS",
+            "due_at": "2026-11-26T08:30:00+00:00",
+        }
+    ]
+    labels = {"purpose": "ENCOMPASS", "recipient": SCHOOL}
+    assert metrics.registry.get_sample_value("cairn_overdue_disclosures_total", labels) == 1.0
+    assert [d.referral_id for d in replay.overdue()] == [reported[0].referral_id]
+
+
+async def test_acknowledged_before_school_start_is_never_reported(settings: Settings) -> None:
+    """A notice acknowledged before the deadline raises no event, metric or overdue entry."""
+    clock = Clock(SCHOOL_START)
+    sweep, replay, metrics = sweep_for(settings, clock)
+    d = replay.open_deliveries()[0]
+    replay.remember_ack(d.referral_id, d.agency, SCHOOL_START - timedelta(minutes=10))
+    clock.advance(timedelta(days=2))
+    assert await sweep.sweep() == []
+    assert sweep._transport.published == 0  # type: ignore[attr-defined]
+    assert replay.overdue() == []
+    assert metrics.registry.get_sample_value("cairn_overdue_disclosures_total") is None
+
+
+async def test_kafka_down_defers_the_report_without_losing_it(settings: Settings) -> None:
+    """With Kafka unavailable the sweep fails and the delivery stays open for the next one."""
+    clock = Clock(SCHOOL_START + timedelta(minutes=1))
+    sweep, replay, _metrics = sweep_for(settings, clock)
+    transport = sweep._transport
+    assert isinstance(transport, MemoryTransport)
+    transport.available = False
+    with pytest.raises(TransportError):
+        await sweep.sweep()
+    assert len(replay.open_deliveries()) == 1
+    transport.available = True
+    assert len(await sweep.sweep()) == 1
+    assert replay.open_deliveries() == []

@@ -1,0 +1,39 @@
+"""``cairn status``: the ops picture parsed from /metrics and the replay store, as tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from rich.console import Console
+
+from broker.metrics import Metrics
+from broker.replay import Delivery, ReplayStore
+from broker.status import Status, parse_metrics, read_store, render
+
+AT = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
+
+
+def test_status_shows_flows_overdue_newest_first_and_health(tmp_path: Path) -> None:
+    """Flows come from the metrics, overdue items from the store newest first, in one render."""
+    metrics = Metrics()
+    metrics.disclosures.labels(sender="kelder-police", recipient="kelder-idva", purpose="IDVA").inc(
+        3
+    )
+    path = tmp_path / "replay.sqlite"
+    store = ReplayStore(path)
+    for n, agency in enumerate(("kelder-marac", "kelder-idva")):
+        rid = f"00000000-0000-0000-0000-00000000000{n}"
+        store.record_delivery(
+            Delivery(rid, agency, "MARAC", "kelder-police", AT, AT + timedelta(hours=1))
+        )
+        store.mark_overdue(rid, agency, AT + timedelta(hours=2 + n))
+    store.close()
+    view = read_store(path, parse_metrics(metrics.render().decode(), Status()))
+    assert view.flows == {("kelder-police", "kelder-idva", "IDVA"): 3}
+    assert [row[3] for row in view.overdue] == ["kelder-idva", "kelder-marac"]
+    console = Console(record=True, width=160)
+    render(view, console)
+    text = console.export_text()
+    assert "kelder-idva" in text
+    assert "Overdue disclosures" in text
