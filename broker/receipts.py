@@ -49,12 +49,10 @@ GROUP_ID = "cairn-broker-receipts"
 def audit_record(prefix: str, event: AuditEvent) -> Record:
     """The Kafka record of one audit event: canonical JSON, ids and codes in the headers."""
     key = str(event.message_id or event.event_id).encode()
-    return Record(
-        topic=f"{prefix}.audit",
-        key=key,
-        value=event.canonical(),
-        headers=(("cairn-event-type", event.type.value.encode()), ("cairn-referral-id", key)),
-    )
+    headers = [("cairn-event-type", event.type.value.encode()), ("cairn-referral-id", key)]
+    if event.request_id:
+        headers.append(("cairn-request-id", event.request_id.encode()))
+    return Record(topic=f"{prefix}.audit", key=key, value=event.canonical(), headers=tuple(headers))
 
 
 class ReceiptsLoop:

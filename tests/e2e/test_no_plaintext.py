@@ -139,3 +139,37 @@ def test_demo_audit_log_is_pseudonymous_and_searchable(
     assert sorted(e["recipient"] for e in by_nhs) == ["kelder-idva", "kelder-marac"]
     by_name = query("--given-name", "testina", "--family-name", "FICTITIA", "--dob", "1991-04-17")
     assert sorted(e["message_id"] for e in by_name) == sorted(e["message_id"] for e in by_nhs)
+
+
+def test_cairn_status_after_a_demo_run_shows_flows_and_no_personal_data(
+    kafka: LocalKafka, federation_keys: FederationKeys, tmp_path: Path
+) -> None:
+    """'cairn status' on a demo run's broker state shows the police force's flows to each
+    recipient and prints none of the samples' personal data."""
+    env = demo_env(kafka, federation_keys, tmp_path, f"status{uuid.uuid4().hex[:8]}")
+    demo = subprocess.run(
+        [sys.executable, "-m", "broker", "demo", "--timeout", "60"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    (run_state,) = tmp_path.glob("demo-*")  # the demo broker's own state folder
+    status = subprocess.run(
+        [sys.executable, "-m", "broker", "status", "--offline"],
+        env={**env, "CAIRN_STATE_DIR": str(run_state), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    for recipient in ("kelder-marac", "kelder-idva", "kelder-brook-primary", "kelder-csc"):
+        assert recipient in status.stdout
+    assert "kelder-police" in status.stdout
+    leaks = sorted({p.decode() for p in needles() if p in status.stdout.encode()})
+    assert leaks == [], f"personal data in cairn status: {leaks}"
