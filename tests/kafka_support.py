@@ -61,6 +61,7 @@ async def read_committed(
     *,
     timeout_s: float = 20.0,
     isolation_level: str = "read_committed",
+    settle_s: float = 0.3,
 ) -> list[Record]:
     """Everything a consumer sees on ``topic``, from the beginning to the end (read_committed
     unless told otherwise; read_uncommitted also returns records of aborted transactions)."""
@@ -76,9 +77,14 @@ async def read_committed(
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        # Kafka answers a commit before it has written the commit markers, so the last
+        # stable offset (what read_committed can reach) may lag a just-committed transaction
+        # by a moment: read to the end, then look once more after a short pause.
         end = await consumer.end_offsets(tps)
         records: list[Record] = []
         deadline = time.monotonic() + timeout_s
+        await asyncio.sleep(settle_s)
+        end = await consumer.end_offsets(tps)
         while any([await consumer.position(tp) < end[tp] for tp in tps]):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end in {timeout_s}s")

@@ -1,12 +1,14 @@
 """No 202 without Kafka's acknowledgement: stop Kafka, submit, restart, submit again.
 
-This test runs its own Kafka broker on another port with its own state folder, so stopping it
-does not disturb the other tests.
+This test runs its own Kafka broker on a free port with its own state folder, so stopping it
+disturbs neither the other tests nor another test run on the same machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -24,9 +26,25 @@ from tests.samples import sample
 JOSE = {"Content-Type": "application/jose"}
 
 
+def free_port_pair() -> int:
+    """A loopback port whose successor is free too (client and controller listeners)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < 65535:
+            with socket.socket() as s2:
+                try:
+                    s2.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free pair of loopback ports")
+
+
 @pytest.fixture(scope="module")
 def own_kafka(tmp_path_factory: pytest.TempPathFactory, kafka: LocalKafka) -> Iterator[LocalKafka]:
-    local = LocalKafka(kafka.port + 10_000, tmp_path_factory.mktemp("outage-kafka"))
+    local = LocalKafka(free_port_pair(), tmp_path_factory.mktemp("outage-kafka"))
     local.start()
     yield local
     local.stop()
@@ -86,5 +104,10 @@ async def test_stopped_kafka_means_503_and_nothing_half_sent(
 
     for agency in data["header"]["recipients"]:
         topic = delivery_topic(settings.topic_prefix, agency)
-        keys = [r.key for r in await read_committed(own_kafka.bootstrap, topic)]
+        keys: list[bytes] = []
+        for _ in range(20):  # bounded: the restarted broker may take a moment to mark commits
+            keys = [r.key for r in await read_committed(own_kafka.bootstrap, topic)]
+            if rid in keys:
+                break
+            await asyncio.sleep(0.5)
         assert keys.count(rid) == 1, f"{agency} has the referral {keys.count(rid)} times"
