@@ -124,6 +124,11 @@ class KafkaTransport:
                 )
             except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning("kafka.publish_failed", error=type(exc).__name__, records=len(records))
+                # Abort while Kafka still answers, so that read_committed consumers are not held
+                # at this open transaction until a new producer fences it (bounded: with Kafka
+                # gone the abort cannot complete, and the producer is killed below anyway).
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.abort_transaction(), 5)
                 # A producer that failed mid-transaction cannot be trusted to be in a known
                 # state, and left alone it would retry its commit once Kafka is back, making
                 # a submission we answered 503 visible. Kill it without flushing; the next
@@ -178,12 +183,22 @@ class KafkaTransport:
     async def _transaction(
         producer: AIOKafkaProducer, records: Sequence[Record], consumed: Consumed | None
     ) -> None:
-        async with producer.transaction():
-            for r in records:
-                await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
-            if consumed is not None:
-                await producer.send_offsets_to_transaction(consumed.offsets, consumed.group_id)
-        # Leaving the block committed the transaction, which first waited for every ack.
+        # Not ``async with producer.transaction()``: aiokafka commits even when one record of
+        # the transaction was refused (e.g. too large for its topic), because a refused record
+        # only fails its own future. Every future is awaited here, and any failure raises
+        # before the commit, so the transaction is never committed with a record missing.
+        await producer.begin_transaction()
+        futures = [
+            await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+            for r in records
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            raise failure
+        if consumed is not None:
+            await producer.send_offsets_to_transaction(consumed.offsets, consumed.group_id)
+        await producer.commit_transaction()
 
     async def _connect(self) -> AIOKafkaProducer:
         if self._producer is not None:
