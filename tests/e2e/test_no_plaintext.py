@@ -9,7 +9,10 @@ import os
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import FederationKeys
 from tests.kafka_support import LocalKafka, read_committed, topics_with_prefix
@@ -56,13 +59,24 @@ def demo_env(kafka: LocalKafka, keys: FederationKeys, state: Path, prefix: str) 
     }
 
 
-def test_demo_run_leaves_no_personal_data_in_kafka(
-    kafka: LocalKafka, federation_keys: FederationKeys, tmp_path: Path
-) -> None:
-    """After 'cairn demo', no record on any Cairn topic holds a sample name, date of birth,
-    NHS number, phone number or address, in its value, key or headers."""
+@dataclass(frozen=True)
+class DemoRun:
+    """One 'cairn demo' run of this module's own: its environment, state folder and output."""
+
+    env: dict[str, str]
+    state: Path
+    prefix: str
+    stdout: str
+
+
+@pytest.fixture(scope="module")
+def demo_run(
+    kafka: LocalKafka, federation_keys: FederationKeys, tmp_path_factory: pytest.TempPathFactory
+) -> DemoRun:
+    """'cairn demo' run once for every test of this module (it takes a while)."""
+    state = tmp_path_factory.mktemp("demo-state")
     prefix = f"scan{uuid.uuid4().hex[:8]}"
-    env = demo_env(kafka, federation_keys, tmp_path, prefix)
+    env = demo_env(kafka, federation_keys, state, prefix)
     demo = subprocess.run(
         [sys.executable, "-m", "broker", "demo", "--timeout", "60"],
         env=env,
@@ -74,8 +88,13 @@ def test_demo_run_leaves_no_personal_data_in_kafka(
     )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "demo: OK" in demo.stdout
+    return DemoRun(env, state, prefix, demo.stdout)
 
-    blobs = asyncio.run(every_record(kafka.bootstrap, prefix))
+
+def test_demo_run_leaves_no_personal_data_in_kafka(kafka: LocalKafka, demo_run: DemoRun) -> None:
+    """After 'cairn demo', no record on any Cairn topic holds a sample name, date of birth,
+    NHS number, phone number or address, in its value, key or headers."""
+    blobs = asyncio.run(every_record(kafka.bootstrap, demo_run.prefix))
     assert len(blobs) >= 10  # the demo's deliveries are there to be scanned
     patterns = needles()
     assert len(patterns) > 40
@@ -83,54 +102,22 @@ def test_demo_run_leaves_no_personal_data_in_kafka(
     assert leaks == [], f"personal data found in Kafka records: {leaks}"
 
 
-def test_demo_audit_log_is_pseudonymous_and_searchable(
-    kafka: LocalKafka, federation_keys: FederationKeys, tmp_path: Path
-) -> None:
+def test_demo_audit_log_is_pseudonymous_and_searchable(demo_run: DemoRun) -> None:
     """After 'cairn demo', the audit log verifies, none of its entries holds sample personal
     data, and a query by a sample victim's NHS number (or name and date of birth) finds
     exactly the disclosures made about her."""
-    prefix = f"audit{uuid.uuid4().hex[:8]}"
-    env = demo_env(kafka, federation_keys, tmp_path, prefix)
-    demo = subprocess.run(
-        [sys.executable, "-m", "broker", "demo", "--timeout", "60"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=REPO,
-        check=False,
-    )
-    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    assert "audit verify: OK" in demo.stdout
-
-    entries = (tmp_path / "audit" / "entries.log").read_bytes()
-    patterns = needles()
-    leaks = sorted({p.decode() for p in patterns if p in entries})
+    assert "audit verify: OK" in demo_run.stdout
+    audit_dir = demo_run.state / "audit"
+    entries = (audit_dir / "entries.log").read_bytes()
+    leaks = sorted({p.decode() for p in needles() if p in entries})
     assert leaks == [], f"personal data found in the audit log: {leaks}"
 
     def query(*identifiers: str) -> list[dict[str, object]]:
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "broker",
-                "audit",
-                "--dir",
-                str(tmp_path / "audit"),
-                "query",
-                *identifiers,
-                "--type",
-                "disclosed",
-                "--format",
-                "json",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-            check=False,
-        )
+            [sys.executable, "-m", "broker", "audit", "--dir", str(audit_dir), "query",
+             *identifiers, "--type", "disclosed", "--format", "json"],
+            env=demo_run.env, capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr
         return [json.loads(line)["event"] for line in result.stdout.splitlines()]
 
@@ -142,25 +129,14 @@ def test_demo_audit_log_is_pseudonymous_and_searchable(
 
 
 def test_cairn_status_after_a_demo_run_shows_flows_and_no_personal_data(
-    kafka: LocalKafka, federation_keys: FederationKeys, tmp_path: Path
+    demo_run: DemoRun,
 ) -> None:
     """'cairn status' on a demo run's broker state shows the police force's flows to each
     recipient and prints none of the samples' personal data."""
-    env = demo_env(kafka, federation_keys, tmp_path, f"status{uuid.uuid4().hex[:8]}")
-    demo = subprocess.run(
-        [sys.executable, "-m", "broker", "demo", "--timeout", "60"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=REPO,
-        check=False,
-    )
-    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    (run_state,) = tmp_path.glob("demo-*")  # the demo broker's own state folder
+    (run_state,) = demo_run.state.glob("demo-*")  # the demo broker's own state folder
     status = subprocess.run(
         [sys.executable, "-m", "broker", "status", "--offline"],
-        env={**env, "CAIRN_STATE_DIR": str(run_state), "COLUMNS": "200"},
+        env={**demo_run.env, "CAIRN_STATE_DIR": str(run_state), "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=60,
