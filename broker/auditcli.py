@@ -19,7 +19,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
@@ -41,36 +40,16 @@ from broker.auditlog import (
     verify,
 )
 from broker.checkpoint import Checkpoint, NoteVerifier
-from broker.config import Settings
+from broker.commandline import clean_errors as _clean_errors
+from broker.commandline import settings_or_exit as _settings
 from schemas.audit import AuditEventType, person_pseudonyms
 from schemas.consent import OverrideReason
-from schemas.errors import CairnError
 from schemas.referral import Purpose
 
 __all__ = ["audit"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _clean_errors(fn: Callable[P, T]) -> Callable[P, T]:
-    """Turn Cairn's errors into one-line messages, never a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except CairnError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic ValidationError, TOML errors: all configuration faults
-        raise click.ClickException(f"configuration is not valid: {exc}") from None
 
 
 def _directory(ctx: click.Context) -> Path:

@@ -14,19 +14,13 @@ from typing import Any, TypeVar
 
 import click
 
+from broker.commandline import settings_or_exit as _settings
 from broker.config import Settings
 from schemas.errors import CairnError
 
 __all__ = ["main"]
 
 T = TypeVar("T")
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic ValidationError, TOML errors: all configuration faults
-        raise click.ClickException(f"configuration is not valid: {exc}") from None
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

@@ -20,7 +20,7 @@ import click
 
 from broker.agreements import AGREEMENTS_DIR, lint_directory, load_agreements
 from broker.calendar import CALENDAR_FILE, load_calendar
-from broker.config import Settings
+from broker.commandline import settings_or_exit as _settings
 from broker.federation import load_federation
 from broker.policy import Decision, PolicyRefusal, decide, routing
 from schemas.errors import CairnError, SchemaError
@@ -28,13 +28,6 @@ from schemas.federation import Federation
 from schemas.submission import decode_submission
 
 __all__ = ["policy"]
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic ValidationError, TOML errors: all configuration faults
-        raise click.ClickException(f"configuration is not valid: {exc}") from None
 
 
 def _fail(exc: CairnError) -> click.ClickException:

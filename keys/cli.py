@@ -8,13 +8,13 @@ one line saying what to do, never as a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import wraps
 from typing import ParamSpec, TypeVar
 
 import click
 
+from broker.commandline import clean_errors as _clean_errors
+from broker.commandline import settings_or_exit as _settings
 from broker.config import Settings
 from keys.errors import Reason, VerificationError
 from keys.federation import (
@@ -26,32 +26,11 @@ from keys.federation import (
 )
 from keys.registry import KeyStatus, Registry, verify_registry, verify_registry_signature
 from keys.store import REGISTRY, FileStore, passphrase_from_env
-from schemas.errors import CairnError
 
 __all__ = ["keys"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _clean_errors(fn: Callable[P, T]) -> Callable[P, T]:
-    """Turn Cairn's errors and configuration faults into one-line messages."""
-
-    @wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except CairnError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic ValidationError, TOML errors: all configuration faults
-        raise click.ClickException(f"configuration is not valid: {exc}") from None
 
 
 def _store(settings: Settings | None = None) -> FileStore:
