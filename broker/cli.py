@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -17,6 +17,7 @@ import click
 from broker.commandline import settings_or_exit as _settings
 from broker.config import Settings
 from schemas.errors import CairnError
+from schemas.federation import Federation
 
 __all__ = ["main"]
 
@@ -150,8 +151,14 @@ def auditor() -> None:
     _run(main())
 
 
-async def _load(fn: Callable[[Path], T], path: Path) -> T:
-    return fn(path)
+def _federation(settings: Settings) -> Federation:
+    """The federation's agencies, or a one-line error saying what is wrong with the file."""
+    from broker.federation import load_federation
+
+    try:
+        return load_federation(settings.federation_dir)
+    except CairnError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.group()
@@ -162,12 +169,11 @@ def topics() -> None:
 @topics.command("create")
 def topics_create() -> None:
     """Create every topic the federation needs; topics that exist are left as they are."""
-    from broker.federation import load_federation
     from broker.topics import federation_topics
     from broker.transport import create_topics
 
     settings = _settings()
-    federation = _run(_load(load_federation, settings.federation_dir))
+    federation = _federation(settings)
     specs = federation_topics(federation, settings.topic_prefix)
     result = _run(create_topics(settings, specs))
     for spec in specs:
@@ -262,10 +268,9 @@ def inbox(
     """Consume AGENCY's delivery topic and print each disclosure received."""
     from adapters.agency import inbox_for
     from adapters.inbox import Delivery
-    from broker.federation import load_federation
 
     settings = _settings()
-    federation = _run(_load(load_federation, settings.federation_dir))
+    federation = _federation(settings)
     if federation.get(agency) is None:
         raise click.ClickException(f"'{agency}' is not an agency of {federation.name}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +13,8 @@ import pytest
 from broker.federation import load_federation
 from broker.trust import TrustStore
 from keys import FileStore, client_context, init_federation, server_context
+from schemas.federation import Federation
+from tests.kafka_support import LocalKafka
 from tests.samples import FEDERATION_DIR
 
 PASSPHRASE = b"cairn test-session passphrase 0123456789"
@@ -41,6 +44,24 @@ def make_federation_keys(root: Path) -> FederationKeys:
     store = FileStore(root)
     init_federation(store, load_federation(FEDERATION_DIR), PASSPHRASE, now=datetime.now(UTC))
     return FederationKeys(root, store, PASSPHRASE)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> LocalKafka:
+    """The local Kafka, started if it is not running. If it cannot start, every test that
+    needs it errors: Kafka-backed tests fail, they never skip."""
+    local = LocalKafka(int(os.environ.get("CAIRN_KAFKA_PORT", "9092")))
+    if not local.answers():
+        try:
+            local.start()
+        except RuntimeError as exc:
+            pytest.fail(f"local Kafka could not start, so Kafka-backed tests cannot run: {exc}")
+    return local
+
+
+@pytest.fixture(scope="session")
+def federation() -> Federation:
+    return load_federation(FEDERATION_DIR)
 
 
 @pytest.fixture(scope="session")

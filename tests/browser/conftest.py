@@ -34,7 +34,6 @@ from broker.dashboard import (
     add_ops_routes,
     dlq_counter,
 )
-from broker.federation import load_federation
 from broker.replay import ReplayStore
 from broker.topics import federation_topics
 from broker.transport import KafkaTransport, create_topics
@@ -44,7 +43,7 @@ from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.integration.conftest import make_settings
 from tests.kafka_support import LocalKafka
-from tests.samples import FEDERATION_DIR, REPO
+from tests.samples import REPO
 
 CHROMIUM = Path(os.environ.get("CAIRN_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = (
@@ -95,23 +94,6 @@ async def browser(chromium: Path) -> AsyncIterator[Any]:
             yield launched
         finally:
             await launched.close()
-
-
-@pytest.fixture(scope="session")
-def kafka() -> LocalKafka:
-    port = int(os.environ.get("CAIRN_KAFKA_PORT", "9092"))
-    local = LocalKafka(port)
-    if not local.answers():
-        try:
-            local.start()
-        except RuntimeError as exc:
-            pytest.fail(f"local Kafka could not start, so browser tests cannot run: {exc}")
-    return local
-
-
-@pytest.fixture(scope="session")
-def federation() -> Federation:
-    return load_federation(FEDERATION_DIR)
 
 
 class OpsClock:

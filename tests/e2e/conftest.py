@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import federation, kafka  # noqa: F401  (shared session fixtures)
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,7 +17,6 @@ from aiohttp.test_utils import TestServer
 from adapters.client import ReferralClient
 from broker.app import create_app
 from broker.config import Settings
-from broker.federation import load_federation
 from broker.replay import ReplayStore
 from broker.topics import federation_topics
 from broker.transport import KafkaTransport, create_topics
@@ -32,23 +30,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.kafka)
-
-
-@pytest.fixture(scope="session")
-def kafka() -> LocalKafka:
-    port = int(os.environ.get("CAIRN_KAFKA_PORT", "9092"))
-    local = LocalKafka(port)
-    if not local.answers():
-        try:
-            local.start()
-        except RuntimeError as exc:
-            pytest.fail(f"local Kafka could not start, so Kafka-backed tests cannot run: {exc}")
-    return local
-
-
-@pytest.fixture(scope="session")
-def federation() -> Federation:
-    return load_federation(FEDERATION_DIR)
 
 
 def make_settings(bootstrap: str, key_dir: object, **overrides: object) -> Settings:

@@ -31,11 +31,6 @@ from tests.conftest import PASSPHRASE, FederationKeys
 from tests.samples import FEDERATION_DIR, personal_values
 
 
-@pytest.fixture(scope="session")
-def federation() -> Federation:
-    return load_federation(FEDERATION_DIR)
-
-
 @pytest.fixture
 def settings(federation_keys: FederationKeys) -> Settings:
     return Settings(
