@@ -18,8 +18,8 @@ from adapters.client import ReferralClient
 from adapters.inbox import Inbox
 from broker.config import Settings
 from broker.envelope import open_record
-from broker.topics import delivery_topic
-from broker.transport import kafka_options
+from broker.kafka.topics import delivery_topic
+from broker.kafka.transport import kafka_options
 from broker.trust import TrustStore
 from keys import FileStore, client_context, passphrase_from_env, sign_ack
 from schemas.disclosure import Disclosure

@@ -8,11 +8,11 @@ One process, one run, one table (bench/README.md, STYLE.md convention 12):
   leaf (``0x00 || event``), and a bare ``os.write`` + ``os.fsync`` of the same records in the
   same batches (the durability floor).
 - ``open``: reopening the log, which rescans and rehashes every entry (crash recovery).
-- ``verify``: ``broker.auditlog.verify`` of the whole log from its files (tree recomputed,
+- ``verify``: ``broker.audit.log.verify`` of the whole log from its files (tree recomputed,
   every checkpoint's signature, root and consistency checked), with and without checking each
   entry is a canonical audit event. Baseline: bare ``hashlib`` over the same leaves.
 - ``proof``: at ``--proof-size`` leaves (default 1,000,000 synthetic leaf hashes), the time to
-  build ``broker.merkle.Tree`` once, then RFC 9162 inclusion and consistency proof generation
+  build ``broker.audit.merkle.Tree`` once, then RFC 9162 inclusion and consistency proof generation
   and verification, averaged over ``--proofs`` random indices. Baseline: bare ``hashlib``
   doing the node hashes one proof's verification needs (about log2(size) of them).
 
@@ -45,10 +45,10 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.auditlog import DEFAULT_ORIGIN, AuditLog, verify
-from broker.checkpoint import NoteVerifier
-from broker.merkle import Tree, verify_consistency, verify_inclusion
-from broker.policy import Decision
+from broker.audit.checkpoint import NoteVerifier
+from broker.audit.log import DEFAULT_ORIGIN, AuditLog, verify
+from broker.audit.merkle import Tree, verify_consistency, verify_inclusion
+from broker.policy.decide import Decision
 from keys.jwk import SigningKey
 from schemas.audit import submission_events
 from schemas.referral import Referral

@@ -10,7 +10,7 @@ until then. The paths, in the order they run:
   answers 202.
 - ``baseline-txn``: the same handler, but both records go in one Kafka transaction, one
   transaction at a time per producer, exactly as ``KafkaTransport`` publishes.
-- ``cairn``: ``broker.app.create_app`` with ``KafkaTransport`` over mutual TLS on a real TCP
+- ``cairn``: ``broker.web.app.create_app`` with ``KafkaTransport`` over mutual TLS on a real TCP
   socket, with a throwaway federation's keys made for the run in a temporary folder; each sender
   submits compact JWS through ``adapters.client.ReferralClient``; recipients read with
   ``adapters.inbox.Inbox``, which decrypts each JWE and verifies the broker's JWS.
@@ -60,17 +60,17 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 from adapters.agency import opener_for
 from adapters.client import ReferralClient, SubmissionRefused
 from adapters.inbox import Delivery, Inbox
-from broker.agreements import AGREEMENTS_DIR, load_agreements
-from broker.app import JOSE, create_app
 from broker.config import Settings
 from broker.envelope import CONTENT_TYPE, seal
 from broker.federation import load_federation
+from broker.kafka.topics import TopicSpec, delivery_topic, federation_topics
+from broker.kafka.transport import KafkaTransport, create_topics, kafka_options
 from broker.logs import configure_logging
-from broker.policy import decide
+from broker.policy.agreements import AGREEMENTS_DIR, load_agreements
+from broker.policy.decide import decide
 from broker.replay import ReplayStore
-from broker.topics import TopicSpec, delivery_topic, federation_topics
-from broker.transport import KafkaTransport, create_topics, kafka_options
 from broker.trust import TrustStore
+from broker.web.app import JOSE, create_app
 from keys import (
     BROKER_ID,
     FileStore,
@@ -901,7 +901,7 @@ async def run_paths(
             created = True
             await wait_for_leaders(settings, specs, CONNECT_TIMEOUT_S)
             cairn_note = (
-                f"broker.app over mutual TLS + KafkaTransport (one transaction per referral), "
+                f"broker.web.app over mutual TLS + KafkaTransport (one transaction per referral), "
                 f"{args.replay} replay store"
             )
             if args.recipient == "inbox":

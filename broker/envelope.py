@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from broker.policy import Decision, routing
-from broker.redaction import redact
-from broker.topics import delivery_topic
-from broker.transport import Record
+from broker.kafka.topics import delivery_topic
+from broker.kafka.transport import Record
+from broker.policy.decision import Decision, Routing, routing
+from broker.policy.redaction import redact
 from keys import DecryptionKey, Registry, SigningKey, open_disclosure, seal_disclosure
 from schemas.decode import decode
 from schemas.disclosure import DisclosedReferral, Disclosure
@@ -36,6 +36,7 @@ def seal(
     broker_key: SigningKey,
     registry: Registry,
     now: datetime,
+    route: Routing | None = None,
 ) -> Record:
     """The record that delivers ``message`` to ``decision.recipient``, keyed by its id."""
     if not decision.allowed:
@@ -48,7 +49,7 @@ def seal(
         or not decision.groups
     ):
         raise RuntimeError("seal() needs a decision naming its agreement, bases and groups")
-    route = routing(message)
+    route = route or routing(message)
     # Redact before sealing: the recipient can decrypt only what its agreement allows.
     content = redact(message, decision)
     disclosure = Disclosure(

@@ -14,16 +14,17 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from broker.agreements import Agreement
-from broker.calendar import WEEKDAYS, SchoolCalendar
 from broker.config import Settings
-from broker.deadlines import deadline_for
 from broker.envelope import seal
-from broker.metrics import Metrics, code
-from broker.policy import Decision, decide, routing
+from broker.kafka.transport import Transport
+from broker.ops.metrics import Metrics, code
+from broker.policy.agreements import Agreement
+from broker.policy.calendar import WEEKDAYS, SchoolCalendar
+from broker.policy.deadlines import deadline_for
+from broker.policy.decide import decide
+from broker.policy.decision import Decision, Routing, routing
 from broker.receipts import audit_record
 from broker.replay import Delivery, ReplayStore
-from broker.transport import Transport
 from broker.trust import TrustStore
 from keys import Registry, verify_referral
 from keys import VerificationError as KeyVerificationError
@@ -101,7 +102,7 @@ class Pipeline:
                     log.info("referral.replayed")
                     self.metrics.replayed.inc()
                     return Outcome(Receipt.model_validate_json(seen.receipt), replayed=True)
-                receipt = await self._deliver(message, registry, request_id, now)
+                receipt = await self._deliver(message, route, registry, request_id, now)
                 self.replay.remember(referral_id, digest, receipt.model_dump_json(), now)
                 return Outcome(receipt, replayed=False)
             finally:
@@ -110,11 +111,11 @@ class Pipeline:
     async def _deliver(
         self,
         message: Referral | EncompassNotification,
+        route: Routing,
         registry: Registry,
         request_id: str,
         now: datetime,
     ) -> Receipt:
-        route = routing(message)
         # 4 decide
         with self.metrics.stage("decide"):
             decisions = decide(
@@ -125,6 +126,7 @@ class Pipeline:
                 max_recipients=self.settings.max_recipients,
                 can_receive=lambda agency: _can_receive(registry, agency, now),
                 calendar=self.calendar,
+                route=route,
             )
         allowed = [d for d in decisions if d.allowed]
         # 5 seal: sign with the broker's key, encrypt to each recipient's key.
@@ -140,6 +142,7 @@ class Pipeline:
                         broker_key=broker_key,
                         registry=registry,
                         now=now,
+                        route=route,
                     )
                     for d in allowed
                 ]
@@ -163,7 +166,7 @@ class Pipeline:
         # 7 publish: every record committed in one transaction, or TransportError.
         with self.metrics.stage("publish"):
             await self.transport.publish(records)
-        self._committed(message, decisions, now)
+        self._committed(message, route, decisions, now)
         log.info(
             "referral.accepted",
             sender=route.sender,
@@ -187,11 +190,11 @@ class Pipeline:
     def _committed(
         self,
         message: Referral | EncompassNotification,
+        route: Routing,
         decisions: list[Decision],
         now: datetime,
     ) -> None:
         """Count what Kafka committed, and remember each disclosure with its deadline."""
-        route = routing(message)
         sender, purpose = route.sender, route.purpose.value
         self.metrics.accepted.labels(sender=sender, purpose=purpose).inc()
         for d in decisions:

@@ -29,9 +29,9 @@ from aiokafka.errors import KafkaError
 
 from broker.config import Settings
 from broker.envelope import header_map
-from broker.metrics import Metrics, code
+from broker.kafka.transport import Consumed, Record, Transport, kafka_options
+from broker.ops.metrics import Metrics, code
 from broker.replay import ReplayStore
-from broker.transport import Consumed, Record, Transport, kafka_options
 from broker.trust import TrustStore
 from keys import verify_ack
 from schemas.audit import AuditEvent, acknowledged

@@ -13,7 +13,7 @@ Acknowledgements from recipients are remembered per (referral, agency), so a rep
 recognised and audited once.
 
 Every committed disclosure is remembered as a delivery (referral, recipient, purpose, sender and
-the deadline its purpose sets, if any), so the overdue sweep (``broker.deadlines``) can find the
+the deadline its purpose sets, if any), so the overdue sweep (``broker.ops.overdue``) can find the
 unacknowledged ones past their deadline and mark each overdue once.
 
 Stored in SQLite (WAL, synchronous=FULL) under the state folder: small, durable, one writer.

@@ -13,8 +13,8 @@ from typing import ParamSpec, TypeVar
 
 import click
 
-from broker.commandline import clean_errors as _clean_errors
-from broker.commandline import settings_or_exit as _settings
+from broker.cli.common import clean_errors as _clean_errors
+from broker.cli.common import settings_or_exit as _settings
 from broker.config import Settings
 from keys.errors import Reason, VerificationError
 from keys.federation import (

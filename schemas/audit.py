@@ -468,7 +468,7 @@ def subject_pseudonyms(message: Referral | EncompassNotification, secret: bytes)
 
 
 class DecisionView(Protocol):
-    """What the event builders read from a policy decision (``broker.policy.Decision``)."""
+    """What the event builders read from a policy decision (``broker.policy.decide.Decision``)."""
 
     @property
     def recipient(self) -> str: ...
@@ -687,7 +687,7 @@ def submission_events(
     """Every event of one submission, in order: received, decided, then one per recipient.
 
     These go into the same Kafka transaction as the disclosures. From each decision the events
-    take what ``broker.policy.Decision`` carries: ``groups`` (labels, subsets included),
+    take what ``broker.policy.decide.Decision`` carries: ``groups`` (labels, subsets included),
     ``lawful_basis`` (``.codes``), ``consent_basis`` (``.state``, ``.override_reason``),
     ``rules``, ``agreement`` and ``deadline``; a decision without them (the policy before
     sharing agreements) discloses every group the message carries, on the basis it names.

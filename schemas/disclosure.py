@@ -277,7 +277,7 @@ class DisclosedVictim(Disclosed):
 
 
 class DisclosedSafeContact(Disclosed):
-    """G2 as disclosed: only safe routes ever reach a recipient (``broker.redaction``)."""
+    """G2 as disclosed: only safe routes ever reach a recipient (``broker.policy.redaction``)."""
 
     routes: tuple[ContactRoute, ...] = ()
     notes: LongText | None = None
@@ -365,7 +365,7 @@ class DisclosedReferral(Disclosed):
     def whole(cls, referral: Referral) -> DisclosedReferral:
         """Every group of ``referral``, unsafe routes included: the sender's own view of it.
 
-        Never what a recipient gets (``broker.redaction.redact`` makes that); adapters use it
+        Never what a recipient gets (``broker.policy.redaction.redact`` makes that); adapters use it
         to map a whole referral with the same code that maps a disclosure.
         """
         return cls.model_validate(referral.model_dump())

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from broker.transport import Record
+from broker.kafka.transport import Record
 from tests.samples import REPO
 
 KAFKA_LOCAL = REPO / "deploy" / "kafka" / "kafka-local"

@@ -22,11 +22,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from broker.app import create_app
-from broker.auditlog import CheckpointPolicy
-from broker.auditor import Auditor, auditor_app
+from broker.audit.log import CheckpointPolicy
+from broker.audit.service import Auditor, auditor_app
 from broker.config import Settings
-from broker.dashboard import (
+from broker.kafka.topics import federation_topics
+from broker.kafka.transport import KafkaTransport, create_topics
+from broker.replay import ReplayStore
+from broker.web.app import create_app
+from broker.web.dashboard import (
     FlowLedger,
     LedgerOpsSource,
     TappedTransport,
@@ -34,9 +37,6 @@ from broker.dashboard import (
     add_ops_routes,
     dlq_counter,
 )
-from broker.replay import ReplayStore
-from broker.topics import federation_topics
-from broker.transport import KafkaTransport, create_topics
 from keys import AUDITOR_ID
 from keys.store import client_cert, client_key
 from schemas.federation import Federation

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from broker.transport import Record, Transport
+from broker.kafka.transport import Record, Transport
 from schemas.errors import TransportError
 
 Reader = Callable[[str], Awaitable[list[Record]]]

@@ -15,11 +15,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from adapters.client import ReferralClient
-from broker.app import create_app
 from broker.config import Settings
+from broker.kafka.topics import federation_topics
+from broker.kafka.transport import KafkaTransport, create_topics
 from broker.replay import ReplayStore
-from broker.topics import federation_topics
-from broker.transport import KafkaTransport, create_topics
+from broker.web.app import create_app
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.kafka_support import LocalKafka

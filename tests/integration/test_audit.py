@@ -27,12 +27,12 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from adapters.client import ReferralClient
-from broker.auditlog import DEFAULT_ORIGIN, AuditLog, AuditUnavailable, CheckpointPolicy
-from broker.auditor import Auditor, auditor_app
-from broker.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
+from broker.audit.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
+from broker.audit.log import DEFAULT_ORIGIN, AuditLog, AuditUnavailable, CheckpointPolicy
+from broker.audit.merkle import InvalidProof, leaf_hash, verify_consistency, verify_inclusion
+from broker.audit.service import Auditor, auditor_app
 from broker.config import Settings
-from broker.merkle import InvalidProof, leaf_hash, verify_consistency, verify_inclusion
-from broker.topics import federation_topics
+from broker.kafka.topics import federation_topics
 from keys import AUDITOR_ID
 from keys.registry import KeyStatus, KeyUse
 from schemas.audit import AuditEvent, AuditEventType

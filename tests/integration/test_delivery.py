@@ -10,7 +10,7 @@ import pytest
 
 from adapters.client import SubmissionRefused
 from broker.config import Settings
-from broker.topics import federation_topics
+from broker.kafka.topics import federation_topics
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.integration.conftest import client

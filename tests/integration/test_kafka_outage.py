@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from broker.config import Settings
-from broker.topics import delivery_topic, federation_topics
-from broker.transport import create_topics
+from broker.kafka.topics import delivery_topic, federation_topics
+from broker.kafka.transport import create_topics
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.integration.conftest import client, make_settings, running_broker

@@ -27,8 +27,8 @@ import pytest_asyncio
 
 from adapters.agency import opener_for
 from broker.config import Settings
-from broker.topics import delivery_topic, federation_topics
-from broker.transport import create_topics
+from broker.kafka.topics import delivery_topic, federation_topics
+from broker.kafka.transport import create_topics
 from schemas.disclosure import DisclosedReferral, Disclosure
 from schemas.encompass import EncompassNotification
 from schemas.federation import Federation

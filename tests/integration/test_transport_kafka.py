@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from broker.config import Settings
-from broker.topics import delivery_topic
-from broker.transport import KafkaTransport, Record
+from broker.kafka.topics import delivery_topic
+from broker.kafka.transport import KafkaTransport, Record
 from tests.contracts import transport as contract
 from tests.kafka_support import read_committed
 

@@ -19,12 +19,12 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
 from adapters.client import ReferralClient
-from broker.app import create_app
 from broker.config import Settings
 from broker.federation import load_federation
+from broker.kafka.transport import MemoryTransport
 from broker.replay import ReplayStore
-from broker.transport import MemoryTransport
 from broker.trust import TrustStore
+from broker.web.app import create_app
 from keys import BROKER_ID, FileStore, Lifetimes, SigningKey, init_federation
 from schemas.federation import Federation
 from tests.conftest import PASSPHRASE, FederationKeys

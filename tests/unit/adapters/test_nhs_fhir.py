@@ -18,9 +18,9 @@ from fhir.resources.R4B.bundle import Bundle
 from adapters.nhs import bundle_to_referral, disclosure_to_bundle, parse_bundle, referral_to_bundle
 from adapters.nhs.cli import nhs
 from adapters.nhs.codes import NHS_NUMBER_SYSTEM
-from broker.agreements import load_agreements
 from broker.federation import load_federation
-from broker.policy import decide
+from broker.policy.agreements import load_agreements
+from broker.policy.decide import decide
 from schemas.disclosure import DisclosedReferral, Disclosure
 from schemas.errors import SchemaError
 from schemas.receipt import Receipt

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters.nhs.inbound import parse_bundle
 from adapters.police.referrals import import_export
-from broker.auditlog import DEFAULT_ORIGIN, AuditLog
-from broker.checkpoint import NoteVerifier
-from broker.policy import Decision
+from broker.audit.checkpoint import NoteVerifier
+from broker.audit.log import DEFAULT_ORIGIN, AuditLog
+from broker.policy.decide import Decision
 from keys.jwk import SigningKey
 from schemas.audit import submission_events
 from schemas.encompass import EncompassNotification

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.auditlog import (
+from broker.audit.checkpoint import NoteVerifier, verify_checkpoint
+from broker.audit.log import (
     INDEX_FILE,
     LATEST_FILE,
     AuditBusy,
@@ -25,8 +26,7 @@ from broker.auditlog import (
     report_json,
     verify,
 )
-from broker.checkpoint import NoteVerifier, verify_checkpoint
-from broker.merkle import verify_consistency, verify_inclusion
+from broker.audit.merkle import verify_consistency, verify_inclusion
 from keys.errors import KeyStoreError
 from keys.jwk import SigningKey
 from keys.store import MemoryStore

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from broker.checkpoint import (
+from broker.audit.checkpoint import (
     Checkpoint,
     NoteVerifier,
     key_id,

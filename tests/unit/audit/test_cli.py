@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.auditcli import audit
-from broker.auditlog import ENTRIES_FILE, AuditLog, load_pseudonym_secret
-from broker.checkpoint import NoteVerifier, verify_checkpoint
-from broker.merkle import leaf_hash, verify_consistency, verify_inclusion
-from broker.policy import Decision
+from broker.audit.checkpoint import NoteVerifier, verify_checkpoint
+from broker.audit.cli import audit
+from broker.audit.log import ENTRIES_FILE, AuditLog, load_pseudonym_secret
+from broker.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from broker.policy.decide import Decision
 from keys.federation import init_federation, load_registry, load_signing_key
 from keys.registry import AUDITOR_ID
 from keys.store import FileStore

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.auditlog import ENTRIES_FILE, AuditLog, Disk, Query, TamperDetected, verify
-from broker.checkpoint import NoteVerifier
+from broker.audit.checkpoint import NoteVerifier
+from broker.audit.log import ENTRIES_FILE, AuditLog, Disk, Query, TamperDetected, verify
 from keys.jwk import SigningKey
 
 Feed = list[tuple[int, bytes]]

@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 import rfc8785
 
-from broker.policy import Decision
+from broker.policy.decide import Decision
 from schemas.audit import (
     AuditEvent,
     AuditEventType,
@@ -260,7 +260,7 @@ class _Consent:
 
 @dataclass(frozen=True)
 class _AgreedDecision:
-    """The shape of broker.policy.Decision under sharing agreements."""
+    """The shape of broker.policy.decide.Decision under sharing agreements."""
 
     recipient: str
     allowed: bool

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from broker.merkle import (
+from broker.audit.merkle import (
     EMPTY_ROOT,
     InvalidProof,
     Tree,

@@ -17,7 +17,7 @@ from uuid import UUID
 
 import pytest
 
-from broker.auditlog import AuditLog, Query
+from broker.audit.log import AuditLog, Query
 from schemas.audit import (
     AuditEvent,
     AuditEventType,

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.auditlog import CHECKPOINTS_FILE, ENTRIES_FILE, INDEX_FILE, AuditLog, verify
-from broker.checkpoint import NoteVerifier
+from broker.audit.checkpoint import NoteVerifier
+from broker.audit.log import CHECKPOINTS_FILE, ENTRIES_FILE, INDEX_FILE, AuditLog, verify
 from keys.jwk import SigningKey
 
 FILE_HEADER = 24

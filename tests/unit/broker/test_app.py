@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from adapters.client import SubmissionRefused
-from broker.transport import MemoryTransport
+from broker.kafka.transport import MemoryTransport
 from tests.samples import sample, sample_bytes
 from tests.unit.conftest import AgencyClient
 

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broker.agreements import load_agreements
 from broker.envelope import header_map, open_record, seal
 from broker.federation import load_federation
-from broker.policy import Decision, decide
-from broker.transport import Record
+from broker.kafka.transport import Record
+from broker.policy.agreements import load_agreements
+from broker.policy.decide import Decision, decide
 from schemas.errors import VerificationError
 from schemas.referral import Referral
 from tests.conftest import FederationKeys

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from adapters.agency import opener_for
-from broker.transport import Record
+from broker.kafka.transport import Record
 from broker.trust import TrustStore
 from keys import (
     BROKER_ID,

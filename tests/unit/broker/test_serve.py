@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import aiohttp
 
 from adapters.client import ReferralClient
-from broker.app import create_app, serve
 from broker.config import Settings
+from broker.kafka.transport import MemoryTransport, Record
 from broker.replay import ReplayStore
-from broker.transport import MemoryTransport, Record
+from broker.web.app import create_app, serve
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.samples import sample_bytes

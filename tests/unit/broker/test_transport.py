@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.transport import MemoryTransport, Record
+from broker.kafka.transport import MemoryTransport, Record
 from tests.contracts import transport as contract
 
 

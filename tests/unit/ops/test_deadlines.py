@@ -9,10 +9,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from broker.config import Settings
-from broker.deadlines import NOT_ACKNOWLEDGED, OverdueSweep, deadline_for, due_overdue
-from broker.metrics import Metrics
+from broker.kafka.transport import MemoryTransport
+from broker.ops.metrics import Metrics
+from broker.ops.overdue import NOT_ACKNOWLEDGED, OverdueSweep, due_overdue
+from broker.policy.deadlines import deadline_for
 from broker.replay import Delivery, ReplayStore
-from broker.transport import MemoryTransport
 from schemas.errors import TransportError
 from tests.unit.conftest import Clock
 from tests.unit.policy.cases import notification, one, referral

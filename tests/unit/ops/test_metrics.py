@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.client import SubmissionRefused
-from broker.metrics import STAGES, Metrics, code, ops_snapshot
+from broker.ops.metrics import STAGES, Metrics, code, ops_snapshot
 from broker.replay import ReplayStore
 from tests.samples import all_personal_values, sample
 from tests.unit.conftest import AgencyClient

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from broker.metrics import Metrics
+from broker.cli.status import Status, parse_metrics, read_store, render
+from broker.ops.metrics import Metrics
 from broker.replay import Delivery, ReplayStore
-from broker.status import Status, parse_metrics, read_store, render
 
 AT = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 

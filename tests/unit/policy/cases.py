@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from broker.agreements import AGREEMENTS_DIR, Agreement, load_agreements
-from broker.calendar import CALENDAR_FILE, SchoolCalendar, load_calendar
 from broker.federation import load_federation
-from broker.policy import Decision, decide
-from broker.redaction import redact
+from broker.policy.agreements import AGREEMENTS_DIR, Agreement, load_agreements
+from broker.policy.calendar import CALENDAR_FILE, SchoolCalendar, load_calendar
+from broker.policy.decide import Decision, decide
+from broker.policy.redaction import redact
 from schemas.disclosure import DisclosedReferral
 from schemas.encompass import EncompassNotification
 from schemas.federation import Federation

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.agreements import (
+from broker.policy.agreements import (
     AGREEMENTS_DIR,
     Agreement,
     check,

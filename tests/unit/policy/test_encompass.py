@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from broker.calendar import WEEKDAYS, SchoolCalendar, load_calendar, next_school_day_start
-from broker.redaction import redact
+from broker.policy.calendar import WEEKDAYS, SchoolCalendar, load_calendar, next_school_day_start
+from broker.policy.redaction import redact
 from schemas.errors import SchemaError, UnknownAgency
 from schemas.federation import Agency, AgencyRole
 from tests.unit.policy.cases import (

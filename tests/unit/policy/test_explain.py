@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from broker.cli.policy import policy
 from broker.envelope import open_record, seal
-from broker.policycli import policy
 from schemas.disclosure import DisclosedReferral
 from schemas.referral import FieldGroup
 from schemas.submission import decode_submission

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from broker.agreements import Agreement
-from broker.policy import Decision, PolicyRefusal, decide
-from broker.redaction import redact
+from broker.policy.agreements import Agreement
+from broker.policy.decide import Decision, PolicyRefusal, decide
+from broker.policy.redaction import redact
 from schemas.consent import ConsentState, OverrideReason
 from schemas.disclosure import DisclosedReferral, LawfulBasis, ShareScope
 from schemas.errors import UnknownAgency

@@ -12,7 +12,7 @@ from fhir.resources.R4B.bundle import Bundle
 from pydantic import BaseModel, ValidationError
 
 from adapters.nhs import disclosure_to_bundle
-from broker.redaction import MASK, redact
+from broker.policy.redaction import MASK, redact
 from schemas import disclosure as d
 from schemas.consent import Consent
 from schemas.referral import (

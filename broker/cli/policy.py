@@ -18,11 +18,11 @@ from typing import Any
 
 import click
 
-from broker.agreements import AGREEMENTS_DIR, lint_directory, load_agreements
-from broker.calendar import CALENDAR_FILE, load_calendar
-from broker.commandline import settings_or_exit as _settings
+from broker.cli.common import settings_or_exit as _settings
 from broker.federation import load_federation
-from broker.policy import Decision, PolicyRefusal, decide, routing
+from broker.policy.agreements import AGREEMENTS_DIR, lint_directory, load_agreements
+from broker.policy.calendar import CALENDAR_FILE, load_calendar
+from broker.policy.decide import Decision, PolicyRefusal, decide, routing
 from schemas.errors import CairnError, SchemaError
 from schemas.federation import Federation
 from schemas.submission import decode_submission

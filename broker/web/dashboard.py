@@ -19,7 +19,7 @@ one: ``TappedTransport`` wraps the broker's transport and, after each successful
 records the audit events the broker itself committed (``disclosed``, ``refused``,
 ``acknowledged``) in a bounded in-memory ``FlowLedger``. The replay database alone cannot
 serve: its receipts name neither the sender nor the purpose. The ledger starts empty at each
-start of the broker; an ``OpsSource`` over ``broker.metrics`` may replace it.
+start of the broker; an ``OpsSource`` over ``broker.ops.metrics`` may replace it.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from broker.app import tls_agency
-from broker.auditlog import verify
-from broker.auditor import AUDITOR, Auditor
-from broker.checkpoint import NoteVerifier
+from broker.audit.checkpoint import NoteVerifier
+from broker.audit.log import verify
+from broker.audit.service import AUDITOR, Auditor
 from broker.config import Settings
-from broker.transport import Consumed, Record, Transport, kafka_options
+from broker.kafka.transport import Consumed, Record, Transport, kafka_options
+from broker.web.app import tls_agency
 from keys.registry import AUDITOR_ID, KeyStatus, KeyUse
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.errors import AuthenticationError, CairnError, FieldProblem, SchemaError
@@ -70,7 +70,7 @@ MAX_WINDOW_S: Final = 30 * 86_400  # seconds
 MAX_LEDGER_EVENTS: Final = 100_000  # audit facts kept in memory; the oldest go first
 OVERDUE_SHOWN: Final = 200  # overdue items listed, newest first
 
-_STATIC: Final = resources.files("broker") / "static"
+_STATIC: Final = resources.files("broker.web") / "static"
 _OPS_FILES: Final = {"ops.js": "text/javascript", "style.css": "text/css"}
 _IG_FILES: Final = {"ig.js": "text/javascript", "style.css": "text/css"}
 # Pages load nothing from anywhere but their own origin, and are never cached or framed.

@@ -26,7 +26,8 @@ from uuid import UUID
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.auditlog import (
+from broker.audit.checkpoint import Checkpoint, NoteVerifier
+from broker.audit.log import (
     DEFAULT_ORIGIN,
     ENTRIES_FILE,
     AuditBusy,
@@ -39,9 +40,8 @@ from broker.auditlog import (
     report_json,
     verify,
 )
-from broker.checkpoint import Checkpoint, NoteVerifier
-from broker.commandline import clean_errors as _clean_errors
-from broker.commandline import settings_or_exit as _settings
+from broker.cli.common import clean_errors as _clean_errors
+from broker.cli.common import settings_or_exit as _settings
 from schemas.audit import AuditEventType, person_pseudonyms
 from schemas.consent import OverrideReason
 from schemas.referral import Purpose

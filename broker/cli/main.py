@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
-from broker.commandline import settings_or_exit as _settings
+from broker.cli.common import describe
+from broker.cli.common import settings_or_exit as _settings
 from broker.config import Settings
 from schemas.errors import CairnError
 from schemas.federation import Federation
@@ -69,11 +70,11 @@ def serve() -> None:
     Needs the federation's keys ('cairn keys init') and the key passphrase in
     CAIRN_KEY_PASSPHRASE or CAIRN_KEY_PASSPHRASE_FILE.
     """
-    from broker.app import create_app
-    from broker.app import serve as serve_app
     from broker.federation import load_federation
-    from broker.transport import KafkaTransport
+    from broker.kafka.transport import KafkaTransport
     from broker.trust import TrustStore
+    from broker.web.app import create_app
+    from broker.web.app import serve as serve_app
     from keys import FileStore, passphrase_from_env, server_context
 
     settings = _settings()
@@ -113,9 +114,9 @@ def auditor() -> None:
     API listens on CAIRN_AUDITOR_HTTP_PORT over mutual TLS for the auditor's certificate only.
     Stops on SIGTERM after catching up and signing a final checkpoint.
     """
-    from broker.app import serve as serve_app
-    from broker.auditor import Auditor, auditor_app
+    from broker.audit.service import Auditor, auditor_app
     from broker.trust import TrustStore
+    from broker.web.app import serve as serve_app
     from keys import AUDITOR_ID, FileStore, passphrase_from_env, server_context
 
     settings = _settings()
@@ -169,8 +170,8 @@ def topics() -> None:
 @topics.command("create")
 def topics_create() -> None:
     """Create every topic the federation needs; topics that exist are left as they are."""
-    from broker.topics import federation_topics
-    from broker.transport import create_topics
+    from broker.kafka.topics import federation_topics
+    from broker.kafka.transport import create_topics
 
     settings = _settings()
     federation = _federation(settings)
@@ -296,29 +297,6 @@ def inbox(
     click.echo(f"{count} disclosure(s) received by {agency}", err=True)
 
 
-def describe(delivery: Any) -> str:
-    """A short human summary of one delivery for a terminal: only what this recipient got."""
-    d = delivery.disclosure
-    head = f"[{d.recipient_agency}] {d.purpose.value} {d.referral_id} from {d.sender_agency}"
-    groups = ",".join(g.label for g in d.groups)
-    if d.notification is not None:
-        c = d.notification.content
-        return (
-            f"{head}: Operation Encompass notice for {c.child_given_name} {c.child_family_name}"
-            f" (born {c.child_date_of_birth}); incident {c.occurred_at:%Y-%m-%d %H:%M} "
-            f"[{d.agreement}; {groups}]"
-        )
-    r = d.referral
-    parts = [f"priority {r.header.priority.value}"]
-    if r.risk is not None:
-        parts.append(f"risk {r.risk.level.value}")
-    if r.victim is not None:
-        parts.append(f"victim {r.victim.given_name} {r.victim.family_name}")
-    if r.incident is not None:
-        parts.append(f"incident {r.incident.occurred_at:%Y-%m-%d %H:%M}")
-    return f"{head}: {'; '.join(parts)} [{d.agreement}; {groups}]"
-
-
 @cli.command()
 @click.option(
     "--export",
@@ -339,7 +317,7 @@ def demo(export: Path | None, timeout_s: float, keep: bool) -> None:
     Needs a running Kafka (make demo starts one). Exits 0 only if every message reached exactly
     its recipients.
     """
-    from broker.demo import run_demo
+    from broker.cli.demo import run_demo
     from broker.logs import configure_logging
 
     settings = _settings()
@@ -372,9 +350,9 @@ def config_show() -> None:
 def _attach() -> None:
     from adapters.nhs.cli import nhs
     from adapters.police.cli import police
-    from broker.auditcli import audit
-    from broker.policycli import policy
-    from broker.status import status
+    from broker.audit.cli import audit
+    from broker.cli.policy import policy
+    from broker.cli.status import status
     from keys.cli import keys
     from schemas.cli import schemas
 

@@ -22,7 +22,7 @@ The steps, in order:
    applies; Encompass reaches only the child's own school (or children's social care for a
    home-educated child) with its deadline at the start of the next school day;
 5. what is disclosed: the granted groups present in the referral; G7 only with an Art 9
-   condition (or Schedule 8); unsafe contact routes never (``broker.redaction``);
+   condition (or Schedule 8); unsafe contact routes never (``broker.policy.redaction``);
 6. an allowed recipient without a usable encryption key is refused (no-usable-encryption-key).
 
 Rule ids (``Decision.rules``), for the IG officer:
@@ -69,12 +69,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final
-from uuid import UUID
+from typing import Final
 
-from broker.agreements import Agreement, PurposeTerms
-from broker.calendar import WEEKDAYS, SchoolCalendar, next_school_day_start
-from broker.redaction import agencies_in_scope, children_in_scope, unsafe_details
+from broker.policy.agreements import Agreement, PurposeTerms
+from broker.policy.calendar import WEEKDAYS, SchoolCalendar, next_school_day_start
+from broker.policy.decision import Decision, Routing, routing
+from broker.policy.redaction import agencies_in_scope, children_in_scope, unsafe_details
 from schemas.consent import (
     Art9Condition,
     Consent,
@@ -83,7 +83,7 @@ from schemas.consent import (
     OverrideReason,
     StatutoryGateway,
 )
-from schemas.disclosure import ConsentBasis, GroupShare, LawfulBasis, Retention, ShareScope
+from schemas.disclosure import ConsentBasis, GroupShare, LawfulBasis, ShareScope
 from schemas.encompass import EncompassNotification, is_school_age
 from schemas.errors import FieldProblem, InputError, SchemaError, UnknownAgency
 from schemas.federation import AgencyRole, Federation
@@ -145,58 +145,6 @@ class PolicyRefusal(InputError):
         self.reasons = reasons
 
 
-@dataclass(frozen=True)
-class Routing:
-    """Who sends what kind of message to whom: everything routing needs, no personal data."""
-
-    message_id: UUID
-    sender: str
-    recipients: tuple[str, ...]
-    purpose: Purpose
-    recipients_field: str  # where the recipients sit in the message, for error paths
-
-
-def routing(message: Referral | EncompassNotification) -> Routing:
-    if isinstance(message, EncompassNotification):
-        h = message.header
-        return Routing(
-            h.notification_id, h.sender_agency, (h.recipient,), h.purpose, "header.recipient"
-        )
-    r = message.header
-    return Routing(r.referral_id, r.sender_agency, r.recipients, r.purpose, "header.recipients")
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What one recipient gets, and why. A refused decision has no groups and no basis."""
-
-    recipient: str
-    allowed: bool
-    reasons: tuple[str, ...]  # short codes for the sender's receipt, never personal data
-    groups: tuple[GroupShare, ...] = ()  # exactly the groups and subsets to disclose
-    lawful_basis: LawfulBasis | None = None
-    consent_basis: ConsentBasis | None = None
-    rules: tuple[str, ...] = ()  # every rule that fired, for the IG officer
-    deadline: datetime | None = None  # Operation Encompass: the start of the next school day
-    agreement: str | None = None
-    retention: Retention | None = None
-
-    def as_record(self) -> dict[str, Any]:
-        """The decision as JSON-ready codes: what ``cairn policy explain --json`` prints."""
-        return {
-            "recipient": self.recipient,
-            "allowed": self.allowed,
-            "agreement": self.agreement,
-            "groups": [g.label for g in self.groups],
-            "lawful_basis": self.lawful_basis.label if self.lawful_basis else None,
-            "consent_basis": self.consent_basis.label if self.consent_basis else None,
-            "retention": self.retention.label if self.retention else None,
-            "deadline": self.deadline.isoformat() if self.deadline else None,
-            "reasons": list(self.reasons),
-            "rules": list(self.rules),
-        }
-
-
 def decide(
     message: Referral | EncompassNotification,
     federation: Federation,
@@ -206,6 +154,7 @@ def decide(
     max_recipients: int,
     can_receive: Callable[[str], bool] = lambda _agency: True,
     calendar: SchoolCalendar = WEEKDAYS,
+    route: Routing | None = None,
 ) -> list[Decision]:
     """One decision per intended recipient, in the order the sender named them.
 
@@ -214,7 +163,7 @@ def decide(
     """
     if now.tzinfo is None:
         raise TypeError("now must be timezone-aware")
-    route = routing(message)
+    route = route or routing(message)
     # 1 fan-out, before anything else is looked at
     if len(route.recipients) > max_recipients:
         raise SchemaError(

@@ -34,8 +34,8 @@ from adapters.inbox import Delivery
 from adapters.police import Outgoing, import_export
 from broker.config import Settings
 from broker.federation import load_federation
-from broker.topics import federation_topics
-from broker.transport import create_topics
+from broker.kafka.topics import federation_topics
+from broker.kafka.transport import create_topics
 from keys import FileStore, client_context, init_federation, passphrase_from_env
 from schemas.errors import CairnError
 from schemas.federation import Federation
@@ -135,7 +135,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _audit_summary(settings: Settings) -> bool:
     """Print the latest signed checkpoint and verify the whole log offline, from its files."""
-    from broker.auditlog import AuditLog
+    from broker.audit.log import AuditLog
 
     directory = settings.state_dir / "audit"
     log = AuditLog.open(directory, readonly=True)
@@ -286,7 +286,7 @@ async def _submit_all(settings: Settings, url: str, produced: list[Outgoing]) ->
 async def _receive_all(
     settings: Settings, expected: dict[str, set[str]], timeout_s: float
 ) -> dict[str, set[str]]:
-    from broker.cli import describe
+    from broker.cli.common import describe
 
     received: dict[str, set[str]] = defaultdict(set)
 

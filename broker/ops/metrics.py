@@ -37,9 +37,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from broker.config import Settings
+from broker.kafka.topics import delivery_topic
+from broker.kafka.transport import Consumed, Record, Transport, kafka_options
 from broker.replay import ReplayStore
-from broker.topics import delivery_topic
-from broker.transport import Consumed, Record, Transport, kafka_options
 from schemas.errors import TransportError
 
 __all__ = [

@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from broker.config import Settings
-from broker.topics import TopicSpec
+from broker.kafka.topics import TopicSpec
 from schemas.errors import TransportError
 
 __all__ = [

@@ -87,7 +87,7 @@ function drawGraph(flows) {
   });
 }
 
-// Accepts both this module's shape and broker.metrics.ops_snapshot's (count, referral_id, at).
+// Accepts both this module's shape and broker.ops.metrics.ops_snapshot's (count, referral_id, at).
 function normalise(data) {
   const flows = (data.flows || []).map((f) => ({
     sender: f.sender, recipient: f.recipient, purpose: f.purpose,

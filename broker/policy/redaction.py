@@ -20,8 +20,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import date
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from broker.policy.decision import Decision
 from schemas.dash import question_set
 from schemas.disclosure import DisclosedReferral, GroupShare, ShareScope
 from schemas.encompass import EncompassNotification, is_school_age
@@ -32,9 +33,6 @@ from schemas.referral import (
     FieldGroup,
     Referral,
 )
-
-if TYPE_CHECKING:  # the policy imports the scope helpers below; only the type goes this way
-    from broker.policy import Decision
 
 __all__ = ["MASK", "agencies_in_scope", "children_in_scope", "redact", "unsafe_details"]
 

@@ -5,10 +5,10 @@ Files, in one folder (``<state_dir>/audit``):
 - ``entries.log``: a 24-byte header (magic, random log id), then one record per audit event in
   the order the auditor consumed ``cairn.audit``: ``length u32 | sequence u64 | Kafka offset
   u64 | CRC-32 u32 | event bytes`` (big-endian; the CRC covers everything in the record but
-  itself). Record *i* is leaf *i* of the RFC 9162 tree (``broker.merkle``). Every append batch
+  itself). Record *i* is leaf *i* of the RFC 9162 tree (``broker.audit.merkle``). Every append batch
   is fsynced before ``append`` returns, so the Kafka offset may be committed after it.
 - ``checkpoints.log``: the same header, then ``length u32 | CRC-32 u32 | signed note`` for every
-  checkpoint the auditor signed (``broker.checkpoint``), fsynced.
+  checkpoint the auditor signed (``broker.audit.checkpoint``), fsynced.
 - ``checkpoint``: the latest signed note alone, replaced atomically (temp file, fsync,
   ``os.replace``), for serving.
 - ``index.sqlite``: the query index. Derived: ``rebuild_index`` recreates it from the entries
@@ -64,8 +64,8 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from broker.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint, verify_checkpoint
-from broker.merkle import (
+from broker.audit.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint, verify_checkpoint
+from broker.audit.merkle import (
     InvalidProof,
     Tree,
     leaf_hash,

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from broker.merkle import HASH_SIZE
+from broker.audit.merkle import HASH_SIZE
 from keys.errors import Reason, VerificationError
 from keys.jwk import SigningKey
 

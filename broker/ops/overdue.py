@@ -1,14 +1,9 @@
-"""Delivery deadlines: by when each disclosure must be acknowledged, and the overdue sweep.
+"""The overdue sweep: disclosures not acknowledged by their deadline, reported once each.
 
-A disclosure's deadline follows its purpose: Operation Encompass by the start of the next school
-day (the policy engine sets ``Decision.deadline``); MARAC and high-risk IDVA a configurable time
-after acceptance (``deadline_marac_s``, ``deadline_idva_high_s``); other purposes none. The
-pipeline records every committed disclosure with its deadline in the replay store.
-
-``due_overdue`` is the pure core: which deliveries were not acknowledged by their deadline.
-``OverdueSweep`` runs inside ``cairn serve`` beside the receipts loop: every
-``overdue_sweep_every_s`` seconds it publishes one ``overdue`` audit event per (referral,
-recipient) past its deadline, marks the delivery so it is reported once, logs
+``due_overdue`` is the pure core: which deliveries were not acknowledged by their deadline
+(``broker.policy.deadlines`` sets it). ``OverdueSweep`` runs inside ``cairn serve`` beside the
+receipts loop: every ``overdue_sweep_every_s`` seconds it publishes one ``overdue`` audit event
+per (referral, recipient) past its deadline, marks the delivery so it is reported once, logs
 ``delivery.overdue`` (the line an alerting system matches) and counts it in
 ``cairn_overdue_disclosures_total``.
 """
@@ -19,44 +14,24 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
 
 from broker.config import Settings
-from broker.metrics import Metrics
-from broker.policy import Decision
+from broker.kafka.transport import Transport
+from broker.ops.metrics import Metrics
 from broker.receipts import audit_record
 from broker.replay import Delivery, ReplayStore
-from broker.transport import Transport
 from schemas.audit import overdue
-from schemas.dash import RiskLevel
-from schemas.encompass import EncompassNotification
 from schemas.errors import CairnError
-from schemas.referral import Purpose, Referral
+from schemas.referral import Purpose
 
-__all__ = ["NOT_ACKNOWLEDGED", "OverdueSweep", "deadline_for", "due_overdue"]
+__all__ = ["NOT_ACKNOWLEDGED", "OverdueSweep", "due_overdue"]
 
 log = structlog.get_logger(__name__)
 
 NOT_ACKNOWLEDGED = "not-acknowledged"  # the overdue event's reason code
-
-
-def deadline_for(
-    message: Referral | EncompassNotification,
-    decision: Decision,
-    settings: Settings,
-    now: datetime,
-) -> datetime | None:
-    """When ``decision``'s recipient must have acknowledged the disclosure, if ever."""
-    if isinstance(message, EncompassNotification):
-        return decision.deadline  # the start of the next school day, from the policy
-    purpose = message.header.purpose
-    if purpose is Purpose.MARAC:
-        return now + timedelta(seconds=settings.deadline_marac_s)
-    if purpose is Purpose.IDVA and message.risk.level is RiskLevel.HIGH:
-        return now + timedelta(seconds=settings.deadline_idva_high_s)
-    return None
 
 
 def due_overdue(

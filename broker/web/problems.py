@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.policy import PolicyRefusal
+from broker.policy.decide import PolicyRefusal
 from keys.errors import Reason
 from keys.errors import VerificationError as KeyVerificationError
 from schemas.errors import (

@@ -19,18 +19,18 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
-from broker.agreements import AGREEMENTS_DIR, Agreement, load_agreements
-from broker.auditlog import CHECKPOINTS_FILE
-from broker.calendar import CALENDAR_FILE, SchoolCalendar, load_calendar
+from broker.audit.log import CHECKPOINTS_FILE
 from broker.config import Settings
-from broker.deadlines import OverdueSweep
 from broker.ingest import Pipeline
-from broker.metrics import CONTENT_TYPE, CountingTransport, KafkaProbe, Metrics
-from broker.problems import http_problem, problem_for, problem_response
+from broker.kafka.transport import KafkaTransport, Transport
+from broker.ops.metrics import CONTENT_TYPE, CountingTransport, KafkaProbe, Metrics
+from broker.ops.overdue import OverdueSweep
+from broker.policy.agreements import AGREEMENTS_DIR, Agreement, load_agreements
+from broker.policy.calendar import CALENDAR_FILE, SchoolCalendar, load_calendar
 from broker.receipts import ReceiptsLoop
 from broker.replay import ReplayStore
-from broker.transport import KafkaTransport, Transport
 from broker.trust import TrustStore
+from broker.web.problems import http_problem, problem_for, problem_response
 from keys import peer_agency
 from keys.errors import VerificationError as KeyVerificationError
 from schemas.errors import (
@@ -213,9 +213,9 @@ def create_app(
     """The broker application; the transport is started and stopped with the app.
 
     With ``consume_receipts`` the app also runs the loop that audits recipients'
-    acknowledgements (``broker.receipts``) and the overdue sweep (``broker.deadlines``),
+    acknowledgements (``broker.receipts``) and the overdue sweep (``broker.ops.overdue``),
     started after the transport and stopped before it.
-    With ``dashboard`` it serves the ops view at /ui/ (broker.dashboard). Sharing agreements
+    With ``dashboard`` it serves the ops view at /ui/ (broker.web.dashboard). Sharing agreements
     and the school calendar are read from the federation folder unless given.
     """
     if agreements is None:
@@ -232,7 +232,7 @@ def create_app(
         metrics.probe = KafkaProbe(settings, federation.ids)
     ledger = None
     if dashboard:
-        from broker.dashboard import FlowLedger, TappedTransport
+        from broker.web.dashboard import FlowLedger, TappedTransport
 
         # The ops view counts what the broker committed (ids, agencies, purposes, times).
         ledger = FlowLedger()
@@ -253,7 +253,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     if ledger is not None:
-        from broker.dashboard import LedgerOpsSource, add_ops_routes, dlq_counter
+        from broker.web.dashboard import LedgerOpsSource, add_ops_routes, dlq_counter
 
         source = LedgerOpsSource(
             ledger, probes={"kafka": transport.ready}, dlq_count=dlq_counter(settings), clock=clock

@@ -41,8 +41,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from broker.app import TLS_AGENCY, problems_middleware
-from broker.auditlog import (
+from broker.audit.log import (
     DEFAULT_ORIGIN,
     AuditLog,
     CheckpointPolicy,
@@ -50,8 +49,9 @@ from broker.auditlog import (
     Query,
 )
 from broker.config import Settings
-from broker.transport import kafka_options
+from broker.kafka.transport import kafka_options
 from broker.trust import TrustStore
+from broker.web.app import TLS_AGENCY, problems_middleware
 from keys import AUDITOR_ID, peer_agency
 from keys.errors import VerificationError as KeyVerificationError
 from schemas.audit import person_pseudonyms
@@ -349,7 +349,7 @@ async def subject(request: web.Request) -> web.Response:
 
 
 def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application:
-    """The audit API; with ``dashboard``, also the IG view at /ui/ig (broker.dashboard)."""
+    """The audit API; with ``dashboard``, also the IG view at /ui/ig (broker.web.dashboard)."""
     app = web.Application(middlewares=[problems_middleware, auditor_only])
     app[AUDITOR] = auditor
     app.router.add_get("/v1/audit/checkpoint", checkpoint)
@@ -358,7 +358,7 @@ def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application
     app.router.add_get("/v1/audit/proof/consistency", consistency)
     app.router.add_post("/v1/audit/subject", subject)
     if dashboard:
-        from broker.dashboard import add_ig_routes
+        from broker.web.dashboard import add_ig_routes
 
         add_ig_routes(app, auditor)
     return app

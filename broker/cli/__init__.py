@@ -1,0 +1,1 @@
+"""The ``cairn`` command line: the top-level group (``main``), its command groups, the demo."""

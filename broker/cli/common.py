@@ -1,0 +1,65 @@
+"""What every ``cairn`` subcommand shares: the settings, errors as one line, delivery summaries.
+
+A command never shows a traceback for something the operator can fix: a Cairn error becomes
+its message, a configuration fault says the configuration is not valid and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from broker.config import Settings
+from schemas.errors import CairnError
+
+__all__ = ["clean_errors", "describe", "settings_or_exit"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def settings_or_exit() -> Settings:
+    """The effective settings, or a one-line usage error naming what is wrong with them."""
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError, TOML errors: all configuration faults
+        raise click.ClickException(f"configuration is not valid: {exc}") from None
+
+
+def clean_errors(fn: Callable[P, T]) -> Callable[P, T]:
+    """Turn Cairn's errors into one-line messages, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except CairnError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def describe(delivery: Any) -> str:
+    """A short human summary of one delivery for a terminal: only what this recipient got."""
+    d = delivery.disclosure
+    head = f"[{d.recipient_agency}] {d.purpose.value} {d.referral_id} from {d.sender_agency}"
+    groups = ",".join(g.label for g in d.groups)
+    if d.notification is not None:
+        c = d.notification.content
+        return (
+            f"{head}: Operation Encompass notice for {c.child_given_name} {c.child_family_name}"
+            f" (born {c.child_date_of_birth}); incident {c.occurred_at:%Y-%m-%d %H:%M} "
+            f"[{d.agreement}; {groups}]"
+        )
+    r = d.referral
+    parts = [f"priority {r.header.priority.value}"]
+    if r.risk is not None:
+        parts.append(f"risk {r.risk.level.value}")
+    if r.victim is not None:
+        parts.append(f"victim {r.victim.given_name} {r.victim.family_name}")
+    if r.incident is not None:
+        parts.append(f"incident {r.incident.occurred_at:%Y-%m-%d %H:%M}")
+    return f"{head}: {'; '.join(parts)} [{d.agreement}; {groups}]"
