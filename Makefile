@@ -51,10 +51,11 @@ test: $(STAMP) $(CHROMIUM)  ## run the whole suite, Kafka and browser tests incl
 test-unit: $(STAMP)  ## unit tests only: no Kafka, seconds
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-lint: $(STAMP)  ## ruff and mypy --strict
+lint: $(STAMP)  ## ruff, mypy --strict and the import contracts (docs/architecture.md)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench-throughput: $(STAMP)  ## HTTP -> broker -> Kafka -> recipient, beside a bare aiohttp+aiokafka baseline
 	$(WITH_KAFKA) $(BIN)/python bench/throughput.py

@@ -34,32 +34,37 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from broker.audit.checkpoint import NoteVerifier
 from broker.audit.log import (
     DEFAULT_ORIGIN,
     AuditLog,
     CheckpointPolicy,
     Entry,
     Query,
+    verify,
 )
 from broker.config import Settings
 from broker.kafka.transport import kafka_options
 from broker.trust import TrustStore
-from broker.web.app import TLS_AGENCY, problems_middleware
+from broker.web.middleware import TLS_AGENCY, problems_middleware
+from broker.web.pages import json_page, static_file, static_route
 from keys import AUDITOR_ID, peer_agency
 from keys.errors import VerificationError as KeyVerificationError
+from keys.registry import KeyStatus, KeyUse
 from schemas.audit import person_pseudonyms
 from schemas.consent import OverrideReason
 from schemas.errors import AuthenticationError, FieldProblem, SchemaError
 from schemas.referral import Purpose
 
-__all__ = ["Auditor", "auditor_app"]
+__all__ = ["Auditor", "add_ig_routes", "auditor_app"]
 
 log = structlog.get_logger(__name__)
 
@@ -348,6 +353,56 @@ async def subject(request: web.Request) -> web.Response:
     return _entries(await auditor.call(auditor.log.query, Query(subjects=tuple(pseudonyms))))
 
 
+# --- HTTP: the IG view --------------------------------------------------------------
+
+
+def _verifiers(auditor: Auditor) -> list[NoteVerifier]:
+    """The auditor's signing keys from the verified registry, retired ones included."""
+    member = auditor.trust.registry().member(AUDITOR_ID)
+    found = []
+    for k in member.keys if member is not None else ():
+        public = k.jwk.public_key()
+        usable = k.use is KeyUse.SIGNING and k.status is not KeyStatus.REVOKED
+        if usable and isinstance(public, Ed25519PublicKey):
+            found.append(NoteVerifier(auditor.origin, public))
+    return found
+
+
+async def ig_page(_request: web.Request) -> web.Response:
+    return static_file("ig.html", "text/html")
+
+
+async def ig_verify(request: web.Request) -> web.Response:
+    """Verify the log's files now, on the log's own thread so no append runs meanwhile."""
+    auditor = request.app[AUDITOR]
+    verifiers = _verifiers(auditor)
+    report = await auditor.call(lambda: verify(auditor.directory, verifiers, origin=auditor.origin))
+    return json_page(
+        {
+            "ok": report.ok,
+            "entries": report.entries,
+            "checkpoints": report.checkpoints,
+            "verified_size": report.verified_size,
+            "unattested": report.unattested,
+            "root": report.root.hex(),
+            "problems": [str(p) for p in report.problems[:50]],
+            "verifiers": [v.vkey() for v in verifiers],
+        }
+    )
+
+
+def add_ig_routes(app: web.Application, auditor: Auditor) -> None:
+    """Mount the IG view on the auditor's ``app``, behind its auditor-only middleware."""
+    if AUDITOR not in app:
+        app[AUDITOR] = auditor
+    app.router.add_get("/ui/ig", ig_page)
+    app.router.add_post("/ui/ig/api/verify", ig_verify)
+    app.router.add_get("/ui/static/{name}", static_route(_IG_FILES))
+
+
+_IG_FILES: Final = {"ig.js": "text/javascript", "style.css": "text/css"}
+
+
 def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application:
     """The audit API; with ``dashboard``, also the IG view at /ui/ig (broker.web.dashboard)."""
     app = web.Application(middlewares=[problems_middleware, auditor_only])
@@ -358,7 +413,5 @@ def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application
     app.router.add_get("/v1/audit/proof/consistency", consistency)
     app.router.add_post("/v1/audit/subject", subject)
     if dashboard:
-        from broker.web.dashboard import add_ig_routes
-
         add_ig_routes(app, auditor)
     return app

@@ -1,14 +1,14 @@
 """The dashboard: an operations view served by the broker, an IG view served by the auditor.
 
-Both are small static pages (``broker/static/``, vanilla JavaScript, no external resources)
-that read JSON from the app that serves them, over the same mutual TLS and client-certificate
-roles as the API:
+Both are small static pages (``broker/web/static/``, served by ``broker.web.pages``) that read
+JSON from the app that serves them, over the same mutual TLS and client-certificate roles as the
+API; the IG view's routes live with the auditor (``broker.audit.service``):
 
     broker   GET  /ui/                  the ops view (any federation member's certificate)
              GET  /ui/api/ops?window_s= flows, per-agency lag, DLQ count, overdue items, health
     auditor  GET  /ui/ig                the IG view (the auditor's certificate only: the auditor
                                         app's middleware refuses every other one with 401)
-             POST /ui/ig/api/verify     verify the audit log's files now (``auditlog.verify``)
+             POST /ui/ig/api/verify     verify the audit log's files now (``audit.log.verify``)
 
 The IG page otherwise reads the audit API itself (``/v1/audit/checkpoint``, ``/entries``,
 ``/subject``). The ops JSON holds ids, agencies, purposes, counts and times only: never a
@@ -30,7 +30,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any, Final, Protocol
 from uuid import UUID
 
@@ -38,16 +37,12 @@ import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from broker.audit.checkpoint import NoteVerifier
-from broker.audit.log import verify
-from broker.audit.service import AUDITOR, Auditor
 from broker.config import Settings
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
-from broker.web.app import tls_agency
-from keys.registry import AUDITOR_ID, KeyStatus, KeyUse
+from broker.web.middleware import tls_agency
+from broker.web.pages import json_page, static_file, static_route
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.errors import AuthenticationError, CairnError, FieldProblem, SchemaError
 
@@ -58,7 +53,6 @@ __all__ = [
     "LedgerOpsSource",
     "OpsSource",
     "TappedTransport",
-    "add_ig_routes",
     "add_ops_routes",
     "dlq_counter",
 ]
@@ -70,20 +64,7 @@ MAX_WINDOW_S: Final = 30 * 86_400  # seconds
 MAX_LEDGER_EVENTS: Final = 100_000  # audit facts kept in memory; the oldest go first
 OVERDUE_SHOWN: Final = 200  # overdue items listed, newest first
 
-_STATIC: Final = resources.files("broker.web") / "static"
 _OPS_FILES: Final = {"ops.js": "text/javascript", "style.css": "text/css"}
-_IG_FILES: Final = {"ig.js": "text/javascript", "style.css": "text/css"}
-# Pages load nothing from anywhere but their own origin, and are never cached or framed.
-_HEADERS: Final = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-
 Probe = Callable[[], Awaitable[bool]]
 
 
@@ -291,30 +272,6 @@ class LedgerOpsSource:
         return dict(zip(names, states, strict=True))
 
 
-# --- HTTP: shared -----------------------------------------------------------------------------
-
-
-def _file(name: str, content_type: str) -> web.Response:
-    body = (_STATIC / name).read_bytes()
-    return web.Response(body=body, content_type=content_type, charset="utf-8", headers=_HEADERS)
-
-
-def _static_route(files: Mapping[str, str]) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """Serve only the named files: no directory listing, no path from the URL reaches disk."""
-
-    async def handler(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in files:
-            raise web.HTTPNotFound(text=f"no such dashboard file: {name}")
-        return _file(name, files[name])
-
-    return handler
-
-
-def _json(body: Mapping[str, Any]) -> web.Response:
-    return web.json_response(body, headers=_HEADERS)
-
-
 # --- HTTP: the ops view (broker) ------------------------------------------------------------
 
 
@@ -333,7 +290,7 @@ def _viewer(request: web.Request) -> str:
 
 async def ops_page(request: web.Request) -> web.Response:
     _viewer(request)
-    return _file("index.html", "text/html")
+    return static_file("index.html", "text/html")
 
 
 async def ops_data(request: web.Request) -> web.Response:
@@ -351,7 +308,7 @@ async def ops_data(request: web.Request) -> web.Response:
             f"'window_s' must be between 60 and {MAX_WINDOW_S} seconds",
             (FieldProblem("window_s", "out of range"),),
         )
-    return _json(await request.app[OPS_SOURCE].snapshot(timedelta(seconds=seconds)))
+    return json_page(await request.app[OPS_SOURCE].snapshot(timedelta(seconds=seconds)))
 
 
 async def _to_slash(_request: web.Request) -> web.Response:
@@ -367,7 +324,7 @@ def add_ops_routes(
     app.router.add_get("/ui", _to_slash)
     app.router.add_get("/ui/", ops_page)
     app.router.add_get("/ui/api/ops", ops_data)
-    app.router.add_get("/ui/static/{name}", _guarded(_static_route(_OPS_FILES)))
+    app.router.add_get("/ui/static/{name}", _guarded(static_route(_OPS_FILES)))
 
 
 def _guarded(
@@ -378,53 +335,6 @@ def _guarded(
         return await handler(request)
 
     return guarded
-
-
-# --- HTTP: the IG view (auditor) --------------------------------------------------------------
-
-
-def _verifiers(auditor: Auditor) -> list[NoteVerifier]:
-    """The auditor's signing keys from the verified registry, retired ones included."""
-    member = auditor.trust.registry().member(AUDITOR_ID)
-    found = []
-    for k in member.keys if member is not None else ():
-        public = k.jwk.public_key()
-        usable = k.use is KeyUse.SIGNING and k.status is not KeyStatus.REVOKED
-        if usable and isinstance(public, Ed25519PublicKey):
-            found.append(NoteVerifier(auditor.origin, public))
-    return found
-
-
-async def ig_page(_request: web.Request) -> web.Response:
-    return _file("ig.html", "text/html")
-
-
-async def ig_verify(request: web.Request) -> web.Response:
-    """Verify the log's files now, on the log's own thread so no append runs meanwhile."""
-    auditor = request.app[AUDITOR]
-    verifiers = _verifiers(auditor)
-    report = await auditor.call(lambda: verify(auditor.directory, verifiers, origin=auditor.origin))
-    return _json(
-        {
-            "ok": report.ok,
-            "entries": report.entries,
-            "checkpoints": report.checkpoints,
-            "verified_size": report.verified_size,
-            "unattested": report.unattested,
-            "root": report.root.hex(),
-            "problems": [str(p) for p in report.problems[:50]],
-            "verifiers": [v.vkey() for v in verifiers],
-        }
-    )
-
-
-def add_ig_routes(app: web.Application, auditor: Auditor) -> None:
-    """Mount the IG view on the auditor's ``app``, behind its auditor-only middleware."""
-    if AUDITOR not in app:
-        app[AUDITOR] = auditor
-    app.router.add_get("/ui/ig", ig_page)
-    app.router.add_post("/ui/ig/api/verify", ig_verify)
-    app.router.add_get("/ui/static/{name}", _static_route(_IG_FILES))
 
 
 # --- DLQ counting over Kafka -----------------------------------------------------------------

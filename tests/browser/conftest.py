@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from broker.audit.log import CheckpointPolicy
-from broker.audit.service import Auditor, auditor_app
+from broker.audit.service import Auditor, add_ig_routes, auditor_app
 from broker.config import Settings
 from broker.kafka.topics import federation_topics
 from broker.kafka.transport import KafkaTransport, create_topics
@@ -33,7 +33,6 @@ from broker.web.dashboard import (
     FlowLedger,
     LedgerOpsSource,
     TappedTransport,
-    add_ig_routes,
     add_ops_routes,
     dlq_counter,
 )
