@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     deadline_idva_high_s: int = Field(default=86_400, ge=1)  # seconds to acknowledge high-risk IDVA
     overdue_sweep_every_s: float = Field(default=30.0, gt=0)  # seconds between overdue sweeps
     ops_refresh_s: float = Field(default=10.0, gt=0)  # seconds Kafka lag figures are cached
+    calendar_warn_days: int = Field(
+        default=60,
+        ge=0,
+        description="Days before the school calendar's last term ends that the broker warns",
+    )  # days; `cairn policy check` warns in the same window
 
     # Limits
     max_body_bytes: int = Field(default=1_048_576, gt=0)  # bytes per submission

@@ -4,7 +4,8 @@
 folder's agencies, agreements and school calendar, and prints per recipient the decision, the
 groups, the lawful and consent basis and every rule that fired, so an IG officer can see why.
 It cannot see the key registry, so it assumes every recipient has a usable encryption key.
-``cairn policy check`` lints the agreements and the calendar and exits non-zero on problems.
+``cairn policy check`` lints the agreements and the calendar and exits non-zero on problems;
+term dates that run out within ``calendar_warn_days`` days, or have, are a warning only.
 Nothing printed holds personal data: codes, agency and agreement ids only.
 """
 
@@ -150,8 +151,18 @@ def _describe(d: Decision, federation: Federation) -> str:
 
 
 @policy.command()
-def check() -> None:
-    """Lint the sharing agreements and the school calendar; exit 1 if anything needs fixing."""
+@click.option(
+    "--today",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Judge how soon the term dates run out as at this date [default: today].",
+)
+def check(today: datetime | None) -> None:
+    """Lint the sharing agreements and the school calendar; exit 1 if anything needs fixing.
+
+    Term dates that end within calendar_warn_days (60) days, or have ended, are a warning,
+    not a failure: past them deadlines follow the conservative rule (the next weekday that is
+    not a bank holiday).
+    """
     settings = _settings()
     folder = settings.federation_dir
     try:
@@ -159,15 +170,22 @@ def check() -> None:
     except CairnError as exc:
         raise _fail(exc) from None
     problems = [str(p) for p in lint_directory(folder / AGREEMENTS_DIR, federation)]
+    warnings = []
     try:
-        load_calendar(folder / CALENDAR_FILE)
+        calendar = load_calendar(folder / CALENDAR_FILE)
     except SchemaError as exc:
         problems.extend(f"{CALENDAR_FILE}: {p.field}: {p.problem}" for p in exc.problems)
         if not exc.problems:  # missing or not YAML: the message says which
             problems.append(f"{CALENDAR_FILE}: {exc}")
-    for line in problems:
+    else:
+        day = today.date() if today is not None else datetime.now(calendar.zone).date()
+        warning = calendar.horizon_warning(day, settings.calendar_warn_days)
+        if warning is not None:
+            warnings.append(f"warning: {CALENDAR_FILE}: {warning}")
+    for line in [*problems, *warnings]:
         click.echo(line)
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s) in {folder}")
     count = len(list((folder / AGREEMENTS_DIR).glob("*.yaml")))
-    click.echo(f"{count} agreement(s) and the school calendar in {folder}: no problems")
+    noted = f" ({len(warnings)} warning(s))" if warnings else ""
+    click.echo(f"{count} agreement(s) and the school calendar in {folder}: no problems{noted}")

@@ -11,6 +11,12 @@ Kafka figures (consumer lag per delivery topic, the auditor's lag, dead letters)
 bounded time, so ``/metrics`` answers from the cache and never waits on Kafka. The age of the
 auditor's latest checkpoint is read from its file's modification time when scraped.
 
+``CalendarWatch`` keeps an eye on the school calendar's horizon: the gauge
+``cairn_school_calendar_days_left`` (days until the last configured term ends, read when scraped;
+negative once it has ended), and once a day the log line ``calendar.running_out`` from
+``calendar_warn_days`` before the end, ``calendar.ended`` after it (deadlines then follow the
+conservative rule), or ``calendar.no_term_dates``.
+
 ``CountingTransport`` wraps any transport to count produce errors and retries.
 ``ops_snapshot`` gives the same picture as a JSON-ready dict for the dashboard and
 ``cairn status``.
@@ -25,7 +31,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +45,14 @@ from prometheus_client.registry import Collector
 from broker.config import Settings
 from broker.kafka.topics import delivery_topic
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
+from broker.policy.calendar import CONSERVATIVE_RULE, SchoolCalendar
 from broker.replay import ReplayStore
 from schemas.errors import TransportError
 
 __all__ = [
     "CONTENT_TYPE",
     "STAGES",
+    "CalendarWatch",
     "CountingTransport",
     "KafkaFigures",
     "KafkaProbe",
@@ -151,6 +159,7 @@ class Metrics:
         )
         self.probe: KafkaProbe | None = None
         self.checkpoint_file: Path | None = None
+        self.calendar_watch: CalendarWatch | None = None
         r.register(_OpsCollector(self))
         for stage in STAGES:  # every stage is exposed from the start, at zero
             self.stage_seconds.labels(stage=stage)
@@ -189,6 +198,16 @@ class _OpsCollector(Collector):
         return ()  # computed on collect; nothing to register up front
 
     def collect(self) -> Iterable[Metric]:
+        watch = self._metrics.calendar_watch
+        left = watch.days_left() if watch is not None else None
+        if left is not None:
+            days = GaugeMetricFamily(
+                "cairn_school_calendar_days_left",
+                "Days until the school calendar's last configured term ends (negative: ended, "
+                "deadlines follow the conservative rule)",
+            )
+            days.add_metric([], left)
+            yield days
         age = self._metrics.checkpoint_age_s()
         if age is not None:
             g = GaugeMetricFamily(
@@ -229,6 +248,61 @@ class _OpsCollector(Collector):
             )
             d.add_metric([], figures.dlq_offsets)
             yield d
+
+
+# Seconds between looks at the calendar: the log line is written at most once a local day, so
+# this only bounds how late after midnight the day's line comes.
+_CALENDAR_CHECK_EVERY_S = 3600.0
+
+
+class CalendarWatch:
+    """Warns before the school calendar's term dates run out; see the module docstring."""
+
+    def __init__(
+        self, calendar: SchoolCalendar, clock: Callable[[], datetime], warn_days: int
+    ) -> None:
+        self._calendar = calendar
+        self._clock = clock
+        self._warn_days = warn_days
+        self._logged_on: date | None = None
+
+    def today(self) -> date:
+        """Today in the calendar's own time zone."""
+        return self._clock().astimezone(self._calendar.zone).date()
+
+    def days_left(self) -> int | None:
+        """Days until the last configured term ends (negative after), None without terms."""
+        return self._calendar.days_left(self.today())
+
+    def check(self) -> int | None:
+        """Log the horizon if it needs attention, at most once per local day; days left."""
+        today = self.today()
+        left = self._calendar.days_left(today)
+        if self._logged_on == today:
+            return left
+        self._logged_on = today
+        last = self._calendar.last_day
+        if left is None or last is None:
+            log.warning("calendar.no_term_dates", rule=CONSERVATIVE_RULE)
+        elif left < 0:
+            log.error(
+                "calendar.ended", last_day=last.isoformat(), days_ago=-left, rule=CONSERVATIVE_RULE
+            )
+        elif left <= self._warn_days:
+            log.warning(
+                "calendar.running_out",
+                last_day=last.isoformat(),
+                days_left=left,
+                warn_days=self._warn_days,
+            )
+        return left
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check at start and then hourly until ``stop`` is set."""
+        while not stop.is_set():
+            self.check()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _CALENDAR_CHECK_EVERY_S)
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,35 @@
-"""The school calendar the Operation Encompass deadline runs on: terms, closures, start times.
+"""The school calendar the Operation Encompass deadline runs on: terms, closures, bank holidays.
 
 Police must notify a school before the start of the next school day (s49A Domestic Abuse Act
-2021), so the deadline depends on the area's term dates, its half terms, INSET days and bank
-holidays, and on when each school's day starts. These are configuration, kept in
-``<federation_dir>/school-calendar.yaml`` and validated here; ``next_school_day_start`` is pure.
+2021), so the deadline depends on the local authority's term dates, its half terms and INSET
+days, the bank holidays, and when each school's day starts. Terms and closures are local
+configuration, kept per authority in ``<federation_dir>/school-calendar.yaml`` and validated
+here. Bank holidays are not configured: they come from the maintained ``holidays`` package
+(England and Wales, Banking and Financial Dealings Act 1971 and the proclamations under it),
+so a bank holiday the YAML forgot is still no school day. Everything here is pure.
 
-A day is a school day when it is a weekday inside a term and not inside a closure. Outside the
-span the calendar covers (before its first term, after its last) nothing is known, so every
-weekday counts: the deadline is then conservative, earlier than the real one, never later.
-``WEEKDAYS``, the calendar with no terms at all, is that conservative rule everywhere.
+A day is a school day when it is a weekday, not a bank holiday in England and Wales, inside a
+term and not inside a closure. Outside the span the term dates cover (before the first term,
+after the last) nothing local is known, so the documented conservative rule applies: the next
+weekday that is not a bank holiday. The deadline is then earlier than the real one, never
+later, and is never silently taken for a known school day: ``covers`` says whether the term
+dates reach a day, ``days_left`` how long until they run out (the broker warns before then),
+and ``explain_deadline`` says in words which days were skipped and why. ``WEEKDAYS``, the
+calendar with no terms at all, is the conservative rule everywhere.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Final
+from types import MappingProxyType
+from typing import Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from holidays.countries.united_kingdom import UnitedKingdom
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from schemas.decode import field_problems
@@ -27,11 +37,17 @@ from schemas.errors import SchemaError
 from schemas.fields import AgencyId, Frozen, ShortText, inconsistent
 
 __all__ = [
+    "BANK_HOLIDAYS_SOURCE",
     "CALENDAR_FILE",
+    "CONSERVATIVE_RULE",
     "WEEKDAYS",
     "Closure",
+    "DeadlineExplanation",
     "SchoolCalendar",
+    "SkippedDays",
     "Term",
+    "bank_holiday",
+    "explain_deadline",
     "load_calendar",
     "next_school_day_start",
 ]
@@ -39,9 +55,57 @@ __all__ = [
 #: The calendar's file name inside the federation folder.
 CALENDAR_FILE: Final = "school-calendar.yaml"
 
+#: Where bank holidays come from, for headers, docs and ``cairn policy check``.
+BANK_HOLIDAYS_SOURCE: Final = (
+    "England and Wales bank holidays from the 'holidays' package "
+    "(Banking and Financial Dealings Act 1971)"
+)
+
+#: The rule beyond the configured term dates, in words.
+CONSERVATIVE_RULE: Final = "next weekday that is not a bank holiday"
+
 # A school year has no gap between school days longer than the summer holiday; a search that
 # runs a year finds one, or the calendar is broken.
 _SEARCH_LIMIT = timedelta(days=366)
+_ONE_DAY = timedelta(days=1)
+
+# The package's England subdivision; Wales has the same list (both add only Easter Monday and
+# the late summer bank holiday to the common ones), which a unit test checks year by year.
+_SUBDIVISION: Final = "ENG"
+
+_WEEKDAY_NAMES: Final = (
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+)
+_MONTH_NAMES: Final = (
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"
+)  # fmt: skip
+
+_TO: Final = "\N{EN DASH}"  # the typographic range sign, spelt out for the linter
+
+SkipKind = Literal["school_day_started", "school_holidays", "closure", "weekend", "bank_holiday"]
+
+
+@functools.lru_cache(maxsize=64)
+def _bank_holidays_in(year: int) -> Mapping[date, str]:
+    # language is explicit: otherwise the package reads the process locale for the names.
+    table = UnitedKingdom(  # type: ignore[no-untyped-call]  # its __init__ takes bare **kwargs
+        subdiv=_SUBDIVISION, years=year, language="en_GB"
+    )
+    return MappingProxyType(dict(table))
+
+
+def bank_holiday(day: date) -> str | None:
+    """The name of the England and Wales bank holiday on ``day``, or None if it is not one.
+
+    Substitute days carry the package's "(observed)" suffix, e.g. "Boxing Day (observed)".
+    """
+    return _bank_holidays_in(day.year).get(day)
 
 
 class Term(Frozen):
@@ -59,7 +123,10 @@ class Term(Frozen):
 
 
 class Closure(Frozen):
-    """Days inside a term when schools are shut: half term, INSET days, bank holidays."""
+    """Days inside a term when the authority's schools are shut: half terms, INSET days.
+
+    Bank holidays need no closure: they are never school days (``bank_holiday``).
+    """
 
     name: ShortText
     first_day: date
@@ -73,8 +140,11 @@ class Closure(Frozen):
 
 
 class SchoolCalendar(Frozen):
-    """The area's school calendar, in its local time zone."""
+    """One local authority's school calendar, in its local time zone."""
 
+    authority: ShortText | None = Field(
+        default=None, description="The local authority whose term dates these are"
+    )
     timezone: ShortText = "Europe/London"
     school_day_start: time = Field(
         default=time(8, 30), description="When the school day starts, local time"
@@ -107,19 +177,62 @@ class SchoolCalendar(Frozen):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    @property
+    def first_day(self) -> date | None:
+        """The first day the term dates cover (None without terms)."""
+        return self.terms[0].first_day if self.terms else None
+
+    @property
+    def last_day(self) -> date | None:
+        """The last day the term dates cover: after it the conservative rule applies."""
+        return self.terms[-1].last_day if self.terms else None
+
     def covers(self, day: date) -> bool:
         """Whether the term dates say anything about ``day``."""
         return bool(self.terms) and self.terms[0].first_day <= day <= self.terms[-1].last_day
 
+    def days_left(self, today: date) -> int | None:
+        """Days from ``today`` to the last covered day: 0 on it, negative after, None if no terms.
+
+        The broker warns when this is at most ``calendar_warn_days`` (``cairn_school_calendar_
+        days_left``), and ``cairn policy check`` reports it.
+        """
+        last = self.last_day
+        return None if last is None else (last - today).days
+
+    def runs_out_soon(self, today: date, warn_days: int = 60) -> bool:
+        """Whether the term dates end within ``warn_days`` days of ``today`` (not yet ended)."""
+        left = self.days_left(today)
+        return left is not None and 0 <= left <= warn_days
+
+    def has_ended(self, today: date) -> bool:
+        """Whether ``today`` is past the last covered day (the conservative rule is in force)."""
+        left = self.days_left(today)
+        return left is not None and left < 0
+
+    def horizon_warning(self, today: date, warn_days: int = 60) -> str | None:
+        """A sentence for the operator when the term dates end within ``warn_days`` days of
+        ``today``, have ended, or are missing; None while they reach further."""
+        left, last = self.days_left(today), self.last_day
+        rule = f"deadlines follow the conservative rule ({CONSERVATIVE_RULE})"
+        if left is None or last is None:
+            return f"no term dates: {rule} every day"
+        if left < 0:
+            return (
+                f"the term dates ended on {_short(last, True)} ({-left} day(s) ago): {rule} "
+                "until the next school year's terms are added"
+            )
+        if left <= warn_days:
+            return (
+                f"the term dates end on {_short(last, True)}, in {left} day(s): add the next "
+                f"school year's terms before then, or after it {rule}"
+            )
+        return None
+
     def is_school_day(self, day: date) -> bool:
-        """A weekday in a term and not closed; any weekday where the calendar says nothing."""
-        if day.weekday() >= 5:
-            return False
-        if not self.covers(day):
-            return True
-        in_term = any(t.first_day <= day <= t.last_day for t in self.terms)
-        closed = any(c.first_day <= day <= c.last_day for c in self.closures)
-        return in_term and not closed
+        """A weekday, not a bank holiday, in a term and not closed; beyond the term dates, any
+        weekday that is not a bank holiday (the conservative rule)."""
+        return self._closed_because(day) is None
 
     def start_time(self, school: str | None = None) -> time:
         """When ``school``'s day starts (the area's time unless the school has its own)."""
@@ -127,8 +240,29 @@ class SchoolCalendar(Frozen):
             return self.school_day_starts[school]
         return self.school_day_start
 
+    def _closed_because(self, day: date) -> tuple[SkipKind, str] | None:
+        """Why ``day`` is not a school day (kind, words), or None if it is one.
 
-#: No term dates: every weekday is a school day starting 08:30 Europe/London (conservative).
+        Holidays between terms and closures name the whole run, weekends included, so the
+        explanation reads "Autumn half term 2026 (26-30 Oct)" rather than day by day.
+        """
+        if self.covers(day):
+            term = next((t for t in self.terms if t.first_day <= day <= t.last_day), None)
+            if term is None:
+                before = max((t for t in self.terms if t.last_day < day), key=lambda t: t.last_day)
+                return "school_holidays", f"school holidays after {before.name}"
+            closure = next((c for c in self.closures if c.first_day <= day <= c.last_day), None)
+            if closure is not None:
+                return "closure", closure.name
+        if day.weekday() >= 5:
+            return "weekend", "weekend"
+        name = bank_holiday(day)
+        if name is not None:
+            return "bank_holiday", f"bank holiday {name}"
+        return None
+
+
+#: No term dates: every weekday that is not a bank holiday, from 08:30 Europe/London.
 WEEKDAYS: Final = SchoolCalendar()
 
 
@@ -152,8 +286,125 @@ def next_school_day_start(
             candidate = datetime.combine(day, start, tzinfo=zone)
             if candidate > local:
                 return candidate
-        day += timedelta(days=1)
+        day += _ONE_DAY
     raise RuntimeError("the school calendar has no school day within a year")
+
+
+class SkippedDays(Frozen):
+    """A run of days between the incident and the deadline that were not school days, and why."""
+
+    kind: SkipKind
+    name: str  # e.g. "weekend", "Autumn half term 2026", "bank holiday Christmas Day"
+    first_day: date
+    last_day: date
+
+
+class DeadlineExplanation(Frozen):
+    """The Encompass deadline and, in words, why it falls when it does."""
+
+    deadline: datetime  # in the calendar's zone
+    skipped: tuple[SkippedDays, ...]  # in date order
+    conservative: bool  # the deadline lies beyond the term dates: the conservative rule gave it
+    text: str
+
+
+def explain_deadline(
+    after: datetime, calendar: SchoolCalendar = WEEKDAYS, *, school: str | None = None
+) -> DeadlineExplanation:
+    """``next_school_day_start`` with its reason: which days were skipped, and why.
+
+    The text reads, for example (ranges take an en dash)::
+
+        next school day is Monday 2 Nov 2026 at 08:30: after the school day had started on
+        Friday 23 Oct, weekend (24-25 Oct), Autumn half term 2026 (26-30 Oct), weekend (31 Oct-1
+        Nov)
+
+    and ends with the conservative rule when the deadline lies beyond the configured term
+    dates. It holds dates and the calendar's names only, never anything about the incident.
+    ``school`` picks that school's start time, as in ``next_school_day_start``.
+    """
+    deadline = next_school_day_start(after, calendar, school=school)
+    local = after.astimezone(calendar.zone)
+    runs: list[SkippedDays] = []
+    day = local.date()
+    if day < deadline.date() and calendar.is_school_day(day):
+        # A school day whose start had passed when the incident happened.
+        runs.append(
+            SkippedDays(
+                kind="school_day_started", name="school day started", first_day=day, last_day=day
+            )
+        )
+        day += _ONE_DAY
+    while day < deadline.date():
+        why = calendar._closed_because(day)
+        if why is None:  # next_school_day_start would have stopped here
+            raise RuntimeError(f"{day} is a school day before the deadline")
+        kind, name = why
+        last = runs[-1] if runs else None
+        if last is not None and (last.kind, last.name) == why and last.last_day == day - _ONE_DAY:
+            runs[-1] = last.model_copy(update={"last_day": day})
+        else:
+            runs.append(SkippedDays(kind=kind, name=name, first_day=day, last_day=day))
+        day += _ONE_DAY
+    conservative = not calendar.covers(deadline.date())
+    return DeadlineExplanation(
+        deadline=deadline,
+        skipped=tuple(runs),
+        conservative=conservative,
+        text=_deadline_text(deadline, tuple(runs), calendar, conservative),
+    )
+
+
+def _deadline_text(
+    deadline: datetime,
+    runs: tuple[SkippedDays, ...],
+    calendar: SchoolCalendar,
+    conservative: bool,
+) -> str:
+    head = f"next school day is {_long_date(deadline.date())} at {deadline:%H:%M}"
+    items = []
+    for run in runs:
+        if run.kind == "school_day_started":
+            items.append(
+                f"after the school day had started on {_long_date(run.first_day, year=False)}"
+            )
+        else:
+            items.append(f"{run.name} ({_span(run.first_day, run.last_day)})")
+    if not runs:
+        items.append("the same day, before the school day starts")
+    parts = [", ".join(items)]
+    if conservative:
+        first, last = calendar.first_day, calendar.last_day
+        if first is None or last is None:
+            where = "no term dates are configured"
+        elif deadline.date() > last:
+            where = f"beyond the configured term dates (the last term ends {_short(last, True)})"
+        else:
+            where = (
+                f"before the configured term dates (the first term starts {_short(first, True)})"
+            )
+        parts.append(f"{where}; conservative rule: {CONSERVATIVE_RULE}")
+    return f"{head}: {'; '.join(parts)}"
+
+
+def _short(day: date, year: bool = False) -> str:
+    text = f"{day.day} {_MONTH_NAMES[day.month - 1]}"
+    return f"{text} {day.year}" if year else text
+
+
+def _long_date(day: date, *, year: bool = True) -> str:
+    return f"{_WEEKDAY_NAMES[day.weekday()]} {_short(day, year)}"
+
+
+def _span(first: date, last: date) -> str:
+    """'25 Dec', '26-30 Oct', '31 Oct-1 Nov', '19 Dec 2026-4 Jan 2027', with an en dash."""
+    if first == last:
+        return _short(first)
+    if first.year != last.year:
+        return f"{_short(first, True)}{_TO}{_short(last, True)}"
+    if first.month == last.month:
+        return f"{first.day}{_TO}{_short(last)}"
+    return f"{_short(first)}{_TO}{_short(last)}"
 
 
 def load_calendar(path: Path) -> SchoolCalendar:

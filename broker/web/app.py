@@ -22,7 +22,13 @@ from broker.audit.log import CHECKPOINTS_FILE
 from broker.config import Settings
 from broker.ingest import Pipeline
 from broker.kafka.transport import KafkaTransport, Transport
-from broker.ops.metrics import CONTENT_TYPE, CountingTransport, KafkaProbe, Metrics
+from broker.ops.metrics import (
+    CONTENT_TYPE,
+    CalendarWatch,
+    CountingTransport,
+    KafkaProbe,
+    Metrics,
+)
 from broker.ops.overdue import OverdueSweep
 from broker.policy.agreements import AGREEMENTS_DIR, Agreement, load_agreements
 from broker.policy.calendar import CALENDAR_FILE, SchoolCalendar, load_calendar
@@ -151,6 +157,8 @@ def create_app(
     if metrics is None:
         metrics = Metrics()
     metrics.checkpoint_file = settings.state_dir / "audit" / CHECKPOINTS_FILE
+    calendar_watch = CalendarWatch(calendar, clock, settings.calendar_warn_days)
+    metrics.calendar_watch = calendar_watch
     if isinstance(transport, KafkaTransport):  # lag figures only where there is a Kafka
         metrics.probe = KafkaProbe(settings, federation.ids)
     ledger = None
@@ -184,17 +192,18 @@ def create_app(
         add_ops_routes(app, source)
 
     async def transport_lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
+        calendar_watch.check()  # at start-up, before Kafka can fail, then hourly (daily lines)
         await transport.start()
         stop = asyncio.Event()
-        tasks = []
+        tasks = [asyncio.create_task(calendar_watch.run(stop))]
         if consume_receipts:
             loop = ReceiptsLoop(settings, trust, replay, transport, clock, metrics=metrics)
             tasks.append(asyncio.create_task(loop.run(stop)))
             sweep = OverdueSweep(settings, replay, transport, metrics, clock)
             tasks.append(asyncio.create_task(sweep.run(stop)))
         yield
-        # Runs after in-flight requests have drained: stop the receipts loop and the overdue
-        # sweep, then flush and close the producer.
+        # Runs after in-flight requests have drained: stop the receipts loop, the overdue
+        # sweep and the calendar watch, then flush and close the producer.
         stop.set()
         for task in tasks:
             await asyncio.wait_for(task, 15)

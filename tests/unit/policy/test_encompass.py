@@ -60,7 +60,7 @@ def test_deadline_is_the_start_of_the_next_school_day(incident: str, due: str) -
 
 
 def test_beyond_the_term_dates_every_weekday_counts() -> None:
-    """After the last configured term nothing is known: the deadline is the next weekday."""
+    """After the last configured term: the next weekday that is not a bank holiday."""
     assert next_school_day_start(at("2027-08-06T20:00:00+01:00"), CALENDAR) == at(
         "2027-08-09T08:30:00+01:00"
     )
@@ -68,7 +68,7 @@ def test_beyond_the_term_dates_every_weekday_counts() -> None:
 
 
 def test_without_term_dates_the_rule_is_weekdays() -> None:
-    """The default calendar is every weekday at 08:30 Europe/London (conservative)."""
+    """The default calendar is every weekday but bank holidays, 08:30 Europe/London."""
     assert next_school_day_start(at("2026-10-23T18:00:00+01:00"), WEEKDAYS) == at(
         "2026-10-26T08:30:00+00:00"
     )
