@@ -65,12 +65,21 @@ class FieldProblem:
 class InputError(CairnError):
     """The input was refused; sending the same thing again will be refused again.
 
-    ``problems`` names each offending field, where the error is about fields.
+    ``problems`` names each offending field, where the error is about fields; ``reasons`` are
+    rule codes (``recipient.unknown``, ``fan_out.exceeded``) where a rule refused it, which
+    ``broker.policy.rules`` puts in words. Neither carries personal data.
     """
 
-    def __init__(self, message: str, problems: tuple[FieldProblem, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        problems: tuple[FieldProblem, ...] = (),
+        *,
+        reasons: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.problems = problems
+        self.reasons = reasons
 
 
 class SchemaError(InputError):

@@ -62,6 +62,12 @@ the agreement (``agreement.<id>``) and the consent basis (``consent.obtained``,
 ``consent.state_not_accepted``, ``override.reason_not_accepted``, ``marac.no_criterion``,
 ``objection.health_sharing``, ``encompass.not_own_pupil``, ``encompass.no_home_educated_child``,
 ``encompass.not_school_age``, ``no-usable-encryption-key``).
+
+The errors raised before anyone is decided carry rule codes too (``reasons``): the fan-out
+``SchemaError`` ``fan_out.exceeded``; ``UnknownAgency`` one per problem, ``sender.unknown``,
+``encompass.sender_not_police``, ``recipient.unknown``, ``recipient.self``,
+``encompass.recipient_role``; ``PolicyRefusal`` those named on it, with the ``missing`` items.
+``broker.policy.rules`` holds the sentence and citation of every code named here.
 """
 
 from __future__ import annotations
@@ -132,7 +138,8 @@ class PolicyRefusal(InputError):
     ``problems`` name the fields to change (``consent``, ``consent.override.justification``,
     ``header.purpose``); ``reasons`` are the rule codes (``lawful_basis.missing``,
     ``consent.override.incomplete``, ``agreement.none_for_purpose``,
-    ``lawful_basis.not_accepted``). Neither carries personal data.
+    ``lawful_basis.not_accepted``); ``missing`` the field paths of the items to add (the
+    override record's, or ``consent``). None of them carries personal data.
     """
 
     def __init__(
@@ -140,9 +147,10 @@ class PolicyRefusal(InputError):
         message: str,
         problems: tuple[FieldProblem, ...] = (),
         reasons: tuple[str, ...] = (),
+        missing: tuple[str, ...] = (),
     ) -> None:
-        super().__init__(message, problems)
-        self.reasons = reasons
+        super().__init__(message, problems, reasons=reasons)
+        self.missing = missing
 
 
 def decide(
@@ -169,6 +177,7 @@ def decide(
         raise SchemaError(
             f"a referral may name at most {max_recipients} recipients",
             (FieldProblem(route.recipients_field, f"at most {max_recipients} recipients"),),
+            reasons=("fan_out.exceeded",),
         )
     # 2 membership
     _check_membership(route, federation)
@@ -200,30 +209,41 @@ def decide(
 
 def _check_membership(route: Routing, federation: Federation) -> None:
     problems: list[FieldProblem] = []
+    codes: list[str] = []  # the rule code of each problem, for broker.policy.rules
+
+    def refuse(code: str, at: str, problem: str) -> None:
+        codes.append(code)
+        problems.append(FieldProblem(at, problem))
+
     sender = federation.get(route.sender)
     if sender is None:
-        problems.append(FieldProblem("header.sender_agency", "not a member of this federation"))
+        refuse("sender.unknown", "header.sender_agency", "not a member of this federation")
     encompass = route.purpose is Purpose.ENCOMPASS
     if encompass and sender is not None and sender.role is not AgencyRole.POLICE:
-        problems.append(
-            FieldProblem("header.sender_agency", "only a police force sends Encompass notices")
+        refuse(
+            "encompass.sender_not_police",
+            "header.sender_agency",
+            "only a police force sends Encompass notices",
         )
     many = len(route.recipients) > 1 or route.recipients_field.endswith("s")
     for i, recipient in enumerate(route.recipients):
         at = f"{route.recipients_field}.{i}" if many else route.recipients_field
         agency = federation.get(recipient)
         if agency is None:
-            problems.append(FieldProblem(at, "not a member of this federation"))
+            refuse("recipient.unknown", at, "not a member of this federation")
         elif recipient == route.sender:
-            problems.append(FieldProblem(at, "a sender cannot refer to itself"))
+            refuse("recipient.self", at, "a sender cannot refer to itself")
         elif encompass and agency.role not in ENCOMPASS_RECIPIENT_ROLES:
-            problems.append(
-                FieldProblem(at, "Encompass notices go to schools or children's social care")
+            refuse(
+                "encompass.recipient_role",
+                at,
+                "Encompass notices go to schools or children's social care",
             )
     if problems:
         raise UnknownAgency(
             "the message names agencies that cannot take part; fix the named fields",
             tuple(problems),
+            reasons=tuple(dict.fromkeys(codes)),
         )
 
 
@@ -247,6 +267,7 @@ def _check_whole(
                 "consent state",
                 (FieldProblem("consent", "required: the lawful basis and consent state"),),
                 ("lawful_basis.missing",),
+                ("consent",),
             )
         if consent.state is not ConsentState.OBTAINED:
             missing = missing_override_items(consent.override)
@@ -259,6 +280,7 @@ def _check_whole(
                         for item in missing
                     ),
                     ("consent.override.incomplete",),
+                    tuple(f"consent.override.{item}" for item in missing),
                 )
     if not covering:
         raise PolicyRefusal(

@@ -3,6 +3,28 @@
 Each error has a stable ``type`` URI an integrator can switch on, a status and a title. The
 ``detail`` is the error's own message, which names fields, limits and codes but never values
 sent. Verification failures from ``keys`` carry a reason code, and each reason has its own type.
+
+The keys of a problem body:
+
+==================  ========================================================================
+``type``            ``urn:cairn:problem:<slug>``, stable per error class (always)
+``title``           the class's title (always)
+``status``          the HTTP status (always)
+``detail``          the error's own message (always)
+``errors``          ``[{"field", "problem"}]``, one per bad field, when the error names fields
+``reason``          a ``keys`` verification failure's reason code (403 signature problems)
+``reasons``         the rule codes (always on a 422; otherwise when the error carries codes)
+``explanation``     a 422 only: ``[{"code", "text", "citation"}]``, each rule code in words
+``missing``         a 422 only: the field paths of the items to add (``[]`` when none)
+``request_id``      the request's id, added by the middleware
+==================  ========================================================================
+
+A 422 (``invalid-referral``, ``unknown-agency``, ``policy-refusal``) is a decision refusing the
+message as a whole, so its body carries what ``cairn policy explain --json`` prints as
+``refused`` (``broker.policy.refusals``): the same rule codes (``fan_out.exceeded``,
+``recipient.unknown``, ``recipient.self``, ``sender.unknown``, ``consent.override.missing``,
+``consent.override.incomplete``, ``lawful_basis.missing``, ``schema.invalid``...), their
+sentences and citations, and the missing items.
 """
 
 from __future__ import annotations
@@ -13,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.policy.decide import PolicyRefusal
+from broker.policy.refusals import refusal
 from keys.errors import Reason
 from keys.errors import VerificationError as KeyVerificationError
 from schemas.errors import (
@@ -108,6 +131,13 @@ def _body(status: int, slug: str, title: str, exc: CairnError) -> dict[str, Any]
     problems = getattr(exc, "problems", ())
     if problems:
         body["errors"] = [{"field": p.field, "problem": p.problem} for p in problems]
+    if status == 422 and isinstance(exc, InputError):
+        # A refusal of the message as a whole: the codes, in words, and what to add.
+        refused = refusal(exc)
+        body["reasons"] = list(refused.reasons)
+        body["explanation"] = [r.as_record() for r in refused.explanation]
+        body["missing"] = list(refused.missing)
+        return body
     reasons = getattr(exc, "reasons", ())
     if reasons:
         body["reasons"] = list(reasons)  # rule codes, never personal data
