@@ -8,7 +8,7 @@ One process, one run, one table (bench/README.md, STYLE.md convention 12):
   leaf (``0x00 || event``), and a bare ``os.write`` + ``os.fsync`` of the same records in the
   same batches (the durability floor).
 - ``open``: reopening the log, which rescans and rehashes every entry (crash recovery).
-- ``verify``: ``broker.audit.log.verify`` of the whole log from its files (tree recomputed,
+- ``verify``: ``broker.audit.verify.verify`` of the whole log from its files (tree recomputed,
   every checkpoint's signature, root and consistency checked), with and without checking each
   entry is a canonical audit event. Baseline: bare ``hashlib`` over the same leaves.
 - ``proof``: at ``--proof-size`` leaves (default 1,000,000 synthetic leaf hashes), the time to
@@ -46,8 +46,10 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.checkpoint import NoteVerifier
-from broker.audit.log import DEFAULT_ORIGIN, AuditLog, verify
+from broker.audit.files import DEFAULT_ORIGIN
 from broker.audit.merkle import Tree, verify_consistency, verify_inclusion
+from broker.audit.store import AuditLog
+from broker.audit.verify import verify
 from broker.policy.decide import Decision
 from keys.jwk import SigningKey
 from schemas.audit import submission_events

@@ -139,7 +139,7 @@ class TrustStore:
     def pseudonym_secret(self) -> bytes:
         """The federation's audit pseudonym secret (HMAC key), decrypted once."""
         if self._pseudonym_secret is None:
-            from broker.audit.log import load_pseudonym_secret
+            from broker.audit.pseudonym import load_pseudonym_secret
 
             self._pseudonym_secret = load_pseudonym_secret(self.store, self._passphrase)
         return self._pseudonym_secret

@@ -19,27 +19,22 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.checkpoint import Checkpoint, NoteVerifier
-from broker.audit.log import (
-    DEFAULT_ORIGIN,
-    ENTRIES_FILE,
-    AuditBusy,
-    AuditLog,
-    Progress,
-    Query,
-    disclosure_report,
-    load_pseudonym_secret,
-    report_csv,
-    report_json,
-    verify,
-)
+from broker.audit.errors import AuditBusy
+from broker.audit.files import DEFAULT_ORIGIN, ENTRIES_FILE, Progress
+from broker.audit.index import Query
+from broker.audit.pseudonym import load_pseudonym_secret
+from broker.audit.report import disclosure_report, report_csv, report_json
+from broker.audit.store import AuditLog
+from broker.audit.verify import verify
 from broker.cli.common import clean_errors as _clean_errors
 from broker.cli.common import settings_or_exit as _settings
 from schemas.audit import AuditEventType, person_pseudonyms
@@ -48,7 +43,6 @@ from schemas.referral import Purpose
 
 __all__ = ["audit"]
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -175,8 +169,26 @@ def _write(output: Path | None, text: str) -> None:
         raise
 
 
-def _subject_options(fn: Callable[P, T]) -> Callable[P, T]:
-    """The identifiers a person is found by; none of them is stored or printed."""
+def _subject_options(fn: Callable[..., T]) -> Callable[..., T]:
+    """The identifiers a person is found by, handed to the command as ``subjects``: their
+    pseudonyms (empty when none is given). None of the identifiers is stored or printed."""
+
+    @wraps(fn)
+    def with_subjects(
+        *args: Any,
+        nhs_number: str | None,
+        given_name: str | None,
+        family_name: str | None,
+        dob: datetime | None,
+        aliases: tuple[str, ...],
+        **kwargs: Any,
+    ) -> T:
+        subjects = _clean_errors(_subject_pseudonyms)(
+            nhs_number, given_name, family_name, dob, aliases
+        )
+        return fn(*args, subjects=subjects, **kwargs)
+
+    command: Callable[..., T] = with_subjects
     for option in reversed(
         (
             click.option("--nhs-number", help="The subject's NHS number."),
@@ -188,8 +200,8 @@ def _subject_options(fn: Callable[P, T]) -> Callable[P, T]:
             click.option("--alias", "aliases", multiple=True, help="Another name, 'Given Family'."),
         )
     ):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command
 
 
 _WHEN = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
@@ -304,11 +316,7 @@ def verify_command(
 @_clean_errors
 def query_command(
     ctx: click.Context,
-    nhs_number: str | None,
-    given_name: str | None,
-    family_name: str | None,
-    dob: datetime | None,
-    aliases: tuple[str, ...],
+    subjects: tuple[str, ...],
     agency: str | None,
     sender: str | None,
     recipient: str | None,
@@ -325,7 +333,6 @@ def query_command(
     fmt: str,
 ) -> None:
     """Find audit events by subject, agency, purpose, lawful basis, consent override, date."""
-    subjects = _subject_pseudonyms(nhs_number, given_name, family_name, dob, aliases)
     query = Query(
         subjects=subjects,
         agency=agency,
@@ -469,11 +476,7 @@ def _note(note: bytes | None) -> str | None:
 @_clean_errors
 def export_command(
     ctx: click.Context,
-    nhs_number: str | None,
-    given_name: str | None,
-    family_name: str | None,
-    dob: datetime | None,
-    aliases: tuple[str, ...],
+    subjects: tuple[str, ...],
     since: datetime | None,
     until: datetime | None,
     no_refusals: bool,
@@ -486,7 +489,6 @@ def export_command(
     purpose, on what lawful basis and consent, which field groups, whether it was delivered
     and acknowledged, and its leaf index for an inclusion proof ('cairn audit prove').
     """
-    subjects = _subject_pseudonyms(nhs_number, given_name, family_name, dob, aliases)
     if not subjects:
         raise click.UsageError("say who the report is about: --nhs-number, or names and --dob")
     with _open_log(ctx) as log:

@@ -43,14 +43,10 @@ from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.checkpoint import NoteVerifier
-from broker.audit.log import (
-    DEFAULT_ORIGIN,
-    AuditLog,
-    CheckpointPolicy,
-    Entry,
-    Query,
-    verify,
-)
+from broker.audit.files import DEFAULT_ORIGIN
+from broker.audit.index import Query
+from broker.audit.store import AuditLog, CheckpointPolicy, Entry
+from broker.audit.verify import verify
 from broker.config import Settings
 from broker.kafka.transport import kafka_options
 from broker.trust import TrustStore

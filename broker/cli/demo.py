@@ -135,7 +135,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _audit_summary(settings: Settings) -> bool:
     """Print the latest signed checkpoint and verify the whole log offline, from its files."""
-    from broker.audit.log import AuditLog
+    from broker.audit.store import AuditLog
 
     directory = settings.state_dir / "audit"
     log = AuditLog.open(directory, readonly=True)

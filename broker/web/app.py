@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
-from broker.audit.log import CHECKPOINTS_FILE
+from broker.audit.files import CHECKPOINTS_FILE
 from broker.config import Settings
 from broker.ingest import Pipeline
 from broker.kafka.transport import KafkaTransport, Transport

@@ -8,7 +8,7 @@ API; the IG view's routes live with the auditor (``broker.audit.service``):
              GET  /ui/api/ops?window_s= flows, per-agency lag, DLQ count, overdue items, health
     auditor  GET  /ui/ig                the IG view (the auditor's certificate only: the auditor
                                         app's middleware refuses every other one with 401)
-             POST /ui/ig/api/verify     verify the audit log's files now (``audit.log.verify``)
+             POST /ui/ig/api/verify     verify the audit log's files now (``audit.verify.verify``)
 
 The IG page otherwise reads the audit API itself (``/v1/audit/checkpoint``, ``/entries``,
 ``/subject``). The ops JSON holds ids, agencies, purposes, counts and times only: never a

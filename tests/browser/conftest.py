@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from broker.audit.log import CheckpointPolicy
 from broker.audit.service import Auditor, add_ig_routes, auditor_app
+from broker.audit.store import CheckpointPolicy
 from broker.config import Settings
 from broker.kafka.topics import federation_topics
 from broker.kafka.transport import KafkaTransport, create_topics

@@ -28,9 +28,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from adapters.client import ReferralClient
 from broker.audit.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
-from broker.audit.log import DEFAULT_ORIGIN, AuditLog, AuditUnavailable, CheckpointPolicy
+from broker.audit.errors import AuditUnavailable
+from broker.audit.files import DEFAULT_ORIGIN
 from broker.audit.merkle import InvalidProof, leaf_hash, verify_consistency, verify_inclusion
 from broker.audit.service import Auditor, auditor_app
+from broker.audit.store import AuditLog, CheckpointPolicy
 from broker.config import Settings
 from broker.kafka.topics import federation_topics
 from keys import AUDITOR_ID

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from adapters.nhs.inbound import parse_bundle
 from adapters.police.referrals import import_export
 from broker.audit.checkpoint import NoteVerifier
-from broker.audit.log import DEFAULT_ORIGIN, AuditLog
+from broker.audit.files import DEFAULT_ORIGIN
+from broker.audit.store import AuditLog
 from broker.policy.decide import Decision
 from keys.jwk import SigningKey
 from schemas.audit import submission_events

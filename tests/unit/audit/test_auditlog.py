@@ -11,22 +11,14 @@ from pathlib import Path
 import pytest
 
 from broker.audit.checkpoint import NoteVerifier, verify_checkpoint
-from broker.audit.log import (
-    INDEX_FILE,
-    LATEST_FILE,
-    AuditBusy,
-    AuditLog,
-    CheckpointPolicy,
-    Query,
-    TamperDetected,
-    create_pseudonym_secret,
-    disclosure_report,
-    load_pseudonym_secret,
-    report_csv,
-    report_json,
-    verify,
-)
+from broker.audit.errors import AuditBusy, TamperDetected
+from broker.audit.files import INDEX_FILE, LATEST_FILE
+from broker.audit.index import Query
 from broker.audit.merkle import verify_consistency, verify_inclusion
+from broker.audit.pseudonym import create_pseudonym_secret, load_pseudonym_secret
+from broker.audit.report import disclosure_report, report_csv, report_json
+from broker.audit.store import AuditLog, CheckpointPolicy
+from broker.audit.verify import verify
 from keys.errors import KeyStoreError
 from keys.jwk import SigningKey
 from keys.store import MemoryStore

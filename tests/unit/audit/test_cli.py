@@ -19,8 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.checkpoint import NoteVerifier, verify_checkpoint
 from broker.audit.cli import audit
-from broker.audit.log import ENTRIES_FILE, AuditLog, load_pseudonym_secret
+from broker.audit.files import ENTRIES_FILE
 from broker.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from broker.audit.pseudonym import load_pseudonym_secret
+from broker.audit.store import AuditLog
 from broker.policy.decide import Decision
 from keys.federation import init_federation, load_registry, load_signing_key
 from keys.registry import AUDITOR_ID

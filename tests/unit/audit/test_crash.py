@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from broker.audit.checkpoint import NoteVerifier
-from broker.audit.log import ENTRIES_FILE, AuditLog, Disk, Query, TamperDetected, verify
+from broker.audit.errors import TamperDetected
+from broker.audit.files import ENTRIES_FILE, Disk
+from broker.audit.index import Query
+from broker.audit.store import AuditLog
+from broker.audit.verify import verify
 from keys.jwk import SigningKey
 
 Feed = list[tuple[int, bytes]]

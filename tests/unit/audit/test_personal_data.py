@@ -17,7 +17,8 @@ from uuid import UUID
 
 import pytest
 
-from broker.audit.log import AuditLog, Query
+from broker.audit.index import Query
+from broker.audit.store import AuditLog
 from schemas.audit import (
     AuditEvent,
     AuditEventType,

@@ -20,7 +20,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.checkpoint import NoteVerifier
-from broker.audit.log import CHECKPOINTS_FILE, ENTRIES_FILE, INDEX_FILE, AuditLog, verify
+from broker.audit.files import CHECKPOINTS_FILE, ENTRIES_FILE, INDEX_FILE
+from broker.audit.store import AuditLog
+from broker.audit.verify import verify
 from keys.jwk import SigningKey
 
 FILE_HEADER = 24
