@@ -3,13 +3,17 @@
 Every model is frozen and forbids unknown fields, so a model instance that exists has been
 validated. A referral is a set of field groups G0-G10 (``schemas.referral``); the DASH checklist
 is versioned data (``schemas.dash``); MARAC eligibility (``schemas.marac``) and the Operation
-Encompass notification (``schemas.encompass``) are built on them. The JSON Schema files
+Encompass notification (``schemas.encompass``) are built on them; the fields holding
+special-category or criminal-offence data are marked as such (``schemas.classes``). The JSON
+Schema files
 other-language adapters build against are exported from here (``schemas.export``).
 """
 
+from schemas.classes import DataClass
 from schemas.consent import (
     Art6Basis,
     Art9Condition,
+    Art10Condition,
     Consent,
     ConsentOverride,
     ConsentState,
@@ -17,7 +21,14 @@ from schemas.consent import (
     OverrideReason,
     StatutoryGateway,
 )
-from schemas.dash import DashAnswer, DashAnswers, dash_score, level_for_score, question_set
+from schemas.dash import (
+    DashAnswer,
+    DashAnswers,
+    dash_question_classes,
+    dash_score,
+    level_for_score,
+    question_set,
+)
 from schemas.encompass import EncompassContent, EncompassHeader, EncompassNotification
 from schemas.errors import (
     CairnError,
@@ -53,6 +64,7 @@ from schemas.referral import (
     SpecialCategory,
     Victim,
     Wishes,
+    field_classes,
 )
 
 __all__ = [
@@ -64,6 +76,7 @@ __all__ = [
     "AgencyRole",
     "Art6Basis",
     "Art9Condition",
+    "Art10Condition",
     "CairnError",
     "Child",
     "Classification",
@@ -72,6 +85,7 @@ __all__ = [
     "ConsentState",
     "DashAnswer",
     "DashAnswers",
+    "DataClass",
     "DpaCondition",
     "EncompassContent",
     "EncompassHeader",
@@ -105,7 +119,9 @@ __all__ = [
     "VerificationError",
     "Victim",
     "Wishes",
+    "dash_question_classes",
     "dash_score",
+    "field_classes",
     "level_for_score",
     "marac_eligibility",
     "question_set",

@@ -53,6 +53,7 @@ from pydantic import (
 from schemas.consent import (
     Art6Basis,
     Art9Condition,
+    Art10Condition,
     ConsentState,
     DpaCondition,
     OverrideReason,
@@ -118,10 +119,12 @@ GroupLabel = Annotated[
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
 Kid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]
 Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-LawfulBasis = Art6Basis | Art9Condition | DpaCondition | StatutoryGateway
-#: Every legal code an event may name (UK GDPR Art 6 and 9, DPA 2018 paragraphs, gateways).
+LawfulBasis = Art6Basis | Art9Condition | Art10Condition | DpaCondition | StatutoryGateway
+#: Every legal code an event may name (UK GDPR Art 6, 9 and 10, DPA 2018 paragraphs, gateways).
 LAWFUL_BASIS_CODES: Final = frozenset(
-    c.value for e in (Art6Basis, Art9Condition, DpaCondition, StatutoryGateway) for c in e
+    c.value
+    for e in (Art6Basis, Art9Condition, Art10Condition, DpaCondition, StatutoryGateway)
+    for c in e
 )
 
 

@@ -6,8 +6,11 @@ Legal references are codes, not free text, so policy and audit can match on them
 - UK GDPR Art 9(2)(g) substantial public interest, which needs a DPA 2018 Schedule 1 Part 2
   condition (para 10 unlawful acts, para 18 safeguarding of children and individuals at risk),
   and 9(2)(h) health or social care, which needs Schedule 1 para 2.
+- UK GDPR Art 10, criminal-offence data, authorised by DPA 2018 s10(5): a condition in Schedule 1
+  Part 1, 2 or 3. A Schedule 1 paragraph named for an Art 9 condition meets it as well; to rely
+  on a paragraph for criminal-offence data alone, name ``art10_condition`` (``dpa2018_s10_5``).
 - DPA 2018 Schedule 8 para 4 (safeguarding) for police law-enforcement processing under Part 3,
-  where neither Art 6 nor Art 9 applies.
+  where neither Art 6, Art 9 nor Art 10 applies.
 - Statutory gateways: Crime and Disorder Act 1998 s115 (a power to share, not a duty), Health and
   Social Care Act 2012 s251B (duty to share for care; disapplied when the person objects),
   Children Act 1989 s47 and 2004 s11, Domestic Abuse Act 2021 s49A (Operation Encompass).
@@ -20,14 +23,18 @@ Consent states other than ``obtained`` need an override record (DESIGN §3).
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 from pydantic import Field, model_validator
 
+from schemas.classes import DataClass
 from schemas.fields import Frozen, LongText, ShortText, inconsistent
 
 __all__ = [
+    "SCHEDULE_1_PARAGRAPHS",
     "Art6Basis",
     "Art9Condition",
+    "Art10Condition",
     "CaldicottPrinciple",
     "Consent",
     "ConsentOverride",
@@ -35,6 +42,7 @@ __all__ = [
     "DpaCondition",
     "OverrideReason",
     "StatutoryGateway",
+    "carries_condition",
 ]
 
 
@@ -58,13 +66,55 @@ class Art9Condition(StrEnum):
     HEALTH_OR_SOCIAL_CARE = "art9_2_h"
 
 
+class Art10Condition(StrEnum):
+    """The authority for criminal-offence data (UK GDPR Art 10) when no Art 9 condition is named.
+
+    DPA 2018 s10(5): Art 10 is met by a condition in Schedule 1 Part 1, 2 or 3, named as the
+    ``dpa_condition`` beside it.
+    """
+
+    DPA2018_S10_5 = "dpa2018_s10_5"
+
+
 class DpaCondition(StrEnum):
     """The DPA 2018 paragraph relied on for special category or criminal-offence data."""
 
-    SCH1_PARA2_HEALTH_SOCIAL_CARE = "dpa2018_sch1_para2"
-    SCH1_PARA10_UNLAWFUL_ACTS = "dpa2018_sch1_para10"
-    SCH1_PARA18_SAFEGUARDING = "dpa2018_sch1_para18"
+    SCH1_PARA2_HEALTH_SOCIAL_CARE = "dpa2018_sch1_para2"  # Schedule 1 Part 1
+    SCH1_PARA10_UNLAWFUL_ACTS = "dpa2018_sch1_para10"  # Part 2
+    SCH1_PARA18_SAFEGUARDING = "dpa2018_sch1_para18"  # Part 2
     SCH8_PARA4_SAFEGUARDING = "dpa2018_sch8_para4"  # police, Part 3 processing
+
+
+#: The Schedule 1 paragraphs (Parts 1 to 3): each meets Art 10 through s10(5), and Art 9 with
+#: the Art 9(2) condition it belongs to.
+SCHEDULE_1_PARAGRAPHS: Final[frozenset[DpaCondition]] = frozenset(
+    {
+        DpaCondition.SCH1_PARA2_HEALTH_SOCIAL_CARE,
+        DpaCondition.SCH1_PARA10_UNLAWFUL_ACTS,
+        DpaCondition.SCH1_PARA18_SAFEGUARDING,
+    }
+)
+
+
+def carries_condition(
+    data_class: DataClass,
+    *,
+    art9: Art9Condition | None,
+    art10: Art10Condition | None,
+    dpa: DpaCondition | None,
+) -> bool:
+    """Whether legal codes (already paired as the law requires) let ``data_class`` data leave.
+
+    Special category (Art 9(1)): an Art 9(2) condition (whose Schedule 1 paragraph the pairing
+    rules demand), or Schedule 8 for police Part 3 processing. Criminal-offence data (Art 10):
+    a Schedule 1 Part 1-3 paragraph, whether named for Art 9 or with ``art10`` (s10(5)), or
+    Part 3 processing, to which Art 10 does not apply (DPA 2018 s31, s35).
+    """
+    if dpa is DpaCondition.SCH8_PARA4_SAFEGUARDING:
+        return True
+    if data_class is DataClass.SPECIAL_CATEGORY:
+        return art9 is not None
+    return dpa in SCHEDULE_1_PARAGRAPHS and (art9 is not None or art10 is not None)
 
 
 class StatutoryGateway(StrEnum):
@@ -131,6 +181,11 @@ class Consent(Frozen):
     state: ConsentState
     art6_basis: Art6Basis | None = None
     art9_condition: Art9Condition | None = None
+    art10_condition: Art10Condition | None = Field(
+        default=None,
+        description="Criminal-offence data relied on under DPA 2018 s10(5) with the Schedule 1 "
+        "paragraph in dpa_condition; needed only when no art9_condition names that paragraph",
+    )
     dpa_condition: DpaCondition | None = None
     statutory_gateway: StatutoryGateway | None = None
     caldicott_principles: tuple[CaldicottPrinciple, ...] = ()
@@ -147,15 +202,26 @@ class Consent(Frozen):
     @model_validator(mode="after")
     def _lawful(self) -> Consent:
         part3 = self.dpa_condition is DpaCondition.SCH8_PARA4_SAFEGUARDING
-        if part3 and (self.art6_basis is not None or self.art9_condition is not None):
+        if part3 and (
+            self.art6_basis is not None
+            or self.art9_condition is not None
+            or self.art10_condition is not None
+        ):
             raise inconsistent(
                 "dpa_condition",
-                "Schedule 8 is for police Part 3 processing, which relies on neither Art 6 nor "
-                "Art 9: leave art6_basis and art9_condition empty, or use a Schedule 1 paragraph",
+                "Schedule 8 is for police Part 3 processing, which relies on neither Art 6, Art "
+                "9 nor Art 10: leave art6_basis, art9_condition and art10_condition empty, or "
+                "use a Schedule 1 paragraph",
             )
         if not part3 and self.art6_basis is None:
             raise inconsistent(
                 "art6_basis", "name the UK GDPR Art 6 basis (art6_1_c, art6_1_d or art6_1_e)"
+            )
+        if self.art10_condition is not None and self.dpa_condition not in SCHEDULE_1_PARAGRAPHS:
+            raise inconsistent(
+                "dpa_condition",
+                f"{self.art10_condition.value} needs the Schedule 1 paragraph relied on: one of "
+                f"{', '.join(sorted(p.value for p in SCHEDULE_1_PARAGRAPHS))}",
             )
         if self.art9_condition is not None:
             allowed = _ART9_PARAGRAPHS[self.art9_condition]
@@ -165,12 +231,23 @@ class Consent(Frozen):
                     f"{self.art9_condition.value} needs one of "
                     f"{', '.join(sorted(p.value for p in allowed))}",
                 )
-        elif self.dpa_condition is not None and not part3:
+        elif self.dpa_condition is not None and not part3 and self.art10_condition is None:
             raise inconsistent(
                 "art9_condition",
-                f"{self.dpa_condition.value} is a condition for an Art 9 basis: name it",
+                f"{self.dpa_condition.value} is a condition for an Art 9 basis: name it (or "
+                f"art10_condition {Art10Condition.DPA2018_S10_5.value} to rely on it for "
+                "criminal-offence data alone)",
             )
         return self
+
+    def carries(self, data_class: DataClass) -> bool:
+        """Whether the referral's own basis lets data of ``data_class`` leave (see module doc)."""
+        return carries_condition(
+            data_class,
+            art9=self.art9_condition,
+            art10=self.art10_condition,
+            dpa=self.dpa_condition,
+        )
 
     @model_validator(mode="after")
     def _override_when_no_consent(self) -> Consent:

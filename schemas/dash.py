@@ -4,6 +4,12 @@ Question sets are data (``schemas/data/dash-<version>.json``, shipped as package
 version of the checklist is a new file, not a code change, and a referral names the version its
 answers belong to. The score is the number of "yes" answers; the set's thresholds turn it into
 a level (SafeLives: standard below 10, medium 10-13, high 14 and over).
+
+Each question that asks about special-category or criminal-offence data carries its class in
+the data (``data_class``: injury, depression, pregnancy, the abuser's substance use, mental
+health and suicide threats are data concerning health, UK GDPR Art 4(15); breached bail or
+orders and criminal history are criminal-offence data, Art 10), so its answer leaves only with
+a matching condition; ``dash_question_classes`` lists them per version.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import json
 from collections.abc import Mapping
 from enum import StrEnum
 from importlib import resources
+from types import MappingProxyType
 from typing import Annotated
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
+from schemas.classes import DataClass
 from schemas.fields import Frozen, LongText, ShortText, inconsistent
 
 __all__ = [
@@ -28,6 +36,7 @@ __all__ = [
     "DashThresholds",
     "QuestionId",
     "RiskLevel",
+    "dash_question_classes",
     "dash_score",
     "known_question_sets",
     "level_for_score",
@@ -68,6 +77,11 @@ class DashQuestion(Frozen):
     number: int = Field(ge=1)
     topic: ShortText
     text: LongText
+    data_class: DataClass | None = Field(
+        default=None,
+        description="The class of data the answer is (special_category, criminal_offence), "
+        "or null: it leaves only with a matching condition",
+    )
 
 
 class DashThresholds(Frozen):
@@ -140,6 +154,14 @@ def question_set(version: str = DEFAULT_QUESTION_SET) -> DashQuestionSet:
     if qset.version != version:
         raise RuntimeError(f"dash-{version}.json declares version '{qset.version}'")
     return qset
+
+
+@functools.cache
+def dash_question_classes(version: str = DEFAULT_QUESTION_SET) -> Mapping[str, DataClass]:
+    """Question id -> class, for the classified questions of a set (LookupError if unknown)."""
+    return MappingProxyType(
+        {q.id: q.data_class for q in question_set(version).questions if q.data_class is not None}
+    )
 
 
 def dash_score(answers: Mapping[str, DashAnswer | str]) -> int:

@@ -12,6 +12,14 @@ models check field types only: the values came from a referral that was validate
 the cross-field checks of ``Referral`` (score agrees with answers, and so on) cannot hold once
 fields are withheld.
 
+Special-category and criminal-offence fields (``schemas.classes``) leave only with a matching
+condition in the basis relied on. A granted group whose classified fields lack one is sent
+without them: its ``GroupShare.withheld`` names them (DASH answers by question topic), always
+the same for the same grant and basis, never depending on whether the referral held a value,
+so a recipient can tell withheld from not known without learning that there was anything to
+withhold. A ``Disclosure`` that carries a classified field without its condition, or a field
+its share says was withheld, does not validate.
+
 Every disclosure names the agreement it was made under, the lawful basis (UK GDPR Art 6 / Art 9
 with the DPA 2018 paragraph, or a statutory gateway) and the consent basis (the consent state,
 and the override reason and paragraph when consent was not obtained), and how long the
@@ -20,28 +28,41 @@ recipient may keep it. These are codes, never free text, so audit and IG queries
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
+from schemas.classes import DataClass, classified
 from schemas.consent import (
+    SCHEDULE_1_PARAGRAPHS,
     Art6Basis,
     Art9Condition,
+    Art10Condition,
     CaldicottPrinciple,
     ConsentOverride,
     ConsentState,
     DpaCondition,
     OverrideReason,
     StatutoryGateway,
+    carries_condition,
 )
-from schemas.dash import DashAnswer, QuestionId, RiskLevel
+from schemas.dash import (
+    DashAnswer,
+    QuestionId,
+    RiskLevel,
+    dash_question_classes,
+    known_question_sets,
+    question_set,
+)
 from schemas.encompass import EncompassNotification
 from schemas.fields import NhsNumber, inconsistent
 from schemas.referral import (
     FIELD_GROUPS,
+    GROUP_MODELS,
     Address,
     AgenciesActions,
     AgencyId,
@@ -61,6 +82,7 @@ from schemas.referral import (
     ShortText,
     SpecialCategory,
     Wishes,
+    field_classes,
 )
 
 __all__ = [
@@ -85,6 +107,7 @@ __all__ = [
     "RetentionStart",
     "ShareScope",
     "SubsetName",
+    "Withholding",
 ]
 
 #: A sharing agreement's id: also its file name under ``deploy/federation/agreements``.
@@ -101,22 +124,28 @@ class LawfulBasis(Frozen):
 
     In an agreement it is a template: a referral relies on it when its G8 names every code the
     template names. Art 9(2)(g) needs a DPA 2018 Schedule 1 Part 2 paragraph (10 or 18), Art
-    9(2)(h) needs Schedule 1 paragraph 2, and Schedule 8 paragraph 4 (police Part 3 processing)
-    stands without Art 6 or Art 9, the same pairing rules as ``schemas.consent.Consent``.
+    9(2)(h) needs Schedule 1 paragraph 2, Art 10 on its own (``art10``, DPA 2018 s10(5)) needs
+    a Schedule 1 paragraph, and Schedule 8 paragraph 4 (police Part 3 processing) stands
+    without Art 6, 9 or 10, the same pairing rules as ``schemas.consent.Consent``.
     """
 
     art6: Art6Basis | None = None
     art9: Art9Condition | None = None
+    art10: Art10Condition | None = None
     dpa: DpaCondition | None = None
     gateway: StatutoryGateway | None = None
 
     @model_validator(mode="after")
     def _well_formed(self) -> LawfulBasis:
         if not self.codes:
-            raise ValueError("name at least one of art6, art9, dpa or gateway")
+            raise ValueError("name at least one of art6, art9, art10, dpa or gateway")
         part3 = self.dpa is DpaCondition.SCH8_PARA4_SAFEGUARDING
-        if part3 and (self.art6 is not None or self.art9 is not None):
-            raise inconsistent("dpa", "Schedule 8 para 4 stands without Art 6 or Art 9")
+        if part3 and (self.art6 is not None or self.art9 is not None or self.art10 is not None):
+            raise inconsistent("dpa", "Schedule 8 para 4 stands without Art 6, Art 9 or Art 10")
+        if self.art10 is not None and self.dpa not in SCHEDULE_1_PARAGRAPHS:
+            raise inconsistent(
+                "dpa", f"{self.art10.value} needs the DPA 2018 Schedule 1 paragraph relied on"
+            )
         if self.art9 is Art9Condition.SUBSTANTIAL_PUBLIC_INTEREST and self.dpa not in (
             DpaCondition.SCH1_PARA10_UNLAWFUL_ACTS,
             DpaCondition.SCH1_PARA18_SAFEGUARDING,
@@ -127,14 +156,17 @@ class LawfulBasis(Frozen):
             and self.dpa is not DpaCondition.SCH1_PARA2_HEALTH_SOCIAL_CARE
         ):
             raise inconsistent("dpa", "art9_2_h needs dpa2018_sch1_para2")
-        if self.art9 is None and self.dpa is not None and not part3:
-            raise inconsistent("art9", f"{self.dpa.value} is a condition for an Art 9 basis")
+        if self.art9 is None and self.art10 is None and self.dpa is not None and not part3:
+            raise inconsistent(
+                "art9", f"{self.dpa.value} is a condition for an Art 9 (or Art 10) basis"
+            )
         return self
 
     @property
     def codes(self) -> tuple[str, ...]:
-        """The legal codes, in the order Art 6, Art 9, DPA paragraph, gateway."""
-        return tuple(c.value for c in (self.art6, self.art9, self.dpa, self.gateway) if c)
+        """The legal codes, in the order Art 6, Art 9, Art 10, DPA paragraph, gateway."""
+        named = (self.art6, self.art9, self.art10, self.dpa, self.gateway)
+        return tuple(c.value for c in named if c)
 
     @property
     def label(self) -> str:
@@ -144,7 +176,17 @@ class LawfulBasis(Frozen):
     @property
     def special_category(self) -> bool:
         """Whether it carries a condition for special category data (Art 9, or Schedule 8)."""
-        return self.art9 is not None or self.dpa is DpaCondition.SCH8_PARA4_SAFEGUARDING
+        return self.carries(DataClass.SPECIAL_CATEGORY)
+
+    @property
+    def criminal_offence(self) -> bool:
+        """Whether it carries a condition for criminal-offence data: a Schedule 1 paragraph
+        (with Art 9 or Art 10, DPA 2018 s10(5)), or police Part 3 processing (Schedule 8)."""
+        return self.carries(DataClass.CRIMINAL_OFFENCE)
+
+    def carries(self, data_class: DataClass) -> bool:
+        """Whether data of ``data_class`` may leave on this basis."""
+        return carries_condition(data_class, art9=self.art9, art10=self.art10, dpa=self.dpa)
 
 
 class ConsentBasis(Frozen):
@@ -229,6 +271,12 @@ class GroupShare(Frozen):
         default=(), description="For a G6 subset: the DASH question topics whose answers are kept"
     )
     scope: ShareScope | None = None
+    withheld: tuple[str, ...] = Field(
+        default=(),
+        description="Classified fields of the grant kept out for want of a matching condition "
+        "in the basis (the same for every referral under this grant and basis); "
+        "'dash.<topic>' for the DASH answers of a question topic",
+    )
 
     @model_validator(mode="after")
     def _whole_or_subset(self) -> GroupShare:
@@ -236,12 +284,93 @@ class GroupShare(Frozen):
             raise inconsistent("subset", "name the subset whose fields are listed")
         if self.subset is not None and not self.fields:
             raise inconsistent("fields", "a subset keeps at least one field")
+        granted = set(self.fields) if self.subset is not None else set(self.group_fields)
+        for entry in self.withheld:
+            topic = entry.removeprefix("dash.") if entry.startswith("dash.") else None
+            if topic is None and entry not in granted:
+                raise inconsistent("withheld", f"{entry} is not a field the share grants")
+            if topic is not None and (
+                "dash" not in granted or (self.dash_topics and topic not in self.dash_topics)
+            ):
+                raise inconsistent("withheld", f"{entry}: the share grants no such DASH answers")
         return self
+
+    @property
+    def group_fields(self) -> tuple[str, ...]:
+        """Every field of the group's model (of each child for G4)."""
+        return tuple(GROUP_MODELS[self.group].model_fields)
 
     @property
     def label(self) -> str:
         """'G4' for the whole group, 'G4.children_basic' for a subset."""
         return self.group.value if self.subset is None else f"{self.group.value}.{self.subset}"
+
+    @property
+    def withheld_fields(self) -> frozenset[str]:
+        """The group's fields withheld (not the DASH topics)."""
+        return frozenset(e for e in self.withheld if not e.startswith("dash."))
+
+    @property
+    def withheld_topics(self) -> frozenset[str]:
+        """The DASH question topics whose answers are withheld."""
+        return frozenset(e.removeprefix("dash.") for e in self.withheld if e.startswith("dash."))
+
+    @property
+    def keeps_nothing(self) -> bool:
+        """Every field the share grants is withheld: nothing of the group can be sent."""
+        granted = self.fields if self.subset is not None else self.group_fields
+        return set(granted) <= self.withheld_fields
+
+    def classified(self, version: str | None = None) -> tuple[tuple[str, DataClass], ...]:
+        """The classified entries the share grants, with their class: fields, then
+        ``dash.<topic>`` for the DASH answers it keeps (of question set ``version``, or of
+        every known set)."""
+        granted = set(self.fields) if self.subset is not None else None
+        out = [
+            (name, data_class)
+            for name, data_class in field_classes(self.group).items()
+            if granted is None or name in granted
+        ]
+        if self.group is FieldGroup.G6 and (granted is None or "dash" in granted):
+            for v in (version,) if version is not None else known_question_sets():
+                classes = dash_question_classes(v)
+                for q in question_set(v).questions:
+                    kept = not self.dash_topics or q.topic in self.dash_topics
+                    if q.id in classes and kept:
+                        out.append((f"dash.{q.topic}", classes[q.id]))
+        return tuple(dict.fromkeys(out))
+
+    def withholding(self, lacking: frozenset[DataClass], version: str) -> Withholding:
+        """This share with its entries of the ``lacking`` classes withheld, and what they were.
+
+        Withholding a DASH answer withholds the score too, when the share keeps both: the score
+        counts the "yes" answers, so with the others it would give the withheld ones away. When
+        every DASH topic a share keeps is withheld, the ``dash`` field goes as well.
+        """
+        entries = [(e, c) for e, c in self.classified(version) if c in lacking]
+        granted = set(self.fields) if self.subset is not None else set(self.group_fields)
+        topics = [e for e, _ in entries if e.startswith("dash.")]
+        if topics:
+            first = next(c for e, c in entries if e.startswith("dash."))
+            if "dash_score" in granted:
+                entries.append(("dash_score", first))
+            kept = self.dash_topics or tuple(q.topic for q in question_set(version).questions)
+            if {f"dash.{t}" for t in kept} <= set(topics):
+                entries.append(("dash", first))
+        entries = list(dict.fromkeys(entries))
+        share = self
+        if entries:
+            withheld = tuple(dict.fromkeys((*self.withheld, *(e for e, _ in entries))))
+            share = GroupShare.model_validate({**self.model_dump(), "withheld": withheld})
+        return Withholding(share, tuple(entries))
+
+
+@dataclass(frozen=True)
+class Withholding:
+    """A share after withholding, and each entry withheld with its class (``GroupShare``)."""
+
+    share: GroupShare
+    entries: tuple[tuple[str, DataClass], ...] = ()
 
 
 # --- the redacted referral ---------------------------------------------------------------------
@@ -273,7 +402,9 @@ class DisclosedVictim(Disclosed):
     nhs_number: NhsNumber | None = None
     address: Address | None = None
     housing_tenure: HousingTenure | None = None
-    pregnancy: Pregnancy | None = None
+    pregnancy: Pregnancy | None = Field(
+        default=None, json_schema_extra=classified(DataClass.SPECIAL_CATEGORY)
+    )
 
 
 class DisclosedSafeContact(Disclosed):
@@ -290,8 +421,12 @@ class DisclosedPerpetrator(Disclosed):
     date_of_birth: date | None = None
     relationship: Relationship | None = None
     address: Address | None = None
-    bail_and_orders: tuple[Restriction, ...] = ()
-    criminal_history: LongText | None = None
+    bail_and_orders: tuple[Restriction, ...] = Field(
+        default=(), json_schema_extra=classified(DataClass.CRIMINAL_OFFENCE)
+    )
+    criminal_history: LongText | None = Field(
+        default=None, json_schema_extra=classified(DataClass.CRIMINAL_OFFENCE)
+    )
 
 
 class DisclosedChild(Disclosed):
@@ -309,7 +444,9 @@ class DisclosedIncident(Disclosed):
     occurred_at: AwareDatetime | None = None
     location: ShortText | None = None
     summary: LongText | None = None
-    injuries: LongText | None = None
+    injuries: LongText | None = Field(
+        default=None, json_schema_extra=classified(DataClass.SPECIAL_CATEGORY)
+    )
     reported_to_police: bool | None = None
     police_attended: bool | None = None
 
@@ -333,6 +470,7 @@ class DisclosedConsent(Disclosed):
     state: ConsentState | None = None
     art6_basis: Art6Basis | None = None
     art9_condition: Art9Condition | None = None
+    art10_condition: Art10Condition | None = None
     dpa_condition: DpaCondition | None = None
     statutory_gateway: StatutoryGateway | None = None
     caldicott_principles: tuple[CaldicottPrinciple, ...] = ()
@@ -401,3 +539,57 @@ class Disclosure(Frozen):
         if (self.referral is None) == (self.notification is None):
             raise ValueError("a disclosure carries exactly one of referral or notification")
         return self
+
+    @model_validator(mode="after")
+    def _classified_only_with_condition(self) -> Disclosure:
+        """No classified field without its condition, nor any field its share withheld."""
+        if self.referral is None:
+            return self
+        withheld = {s.group: s for s in self.groups if s.withheld}
+        for group, name in FIELD_GROUPS.items():
+            for entry in _entries(self.referral.group(group)):
+                share = withheld.get(group)
+                for field, value in entry:
+                    if value in (None, ()):
+                        continue
+                    data_class = field_classes(group).get(field)
+                    if data_class is not None and not self.lawful_basis.carries(data_class):
+                        raise inconsistent(
+                            f"referral.{name}.{field}",
+                            f"{data_class.value} data, but the lawful basis lacks its "
+                            f"condition: {data_class.condition}",
+                        )
+                    if share is not None and field in share.withheld_fields:
+                        raise inconsistent(
+                            f"referral.{name}.{field}", "the share says this field was withheld"
+                        )
+        risk = self.referral.risk
+        if risk is not None and risk.dash is not None:
+            version = risk.dash.question_set
+            classes = dash_question_classes(version)
+            topics = {q.id: q.topic for q in question_set(version).questions}
+            share = withheld.get(FieldGroup.G6)
+            for qid in risk.dash.answers:
+                data_class = classes.get(qid)
+                if data_class is not None and not self.lawful_basis.carries(data_class):
+                    raise inconsistent(
+                        f"referral.risk.dash.answers.{qid}",
+                        f"{data_class.value} data, but the lawful basis lacks its "
+                        f"condition: {data_class.condition}",
+                    )
+                if share is not None and topics.get(qid) in share.withheld_topics:
+                    raise inconsistent(
+                        f"referral.risk.dash.answers.{qid}",
+                        "the share says this DASH answer was withheld",
+                    )
+        return self
+
+
+def _entries(value: object) -> tuple[tuple[tuple[str, object], ...], ...]:
+    """A disclosed group as (field, value) pairs per entry: one entry, or one per child."""
+    models = value if isinstance(value, tuple) else (value,) if value is not None else ()
+    return tuple(
+        tuple((f, getattr(m, f)) for f in type(m).model_fields)
+        for m in models
+        if isinstance(m, BaseModel)
+    )

@@ -7,6 +7,12 @@ may be empty, because not every sender knows everything. Consent (G8) is optiona
 so that a partial referral can still be parsed and explained, but the policy refuses to disclose
 a referral that does not name its lawful basis.
 
+Fields holding special-category or criminal-offence data are marked where they are declared
+(``schemas.classes.classified``), wherever they sit: the victim's pregnancy (G1), bail and
+orders and criminal history (G3), injuries (G5), every field of G7; the DASH answers of G6 are
+classified per question in the question-set data. ``field_classes`` reads the marks per group,
+and the exported JSON Schema carries them (``"data_class"``).
+
 Cross-field checks that are cheap are made here (the DASH score agrees with the answers; the
 level agrees with the score unless professional judgement raised it; dates are not in the
 future of the referral); each names the field to change.
@@ -21,8 +27,16 @@ from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from schemas.classes import DataClass, classified, model_classes
 from schemas.consent import Consent
 from schemas.dash import DEFAULT_QUESTION_SET, DashAnswers, RiskLevel, level_for_score
 from schemas.fields import (
@@ -37,6 +51,7 @@ from schemas.fields import (
 
 __all__ = [
     "FIELD_GROUPS",
+    "GROUP_MODELS",
     "SCHEMA_VERSION",
     "Action",
     "ActionStatus",
@@ -69,6 +84,7 @@ __all__ = [
     "SpecialCategory",
     "Victim",
     "Wishes",
+    "field_classes",
 ]
 
 SCHEMA_VERSION: Final = "1.0"
@@ -209,7 +225,11 @@ class Victim(Frozen):
     nhs_number: NhsNumber | None = None
     address: Address | None = None
     housing_tenure: HousingTenure | None = None
-    pregnancy: Pregnancy | None = None
+    pregnancy: Pregnancy | None = Field(
+        default=None,
+        description="Data concerning health (UK GDPR Art 4(15), Art 9(1))",
+        json_schema_extra=classified(DataClass.SPECIAL_CATEGORY),
+    )
 
 
 # --- G2 ---------------------------------------------------------------------------------------
@@ -286,7 +306,11 @@ class Restriction(Frozen):
 
 
 class Perpetrator(Frozen):
-    """G3: the person causing harm. ``criminal_history`` is criminal-offence data (Art 10)."""
+    """G3: the person causing harm.
+
+    Bail conditions, orders and criminal history are criminal-offence data (UK GDPR Art 10, DPA
+    2018 s11(2): offences alleged or proven, proceedings, and related security measures).
+    """
 
     given_name: ShortText
     family_name: ShortText
@@ -294,8 +318,16 @@ class Perpetrator(Frozen):
     date_of_birth: date | None = None
     relationship: Relationship
     address: Address | None = None
-    bail_and_orders: tuple[Restriction, ...] = ()
-    criminal_history: LongText | None = None
+    bail_and_orders: tuple[Restriction, ...] = Field(
+        default=(),
+        description="Criminal-offence data: security measures related to offences (Art 10)",
+        json_schema_extra=classified(DataClass.CRIMINAL_OFFENCE),
+    )
+    criminal_history: LongText | None = Field(
+        default=None,
+        description="Criminal-offence data: convictions and offences (Art 10)",
+        json_schema_extra=classified(DataClass.CRIMINAL_OFFENCE),
+    )
 
 
 # --- G4 ---------------------------------------------------------------------------------------
@@ -335,7 +367,11 @@ class Incident(Frozen):
     occurred_at: AwareDatetime
     location: ShortText
     summary: LongText
-    injuries: LongText | None = None
+    injuries: LongText | None = Field(
+        default=None,
+        description="Data concerning health (UK GDPR Art 4(15), Art 9(1))",
+        json_schema_extra=classified(DataClass.SPECIAL_CATEGORY),
+    )
     reported_to_police: bool
     police_attended: bool | None = None
 
@@ -417,18 +453,28 @@ class Risk(Frozen):
 # --- G7 ---------------------------------------------------------------------------------------
 
 
-class SpecialCategory(Frozen):
-    """G7: special category data about the victim (UK GDPR Art 9)."""
+_SPECIAL = classified(DataClass.SPECIAL_CATEGORY)
 
-    mental_health: LongText | None = None
-    substance_use: LongText | None = None
-    disability: LongText | None = None
-    ethnicity: ShortText | None = None
-    religion_or_belief: ShortText | None = None
-    sexual_orientation: ShortText | None = None
-    gender_identity: ShortText | None = None
-    first_language: ShortText | None = None
-    interpreter_needed: bool | None = None
+
+class SpecialCategory(Frozen):
+    """G7: special category data about the victim (UK GDPR Art 9(1)), every field classified.
+
+    Health (mental health, substance use, disability: Art 4(15)), racial or ethnic origin,
+    religious or philosophical beliefs, sexual orientation. Gender identity, first language and
+    interpreter need are classified too: each can reveal health (gender-affirming care; a first
+    language of British Sign Language, an interpreter for deafness) or ethnic origin, and here
+    they sit with the rest of the victim's equality data.
+    """
+
+    mental_health: LongText | None = Field(default=None, json_schema_extra=_SPECIAL)
+    substance_use: LongText | None = Field(default=None, json_schema_extra=_SPECIAL)
+    disability: LongText | None = Field(default=None, json_schema_extra=_SPECIAL)
+    ethnicity: ShortText | None = Field(default=None, json_schema_extra=_SPECIAL)
+    religion_or_belief: ShortText | None = Field(default=None, json_schema_extra=_SPECIAL)
+    sexual_orientation: ShortText | None = Field(default=None, json_schema_extra=_SPECIAL)
+    gender_identity: ShortText | None = Field(default=None, json_schema_extra=_SPECIAL)
+    first_language: ShortText | None = Field(default=None, json_schema_extra=_SPECIAL)
+    interpreter_needed: bool | None = Field(default=None, json_schema_extra=_SPECIAL)
 
 
 # --- G9 ---------------------------------------------------------------------------------------
@@ -509,3 +555,27 @@ class Referral(Frozen):
     def group(self, group: FieldGroup) -> object:
         """The value of one field group (None or () when the sender left it out)."""
         return getattr(self, FIELD_GROUPS[group])
+
+
+#: Group -> the model whose fields the group holds (G4: each child; G8: the consent record).
+GROUP_MODELS: Final[Mapping[FieldGroup, type[BaseModel]]] = MappingProxyType(
+    {
+        FieldGroup.G0: Header,
+        FieldGroup.G1: Victim,
+        FieldGroup.G2: SafeContact,
+        FieldGroup.G3: Perpetrator,
+        FieldGroup.G4: Child,
+        FieldGroup.G5: Incident,
+        FieldGroup.G6: Risk,
+        FieldGroup.G7: SpecialCategory,
+        FieldGroup.G8: Consent,
+        FieldGroup.G9: AgenciesActions,
+        FieldGroup.G10: Wishes,
+    }
+)
+
+
+def field_classes(group: FieldGroup) -> Mapping[str, DataClass]:
+    """Field name -> class, for the classified fields of ``group`` (G6's DASH answers apart:
+    ``schemas.dash.dash_question_classes`` classifies them per question)."""
+    return model_classes(GROUP_MODELS[group])

@@ -14,6 +14,7 @@ from typing import Final
 from schemas.consent import (
     Art6Basis,
     Art9Condition,
+    Art10Condition,
     CaldicottPrinciple,
     ConsentState,
     DpaCondition,
@@ -128,7 +129,14 @@ CONTACT_SYSTEM: Final = MappingProxyType(
 #: Every legal-reference code Cairn uses, each carried as one Consent.policy uri.
 LEGAL_CODES: Final = frozenset(
     c.value
-    for enum in (Art6Basis, Art9Condition, DpaCondition, StatutoryGateway, CaldicottPrinciple)
+    for enum in (
+        Art6Basis,
+        Art9Condition,
+        Art10Condition,
+        DpaCondition,
+        StatutoryGateway,
+        CaldicottPrinciple,
+    )
     for c in enum
 )
 

@@ -51,6 +51,7 @@ from adapters.nhs.outbound import ATTACHED_GROUPS
 from schemas.consent import (
     Art6Basis,
     Art9Condition,
+    Art10Condition,
     CaldicottPrinciple,
     DpaCondition,
     StatutoryGateway,
@@ -76,6 +77,7 @@ _ROOT = "Bundle"
 _LEGAL_SLOTS: tuple[tuple[str, type[Any]], ...] = (
     ("art6_basis", Art6Basis),
     ("art9_condition", Art9Condition),
+    ("art10_condition", Art10Condition),
     ("dpa_condition", DpaCondition),
     ("statutory_gateway", StatutoryGateway),
 )

@@ -391,6 +391,7 @@ def _consent(
         for c in (
             consent.art6_basis,
             consent.art9_condition,
+            consent.art10_condition,
             consent.dpa_condition,
             consent.statutory_gateway,
         )

@@ -12,7 +12,9 @@ school; ``home_educated``; ``own_agency``: only G9 entries naming the recipient)
 the DASH topics whose answers it keeps. ``Agreement`` validation catches what one file alone can
 get wrong (unknown groups, roles, fields, subsets); ``check`` lints a set of agreements against
 the federation (unknown or mis-roled parties, purposes with no lawful basis, contradictory
-rules). Loading is the only I/O here; the policy engine takes the loaded, immutable models.
+rules, a special-category or criminal-offence field granted for a purpose none of whose bases
+carries its condition). Loading is the only I/O here; the policy engine takes the loaded,
+immutable models.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Final
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from schemas.classes import DataClass
 from schemas.consent import Consent, ConsentState, OverrideReason
 from schemas.dash import known_question_sets, question_set
 from schemas.decode import field_problems
@@ -476,19 +479,35 @@ def _check_terms(a: Agreement, i: int, terms: PurposeTerms) -> Iterable[Problem]
             "marac.criterion_not_required",
             "a MARAC referral must meet a MARAC criterion: set marac_criterion_required",
         )
-    special = any(b.special_category for b in terms.lawful_bases)
     for role, grant in terms.recipients.items():
         where = f"{at}.recipients.{role.value}"
-        if FieldGroup.G7 in grant and not special:
-            yield Problem(
-                a.id,
-                f"{where}.G7",
-                "special_category.no_condition",
-                "G7 is granted but no lawful basis of the purpose has an Art 9 condition (or "
-                "Schedule 8), so it would always be withheld",
-            )
+        yield from _check_classified(a, where, grant, terms.lawful_bases)
         if encompass:
             yield from _check_encompass(a, where, role, grant)
+
+
+def _check_classified(
+    a: Agreement, where: str, grant: Mapping[FieldGroup, str], bases: Sequence[LawfulBasis]
+) -> Iterable[Problem]:
+    """A classified field granted (whole group or subset, any group) whose class none of the
+    bases carries a condition for: the engine would always withhold it (UK GDPR Art 9, Art 10;
+    DPA 2018 s10), so the grant promises what the agreement cannot lawfully give."""
+    for group, access in grant.items():
+        share = a.share(group, access)
+        by_class: dict[DataClass, list[str]] = {}
+        for entry, data_class in share.classified():
+            by_class.setdefault(data_class, []).append(entry)
+        for data_class, entries in by_class.items():
+            if any(b.carries(data_class) for b in bases):
+                continue
+            yield Problem(
+                a.id,
+                f"{where}.{group.value}",
+                f"{data_class.value}.no_condition",
+                f"{share.label} grants {data_class.value.replace('_', ' ')} data "
+                f"({', '.join(entries)}) but no lawful basis of the purpose carries "
+                f"{data_class.condition}, so it would always be withheld",
+            )
 
 
 def _check_consent(a: Agreement, at: str, terms: PurposeTerms) -> Iterable[Problem]:

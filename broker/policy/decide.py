@@ -21,8 +21,12 @@ The steps, in order:
    objection to health-care sharing blocks health-care purposes unless a safeguarding override
    applies; Encompass reaches only the child's own school (or children's social care for a
    home-educated child) with its deadline at the start of the next school day;
-5. what is disclosed: the granted groups present in the referral; G7 only with an Art 9
-   condition (or Schedule 8); unsafe contact routes never (``broker.policy.redaction``);
+5. what is disclosed: the granted groups present in the referral; a classified field
+   (``schemas.classes``: special category, UK GDPR Art 9(1); criminal-offence data, Art 10)
+   only when both the basis relied on and the referral's own G8 carry its condition (Art 9 with
+   its DPA 2018 Schedule 1 paragraph, or Schedule 8; a Schedule 1 Part 1-3 paragraph, s10(5),
+   or Schedule 8), else it is withheld, DASH answers one question topic at a time
+   (``Decision.withheld``); unsafe contact routes never (``broker.policy.redaction``);
 6. an allowed recipient without a usable encryption key is refused (no-usable-encryption-key).
 
 Rule ids (``Decision.rules``), for the IG officer:
@@ -50,7 +54,14 @@ Rule ids (``Decision.rules``), for the IG officer:
 ``encompass.notify_by.after_deadline``         the sender's notify_by is later than the law's
 ``group.<label>.not_in_referral``              granted, but the sender left it out
 ``group.<label>.no_entries``                   granted, but its scope keeps no entry
-``special_category.withheld.no_condition``     G7 withheld: no Art 9 condition in the basis
+``special_category.withheld.no_condition``     special-category fields withheld: no Art 9
+                                               condition (nor Schedule 8) in the basis
+``special_category.withheld.<G>.<field>``      ... this one (``G6.dash.<topic>`` for DASH
+                                               answers, ``G6.dash_score`` with them)
+``criminal_offence.withheld.no_condition``     criminal-offence fields withheld: no Schedule 1
+                                               paragraph (s10(5)) nor Schedule 8 in the basis
+``criminal_offence.withheld.<G>.<field>``      ... this one
+``group.<label>.all_withheld``                 granted, but every field of it was withheld
 ``safe_contact.unsafe_routes_removed``         the referral has unsafe routes; none are sent
 ``recipient.no_usable_encryption_key``         allowed, but no key to encrypt to
 =============================================  ============================================
@@ -79,8 +90,9 @@ from typing import Final
 
 from broker.policy.agreements import Agreement, PurposeTerms
 from broker.policy.calendar import WEEKDAYS, SchoolCalendar, next_school_day_start
-from broker.policy.decision import Decision, Routing, routing
+from broker.policy.decision import Decision, Routing, Withheld, routing
 from broker.policy.redaction import agencies_in_scope, children_in_scope, unsafe_details
+from schemas.classes import DataClass
 from schemas.consent import (
     Art9Condition,
     Consent,
@@ -89,6 +101,7 @@ from schemas.consent import (
     OverrideReason,
     StatutoryGateway,
 )
+from schemas.dash import DEFAULT_QUESTION_SET
 from schemas.disclosure import ConsentBasis, GroupShare, LawfulBasis, ShareScope
 from schemas.encompass import EncompassNotification, is_school_age
 from schemas.errors import FieldProblem, InputError, SchemaError, UnknownAgency
@@ -334,6 +347,7 @@ def _consent_codes(consent: Consent) -> str:
     codes = (
         consent.art6_basis,
         consent.art9_condition,
+        consent.art10_condition,
         consent.dpa_condition,
         consent.statutory_gateway,
     )
@@ -345,6 +359,7 @@ def _relies_on(basis: LawfulBasis, consent: Consent) -> bool:
     pairs = (
         (basis.art6, consent.art6_basis),
         (basis.art9, consent.art9_condition),
+        (basis.art10, consent.art10_condition),
         (basis.dpa, consent.dpa_condition),
         (basis.gateway, consent.statutory_gateway),
     )
@@ -352,9 +367,12 @@ def _relies_on(basis: LawfulBasis, consent: Consent) -> bool:
 
 
 def _basis(terms: PurposeTerms, consent: Consent) -> LawfulBasis | None:
-    """The most specific of the terms' bases the referral relies on (first on a tie)."""
+    """Of the terms' bases the referral relies on, the one carrying the most data-class
+    conditions, then the most specific (first on a tie)."""
     fits = [b for b in terms.lawful_bases if _relies_on(b, consent)]
-    return max(fits, key=lambda b: len(b.codes), default=None)
+    return max(
+        fits, key=lambda b: (sum(b.carries(c) for c in DataClass), len(b.codes)), default=None
+    )
 
 
 def _health_care(purpose: Purpose, basis: LawfulBasis) -> bool:
@@ -442,7 +460,7 @@ class _Case:
         deadline = None
         if purpose is Purpose.ENCOMPASS:
             deadline = self._encompass(recipient, role, rules)
-        groups = self._groups(grant, basis, recipient, rules)
+        groups, withheld = self._groups(grant, basis, recipient, rules)
         if referral is not None and unsafe_details(referral):
             rules.append("safe_contact.unsafe_routes_removed")
         consent_reason = (
@@ -460,6 +478,7 @@ class _Case:
             deadline=deadline,
             agreement=agreement.id,
             retention=agreement.retention,
+            withheld=withheld,
         )
 
     def _statutory(
@@ -561,24 +580,42 @@ class _Case:
         basis: LawfulBasis,
         recipient: str,
         rules: list[str],
-    ) -> tuple[GroupShare, ...]:
+    ) -> tuple[tuple[GroupShare, ...], tuple[Withheld, ...]]:
+        """The shares to disclose, classified fields without their condition withheld."""
         referral = self.referral
         if referral is None:
-            return grant  # a notification is the statutory content, whole, by its type
+            return grant, ()  # a notification is the statutory content, whole, by its type
+        consent = referral.consent
+        assert consent is not None  # checked for the referral as a whole
+        # Both must carry the condition: the agreement's basis (the partnership agreed to share
+        # such data on it) and the referral's own (the sender relies on it for this referral).
+        lacking = frozenset(c for c in DataClass if not (basis.carries(c) and consent.carries(c)))
+        dash = referral.risk.dash
+        version = dash.question_set if dash is not None else DEFAULT_QUESTION_SET
         out = []
+        withheld: list[Withheld] = []
         for share in grant:
             value = referral.group(share.group)
             if value is None or value == ():
                 rules.append(f"group.{share.label}.not_in_referral")
                 continue
-            if share.group is FieldGroup.G7 and not basis.special_category:
-                rules.append("special_category.withheld.no_condition")
+            # What is withheld depends on the grant and the bases only, never on the values,
+            # so neither the disclosure nor the audit trail says there was anything to withhold.
+            cut = share.withholding(lacking, version)
+            for entry, data_class in cut.entries:
+                if not any(w.data_class is data_class for w in withheld):
+                    rules.append(f"{data_class.value}.withheld.no_condition")
+                withheld.append(Withheld(share.group, entry, data_class))
+                rules.append(withheld[-1].code)
+            share = cut.share
+            if share.keeps_nothing:
+                rules.append(f"group.{share.label}.all_withheld")
                 continue
             if not _entries(referral, share, recipient):
                 rules.append(f"group.{share.label}.no_entries")
                 continue
             out.append(share)
-        return tuple(out)
+        return tuple(out), tuple(withheld)
 
 
 def _entries(referral: Referral, share: GroupShare, recipient: str) -> bool:

@@ -2,7 +2,8 @@
 
 Pure data: ``Routing`` is who sends what kind of message to whom (computed once per submission by
 ``routing`` and passed on); ``Decision`` is one recipient's outcome with the rules that produced
-it. Both hold codes and agency ids only, never personal data.
+it. Both hold codes and agency ids only, never personal data. ``Withheld`` names one classified
+field (special category or criminal-offence data) a decision keeps out of a granted group.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from schemas.classes import DataClass
 from schemas.disclosure import ConsentBasis, GroupShare, LawfulBasis, Retention
 from schemas.encompass import EncompassNotification
-from schemas.referral import Purpose, Referral
+from schemas.referral import FieldGroup, Purpose, Referral
 
-__all__ = ["Decision", "Routing", "routing"]
+__all__ = ["Decision", "Routing", "Withheld", "routing"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,31 @@ def routing(message: Referral | EncompassNotification) -> Routing:
 
 
 @dataclass(frozen=True)
+class Withheld:
+    """A classified field of a granted group kept out for want of its condition in the basis.
+
+    ``field`` is a field of the group, ``dash.<topic>`` for the DASH answers of a question
+    topic, or ``dash_score`` (withheld with the answers it counts). Which fields are withheld
+    depends on the grant and the bases only, never on what the referral holds, so the record
+    says nothing about the person (not even that there was a pregnancy to withhold).
+    """
+
+    group: FieldGroup
+    field: str
+    data_class: DataClass
+
+    @property
+    def label(self) -> str:
+        """e.g. 'G1.pregnancy', 'G6.dash.depression'."""
+        return f"{self.group.value}.{self.field}"
+
+    @property
+    def code(self) -> str:
+        """The rule code, e.g. 'special_category.withheld.G1.pregnancy'."""
+        return f"{self.data_class.value}.withheld.{self.label}"
+
+
+@dataclass(frozen=True)
 class Decision:
     """What one recipient gets, and why. A refused decision has no groups and no basis."""
 
@@ -54,6 +81,7 @@ class Decision:
     deadline: datetime | None = None  # Operation Encompass: the start of the next school day
     agreement: str | None = None
     retention: Retention | None = None
+    withheld: tuple[Withheld, ...] = ()  # classified fields kept out of granted groups
 
     def as_record(self) -> dict[str, Any]:
         """The decision as JSON-ready codes: what ``cairn policy explain --json`` prints."""
@@ -68,4 +96,7 @@ class Decision:
             "deadline": self.deadline.isoformat() if self.deadline else None,
             "reasons": list(self.reasons),
             "rules": list(self.rules),
+            "withheld": [
+                {"field": w.label, "data_class": w.data_class.value} for w in self.withheld
+            ],
         }

@@ -5,6 +5,10 @@ returns what goes into that recipient's disclosure: for a referral, a ``Disclose
 holding only the groups and subsets the decision lists; for an Operation Encompass
 notification, the notification unchanged (its type already holds the statutory content only).
 
+A group's special-category or criminal-offence fields that the decision withholds
+(``GroupShare.withheld``: no matching condition in the basis) are removed, DASH answers one
+question topic at a time, with the score when answers are withheld.
+
 Two protections apply whatever the agreement says, because a leak here can put a victim in
 danger:
 
@@ -126,21 +130,34 @@ def _group(referral: Referral, share: GroupShare, recipient: str) -> Any:
     dumped: dict[str, Any] = value.model_dump()  # type: ignore[attr-defined]  # a group model
     if group is FieldGroup.G2:
         dumped["routes"] = [r for r in dumped["routes"] if r["safe"]]
-    if group is FieldGroup.G6 and share.dash_topics and dumped.get("dash") is not None:
-        dumped["dash"] = _dash_topics(dumped["dash"], share.dash_topics)
+    if group is FieldGroup.G6 and dumped.get("dash") is not None and _cuts_dash(share):
+        dumped["dash"] = _dash_topics(dumped["dash"], share)
     return _pick(dumped, share)
 
 
 def _pick(dumped: dict[str, Any], share: GroupShare) -> dict[str, Any]:
+    """The share's fields of one entry, less the classified ones it withholds."""
+    gone = share.withheld_fields
     if share.subset is None:
-        return dumped
-    return {k: v for k, v in dumped.items() if k in share.fields}
+        return {k: v for k, v in dumped.items() if k not in gone}
+    return {k: v for k, v in dumped.items() if k in share.fields and k not in gone}
 
 
-def _dash_topics(dash: dict[str, Any], topics: tuple[str, ...]) -> dict[str, Any]:
+def _cuts_dash(share: GroupShare) -> bool:
+    return bool(share.dash_topics or share.withheld_topics)
+
+
+def _dash_topics(dash: dict[str, Any], share: GroupShare) -> dict[str, Any] | None:
+    """The DASH answers of the topics the share keeps and does not withhold (None if none)."""
     qset = question_set(dash["question_set"])
-    keep = {q.id for q in qset.questions if q.topic in topics}
-    return {**dash, "answers": {q: a for q, a in dash["answers"].items() if q in keep}}
+    keep = {
+        q.id
+        for q in qset.questions
+        if (not share.dash_topics or q.topic in share.dash_topics)
+        and q.topic not in share.withheld_topics
+    }
+    answers = {q: a for q, a in dash["answers"].items() if q in keep}
+    return {**dash, "answers": answers} if answers else None
 
 
 # --- masking unsafe contact details in free text ---------------------------------------------

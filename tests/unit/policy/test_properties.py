@@ -3,7 +3,8 @@
 Whatever the referral and whatever the agreements: a recipient never receives a group (or a
 field of a subset) its agreement does not allow for the purpose; a referral without a lawful
 basis the agreements accept never produces a disclosure; an unsafe contact never appears in
-anything disclosed.
+anything disclosed; a special-category or criminal-offence field never leaves without its
+condition in both the agreement's basis and the referral's.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from pydantic import BaseModel
 from broker.policy.agreements import Agreement
 from broker.policy.decide import Decision, PolicyRefusal, decide
 from broker.policy.redaction import redact
+from schemas.classes import DataClass
 from schemas.consent import ConsentState, OverrideReason
-from schemas.disclosure import DisclosedReferral, LawfulBasis, ShareScope
+from schemas.dash import dash_question_classes
+from schemas.disclosure import DisclosedReferral, Disclosure, GroupShare, LawfulBasis, ShareScope
 from schemas.errors import UnknownAgency
 from schemas.marac import marac_eligibility
 from schemas.receipt import RecipientReceipt
-from schemas.referral import FieldGroup, Purpose, Referral
+from schemas.referral import FIELD_GROUPS, FieldGroup, Purpose, Referral, field_classes
 from tests.unit.policy.cases import CALENDAR, FEDERATION, NOW, full_referral_data, strings
 
 # Fast enough to run every time; no example database written into the working tree.
@@ -62,8 +65,14 @@ REFERRAL_BASES: list[dict[str, str | None]] = [
         "dpa_condition": "dpa2018_sch1_para2",
         "statutory_gateway": "hsca2012_s251b",
     },
+    {
+        "art6_basis": "art6_1_e",
+        "art10_condition": "dpa2018_s10_5",
+        "dpa_condition": "dpa2018_sch1_para10",
+    },
     {"art6_basis": "art6_1_c", "statutory_gateway": "daa2021_s49a"},
     {"art6_basis": "art6_1_d"},
+    {"art6_basis": "art6_1_e"},
     {"dpa_condition": "dpa2018_sch8_para4"},
 ]
 
@@ -78,6 +87,7 @@ AGREEMENT_BASES: list[dict[str, str]] = [
         "gateway": "cda1998_s115",
     },
     {"art6": "art6_1_e", "art9": "art9_2_h", "dpa": "dpa2018_sch1_para2"},
+    {"art6": "art6_1_e", "art10": "dpa2018_s10_5", "dpa": "dpa2018_sch1_para10"},
     {"dpa": "dpa2018_sch8_para4"},
     {"gateway": "cda1998_s115"},
     {"art6": "art6_1_c", "gateway": "daa2021_s49a"},
@@ -85,9 +95,15 @@ AGREEMENT_BASES: list[dict[str, str]] = [
 
 SUBSETS: dict[str, dict[str, dict[str, Any]]] = {
     "G0": {"routing": {"fields": ["referral_id", "sender_agency", "purpose", "created_at"]}},
-    "G1": {"identity_only": {"fields": ["given_name", "family_name", "date_of_birth"]}},
+    "G1": {
+        "identity_only": {"fields": ["given_name", "family_name", "date_of_birth"]},
+        "with_pregnancy": {"fields": ["given_name", "pregnancy"]},
+    },
     "G2": {"notes_only": {"fields": ["notes"]}},
-    "G3": {"identity_and_orders": {"fields": ["given_name", "family_name", "bail_and_orders"]}},
+    "G3": {
+        "identity_and_orders": {"fields": ["given_name", "family_name", "bail_and_orders"]},
+        "history_only": {"fields": ["criminal_history"]},
+    },
     "G4": {
         "children_basic": {
             "fields": ["given_name", "family_name", "date_of_birth", "school_agency"]
@@ -101,12 +117,18 @@ SUBSETS: dict[str, dict[str, dict[str, Any]]] = {
     "G5": {
         "when_where": {"fields": ["occurred_at", "location"]},
         "encompass": {"fields": ["occurred_at", "location", "summary"]},
+        "injuries": {"fields": ["occurred_at", "injuries"]},
     },
     "G6": {
         "level_only": {"fields": ["level"]},
         "level_and_child_items": {
             "fields": ["level", "dash"],
             "dash_topics": ["child_contact", "pregnancy"],
+        },
+        "score_and_answers": {"fields": ["level", "dash_score", "dash"]},
+        "health_items": {
+            "fields": ["dash_score", "dash"],
+            "dash_topics": ["depression", "pregnancy", "criminal_history"],
         },
     },
     "G7": {"access_needs": {"fields": ["disability", "first_language", "interpreter_needed"]}},
@@ -309,7 +331,8 @@ def test_a_recipient_never_gets_more_than_its_agreement_allows(
         assert terms is not None
         assert agreement.party(referral.header.sender_agency) is not None
         assert agreement.party(decision.recipient) is not None
-        assert set(decision.groups) <= set(agreement.grant(purpose, role) or ())
+        granted = set(agreement.grant(purpose, role) or ())
+        assert {_as_granted(s) for s in decision.groups} <= granted
         # the basis and consent the decision names are ones the agreement accepts
         assert decision.lawful_basis in terms.lawful_bases
         assert consent.state in terms.consent.states
@@ -349,6 +372,70 @@ def test_a_recipient_never_gets_more_than_its_agreement_allows(
                 assert decision.lawful_basis.special_category
 
 
+def _as_granted(share: GroupShare) -> GroupShare:
+    """The share as the agreement granted it, before anything was withheld."""
+    return share.model_copy(update={"withheld": ()})
+
+
+def classified_in(out: DisclosedReferral) -> set[tuple[str, DataClass]]:
+    """Every classified field or DASH answer a disclosed referral holds, with its class."""
+    found: set[tuple[str, DataClass]] = set()
+    for group, name in FIELD_GROUPS.items():
+        value = out.group(group)
+        models = value if isinstance(value, tuple) else (value,) if value is not None else ()
+        for model in models:
+            for field, data_class in field_classes(group).items():
+                if getattr(model, field) not in (None, ()):
+                    found.add((f"{name}.{field}", data_class))
+    if out.risk is not None and out.risk.dash is not None:
+        classes = dash_question_classes(out.risk.dash.question_set)
+        found |= {(f"risk.dash.{q}", classes[q]) for q in out.risk.dash.answers if q in classes}
+    return found
+
+
+@PROPERTY
+@given(cases())
+def test_no_classified_field_leaves_without_its_condition(
+    case: tuple[Referral, tuple[Agreement, ...]],
+) -> None:
+    """For every class, a special-category (UK GDPR Art 9(1)) or criminal-offence (Art 10, DPA
+    2018 s10(5)) field or DASH answer is disclosed only when both the agreement's basis and the
+    referral's basis carry the matching condition; what is withheld is only what lacks one."""
+    referral, agreements = case
+    consent = referral.consent
+    assert consent is not None
+    for decision in decided(referral, agreements) or []:
+        if not decision.allowed:
+            continue
+        basis = decision.lawful_basis
+        assert basis is not None
+        assert decision.consent_basis is not None
+        assert decision.retention is not None
+        carried = {c for c in DataClass if basis.carries(c) and consent.carries(c)}
+        out = redact(referral, decision)
+        assert isinstance(out, DisclosedReferral)
+        leaked = {(f, c) for f, c in classified_in(out) if c not in carried}
+        assert leaked == set(), f"{decision.recipient} got {sorted(leaked)}"
+        assert all(w.data_class not in carried for w in decision.withheld)
+        # withheld DASH answers are never given away by the score
+        g6 = next((s for s in decision.groups if s.group is FieldGroup.G6), None)
+        if g6 is not None and g6.withheld_topics and out.risk is not None:
+            assert out.risk.dash_score is None
+        # the disclosure itself refuses what the engine must not send
+        Disclosure(
+            referral_id=referral.header.referral_id,
+            sender_agency=referral.header.sender_agency,
+            recipient_agency=decision.recipient,
+            purpose=referral.header.purpose,
+            agreement=decision.agreement or "",
+            lawful_basis=basis,
+            consent_basis=decision.consent_basis,
+            groups=decision.groups,
+            retention=decision.retention,
+            referral=out,
+        )
+
+
 @PROPERTY
 @given(cases(with_basis=False))
 def test_a_referral_without_a_lawful_basis_never_produces_a_disclosure(
@@ -362,7 +449,13 @@ def test_a_referral_without_a_lawful_basis_never_produces_a_disclosure(
 def relies_on(basis: LawfulBasis, referral: Referral) -> bool:
     g8 = referral.consent
     assert g8 is not None
-    named = {g8.art6_basis, g8.art9_condition, g8.dpa_condition, g8.statutory_gateway}
+    named = {
+        g8.art6_basis,
+        g8.art9_condition,
+        g8.art10_condition,
+        g8.dpa_condition,
+        g8.statutory_gateway,
+    }
     return set(basis.codes) <= {c.value for c in named if c is not None}
 
 
