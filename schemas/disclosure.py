@@ -254,8 +254,8 @@ class Retention(Frozen):
 class ShareScope(StrEnum):
     """Which entries of a repeating group a subset keeps, relative to the recipient."""
 
-    OWN_PUPIL = "own_pupil"  # G4: the children whose school is the recipient
-    HOME_EDUCATED = "home_educated"  # G4: home-educated children of school age
+    OWN_PUPIL = "own_pupil"  # G4: the children (under 18) whose school is the recipient
+    HOME_EDUCATED = "home_educated"  # G4: children (under 18) on no school roll
     OWN_AGENCY = "own_agency"  # G9: involvement and actions that name the recipient
 
 

@@ -1,11 +1,18 @@
 """Operation Encompass: the police notification to a child's school after a domestic-abuse incident.
 
-Under s49A of the Domestic Abuse Act 2021 police notify the designated safeguarding lead of each
-school-age child's school (children's social care for a home-educated child) before the start of
-the next school day. The content is fixed by statute, so the notification is its own message
-rather than a redacted referral: ``EncompassContent`` has exactly the statutory fields and the
-model forbids any other, which makes "statutory content only" a property of the type that a test
-can compare (``STATUTORY_CONTENT``) instead of a promise about later redaction. The header
+Under s49A of the Domestic Abuse Act 2021, when police have reasonable grounds to believe that a
+child (a person under 18) who is a registered pupil at a school, nursery classes included, may be
+a victim of domestic abuse (s3: the child sees, hears or experiences the effects of the abuse),
+they notify the school's designated safeguarding lead before the start of the next school day,
+whether or not officers attended. A child on no school roll (home-educated or off roll) is not
+covered by s49A, which names schools: police notify children's social care instead, on the
+safeguarding basis (the agreement names the basis per recipient role). ``CHILD_AGE_UNDER`` is
+the statutory age, the default of the Encompass agreement's terms.
+
+The content is fixed by statute, so the notification is its own message rather than a redacted
+referral: ``EncompassContent`` has exactly the statutory fields and the model forbids any other,
+which makes "statutory content only" a property of the type that a test can compare
+(``STATUTORY_CONTENT``) instead of a promise about later redaction. The header
 carries routing metadata only: ids, agencies, times, no personal data.
 """
 
@@ -22,7 +29,7 @@ from schemas.fields import AgencyId, Frozen, LongText, ShortText
 from schemas.referral import SCHEMA_VERSION, Child, Classification, Incident, Purpose
 
 __all__ = [
-    "SCHOOL_AGE",
+    "CHILD_AGE_UNDER",
     "SCHOOL_DAY_START",
     "STATUTORY_CONTENT",
     "EncompassContent",
@@ -30,12 +37,13 @@ __all__ = [
     "EncompassNotification",
     "age_on",
     "encompass_content",
-    "is_school_age",
+    "is_child",
     "next_school_day_start",
 ]
 
-#: Ages (inclusive, on the incident date) for which a notification is made.
-SCHOOL_AGE: Final = (4, 17)
+#: A child is a person under this age (DAA 2021 s3, which s49A relies on): the statutory default
+#: of the Encompass agreement's ``child_age_under``, which may never exceed it.
+CHILD_AGE_UNDER: Final = 18
 #: When the school day is taken to start, local time; notifications are due before it.
 SCHOOL_DAY_START: Final = time(8, 30)
 _LONDON = ZoneInfo("Europe/London")
@@ -70,7 +78,7 @@ class EncompassHeader(Frozen):
     sender_officer: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     recipient: AgencyId = Field(
         description="The school (its designated safeguarding lead), or children's social care "
-        "for a home-educated child"
+        "for a child on no school roll (home-educated or off roll)"
     )
     classification: Classification = Classification.OFFICIAL_SENSITIVE
     created_at: AwareDatetime
@@ -113,10 +121,12 @@ def age_on(date_of_birth: date, day: date) -> int:
     return years - ((day.month, day.day) < (date_of_birth.month, date_of_birth.day))
 
 
-def is_school_age(date_of_birth: date, day: date) -> bool:
-    """Whether a child is 4 to 17 on ``day``: the ages a notification is made for."""
-    low, high = SCHOOL_AGE
-    return low <= age_on(date_of_birth, day) <= high
+def is_child(date_of_birth: date, day: date, *, under: int = CHILD_AGE_UNDER) -> bool:
+    """Whether someone born on ``date_of_birth`` was a child on ``day``: born, and under ``under``.
+
+    ``day`` is the incident date: the duty concerns who was a child when the abuse happened.
+    """
+    return date_of_birth <= day and age_on(date_of_birth, day) < under
 
 
 def next_school_day_start(after: datetime) -> datetime:

@@ -3,8 +3,9 @@
 This is the shape a force's records system (its occurrence, nominal and risk-assessment tables)
 is asked to produce; ``README.md`` beside this file documents it for the force's integrators.
 Each line is one occurrence with its linked persons (victim, suspect, children), their
-addresses, the DASH answers the attending officer recorded, and the information-sharing
-decision. The models are strict (unknown fields refused) so a mistyped column is reported
+addresses, the DASH answers the officer recorded, the officer's judgement per child of whether
+the child may be a victim of the abuse (Operation Encompass), and the victim's consent to adult
+referrals. The models are strict (unknown fields refused) so a mistyped column is reported
 rather than silently dropped.
 """
 
@@ -96,8 +97,23 @@ class ExportPerson(Frozen):
     bail_and_orders: tuple[ExportOrder, ...] = ()
     criminal_history: LongText | None = None
     # child
-    school_agency: AgencyId | None = None
-    home_educated: bool = False
+    school_agency: AgencyId | None = Field(
+        default=None,
+        description="The federation id of the school the child is a registered pupil at "
+        "(nursery classes included)",
+    )
+    home_educated: bool = Field(
+        default=False,
+        description="The child is on no school roll (home-educated or off roll): children's "
+        "social care is notified instead of a school",
+    )
+    may_be_victim: bool | None = Field(
+        default=None,
+        description="The officer's judgement: there are reasonable grounds to believe the "
+        "child may be a victim of the domestic abuse (DAA 2021 s3: sees or hears it, or "
+        "experiences its effects), whether or not officers attended. null (not recorded): "
+        "treated as true, so the child's school is still told",
+    )
     present_at_incident: bool | None = None
     whereabouts: ShortText | None = None
     voice_of_child: LongText | None = None
@@ -106,6 +122,8 @@ class ExportPerson(Frozen):
     def _role_fields(self) -> ExportPerson:
         if self.role is not PersonRole.SUSPECT and self.date_of_birth is None:
             raise inconsistent("date_of_birth", f"a {self.role.value} needs a date of birth")
+        if self.role is not PersonRole.CHILD and self.may_be_victim is not None:
+            raise inconsistent("may_be_victim", "recorded for a child only")
         if self.role is PersonRole.SUSPECT and self.relationship_to_victim is None:
             raise inconsistent("relationship_to_victim", "give the suspect's relationship")
         return self
@@ -143,7 +161,10 @@ class IncidentRecord(Frozen):
     officer: Code = Field(description="Attending officer's collar number")
     occurred_at: AwareDatetime
     location: ShortText
-    attended: bool
+    attended: bool = Field(
+        description="Police attended; recorded in the referral's G5. Operation Encompass does "
+        "not depend on it"
+    )
     summary: LongText
     injuries: LongText | None = None
     circumstances_for_school: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | (
@@ -155,7 +176,12 @@ class IncidentRecord(Frozen):
     dash: ExportDash | None = None
     addresses: tuple[ExportAddress, ...] = ()
     persons: tuple[ExportPerson, ...] = Field(min_length=1)
-    sharing: ExportSharing
+    sharing: ExportSharing | None = Field(
+        default=None,
+        description="The victim's consent and any override: the basis of the adult referrals "
+        "(MARAC, IDVA). Without a valid one they are not made and the line reports it; "
+        "Operation Encompass notices never depend on it",
+    )
     actions_taken: tuple[LongText, ...] = ()
     victim_wishes: LongText | None = None
     safety_plan: LongText | None = None

@@ -9,13 +9,19 @@ good line:
 3. IDVA referral to the IDVA service when the case is MARAC-eligible (high-risk victims are
    referred to an IDVA whatever their consent, under the recorded override) or the victim
    consented;
-4. one Operation Encompass notification per linked child aged 4-17 on the incident date, to the
-   child's school, or to children's social care when the child is home-educated, when police
-   attended.
+4. one Operation Encompass notification per linked child who was under 18 on the incident date
+   (DAA 2021 s3) and may be a victim of the abuse in the officer's judgement (``may_be_victim``;
+   not recorded counts as yes): to the school the child is a registered pupil at (s49A), or to
+   children's social care when the child is on no school roll (home-educated or off roll; s49A
+   names schools, so the safeguarding basis applies there). Whether officers attended does not
+   matter, and neither does the adult victim's consent.
 
 A bad line is reported with its line number, the field and the reason, and never stops the lines
-after it. A problem that concerns one output only (a child's school is not a member) is reported
-against that line while the line's other outputs still go.
+after it. A problem that concerns some outputs only is reported against that line while the
+line's other outputs still go: a child's school is not a member (that child's notice), or the
+victim's consent record gives no basis for sharing, e.g. consent refused with no complete
+override (the MARAC and IDVA referrals: the reason says so; the notices still go, since the
+s49A duty does not depend on the adult's consent).
 
 Message ids are derived from the force, occurrence reference and purpose (and child), so
 importing the same export twice yields the same ids and the broker's idempotency by id keeps
@@ -45,13 +51,14 @@ from schemas.decode import field_problems
 from schemas.encompass import (
     EncompassHeader,
     EncompassNotification,
+    age_on,
     encompass_content,
-    is_school_age,
+    is_child,
     next_school_day_start,
 )
 from schemas.federation import AgencyRole, Federation
 from schemas.marac import marac_eligibility
-from schemas.referral import ContactKind, Priority, Purpose, Referral
+from schemas.referral import Child, ContactKind, Incident, Priority, Purpose, Referral
 
 __all__ = ["IMPORT_NAMESPACE", "Outgoing", "RowError", "import_export", "referral_from_record"]
 
@@ -78,6 +85,13 @@ _POLICE_BASIS: dict[str, Any] = {
     "dpa_condition": DpaCondition.SCH1_PARA18_SAFEGUARDING,
     "statutory_gateway": StatutoryGateway.CDA_1998_S115,
 }
+# A child is of compulsory school age from about their fifth birthday (Education Act 1996 s8),
+# so from then on a child with no school recorded and not marked as on no school roll is a gap
+# in the export, reported rather than guessed. Younger, no school means no roll: a three-year-old
+# at home is nobody's pupil, while one in a school's nursery class has that school recorded.
+_COMPULSORY_SCHOOL_AGE = 5
+# What a problem with the referral as a whole (the consent record above all) holds back.
+_HELD_BACK = "MARAC and IDVA referrals not made"
 
 
 @dataclass(frozen=True)
@@ -141,8 +155,8 @@ def import_export(
         if not line.strip():
             continue
         try:
-            record = _parse(line)
-            outputs, problems = _messages(record, federation, now)
+            record, held_back = _parse(line)
+            outputs, problems = _messages(record, held_back, federation, now)
         except _RowProblems as exc:
             errors.extend(RowError(row, f, r) for f, r in exc.problems)
             continue
@@ -151,7 +165,8 @@ def import_export(
     return produced, errors
 
 
-def _parse(line: str) -> IncidentRecord:
+def _parse(line: str) -> tuple[IncidentRecord, list[tuple[str, str]]]:
+    """The line's record, and the problems of its consent record (which hold back adults only)."""
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -160,21 +175,67 @@ def _parse(line: str) -> IncidentRecord:
     if not isinstance(data, dict):
         raise _RowProblems([("(line)", "each line must be one JSON object")])
     try:
-        return IncidentRecord.model_validate(data)
+        return IncidentRecord.model_validate(data), []
     except ValidationError as exc:
-        raise _RowProblems([(p.field, p.problem) for p in field_problems(exc)]) from None
+        problems = [(p.field, p.problem) for p in field_problems(exc)]
+    if data.get("sharing") is None or not all(_in_sharing(f) for f, _ in problems):
+        raise _RowProblems(problems)
+    # A broken consent record (an override missing an item, an unknown state) concerns the
+    # adult referrals only: read the incident without it, so the children's notices still go.
+    try:
+        record = IncidentRecord.model_validate({**data, "sharing": None})
+    except ValidationError as exc:
+        raise _RowProblems(problems + [(p.field, p.problem) for p in field_problems(exc)]) from None
+    return record, [(f, f"{_HELD_BACK}: {r}") for f, r in problems]
+
+
+def _in_sharing(path: str) -> bool:
+    return path == "sharing" or path.startswith("sharing.")
 
 
 def _messages(
-    record: IncidentRecord, federation: Federation, now: datetime
+    record: IncidentRecord,
+    held_back: list[tuple[str, str]],
+    federation: Federation,
+    now: datetime,
 ) -> tuple[list[Referral | EncompassNotification], list[tuple[str, str]]]:
     force = federation.get(record.force)
     if force is None or force.role is not AgencyRole.POLICE:
         raise _RowProblems([("force", "not a police force of this federation")])
-    base = referral_from_record(record, now)
     out: list[Referral | EncompassNotification] = []
-    problems: list[tuple[str, str]] = []
+    problems = list(held_back)
+    try:
+        base: Referral | None = referral_from_record(record, now)
+    except _RowProblems as exc:
+        # The adult referrals cannot be made; the children's notices do not depend on them.
+        base = None
+        problems.extend((f, f"{_HELD_BACK}: {r}") for f, r in exc.problems)
+    if base is not None and base.consent is None:
+        base = None
+        if not held_back:
+            problems.append(
+                ("sharing", f"{_HELD_BACK}: required, the victim's consent and any override")
+            )
+    if base is not None:
+        out.extend(_adult_referrals(base, record, federation, problems))
+    for person in record.persons:
+        if person.role is PersonRole.CHILD:
+            note, problem = _notification(record, person, federation, now)
+            if note is not None:
+                out.append(note)
+            if problem is not None:
+                problems.append(problem)
+    return out, problems
 
+
+def _adult_referrals(
+    base: Referral,
+    record: IncidentRecord,
+    federation: Federation,
+    problems: list[tuple[str, str]],
+) -> list[Referral | EncompassNotification]:
+    """The MARAC and IDVA referrals the line calls for (``problems`` gets what stops one)."""
+    out: list[Referral | EncompassNotification] = []
     eligibility = marac_eligibility(
         base.risk, escalation_threshold=federation.marac_escalation_threshold
     )
@@ -192,15 +253,7 @@ def _messages(
         else:
             priority = Priority.URGENT if eligibility.eligible else Priority.ROUTINE
             out.append(_addressed(base, record, Purpose.IDVA, idva, priority))
-    if record.attended:
-        for person in record.persons:
-            if person.role is PersonRole.CHILD:
-                note, problem = _notification(record, person, base, federation, now)
-                if note is not None:
-                    out.append(note)
-                if problem is not None:
-                    problems.append(problem)
-    return out, problems
+    return out
 
 
 def _one_of(federation: Federation, role: AgencyRole) -> str | None:
@@ -231,34 +284,58 @@ def _addressed(
 def _notification(
     record: IncidentRecord,
     person: ExportPerson,
-    base: Referral,
     federation: Federation,
     now: datetime,
 ) -> tuple[EncompassNotification | None, tuple[str, str] | None]:
+    """The notice about one linked child, from the child's and the incident's facts alone.
+
+    Built apart from the referral, so nothing about the adults (their consent, the risk
+    assessment) can hold it back.
+    """
     index = record.index_of(person)
-    child = base.children[[p for p in record.persons if p.role is PersonRole.CHILD].index(person)]
-    if not is_school_age(child.date_of_birth, record.occurred_at.date()):
-        return None, None
-    if child.home_educated:
-        recipient = _one_of(federation, AgencyRole.CHILDRENS_SOCIAL_CARE)
-        if recipient is None:
+    assert person.date_of_birth is not None  # a child's is required by the export model
+    day = record.occurred_at.date()
+    if person.may_be_victim is False:
+        return None, None  # the officer found no grounds to believe the child may be a victim
+    if not is_child(person.date_of_birth, day):
+        return None, None  # 18 or over at the incident: not a child (DAA 2021 s3)
+    try:
+        child = Child.model_validate(_child_data(person))
+    except ValidationError as exc:
+        first = field_problems(exc)[0]
+        return None, (
+            _join(f"persons.{index}", _EXPORT_FIELDS.get(first.field, first.field)),
+            first.problem,
+        )
+    if child.school_agency is not None:
+        school = federation.get(child.school_agency)
+        if school is None or school.role is not AgencyRole.SCHOOL:
+            return None, (
+                f"persons.{index}.school_agency",
+                "not a school of this federation: give the federation id of their school "
+                "(or home_educated true when the child is on no school roll)",
+            )
+        recipient = school.id
+    elif child.home_educated:
+        csc = _one_of(federation, AgencyRole.CHILDRENS_SOCIAL_CARE)
+        if csc is None:
             return None, (
                 f"persons.{index}.home_educated",
                 "the federation has no children's social care to notify",
             )
+        recipient = csc
+    elif age_on(person.date_of_birth, day) >= _COMPULSORY_SCHOOL_AGE:
+        return None, (
+            f"persons.{index}.school_agency",
+            "a child of school age needs the federation id of their school, or home_educated "
+            "true when on no school roll (home-educated or off roll); no notice was made",
+        )
     else:
-        school = federation.get(child.school_agency) if child.school_agency else None
-        if school is None or school.role is not AgencyRole.SCHOOL:
-            return None, (
-                f"persons.{index}.school_agency",
-                "a child of school age needs the federation id of their school "
-                "(or home_educated true)",
-            )
-        recipient = school.id
+        return None, None  # below school age and on no school roll: nobody's pupil
     if record.circumstances_for_school is None:
         return None, (
             "circumstances_for_school",
-            "required when a child of school age is linked (Operation Encompass)",
+            "required when a child who may be a victim is linked (Operation Encompass)",
         )
     notification = EncompassNotification(
         header=EncompassHeader(
@@ -273,7 +350,7 @@ def _notification(
         ),
         content=encompass_content(
             child,
-            base.incident,
+            Incident.model_validate(_incident_data(record)),
             police_reference=record.occurrence_reference,
             circumstances=record.circumstances_for_school,
         ),
@@ -329,27 +406,8 @@ def _referral_data(record: IncidentRecord, now: datetime) -> dict[str, Any]:
             if victim.pregnant is None
             else {"pregnant": victim.pregnant, "expected_due_date": victim.expected_due_date},
         },
-        "children": [
-            {
-                "given_name": c.given_name,
-                "family_name": c.family_name,
-                "date_of_birth": c.date_of_birth,
-                "school_agency": c.school_agency,
-                "home_educated": c.home_educated,
-                "present_at_incident": c.present_at_incident,
-                "where": c.whereabouts,
-                "voice_of_child": c.voice_of_child,
-            }
-            for c in children
-        ],
-        "incident": {
-            "occurred_at": record.occurred_at,
-            "location": record.location,
-            "summary": record.summary,
-            "injuries": record.injuries,
-            "reported_to_police": True,
-            "police_attended": record.attended,
-        },
+        "children": [_child_data(c) for c in children],
+        "incident": _incident_data(record),
         "risk": {
             "level": record.risk_level,
             "dash": None
@@ -358,7 +416,9 @@ def _referral_data(record: IncidentRecord, now: datetime) -> dict[str, Any]:
             "professional_judgement": record.professional_judgement,
             "incidents_last_12_months": record.incidents_last_12_months,
         },
-        "consent": {
+        "consent": None
+        if sharing is None
+        else {
             "state": sharing.victim_consent,
             **_POLICE_BASIS,
             "subject_informed": sharing.victim_informed,
@@ -412,6 +472,34 @@ def _referral_data(record: IncidentRecord, now: datetime) -> dict[str, Any]:
     if record.victim_wishes is not None or record.safety_plan is not None:
         data["wishes"] = {"victim_wishes": record.victim_wishes, "safety_plan": record.safety_plan}
     return data
+
+
+def _child_data(child: ExportPerson) -> dict[str, Any]:
+    return {
+        "given_name": child.given_name,
+        "family_name": child.family_name,
+        "date_of_birth": child.date_of_birth,
+        "school_agency": child.school_agency,
+        "home_educated": child.home_educated,
+        "present_at_incident": child.present_at_incident,
+        "where": child.whereabouts,
+        "voice_of_child": child.voice_of_child,
+    }
+
+
+def _incident_data(record: IncidentRecord) -> dict[str, Any]:
+    return {
+        "occurred_at": record.occurred_at,
+        "location": record.location,
+        "summary": record.summary,
+        "injuries": record.injuries,
+        "reported_to_police": True,
+        "police_attended": record.attended,
+    }
+
+
+#: A field of ``Child`` -> the export field it comes from, where the names differ.
+_EXPORT_FIELDS = {"where": "whereabouts"}
 
 
 def _export_path(record: IncidentRecord, path: str) -> str:

@@ -4,11 +4,15 @@ One YAML file per agreement under ``<federation_dir>/agreements/`` (the file is 
 agreement's id). An agreement names its parties and their roles, its retention, the subsets of
 field groups it shares, and per purpose: the lawful bases it may rely on, the consent states and
 override reasons it accepts, whether a MARAC criterion must be met, and for each recipient role
-the field groups it may receive, each whole (``full``) or as a named subset.
+the field groups it may receive, each whole (``full``) or as a named subset. Operation Encompass
+terms also name the basis per recipient role (s49A for a school; the safeguarding basis for
+children's social care, which s49A does not cover) and the age under which a person is a child
+(``child_age_under``, the statutory 18 unless an agreement narrows it, which the linter flags).
 
 A subset is concrete data, so an IG officer reads exactly what "limited" means: the fields of
 the group it keeps, and optionally a scope (``own_pupil``: only the children at the recipient
-school; ``home_educated``; ``own_agency``: only G9 entries naming the recipient) or, for G6,
+school; ``home_educated``: only the children on no school roll; both keep children under the
+terms' ``child_age_under`` only; ``own_agency``: only G9 entries naming the recipient) or, for G6,
 the DASH topics whose answers it keeps. ``Agreement`` validation catches what one file alone can
 get wrong (unknown groups, roles, fields, subsets); ``check`` lints a set of agreements against
 the federation (unknown or mis-roled parties, purposes with no lawful basis, contradictory
@@ -31,7 +35,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from schemas.classes import DataClass
-from schemas.consent import Consent, ConsentState, OverrideReason
+from schemas.consent import Consent, ConsentState, OverrideReason, StatutoryGateway
 from schemas.dash import known_question_sets, question_set
 from schemas.decode import field_problems
 from schemas.disclosure import (
@@ -42,6 +46,7 @@ from schemas.disclosure import (
     ShareScope,
     SubsetName,
 )
+from schemas.encompass import CHILD_AGE_UNDER
 from schemas.errors import FieldProblem, SchemaError
 from schemas.federation import AgencyRole, Federation
 from schemas.fields import AgencyId, Frozen, LongText, ShortText, inconsistent
@@ -132,6 +137,12 @@ _ENCOMPASS_SCOPES: Final = {
     AgencyRole.SCHOOL: ShareScope.OWN_PUPIL,
     AgencyRole.CHILDRENS_SOCIAL_CARE: ShareScope.HOME_EDUCATED,
 }
+#: The gateway a notice to each Encompass role rests on: s49A names schools; a child on no
+#: school roll is notified to children's social care under the Children Act 2004 s11 duty.
+_ENCOMPASS_GATEWAYS: Final = {
+    AgencyRole.SCHOOL: StatutoryGateway.DAA_2021_S49A,
+    AgencyRole.CHILDRENS_SOCIAL_CARE: StatutoryGateway.CA_2004_S11,
+}
 
 
 @functools.cache  # the question sets are package data: they do not change while running
@@ -169,12 +180,24 @@ class PurposeTerms(Frozen):
 
     purpose: Purpose
     lawful_bases: tuple[LawfulBasis, ...] = Field(
-        default=(), description="Any one of them, named in the referral's G8, makes it lawful"
+        default=(),
+        description="Any one of them, named in the referral's G8, makes it lawful (not for "
+        "ENCOMPASS, whose basis is per recipient role: notification_basis)",
     )
-    notification_basis: LawfulBasis | None = Field(
-        default=None,
-        description="ENCOMPASS only: the statutory basis an Operation Encompass notification "
-        "relies on (a notification carries no G8: the statute is its basis)",
+    notification_basis: Mapping[AgencyRole, LawfulBasis] = Field(
+        default_factory=dict,
+        description="ENCOMPASS only: per recipient role, the basis a notice (or an Encompass "
+        "referral) to that role relies on: DAA 2021 s49A for a school; for children's social "
+        "care, notified of a child on no school roll, the safeguarding basis (Art 6(1)(e), Art "
+        "9(2)(g), DPA 2018 Sch 1 para 18, Children Act 2004 s11), since s49A names schools",
+    )
+    child_age_under: int = Field(
+        default=CHILD_AGE_UNDER,
+        ge=1,
+        le=CHILD_AGE_UNDER,
+        description="The G4 scopes own_pupil and home_educated keep, and Operation Encompass "
+        "notifies, only people under this age on the incident date; the statute says 18 (DAA "
+        "2021 s3), and no agreement may go beyond it",
     )
     consent: ConsentTerms
     marac_criterion_required: bool = False
@@ -450,21 +473,16 @@ def _check_terms(a: Agreement, i: int, terms: PurposeTerms) -> Iterable[Problem]
                 "grant.role_not_party",
                 f"no party of the agreement has the role {role.value}",
             )
-    if not terms.lawful_bases and not (encompass and terms.notification_basis is not None):
+    if not terms.lawful_bases and not (encompass and terms.notification_basis):
         yield Problem(
             a.id,
             f"{at}.lawful_bases",
             "purpose.no_lawful_basis",
             f"{purpose.value} names no lawful basis, so nothing can be shared for it",
         )
-    if encompass and terms.notification_basis is None:
-        yield Problem(
-            a.id,
-            f"{at}.notification_basis",
-            "encompass.no_notification_basis",
-            "name the statutory basis Operation Encompass notifications rely on",
-        )
-    if not encompass and terms.notification_basis is not None:
+    if encompass:
+        yield from _check_encompass_terms(a, at, terms)
+    if not encompass and terms.notification_basis:
         yield Problem(
             a.id,
             f"{at}.notification_basis",
@@ -481,9 +499,56 @@ def _check_terms(a: Agreement, i: int, terms: PurposeTerms) -> Iterable[Problem]
         )
     for role, grant in terms.recipients.items():
         where = f"{at}.recipients.{role.value}"
-        yield from _check_classified(a, where, grant, terms.lawful_bases)
+        if encompass:
+            basis = terms.notification_basis.get(role)
+            bases: tuple[LawfulBasis, ...] = () if basis is None else (basis,)
+        else:
+            bases = terms.lawful_bases
+        yield from _check_classified(a, where, grant, bases)
         if encompass:
             yield from _check_encompass(a, where, role, grant)
+
+
+def _check_encompass_terms(a: Agreement, at: str, terms: PurposeTerms) -> Iterable[Problem]:
+    """The per-role basis and the age band of Operation Encompass terms, against the statute."""
+    for role in terms.recipients:
+        basis = terms.notification_basis.get(role)
+        gateway = _ENCOMPASS_GATEWAYS.get(role)
+        where = f"{at}.notification_basis.{role.value}"
+        if basis is None:
+            yield Problem(
+                a.id,
+                where,
+                "encompass.no_notification_basis",
+                f"name the basis Operation Encompass notices to a {role.value} rely on",
+            )
+        elif gateway is not None and basis.gateway is not gateway:
+            yield Problem(
+                a.id,
+                where,
+                "encompass.notification_basis_wrong",
+                "a notice to a school is made under DAA 2021 s49A: name gateway daa2021_s49a"
+                if role is AgencyRole.SCHOOL
+                else "s49A names schools: a child on no school roll is notified to children's "
+                "social care on the safeguarding basis (art6_1_e, art9_2_g, "
+                "dpa2018_sch1_para18, gateway ca2004_s11)",
+            )
+    if terms.lawful_bases:
+        yield Problem(
+            a.id,
+            f"{at}.lawful_bases",
+            "encompass.lawful_bases_ignored",
+            "Operation Encompass relies on the basis named per recipient role in "
+            "notification_basis; these lawful_bases are never used",
+        )
+    if terms.child_age_under < CHILD_AGE_UNDER:
+        yield Problem(
+            a.id,
+            f"{at}.child_age_under",
+            "encompass.child_age_below_statute",
+            f"s49A concerns every child under {CHILD_AGE_UNDER} (DAA 2021 s3): pupils aged "
+            f"{terms.child_age_under} to {CHILD_AGE_UNDER - 1} would not be notified",
+        )
 
 
 def _check_classified(

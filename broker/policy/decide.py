@@ -19,8 +19,11 @@ The steps, in order:
    and grants that role something; the agreement accepts the lawful basis, the consent state
    and the override reason; a MARAC criterion is met where the terms require one; a recorded
    objection to health-care sharing blocks health-care purposes unless a safeguarding override
-   applies; Encompass reaches only the child's own school (or children's social care for a
-   home-educated child) with its deadline at the start of the next school day;
+   applies; Encompass reaches only the school of a child under the terms' ``child_age_under``
+   (18, DAA 2021 s3) at the incident, or children's social care for such a child on no school
+   roll (home-educated or off roll), on the basis the agreement names for that role (s49A for a
+   school, the safeguarding basis for children's social care), with its deadline at the start of
+   the next school day;
 5. what is disclosed: the granted groups present in the referral; a classified field
    (``schemas.classes``: special category, UK GDPR Art 9(1); criminal-offence data, Art 10)
    only when both the basis relied on and the referral's own G8 carry its condition (Art 9 with
@@ -38,7 +41,9 @@ Rule ids (``Decision.rules``), for the IG officer:
                                                ``.not_granted``)
 ``lawful_basis.<codes>``                       the basis relied on (``agreement.<id>.
                                                lawful_basis.not_accepted`` when none fits)
-``lawful_basis.statutory.<codes>``             a notification's statutory basis
+``lawful_basis.statutory.<codes>``             a notification's basis for the recipient's
+                                               role (s49A to a school; Art 6(1)(e), Art
+                                               9(2)(g), Sch 1 para 18, CA 2004 s11 to CSC)
 ``consent.obtained`` / ``consent.<state>``     the consent state (``.not_accepted`` if refused)
 ``override.<reason>.accepted``                 the override reason (``.not_accepted``)
 ``marac.criterion.<criterion>``                each MARAC criterion met (``marac.criterion.none``)
@@ -46,8 +51,10 @@ Rule ids (``Decision.rules``), for the IG officer:
 ``objection.health_sharing.overridden.<r>``    ... unless a safeguarding override applies
 ``encompass.recipient.<role>``                 Encompass to a school or children's social care
 ``encompass.not_own_pupil``                    no child of the referral is at this school
-``encompass.no_home_educated_child``           no home-educated child of school age
-``encompass.not_school_age``                   the notified child is not 4 to 17
+``encompass.no_home_educated_child``           no child of the referral is on no school roll
+``encompass.not_a_child``                      the notified person (or every pupil or
+                                               off-roll child in scope) was 18 or over at the
+                                               incident (``child_age_under``), or not born
 ``encompass.deadline.next_school_day``         the deadline is set (``Decision.deadline``)
 ``encompass.deadline.passed``                  it was already past at decision time
 ``encompass.calendar.not_covered``             the term dates do not reach the deadline
@@ -72,7 +79,7 @@ the agreement (``agreement.<id>``) and the consent basis (``consent.obtained``,
 (``recipient.not_party``, ``role.not_granted``, ``lawful_basis.not_accepted``,
 ``consent.state_not_accepted``, ``override.reason_not_accepted``, ``marac.no_criterion``,
 ``objection.health_sharing``, ``encompass.not_own_pupil``, ``encompass.no_home_educated_child``,
-``encompass.not_school_age``, ``no-usable-encryption-key``).
+``encompass.not_a_child``, ``no-usable-encryption-key``).
 
 The errors raised before anyone is decided carry rule codes too (``reasons``): the fan-out
 ``SchemaError`` ``fan_out.exceeded``; ``UnknownAgency`` one per problem, ``sender.unknown``,
@@ -103,7 +110,7 @@ from schemas.consent import (
 )
 from schemas.dash import DEFAULT_QUESTION_SET
 from schemas.disclosure import ConsentBasis, GroupShare, LawfulBasis, ShareScope
-from schemas.encompass import EncompassNotification, is_school_age
+from schemas.encompass import EncompassNotification, is_child
 from schemas.errors import FieldProblem, InputError, SchemaError, UnknownAgency
 from schemas.federation import AgencyRole, Federation
 from schemas.marac import MaracCriterion, marac_eligibility
@@ -303,7 +310,7 @@ def _check_whole(
         )
     terms = [a.terms(route.purpose) for a in covering]
     if isinstance(message, EncompassNotification):
-        if not any(t is not None and t.notification_basis is not None for t in terms):
+        if not any(t is not None and t.notification_basis for t in terms):
             raise PolicyRefusal(
                 "no sharing agreement in force names the statutory basis for Operation "
                 "Encompass notifications",
@@ -366,10 +373,22 @@ def _relies_on(basis: LawfulBasis, consent: Consent) -> bool:
     return all(want is None or want == have for want, have in pairs)
 
 
-def _basis(terms: PurposeTerms, consent: Consent) -> LawfulBasis | None:
+def _candidates(terms: PurposeTerms, role: AgencyRole | None) -> tuple[LawfulBasis, ...]:
+    """The bases a referral may rely on: Encompass has one per recipient role (any, if None)."""
+    if terms.purpose is not Purpose.ENCOMPASS:
+        return terms.lawful_bases
+    if role is None:
+        return tuple(terms.notification_basis.values())
+    basis = terms.notification_basis.get(role)
+    return () if basis is None else (basis,)
+
+
+def _basis(
+    terms: PurposeTerms, consent: Consent, role: AgencyRole | None = None
+) -> LawfulBasis | None:
     """Of the terms' bases the referral relies on, the one carrying the most data-class
     conditions, then the most specific (first on a tie)."""
-    fits = [b for b in terms.lawful_bases if _relies_on(b, consent)]
+    fits = [b for b in _candidates(terms, role) if _relies_on(b, consent)]
     return max(
         fits, key=lambda b: (sum(b.carries(c) for c in DataClass), len(b.codes)), default=None
     )
@@ -454,13 +473,13 @@ class _Case:
         rules.append(f"agreement.{agreement.id}.role.{role.value}.granted")
         referral = self.referral
         if referral is None:
-            basis, consent_basis = self._statutory(agreement, terms, rules)
+            basis, consent_basis = self._statutory(agreement, terms, role, rules)
         else:
-            basis, consent_basis = self._consented(agreement, terms, referral, rules)
+            basis, consent_basis = self._consented(agreement, terms, role, referral, rules)
         deadline = None
         if purpose is Purpose.ENCOMPASS:
-            deadline = self._encompass(recipient, role, rules)
-        groups, withheld = self._groups(grant, basis, recipient, rules)
+            deadline = self._encompass(recipient, role, terms, rules)
+        groups, withheld = self._groups(grant, basis, recipient, terms.child_age_under, rules)
         if referral is not None and unsafe_details(referral):
             rules.append("safe_contact.unsafe_routes_removed")
         consent_reason = (
@@ -478,14 +497,20 @@ class _Case:
             deadline=deadline,
             agreement=agreement.id,
             retention=agreement.retention,
+            child_age_under=terms.child_age_under,
             withheld=withheld,
         )
 
     def _statutory(
-        self, agreement: Agreement, terms: PurposeTerms, rules: list[str]
+        self, agreement: Agreement, terms: PurposeTerms, role: AgencyRole, rules: list[str]
     ) -> tuple[LawfulBasis, ConsentBasis]:
-        """A notification: the statute is the basis, and consent is not required."""
-        basis = terms.notification_basis
+        """A notification: the basis the agreement names for the role; consent not required.
+
+        s49A for a school; for children's social care (a child on no school roll, whom s49A
+        does not cover) the safeguarding basis, Art 6(1)(e) and 9(2)(g) with DPA 2018 Sch 1
+        para 18 and the Children Act 2004 s11 duty.
+        """
+        basis = terms.notification_basis.get(role)
         if basis is None:
             rules.append(f"agreement.{agreement.id}.lawful_basis.not_accepted")
             raise _Refused("lawful_basis.not_accepted")
@@ -498,11 +523,16 @@ class _Case:
         return basis, ConsentBasis(state=state)
 
     def _consented(
-        self, agreement: Agreement, terms: PurposeTerms, referral: Referral, rules: list[str]
+        self,
+        agreement: Agreement,
+        terms: PurposeTerms,
+        role: AgencyRole,
+        referral: Referral,
+        rules: list[str],
     ) -> tuple[LawfulBasis, ConsentBasis]:
         consent = referral.consent
         assert consent is not None  # checked for the referral as a whole
-        basis = _basis(terms, consent)
+        basis = _basis(terms, consent, role)
         if basis is None:
             rules.append(f"agreement.{agreement.id}.lawful_basis.not_accepted")
             raise _Refused("lawful_basis.not_accepted")
@@ -541,25 +571,36 @@ class _Case:
                 raise _Refused("objection.health_sharing")
         return basis, consent_basis
 
-    def _encompass(self, recipient: str, role: AgencyRole, rules: list[str]) -> datetime:
-        """Only the child's own school (or CSC, home-educated), by the next school day."""
+    def _encompass(
+        self, recipient: str, role: AgencyRole, terms: PurposeTerms, rules: list[str]
+    ) -> datetime:
+        """Only a child's own school (or CSC, no school roll), by the next school day.
+
+        A child is under ``terms.child_age_under`` (the statutory 18) on the incident date,
+        whatever message carries them: a school never receives an adult as its pupil.
+        """
         school = role is AgencyRole.SCHOOL
+        under = terms.child_age_under
         rules.append(f"encompass.recipient.{role.value}")
         referral = self.referral
         if referral is None:
             assert isinstance(self.message, EncompassNotification)
             content = self.message.content
             occurred = content.occurred_at
-            if not is_school_age(content.child_date_of_birth, occurred.date()):
-                rules.append("encompass.not_school_age")
-                raise _Refused("encompass.not_school_age")
+            if not is_child(content.child_date_of_birth, occurred.date(), under=under):
+                rules.append("encompass.not_a_child")
+                raise _Refused("encompass.not_a_child")
         else:
             occurred = referral.incident.occurred_at
             scope = ShareScope.OWN_PUPIL if school else ShareScope.HOME_EDUCATED
-            if not children_in_scope(referral.children, scope, recipient, on=occurred.date()):
+            on = occurred.date()
+            if not children_in_scope(referral.children, scope, recipient, on=on, under=None):
                 code = "encompass.not_own_pupil" if school else "encompass.no_home_educated_child"
                 rules.append(code)
                 raise _Refused(code)
+            if not children_in_scope(referral.children, scope, recipient, on=on, under=under):
+                rules.append("encompass.not_a_child")
+                raise _Refused("encompass.not_a_child")
         deadline = next_school_day_start(
             occurred, self.calendar, school=recipient if school else None
         )
@@ -579,6 +620,7 @@ class _Case:
         grant: tuple[GroupShare, ...],
         basis: LawfulBasis,
         recipient: str,
+        under: int,
         rules: list[str],
     ) -> tuple[tuple[GroupShare, ...], tuple[Withheld, ...]]:
         """The shares to disclose, classified fields without their condition withheld."""
@@ -611,18 +653,20 @@ class _Case:
             if share.keeps_nothing:
                 rules.append(f"group.{share.label}.all_withheld")
                 continue
-            if not _entries(referral, share, recipient):
+            if not _entries(referral, share, recipient, under):
                 rules.append(f"group.{share.label}.no_entries")
                 continue
             out.append(share)
         return tuple(out), tuple(withheld)
 
 
-def _entries(referral: Referral, share: GroupShare, recipient: str) -> bool:
+def _entries(referral: Referral, share: GroupShare, recipient: str, under: int) -> bool:
     """Whether a scoped share keeps anything of the group for this recipient."""
     if share.group is FieldGroup.G4:
         on = referral.incident.occurred_at.date()
-        return bool(children_in_scope(referral.children, share.scope, recipient, on=on))
+        return bool(
+            children_in_scope(referral.children, share.scope, recipient, on=on, under=under)
+        )
     if share.group is FieldGroup.G9 and referral.agencies_actions is not None:
         kept = agencies_in_scope(referral.agencies_actions, share.scope, recipient)
         return bool(kept.involved or kept.actions)

@@ -82,6 +82,9 @@ class Decision:
     agreement: str | None = None
     retention: Retention | None = None
     withheld: tuple[Withheld, ...] = ()  # classified fields kept out of granted groups
+    # The age under which the G4 scopes (own_pupil, home_educated) keep a child: the terms'
+    # child_age_under, so redaction keeps exactly the children the decision counted.
+    child_age_under: int | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The decision as JSON-ready codes: what ``cairn policy explain --json`` prints."""

@@ -29,7 +29,7 @@ from typing import Any, Final
 from broker.policy.decision import Decision
 from schemas.dash import question_set
 from schemas.disclosure import DisclosedReferral, GroupShare, ShareScope
-from schemas.encompass import EncompassNotification, is_school_age
+from schemas.encompass import CHILD_AGE_UNDER, EncompassNotification, is_child
 from schemas.referral import (
     FIELD_GROUPS,
     AgenciesActions,
@@ -75,8 +75,10 @@ def redact(
     if isinstance(message, EncompassNotification):
         return message
     data: dict[str, Any] = {}
+    # The age band the decision was made on, so redaction keeps exactly the children it counted.
+    under = decision.child_age_under or CHILD_AGE_UNDER
     for share in decision.groups:
-        value = _group(message, share, decision.recipient)
+        value = _group(message, share, decision.recipient, under)
         if value is not None:
             data[FIELD_GROUPS[share.group]] = value
     if "header" not in data:
@@ -86,14 +88,28 @@ def redact(
 
 
 def children_in_scope(
-    children: Iterable[Child], scope: ShareScope | None, recipient: str, *, on: date
+    children: Iterable[Child],
+    scope: ShareScope | None,
+    recipient: str,
+    *,
+    on: date,
+    under: int | None = CHILD_AGE_UNDER,
 ) -> tuple[Child, ...]:
-    """The children a G4 share keeps: all, the recipient school's own, or the home-educated."""
+    """The children a G4 share keeps: all, the recipient school's own, or those on no roll.
+
+    A scoped share keeps only children: under ``under`` on ``on``, the incident date (DAA 2021
+    s3), so a school is never given an adult as its pupil. ``under=None`` skips the age test,
+    for the engine to tell "no pupil here" from "no pupil here is a child".
+    """
     if scope is ShareScope.OWN_PUPIL:
-        return tuple(c for c in children if c.school_agency == recipient)
-    if scope is ShareScope.HOME_EDUCATED:
-        return tuple(c for c in children if c.home_educated and is_school_age(c.date_of_birth, on))
-    return tuple(children)
+        kept = tuple(c for c in children if c.school_agency == recipient)
+    elif scope is ShareScope.HOME_EDUCATED:
+        kept = tuple(c for c in children if c.home_educated)
+    else:
+        return tuple(children)
+    if under is None:
+        return kept
+    return tuple(c for c in kept if is_child(c.date_of_birth, on, under=under))
 
 
 def agencies_in_scope(
@@ -115,11 +131,15 @@ def unsafe_details(referral: Referral) -> tuple[str, ...]:
     return tuple(r.detail for r in referral.safe_contact.routes if not r.safe)
 
 
-def _group(referral: Referral, share: GroupShare, recipient: str) -> Any:
+def _group(referral: Referral, share: GroupShare, recipient: str, under: int) -> Any:
     group = share.group
     if group is FieldGroup.G4:
         kept = children_in_scope(
-            referral.children, share.scope, recipient, on=referral.incident.occurred_at.date()
+            referral.children,
+            share.scope,
+            recipient,
+            on=referral.incident.occurred_at.date(),
+            under=under,
         )
         return [_pick(c.model_dump(), share) for c in kept] or None
     value = referral.group(group)

@@ -178,6 +178,8 @@ PROBATION_ROW: dict[FieldGroup, Share] = {
 WITH_GATEWAY = "art6_1_e+art9_2_g+dpa2018_sch1_para18+cda1998_s115"
 NO_GATEWAY = "art6_1_e+art9_2_g+dpa2018_sch1_para18"  # the agreement names no s115 basis
 ENCOMPASS_BASIS = "art6_1_c+daa2021_s49a"
+# s49A names schools: a child on no school roll is notified to CSC on the safeguarding basis.
+CSC_ENCOMPASS_BASIS = "art6_1_e+art9_2_g+dpa2018_sch1_para18+ca2004_s11"
 EVERY_CHILD = frozenset({"Pip", "Robin", "Wren"})  # the full referral's three children
 
 
@@ -296,10 +298,10 @@ ROWS = [
         "ENCOMPASS",
         "kelder-police",
         "kelder-encompass",
-        ENCOMPASS_BASIS,
+        CSC_ENCOMPASS_BASIS,
         ENCOMPASS_CONSENT,
         CSC_ENCOMPASS_ROW,
-        frozenset({"Robin"}),  # the only home-educated child of school age
+        frozenset({"Robin"}),  # the only child under 18 on no school roll
     ),
     Row(
         "kelder-housing",

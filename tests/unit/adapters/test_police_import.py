@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,10 +16,12 @@ from click.testing import CliRunner
 from adapters.client import SubmissionRefused
 from adapters.police import Outgoing, RowError, import_export
 from adapters.police.cli import police
+from schemas.consent import Consent
 from schemas.encompass import STATUTORY_CONTENT, EncompassNotification
 from schemas.federation import Federation
 from schemas.receipt import Receipt, RecipientReceipt, RecipientStatus
 from schemas.referral import Purpose, Referral
+from tests.unit.policy.cases import ENCOMPASS_CONSENT, disclosed, one
 
 ROOT = Path(__file__).resolve().parents[3]
 FEDERATION_DIR = ROOT / "deploy" / "federation"
@@ -111,21 +113,58 @@ def _child(pid: str, dob: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def test_encompass_for_each_child_aged_4_to_17_and_no_one_else() -> None:
-    """Children aged exactly 4 and 17 are notified; 3, 18, victim and suspect are not."""
-    line = sample_line(1)  # incident on 2026-11-25
-    line["persons"] = [p for p in line["persons"] if p["role"] != "child"] + [
-        _child("C3", "2022-11-26"),  # 3 (4 tomorrow)
-        _child("C4", "2022-11-25"),  # 4 today
+def with_children(row: int, *children: dict[str, Any]) -> dict[str, Any]:
+    """Sample line ``row`` with exactly these children linked (the adults kept)."""
+    line = sample_line(row)
+    line["persons"] = [p for p in line["persons"] if p["role"] != "child"] + list(children)
+    return line
+
+
+def imported(*lines: dict[str, Any]) -> tuple[list[Outgoing], list[RowError]]:
+    return import_export([json.dumps(line) for line in lines], federation(), NOW)
+
+
+def notices(produced: list[Outgoing]) -> list[tuple[str, str]]:
+    """(child's given name, recipient) of each Encompass notice produced."""
+    return [
+        (o.message.content.child_given_name, o.message.header.recipient)
+        for o in produced
+        if isinstance(o.message, EncompassNotification)
+    ]
+
+
+def test_encompass_for_every_child_under_18_on_a_school_roll() -> None:
+    """DAA 2021 s49A, s3: every linked child under 18 at the incident who is a registered pupil
+    is notified, a 3-year-old in a nursery class included; 18 that day, and a 3-year-old at
+    home with no school (nobody's pupil), are not, and neither is reported as a problem."""
+    line = with_children(
+        1,  # incident on 2026-11-25
+        _child("C3", "2023-09-01"),  # 3, in the school's nursery class
         _child("C17", "2008-11-26"),  # 17 (18 tomorrow)
         _child("C18", "2008-11-25"),  # 18 today
-    ]
-    produced, errors = import_export([json.dumps(line)], federation(), NOW)
+        _child("H3", "2023-09-01", school_agency=None),  # 3, at home, no school
+    )
+    produced, errors = imported(line)
     assert errors == []
-    notes = [o.message for o in produced if isinstance(o.message, EncompassNotification)]
-    assert sorted(n.content.child_given_name for n in notes) == ["KidC17", "KidC4"]
+    assert sorted(notices(produced)) == [
+        ("KidC17", "kelder-brook-primary"),
+        ("KidC3", "kelder-brook-primary"),
+    ]
     referral = next(o.message for o in produced if isinstance(o.message, Referral))
     assert len(referral.children) == 4  # every child stays in the referral's G4
+
+
+def test_a_child_of_school_age_with_no_school_recorded_is_reported() -> None:
+    """DAA 2021 s49A: a child of school age with neither a school nor 'no school roll' recorded
+    cannot be routed; the gap is reported against that child, and the rest still goes."""
+    line = with_children(
+        1, _child("C10", "2016-01-15", school_agency=None), _child("C8", "2018-09-03")
+    )
+    produced, errors = imported(line)
+    assert notices(produced) == [("KidC8", "kelder-brook-primary")]
+    assert [(e.field, "federation id of their school" in e.reason) for e in errors] == [
+        ("persons.2.school_agency", True)
+    ]
 
 
 def test_notification_carries_exactly_the_statutory_content() -> None:
@@ -147,13 +186,117 @@ def test_notification_carries_exactly_the_statutory_content() -> None:
     assert first.header.notify_by == datetime(2026, 11, 26, 8, 30, tzinfo=UTC)
 
 
-def test_no_notification_when_police_did_not_attend() -> None:
-    """Encompass follows police-attended incidents only."""
+def test_notices_do_not_depend_on_attendance() -> None:
+    """DAA 2021 s49A: the duty arises from reasonable grounds to believe a child may be a victim,
+    whether or not officers attended: an incident reported without attendance still notifies."""
+    attended, _ = imported(sample_line(1))
     line = sample_line(1)
     line["attended"] = False
-    produced, errors = import_export([json.dumps(line)], federation(), NOW)
+    produced, errors = imported(line)
     assert errors == []
-    assert {o.purpose for o in produced} == {Purpose.MARAC, Purpose.IDVA}
+    assert (
+        notices(produced)
+        == notices(attended)
+        == [
+            ("Pip", "kelder-brook-primary"),
+            ("Robin", "kelder-csc"),
+        ]
+    )
+
+
+def test_the_officers_judgement_decides_each_childs_notice() -> None:
+    """DAA 2021 s3, s49A: a child is notified when there are reasonable grounds to believe they
+    may be a victim (may_be_victim); false makes no notice; not recorded (an older export)
+    counts as true, so the school is told rather than silently not told."""
+    line = with_children(
+        1,
+        _child("C8", "2018-09-03", may_be_victim=True),
+        _child("C9", "2017-09-03", may_be_victim=False),
+        _child("C10", "2016-09-03"),  # an export written before the field existed
+    )
+    produced, errors = imported(line)
+    assert errors == []
+    assert [name for name, _ in notices(produced)] == ["KidC8", "KidC10"]
+    victim = with_children(1)
+    victim["persons"][0]["may_be_victim"] = True
+    _, problems = imported(victim)
+    assert [(e.field, e.reason) for e in problems] == [
+        ("persons.0.may_be_victim", "recorded for a child only")
+    ]
+
+
+def _no_override(line: dict[str, Any]) -> None:
+    del line["sharing"]["override"]
+
+
+def _incomplete_override(line: dict[str, Any]) -> None:
+    del line["sharing"]["override"]["justification"]
+
+
+def _no_sharing(line: dict[str, Any]) -> None:
+    del line["sharing"]
+
+
+@pytest.mark.parametrize(
+    "break_consent",
+    [_no_override, _incomplete_override, _no_sharing],
+    ids=["refused-no-override", "override-incomplete", "no-sharing-record"],
+)
+def test_the_duty_does_not_depend_on_the_adult_victims_consent(
+    break_consent: Callable[[dict[str, Any]], None],
+) -> None:
+    """DAA 2021 s49A: a line whose victim consent record gives no basis (refused, no complete
+    override) still notifies the school; the problem holds back the MARAC and IDVA referrals
+    only, and is reported against them."""
+    line = sample_line(4)  # consent refused, high risk, a pupil at Brookside
+    break_consent(line)
+    produced, errors = imported(line)
+    assert summary(produced) == [(1, "ENCOMPASS", ("kelder-brook-primary",))]
+    assert errors
+    for error in errors:
+        assert error.field.startswith("sharing")
+        assert error.reason.startswith("MARAC and IDVA referrals not made: ")
+    # ... and the notice it made is one the engine allows, on the statutory basis.
+    note = produced[0].message
+    decision = one(note)
+    assert decision.allowed
+    assert decision.consent_basis is not None
+    assert decision.consent_basis.label == "not_required_statutory"
+
+
+def test_an_encompass_referral_from_the_export_never_gives_a_school_an_adult() -> None:
+    """DAA 2021 s3, s49A: the import notifies no one 18 or over, and the same line's referral
+    sent for ENCOMPASS gives the school only its pupils who were under 18 at the incident."""
+    line = with_children(1, _child("C18", "2008-11-25"), _child("C8", "2018-09-03"))
+    produced, _ = imported(line)
+    assert [name for name, _ in notices(produced)] == ["KidC8"]
+    base = next(o.message for o in produced if isinstance(o.message, Referral))
+    header = base.header.model_copy(
+        update={"purpose": Purpose.ENCOMPASS, "recipients": ("kelder-brook-primary",)}
+    )
+    source = base.model_copy(
+        update={"header": header, "consent": Consent.model_validate(ENCOMPASS_CONSENT)}
+    )
+    got = disclosed(source, one(source))
+    assert [c.given_name for c in got.children] == ["KidC8"]
+
+
+def test_an_off_roll_child_is_notified_to_csc_on_the_safeguarding_basis() -> None:
+    """s49A names schools: the import sends a home-educated or off-roll child's notice to
+    children's social care, which the engine decides on UK GDPR Art 6(1)(e), Art 9(2)(g),
+    DPA 2018 Sch 1 para 18 and Children Act 2004 s11, and the school's on Art 6(1)(c) s49A."""
+    produced, _ = imported(sample_line(1))
+    bases: dict[str, str] = {}
+    for o in produced:
+        if isinstance(o.message, EncompassNotification):
+            decision = one(o.message)
+            assert decision.allowed
+            assert decision.lawful_basis is not None
+            bases[o.message.header.recipient] = decision.lawful_basis.label
+    assert bases == {
+        "kelder-brook-primary": "art6_1_c+daa2021_s49a",
+        "kelder-csc": "art6_1_e+art9_2_g+dpa2018_sch1_para18+ca2004_s11",
+    }
 
 
 def test_standard_risk_without_consent_yields_no_referral() -> None:

@@ -131,6 +131,20 @@ ENCOMPASS_CONSENT: dict[str, Any] = {
         "legal_paragraph": "daa2021_s49a",
     },
 }
+#: G8 of an Encompass referral to children's social care, for a child on no school roll: s49A
+#: names schools, so it rests on the safeguarding basis and the Children Act 2004 s11 duty.
+ENCOMPASS_CSC_CONSENT: dict[str, Any] = {
+    **ENCOMPASS_CONSENT,
+    "art6_basis": "art6_1_e",
+    "art9_condition": "art9_2_g",
+    "dpa_condition": "dpa2018_sch1_para18",
+    "statutory_gateway": "ca2004_s11",
+    "override": {
+        **ENCOMPASS_CONSENT["override"],
+        "justification": "A child on no school roll: children's social care is told instead.",
+        "legal_paragraph": "dpa2018_sch1_para18",
+    },
+}
 
 
 def referral(
@@ -150,7 +164,8 @@ def referral(
     if consent is not None:
         body["consent"] = dict(consent)
     if purpose == "ENCOMPASS" and consent is None:
-        body["consent"] = copy.deepcopy(ENCOMPASS_CONSENT)
+        to_csc = list(recipients) == ["kelder-csc"]
+        body["consent"] = copy.deepcopy(ENCOMPASS_CSC_CONSENT if to_csc else ENCOMPASS_CONSENT)
     body.update(changes)
     return Referral.model_validate(body)
 

@@ -183,13 +183,35 @@ LINT = [
     ("kelder-idva-isa", lambda d: terms(d).update(recipients={}), "purpose.no_recipients"),
     (
         "kelder-idva-isa",
-        lambda d: terms(d).update(notification_basis={"art6": "art6_1_c"}),
+        lambda d: terms(d).update(notification_basis={"idva": {"art6": "art6_1_c"}}),
         "purpose.notification_basis_misplaced",
     ),
     (
         "kelder-encompass",
-        lambda d: terms(d).update(notification_basis=None),
+        lambda d: terms(d).update(notification_basis={}),
         "encompass.no_notification_basis",
+    ),
+    (
+        "kelder-encompass",
+        lambda d: terms(d)["notification_basis"].pop("childrens_social_care"),
+        "encompass.no_notification_basis",
+    ),
+    (
+        "kelder-encompass",
+        lambda d: terms(d)["notification_basis"].update(
+            childrens_social_care={"art6": "art6_1_c", "gateway": "daa2021_s49a"}
+        ),
+        "encompass.notification_basis_wrong",
+    ),
+    (
+        "kelder-encompass",
+        lambda d: terms(d).update(lawful_bases=[{"art6": "art6_1_c", "gateway": "daa2021_s49a"}]),
+        "encompass.lawful_bases_ignored",
+    ),
+    (
+        "kelder-encompass",
+        lambda d: terms(d).update(child_age_under=17),
+        "encompass.child_age_below_statute",
     ),
     (
         "kelder-idva-isa",

@@ -1,4 +1,4 @@
-"""Operation Encompass: statutory content only, school age, and the notification deadline."""
+"""Operation Encompass: statutory content only, who is a child, and the notification deadline."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.encompass import (
+    CHILD_AGE_UNDER,
     STATUTORY_CONTENT,
     EncompassContent,
     EncompassHeader,
     EncompassNotification,
     age_on,
-    is_school_age,
+    is_child,
     next_school_day_start,
 )
 
@@ -78,15 +79,23 @@ def test_do_not_approach_parents_cannot_be_false() -> None:
 @pytest.mark.parametrize(
     ("dob", "expected"),
     [
-        (date(2022, 11, 27), False),  # 3: turns 4 tomorrow
-        (date(2022, 11, 26), True),  # 4 today
+        (date(2026, 11, 27), False),  # not yet born on the day
+        (date(2026, 11, 26), True),  # born that day
+        (date(2023, 11, 26), True),  # 3: a nursery-class age is no bar
         (date(2008, 11, 27), True),  # 17: turns 18 tomorrow
         (date(2008, 11, 26), False),  # 18 today
     ],
 )
-def test_school_age_is_4_to_17_inclusive(dob: date, expected: bool) -> None:
-    """A child is of school age from their 4th birthday until their 18th."""
-    assert is_school_age(dob, date(2026, 11, 26)) is expected
+def test_a_child_is_a_person_under_18_on_the_day(dob: date, expected: bool) -> None:
+    """DAA 2021 s3: a child is a person under 18; there is no lower age, only birth."""
+    assert CHILD_AGE_UNDER == 18
+    assert is_child(dob, date(2026, 11, 26)) is expected
+
+
+def test_a_narrower_band_is_honoured() -> None:
+    """is_child applies the band it is given (an agreement's child_age_under)."""
+    assert is_child(date(2010, 1, 1), date(2026, 11, 26))
+    assert not is_child(date(2010, 1, 1), date(2026, 11, 26), under=16)
 
 
 def test_age_counts_whole_years() -> None:
