@@ -9,7 +9,6 @@ one line saying what to do, never as a traceback.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import ParamSpec, TypeVar
 
 import click
 
@@ -28,9 +27,6 @@ from keys.registry import KeyStatus, Registry, verify_registry, verify_registry_
 from keys.store import REGISTRY, FileStore, passphrase_from_env
 
 __all__ = ["keys"]
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 def _store(settings: Settings | None = None) -> FileStore:

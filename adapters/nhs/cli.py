@@ -10,6 +10,7 @@ import click
 
 from adapters.agency import ClientFactory, Submitter, cli_client_factory
 from adapters.nhs.inbound import parse_bundle
+from broker.cli.common import broker_url_option
 from schemas.errors import CairnError, InputError
 from schemas.referral import Referral
 
@@ -27,14 +28,7 @@ def nhs() -> None:
 
 @nhs.command("import")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--broker",
-    "broker_url",
-    envvar="CAIRN_BROKER_URL",
-    default="https://127.0.0.1:8443",
-    show_default=True,
-    help="Broker base URL.",
-)
+@broker_url_option
 @click.option("--dry-run", is_flag=True, help="Map and check the bundle; submit nothing.")
 def import_(bundle: Path, broker_url: str, dry_run: bool) -> None:
     """Map BUNDLE (a FHIR R4 Bundle, JSON) to a Cairn referral and submit it."""

@@ -12,6 +12,7 @@ import click
 from adapters.agency import ClientFactory, Submitter, cli_client_factory
 from adapters.client import SubmissionRefused
 from adapters.police.referrals import Outgoing, RowError, import_export
+from broker.cli.common import broker_url_option
 from schemas.errors import CairnError, TransportError
 from schemas.federation import Federation
 from schemas.referral import Referral
@@ -43,14 +44,7 @@ def load_federation_dir(directory: Path) -> Federation:
 
 @police.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--broker",
-    "broker_url",
-    envvar="CAIRN_BROKER_URL",
-    default="https://127.0.0.1:8443",
-    show_default=True,
-    help="Broker base URL.",
-)
+@broker_url_option
 @click.option(
     "--federation-dir",
     type=click.Path(file_okay=False, path_type=Path),

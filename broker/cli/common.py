@@ -1,24 +1,45 @@
 """What every ``cairn`` subcommand shares: the settings, errors as one line, delivery summaries.
 
 A command never shows a traceback for something the operator can fix: a Cairn error becomes
-its message, a configuration fault says the configuration is not valid and why.
+its message, a configuration fault says the configuration is not valid and why. The command
+groups of ``keys`` and of the agency adapters use it too, so it imports only ``broker.config``
+and ``schemas`` (an import contract in pyproject.toml keeps it so).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import click
 
 from broker.config import Settings
 from schemas.errors import CairnError
 
-__all__ = ["clean_errors", "describe", "settings_or_exit"]
+__all__ = [
+    "DEFAULT_BROKER_URL",
+    "broker_url_option",
+    "clean_errors",
+    "describe",
+    "settings_or_exit",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: Where a development broker listens (``cairn serve`` with the default configuration).
+DEFAULT_BROKER_URL: Final = "https://127.0.0.1:8443"
+
+#: ``--broker URL`` (or CAIRN_BROKER_URL) for an agency adapter's command that submits.
+broker_url_option: Final = click.option(
+    "--broker",
+    "broker_url",
+    envvar="CAIRN_BROKER_URL",
+    default=DEFAULT_BROKER_URL,
+    show_default=True,
+    help="Broker base URL.",
+)
 
 
 def settings_or_exit() -> Settings:

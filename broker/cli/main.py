@@ -10,7 +10,7 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -19,6 +19,10 @@ from broker.cli.common import settings_or_exit as _settings
 from broker.config import Settings
 from schemas.errors import CairnError
 from schemas.federation import Federation
+
+if TYPE_CHECKING:  # the commands import what they run lazily, so that the CLI starts quickly
+    from broker.trust import TrustStore
+    from keys import FileStore
 
 __all__ = ["main"]
 
@@ -63,6 +67,23 @@ def cli(ctx: click.Context) -> None:
     )
 
 
+def _service_trust(
+    settings: Settings, store: FileStore, passphrase: bytes, *, member_id: str, room: str
+) -> TrustStore:
+    """What the service ``member_id`` trusts and holds; it keeps the highest registry serial
+    it has seen in ``<state_dir>/<room>``, so a restart cannot be handed an older registry."""
+    from broker.trust import TrustStore
+
+    return TrustStore(
+        store,
+        passphrase,
+        root_kid=settings.registry_root_kid,
+        member_id=member_id,
+        clock=lambda: datetime.now(UTC),
+        serial_file=settings.state_dir / room / "registry-serial",
+    )
+
+
 @cli.command()
 def serve() -> None:
     """Run the broker over mutual TLS until SIGTERM (then it drains and flushes).
@@ -72,10 +93,9 @@ def serve() -> None:
     """
     from broker.federation import load_federation
     from broker.kafka.transport import KafkaTransport
-    from broker.trust import TrustStore
     from broker.web.app import create_app
     from broker.web.app import serve as serve_app
-    from keys import FileStore, passphrase_from_env, server_context
+    from keys import BROKER_ID, FileStore, passphrase_from_env, server_context
 
     settings = _settings()
     _logging(settings)
@@ -84,13 +104,7 @@ def serve() -> None:
         federation = load_federation(settings.federation_dir)
         store = FileStore(settings.keys_path)
         passphrase = passphrase_from_env()
-        trust = TrustStore(
-            store,
-            passphrase,
-            root_kid=settings.registry_root_kid,
-            clock=lambda: datetime.now(UTC),
-            serial_file=settings.state_dir / "broker" / "registry-serial",
-        )
+        trust = _service_trust(settings, store, passphrase, member_id=BROKER_ID, room="broker")
         trust.registry()  # refuse to start on an untrusted registry
         trust.signing_key()
         app = create_app(
@@ -115,7 +129,6 @@ def auditor() -> None:
     Stops on SIGTERM after catching up and signing a final checkpoint.
     """
     from broker.audit.service import Auditor, auditor_app
-    from broker.trust import TrustStore
     from broker.web.app import serve as serve_app
     from keys import AUDITOR_ID, FileStore, passphrase_from_env, server_context
 
@@ -125,14 +138,7 @@ def auditor() -> None:
     async def main() -> None:
         store = FileStore(settings.keys_path)
         passphrase = passphrase_from_env()
-        trust = TrustStore(
-            store,
-            passphrase,
-            root_kid=settings.registry_root_kid,
-            member_id=AUDITOR_ID,
-            clock=lambda: datetime.now(UTC),
-            serial_file=settings.state_dir / "audit" / "registry-serial",
-        )
+        trust = _service_trust(settings, store, passphrase, member_id=AUDITOR_ID, room="audit")
         trust.signing_key()  # refuse to start without a usable key
         trust.pseudonym_secret()
         worker = Auditor(settings, trust)
