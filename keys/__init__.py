@@ -1,6 +1,6 @@
 """Key management for Cairn: the federation's keys, its signed registry, and the JOSE envelope.
 
-What the broker and the agency adapters call (DESIGN §5):
+What the broker and the agency adapters call (docs/architecture.md#security-envelope):
 
 - ``load_registry`` — the root-signed registry from the store, verified and in force now;
 - ``load_signing_key`` / ``load_decryption_keys`` — a member's private keys, decrypted;

@@ -1,4 +1,6 @@
-"""The security envelope of DESIGN §5: signing, sealing and opening messages against the registry.
+"""The security envelope: signing, sealing and opening messages against the registry.
+
+The formats are those of docs/architecture.md#security-envelope.
 
 A sender signs its referral as a compact JWS (EdDSA, ``typ`` ``cairn-referral+jws``). The broker
 signs each disclosure with its own key (``typ`` ``cairn-disclosure+jws``) and encrypts that JWS

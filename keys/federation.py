@@ -1,12 +1,12 @@
 """Running the federation's keys over a store: init, rotate, revoke, refresh, and loading them.
 
-``init_federation`` creates everything a development federation needs (DESIGN §5): the root
-signing key, the TLS CA, for each agency a signing key, an encryption key and a client
-certificate, the broker's server certificate and signing key, the auditor's signing key, and
-the root-signed registry. ``rotate`` gives a member new keys and retires the old ones;
-``revoke`` withdraws one key at once; ``refresh`` re-signs an unchanged registry with a new
-expiry. Each re-signs the registry with the next serial, and each writes the registry last, so
-an interrupted run leaves the previous registry in force.
+``init_federation`` creates everything a development federation needs
+(docs/architecture.md#security-envelope): the root signing key, the TLS CA, for each agency a
+signing key, an encryption key and a client certificate, the broker's server certificate and signing
+key, the auditor's signing key, and the root-signed registry. ``rotate`` gives a member new keys and
+retires the old ones; ``revoke`` withdraws one key at once; ``refresh`` re-signs an unchanged
+registry with a new expiry. Each re-signs the registry with the next serial, and each writes the
+registry last, so an interrupted run leaves the previous registry in force.
 
 The loaders are what the broker and the agency adapters call at start-up: the verified registry,
 a member's active signing key, and the decryption keys a recipient may still use.

@@ -1,9 +1,9 @@
 """JWS and JWE compact serialisation, pinned to the federation's algorithms, registry-agnostic.
 
-DESIGN §5 fixes the algorithms: signatures are EdDSA over Ed25519 (RFC 8037), encryption is
-ECDH-ES+A256KW over X25519 with A256GCM content encryption. This module does the JOSE work
-with joserfc (on pyca/cryptography) and adds what a generic library cannot know: the size
-limit, the exact algorithms, the explicit ``typ`` of each kind of message (RFC 8725 §3.11),
+The algorithms are fixed (docs/architecture.md#security-envelope): signatures are EdDSA over Ed25519
+(RFC 8037), encryption is ECDH-ES+A256KW over X25519 with A256GCM content encryption. This module
+does the JOSE work with joserfc (on pyca/cryptography) and adds what a generic library cannot know:
+the size limit, the exact algorithms, the explicit ``typ`` of each kind of message (RFC 8725 §3.11),
 and which key a ``kid`` names, through a resolver the caller supplies. Callers that know the
 registry live in ``keys.envelope``; this module never decides whether a key is trusted.
 
@@ -57,7 +57,7 @@ class _JWSRegistry(jws.JWSRegistry):
     """joserfc's JWS registry limited to our algorithms, without the RFC 9864 warning.
 
     joserfc warns on every use of "EdDSA" because RFC 9864 deprecates the name for being
-    ambiguous about the curve. DESIGN §5 names EdDSA, every JOSE library in use verifies it,
+    ambiguous about the curve. The design names EdDSA, every JOSE library in use verifies it,
     and Cairn only ever pairs it with an Ed25519 key, so the ambiguity cannot arise; a
     warning per message would only be noise (and an error under the test suite).
     """

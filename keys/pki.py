@@ -1,11 +1,11 @@
 """The federation's TLS PKI: a CA, client certificates naming each agency, the broker's server cert.
 
-mTLS is how the broker knows which agency is at the other end of a connection (DESIGN §1 step
-1: TLS identity == claimed sender), so every client certificate carries the agency id as its
-subject CN and the agency's role as OU. Keys are ECDSA P-256, the curve every TLS stack and
-Kafka's Java clients accept. Certificates follow RFC 5280 closely enough for strict verifiers
-(Python 3.13's ``VERIFY_X509_STRICT``): critical basic constraints and key usage, subject and
-authority key identifiers, extended key usage per purpose.
+mTLS is how the broker knows which agency is at the other end of a connection
+(docs/architecture.md#the-flow, step 1: TLS identity == claimed sender), so every client certificate
+carries the agency id as its subject CN and the agency's role as OU. Keys are ECDSA P-256, the curve
+every TLS stack and Kafka's Java clients accept. Certificates follow RFC 5280 closely enough for
+strict verifiers (Python 3.13's ``VERIFY_X509_STRICT``): critical basic constraints and key usage,
+subject and authority key identifiers, extended key usage per purpose.
 
 Pure: returns key and certificate objects; ``keys.store`` writes them.
 """

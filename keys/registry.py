@@ -1,11 +1,12 @@
 """The federation registry: who the members are and which public keys each may use, when.
 
-The registry is the one document every component trusts keys from (DESIGN §5), in the manner of
-X-Road's signed global configuration: the members (agencies, the broker, the auditor), their
-roles, and their public keys as JWKs with RFC 7638 kids, validity windows and status (active,
-retired, revoked). It is signed by the federation root key as a compact JWS (EdDSA) and carries
-``issued_at``, ``expires_at`` and a ``serial``, so a component can refuse one that is unsigned,
-tampered with, stale, or older than one it has already seen.
+The registry is the one document every component trusts keys from
+(docs/architecture.md#security-envelope), in the manner of X-Road's signed global configuration: the
+members (agencies, the broker, the auditor), their roles, and their public keys as JWKs with RFC
+7638 kids, validity windows and status (active, retired, revoked). It is signed by the federation
+root key as a compact JWS (EdDSA) and carries ``issued_at``, ``expires_at`` and a ``serial``, so a
+component can refuse one that is unsigned, tampered with, stale, or older than one it has already
+seen.
 
 Pure: bytes and a clock in, verified objects out. The models are frozen, so a ``Registry`` that
 exists has been validated; one that came from bytes has also had its signature checked.

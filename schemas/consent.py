@@ -17,7 +17,8 @@ Legal references are codes, not free text, so policy and audit can match on them
 - Caldicott principles 7 (the duty to share can be as important as the duty to protect
   confidentiality) and 8 (inform patients and service users about how their information is used).
 
-Consent states other than ``obtained`` need an override record (DESIGN §3).
+Consent states other than ``obtained`` need an override record
+(docs/domain.md#consent-and-overrides).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class CaldicottPrinciple(StrEnum):
 
 
 class OverrideReason(StrEnum):
-    """The fixed list of reasons for sharing without consent (DESIGN §3)."""
+    """The fixed reasons for sharing without consent (docs/domain.md#consent-and-overrides)."""
 
     RISK_TO_VICTIM = "risk_to_victim"
     RISK_TO_CHILDREN = "risk_to_children"

@@ -120,7 +120,7 @@ SubsetName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")
 
 
 class LawfulBasis(Frozen):
-    """A lawful basis a disclosure relies on: the codes of DESIGN §3, as a set.
+    """A lawful basis a disclosure relies on: the codes of docs/domain.md#legal-codes, as a set.
 
     In an agreement it is a template: a referral relies on it when its G8 names every code the
     template names. Art 9(2)(g) needs a DPA 2018 Schedule 1 Part 2 paragraph (10 or 18), Art

@@ -1,11 +1,11 @@
 """The safeguarding referral: field groups a sender fills in and the broker shares per recipient.
 
-Need-to-know works on field groups (DESIGN §3), so a referral is a set of named groups, G0 to
-G10, each one top-level field (``FIELD_GROUPS`` maps group ids to field names for redaction and
-policy). Header, victim, incident and risk are always present; the other groups are optional or
-may be empty, because not every sender knows everything. Consent (G8) is optional in the schema
-so that a partial referral can still be parsed and explained, but the policy refuses to disclose
-a referral that does not name its lawful basis.
+Need-to-know works on field groups (docs/domain.md#field-groups), so a referral is a set of named
+groups, G0 to G10, each one top-level field (``FIELD_GROUPS`` maps group ids to field names for
+redaction and policy). Header, victim, incident and risk are always present; the other groups are
+optional or may be empty, because not every sender knows everything. Consent (G8) is optional in the
+schema so that a partial referral can still be parsed and explained, but the policy refuses to
+disclose a referral that does not name its lawful basis.
 
 Fields holding special-category or criminal-offence data are marked where they are declared
 (``schemas.classes.classified``), wherever they sit: the victim's pregnancy (G1), bail and
@@ -118,7 +118,7 @@ class Classification(StrEnum):
 
 
 class FieldGroup(StrEnum):
-    """The field groups of DESIGN §3; need-to-know decisions are made per group."""
+    """The field groups (docs/domain.md#field-groups); need-to-know decisions are per group."""
 
     G0 = "G0"
     G1 = "G1"

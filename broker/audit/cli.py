@@ -1,12 +1,12 @@
 """The ``cairn audit`` commands: verify the log offline, query it, prove entries, export a report.
 
-For the information-governance officer (DESIGN §6). The log is ``<state_dir>/audit`` unless
-``--dir`` says otherwise; ``verify`` needs only the files and the auditor's public keys (from
-the federation registry in the key store, or given as ``--vkey``). ``query`` and ``export``
-find a person by their identifiers, which are turned into pseudonyms with the federation's
-pseudonym secret (so they need ``CAIRN_KEY_PASSPHRASE`` or ``CAIRN_KEY_PASSPHRASE_FILE``); the
-identifiers themselves are never written anywhere. Long runs show progress on stderr; stdout
-carries only the result. Errors are one line saying what to do.
+For the information-governance officer (docs/architecture.md#audit). The log is
+``<state_dir>/audit`` unless ``--dir`` says otherwise; ``verify`` needs only the files and the
+auditor's public keys (from the federation registry in the key store, or given as ``--vkey``).
+``query`` and ``export`` find a person by their identifiers, which are turned into pseudonyms with
+the federation's pseudonym secret (so they need ``CAIRN_KEY_PASSPHRASE`` or
+``CAIRN_KEY_PASSPHRASE_FILE``); the identifiers themselves are never written anywhere. Long runs
+show progress on stderr; stdout carries only the result. Errors are one line saying what to do.
 """
 
 from __future__ import annotations

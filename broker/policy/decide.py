@@ -141,7 +141,8 @@ SAFEGUARDING_REASONS: Final = frozenset(
         OverrideReason.VITAL_INTERESTS,
     }
 )
-#: What a complete override record holds (DESIGN §3), by field of ``ConsentOverride``.
+#: What a complete override record holds (docs/domain.md#consent-and-overrides), by field of
+#: ``ConsentOverride``.
 OVERRIDE_ITEMS: Final = (
     "decision_maker",
     "decision_maker_role",

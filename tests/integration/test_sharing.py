@@ -2,9 +2,9 @@
 
 Each test submits a signed referral to a real broker over mutual TLS, reads every delivery topic
 back read_committed and opens each record with the recipient's own keys. The need-to-know table
-below is written by hand from DESIGN §4 and the subsets the agreements define, never computed
-by ``decide``, so a broker that discloses more (or less) than the design says fails here. The
-last test holds ``cairn policy explain`` to what the broker actually sent for every sample
+below is written by hand from docs/domain.md#need-to-know and the subsets the agreements define,
+never computed by ``decide``, so a broker that discloses more (or less) than the design says fails
+here. The last test holds ``cairn policy explain`` to what the broker actually sent for every sample
 referral. One broker and one topic prefix serve the whole module: each test looks only at the
 records keyed by its own message id.
 """
@@ -46,7 +46,7 @@ G = FieldGroup
 FULL = "full"
 
 
-# --- the need-to-know table, by hand from DESIGN §4 and the agreements' subsets ----------------
+# --- the need-to-know table, by hand from docs/domain.md and the agreements' subsets ----------
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def test_development_agreements_load_and_lint_clean() -> None:
 
 
 def test_every_matrix_role_is_granted_somewhere() -> None:
-    """Each recipient role of the DESIGN §4 matrix is granted by some agreement."""
+    """Each role of the need-to-know matrix (docs/domain.md) is granted by some agreement."""
     granted = {role for a in AGREEMENTS for t in a.purposes for role in t.recipients}
     assert granted == set(AgencyRole)
     assert all(a.retention.label for a in AGREEMENTS)

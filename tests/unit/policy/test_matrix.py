@@ -1,4 +1,4 @@
-"""The need-to-know matrix of DESIGN §4, row by row, at the engine and redaction level.
+"""The need-to-know matrix of docs/domain.md, row by row, at the engine and redaction level.
 
 Each row sends a referral with every field filled to one recipient for one purpose and checks
 that what the recipient would decrypt holds exactly the groups and fields of its row: the
