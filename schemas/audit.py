@@ -1,42 +1,27 @@
 """Audit events: what the broker records about each referral, canonical JSON, no personal data.
 
-Each event is one leaf of the auditor's RFC 9162 Merkle tree (DESIGN §6), so its bytes must be
-the same wherever they are produced: ``AuditEvent.canonical()`` is the RFC 8785 (JCS) form of
-the model, with absent values left out, and ``AuditEvent.from_canonical`` accepts only bytes that
-are already canonical. Events hold ids, agency ids, times and codes only. The people a referral
-is about appear only as keyed pseudonyms, ``HMAC-SHA256(secret, normalised identifier)`` under
-the federation's pseudonym secret, so an IG officer who holds a person's identifiers (and the
-secret) can find every disclosure about them while the log itself never says who they are.
+Each event is one leaf of the auditor's RFC 9162 Merkle tree (docs/architecture.md#audit), so its
+bytes must be the same wherever they are produced: ``AuditEvent.canonical()`` is the RFC 8785 (JCS)
+form of the model, with absent values left out, and ``AuditEvent.from_canonical`` accepts only bytes
+that are already canonical. Events hold ids, agency ids, times and codes only; the people a referral
+is about appear only as keyed pseudonyms (``schemas.pseudonyms``, whose names this module re-exports
+for the auditor's subject query).
 
-Normalisation (``nhs_identifier``, ``name_identifier``), so that the identifiers an IG officer
-types map to the same pseudonyms as the referral that was sent:
-
-- NHS number: the 10 digits, spaces and other separators removed; the check digit must hold.
-- Name and date of birth: the *first* given name and the *whole* family name, each decomposed
-  (Unicode NFKD), stripped of accents, case-folded and reduced to letters and digits, so
-  "Zoë-Ann" and "zoeann", "O'Brien" and "OBRIEN" agree; then the ISO date of birth. An alias
-  ("Tess Fictional") is split into its first word (given) and the rest (family) and paired with
-  the same date of birth. A person without a date of birth gets no name pseudonym: a name alone
-  would match strangers.
-
-``subject_pseudonyms`` takes every such identifier a referral carries for the victim, each child
-and the perpetrator (an Operation Encompass notification: the child), because each of them is a
-data subject who may ask what was disclosed about them.
+One table, ``_FIELDS``, says which fields each event type must and may carry, and the model
+refuses any other. The builders (``received`` to ``overdue``) are thin: each names its type and
+the facts it records and hands them to ``_event``, so a new event type is one row and one
+function of a few lines.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
-import re
-import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol, Required, TypedDict, Unpack, get_args
 from uuid import UUID
 
 import rfc8785
@@ -50,62 +35,38 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.consent import (
-    Art6Basis,
-    Art9Condition,
-    Art10Condition,
-    ConsentState,
-    DpaCondition,
-    OverrideReason,
-    StatutoryGateway,
-)
+from schemas.consent import ConsentState, OverrideReason
 from schemas.encompass import EncompassNotification
 from schemas.errors import FieldProblem, SchemaError
 from schemas.fields import AgencyId, Frozen
+from schemas.pseudonyms import Pseudonym, subject_pseudonyms
 from schemas.receipt import Acknowledgement, AcknowledgementStatus
-from schemas.referral import FIELD_GROUPS, FieldGroup, Purpose, Referral
+from schemas.referral import FieldGroup, Purpose
+from schemas.submission import LawfulBasis, Message, groups_carried, lawful_basis_of, recipients_of
 
 __all__ = [
     "AUDIT_FORMAT",
     "LAWFUL_BASIS_CODES",
     "MAX_EVENT_BYTES",
-    "MIN_SECRET_BYTES",
     "AuditEvent",
     "AuditEventType",
     "DecisionView",
-    "LawfulBasis",
     "LawfulBasisCode",
     "acknowledged",
     "agreement_changed",
     "decided",
     "delivered",
     "disclosed",
-    "groups_carried",
     "key_rotated",
-    "lawful_basis_of",
-    "name_identifier",
-    "nhs_identifier",
     "overdue",
-    "person_pseudonyms",
-    "pseudonym",
     "received",
     "refused",
-    "subject_pseudonyms",
     "submission_events",
 ]
 
 AUDIT_FORMAT: Final = "cairn-audit/1"
 MAX_EVENT_BYTES: Final = 65_536  # bytes of one canonical event; real events are under 2 KB
-MIN_SECRET_BYTES: Final = 32  # bytes of pseudonym secret: HMAC-SHA256's block-level strength
-# Domain separation: the HMAC input names its purpose and version, so the same secret could
-# never produce a pseudonym that collides with another use of it.
-_PSEUDONYM_CONTEXT: Final = b"cairn-pseudonym/1\x00"
 
-Pseudonym = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$"),
-    Field(description="base64url HMAC-SHA256 of a normalised identifier; see schemas.audit"),
-]
 Code = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/+-]{0,199}$"),
@@ -119,13 +80,8 @@ GroupLabel = Annotated[
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
 Kid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]
 Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-LawfulBasis = Art6Basis | Art9Condition | Art10Condition | DpaCondition | StatutoryGateway
 #: Every legal code an event may name (UK GDPR Art 6, 9 and 10, DPA 2018 paragraphs, gateways).
-LAWFUL_BASIS_CODES: Final = frozenset(
-    c.value
-    for e in (Art6Basis, Art9Condition, Art10Condition, DpaCondition, StatutoryGateway)
-    for c in e
-)
+LAWFUL_BASIS_CODES: Final = frozenset(c.value for e in get_args(LawfulBasis) for c in e)
 
 
 def _known_basis(code: str) -> str:
@@ -138,13 +94,7 @@ def _known_basis(code: str) -> str:
 
 LawfulBasisCode = Annotated[str, AfterValidator(_known_basis)]
 
-_NON_ALNUM = re.compile(r"[^0-9a-z]")
-_NON_DIGIT = re.compile(r"[^0-9]")
-_NHS_CHARS = re.compile(r"[0-9][0-9 -]*")
 _GROUP_ORDER: Final = {g.value: i for i, g in enumerate(FieldGroup)}
-# What a school (or children's social care) receives in an Encompass notice: the header, the
-# child (G4) and the incident (G5), per the need-to-know matrix of DESIGN §4.
-_ENCOMPASS_GROUPS: Final = (FieldGroup.G0, FieldGroup.G4, FieldGroup.G5)
 
 
 class AuditEventType(StrEnum):
@@ -161,35 +111,30 @@ class AuditEventType(StrEnum):
     OVERDUE = "overdue"  # a disclosure was not acknowledged by when it was due
 
 
-_MESSAGE_FIELDS: Final = frozenset({"message_id", "sender", "purpose"})
 # Per type: the fields that must be present, and the fields that may be. Anything else must be
 # absent, so an event holds only what its type is about (data minimisation by construction).
-_REQUIRED: Final[Mapping[AuditEventType, frozenset[str]]] = {
-    AuditEventType.RECEIVED: _MESSAGE_FIELDS | {"recipients", "subjects"},
-    AuditEventType.DECIDED: _MESSAGE_FIELDS | {"recipients"},
-    AuditEventType.DISCLOSED: _MESSAGE_FIELDS
-    | {"recipient", "lawful_basis", "consent_state", "field_groups", "subjects"},
-    AuditEventType.REFUSED: _MESSAGE_FIELDS | {"recipient", "reasons", "subjects"},
-    AuditEventType.DELIVERED: frozenset({"message_id", "recipient"}),
-    AuditEventType.ACKNOWLEDGED: frozenset({"message_id", "recipient", "status"}),
-    AuditEventType.KEY_ROTATED: frozenset({"agency", "kids"}),
-    AuditEventType.AGREEMENT_CHANGED: frozenset({"agreement", "agreement_digest"}),
-    AuditEventType.OVERDUE: frozenset({"message_id", "recipient", "due_at"}),
-}
-_OPTIONAL: Final[Mapping[AuditEventType, frozenset[str]]] = {
-    AuditEventType.RECEIVED: frozenset({"request_id"}),
-    AuditEventType.DECIDED: frozenset({"request_id", "reasons", "rules", "subjects"}),
-    AuditEventType.DISCLOSED: frozenset(
-        {"request_id", "override_reason", "reasons", "rules", "agreement", "due_at"}
-    ),
-    AuditEventType.REFUSED: frozenset(
-        {"request_id", "lawful_basis", "consent_state", "override_reason", "rules", "agreement"}
-    ),
-    AuditEventType.DELIVERED: frozenset({"sender", "purpose", "request_id"}),
-    AuditEventType.ACKNOWLEDGED: frozenset({"sender", "purpose", "reasons"}),
-    AuditEventType.KEY_ROTATED: frozenset({"reasons"}),
-    AuditEventType.AGREEMENT_CHANGED: frozenset({"purpose", "reasons"}),
-    AuditEventType.OVERDUE: frozenset({"sender", "purpose", "reasons"}),
+_MESSAGE: Final = "message_id sender purpose"  # which message: its id, sender and purpose
+_FIELDS: Final[Mapping[AuditEventType, tuple[frozenset[str], frozenset[str]]]] = {
+    AuditEventType(kind): (frozenset(required.split()), frozenset(optional.split()))
+    for kind, required, optional in (
+        ("received", f"{_MESSAGE} recipients subjects", "request_id"),
+        ("decided", f"{_MESSAGE} recipients", "request_id reasons rules subjects"),
+        (
+            "disclosed",
+            f"{_MESSAGE} recipient lawful_basis consent_state field_groups subjects",
+            "request_id override_reason reasons rules agreement due_at",
+        ),
+        (
+            "refused",
+            f"{_MESSAGE} recipient reasons subjects",
+            "request_id lawful_basis consent_state override_reason rules agreement",
+        ),
+        ("delivered", "message_id recipient", "sender purpose request_id"),
+        ("acknowledged", "message_id recipient status", "sender purpose reasons"),
+        ("key_rotated", "agency kids", "reasons"),
+        ("agreement_changed", "agreement agreement_digest", "purpose reasons"),
+        ("overdue", "message_id recipient due_at", "sender purpose reasons"),
+    )
 }
 _ALWAYS: Final = frozenset({"format", "event_id", "type", "at"})
 
@@ -197,10 +142,10 @@ _ALWAYS: Final = frozenset({"format", "event_id", "type", "at"})
 class AuditEvent(Frozen):
     """One audit event: ids, agencies, times and codes; subjects by pseudonym only.
 
-    Which fields an event has depends on its ``type`` (see ``_REQUIRED`` / ``_OPTIONAL``); the
-    model refuses a missing required field and any field the type does not use. Tuples are
-    put in one canonical order (groups G0..G10, codes and pseudonyms sorted) so the same facts
-    always give the same bytes.
+    Which fields an event has depends on its ``type`` (see ``_FIELDS``); the model refuses a
+    missing required field and any field the type does not use. Tuples are put in one
+    canonical order (groups G0..G10, codes and pseudonyms sorted) so the same facts always give
+    the same bytes.
     """
 
     format: Literal["cairn-audit/1"] = AUDIT_FORMAT
@@ -237,11 +182,6 @@ class AuditEvent(Frozen):
         # One zone for every event, so equal instants give equal bytes.
         return None if value is None else value.astimezone(UTC)
 
-    @field_validator("lawful_basis")
-    @classmethod
-    def _sorted_bases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(sorted(set(value)))
-
     @field_validator("field_groups")
     @classmethod
     def _ordered_groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -249,7 +189,7 @@ class AuditEvent(Frozen):
             sorted(set(value), key=lambda label: (_GROUP_ORDER[label.split(".")[0]], label))
         )
 
-    @field_validator("subjects", "kids")
+    @field_validator("lawful_basis", "subjects", "kids")
     @classmethod
     def _sorted_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted(set(value)))
@@ -257,11 +197,11 @@ class AuditEvent(Frozen):
     @model_validator(mode="after")
     def _fields_fit_type(self) -> AuditEvent:
         present = {k for k, v in self.__dict__.items() if v is not None and v != ()}
-        required = _REQUIRED[self.type]
+        required, optional = _FIELDS[self.type]
         missing = sorted(required - present)
         if missing:
             raise ValueError(f"a '{self.type.value}' event needs {', '.join(missing)}")
-        extra = sorted(present - required - _OPTIONAL[self.type] - _ALWAYS)
+        extra = sorted(present - required - optional - _ALWAYS)
         if extra:
             raise ValueError(f"a '{self.type.value}' event has no {', '.join(extra)}")
         if self.consent_state is not None:
@@ -324,149 +264,6 @@ class AuditEvent(Frozen):
         return event
 
 
-def _present(value: object) -> bool:
-    return value is not None and value != ()
-
-
-# --- pseudonyms -------------------------------------------------------------------------------
-
-
-def _name_token(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text)
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return _NON_ALNUM.sub("", bare.casefold())
-
-
-def nhs_identifier(nhs_number: str) -> str:
-    """The normalised identifier of an NHS number: ``nhs:`` and its 10 digits.
-
-    Raises ``ValueError`` unless the digits are a valid NHS number (modulus 11).
-    """
-    if _NHS_CHARS.fullmatch(nhs_number) is None:
-        raise ValueError("an NHS number is 10 digits, optionally spaced")
-    digits = _NON_DIGIT.sub("", nhs_number)
-    if len(digits) != 10:
-        raise ValueError("an NHS number is 10 digits, optionally spaced")
-    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
-    check = (11 - total % 11) % 11
-    if check == 10 or check != int(digits[9]):
-        raise ValueError("the NHS number's check digit is wrong")
-    return f"nhs:{digits}"
-
-
-def name_identifier(given_name: str, family_name: str, date_of_birth: date) -> str:
-    """The normalised identifier of a person by first given name, family name and birth date.
-
-    Raises ``ValueError`` if either name has no letters or digits left after normalisation.
-    """
-    words = given_name.split()
-    given = _name_token(words[0]) if words else ""
-    family = _name_token(family_name)
-    if not given or not family:
-        raise ValueError("a name pseudonym needs a given name and a family name")
-    return f"name:{family}|{given}|{date_of_birth.isoformat()}"
-
-
-def pseudonym(secret: bytes, identifier: str) -> str:
-    """The pseudonym of one normalised identifier: base64url HMAC-SHA256 under ``secret``."""
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"the pseudonym secret must be at least {MIN_SECRET_BYTES} bytes")
-    mac = hmac.new(secret, _PSEUDONYM_CONTEXT + identifier.encode("utf-8"), hashlib.sha256)
-    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
-
-
-def _alias_identifier(alias: str, date_of_birth: date) -> str | None:
-    words = alias.split()
-    if len(words) < 2:
-        return None
-    try:
-        return name_identifier(words[0], " ".join(words[1:]), date_of_birth)
-    except ValueError:
-        return None
-
-
-def person_pseudonyms(
-    secret: bytes,
-    *,
-    nhs_number: str | None = None,
-    given_name: str | None = None,
-    family_name: str | None = None,
-    date_of_birth: date | None = None,
-    aliases: Sequence[str] = (),
-) -> tuple[str, ...]:
-    """Every pseudonym one person's identifiers give, sorted: what the subject query looks for.
-
-    Raises ``ValueError`` when the identifiers give none (a name without a date of birth).
-    """
-    identifiers: set[str] = set()
-    if nhs_number:
-        identifiers.add(nhs_identifier(nhs_number))
-    if date_of_birth is not None:
-        if given_name and family_name:
-            identifiers.add(name_identifier(given_name, family_name, date_of_birth))
-        for alias in aliases:
-            found = _alias_identifier(alias, date_of_birth)
-            if found is not None:
-                identifiers.add(found)
-    if not identifiers:
-        raise ValueError(
-            "give an NHS number, or a given name, family name and date of birth, to find a person"
-        )
-    return tuple(sorted(pseudonym(secret, i) for i in identifiers))
-
-
-def subject_pseudonyms(message: Referral | EncompassNotification, secret: bytes) -> tuple[str, ...]:
-    """The pseudonyms of everyone ``message`` is about: victim, children, perpetrator.
-
-    Only identifiers the message carries are used; a perpetrator without a date of birth adds
-    none (see the module docstring).
-    """
-    found: set[str] = set()
-    if isinstance(message, EncompassNotification):
-        c = message.content
-        found.update(
-            person_pseudonyms(
-                secret,
-                given_name=c.child_given_name,
-                family_name=c.child_family_name,
-                date_of_birth=c.child_date_of_birth,
-            )
-        )
-        return tuple(sorted(found))
-    v = message.victim
-    found.update(
-        person_pseudonyms(
-            secret,
-            nhs_number=v.nhs_number,
-            given_name=v.given_name,
-            family_name=v.family_name,
-            date_of_birth=v.date_of_birth,
-            aliases=v.aliases,
-        )
-    )
-    for child in message.children:
-        found.update(
-            person_pseudonyms(
-                secret,
-                given_name=child.given_name,
-                family_name=child.family_name,
-                date_of_birth=child.date_of_birth,
-            )
-        )
-    p = message.perpetrator
-    if p is not None and p.date_of_birth is not None:
-        found.update(
-            person_pseudonyms(
-                secret,
-                given_name=p.given_name,
-                family_name=p.family_name,
-                date_of_birth=p.date_of_birth,
-                aliases=p.aliases,
-            )
-        )
-    return tuple(sorted(found))
-
-
 # --- building events --------------------------------------------------------------------------
 
 
@@ -483,120 +280,94 @@ class DecisionView(Protocol):
     def reasons(self) -> tuple[str, ...]: ...
 
 
-def _route(message: Referral | EncompassNotification) -> tuple[UUID, str, Purpose, tuple[str, ...]]:
+# What an event records of the legal footing: basis codes, consent state, override reason.
+_Footing = tuple[tuple[LawfulBasis | str, ...], ConsentState | None, OverrideReason | None]
+
+
+def _which(message: Message) -> dict[str, Any]:
+    """The fields that say which message an event is about (``_MESSAGE``)."""
     if isinstance(message, EncompassNotification):
-        h = message.header
-        return h.notification_id, h.sender_agency, h.purpose, (h.recipient,)
-    r = message.header
-    return r.referral_id, r.sender_agency, r.purpose, r.recipients
-
-
-def lawful_basis_of(
-    message: Referral | EncompassNotification,
-) -> tuple[tuple[LawfulBasis, ...], ConsentState | None, OverrideReason | None]:
-    """The lawful basis codes, consent state and override reason a message names.
-
-    An Operation Encompass notice is made under the statutory duty of s49A Domestic Abuse Act
-    2021, which needs no consent; a referral names its own in G8 (or nothing, and is refused).
-    """
-    if isinstance(message, EncompassNotification):
-        return (StatutoryGateway.DAA_2021_S49A,), ConsentState.NOT_REQUIRED_STATUTORY, None
-    consent = message.consent
-    if consent is None:
-        return (), None, None
-    bases: list[LawfulBasis] = [
-        b
-        for b in (
-            consent.art6_basis,
-            consent.art9_condition,
-            consent.dpa_condition,
-            consent.statutory_gateway,
-        )
-        if b is not None
-    ]
-    if consent.override is not None and isinstance(
-        consent.override.legal_paragraph, DpaCondition | StatutoryGateway
-    ):
-        bases.append(consent.override.legal_paragraph)
-    reason = consent.override.reason if consent.override is not None else None
-    return tuple(bases), consent.state, reason
-
-
-def groups_carried(message: Referral | EncompassNotification) -> tuple[FieldGroup, ...]:
-    """The field groups a message actually fills in: what 'the whole message' discloses."""
-    if isinstance(message, EncompassNotification):
-        return _ENCOMPASS_GROUPS
-    return tuple(g for g in FIELD_GROUPS if _present(message.group(g)))
-
-
-def _event_id(event_id: UUID | None) -> UUID:
-    return event_id if event_id is not None else uuid.uuid4()
-
-
-def _build(**fields: Any) -> AuditEvent:
-    """An event from trusted fields; a ValidationError here is a programming mistake."""
-    try:
-        return AuditEvent(**fields)
-    except ValidationError as exc:
-        raise RuntimeError(f"built an invalid audit event: {exc}") from None
-
-
-def received(
-    message: Referral | EncompassNotification,
-    *,
-    secret: bytes,
-    at: datetime,
-    request_id: str | None = None,
-    event_id: UUID | None = None,
-) -> AuditEvent:
-    """A signed referral or notice was accepted for processing."""
-    message_id, sender, purpose, recipients = _route(message)
-    return _build(
-        event_id=_event_id(event_id),
-        type=AuditEventType.RECEIVED,
-        at=at,
-        request_id=request_id,
-        message_id=message_id,
-        sender=sender,
-        purpose=purpose,
-        recipients=recipients,
-        subjects=subject_pseudonyms(message, secret),
-    )
-
-
-def decided(
-    message: Referral | EncompassNotification,
-    decisions: Iterable[DecisionView],
-    *,
-    at: datetime,
-    request_id: str | None = None,
-    event_id: UUID | None = None,
-) -> AuditEvent:
-    """The policy decided for every intended recipient (the per-recipient events follow)."""
-    message_id, sender, purpose, _ = _route(message)
-    return _build(
-        event_id=_event_id(event_id),
-        type=AuditEventType.DECIDED,
-        at=at,
-        request_id=request_id,
-        message_id=message_id,
-        sender=sender,
-        purpose=purpose,
-        recipients=tuple(d.recipient for d in decisions),
-    )
+        message_id = message.header.notification_id
+    else:
+        message_id = message.header.referral_id
+    h = message.header
+    return {"message_id": message_id, "sender": h.sender_agency, "purpose": h.purpose}
 
 
 def _label(group: FieldGroup | str) -> str:
     return group.value if isinstance(group, FieldGroup) else group
 
 
+class At(TypedDict, total=False):
+    """When an event happened, and its id: a fresh UUID unless given (tests fix it)."""
+
+    at: Required[datetime]
+    event_id: UUID | None
+
+
+class Asked(At, total=False):
+    """``At``, and the id of the HTTP request that caused the event, when it had one."""
+
+    request_id: str | None
+
+
+def _event(kind: AuditEventType, when: At, **fields: Any) -> AuditEvent:
+    """An event of ``kind`` from trusted fields; a ValidationError here is a programming mistake."""
+    event_id = when.get("event_id") or uuid.uuid4()
+    try:
+        return AuditEvent(type=kind, **{**fields, **when, "event_id": event_id})
+    except ValidationError as exc:
+        raise RuntimeError(f"built an invalid audit event: {exc}") from None
+
+
+def _outcome(
+    kind: AuditEventType,
+    message: Message,
+    footing: _Footing,
+    secret: bytes,
+    when: At,
+    **fields: Any,
+) -> AuditEvent:
+    """A disclosed or refused event: one recipient's outcome, on the legal footing given."""
+    bases, state, override = footing
+    return _event(
+        kind,
+        when,
+        lawful_basis=tuple(str(b) for b in bases),
+        consent_state=state,
+        override_reason=override,
+        subjects=subject_pseudonyms(message, secret),
+        **_which(message),
+        **fields,
+    )
+
+
+def received(message: Message, *, secret: bytes, **when: Unpack[Asked]) -> AuditEvent:
+    """A signed referral or notice was accepted for processing."""
+    subjects = subject_pseudonyms(message, secret)
+    return _event(
+        AuditEventType.RECEIVED,
+        when,
+        recipients=recipients_of(message),
+        subjects=subjects,
+        **_which(message),
+    )
+
+
+def decided(
+    message: Message, decisions: Iterable[DecisionView], **when: Unpack[Asked]
+) -> AuditEvent:
+    """The policy decided for every intended recipient (the per-recipient events follow)."""
+    recipients = tuple(d.recipient for d in decisions)
+    return _event(AuditEventType.DECIDED, when, recipients=recipients, **_which(message))
+
+
 def disclosed(
-    message: Referral | EncompassNotification,
+    message: Message,
     *,
     recipient: str,
     field_groups: Sequence[FieldGroup | str],
     secret: bytes,
-    at: datetime,
     lawful_basis: Sequence[LawfulBasis | str] | None = None,
     consent_state: ConsentState | None = None,
     override_reason: OverrideReason | None = None,
@@ -604,8 +375,7 @@ def disclosed(
     rules: Sequence[str] = (),
     agreement: str | None = None,
     due_at: datetime | None = None,
-    request_id: str | None = None,
-    event_id: UUID | None = None,
+    **when: Unpack[Asked],
 ) -> AuditEvent:
     """``recipient`` is sent ``field_groups`` of ``message`` (labels such as 'G4.basic' too).
 
@@ -613,73 +383,56 @@ def disclosed(
     the message names. Raises ``SchemaError`` (naming ``consent``) when there are none: such a
     referral must be refused, never disclosed.
     """
-    message_id, sender, purpose, _ = _route(message)
     named_bases, named_state, named_override = lawful_basis_of(message)
     bases = tuple(lawful_basis) if lawful_basis is not None else named_bases
-    state = consent_state if consent_state is not None else named_state
-    override = override_reason if consent_state is not None else named_override
-    if not bases or state is None:
+    if consent_state is None:
+        consent_state, override_reason = named_state, named_override
+    if not bases or consent_state is None:
         raise SchemaError(
             "a disclosure needs its lawful basis and consent basis; the referral names none",
             (FieldProblem("consent", "name the consent state and the lawful basis"),),
         )
-    return _build(
-        event_id=_event_id(event_id),
-        type=AuditEventType.DISCLOSED,
-        at=at,
-        request_id=request_id,
-        message_id=message_id,
-        sender=sender,
+    return _outcome(
+        AuditEventType.DISCLOSED,
+        message,
+        (bases, consent_state, override_reason),
+        secret,
+        when,
         recipient=recipient,
-        purpose=purpose,
-        lawful_basis=tuple(str(b) for b in bases),
-        consent_state=state,
-        override_reason=override,
         field_groups=tuple(_label(g) for g in field_groups),
         reasons=tuple(reasons),
         rules=tuple(rules),
         agreement=agreement,
         due_at=due_at,
-        subjects=subject_pseudonyms(message, secret),
     )
 
 
 def refused(
-    message: Referral | EncompassNotification,
+    message: Message,
     *,
     recipient: str,
     reasons: Sequence[str],
     secret: bytes,
-    at: datetime,
     rules: Sequence[str] = (),
     agreement: str | None = None,
-    request_id: str | None = None,
-    event_id: UUID | None = None,
+    **when: Unpack[Asked],
 ) -> AuditEvent:
     """``recipient`` is sent nothing; ``reasons`` and ``rules`` say why."""
-    message_id, sender, purpose, _ = _route(message)
-    bases, state, override = lawful_basis_of(message)
-    return _build(
-        event_id=_event_id(event_id),
-        type=AuditEventType.REFUSED,
-        at=at,
-        request_id=request_id,
-        message_id=message_id,
-        sender=sender,
+    return _outcome(
+        AuditEventType.REFUSED,
+        message,
+        lawful_basis_of(message),
+        secret,
+        when,
         recipient=recipient,
-        purpose=purpose,
-        lawful_basis=tuple(str(b) for b in bases),
-        consent_state=state,
-        override_reason=override,
         reasons=tuple(reasons) or ("refused",),
         rules=tuple(rules),
         agreement=agreement,
-        subjects=subject_pseudonyms(message, secret),
     )
 
 
 def submission_events(
-    message: Referral | EncompassNotification,
+    message: Message,
     decisions: Sequence[DecisionView],
     *,
     secret: bytes,
@@ -701,21 +454,17 @@ def submission_events(
         decided(message, decisions, at=at, request_id=request_id),
     ]
     for d in decisions:
-        rules = tuple(getattr(d, "rules", ()) or ())
-        agreement = getattr(d, "agreement", None)
+        # What either outcome records of the decision and of the submission.
+        common: dict[str, Any] = {
+            "recipient": d.recipient,
+            "rules": tuple(getattr(d, "rules", ()) or ()),
+            "agreement": getattr(d, "agreement", None),
+            "secret": secret,
+            "at": at,
+            "request_id": request_id,
+        }
         if not d.allowed:
-            events.append(
-                refused(
-                    message,
-                    recipient=d.recipient,
-                    reasons=d.reasons,
-                    rules=rules,
-                    agreement=agreement,
-                    secret=secret,
-                    at=at,
-                    request_id=request_id,
-                )
-            )
+            events.append(refused(message, reasons=d.reasons, **common))
             continue
         shares = getattr(d, "groups", ()) or ()
         groups: Sequence[FieldGroup | str] = (
@@ -728,18 +477,13 @@ def submission_events(
         events.append(
             disclosed(
                 message,
-                recipient=d.recipient,
                 field_groups=groups,
                 lawful_basis=tuple(basis.codes) if basis is not None else None,
                 consent_state=consent.state if consent is not None else None,
                 override_reason=consent.override_reason if consent is not None else None,
                 reasons=d.reasons,
-                rules=rules,
-                agreement=agreement,
                 due_at=getattr(d, "deadline", None),
-                secret=secret,
-                at=at,
-                request_id=request_id,
+                **common,
             )
         )
     return tuple(events)
@@ -749,22 +493,18 @@ def delivered(
     message_id: UUID,
     *,
     recipient: str,
-    at: datetime,
     sender: str | None = None,
     purpose: Purpose | None = None,
-    request_id: str | None = None,
-    event_id: UUID | None = None,
+    **when: Unpack[Asked],
 ) -> AuditEvent:
     """The disclosure to ``recipient`` is committed to its delivery topic."""
-    return _build(
-        event_id=_event_id(event_id),
-        type=AuditEventType.DELIVERED,
-        at=at,
+    return _event(
+        AuditEventType.DELIVERED,
+        when,
         message_id=message_id,
         recipient=recipient,
         sender=sender,
         purpose=purpose,
-        request_id=request_id,
     )
 
 
@@ -772,10 +512,9 @@ def acknowledged(
     ack: Acknowledgement, *, at: datetime | None = None, event_id: UUID | None = None
 ) -> AuditEvent:
     """The recipient's acknowledgement of one disclosure (filed, or rejected with reasons)."""
-    return _build(
-        event_id=_event_id(event_id),
-        type=AuditEventType.ACKNOWLEDGED,
-        at=at if at is not None else ack.acknowledged_at,
+    return _event(
+        AuditEventType.ACKNOWLEDGED,
+        {"at": at if at is not None else ack.acknowledged_at, "event_id": event_id},
         message_id=ack.referral_id,
         recipient=ack.agency,
         status=ack.status,
@@ -784,21 +523,11 @@ def acknowledged(
 
 
 def key_rotated(
-    agency: str,
-    kids: Sequence[str],
-    *,
-    at: datetime,
-    reasons: Sequence[str] = (),
-    event_id: UUID | None = None,
+    agency: str, kids: Sequence[str], *, reasons: Sequence[str] = (), **when: Unpack[At]
 ) -> AuditEvent:
     """``agency`` (or a federation service) has new keys ``kids``."""
-    return _build(
-        event_id=_event_id(event_id),
-        type=AuditEventType.KEY_ROTATED,
-        at=at,
-        agency=agency,
-        kids=tuple(kids),
-        reasons=tuple(reasons),
+    return _event(
+        AuditEventType.KEY_ROTATED, when, agency=agency, kids=tuple(kids), reasons=tuple(reasons)
     )
 
 
@@ -806,18 +535,17 @@ def agreement_changed(
     agreement: str,
     document: bytes,
     *,
-    at: datetime,
     purpose: Purpose | None = None,
     reasons: Sequence[str] = (),
-    event_id: UUID | None = None,
+    **when: Unpack[At],
 ) -> AuditEvent:
     """The sharing agreement ``agreement`` is now ``document`` (recorded by its SHA-256)."""
-    return _build(
-        event_id=_event_id(event_id),
-        type=AuditEventType.AGREEMENT_CHANGED,
-        at=at,
+    digest = hashlib.sha256(document).hexdigest()
+    return _event(
+        AuditEventType.AGREEMENT_CHANGED,
+        when,
         agreement=agreement,
-        agreement_digest=hashlib.sha256(document).hexdigest(),
+        agreement_digest=digest,
         purpose=purpose,
         reasons=tuple(reasons),
     )
@@ -828,17 +556,15 @@ def overdue(
     *,
     recipient: str,
     due_at: datetime,
-    at: datetime,
     sender: str | None = None,
     purpose: Purpose | None = None,
     reasons: Sequence[str] = (),
-    event_id: UUID | None = None,
+    **when: Unpack[At],
 ) -> AuditEvent:
     """``recipient`` had not acknowledged ``message_id`` by ``due_at``."""
-    return _build(
-        event_id=_event_id(event_id),
-        type=AuditEventType.OVERDUE,
-        at=at,
+    return _event(
+        AuditEventType.OVERDUE,
+        when,
         message_id=message_id,
         recipient=recipient,
         due_at=due_at,

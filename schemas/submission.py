@@ -3,20 +3,46 @@
 The two travel to the same broker, so an ingest endpoint that takes both decodes the body as a
 ``Submission``. The kind is told by the body's shape (a notification has ``content``, a referral
 has ``victim``), so neither message needs a field that exists only to say what it is.
+
+What every submission names, whatever its kind, is read here too: its recipients, the legal
+footing it claims (``lawful_basis_of``) and the field groups it fills in (``groups_carried``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
+from schemas.consent import (
+    Art6Basis,
+    Art9Condition,
+    Art10Condition,
+    ConsentState,
+    DpaCondition,
+    OverrideReason,
+    StatutoryGateway,
+)
 from schemas.decode import field_problems
 from schemas.encompass import EncompassNotification
 from schemas.errors import FieldProblem, SchemaError
-from schemas.referral import Referral
+from schemas.referral import FIELD_GROUPS, FieldGroup, Referral
 
-__all__ = ["Submission", "decode_submission"]
+__all__ = [
+    "LawfulBasis",
+    "Message",
+    "Submission",
+    "decode_submission",
+    "groups_carried",
+    "lawful_basis_of",
+    "recipients_of",
+]
+
+Message = Referral | EncompassNotification
+LawfulBasis = Art6Basis | Art9Condition | Art10Condition | DpaCondition | StatutoryGateway
+# What a school (or children's social care) receives in an Encompass notice: the header, the
+# child (G4) and the incident (G5), per the need-to-know matrix (docs/domain.md#need-to-know).
+_ENCOMPASS_GROUPS: Final = (FieldGroup.G0, FieldGroup.G4, FieldGroup.G5)
 
 
 def _kind(value: Any) -> str:
@@ -55,3 +81,40 @@ def decode_submission(data: bytes) -> Referral | EncompassNotification:
             "fix the named fields and submit again",
             problems,
         ) from None
+
+
+def recipients_of(message: Message) -> tuple[str, ...]:
+    """The agencies ``message`` is addressed to."""
+    if isinstance(message, EncompassNotification):
+        return (message.header.recipient,)
+    return message.header.recipients
+
+
+def lawful_basis_of(
+    message: Message,
+) -> tuple[tuple[LawfulBasis, ...], ConsentState | None, OverrideReason | None]:
+    """The lawful basis codes, consent state and override reason a message names.
+
+    An Operation Encompass notice is made under the statutory duty of s49A Domestic Abuse Act
+    2021, which needs no consent; a referral names its own in G8 (or nothing, and is refused).
+    """
+    if isinstance(message, EncompassNotification):
+        return (StatutoryGateway.DAA_2021_S49A,), ConsentState.NOT_REQUIRED_STATUTORY, None
+    consent = message.consent
+    if consent is None:
+        return (), None, None
+    named = (consent.art6_basis, consent.art9_condition, consent.dpa_condition)
+    bases: list[LawfulBasis] = [b for b in (*named, consent.statutory_gateway) if b is not None]
+    if consent.override is not None and isinstance(
+        consent.override.legal_paragraph, DpaCondition | StatutoryGateway
+    ):
+        bases.append(consent.override.legal_paragraph)
+    reason = consent.override.reason if consent.override is not None else None
+    return tuple(bases), consent.state, reason
+
+
+def groups_carried(message: Message) -> tuple[FieldGroup, ...]:
+    """The field groups a message actually fills in: what 'the whole message' discloses."""
+    if isinstance(message, EncompassNotification):
+        return _ENCOMPASS_GROUPS
+    return tuple(g for g in FIELD_GROUPS if message.group(g) not in (None, ()))

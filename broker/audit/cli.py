@@ -37,8 +37,9 @@ from broker.audit.store import AuditLog
 from broker.audit.verify import verify
 from broker.cli.common import clean_errors as _clean_errors
 from broker.cli.common import settings_or_exit as _settings
-from schemas.audit import AuditEventType, person_pseudonyms
+from schemas.audit import AuditEventType
 from schemas.consent import OverrideReason
+from schemas.pseudonyms import person_pseudonyms
 from schemas.referral import Purpose
 
 __all__ = ["audit"]

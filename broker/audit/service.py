@@ -55,9 +55,9 @@ from broker.web.pages import json_page, static_file, static_route
 from keys import AUDITOR_ID, peer_agency
 from keys.errors import VerificationError as KeyVerificationError
 from keys.registry import KeyStatus, KeyUse
-from schemas.audit import person_pseudonyms
 from schemas.consent import OverrideReason
 from schemas.errors import AuthenticationError, FieldProblem, SchemaError
+from schemas.pseudonyms import person_pseudonyms
 from schemas.referral import Purpose
 
 __all__ = ["Auditor", "add_ig_routes", "auditor_app"]

@@ -22,9 +22,10 @@ from broker.audit.verify import verify
 from keys.errors import KeyStoreError
 from keys.jwk import SigningKey
 from keys.store import MemoryStore
-from schemas.audit import AuditEventType, acknowledged, delivered, person_pseudonyms
+from schemas.audit import AuditEventType, acknowledged, delivered
 from schemas.consent import OverrideReason
 from schemas.errors import SchemaError
+from schemas.pseudonyms import person_pseudonyms
 from schemas.receipt import Acknowledgement, AcknowledgementStatus
 from schemas.referral import Purpose
 from tests.unit.audit.conftest import NOW, SECRET, BuildLog

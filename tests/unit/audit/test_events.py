@@ -20,19 +20,25 @@ from broker.policy.decide import Decision
 from schemas.audit import (
     AuditEvent,
     AuditEventType,
+    acknowledged,
     agreement_changed,
+    delivered,
     disclosed,
     key_rotated,
+    overdue,
+    submission_events,
+)
+from schemas.consent import ConsentState, OverrideReason
+from schemas.errors import SchemaError
+from schemas.pseudonyms import (
     name_identifier,
     nhs_identifier,
     person_pseudonyms,
     pseudonym,
     subject_pseudonyms,
-    submission_events,
 )
-from schemas.consent import ConsentState, OverrideReason
-from schemas.errors import SchemaError
-from schemas.referral import FieldGroup, Referral
+from schemas.receipt import Acknowledgement, AcknowledgementStatus
+from schemas.referral import FieldGroup, Purpose, Referral
 from tests.samples import sample
 from tests.unit.audit.conftest import NOW, SECRET
 
@@ -319,3 +325,102 @@ def test_the_fast_canonical_check_agrees_with_rfc8785(feed: list[tuple[int, byte
     for _, data in feed:
         event = AuditEvent.from_canonical(data)
         assert event._canonical_fast() == rfc8785.dumps(event.jsonable()) == data
+
+
+# Every builder's canonical bytes on fixed facts, as they were before the builders became one
+# table-driven ``_event``: the Merkle leaves of a log written then must still verify now.
+_PINNED = [
+    (
+        b'{"agreement":"kelder-isa","at":"2026-11-26T09:00:00Z","consent_state":"obtained",'
+        b'"due_at":"2026-11-26T12:00:00Z","event_id":"00000000-0000-0000-0000-000000000001",'
+        b'"field_groups":["G1","G4.children_basic"],"format":"cairn-audit/1",'
+        b'"lawful_basis":["art6_1_e","art9_2_g","cda1998_s115","dpa2018_sch1_para18"],'
+        b'"message_id":"00000000-0000-0000-0000-000000000003","purpose":"MARAC",'
+        b'"recipient":"kelder-idva","request_id":"req-1",'
+        b'"rules":["agreement.kelder-isa.purpose.MARAC"],"sender":"kelder-police",'
+        b'"subjects":["7GNAcvVwsdvgv_Qmiv5ENZLoQQzbNf2-EN03nQl9rTg",'
+        b'"Astd-l3C6B9vn-Xs97VXsUAA5Xl8ykPV1yZg2qrHrCs",'
+        b'"GIJPMDmy7LZyP9yWtVzgSjksD53cPJwM_SFAfTDayJs",'
+        b'"en8wa9_V1j-fHlXcoRbL2hEx1UIeDnBSt9ffW7DAHaQ",'
+        b'"lykHw-6sHMfgXZXcQY2Xjz1wOjuMbE5MinvlUZuRuDQ",'
+        b'"mgNYmImrMrMiMw1BWHSyUDDECOAmsvgPHyMnz9Kt3JE"],"type":"disclosed"}'
+    ),
+    (
+        b'{"at":"2026-11-26T09:00:00Z","event_id":"00000000-0000-0000-0000-000000000001",'
+        b'"format":"cairn-audit/1","message_id":"00000000-0000-0000-0000-000000000002",'
+        b'"purpose":"MARAC","recipient":"kelder-idva","sender":"kelder-police",'
+        b'"type":"delivered"}'
+    ),
+    (
+        b'{"at":"2026-11-26T09:00:00Z","event_id":"00000000-0000-0000-0000-000000000001",'
+        b'"format":"cairn-audit/1","message_id":"00000000-0000-0000-0000-000000000002",'
+        b'"reasons":["schema_version"],"recipient":"kelder-idva","status":"rejected",'
+        b'"type":"acknowledged"}'
+    ),
+    (
+        b'{"at":"2026-11-27T09:00:00Z","due_at":"2026-11-26T09:00:00Z",'
+        b'"event_id":"00000000-0000-0000-0000-000000000001","format":"cairn-audit/1",'
+        b'"message_id":"00000000-0000-0000-0000-000000000002","reasons":["not_acknowledged"],'
+        b'"recipient":"kelder-idva","type":"overdue"}'
+    ),
+    (
+        b'{"agency":"kelder-idva","at":"2026-11-26T09:00:00Z",'
+        b'"event_id":"00000000-0000-0000-0000-000000000001","format":"cairn-audit/1",'
+        b'"kids":["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],"type":"key_rotated"}'
+    ),
+    (
+        b'{"agreement":"kelder-isa",'
+        b'"agreement_digest":"0e72d5f1594a0f0013bb17d16099df7576da4c13932b89301ea39a45fa6950f8",'
+        b'"at":"2026-11-26T09:00:00Z","event_id":"00000000-0000-0000-0000-000000000001",'
+        b'"format":"cairn-audit/1","type":"agreement_changed"}'
+    ),
+]
+
+
+def test_canonical_bytes_of_each_builder_are_pinned() -> None:
+    """disclosed, delivered, acknowledged, overdue, key_rotated, agreement_changed: fixed bytes."""
+    data = sample("referral-high-risk.json")
+    data["header"]["referral_id"] = str(uuid.UUID(int=3))
+    referral = Referral.model_validate(data)
+    one, message_id = uuid.UUID(int=1), uuid.UUID(int=2)
+    ack = Acknowledgement(
+        referral_id=message_id,
+        agency="kelder-idva",
+        status=AcknowledgementStatus.REJECTED,
+        reasons=("schema_version",),
+        acknowledged_at=NOW,
+    )
+    events = [
+        disclosed(
+            referral,
+            recipient="kelder-idva",
+            field_groups=("G1", "G4.children_basic"),
+            secret=SECRET,
+            at=NOW,
+            rules=("agreement.kelder-isa.purpose.MARAC",),
+            agreement="kelder-isa",
+            due_at=NOW + timedelta(hours=3),
+            request_id="req-1",
+            event_id=one,
+        ),
+        delivered(
+            message_id,
+            recipient="kelder-idva",
+            at=NOW,
+            sender="kelder-police",
+            purpose=Purpose.MARAC,
+            event_id=one,
+        ),
+        acknowledged(ack, event_id=one),
+        overdue(
+            message_id,
+            recipient="kelder-idva",
+            due_at=NOW,
+            at=NOW + timedelta(days=1),
+            reasons=("not_acknowledged",),
+            event_id=one,
+        ),
+        key_rotated("kelder-idva", ["A" * 43], at=NOW, event_id=one),
+        agreement_changed("kelder-isa", b"agreement: v2", at=NOW, event_id=one),
+    ]
+    assert [e.canonical() for e in events] == _PINNED

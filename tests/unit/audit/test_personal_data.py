@@ -27,10 +27,9 @@ from schemas.audit import (
     delivered,
     key_rotated,
     overdue,
-    person_pseudonyms,
-    subject_pseudonyms,
 )
 from schemas.encompass import EncompassNotification
+from schemas.pseudonyms import person_pseudonyms, subject_pseudonyms
 from schemas.receipt import Acknowledgement, AcknowledgementStatus
 from schemas.referral import Referral
 from tests.samples import all_personal_values
