@@ -26,9 +26,10 @@ import click
 
 from broker.cli.common import settings_or_exit as _settings
 from broker.federation import load_federation
-from broker.policy.agreements import AGREEMENTS_DIR, Agreement, lint_directory, load_agreements
+from broker.policy.agreements import AGREEMENTS_DIR, Agreement, load_agreements
 from broker.policy.calendar import CALENDAR_FILE, SchoolCalendar, explain_deadline, load_calendar
 from broker.policy.decide import Decision, decide, routing
+from broker.policy.lint import lint_directory
 from broker.policy.refusals import Refusal, refusal
 from broker.policy.rules import RuleText, explain_all
 from broker.policy.subsets import explain_share

@@ -1,4 +1,4 @@
-"""Information-sharing agreements as data: the models, the YAML loader and the linter.
+"""Information-sharing agreements as data: the models, and the YAML loader.
 
 One YAML file per agreement under ``<federation_dir>/agreements/`` (the file is named after the
 agreement's id). An agreement names its parties and their roles, its retention, the subsets of
@@ -14,7 +14,7 @@ the group it keeps, and optionally a scope (``own_pupil``: only the children at 
 school; ``home_educated``: only the children on no school roll; both keep children under the
 terms' ``child_age_under`` only; ``own_agency``: only G9 entries naming the recipient) or, for G6,
 the DASH topics whose answers it keeps. ``Agreement`` validation catches what one file alone can
-get wrong (unknown groups, roles, fields, subsets); ``check`` lints a set of agreements against
+get wrong (unknown groups, roles, fields, subsets); ``broker.policy.lint.check`` lints them against
 the federation (unknown or mis-roled parties, purposes with no lawful basis, contradictory
 rules, a special-category or criminal-offence field granted for a purpose none of whose bases
 carries its condition). Loading is the only I/O here; the policy engine takes the loaded,
@@ -24,8 +24,7 @@ immutable models.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
@@ -34,8 +33,7 @@ from typing import Final
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from schemas.classes import DataClass
-from schemas.consent import Consent, ConsentState, OverrideReason, StatutoryGateway
+from schemas.consent import Consent, ConsentState, OverrideReason
 from schemas.dash import known_question_sets, question_set
 from schemas.decode import field_problems
 from schemas.disclosure import (
@@ -48,7 +46,7 @@ from schemas.disclosure import (
 )
 from schemas.encompass import CHILD_AGE_UNDER
 from schemas.errors import FieldProblem, SchemaError
-from schemas.federation import AgencyRole, Federation
+from schemas.federation import AgencyRole
 from schemas.fields import AgencyId, Frozen, LongText, ShortText, inconsistent
 from schemas.referral import (
     AgenciesActions,
@@ -73,11 +71,9 @@ __all__ = [
     "Agreement",
     "ConsentTerms",
     "Party",
-    "Problem",
     "PurposeTerms",
     "Subset",
-    "check",
-    "lint_directory",
+    "agreement_files",
     "load_agreement",
     "load_agreements",
 ]
@@ -133,16 +129,6 @@ ENCOMPASS_CONTENT: Final[Mapping[FieldGroup, frozenset[str] | None]] = MappingPr
         ),
     }
 )
-_ENCOMPASS_SCOPES: Final = {
-    AgencyRole.SCHOOL: ShareScope.OWN_PUPIL,
-    AgencyRole.CHILDRENS_SOCIAL_CARE: ShareScope.HOME_EDUCATED,
-}
-#: The gateway a notice to each Encompass role rests on: s49A names schools; a child on no
-#: school roll is notified to children's social care under the Children Act 2004 s11 duty.
-_ENCOMPASS_GATEWAYS: Final = {
-    AgencyRole.SCHOOL: StatutoryGateway.DAA_2021_S49A,
-    AgencyRole.CHILDRENS_SOCIAL_CARE: StatutoryGateway.CA_2004_S11,
-}
 
 
 @functools.cache  # the question sets are package data: they do not change while running
@@ -341,7 +327,7 @@ def load_agreement(path: Path) -> Agreement:
     return agreement
 
 
-def _files(directory: Path) -> list[Path]:
+def agreement_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise SchemaError(
             f"no agreements folder at {directory}; each disclosure is made under an agreement, "
@@ -357,7 +343,7 @@ def load_agreements(directory: Path) -> tuple[Agreement, ...]:
     """
     agreements: list[Agreement] = []
     problems: list[FieldProblem] = []
-    for path in _files(directory):
+    for path in agreement_files(directory):
         try:
             agreements.append(load_agreement(path))
         except SchemaError as exc:
@@ -375,291 +361,3 @@ def _file_problems(path: Path, exc: SchemaError) -> list[FieldProblem]:
     if not exc.problems:
         return [FieldProblem(path.name, str(exc))]
     return [FieldProblem(f"{path.name}: {p.field}", p.problem) for p in exc.problems]
-
-
-# --- linting -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the agreements: where (agreement or file, field), a code, why."""
-
-    agreement: str
-    field: str
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.agreement}: {self.field}: {self.message} [{self.code}]"
-
-
-def lint_directory(directory: Path, federation: Federation) -> list[Problem]:
-    """Load every agreement file in ``directory`` and lint them: load errors become problems."""
-    loaded: list[Agreement] = []
-    problems: list[Problem] = []
-    try:
-        files = _files(directory)
-    except SchemaError as exc:
-        return [Problem(str(directory), "(folder)", "agreements.missing", str(exc))]
-    if not files:
-        problems.append(
-            Problem(str(directory), "(folder)", "agreements.none", "no agreement files")
-        )
-    for path in files:
-        try:
-            loaded.append(load_agreement(path))
-        except SchemaError as exc:
-            problems.extend(
-                Problem(path.name, p.field, "agreement.invalid", p.problem)
-                for p in (exc.problems or (FieldProblem("(file)", str(exc)),))
-            )
-    return problems + check(loaded, federation)
-
-
-def check(agreements: Sequence[Agreement], federation: Federation) -> list[Problem]:
-    """Lint agreements against each other and the federation; [] when there is nothing to fix."""
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    for a in agreements:
-        if a.id in seen:
-            problems.append(
-                Problem(a.id, "id", "agreement.duplicate_id", "another agreement has this id")
-            )
-        seen.add(a.id)
-        problems.extend(_check_parties(a, federation))
-        for i, terms in enumerate(a.purposes):
-            problems.extend(_check_terms(a, i, terms))
-    problems.extend(_contradictions(agreements))
-    return problems
-
-
-def _check_parties(a: Agreement, federation: Federation) -> Iterable[Problem]:
-    for i, party in enumerate(a.parties):
-        member = federation.get(party.agency)
-        if member is None:
-            yield Problem(
-                a.id,
-                f"parties.{i}.agency",
-                "party.unknown_agency",
-                f"'{party.agency}' is not an agency of {federation.name}",
-            )
-        elif member.role is not party.role:
-            yield Problem(
-                a.id,
-                f"parties.{i}.role",
-                "party.role_mismatch",
-                f"'{party.agency}' is {member.role.value} in the federation, "
-                f"not {party.role.value}",
-            )
-
-
-def _check_terms(a: Agreement, i: int, terms: PurposeTerms) -> Iterable[Problem]:
-    at = f"purposes.{i}"
-    purpose = terms.purpose
-    encompass = purpose is Purpose.ENCOMPASS
-    roles = {p.role for p in a.parties}
-    if not terms.recipients:
-        yield Problem(
-            a.id,
-            f"{at}.recipients",
-            "purpose.no_recipients",
-            f"{purpose.value} grants nothing to any role",
-        )
-    for role in terms.recipients:
-        if role not in roles:
-            yield Problem(
-                a.id,
-                f"{at}.recipients.{role.value}",
-                "grant.role_not_party",
-                f"no party of the agreement has the role {role.value}",
-            )
-    if not terms.lawful_bases and not (encompass and terms.notification_basis):
-        yield Problem(
-            a.id,
-            f"{at}.lawful_bases",
-            "purpose.no_lawful_basis",
-            f"{purpose.value} names no lawful basis, so nothing can be shared for it",
-        )
-    if encompass:
-        yield from _check_encompass_terms(a, at, terms)
-    if not encompass and terms.notification_basis:
-        yield Problem(
-            a.id,
-            f"{at}.notification_basis",
-            "purpose.notification_basis_misplaced",
-            "only the ENCOMPASS purpose carries notifications",
-        )
-    yield from _check_consent(a, at, terms)
-    if purpose is Purpose.MARAC and not terms.marac_criterion_required:
-        yield Problem(
-            a.id,
-            f"{at}.marac_criterion_required",
-            "marac.criterion_not_required",
-            "a MARAC referral must meet a MARAC criterion: set marac_criterion_required",
-        )
-    for role, grant in terms.recipients.items():
-        where = f"{at}.recipients.{role.value}"
-        if encompass:
-            basis = terms.notification_basis.get(role)
-            bases: tuple[LawfulBasis, ...] = () if basis is None else (basis,)
-        else:
-            bases = terms.lawful_bases
-        yield from _check_classified(a, where, grant, bases)
-        if encompass:
-            yield from _check_encompass(a, where, role, grant)
-
-
-def _check_encompass_terms(a: Agreement, at: str, terms: PurposeTerms) -> Iterable[Problem]:
-    """The per-role basis and the age band of Operation Encompass terms, against the statute."""
-    for role in terms.recipients:
-        basis = terms.notification_basis.get(role)
-        gateway = _ENCOMPASS_GATEWAYS.get(role)
-        where = f"{at}.notification_basis.{role.value}"
-        if basis is None:
-            yield Problem(
-                a.id,
-                where,
-                "encompass.no_notification_basis",
-                f"name the basis Operation Encompass notices to a {role.value} rely on",
-            )
-        elif gateway is not None and basis.gateway is not gateway:
-            yield Problem(
-                a.id,
-                where,
-                "encompass.notification_basis_wrong",
-                "a notice to a school is made under DAA 2021 s49A: name gateway daa2021_s49a"
-                if role is AgencyRole.SCHOOL
-                else "s49A names schools: a child on no school roll is notified to children's "
-                "social care on the safeguarding basis (art6_1_e, art9_2_g, "
-                "dpa2018_sch1_para18, gateway ca2004_s11)",
-            )
-    if terms.lawful_bases:
-        yield Problem(
-            a.id,
-            f"{at}.lawful_bases",
-            "encompass.lawful_bases_ignored",
-            "Operation Encompass relies on the basis named per recipient role in "
-            "notification_basis; these lawful_bases are never used",
-        )
-    if terms.child_age_under < CHILD_AGE_UNDER:
-        yield Problem(
-            a.id,
-            f"{at}.child_age_under",
-            "encompass.child_age_below_statute",
-            f"s49A concerns every child under {CHILD_AGE_UNDER} (DAA 2021 s3): pupils aged "
-            f"{terms.child_age_under} to {CHILD_AGE_UNDER - 1} would not be notified",
-        )
-
-
-def _check_classified(
-    a: Agreement, where: str, grant: Mapping[FieldGroup, str], bases: Sequence[LawfulBasis]
-) -> Iterable[Problem]:
-    """A classified field granted (whole group or subset, any group) whose class none of the
-    bases carries a condition for: the engine would always withhold it (UK GDPR Art 9, Art 10;
-    DPA 2018 s10), so the grant promises what the agreement cannot lawfully give."""
-    for group, access in grant.items():
-        share = a.share(group, access)
-        by_class: dict[DataClass, list[str]] = {}
-        for entry, data_class in share.classified():
-            by_class.setdefault(data_class, []).append(entry)
-        for data_class, entries in by_class.items():
-            if any(b.carries(data_class) for b in bases):
-                continue
-            yield Problem(
-                a.id,
-                f"{where}.{group.value}",
-                f"{data_class.value}.no_condition",
-                f"{share.label} grants {data_class.value.replace('_', ' ')} data "
-                f"({', '.join(entries)}) but no lawful basis of the purpose carries "
-                f"{data_class.condition}, so it would always be withheld",
-            )
-
-
-def _check_consent(a: Agreement, at: str, terms: PurposeTerms) -> Iterable[Problem]:
-    others = {s for s in terms.consent.states if s is not ConsentState.OBTAINED}
-    if terms.consent.override_reasons and not others:
-        yield Problem(
-            a.id,
-            f"{at}.consent.override_reasons",
-            "consent.overrides_unreachable",
-            "override reasons are listed but only 'obtained' is accepted, so none can apply",
-        )
-    # A notification's "not required, statutory" needs no override: the statute is its basis.
-    if terms.purpose is Purpose.ENCOMPASS:
-        others.discard(ConsentState.NOT_REQUIRED_STATUTORY)
-    if others and not terms.consent.override_reasons:
-        yield Problem(
-            a.id,
-            f"{at}.consent.states",
-            "consent.states_need_override",
-            f"{', '.join(sorted(s.value for s in others))} accepted, but those states need an "
-            "override and no override reason is accepted",
-        )
-
-
-def _check_encompass(
-    a: Agreement, where: str, role: AgencyRole, grant: Mapping[FieldGroup, str]
-) -> Iterable[Problem]:
-    scope = _ENCOMPASS_SCOPES.get(role)
-    if scope is None:
-        yield Problem(
-            a.id,
-            where,
-            "encompass.recipient_role",
-            "Operation Encompass goes to schools, or children's social care for a "
-            "home-educated child",
-        )
-        return
-    for group, access in grant.items():
-        allowed = ENCOMPASS_CONTENT.get(group, frozenset())
-        share = a.share(group, access)
-        if group not in ENCOMPASS_CONTENT or (
-            allowed is not None and (share.subset is None or not set(share.fields) <= allowed)
-        ):
-            yield Problem(
-                a.id,
-                f"{where}.{group.value}",
-                "encompass.beyond_statutory",
-                f"{share.label} is more than the statutory content of a notification",
-            )
-        if group is FieldGroup.G4 and share.scope is not scope:
-            yield Problem(
-                a.id,
-                f"{where}.G4",
-                "encompass.scope",
-                f"a {role.value} gets only the children it is responsible for: use a subset "
-                f"with scope {scope.value}",
-            )
-
-
-def _contradictions(agreements: Sequence[Agreement]) -> Iterable[Problem]:
-    """Two agreements in force together that grant one role different things for one purpose.
-
-    The engine then uses the first by id, which is a choice an IG officer should make instead.
-    """
-    for x, a in enumerate(agreements):
-        for b in agreements[x + 1 :]:
-            if not _overlap(a, b):
-                continue
-            shared = {p.agency for p in a.parties} & {p.agency for p in b.parties}
-            if len(shared) < 2:
-                continue
-            for terms in a.purposes:
-                other = b.terms(terms.purpose)
-                if other is None:
-                    continue
-                for role in terms.recipients.keys() & other.recipients.keys():
-                    if a.grant(terms.purpose, role) != b.grant(terms.purpose, role):
-                        yield Problem(
-                            a.id,
-                            f"purposes.{a.purposes.index(terms)}.recipients.{role.value}",
-                            "grant.contradictory",
-                            f"{b.id} grants {role.value} other groups for "
-                            f"{terms.purpose.value} while both are in force",
-                        )
-
-
-def _overlap(a: Agreement, b: Agreement) -> bool:
-    a_end = a.in_force_until or date.max
-    b_end = b.in_force_until or date.max
-    return a.in_force_from <= b_end and b.in_force_from <= a_end

@@ -12,11 +12,10 @@ import yaml
 from broker.policy.agreements import (
     AGREEMENTS_DIR,
     Agreement,
-    check,
-    lint_directory,
     load_agreement,
     load_agreements,
 )
+from broker.policy.lint import check, lint_directory
 from schemas.errors import SchemaError
 from schemas.federation import AgencyRole
 from tests.samples import FEDERATION_DIR

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from broker.policy.agreements import Agreement, check
+from broker.policy.agreements import Agreement
 from broker.policy.decision import Withheld
+from broker.policy.lint import check
 from schemas.classes import DataClass
 from schemas.disclosure import Disclosure, GroupShare
 from schemas.referral import FieldGroup

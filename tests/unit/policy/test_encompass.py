@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from broker.cli.policy import policy
 from broker.envelope import open_record, seal
-from broker.policy.agreements import Agreement, check
+from broker.policy.agreements import Agreement
 from broker.policy.calendar import WEEKDAYS, SchoolCalendar, load_calendar, next_school_day_start
+from broker.policy.lint import check
 from broker.policy.redaction import redact
 from schemas.encompass import EncompassNotification
 from schemas.errors import SchemaError, UnknownAgency
