@@ -35,13 +35,13 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.consent import ConsentState, OverrideReason
-from schemas.encompass import EncompassNotification
+from schemas.consent import ConsentState, OverrideReason, RoleCode, StaffId
+from schemas.encompass import EncompassHeader
 from schemas.errors import FieldProblem, SchemaError
 from schemas.fields import AgencyId, Frozen
 from schemas.pseudonyms import Pseudonym, subject_pseudonyms
 from schemas.receipt import Acknowledgement, AcknowledgementStatus
-from schemas.referral import FieldGroup, Purpose
+from schemas.referral import FieldGroup, Purpose, Referral
 from schemas.submission import LawfulBasis, Message, groups_carried, lawful_basis_of, recipients_of
 
 __all__ = [
@@ -114,6 +114,8 @@ class AuditEventType(StrEnum):
 # Per type: the fields that must be present, and the fields that may be. Anything else must be
 # absent, so an event holds only what its type is about (data minimisation by construction).
 _MESSAGE: Final = "message_id sender purpose"  # which message: its id, sender and purpose
+# An override: why, who decided (role and staff id), and on what legal paragraph.
+_OVERRIDE: Final = "override_reason override_by_role override_by_id override_paragraph"
 _FIELDS: Final[Mapping[AuditEventType, tuple[frozenset[str], frozenset[str]]]] = {
     AuditEventType(kind): (frozenset(required.split()), frozenset(optional.split()))
     for kind, required, optional in (
@@ -122,12 +124,12 @@ _FIELDS: Final[Mapping[AuditEventType, tuple[frozenset[str], frozenset[str]]]] =
         (
             "disclosed",
             f"{_MESSAGE} recipient lawful_basis consent_state field_groups subjects",
-            "request_id override_reason reasons rules agreement due_at",
+            f"request_id {_OVERRIDE} reasons rules agreement due_at",
         ),
         (
             "refused",
             f"{_MESSAGE} recipient reasons subjects",
-            "request_id lawful_basis consent_state override_reason rules agreement",
+            f"request_id lawful_basis consent_state {_OVERRIDE} rules agreement",
         ),
         ("delivered", "message_id recipient", "sender purpose request_id"),
         ("acknowledged", "message_id recipient status", "sender purpose reasons"),
@@ -161,6 +163,13 @@ class AuditEvent(Frozen):
     lawful_basis: tuple[LawfulBasisCode, ...] = ()
     consent_state: ConsentState | None = None
     override_reason: OverrideReason | None = None
+    # Who overrode consent: staff personal data, kept here for accountability and shown to the
+    # IG officer; never in logs or Kafka headers.
+    override_by_role: RoleCode | None = None
+    override_by_id: StaffId | None = None
+    override_paragraph: LawfulBasisCode | None = Field(
+        default=None, description="The legal paragraph the override relied on"
+    )
     field_groups: tuple[GroupLabel, ...] = Field(
         default=(), description="What was disclosed: whole groups, or named subsets of them"
     )
@@ -215,6 +224,9 @@ class AuditEvent(Frozen):
                 raise ValueError(
                     f"consent is '{self.consent_state.value}': name the override reason"
                 )
+        by = (self.override_by_role, self.override_by_id, self.override_paragraph)
+        if self.override_reason is None and by != (None, None, None):
+            raise ValueError("an override's decision-maker and paragraph go with its reason")
         return self
 
     def jsonable(self) -> dict[str, Any]:
@@ -280,17 +292,17 @@ class DecisionView(Protocol):
     def reasons(self) -> tuple[str, ...]: ...
 
 
-# What an event records of the legal footing: basis codes, consent state, override reason.
-_Footing = tuple[tuple[LawfulBasis | str, ...], ConsentState | None, OverrideReason | None]
+# What an event records of the legal footing: basis codes, consent state, override reason,
+# and the paragraph the override relied on when the policy named it.
+_Footing = tuple[
+    tuple[LawfulBasis | str, ...], ConsentState | None, OverrideReason | None, str | None
+]
 
 
 def _which(message: Message) -> dict[str, Any]:
     """The fields that say which message an event is about (``_MESSAGE``)."""
-    if isinstance(message, EncompassNotification):
-        message_id = message.header.notification_id
-    else:
-        message_id = message.header.referral_id
     h = message.header
+    message_id = h.notification_id if isinstance(h, EncompassHeader) else h.referral_id
     return {"message_id": message_id, "sender": h.sender_agency, "purpose": h.purpose}
 
 
@@ -329,17 +341,33 @@ def _outcome(
     **fields: Any,
 ) -> AuditEvent:
     """A disclosed or refused event: one recipient's outcome, on the legal footing given."""
-    bases, state, override = footing
+    bases, state, override, paragraph = footing
     return _event(
         kind,
         when,
         lawful_basis=tuple(str(b) for b in bases),
         consent_state=state,
-        override_reason=override,
         subjects=subject_pseudonyms(message, secret),
+        **_overrider(message, override, paragraph),
         **_which(message),
         **fields,
     )
+
+
+def _overrider(
+    message: Message, reason: OverrideReason | None, paragraph: str | None
+) -> dict[str, Any]:
+    """The override's reason, and who made it on what paragraph (the referral's G8 record)."""
+    consent = message.consent if isinstance(message, Referral) else None
+    record = consent.override if consent is not None else None
+    if reason is None or record is None:
+        return {"override_reason": reason}
+    return {
+        "override_reason": reason,
+        "override_by_role": record.decision_maker_role,
+        "override_by_id": record.decision_maker_id,
+        "override_paragraph": str(paragraph or record.legal_paragraph),
+    }
 
 
 def received(message: Message, *, secret: bytes, **when: Unpack[Asked]) -> AuditEvent:
@@ -371,6 +399,7 @@ def disclosed(
     lawful_basis: Sequence[LawfulBasis | str] | None = None,
     consent_state: ConsentState | None = None,
     override_reason: OverrideReason | None = None,
+    override_paragraph: str | None = None,
     reasons: Sequence[str] = (),
     rules: Sequence[str] = (),
     agreement: str | None = None,
@@ -381,7 +410,8 @@ def disclosed(
 
     The lawful basis and consent are the ones the policy relied on when given, else the ones
     the message names. Raises ``SchemaError`` (naming ``consent``) when there are none: such a
-    referral must be refused, never disclosed.
+    referral must be refused, never disclosed. Under an override the event also names who
+    decided (role and staff id, from the referral's record) and the paragraph relied on.
     """
     named_bases, named_state, named_override = lawful_basis_of(message)
     bases = tuple(lawful_basis) if lawful_basis is not None else named_bases
@@ -395,7 +425,7 @@ def disclosed(
     return _outcome(
         AuditEventType.DISCLOSED,
         message,
-        (bases, consent_state, override_reason),
+        (bases, consent_state, override_reason, override_paragraph),
         secret,
         when,
         recipient=recipient,
@@ -421,7 +451,7 @@ def refused(
     return _outcome(
         AuditEventType.REFUSED,
         message,
-        lawful_basis_of(message),
+        (*lawful_basis_of(message), None),
         secret,
         when,
         recipient=recipient,
@@ -444,7 +474,8 @@ def submission_events(
 
     These go into the same Kafka transaction as the disclosures. From each decision the events
     take what ``broker.policy.decide.Decision`` carries: ``groups`` (labels, subsets included),
-    ``lawful_basis`` (``.codes``), ``consent_basis`` (``.state``, ``.override_reason``),
+    ``lawful_basis`` (``.codes``), ``consent_basis`` (``.state``, ``.override_reason``,
+    ``.override_paragraph``),
     ``rules``, ``agreement`` and ``deadline``; a decision without them (the policy before
     sharing agreements) discloses every group the message carries, on the basis it names.
     ``field_groups`` overrides the groups per recipient.
@@ -481,6 +512,7 @@ def submission_events(
                 lawful_basis=tuple(basis.codes) if basis is not None else None,
                 consent_state=consent.state if consent is not None else None,
                 override_reason=consent.override_reason if consent is not None else None,
+                override_paragraph=getattr(consent, "override_paragraph", None),
                 reasons=d.reasons,
                 due_at=getattr(d, "deadline", None),
                 **common,

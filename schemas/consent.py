@@ -23,13 +23,15 @@ Consent states other than ``obtained`` need an override record
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from enum import StrEnum
-from typing import Final
+from typing import Annotated, Any, Final
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from schemas.classes import DataClass
-from schemas.fields import Frozen, LongText, ShortText, inconsistent
+from schemas.fields import Frozen, LongText, inconsistent
 
 __all__ = [
     "SCHEDULE_1_PARAGRAPHS",
@@ -42,8 +44,11 @@ __all__ = [
     "ConsentState",
     "DpaCondition",
     "OverrideReason",
+    "RoleCode",
+    "StaffId",
     "StatutoryGateway",
     "carries_condition",
+    "role_code",
 ]
 
 
@@ -151,16 +156,91 @@ _ART9_PARAGRAPHS = {
 }
 
 
-class ConsentOverride(Frozen):
-    """The record of a decision to share without the subject's consent."""
+# A staff or collar number has a digit: that keeps a bare name ("JSmith") out of the field.
+_STAFF_ID = re.compile(r"^(?=[A-Za-z_-]*[0-9])[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+_ROLE_CODE = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 
-    decision_maker: ShortText
-    decision_maker_role: ShortText
+
+def _matching(pattern: re.Pattern[str], problem: str) -> AfterValidator:
+    """Refuse what ``pattern`` does not match, saying ``problem`` (never echoing the value)."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+_STAFF_ID_PROBLEM = (
+    "the decision-maker's staff or collar number (up to 32 letters, digits, - or _, with at "
+    "least one digit), never their name"
+)
+_STAFF_ID_DOC = (
+    "The agency's staff or collar number of the decision-maker (e.g. KP-1102): up to 32 "
+    "letters, digits, - or _, with a digit; never a person's name"
+)
+_ROLE_PROBLEM = (
+    "the decision-maker's role as a code: lower-case letters, digits and _ (for example "
+    "detective_sergeant), never their name"
+)
+_ROLE_DOC = (
+    "The decision-maker's role as a code, e.g. detective_sergeant or named_safeguarding_midwife"
+)
+
+#: Who decided, as the audit log and the IG view name them: the agency's staff or collar number.
+StaffId = Annotated[
+    str,
+    _matching(_STAFF_ID, _STAFF_ID_PROBLEM),
+    Field(description=_STAFF_ID_DOC, json_schema_extra={"pattern": _STAFF_ID.pattern}),
+]
+#: Their role, as a code the IG view can group by (``role_code`` turns a job title into one).
+RoleCode = Annotated[
+    str,
+    _matching(_ROLE_CODE, _ROLE_PROBLEM),
+    Field(description=_ROLE_DOC, json_schema_extra={"pattern": _ROLE_CODE.pattern}),
+]
+
+
+def role_code(title: str) -> str:
+    """The role code of a job title, for adapters whose systems record titles.
+
+    "Detective Sergeant, Public Protection Unit" gives
+    ``detective_sergeant_public_protection_unit``; a code is returned unchanged. Accents are
+    dropped, anything else not a letter or digit becomes one ``_``, and the code is cut to 64
+    characters.
+    """
+    bare = "".join(c for c in unicodedata.normalize("NFKD", title) if not unicodedata.combining(c))
+    return re.sub(r"[^a-z0-9]+", "_", bare.casefold()).strip("_")[:64].rstrip("_")
+
+
+class ConsentOverride(Frozen):
+    """The record of a decision to share without the subject's consent.
+
+    The decision-maker is named by staff or collar number and role, never by name: the audit log
+    records both (accountability), and the IG view lists who overrode consent.
+    """
+
+    decision_maker_id: StaffId
+    decision_maker_role: RoleCode
     reason: OverrideReason
     justification: LongText
     subject_told: bool
     subject_not_told_reason: LongText | None = None
     legal_paragraph: DpaCondition | StatutoryGateway
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # Earlier referrals named the decision-maker in free text: say what replaced the field
+        # rather than refusing it only as an unknown one.
+        if isinstance(data, dict) and "decision_maker" in data:
+            raise inconsistent(
+                "decision_maker",
+                "decision_maker is replaced by decision_maker_id: the decision-maker's staff or "
+                "collar number, never their name (and decision_maker_role is a role code)",
+            )
+        return data
 
     @model_validator(mode="after")
     def _told_or_why_not(self) -> ConsentOverride:

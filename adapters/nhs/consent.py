@@ -19,9 +19,16 @@ from schemas.consent import (
     CaldicottPrinciple,
     DpaCondition,
     StatutoryGateway,
+    role_code,
 )
 
 __all__ = ["map_consent"]
+
+
+def _role(title: object) -> object:
+    # NHS systems record a job title ("Named nurse for safeguarding adults"); Cairn keeps a code.
+    return role_code(title) if isinstance(title, str) else title
+
 
 #: The G8 field each kind of legal code fills; Caldicott principles are a list of their own.
 _LEGAL_SLOTS: Final[tuple[tuple[str, type[Any]], ...]] = (
@@ -84,8 +91,8 @@ def map_consent(
         parts = w.parts(override[1], where, names)
         paragraph = by_uri.get(parts.get("legalParagraph") or "")
         out["override"] = {
-            "decision_maker": parts.get("decisionMaker"),
-            "decision_maker_role": parts.get("decisionMakerRole"),
+            "decision_maker_id": parts.get("decisionMaker"),
+            "decision_maker_role": _role(parts.get("decisionMakerRole")),
             "reason": parts.get("reason"),
             "justification": parts.get("justification"),
             "subject_told": parts.get("subjectTold"),

@@ -414,7 +414,7 @@ def _consent(
             _complex(
                 EXT.consent_override,
                 [
-                    _opt("decisionMaker", "valueString", o.decision_maker),
+                    _opt("decisionMaker", "valueString", o.decision_maker_id),
                     _opt("decisionMakerRole", "valueString", o.decision_maker_role),
                     _opt("reason", "valueCode", o.reason.value),
                     _opt("justification", "valueString", o.justification),

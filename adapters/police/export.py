@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
-from schemas.consent import ConsentState, OverrideReason
+from schemas.consent import ConsentState, OverrideReason, StaffId
 from schemas.dash import DEFAULT_QUESTION_SET, DashAnswer, QuestionId
 from schemas.fields import AgencyId, Frozen, LongText, NhsNumber, Postcode, ShortText, inconsistent
 from schemas.referral import HousingTenure, Relationship, RestrictionKind, RiskLevel
@@ -135,8 +135,10 @@ class ExportDash(Frozen):
 
 
 class ExportOverride(Frozen):
-    decision_maker: Code = Field(description="The authorising officer's collar number")
-    decision_maker_role: ShortText
+    decision_maker: StaffId = Field(description="The authorising officer's collar number")
+    decision_maker_role: ShortText = Field(
+        description="Their rank or role title; Cairn records it as a role code (role_code)"
+    )
     reason: OverrideReason
     justification: LongText
     subject_told: bool

@@ -46,6 +46,7 @@ from schemas.consent import (
     ConsentState,
     DpaCondition,
     StatutoryGateway,
+    role_code,
 )
 from schemas.decode import field_problems
 from schemas.encompass import (
@@ -426,7 +427,9 @@ def _referral_data(record: IncidentRecord, now: datetime) -> dict[str, Any]:
             "override": None
             if sharing.override is None
             else {
-                **sharing.override.model_dump(),
+                **sharing.override.model_dump(exclude={"decision_maker", "decision_maker_role"}),
+                "decision_maker_id": sharing.override.decision_maker,
+                "decision_maker_role": role_code(sharing.override.decision_maker_role),
                 "legal_paragraph": DpaCondition.SCH1_PARA18_SAFEGUARDING,
             },
         },

@@ -37,7 +37,7 @@ from broker.audit.store import AuditLog
 from broker.audit.verify import verify
 from broker.cli.common import clean_errors as _clean_errors
 from broker.cli.common import settings_or_exit as _settings
-from schemas.audit import AuditEventType
+from schemas.audit import AuditEvent, AuditEventType
 from schemas.consent import OverrideReason
 from schemas.pseudonyms import person_pseudonyms
 from schemas.referral import Purpose
@@ -302,6 +302,9 @@ def verify_command(
     help="Only events where consent was (or was not) overridden.",
 )
 @click.option("--override-reason", type=click.Choice([r.value for r in OverrideReason]))
+@click.option("--override-by", help="Overrides decided by this staff or collar number.")
+@click.option("--override-role", help="Overrides decided by this role code.")
+@click.option("--override-paragraph", help="Overrides relying on this legal paragraph code.")
 @click.option("--agreement", help="The sharing agreement relied on, by id.")
 @click.option(
     "--type", "types", multiple=True, type=click.Choice([t.value for t in AuditEventType])
@@ -325,6 +328,9 @@ def query_command(
     lawful_basis: str | None,
     override: bool | None,
     override_reason: str | None,
+    override_by: str | None,
+    override_role: str | None,
+    override_paragraph: str | None,
     agreement: str | None,
     types: tuple[str, ...],
     message_id: UUID | None,
@@ -333,7 +339,11 @@ def query_command(
     limit: int | None,
     fmt: str,
 ) -> None:
-    """Find audit events by subject, agency, purpose, lawful basis, consent override, date."""
+    """Find audit events by subject, agency, purpose, lawful basis, consent override, date.
+
+    An event under a consent override shows who decided it (role/staff id) and the legal
+    paragraph; 'cairn audit query --override' lists every override.
+    """
     query = Query(
         subjects=subjects,
         agency=agency,
@@ -343,6 +353,9 @@ def query_command(
         lawful_basis=lawful_basis,
         override=override,
         override_reason=OverrideReason(override_reason) if override_reason else None,
+        override_by=override_by,
+        override_role=override_role,
+        override_paragraph=override_paragraph,
         agreement=agreement,
         types=tuple(AuditEventType(t) for t in types),
         message_id=message_id,
@@ -365,6 +378,7 @@ def query_command(
                     ",".join(event.lawful_basis),
                     event.consent_state.value if event.consent_state else "",
                     event.override_reason.value if event.override_reason else "",
+                    _overrider(event),
                     ",".join(event.field_groups),
                     ",".join(event.reasons),
                 )
@@ -376,6 +390,13 @@ def query_command(
             )
     if fmt == "table":
         click.echo(f"{len(found)} events", err=True)
+
+
+def _overrider(event: AuditEvent) -> str:
+    """'by <role>/<staff id> under <paragraph>' for an event under a consent override."""
+    if event.override_by_id is None:
+        return ""
+    return f"by {event.override_by_role}/{event.override_by_id} under {event.override_paragraph}"
 
 
 def _checkpoint_for(log: AuditLog, size: int) -> bytes | None:

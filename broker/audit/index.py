@@ -31,7 +31,8 @@ __all__ = ["Index", "IndexRepair", "Query", "Row", "recorded_leaves"]
 
 log = structlog.get_logger(__name__)
 
-_INDEX_FORMAT: Final = "cairn-audit-index/1"
+# /2: the override's decision-maker (role, staff id) and paragraph; an older index is rebuilt.
+_INDEX_FORMAT: Final = "cairn-audit-index/2"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -51,6 +52,9 @@ class Query:
     lawful_basis: str | None = None  # one code the event names
     override: bool | None = None  # True: consent overridden; False: not overridden
     override_reason: OverrideReason | None = None
+    override_by: str | None = None  # the staff or collar number of who overrode consent
+    override_role: str | None = None  # their role code
+    override_paragraph: str | None = None  # the legal paragraph the override relied on
     agreement: str | None = None  # the sharing agreement relied on (or changed)
     types: tuple[AuditEventType, ...] = ()
     message_id: UUID | None = None
@@ -81,7 +85,10 @@ CREATE TABLE entry(
     purpose TEXT,
     consent_state TEXT,
     override_reason TEXT,
-    agreement TEXT
+    agreement TEXT,
+    override_by_role TEXT,
+    override_by_id TEXT,
+    override_paragraph TEXT
 );
 CREATE INDEX entry_at ON entry(at_us);
 CREATE INDEX entry_message ON entry(message_id, recipient);
@@ -130,7 +137,8 @@ class Index:
         if self.readonly:
             if path.exists():
                 self._db = sqlite3.connect(_readonly_uri(path), uri=True)
-                if self._meta().get("log_id") != self._log_id:
+                meta = self._meta()
+                if meta.get("log_id") != self._log_id or meta.get("format") != _INDEX_FORMAT:
                     self._db.close()
                     self._db = None
             if self._db is None or self._indexed() < self._size():
@@ -244,6 +252,9 @@ class Index:
                     None if event.consent_state is None else event.consent_state.value,
                     None if event.override_reason is None else event.override_reason.value,
                     event.agreement,
+                    event.override_by_role,
+                    event.override_by_id,
+                    event.override_paragraph,
                 )
             )
             subjects += [(p, i) for p in event.subjects]
@@ -253,7 +264,8 @@ class Index:
             return
         with db:
             db.executemany(
-                "INSERT INTO entry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entries
+                "INSERT INTO entry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                entries,
             )
             db.executemany("INSERT INTO subject(pseudonym, seq) VALUES (?, ?)", subjects)
             db.executemany("INSERT INTO basis(code, seq) VALUES (?, ?)", bases)
@@ -331,6 +343,12 @@ def _where(q: Query) -> tuple[str, list[object]]:
         clauses.append("override_reason IS NOT NULL" if q.override else "override_reason IS NULL")
     if q.override_reason is not None:
         eq("override_reason", q.override_reason.value)
+    if q.override_by is not None:
+        eq("override_by_id", q.override_by)
+    if q.override_role is not None:
+        eq("override_by_role", q.override_role)
+    if q.override_paragraph is not None:
+        eq("override_paragraph", q.override_paragraph)
     if q.agreement is not None:
         eq("agreement", q.agreement)
     if q.types:

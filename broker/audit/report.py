@@ -1,8 +1,10 @@
-"""Subject access: every disclosure about one person, from the audit log, as CSV or JSON.
+"""Reports from the audit log: subject access, and the consent overrides, as CSV or JSON.
 
-A row per disclosure (or refusal) names when, from whom, to whom, why, on what lawful basis and
-consent, which field groups, the delivery and acknowledgement found for it, and its leaf index,
-so an inclusion proof can be given for it (``cairn audit prove``).
+Subject access: a row per disclosure (or refusal) about one person names when, from whom, to
+whom, why, on what lawful basis and consent, which field groups, the delivery and
+acknowledgement found for it, and its leaf index, so an inclusion proof can be given for it
+(``cairn audit prove``). Overrides: a row per disclosure (or refusal) made without consent names
+who decided (role and staff id), why, on what legal paragraph, from and to whom, and when.
 """
 
 from __future__ import annotations
@@ -11,15 +13,24 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from broker.audit.index import Query
-from broker.audit.store import AuditLog
+from broker.audit.store import AuditLog, Entry
 from schemas.audit import AuditEventType
 
-__all__ = ["REPORT_COLUMNS", "ReportRow", "disclosure_report", "report_csv", "report_json"]
+__all__ = [
+    "OVERRIDE_COLUMNS",
+    "REPORT_COLUMNS",
+    "OverrideRow",
+    "ReportRow",
+    "disclosure_report",
+    "override_report",
+    "report_csv",
+    "report_json",
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,30 @@ class ReportRow:
 
 
 REPORT_COLUMNS: Final = tuple(ReportRow.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class OverrideRow:
+    """One consent override: who decided (role, staff id), why, on what paragraph, for what."""
+
+    leaf_index: int
+    at: str
+    type: str  # disclosed or refused
+    message_id: str
+    sender: str
+    recipient: str
+    purpose: str
+    consent_state: str
+    override_reason: str
+    override_by_role: str
+    override_by_id: str
+    override_paragraph: str
+    lawful_basis: str
+    rules: str
+
+
+OVERRIDE_COLUMNS: Final = tuple(OverrideRow.__dataclass_fields__)
+_OUTCOMES: Final = (AuditEventType.DISCLOSED, AuditEventType.REFUSED)
 
 
 def disclosure_report(
@@ -85,16 +120,7 @@ def disclosure_report(
                     acknowledgement = e.status.value
         rows.append(
             ReportRow(
-                leaf_index=entry.index,
-                at=event.at.isoformat(),
-                type=event.type.value,
-                message_id=str(event.message_id),
-                sender=event.sender or "",
-                recipient=event.recipient or "",
-                purpose=event.purpose.value if event.purpose else "",
-                lawful_basis=" ".join(event.lawful_basis),
-                consent_state=event.consent_state.value if event.consent_state else "",
-                override_reason=event.override_reason.value if event.override_reason else "",
+                **_outcome_cells(entry),
                 field_groups=" ".join(event.field_groups),
                 reasons=" ".join(event.reasons),
                 delivered_at=delivered_at,
@@ -105,13 +131,50 @@ def disclosure_report(
     return rows
 
 
-def report_csv(rows: Sequence[ReportRow]) -> str:
-    """The report as CSV with a header line."""
+def override_report(audit: AuditLog, query: Query | None = None) -> list[OverrideRow]:
+    """Every disclosure or refusal made under a consent override that ``query`` also matches."""
+    narrowed = replace(query or Query(), override=True, types=_OUTCOMES)
+    rows = []
+    for entry in audit.query(narrowed):
+        e = entry.event
+        rows.append(
+            OverrideRow(
+                **_outcome_cells(entry),
+                override_by_role=e.override_by_role or "",
+                override_by_id=e.override_by_id or "",
+                override_paragraph=e.override_paragraph or "",
+                rules=" ".join(e.rules),
+            )
+        )
+    return rows
+
+
+def _outcome_cells(entry: Entry) -> dict[str, Any]:
+    """What both reports say of a disclosed or refused event: when, what, who, why, on what."""
+    e = entry.event
+    return {
+        "leaf_index": entry.index,
+        "at": e.at.isoformat(),
+        "type": e.type.value,
+        "message_id": str(e.message_id),
+        "sender": e.sender or "",
+        "recipient": e.recipient or "",
+        "purpose": e.purpose.value if e.purpose else "",
+        "lawful_basis": " ".join(e.lawful_basis),
+        "consent_state": e.consent_state.value if e.consent_state else "",
+        "override_reason": e.override_reason.value if e.override_reason else "",
+    }
+
+
+def report_csv(
+    rows: Sequence[ReportRow | OverrideRow], columns: Sequence[str] = REPORT_COLUMNS
+) -> str:
+    """The report as CSV with a header line (``OVERRIDE_COLUMNS`` for an override report)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(REPORT_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([getattr(row, c) for c in REPORT_COLUMNS])
+        writer.writerow([getattr(row, c) for c in columns])
     return out.getvalue()
 
 

@@ -15,6 +15,8 @@ HTTP, over mutual TLS, for the auditor's certificate only (IG tools present it):
 
     GET  /v1/audit/checkpoint                          latest signed checkpoint (text/plain)
     GET  /v1/audit/entries?agency=&purpose=&...        events matching the filters (JSON)
+    GET  /v1/audit/overrides?since=&override_by=&...   the consent overrides: who decided
+                                                       (role, staff id), why, on what paragraph
     GET  /v1/audit/proof/inclusion?index=&size=        RFC 9162 §2.1.3 inclusion proof
     GET  /v1/audit/proof/consistency?first=&second=    RFC 9162 §2.1.4 consistency proof
     POST /v1/audit/subject                             every event about a person, given their
@@ -45,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from broker.audit.checkpoint import NoteVerifier
 from broker.audit.files import DEFAULT_ORIGIN
 from broker.audit.index import Query
+from broker.audit.report import override_report
 from broker.audit.store import AuditLog, CheckpointPolicy, Entry
 from broker.audit.verify import verify
 from broker.config import Settings
@@ -250,8 +253,8 @@ async def checkpoint(request: web.Request) -> web.Response:
     return web.Response(body=note, content_type="text/plain", charset="utf-8")
 
 
-async def entries(request: web.Request) -> web.Response:
-    auditor = request.app[AUDITOR]
+def _query(request: web.Request) -> Query:
+    """The entries query the request's parameters ask for (``/v1/audit/entries``, ``overrides``)."""
     q = request.query
     try:
         purpose = Purpose(q["purpose"]) if "purpose" in q else None
@@ -259,7 +262,7 @@ async def entries(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise SchemaError(str(exc)) from None
     override = {"true": True, "false": False}.get(q.get("override", ""))
-    query = Query(
+    return Query(
         agency=q.get("agency"),
         sender=q.get("sender"),
         recipient=q.get("recipient"),
@@ -267,11 +270,29 @@ async def entries(request: web.Request) -> web.Response:
         lawful_basis=q.get("lawful_basis"),
         override=override,
         override_reason=reason,
+        override_by=q.get("override_by"),
+        override_role=q.get("override_role"),
+        override_paragraph=q.get("override_paragraph"),
         since=_moment(request, "since"),
         until=_moment(request, "until"),
         limit=min(_int(request, "limit", 1000), 10_000),
     )
-    return _entries(await auditor.call(auditor.log.query, query))
+
+
+async def entries(request: web.Request) -> web.Response:
+    auditor = request.app[AUDITOR]
+    return _entries(await auditor.call(auditor.log.query, _query(request)))
+
+
+async def overrides(request: web.Request) -> web.Response:
+    """Every consent override: who decided (role, staff id), why, on what paragraph, for what.
+
+    The same filters as ``/v1/audit/entries``; a staff id is staff personal data, shown here
+    to the auditor's certificate only, for accountability.
+    """
+    auditor = request.app[AUDITOR]
+    rows = await auditor.call(override_report, auditor.log, _query(request))
+    return web.json_response({"overrides": [vars(row) for row in rows]})
 
 
 async def inclusion(request: web.Request) -> web.Response:
@@ -405,6 +426,7 @@ def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application
     app[AUDITOR] = auditor
     app.router.add_get("/v1/audit/checkpoint", checkpoint)
     app.router.add_get("/v1/audit/entries", entries)
+    app.router.add_get("/v1/audit/overrides", overrides)
     app.router.add_get("/v1/audit/proof/inclusion", inclusion)
     app.router.add_get("/v1/audit/proof/consistency", consistency)
     app.router.add_post("/v1/audit/subject", subject)

@@ -144,7 +144,7 @@ SAFEGUARDING_REASONS: Final = frozenset(
 #: What a complete override record holds (docs/domain.md#consent-and-overrides), by field of
 #: ``ConsentOverride``.
 OVERRIDE_ITEMS: Final = (
-    "decision_maker",
+    "decision_maker_id",
     "decision_maker_role",
     "reason",
     "justification",

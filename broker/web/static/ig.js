@@ -62,12 +62,12 @@ async function searchSubject(event) {
   }
 }
 
+// Who overrode consent, why and on what paragraph: one row per disclosure or refusal.
 async function loadOverrides() {
-  const { body } = await call("/v1/audit/entries?override=true&limit=1000");
-  fill("overrides", body.entries.map((e) => [
-    e.index, e.event.at, e.event.message_id || "", e.event.sender || "", e.event.recipient || "",
-    e.event.purpose || "", e.event.consent_state || "", e.event.override_reason || "",
-    (e.event.lawful_basis || []).join(" "), (e.event.rules || []).join(" "),
+  const { body } = await call("/v1/audit/overrides?limit=1000");
+  fill("overrides", body.overrides.map((o) => [
+    o.leaf_index, o.at, o.type, o.override_by_role, o.override_by_id, o.override_reason,
+    o.override_paragraph, o.sender, o.recipient, o.purpose, o.consent_state, o.message_id,
   ]));
 }
 

@@ -93,6 +93,29 @@ def test_referrals_carry_the_incident_and_its_groups() -> None:
     assert refused.consent.override.reason == "risk_to_victim"
 
 
+def test_the_override_names_its_decision_maker_by_collar_number_and_role_code() -> None:
+    """The authorising officer's collar number is the staff id; the rank title becomes a code."""
+    produced, _ = run("police-export.jsonl")
+    refused = produced[7].message
+    assert isinstance(refused, Referral)
+    assert refused.consent is not None
+    override = refused.consent.override
+    assert override is not None
+    assert override.decision_maker_id == "KP-1102"
+    assert override.decision_maker_role == "detective_sergeant_public_protection_unit"
+
+
+def test_a_name_for_the_authorising_officer_is_a_row_error() -> None:
+    """A name where the collar number goes is refused at that field, the name not echoed."""
+    line = sample_line(4)
+    line["sharing"]["override"]["decision_maker"] = "Jane Doe"
+    _, errors = imported(line)
+    assert errors
+    fields = {e.field for e in errors}
+    assert "sharing.override.decision_maker" in fields
+    assert "Jane Doe" not in str(errors)
+
+
 def test_message_ids_are_stable_across_imports() -> None:
     """Importing the same export twice yields the same ids, so the broker dedupes resubmission."""
     first, _ = run("police-export.jsonl")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +18,13 @@ from broker.audit.files import INDEX_FILE, LATEST_FILE
 from broker.audit.index import Query
 from broker.audit.merkle import verify_consistency, verify_inclusion
 from broker.audit.pseudonym import create_pseudonym_secret, load_pseudonym_secret
-from broker.audit.report import disclosure_report, report_csv, report_json
+from broker.audit.report import (
+    OVERRIDE_COLUMNS,
+    disclosure_report,
+    override_report,
+    report_csv,
+    report_json,
+)
 from broker.audit.store import AuditLog, CheckpointPolicy
 from broker.audit.verify import verify
 from keys.errors import KeyStoreError
@@ -193,6 +201,69 @@ def test_queries_filter_on_each_field(build_log: BuildLog, feed: Feed) -> None:
     since, until = NOW + timedelta(minutes=3), NOW + timedelta(minutes=7)
     expect(Query(since=since, until=until), lambda e: since <= e.at < until)
     assert len(log.query(Query(limit=4))) == 4
+
+
+def test_the_index_finds_overrides_by_who_decided_and_the_paragraph(
+    build_log: BuildLog, feed: Feed
+) -> None:
+    """Staff id, role code and legal paragraph each select exactly the overrides they name."""
+    log = build_log(size=len(feed), every=len(feed))
+    events = [e.event for e in log.entries()]
+    who = next(e for e in events if e.override_by_id is not None)
+    for query, keep in (
+        (Query(override_by=who.override_by_id), lambda e: e.override_by_id == who.override_by_id),
+        (
+            Query(override_role=who.override_by_role),
+            lambda e: e.override_by_role == who.override_by_role,
+        ),
+        (
+            Query(override_paragraph="dpa2018_sch1_para18"),
+            lambda e: e.override_paragraph == "dpa2018_sch1_para18",
+        ),
+    ):
+        want = [i for i, e in enumerate(events) if keep(e)]
+        assert want
+        assert [x.index for x in log.query(query)] == want
+
+
+def test_the_override_report_lists_who_overrode_consent_why_and_on_what_paragraph(
+    build_log: BuildLog, feed: Feed
+) -> None:
+    """A row per disclosure or refusal under an override, naming role, staff id and paragraph."""
+    log = build_log(size=len(feed), every=len(feed))
+    outcomes = {AuditEventType.DISCLOSED, AuditEventType.REFUSED}
+    want = [
+        e.index
+        for e in log.entries()
+        if e.event.override_reason is not None and e.event.type in outcomes
+    ]
+    rows = override_report(log)
+    assert want
+    assert [r.leaf_index for r in rows] == want
+    named = ("override_reason", "override_paragraph", "override_by_role", "override_by_id")
+    for row in rows:
+        assert all(getattr(row, c) for c in (*named, "sender", "recipient", "purpose", "at"))
+    nurse = override_report(log, Query(override_by="NHS-SG-0001"))
+    assert nurse
+    assert {r.override_by_role for r in nurse} == {"named_nurse_safeguarding_adults"}
+    table = list(csv.DictReader(io.StringIO(report_csv(rows, OVERRIDE_COLUMNS))))
+    assert [r["override_by_id"] for r in table] == [r.override_by_id for r in rows]
+
+
+def test_an_index_of_the_format_before_overrides_were_indexed_is_rebuilt(
+    build_log: BuildLog,
+) -> None:
+    """An index without the override's decision-maker columns is rebuilt on open, not used."""
+    log = build_log(size=10, every=10)
+    folder = log.directory
+    log.close()
+    with contextlib.closing(sqlite3.connect(folder / INDEX_FILE)) as db, db:
+        db.execute("UPDATE meta SET value = 'cairn-audit-index/1' WHERE key = 'format'")
+    with AuditLog.open(folder) as reopened:
+        assert reopened.recovery.index_rebuilt
+        assert len(reopened.query(Query(override=True))) == len(
+            [e for e in reopened.entries() if e.event.override_reason is not None]
+        )
 
 
 def test_disclosure_report_lists_each_disclosure_with_its_follow_up(

@@ -145,6 +145,23 @@ def test_query_by_identifiers_lists_the_persons_events(run: CliRunnerCall) -> No
     assert "disclosed" in table.stdout
 
 
+def test_query_lists_the_overrides_with_who_decided_and_on_what_paragraph(
+    run: CliRunnerCall,
+) -> None:
+    """'--override' shows each override's role/staff id and paragraph; '--override-by' narrows."""
+    table = run("query", "--override", "--type", "disclosed")
+    assert table.exit_code == 0, table.output
+    rows = table.stdout.splitlines()
+    assert rows
+    assert all(" by " in row and " under dpa2018_sch1_para18" in row for row in rows)
+    assert any("risk_to_children by named_nurse_safeguarding_adults/NHS-SG-0001" in r for r in rows)
+    found = run("query", "--override-by", "NHS-SG-0001", "--format", "json")
+    events = [json.loads(line)["event"] for line in found.stdout.splitlines()]
+    assert events
+    assert {e["override_by_id"] for e in events} == {"NHS-SG-0001"}
+    assert {e["override_by_role"] for e in events} == {"named_nurse_safeguarding_adults"}
+
+
 def test_query_needs_identifiers_that_name_someone(run: CliRunnerCall) -> None:
     """A name without a date of birth is refused with a usage message."""
     result = run("query", "--given-name", "Testina", "--family-name", "Fictitia")

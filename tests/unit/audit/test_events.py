@@ -424,3 +424,55 @@ def test_canonical_bytes_of_each_builder_are_pinned() -> None:
         agreement_changed("kelder-isa", b"agreement: v2", at=NOW, event_id=one),
     ]
     assert [e.canonical() for e in events] == _PINNED
+
+
+def test_an_override_event_names_who_decided_and_on_what_paragraph() -> None:
+    """Under an override, disclosed and refused carry the role, staff id and legal paragraph."""
+    events = _events()
+    for event in events[2:]:
+        assert event.override_reason is OverrideReason.RISK_TO_CHILDREN
+        assert event.override_by_role == "named_nurse_safeguarding_adults"
+        assert event.override_by_id == "NHS-SG-0001"
+        assert event.override_paragraph == "dpa2018_sch1_para18"
+        assert b'"override_by_id":"NHS-SG-0001"' in event.canonical()
+    assert events[0].override_by_id is None  # received: no legal footing
+    assert events[1].override_by_id is None  # decided: the per-recipient events carry it
+
+
+@dataclass(frozen=True)
+class _Paragraphed(_Consent):
+    """A consent basis that names the override's paragraph, as ``ConsentBasis`` does."""
+
+    override_paragraph: str | None
+
+
+def test_the_paragraph_the_policy_relied_on_is_the_one_recorded() -> None:
+    """A decision naming the override's paragraph puts that one in the event."""
+    decision = _AgreedDecision(
+        recipient="kelder-idva",
+        allowed=True,
+        reasons=(),
+        lawful_basis=_Basis(("art6_1_e", "cda1998_s115")),
+        consent_basis=_Paragraphed(
+            ConsentState.REFUSED, OverrideReason.RISK_TO_CHILDREN, "cda1998_s115"
+        ),
+    )
+    shared = submission_events(_referral(), [decision], secret=SECRET, at=NOW)[2]
+    assert shared.override_paragraph == "cda1998_s115"
+    assert shared.override_by_id == "NHS-SG-0001"
+
+
+def test_an_override_decision_maker_goes_with_a_reason_and_is_never_a_name() -> None:
+    """A staff id without an override reason is refused, and so is a name as a staff id."""
+    plain = disclosed(
+        Referral.model_validate(sample()),
+        recipient="kelder-idva",
+        field_groups=("G1",),
+        secret=SECRET,
+        at=NOW,
+    ).jsonable()
+    with pytest.raises(ValueError, match="go with its reason"):
+        AuditEvent.model_validate({**plain, "override_by_id": "KP-1102"})
+    shared = _events()[2].jsonable()
+    with pytest.raises(ValueError, match="never their name"):
+        AuditEvent.model_validate({**shared, "override_by_id": "JaneDoe"})

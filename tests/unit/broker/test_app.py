@@ -12,7 +12,7 @@ import pytest
 from adapters.client import SubmissionRefused
 from broker.kafka.transport import MemoryTransport
 from tests.samples import sample, sample_bytes
-from tests.unit.conftest import AgencyClient
+from tests.unit.conftest import AgencyClient, captured_logs
 
 JOSE = {"Content-Type": "application/jose"}
 
@@ -44,6 +44,25 @@ async def test_accepted_referral_gets_202_and_one_record_per_recipient(
     assert record.key == data["header"]["referral_id"].encode()
 
 
+async def test_the_override_decision_maker_is_in_the_audit_events_only(
+    agency_client: AgencyClient, transport: MemoryTransport
+) -> None:
+    """The staff id is in the audit events (accountability), never in a log or Kafka header."""
+    data = sample("referral-consent-refused.json")
+    staff_id = data["consent"]["override"]["decision_maker_id"]
+    with captured_logs() as logs:
+        async with agency_client(data["header"]["sender_agency"]) as client:
+            await client.submit(json.dumps(data).encode())
+    audited = [json.loads(r.value) for r in transport.topics["unit.audit"]]
+    outcomes = [e for e in audited if e["type"] in ("disclosed", "refused")]
+    assert outcomes
+    assert {e["override_by_id"] for e in outcomes} == {staff_id}
+    headers = [v for records in transport.topics.values() for r in records for _, v in r.headers]
+    assert staff_id.encode() not in b"".join(headers)
+    assert logs
+    assert staff_id not in repr(logs)
+
+
 async def test_invalid_referral_gets_422_naming_the_field_and_sends_nothing(
     agency_client: AgencyClient, transport: MemoryTransport
 ) -> None:
@@ -55,6 +74,23 @@ async def test_invalid_referral_gets_422_naming_the_field_and_sends_nothing(
     assert exc.problem["type"] == "urn:cairn:problem:invalid-referral"
     assert [e["field"] for e in exc.problem["errors"]] == ["victim.date_of_birth"]
     assert "not a date" not in json.dumps(exc.problem)  # values are never echoed back
+    assert transport.published == 0
+
+
+async def test_an_override_naming_its_decision_maker_the_old_way_gets_422_naming_the_new_field(
+    agency_client: AgencyClient, transport: MemoryTransport
+) -> None:
+    """'decision_maker' is refused at that field, the problem naming decision_maker_id."""
+    data = sample("referral-consent-refused.json")
+    data["consent"]["override"]["decision_maker"] = data["consent"]["override"].pop(
+        "decision_maker_id"
+    )
+    exc = await refused(agency_client(data["header"]["sender_agency"]), json.dumps(data).encode())
+    assert exc.status == 422
+    [error] = exc.problem["errors"]
+    assert error["field"] == "consent.override.decision_maker"
+    assert "decision_maker_id" in error["problem"]
+    assert "NHS-SG-0001" not in json.dumps(exc.problem)
     assert transport.published == 0
 
 

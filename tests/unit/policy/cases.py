@@ -122,8 +122,8 @@ ENCOMPASS_CONSENT: dict[str, Any] = {
     "subject_informed": False,
     "not_informed_reason": "Operation Encompass: the statute applies; parents are not approached.",
     "override": {
-        "decision_maker": "KP-4471",
-        "decision_maker_role": "Police constable",
+        "decision_maker_id": "KP-4471",
+        "decision_maker_role": "police_constable",
         "reason": "risk_to_children",
         "justification": "Statutory Operation Encompass notification (s49A).",
         "subject_told": False,
@@ -229,8 +229,8 @@ def consent(
     }
     if state != "obtained":
         data["override"] = {
-            "decision_maker": "KP-1102",
-            "decision_maker_role": "Detective Sergeant, Public Protection Unit",
+            "decision_maker_id": "KP-1102",
+            "decision_maker_role": "detective_sergeant",
             "reason": reason,
             "justification": "High risk; sharing is necessary and proportionate (fictional).",
             "subject_told": True,

@@ -112,8 +112,8 @@ def test_incomplete_override_refuses_the_referral_naming_the_missing_items() -> 
     """An override without a justification and a legal paragraph: refused, both named."""
     source = incomplete(
         "refused",
-        decision_maker="KP-1102",
-        decision_maker_role="Detective Sergeant",
+        decision_maker_id="KP-1102",
+        decision_maker_role="detective_sergeant",
         reason=OverrideReason.RISK_TO_VICTIM,
         subject_told=True,
     )
@@ -131,15 +131,18 @@ def test_blank_items_and_a_missing_why_not_told_count_as_missing() -> None:
     """A blank decision-maker, and 'not told' without saying why, are incomplete too."""
     source = incomplete(
         "withdrawn",
-        decision_maker="   ",
-        decision_maker_role="Named nurse",
+        decision_maker_id="   ",
+        decision_maker_role="named_nurse",
         reason=OverrideReason.RISK_TO_CHILDREN,
         justification="Necessary and proportionate.",
         subject_told=False,
         legal_paragraph="dpa2018_sch1_para18",
     )
     fields = [p.field for p in refusal(source).problems]
-    assert fields == ["consent.override.decision_maker", "consent.override.subject_not_told_reason"]
+    assert fields == [
+        "consent.override.decision_maker_id",
+        "consent.override.subject_not_told_reason",
+    ]
 
 
 def test_no_override_record_at_all_names_every_item() -> None:

@@ -204,8 +204,8 @@ def referral_data(rnd: Random, *, with_basis: bool) -> dict[str, Any]:
     g8.update(state=state, subject_informed=True)
     if state != "obtained":
         g8["override"] = {
-            "decision_maker": "KP-1102",
-            "decision_maker_role": "Detective Sergeant",
+            "decision_maker_id": "KP-1102",
+            "decision_maker_role": "detective_sergeant",
             "reason": rnd.choice(REASONS),
             "justification": "Necessary and proportionate (fictional).",
             "subject_told": True,

@@ -20,8 +20,8 @@ from tests.unit.policy.conftest import Run, assert_explained
 
 POLICE = "kelder-police"
 OVERRIDE = {
-    "decision_maker": "KP-4471",
-    "decision_maker_role": "Detective sergeant",
+    "decision_maker_id": "KP-4471",
+    "decision_maker_role": "detective_sergeant",
     "reason": "risk_to_victim",
     "justification": "High risk; asking would alert the suspect (fictional).",
     "subject_told": False,
@@ -233,7 +233,8 @@ def test_a_refusal_reads_in_sentences_without_json(run: Run, tmp_path: Path) -> 
     out = result.stdout
     assert "REFUSED as a whole" in out
     assert "reasons:  consent.override.missing" in out
-    assert "missing:  consent.override.decision_maker consent.override.decision_maker_role" in out
+    missing = "consent.override.decision_maker_id consent.override.decision_maker_role"
+    assert f"missing:  {missing}" in out
     assert "Consent was not obtained and the referral has no override record" in out
     assert "cites: UK GDPR Art 5(2) (accountability)" in out
 

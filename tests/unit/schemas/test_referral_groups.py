@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas.consent import Consent, ConsentState
+from schemas.consent import Consent, ConsentState, role_code
 from schemas.decode import decode
 from schemas.errors import SchemaError
 from schemas.federation import Federation
@@ -117,8 +117,8 @@ def consent(**fields: Any) -> dict[str, Any]:
 
 
 OVERRIDE = {
-    "decision_maker": "KP-1102",
-    "decision_maker_role": "Detective Sergeant",
+    "decision_maker_id": "KP-1102",
+    "decision_maker_role": "detective_sergeant",
     "reason": "risk_to_victim",
     "justification": "High risk.",
     "subject_told": True,
@@ -133,6 +133,45 @@ def test_consent_other_than_obtained_needs_override(state: ConsentState) -> None
         Consent.model_validate(consent(state=state.value))
     gateway = {"statutory_gateway": "ca1989_s47"} if state.value == "not_required_statutory" else {}
     assert Consent.model_validate(consent(state=state.value, override=OVERRIDE, **gateway))
+
+
+def test_the_decision_maker_is_a_staff_id_and_a_role_code_never_a_name() -> None:
+    """A name as staff id, or a job title as role, is refused naming the field and the form."""
+    for field, value, says in (
+        ("decision_maker_id", "Jane Doe", "staff or collar number"),
+        ("decision_maker_id", "JaneDoe", "staff or collar number"),
+        ("decision_maker_id", "KP-" + "1" * 40, "up to 32"),
+        ("decision_maker_role", "Detective Sergeant", "role as a code"),
+    ):
+        data = sample()
+        data["consent"] = consent(state="refused", override={**OVERRIDE, field: value})
+        found = problems(data)
+        assert list(found) == [f"consent.override.{field}"], (field, value)
+        assert says in found[f"consent.override.{field}"]
+        assert value not in str(found)
+
+
+def test_a_referral_naming_its_decision_maker_the_old_way_is_told_the_new_field() -> None:
+    """'decision_maker' is refused at that field, with a problem naming decision_maker_id."""
+    old = {k: v for k, v in OVERRIDE.items() if k != "decision_maker_id"}
+    data = sample()
+    data["consent"] = consent(state="refused", override={**old, "decision_maker": "KP-1102"})
+    with pytest.raises(SchemaError) as exc:
+        decode(Referral, json.dumps(data).encode())
+    [problem] = exc.value.problems
+    assert problem.field == "consent.override.decision_maker"
+    assert "decision_maker_id" in problem.problem
+    assert "KP-1102" not in problem.problem
+
+
+def test_role_code_turns_a_job_title_into_a_code() -> None:
+    """Case, accents and punctuation fold into one code; a code stays as it is."""
+    assert role_code("Detective Sergeant, Public Protection Unit") == (
+        "detective_sergeant_public_protection_unit"
+    )
+    assert role_code("Infirmière référente") == "infirmiere_referente"
+    assert role_code("detective_sergeant") == "detective_sergeant"
+    assert len(role_code("Senior " * 20)) <= 64
 
 
 def test_override_reason_comes_from_the_fixed_list() -> None:
