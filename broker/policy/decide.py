@@ -10,8 +10,9 @@ reason codes are made of codes and agency or agreement ids only, never personal 
 The steps, in order:
 
 1. fan-out: more recipients than ``max_recipients`` is a ``SchemaError``;
-2. membership: the sender and every recipient are federation members, nobody refers to
-   itself, Encompass goes from police to schools or children's social care (``UnknownAgency``);
+2. membership (``broker.policy.admission``, like step 3): the sender and every recipient are
+   federation members, nobody refers to itself, Encompass goes from police to schools or
+   children's social care (``UnknownAgency``);
 3. the referral as a whole (``PolicyRefusal``, HTTP 422): it names a lawful basis (G8), an
    override record is complete when consent was not obtained, an agreement in force covers the
    purpose with the sender as a party, and one of them accepts the basis the referral names;
@@ -95,6 +96,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Final
 
+from broker.policy.admission import basis_for, check_membership, check_whole, is_party
 from broker.policy.agreements import Agreement, PurposeTerms
 from broker.policy.calendar import WEEKDAYS, SchoolCalendar, next_school_day_start
 from broker.policy.decision import Decision, Routing, Withheld, routing
@@ -102,8 +104,6 @@ from broker.policy.redaction import agencies_in_scope, children_in_scope, unsafe
 from schemas.classes import DataClass
 from schemas.consent import (
     Art9Condition,
-    Consent,
-    ConsentOverride,
     ConsentState,
     OverrideReason,
     StatutoryGateway,
@@ -111,25 +111,20 @@ from schemas.consent import (
 from schemas.dash import DEFAULT_QUESTION_SET
 from schemas.disclosure import ConsentBasis, GroupShare, LawfulBasis, ShareScope
 from schemas.encompass import EncompassNotification, is_child
-from schemas.errors import FieldProblem, InputError, SchemaError, UnknownAgency
+from schemas.errors import FieldProblem, SchemaError
 from schemas.federation import AgencyRole, Federation
 from schemas.marac import MaracCriterion, marac_eligibility
 from schemas.referral import FieldGroup, Purpose, Referral
 
 __all__ = [
-    "ENCOMPASS_RECIPIENT_ROLES",
     "HEALTH_CARE_PURPOSES",
-    "OVERRIDE_ITEMS",
     "SAFEGUARDING_REASONS",
     "Decision",
-    "PolicyRefusal",
     "Routing",
     "decide",
-    "missing_override_items",
     "routing",
 ]
 
-ENCOMPASS_RECIPIENT_ROLES: Final = frozenset({AgencyRole.SCHOOL, AgencyRole.CHILDRENS_SOCIAL_CARE})
 #: Purposes that are sharing for the person's health care, where an objection counts (s251B).
 HEALTH_CARE_PURPOSES: Final = frozenset({Purpose.HEALTH_SAFEGUARDING})
 #: Override reasons that are safeguarding, and so outweigh an objection to health sharing.
@@ -141,37 +136,6 @@ SAFEGUARDING_REASONS: Final = frozenset(
         OverrideReason.VITAL_INTERESTS,
     }
 )
-#: What a complete override record holds (docs/domain.md#consent-and-overrides), by field of
-#: ``ConsentOverride``.
-OVERRIDE_ITEMS: Final = (
-    "decision_maker_id",
-    "decision_maker_role",
-    "reason",
-    "justification",
-    "subject_told",
-    "legal_paragraph",
-)
-
-
-class PolicyRefusal(InputError):
-    """The referral as a whole may not be shared: nothing is sent to anyone (HTTP 422).
-
-    ``problems`` name the fields to change (``consent``, ``consent.override.justification``,
-    ``header.purpose``); ``reasons`` are the rule codes (``lawful_basis.missing``,
-    ``consent.override.incomplete``, ``agreement.none_for_purpose``,
-    ``lawful_basis.not_accepted``); ``missing`` the field paths of the items to add (the
-    override record's, or ``consent``). None of them carries personal data.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        problems: tuple[FieldProblem, ...] = (),
-        reasons: tuple[str, ...] = (),
-        missing: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(message, problems, reasons=reasons)
-        self.missing = missing
 
 
 def decide(
@@ -201,7 +165,7 @@ def decide(
             reasons=("fan_out.exceeded",),
         )
     # 2 membership
-    _check_membership(route, federation)
+    check_membership(route, federation)
     # 3 the referral as a whole
     today = now.astimezone(UTC).date()
     covering = tuple(
@@ -209,9 +173,9 @@ def decide(
         for a in sorted(agreements, key=lambda a: a.id)
         if a.in_force(today)
         and a.terms(route.purpose) is not None
-        and _is_party(a, route.sender, federation)
+        and is_party(a, route.sender, federation)
     )
-    _check_whole(message, route, covering)
+    check_whole(message, route, covering)
     # 4-6 each recipient
     case = _Case(message, federation, route, covering, now, calendar)
     decisions = []
@@ -226,173 +190,6 @@ def decide(
             )
         decisions.append(decision)
     return decisions
-
-
-def _check_membership(route: Routing, federation: Federation) -> None:
-    problems: list[FieldProblem] = []
-    codes: list[str] = []  # the rule code of each problem, for broker.policy.rules
-
-    def refuse(code: str, at: str, problem: str) -> None:
-        codes.append(code)
-        problems.append(FieldProblem(at, problem))
-
-    sender = federation.get(route.sender)
-    if sender is None:
-        refuse("sender.unknown", "header.sender_agency", "not a member of this federation")
-    encompass = route.purpose is Purpose.ENCOMPASS
-    if encompass and sender is not None and sender.role is not AgencyRole.POLICE:
-        refuse(
-            "encompass.sender_not_police",
-            "header.sender_agency",
-            "only a police force sends Encompass notices",
-        )
-    many = len(route.recipients) > 1 or route.recipients_field.endswith("s")
-    for i, recipient in enumerate(route.recipients):
-        at = f"{route.recipients_field}.{i}" if many else route.recipients_field
-        agency = federation.get(recipient)
-        if agency is None:
-            refuse("recipient.unknown", at, "not a member of this federation")
-        elif recipient == route.sender:
-            refuse("recipient.self", at, "a sender cannot refer to itself")
-        elif encompass and agency.role not in ENCOMPASS_RECIPIENT_ROLES:
-            refuse(
-                "encompass.recipient_role",
-                at,
-                "Encompass notices go to schools or children's social care",
-            )
-    if problems:
-        raise UnknownAgency(
-            "the message names agencies that cannot take part; fix the named fields",
-            tuple(problems),
-            reasons=tuple(dict.fromkeys(codes)),
-        )
-
-
-def _is_party(agreement: Agreement, agency: str, federation: Federation) -> bool:
-    """A party in the role the federation gives it: a mis-roled party is no party."""
-    party = agreement.party(agency)
-    member = federation.get(agency)
-    return party is not None and member is not None and party.role is member.role
-
-
-def _check_whole(
-    message: Referral | EncompassNotification, route: Routing, covering: tuple[Agreement, ...]
-) -> None:
-    purpose = route.purpose.value
-    if isinstance(message, Referral):
-        consent = message.consent
-        if consent is None:
-            raise PolicyRefusal(
-                "the referral names no lawful basis or consent state; fill in G8 (consent): the "
-                "UK GDPR Art 6 basis, any Art 9 condition with its DPA 2018 paragraph, and the "
-                "consent state",
-                (FieldProblem("consent", "required: the lawful basis and consent state"),),
-                ("lawful_basis.missing",),
-                ("consent",),
-            )
-        if consent.state is not ConsentState.OBTAINED:
-            missing = missing_override_items(consent.override)
-            if missing:
-                raise PolicyRefusal(
-                    f"consent is '{consent.state.value}' and the override record is incomplete: "
-                    f"missing {', '.join(missing)}",
-                    tuple(
-                        FieldProblem(f"consent.override.{item}", "missing from the override")
-                        for item in missing
-                    ),
-                    ("consent.override.incomplete",),
-                    tuple(f"consent.override.{item}" for item in missing),
-                )
-    if not covering:
-        raise PolicyRefusal(
-            f"no sharing agreement in force lets '{route.sender}' share for {purpose}",
-            (FieldProblem("header.purpose", f"no agreement covers {purpose} for the sender"),),
-            ("agreement.none_for_purpose",),
-        )
-    terms = [a.terms(route.purpose) for a in covering]
-    if isinstance(message, EncompassNotification):
-        if not any(t is not None and t.notification_basis for t in terms):
-            raise PolicyRefusal(
-                "no sharing agreement in force names the statutory basis for Operation "
-                "Encompass notifications",
-                (FieldProblem("header.purpose", "no statutory basis for notifications"),),
-                ("lawful_basis.not_accepted",),
-            )
-        return
-    consent = message.consent
-    assert consent is not None  # checked above
-    if not any(t is not None and _basis(t, consent) is not None for t in terms):
-        raise PolicyRefusal(
-            f"no sharing agreement for {purpose} accepts the lawful basis the referral names "
-            f"({_consent_codes(consent) or 'none'})",
-            (FieldProblem("consent", f"not a lawful basis any {purpose} agreement accepts"),),
-            ("lawful_basis.not_accepted",),
-        )
-
-
-def missing_override_items(override: ConsentOverride | None) -> list[str]:
-    """The items a complete override record lacks (all of them when there is none).
-
-    A decoded referral cannot lack them (``ConsentOverride`` requires each); this guards the
-    engine against a record built another way, and names what is missing either way.
-    """
-    if override is None:
-        return list(OVERRIDE_ITEMS)
-    missing = [
-        item
-        for item in OVERRIDE_ITEMS
-        if getattr(override, item, None) is None
-        or (isinstance(getattr(override, item), str) and not getattr(override, item).strip())
-    ]
-    if getattr(override, "subject_told", None) is False and not getattr(
-        override, "subject_not_told_reason", None
-    ):
-        missing.append("subject_not_told_reason")
-    return missing
-
-
-def _consent_codes(consent: Consent) -> str:
-    codes = (
-        consent.art6_basis,
-        consent.art9_condition,
-        consent.art10_condition,
-        consent.dpa_condition,
-        consent.statutory_gateway,
-    )
-    return "+".join(c.value for c in codes if c is not None)
-
-
-def _relies_on(basis: LawfulBasis, consent: Consent) -> bool:
-    """The referral names every code the agreement's basis names."""
-    pairs = (
-        (basis.art6, consent.art6_basis),
-        (basis.art9, consent.art9_condition),
-        (basis.art10, consent.art10_condition),
-        (basis.dpa, consent.dpa_condition),
-        (basis.gateway, consent.statutory_gateway),
-    )
-    return all(want is None or want == have for want, have in pairs)
-
-
-def _candidates(terms: PurposeTerms, role: AgencyRole | None) -> tuple[LawfulBasis, ...]:
-    """The bases a referral may rely on: Encompass has one per recipient role (any, if None)."""
-    if terms.purpose is not Purpose.ENCOMPASS:
-        return terms.lawful_bases
-    if role is None:
-        return tuple(terms.notification_basis.values())
-    basis = terms.notification_basis.get(role)
-    return () if basis is None else (basis,)
-
-
-def _basis(
-    terms: PurposeTerms, consent: Consent, role: AgencyRole | None = None
-) -> LawfulBasis | None:
-    """Of the terms' bases the referral relies on, the one carrying the most data-class
-    conditions, then the most specific (first on a tie)."""
-    fits = [b for b in _candidates(terms, role) if _relies_on(b, consent)]
-    return max(
-        fits, key=lambda b: (sum(b.carries(c) for c in DataClass), len(b.codes)), default=None
-    )
 
 
 def _health_care(purpose: Purpose, basis: LawfulBasis) -> bool:
@@ -437,7 +234,7 @@ class _Case:
     def decide(self, recipient: str) -> Decision:
         agency = self.federation.get(recipient)
         assert agency is not None  # membership was checked
-        parties = [a for a in self.covering if _is_party(a, recipient, self.federation)]
+        parties = [a for a in self.covering if is_party(a, recipient, self.federation)]
         if not parties:
             return Decision(
                 recipient,
@@ -533,7 +330,7 @@ class _Case:
     ) -> tuple[LawfulBasis, ConsentBasis]:
         consent = referral.consent
         assert consent is not None  # checked for the referral as a whole
-        basis = _basis(terms, consent, role)
+        basis = basis_for(terms, consent, role)
         if basis is None:
             rules.append(f"agreement.{agreement.id}.lawful_basis.not_accepted")
             raise _Refused("lawful_basis.not_accepted")

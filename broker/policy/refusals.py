@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from broker.policy.decide import OVERRIDE_ITEMS
+from broker.policy.admission import OVERRIDE_ITEMS
 from broker.policy.rules import RuleText, explain_all
 from schemas.errors import FieldProblem, InputError
 

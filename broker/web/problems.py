@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.policy.decide import PolicyRefusal
+from broker.policy.admission import PolicyRefusal
 from broker.policy.refusals import refusal
 from keys.errors import Reason
 from keys.errors import VerificationError as KeyVerificationError

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from broker.policy.admission import OVERRIDE_ITEMS, PolicyRefusal
 from broker.policy.agreements import Agreement
-from broker.policy.decide import OVERRIDE_ITEMS, PolicyRefusal
 from schemas.consent import Consent, ConsentOverride, ConsentState, OverrideReason
 from schemas.errors import InputError, SchemaError
 from schemas.submission import decode_submission

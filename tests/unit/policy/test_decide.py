@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from broker.policy.decide import PolicyRefusal, decide
+from broker.policy.admission import PolicyRefusal
+from broker.policy.decide import decide
 from schemas.errors import SchemaError, UnknownAgency
 from tests.samples import personal_values
 from tests.unit.policy.cases import (

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from broker.policy.admission import PolicyRefusal
 from broker.policy.agreements import Agreement
-from broker.policy.decide import Decision, PolicyRefusal, decide
+from broker.policy.decide import Decision, decide
 from broker.policy.redaction import redact
 from schemas.classes import DataClass
 from schemas.consent import ConsentState, OverrideReason

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from broker.policy.decide import OVERRIDE_ITEMS
+from broker.policy.admission import OVERRIDE_ITEMS
 from broker.policy.refusals import refusal
 from broker.web.problems import problem_for
 from schemas.errors import FieldProblem, SchemaError, UnknownAgency

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from broker.policy.admission import ENCOMPASS_RECIPIENT_ROLES
 from broker.policy.agreements import GROUP_MODELS, PurposeTerms
-from broker.policy.decide import ENCOMPASS_RECIPIENT_ROLES, Decision
+from broker.policy.decide import Decision
 from broker.policy.legal import LEGAL_CODES
 from broker.policy.rules import RULES, explain, explain_all
 from broker.policy.subsets import explain_share
