@@ -31,9 +31,9 @@ from types import MappingProxyType
 from typing import Final
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from schemas.consent import Consent, ConsentState, OverrideReason
+from schemas.consent import ConsentState, OverrideReason
 from schemas.dash import known_question_sets, question_set
 from schemas.decode import field_problems
 from schemas.disclosure import (
@@ -48,26 +48,12 @@ from schemas.encompass import CHILD_AGE_UNDER
 from schemas.errors import FieldProblem, SchemaError
 from schemas.federation import AgencyRole
 from schemas.fields import AgencyId, Frozen, LongText, ShortText, inconsistent
-from schemas.referral import (
-    AgenciesActions,
-    Child,
-    FieldGroup,
-    Header,
-    Incident,
-    Perpetrator,
-    Purpose,
-    Risk,
-    SafeContact,
-    SpecialCategory,
-    Victim,
-    Wishes,
-)
+from schemas.referral import GROUP_MODELS, FieldGroup, Purpose
 
 __all__ = [
     "AGREEMENTS_DIR",
     "ENCOMPASS_CONTENT",
     "FULL",
-    "GROUP_MODELS",
     "Agreement",
     "ConsentTerms",
     "Party",
@@ -82,23 +68,6 @@ __all__ = [
 AGREEMENTS_DIR: Final = "agreements"
 #: The access level that grants a whole group.
 FULL: Final = "full"
-
-#: Group -> the model whose fields a subset of that group picks from (G4: each child).
-GROUP_MODELS: Final[Mapping[FieldGroup, type[BaseModel]]] = MappingProxyType(
-    {
-        FieldGroup.G0: Header,
-        FieldGroup.G1: Victim,
-        FieldGroup.G2: SafeContact,
-        FieldGroup.G3: Perpetrator,
-        FieldGroup.G4: Child,
-        FieldGroup.G5: Incident,
-        FieldGroup.G6: Risk,
-        FieldGroup.G7: SpecialCategory,
-        FieldGroup.G8: Consent,
-        FieldGroup.G9: AgenciesActions,
-        FieldGroup.G10: Wishes,
-    }
-)
 
 _SCOPE_GROUP: Final = {
     ShareScope.OWN_PUPIL: FieldGroup.G4,

@@ -308,16 +308,10 @@ class _Case:
         does not cover) the safeguarding basis, Art 6(1)(e) and 9(2)(g) with DPA 2018 Sch 1
         para 18 and the Children Act 2004 s11 duty.
         """
-        basis = terms.notification_basis.get(role)
-        if basis is None:
-            rules.append(f"agreement.{agreement.id}.lawful_basis.not_accepted")
-            raise _Refused("lawful_basis.not_accepted")
-        rules.append(f"lawful_basis.statutory.{basis.label}")
         state = ConsentState.NOT_REQUIRED_STATUTORY
-        if state not in terms.consent.states:
-            rules.append(f"consent.{state.value}.not_accepted")
-            raise _Refused("consent.state_not_accepted")
-        rules.append(f"consent.{state.value}")
+        basis = _accepted(
+            agreement, terms, terms.notification_basis.get(role), state, rules, "statutory."
+        )
         return basis, ConsentBasis(state=state)
 
     def _consented(
@@ -330,16 +324,8 @@ class _Case:
     ) -> tuple[LawfulBasis, ConsentBasis]:
         consent = referral.consent
         assert consent is not None  # checked for the referral as a whole
-        basis = basis_for(terms, consent, role)
-        if basis is None:
-            rules.append(f"agreement.{agreement.id}.lawful_basis.not_accepted")
-            raise _Refused("lawful_basis.not_accepted")
-        rules.append(f"lawful_basis.{basis.label}")
         state = consent.state
-        if state not in terms.consent.states:
-            rules.append(f"consent.{state.value}.not_accepted")
-            raise _Refused("consent.state_not_accepted")
-        rules.append(f"consent.{state.value}")
+        basis = _accepted(agreement, terms, basis_for(terms, consent, role), state, rules)
         override = consent.override
         reason: OverrideReason | None = None
         if state is ConsentState.OBTAINED:
@@ -456,6 +442,29 @@ class _Case:
                 continue
             out.append(share)
         return tuple(out), tuple(withheld)
+
+
+def _accepted(
+    agreement: Agreement,
+    terms: PurposeTerms,
+    basis: LawfulBasis | None,
+    state: ConsentState,
+    rules: list[str],
+    kind: str = "",
+) -> LawfulBasis:
+    """The basis relied on, if the agreement has one for this case and accepts the consent state.
+
+    ``kind`` is ``"statutory."`` for a notification's statutory basis; the rules name it so.
+    """
+    if basis is None:
+        rules.append(f"agreement.{agreement.id}.lawful_basis.not_accepted")
+        raise _Refused("lawful_basis.not_accepted")
+    rules.append(f"lawful_basis.{kind}{basis.label}")
+    if state not in terms.consent.states:
+        rules.append(f"consent.{state.value}.not_accepted")
+        raise _Refused("consent.state_not_accepted")
+    rules.append(f"consent.{state.value}")
+    return basis
 
 
 def _entries(referral: Referral, share: GroupShare, recipient: str, under: int) -> bool:

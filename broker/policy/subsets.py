@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from broker.policy.agreements import GROUP_MODELS, Agreement
+from broker.policy.agreements import Agreement
 from broker.policy.legal import GROUP_NAMES, SCOPE_WORDS
 from schemas.disclosure import GroupShare
+from schemas.referral import GROUP_MODELS
 
 __all__ = ["ShareText", "explain_share"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from broker.policy.admission import ENCOMPASS_RECIPIENT_ROLES
-from broker.policy.agreements import GROUP_MODELS, PurposeTerms
+from broker.policy.agreements import PurposeTerms
 from broker.policy.decide import Decision
 from broker.policy.legal import LEGAL_CODES
 from broker.policy.rules import RULES, explain, explain_all
@@ -18,7 +18,7 @@ from schemas.consent import ConsentState, OverrideReason
 from schemas.disclosure import GroupShare, LawfulBasis
 from schemas.encompass import EncompassNotification
 from schemas.marac import MaracCriterion
-from schemas.referral import FieldGroup, Referral
+from schemas.referral import GROUP_MODELS, FieldGroup, Referral
 from schemas.submission import decode_submission
 from tests.samples import SAMPLES, personal_values
 from tests.unit.policy.cases import (
