@@ -3,6 +3,7 @@ certificate rule, and a subject search in the IG view."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,8 +87,9 @@ async def test_ig_view_refuses_a_non_auditor_certificate(stack: Stack, browser: 
 async def test_ig_view_finds_a_subjects_disclosures_and_verifies_the_log(
     stack: Stack, browser: Any, federation: Federation, artifacts: Path
 ) -> None:
-    """With the auditor's certificate, a search by NHS number lists that person's
-    disclosures, the latest checkpoint is shown and a verification run reports OK."""
+    """With the auditor's certificate, the consent overrides are listed with who made them, a
+    search by NHS number lists that person's disclosures, the latest checkpoint is shown and a
+    verification run reports OK."""
     await submit_police_export(stack, federation)
     await stack.wait_audited(1)
     ctx = await stack.context(browser, "cairn-auditor", stack.auditor_url)
@@ -96,6 +98,18 @@ async def test_ig_view_finds_a_subjects_disclosures_and_verifies_the_log(
     assert response is not None
     assert response.status == 200
     await page.wait_for_selector("body[data-loaded=true]", timeout=15_000)
+
+    # Who overrode consent: the export's override record names a collar number and a role.
+    overrides = page.locator("#overrides tbody")
+    for _ in range(30):  # the auditor may still be catching up; the page loads them once
+        if "KP-1102" in await overrides.inner_text():
+            break
+        await asyncio.sleep(0.5)
+        await page.reload()
+        await page.wait_for_selector("body[data-loaded=true]", timeout=15_000)
+    listed = await overrides.inner_text()
+    assert "KP-1102" in listed
+    assert "detective_sergeant" in listed
 
     await page.fill("#nhs_number", "9990000018")
     await page.click("#subject-form button[type=submit]")
