@@ -36,6 +36,7 @@ from broker.audit.report import disclosure_report, report_csv, report_json
 from broker.audit.store import AuditLog
 from broker.audit.verify import verify
 from broker.cli.common import clean_errors as _clean_errors
+from broker.cli.common import folder_option
 from broker.cli.common import settings_or_exit as _settings
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.consent import OverrideReason
@@ -209,13 +210,7 @@ _WHEN = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
 
 
 @click.group("audit")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The audit log folder [default: <state_dir>/audit].",
-)
+@folder_option(None, "The audit log folder [default: <state_dir>/audit].")
 @click.option(
     "--origin",
     default=DEFAULT_ORIGIN,

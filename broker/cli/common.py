@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
 import click
@@ -22,6 +23,7 @@ __all__ = [
     "broker_url_option",
     "clean_errors",
     "describe",
+    "folder_option",
     "settings_or_exit",
 ]
 
@@ -84,3 +86,17 @@ def describe(delivery: Any) -> str:
     if r.incident is not None:
         parts.append(f"incident {r.incident.occurred_at:%Y-%m-%d %H:%M}")
     return f"{head}: {'; '.join(parts)} [{d.agreement}; {groups}]"
+
+
+def folder_option(
+    default: Path | None, help: str, *, show_default: bool = False
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """``--dir``: a folder (not a file), handed to the command as ``directory``."""
+    return click.option(
+        "--dir",
+        "directory",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=show_default,
+        help=help,
+    )

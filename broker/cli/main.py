@@ -358,9 +358,9 @@ def _attach() -> None:
     from adapters.police.cli import police
     from broker.audit.cli import audit
     from broker.cli.policy import policy
+    from broker.cli.schemas import schemas
     from broker.cli.status import status
     from keys.cli import keys
-    from schemas.cli import schemas
 
     for group in (audit, keys, nhs, police, policy, schemas, status):
         cli.add_command(group)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
-from schemas.cli import schemas
+from broker.cli.schemas import schemas
 from schemas.export import JSON_DIR, MESSAGES, drifted, json_schemas, write_json_schemas
 
 SAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "federation" / "samples"

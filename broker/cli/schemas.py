@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from broker.cli.common import folder_option
 from schemas.export import JSON_DIR, drifted, write_json_schemas
 
 __all__ = ["schemas"]
@@ -17,14 +18,7 @@ def schemas() -> None:
 
 
 @schemas.command("export")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=JSON_DIR,
-    show_default=True,
-    help="Where to write <message>.schema.json.",
-)
+@folder_option(JSON_DIR, "Where to write <message>.schema.json.", show_default=True)
 @click.option("--check", is_flag=True, help="Write nothing; fail if any file is out of date.")
 def export(directory: Path, check: bool) -> None:
     """Write the JSON Schema of every message, or with --check report the stale files."""
