@@ -23,6 +23,7 @@ dash_question_classes`` are the per-group and per-question views the policy uses
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
@@ -75,6 +76,7 @@ def classified(data_class: DataClass) -> JsonDict:
     return {DATA_CLASS_KEY: data_class.value}
 
 
+@functools.cache  # models are classes fixed at import: their marks never change
 def model_classes(model: type[BaseModel]) -> Mapping[str, DataClass]:
     """Field name -> its class, for the classified fields of ``model`` only, in field order."""
     out: dict[str, DataClass] = {}
