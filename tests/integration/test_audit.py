@@ -78,14 +78,18 @@ async def committed_audit(settings: Settings, timeout_s: float = 30.0) -> list[t
         tp = TopicPartition(audit_topic(settings), 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
         records: list[tuple[int, bytes]] = []
         deadline = time.monotonic() + timeout_s
-        while await consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {tp.topic} to its end in {timeout_s}s")
-            batches = await consumer.getmany(tp, timeout_ms=200)
-            records += [(m.offset, m.value) for m in batches.get(tp, [])]
+        end = -1
+        # Right after a leader change (seen as NotLeaderForPartitionError on a fresh topic) the
+        # stable end reported can lag: read to it, ask again, and stop only when it holds still.
+        while (latest := (await consumer.end_offsets([tp]))[tp]) > end:
+            end = latest
+            while await consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read {tp.topic} to its end in {timeout_s}s")
+                batches = await consumer.getmany(tp, timeout_ms=200)
+                records += [(m.offset, m.value) for m in batches.get(tp, [])]
         return records
     finally:
         await asyncio.wait_for(consumer.stop(), 10)
