@@ -18,7 +18,7 @@ from broker.policy.agreements import AGREEMENTS_DIR, Agreement, load_agreements
 from broker.policy.calendar import CALENDAR_FILE, SchoolCalendar, load_calendar
 from broker.policy.decide import Decision, decide
 from broker.policy.redaction import redact
-from schemas.disclosure import DisclosedReferral
+from schemas.disclosure import DisclosedReferral, Disclosure
 from schemas.encompass import EncompassNotification
 from schemas.federation import Federation
 from schemas.referral import Referral
@@ -204,6 +204,26 @@ def disclosed(message: Referral, decision: Decision) -> DisclosedReferral:
     out = redact(message, decision)
     assert isinstance(out, DisclosedReferral)
     return out
+
+
+def disclosure(message: Referral, decision: Decision) -> Disclosure:
+    """The disclosure the broker would seal for ``decision``'s recipient (before sealing)."""
+    assert decision.agreement is not None
+    assert decision.lawful_basis is not None
+    assert decision.consent_basis is not None
+    assert decision.retention is not None
+    return Disclosure(
+        referral_id=message.header.referral_id,
+        sender_agency=message.header.sender_agency,
+        recipient_agency=decision.recipient,
+        purpose=message.header.purpose,
+        agreement=decision.agreement,
+        lawful_basis=decision.lawful_basis,
+        consent_basis=decision.consent_basis,
+        groups=decision.groups,
+        retention=decision.retention,
+        referral=disclosed(message, decision),
+    )
 
 
 def strings(node: Any) -> list[str]:

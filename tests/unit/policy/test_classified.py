@@ -24,6 +24,7 @@ from tests.unit.policy.cases import (
     FEDERATION,
     agreement,
     disclosed,
+    disclosure,
     edited,
     full_referral_data,
     one,
@@ -236,22 +237,8 @@ def test_the_decision_record_lists_what_was_withheld() -> None:
 def test_the_disclosure_describes_what_was_sent() -> None:
     """The disclosure's shares name the withheld fields, and it validates with them absent."""
     source, decision = housing(ART6_ONLY)
-    assert decision.lawful_basis is not None
-    assert decision.consent_basis is not None
-    assert decision.retention is not None
-    assert decision.agreement is not None
-    made = Disclosure(
-        referral_id=source.header.referral_id,
-        sender_agency="kelder-police",
-        recipient_agency="kelder-housing",
-        purpose=source.header.purpose,
-        agreement=decision.agreement,
-        lawful_basis=decision.lawful_basis,
-        consent_basis=decision.consent_basis,
-        groups=decision.groups,
-        retention=decision.retention,
-        referral=disclosed(source, decision),
-    )
+    assert decision.recipient == "kelder-housing"
+    made = disclosure(source, decision)
     again = Disclosure.model_validate_json(made.model_dump_json())
     assert [s.withheld for s in again.groups if s.withheld] == [
         ("pregnancy",),

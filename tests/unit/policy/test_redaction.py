@@ -28,6 +28,7 @@ from schemas.referral import (
 from tests.unit.policy.cases import (
     UNSAFE_LANDLINE,
     disclosed,
+    disclosure,
     full_referral_data,
     one,
     referral,
@@ -195,23 +196,9 @@ def test_nhs_trust_files_only_what_it_received() -> None:
     """The trust's redacted disclosure maps to a valid bundle without withheld data."""
     source = referral("HEALTH_SAFEGUARDING", ["kelder-nhs"])
     decision = one(source)
-    assert decision.agreement is not None
-    assert decision.lawful_basis is not None
-    assert decision.consent_basis is not None
-    assert decision.retention is not None
-    disclosure = d.Disclosure(
-        referral_id=source.header.referral_id,
-        sender_agency="kelder-police",
-        recipient_agency="kelder-nhs",
-        purpose=source.header.purpose,
-        agreement=decision.agreement,
-        lawful_basis=decision.lawful_basis,
-        consent_basis=decision.consent_basis,
-        groups=decision.groups,
-        retention=decision.retention,
-        referral=disclosed(source, decision),
-    )
-    bundle = disclosure_to_bundle(disclosure)
+    assert decision.recipient == "kelder-nhs"
+    made = disclosure(source, decision)
+    bundle = disclosure_to_bundle(made)
     Bundle.model_validate(bundle)
     text = json.dumps(bundle)
     everything = text + " ".join(attachments(bundle))
