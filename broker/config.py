@@ -57,9 +57,19 @@ class Settings(BaseSettings):
         default="cairn-broker-1",
         description="Stable per broker instance: a restarted instance fences its predecessor",
     )
+    ledger_partitions: int = Field(
+        default=6,
+        ge=1,
+        le=256,
+        description="Shards of the publication ledger topic <prefix>.ledger; fixed once the "
+        "topic exists, the same on every broker",
+    )
     kafka_connect_timeout_s: float = Field(default=10.0, gt=0)  # seconds
     publish_timeout_s: float = Field(default=15.0, gt=0)  # seconds: all acks or a 503
     readiness_timeout_s: float = Field(default=2.0, gt=0)  # seconds per /readyz probe
+    readiness_probe_every_s: float = Field(
+        default=5.0, gt=0, description="After a failed publish, seconds between probe transactions"
+    )  # seconds
 
     # HTTP
     http_host: str = "127.0.0.1"

@@ -16,6 +16,7 @@ import structlog
 
 from broker.config import Settings
 from broker.envelope import seal
+from broker.kafka.ledger import AlreadyPublished, Claim, LedgerEntry
 from broker.kafka.transport import Transport
 from broker.ops.metrics import Metrics, code
 from broker.policy.agreements import Agreement
@@ -28,13 +29,14 @@ from broker.replay import Delivery, ReplayStore
 from broker.trust import TrustStore
 from keys import Registry, verify_referral
 from keys import VerificationError as KeyVerificationError
+from keys.jose import HeaderBounds
 from schemas.audit import submission_events
 from schemas.encompass import EncompassNotification
 from schemas.errors import ReplayError, SenderMismatch, SigningUnavailable, UnknownSender
 from schemas.federation import Federation
 from schemas.receipt import Receipt, RecipientReceipt, RecipientStatus
 from schemas.referral import Referral
-from schemas.submission import decode_submission
+from schemas.submission import check_not_future, decode_submission
 
 __all__ = ["Outcome", "Pipeline"]
 
@@ -75,11 +77,17 @@ class Pipeline:
                 max_bytes=self.settings.max_body_bytes,
                 max_age=timedelta(seconds=self.settings.max_signature_age_s),
                 clock_skew=timedelta(seconds=self.settings.max_clock_skew_s),
+                bounds=HeaderBounds(
+                    max_bytes=self.settings.max_jose_header_bytes,
+                    max_depth=self.settings.max_json_depth,
+                    max_integer=self.settings.max_json_integer,
+                ),
             )
-        # 2 validate: a well-formed referral (or Encompass notice) whose sender is the
-        #   authenticated one.
+        # 2 validate: a well-formed referral (or Encompass notice), dated no later than our
+        #   clock allows, whose sender is the authenticated one.
         with self.metrics.stage("validate"):
-            message = decode_submission(payload)
+            message = decode_submission(payload, max_depth=self.settings.max_json_depth)
+            check_not_future(message, now + timedelta(seconds=self.settings.max_clock_skew_s))
             route = routing(message)
         referral_id = str(route.message_id)
         structlog.contextvars.bind_contextvars(referral_id=referral_id)
@@ -89,24 +97,35 @@ class Pipeline:
                 f"signed by '{sender}'"
             )
         # 3 replay: the id is single-use; an identical resubmission gets its first receipt.
+        #   The local store answers the common retry fast; the ledger in Kafka is what every
+        #   broker consults, in the transaction that would publish (broker.kafka.ledger).
         digest = hashlib.sha256(payload).hexdigest()
         async with self.replay.lock(referral_id):
             try:
                 seen = self.replay.lookup(referral_id)
                 if seen is not None:
-                    if seen.digest != digest:
-                        raise ReplayError(
-                            f"referral id {referral_id} was already used for a different "
-                            "referral; give a new referral a new id"
-                        )
-                    log.info("referral.replayed")
-                    self.metrics.replayed.inc()
-                    return Outcome(Receipt.model_validate_json(seen.receipt), replayed=True)
-                receipt = await self._deliver(message, route, registry, request_id, now)
+                    return self._replayed(referral_id, digest, seen.digest, seen.receipt)
+                try:
+                    receipt = await self._deliver(message, route, registry, request_id, now, digest)
+                except AlreadyPublished as exc:
+                    # Published before, by us before a crash or by another broker.
+                    entry = LedgerEntry.decode(exc.value)
+                    self.replay.remember(referral_id, entry.digest, entry.receipt, now)
+                    return self._replayed(referral_id, digest, entry.digest, entry.receipt)
                 self.replay.remember(referral_id, digest, receipt.model_dump_json(), now)
                 return Outcome(receipt, replayed=False)
             finally:
                 self.replay.release(referral_id)
+
+    def _replayed(self, referral_id: str, digest: str, first: str, receipt: str) -> Outcome:
+        if first != digest:
+            raise ReplayError(
+                f"referral id {referral_id} was already used for a different "
+                "referral; give a new referral a new id"
+            )
+        log.info("referral.replayed")
+        self.metrics.replayed.inc()
+        return Outcome(Receipt.model_validate_json(receipt), replayed=True)
 
     async def _deliver(
         self,
@@ -115,6 +134,7 @@ class Pipeline:
         registry: Registry,
         request_id: str,
         now: datetime,
+        digest: str,
     ) -> Receipt:
         # 4 decide
         with self.metrics.stage("decide"):
@@ -163,18 +183,7 @@ class Pipeline:
             request_id=request_id,
         )
         records += [audit_record(self.settings.topic_prefix, e) for e in events]
-        # 7 publish: every record committed in one transaction, or TransportError.
-        with self.metrics.stage("publish"):
-            await self.transport.publish(records)
-        self._committed(message, route, decisions, now)
-        log.info(
-            "referral.accepted",
-            sender=route.sender,
-            purpose=route.purpose.value,
-            recipients=[d.recipient for d in allowed],
-            refused=[d.recipient for d in decisions if not d.allowed],
-        )
-        return Receipt(
+        receipt = Receipt(
             referral_id=route.message_id,
             accepted_at=now,
             recipients=tuple(
@@ -186,6 +195,21 @@ class Pipeline:
                 for d in decisions
             ),
         )
+        # 7 publish: every record and the ledger's "published" in one transaction, unless the
+        #   ledger already has this id (AlreadyPublished); else TransportError.
+        kept = LedgerEntry(digest, receipt.model_dump_json()).encode()
+        claim = Claim(str(route.message_id), kept)
+        with self.metrics.stage("publish"):
+            await self.transport.publish(records, claim=claim)
+        self._committed(message, route, decisions, now)
+        log.info(
+            "referral.accepted",
+            sender=route.sender,
+            purpose=route.purpose.value,
+            recipients=[d.recipient for d in allowed],
+            refused=[d.recipient for d in decisions if not d.allowed],
+        )
+        return receipt
 
     def _committed(
         self,

@@ -63,7 +63,9 @@ def run_demo(
     _ensure_keys(settings, federation)
 
     _step(f"creating topics on {settings.kafka_bootstrap_servers}")
-    specs = federation_topics(federation, settings.topic_prefix)
+    specs = federation_topics(
+        federation, settings.topic_prefix, ledger_partitions=settings.ledger_partitions
+    )
     result = asyncio.run(create_topics(settings, specs))
     click.echo(
         f"    {sum(v == 'created' for v in result.values())} created, "

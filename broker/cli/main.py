@@ -181,7 +181,9 @@ def topics_create() -> None:
 
     settings = _settings()
     federation = _federation(settings)
-    specs = federation_topics(federation, settings.topic_prefix)
+    specs = federation_topics(
+        federation, settings.topic_prefix, ledger_partitions=settings.ledger_partitions
+    )
     result = _run(create_topics(settings, specs))
     for spec in specs:
         click.echo(f"{result[spec.name]:8}  {spec.name}  ({spec.partitions} partitions)")

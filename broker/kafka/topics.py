@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.federation import Federation
 
@@ -14,6 +14,7 @@ class TopicSpec:
     name: str
     partitions: int
     purpose: str
+    config: dict[str, str] = field(default_factory=dict)  # topic-level Kafka settings
 
 
 def delivery_topic(prefix: str, agency_id: str) -> str:
@@ -21,7 +22,9 @@ def delivery_topic(prefix: str, agency_id: str) -> str:
     return f"{prefix}.deliver.{agency_id}"
 
 
-def federation_topics(federation: Federation, prefix: str) -> tuple[TopicSpec, ...]:
+def federation_topics(
+    federation: Federation, prefix: str, *, ledger_partitions: int = 6
+) -> tuple[TopicSpec, ...]:
     """Every topic the federation needs, in a stable order."""
     specs = [
         TopicSpec(delivery_topic(prefix, a.id), 3, f"disclosures for {a.id}")
@@ -33,5 +36,12 @@ def federation_topics(federation: Federation, prefix: str) -> tuple[TopicSpec, .
         TopicSpec(f"{prefix}.receipts", 3, "recipient acknowledgements"),
         TopicSpec(f"{prefix}.checkpoints", 1, "signed audit checkpoints"),
         TopicSpec(f"{prefix}.dlq", 1, "messages a consumer could not handle"),
+        # Compacted: the newest record per referral id is kept for good (broker.kafka.ledger).
+        TopicSpec(
+            f"{prefix}.ledger",
+            ledger_partitions,
+            "referral ids published, with digest and receipt",
+            {"cleanup.policy": "compact"},
+        ),
     ]
     return tuple(specs)

@@ -13,17 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from broker.config import Settings
+from broker.kafka.ledger import (
+    ERA_KEY,
+    KIND_HEADER,
+    AlreadyPublished,
+    Claim,
+    ShardView,
+    era_value,
+    ledger_topic,
+    shard_of,
+    shard_tid,
+)
 from broker.kafka.topics import TopicSpec
 from schemas.errors import TransportError
 
@@ -48,6 +60,7 @@ class Record:
     key: bytes
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int | None = None  # None: Kafka's partitioner picks by key
 
 
 @dataclass(frozen=True)
@@ -66,14 +79,26 @@ class Transport(Protocol):
     async def stop(self) -> None:
         """Flush what was accepted and release connections."""
 
-    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
+    async def publish(
+        self,
+        records: Sequence[Record],
+        consumed: Consumed | None = None,
+        *,
+        claim: Claim | None = None,
+    ) -> None:
         """Make every record visible to read-committed consumers, or none; else TransportError.
 
-        With ``consumed``, the group's offsets are committed in the same transaction.
+        With ``consumed``, the group's offsets are committed in the same transaction. With
+        ``claim``, the records disclose that referral: they are published only if no broker
+        ever published it (else ``AlreadyPublished``, nothing sent), and the ledger records
+        that it is published in the same transaction (``broker.kafka.ledger``).
         """
 
     async def ready(self) -> bool:
         """True while a publish could succeed now."""
+
+    async def health(self) -> str:
+        """``ok``, ``unreachable`` or ``failing`` (Kafka answers but publishing fails)."""
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
@@ -93,62 +118,344 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+@dataclass
+class _Slot:
+    """One transactional producer: the id it uses (per era), its lock, and for a ledger shard
+    what it has read of the shard."""
+
+    tid: Callable[[int], str]
+    shard: int | None = None  # None: the general producer (receipts, sweeps, probes)
+    era: int = 0
+    producer: AIOKafkaProducer | None = None
+    # One transaction at a time per transactional id; the lock also guards (re)connection.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    view: ShardView = field(default_factory=ShardView)
+    stale: bool = True  # the view must be brought to the shard's end before it is trusted
+    era_due: bool = False  # moved to a fresh era: record it in the shard's next transaction
+    connecting: asyncio.Task[AIOKafkaProducer] | None = None  # a connection in the background
+
+
 class KafkaTransport:
-    """Transactional publishing to a real Kafka cluster, reconnecting after failures."""
+    """Transactional publishing to a real Kafka cluster, reconnecting after failures.
+
+    Publishes that claim a referral (``claim=``) go through the shard's producer and the
+    ledger (``broker.kafka.ledger``); the rest through one general producer whose
+    transactional id is the ``transactional_id`` setting. Either moves to a fresh
+    transactional id (era) when Kafka cannot initialise its current one.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._producer: AIOKafkaProducer | None = None
-        # One transaction at a time per transactional id; the lock also guards (re)connection.
-        self._lock = asyncio.Lock()
+        base = settings.transactional_id
+        self._general = _Slot(tid=lambda era: base if era == 0 else f"{base}.e{era}")
+        self._probe_slot = _Slot(tid=lambda era: f"{base}.probe.e{era}")
+        self._probing: asyncio.Task[None] | None = None
+        self._probe_after = 0.0  # loop time before which no new probe starts
+        self._shards: dict[int, _Slot] = {}
+        self._reader: AIOKafkaConsumer | None = None
+        self._reader_lock = asyncio.Lock()
+        self._ledger_checked = False
+        # After a failed publish: the topics it wrote, until a publish or probe succeeds.
+        self._failing: frozenset[str] | None = None
 
     async def start(self) -> None:
-        async with self._lock:
+        async with self._general.lock:
             with contextlib.suppress(TransportError):
-                await self._connect()
+                await self._connect(self._general)
 
     async def stop(self) -> None:
-        async with self._lock:
-            await self._discard()
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(BaseException):
+                await self._probing
+        for slot in (self._general, self._probe_slot, *self._shards.values()):
+            if slot.connecting is not None and not slot.connecting.done():
+                slot.connecting.cancel()
+                with contextlib.suppress(BaseException):
+                    await slot.connecting
+            async with slot.lock:
+                await self._discard(slot)
+        async with self._reader_lock:
+            await self._close_reader()
 
-    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
+    async def publish(
+        self,
+        records: Sequence[Record],
+        consumed: Consumed | None = None,
+        *,
+        claim: Claim | None = None,
+    ) -> None:
         if not records and consumed is None:
             raise RuntimeError("publish() needs at least one record")
-        async with self._lock:
-            producer = await self._connect()
-            await self._check_topics(producer, {r.topic for r in records})
-            try:
-                await asyncio.wait_for(
-                    self._transaction(producer, records, consumed),
-                    self._settings.publish_timeout_s,
+        topics = {r.topic for r in records}
+        if claim is None:
+            async with self._general.lock:
+                producer = await self._connect(self._general)
+                await self._check_topics(producer, topics)
+                await self._run(self._general, producer, records, consumed, topics)
+            return
+        await self._check_ledger()
+        shard = shard_of(claim.referral_id, self._settings.ledger_partitions)
+        slot = self._shard(shard)
+        async with slot.lock:
+            producer = await self._claimed(slot)
+            if claim.referral_id in slot.view.entries:
+                raise AlreadyPublished(claim.referral_id, slot.view.entries[claim.referral_id])
+            ledger = ledger_topic(self._settings.topic_prefix)
+            extra = [
+                Record(
+                    topic=ledger,
+                    key=claim.referral_id.encode(),
+                    value=claim.value,
+                    headers=((KIND_HEADER, b"published"),),
+                    partition=shard,
                 )
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("kafka.publish_failed", error=type(exc).__name__, records=len(records))
-                # Abort while Kafka still answers, so that read_committed consumers are not held
-                # at this open transaction until a new producer fences it (bounded: with Kafka
-                # gone the abort cannot complete, and the producer is killed below anyway).
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(producer.abort_transaction(), 5)
-                # A producer that failed mid-transaction cannot be trusted to be in a known
-                # state, and left alone it would retry its commit once Kafka is back, making
-                # a submission we answered 503 visible. Kill it without flushing; the next
-                # producer re-initialises the transactional id, which fences this one and has
-                # the coordinator abort whatever it left open.
-                await self._discard(flush=False)
-                raise TransportError(
-                    "Kafka did not acknowledge the submission, so nothing was sent; "
-                    "retry the same submission later"
-                ) from exc
+            ]
+            if slot.era_due:
+                extra.append(
+                    Record(
+                        topic=ledger,
+                        key=ERA_KEY,
+                        value=era_value(slot.era),
+                        headers=((KIND_HEADER, b"era"),),
+                        partition=shard,
+                    )
+                )
+            await self._check_topics(producer, topics | {ledger})
+            await self._run(slot, producer, [*records, *extra], consumed, topics | {ledger})
+            slot.view.entries[claim.referral_id] = claim.value
+            slot.era_due = False
 
     async def ready(self) -> bool:
+        return await self.health() == "ok"
+
+    async def health(self) -> str:
+        """``ok``, ``unreachable`` (Kafka does not answer) or ``failing`` (Kafka answers, but
+        the last publish failed and no probe transaction has succeeded since).
+
+        While failing, a probe runs in the background at most every
+        ``readiness_probe_every_s``: a transaction over the topics that failed, acknowledged by
+        Kafka and then aborted, so no consumer ever sees it. Its success makes this ``ok``.
+        """
+        if self._failing is not None:
+            self._maybe_probe()
+            return "failing" if await self._answers() else "unreachable"
+        return "ok" if await self._answers() else "unreachable"
+
+    async def _answers(self) -> bool:
         try:
-            async with asyncio.timeout(self._settings.readiness_timeout_s):
-                async with self._lock:
-                    producer = await self._connect()
-                await producer.client.fetch_all_metadata()
+            producer = await self._shielded_connect(
+                self._general, self._settings.readiness_timeout_s
+            )
+            await asyncio.wait_for(
+                producer.client.fetch_all_metadata(), self._settings.readiness_timeout_s
+            )
         except (KafkaError, OSError, TimeoutError, TransportError):
             return False
         return True
+
+    async def _shielded_connect(self, slot: _Slot, timeout_s: float) -> AIOKafkaProducer:
+        """Connect ``slot``, waiting at most ``timeout_s``; the connection (which may have to
+        move past a wedged transactional id) goes on in the background if it takes longer."""
+        if slot.producer is not None:
+            return slot.producer
+        if slot.connecting is None or slot.connecting.done():
+
+            async def locked() -> AIOKafkaProducer:
+                async with slot.lock:
+                    return await self._connect(slot)
+
+            # A fresh context: the request that happened to start it is not its request.
+            slot.connecting = asyncio.create_task(locked(), context=contextvars.Context())
+            slot.connecting.add_done_callback(_retrieve)
+        return await asyncio.wait_for(asyncio.shield(slot.connecting), timeout_s)
+
+    def _maybe_probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._probing is not None and not self._probing.done():
+            return
+        if loop.time() < self._probe_after:
+            return
+        self._probe_after = loop.time() + self._settings.readiness_probe_every_s
+        self._probing = asyncio.create_task(self._probe(), context=contextvars.Context())
+        self._probing.add_done_callback(_retrieve)
+
+    async def _probe(self) -> None:
+        failing = self._failing
+        if failing is None:
+            return
+        slot = self._probe_slot
+        async with slot.lock:
+            try:
+                producer = await self._connect(slot)
+                await self._check_topics(producer, set(failing))
+                await asyncio.wait_for(
+                    self._probe_transaction(producer, failing), self._settings.publish_timeout_s
+                )
+            except (KafkaError, OSError, TimeoutError, TransportError) as exc:
+                log.info("kafka.probe_failed", error=type(exc).__name__)
+                # An aborted probe can wedge its id as the failed publish did: the next probe
+                # starts a fresh producer, which moves to a fresh id if it must.
+                await self._discard(slot, flush=False)
+                return
+        if self._failing is failing:
+            self._failing = None
+        log.info("kafka.healed", topics=sorted(failing))
+
+    @staticmethod
+    async def _probe_transaction(producer: AIOKafkaProducer, topics: frozenset[str]) -> None:
+        await producer.begin_transaction()
+        try:
+            futures = [
+                await producer.send(t, b"", key=b"probe", headers=[("cairn-probe", b"1")])
+                for t in sorted(topics)
+            ]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.abort_transaction()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _run(
+        self,
+        slot: _Slot,
+        producer: AIOKafkaProducer,
+        records: Sequence[Record],
+        consumed: Consumed | None,
+        topics: set[str],
+    ) -> None:
+        try:
+            await asyncio.wait_for(
+                self._transaction(producer, records, consumed),
+                self._settings.publish_timeout_s,
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning(
+                "kafka.publish_failed",
+                error=type(exc).__name__,
+                records=len(records),
+                shard=slot.shard,
+            )
+            self._failing = frozenset(topics)
+            # Abort while Kafka still answers, so that read_committed consumers are not held
+            # at this open transaction until a new producer fences it (bounded: with Kafka
+            # gone the abort cannot complete, and the producer is killed below anyway).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.abort_transaction(), 5)
+            # A producer that failed mid-transaction cannot be trusted to be in a known
+            # state, and left alone it would retry its commit once Kafka is back, making
+            # a submission we answered 503 visible. Kill it without flushing; the next
+            # producer re-initialises the transactional id, which fences this one and has
+            # the coordinator abort whatever it left open.
+            await self._discard(slot, flush=False)
+            raise TransportError(
+                "Kafka did not acknowledge the submission, so nothing was sent; "
+                "retry the same submission later"
+            ) from exc
+        self._failing = None
+
+    def _shard(self, shard: int) -> _Slot:
+        slot = self._shards.get(shard)
+        if slot is None:
+            prefix = self._settings.topic_prefix
+            slot = _Slot(tid=lambda era: shard_tid(prefix, shard, era), shard=shard)
+            self._shards[shard] = slot
+        return slot
+
+    async def _claimed(self, slot: _Slot) -> AIOKafkaProducer:
+        """The shard's producer, with the shard read to its end since the producer began.
+
+        Reading can show another broker moved the shard to a later era: follow it (bounded).
+        """
+        if slot.producer is None and slot.view.next_offset == 0:
+            # First use of the shard: its era records say which id to initialise, so a broker
+            # started after a wedge does not wait on the ids the others have left behind.
+            await self._catch_up(slot)
+            slot.era = max(slot.era, slot.view.era)
+        for _ in range(4):
+            producer = await self._connect(slot)
+            if slot.stale:
+                await self._catch_up(slot)
+                slot.stale = False
+            if slot.view.era <= slot.era:
+                return producer
+            log.info("kafka.shard_era_moved", shard=slot.shard, era=slot.view.era)
+            await self._discard(slot)
+            slot.era, slot.era_due = slot.view.era, False
+        raise TransportError("the ledger shard kept changing era; nothing was sent, retry later")
+
+    async def _check_ledger(self) -> None:
+        """Once: the ledger topic has the configured number of shards (ids map to shards)."""
+        if self._ledger_checked:
+            return
+        ledger = ledger_topic(self._settings.topic_prefix)
+        async with self._general.lock:
+            producer = await self._connect(self._general)
+            await self._check_topics(producer, {ledger})
+            partitions = producer.client.cluster.partitions_for_topic(ledger) or set()
+        if len(partitions) != self._settings.ledger_partitions:
+            log.error(
+                "kafka.ledger_mismatch",
+                partitions=len(partitions),
+                expected=self._settings.ledger_partitions,
+            )
+            raise TransportError(
+                f"the ledger topic {ledger} has {len(partitions)} partitions but "
+                f"CAIRN_LEDGER_PARTITIONS is {self._settings.ledger_partitions}; nothing was "
+                "sent. Every broker must use the topic's partition count"
+            )
+        self._ledger_checked = True
+
+    async def _catch_up(self, slot: _Slot) -> None:
+        """Read the slot's ledger partition, read_committed, from where we were to its end."""
+        assert slot.shard is not None
+        tp = TopicPartition(ledger_topic(self._settings.topic_prefix), slot.shard)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.publish_timeout_s
+        async with self._reader_lock:
+            try:
+                reader = await self._ledger_reader()
+                reader.assign([tp])
+                end = (await asyncio.wait_for(reader.end_offsets([tp]), 5))[tp]
+                reader.seek(tp, slot.view.next_offset)
+                while await reader.position(tp) < end:
+                    if loop.time() > deadline:
+                        raise TimeoutError("ledger catch-up")
+                    batch = await reader.getmany(tp, timeout_ms=200, max_records=5000)
+                    for msg in batch.get(tp, []):
+                        slot.view.apply(msg.key, msg.value, msg.offset)
+                slot.view.next_offset = await reader.position(tp)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("kafka.ledger_unreadable", error=type(exc).__name__, shard=slot.shard)
+                await self._close_reader()
+                raise TransportError(
+                    "Kafka did not let the broker read its ledger, so nothing was sent; "
+                    "retry the same submission later"
+                ) from exc
+
+    async def _ledger_reader(self) -> AIOKafkaConsumer:
+        if self._reader is None:
+            reader = AIOKafkaConsumer(
+                **kafka_options(self._settings),
+                group_id=None,
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            try:
+                await asyncio.wait_for(reader.start(), self._settings.kafka_connect_timeout_s)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reader.stop(), 5)
+                raise
+            self._reader = reader
+        return self._reader
+
+    async def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader.stop(), 5)
 
     async def _check_topics(self, producer: AIOKafkaProducer, topics: set[str]) -> None:
         """Fail fast, before any transaction begins, when a topic does not exist.
@@ -167,7 +474,6 @@ class KafkaTransport:
                 producer.client.force_metadata_update(), self._settings.readiness_timeout_s
             )
         except (KafkaError, OSError, TimeoutError) as exc:
-            await self._discard()
             raise TransportError(
                 "Kafka did not answer a metadata request; nothing was sent"
             ) from exc
@@ -189,7 +495,9 @@ class KafkaTransport:
         # before the commit, so the transaction is never committed with a record missing.
         await producer.begin_transaction()
         futures = [
-            await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+            await producer.send(
+                r.topic, r.value, key=r.key, headers=list(r.headers), partition=r.partition
+            )
             for r in records
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -200,31 +508,50 @@ class KafkaTransport:
             await producer.send_offsets_to_transaction(consumed.offsets, consumed.group_id)
         await producer.commit_transaction()
 
-    async def _connect(self) -> AIOKafkaProducer:
-        if self._producer is not None:
-            return self._producer
-        producer = AIOKafkaProducer(
-            **kafka_options(self._settings),
-            acks="all",
-            enable_idempotence=True,
-            transactional_id=self._settings.transactional_id,
-        )
-        try:
-            await asyncio.wait_for(producer.start(), self._settings.kafka_connect_timeout_s)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 5)
-            log.warning("kafka.connect_failed", error=type(exc).__name__)
-            raise TransportError(
-                f"cannot reach Kafka at {self._settings.kafka_bootstrap_servers}; "
-                "check CAIRN_KAFKA_BOOTSTRAP_SERVERS and that the cluster is up"
-            ) from exc
-        log.info("kafka.connected", transactional_id=self._settings.transactional_id)
-        self._producer = producer
-        return producer
+    async def _connect(self, slot: _Slot) -> AIOKafkaProducer:
+        """The slot's producer, initialised; a wedged transactional id moves to a fresh era.
 
-    async def _discard(self, *, flush: bool = True) -> None:
-        producer, self._producer = self._producer, None
+        Kafka wedges an id when it cannot write the markers of the id's last transaction:
+        initialising the id then waits forever. Waiting for the marker would keep every
+        submission failing after Kafka itself has healed, so the slot moves on (bounded).
+        """
+        if slot.producer is not None:
+            return slot.producer
+        for _ in range(3):
+            tid = slot.tid(slot.era)
+            producer = AIOKafkaProducer(
+                **kafka_options(self._settings),
+                acks="all",
+                enable_idempotence=True,
+                transactional_id=tid,
+            )
+            try:
+                await asyncio.wait_for(producer.start(), self._settings.kafka_connect_timeout_s)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                reachable = bool(producer.client.cluster.brokers())
+                await _kill(producer)
+                if isinstance(exc, TimeoutError) and reachable:
+                    log.warning("kafka.transaction_wedged", transactional_id=tid, era=slot.era)
+                    slot.era += 1
+                    slot.era_due = slot.shard is not None
+                    continue
+                log.warning("kafka.connect_failed", error=type(exc).__name__)
+                raise TransportError(
+                    f"cannot reach Kafka at {self._settings.kafka_bootstrap_servers}; "
+                    "check CAIRN_KAFKA_BOOTSTRAP_SERVERS and that the cluster is up"
+                ) from exc
+            log.info("kafka.connected", transactional_id=tid)
+            slot.producer = producer
+            slot.stale = True  # fencing the id's previous holder: its commits are final now
+            return producer
+        raise TransportError(
+            "Kafka answers but would not start a transaction for the broker; nothing was sent, "
+            "retry later"
+        )
+
+    async def _discard(self, slot: _Slot, *, flush: bool = True) -> None:
+        producer, slot.producer = slot.producer, None
+        slot.stale = True
         if producer is None:
             return
         if flush:
@@ -235,6 +562,12 @@ class KafkaTransport:
             except (KafkaError, OSError, TimeoutError):
                 pass
         await _kill(producer)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Done callback: a background task's failure is logged where it happens, not re-raised."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _kill(producer: AIOKafkaProducer) -> None:
@@ -260,6 +593,7 @@ class MemoryTransport:
     known_topics: set[str] | None = None  # None: any topic exists
     published: int = 0
     committed: dict[str, dict[TopicPartition, int]] = field(default_factory=dict)
+    ledger: dict[str, bytes] = field(default_factory=dict)  # referral id -> what was kept
 
     async def start(self) -> None:
         return None
@@ -267,9 +601,17 @@ class MemoryTransport:
     async def stop(self) -> None:
         return None
 
-    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
+    async def publish(
+        self,
+        records: Sequence[Record],
+        consumed: Consumed | None = None,
+        *,
+        claim: Claim | None = None,
+    ) -> None:
         if not records and consumed is None:
             raise RuntimeError("publish() needs at least one record")
+        if claim is not None and claim.referral_id in self.ledger:
+            raise AlreadyPublished(claim.referral_id, self.ledger[claim.referral_id])
         if not self.available:
             raise TransportError(
                 "Kafka did not acknowledge the submission, so nothing was sent; "
@@ -280,11 +622,16 @@ class MemoryTransport:
         for r in records:
             self.topics.setdefault(r.topic, []).append(r)
         self.published += len(records)
+        if claim is not None:
+            self.ledger[claim.referral_id] = claim.value
         if consumed is not None:
             self.committed.setdefault(consumed.group_id, {}).update(consumed.offsets)
 
     async def ready(self) -> bool:
         return self.available
+
+    async def health(self) -> str:
+        return "ok" if self.available else "unreachable"
 
     def read_committed(self, topic: str) -> list[Record]:
         return list(self.topics.get(topic, []))
@@ -307,7 +654,15 @@ async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[
         missing = [s for s in specs if s.name not in existing]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(s.name, s.partitions, settings.topic_replication_factor) for s in missing]
+                [
+                    NewTopic(
+                        s.name,
+                        s.partitions,
+                        settings.topic_replication_factor,
+                        topic_configs=s.config or None,
+                    )
+                    for s in missing
+                ]
             )
             for name, code, message in _topic_errors(response):
                 if code == 0:

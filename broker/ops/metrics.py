@@ -43,6 +43,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from broker.config import Settings
+from broker.kafka.ledger import Claim
 from broker.kafka.topics import delivery_topic
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
 from broker.policy.calendar import CONSERVATIVE_RULE, SchoolCalendar
@@ -441,14 +442,20 @@ class CountingTransport:
     async def ready(self) -> bool:
         return await self.inner.ready()
 
-    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
+    async def health(self) -> str:
+        return await self.inner.health()
+
+    async def publish(
+        self,
+        records: Sequence[Record],
+        consumed: Consumed | None = None,
+        *,
+        claim: Claim | None = None,
+    ) -> None:
         if self._failed:
             self._metrics.produce_retries.inc()
         try:
-            if consumed is None:  # the plain call: some test doubles take records only
-                await self.inner.publish(records)
-            else:
-                await self.inner.publish(records, consumed)
+            await self.inner.publish(records, consumed, claim=claim)
         except TransportError as exc:
             self._failed = True
             cause = exc.__cause__

@@ -97,8 +97,11 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready only while Kafka answers, the registry is trusted and our signing key is usable."""
-    kafka = await request.app[TRANSPORT].ready()
+    """Ready only while Kafka takes our transactions, the registry is trusted and our signing
+    key is usable. ``kafka`` is ``reachable``, ``unreachable``, or ``failing``: Kafka answers
+    but the last publish failed and no probe transaction has succeeded since."""
+    health = await request.app[TRANSPORT].health()
+    kafka = health == "ok"
     trust = request.app[PIPELINE].trust
     registry = signing = False
     try:
@@ -111,7 +114,7 @@ async def readyz(request: web.Request) -> web.Response:
     ready = kafka and registry and signing
     body = {
         "status": "ready" if ready else "not ready",
-        "kafka": "reachable" if kafka else "unreachable",
+        "kafka": "reachable" if kafka else health,
         "registry": "trusted" if registry else "untrusted",
         "signing_key": "usable" if signing else "unusable",
     }

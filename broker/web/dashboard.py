@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from broker.config import Settings
+from broker.kafka.ledger import Claim
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
 from broker.web.middleware import tls_agency
 from broker.web.pages import json_page, static_file, static_route
@@ -154,13 +155,22 @@ class TappedTransport:
     async def stop(self) -> None:
         await self.inner.stop()
 
-    async def publish(self, records: Sequence[Record], consumed: Consumed | None = None) -> None:
-        await self.inner.publish(records, consumed)
+    async def publish(
+        self,
+        records: Sequence[Record],
+        consumed: Consumed | None = None,
+        *,
+        claim: Claim | None = None,
+    ) -> None:
+        await self.inner.publish(records, consumed, claim=claim)
         # Only after the commit: a failed publish disclosed nothing.
         self.ledger.observe(records)
 
     async def ready(self) -> bool:
         return await self.inner.ready()
+
+    async def health(self) -> str:
+        return await self.inner.health()
 
 
 class LedgerOpsSource:

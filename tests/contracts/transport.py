@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from broker.kafka.ledger import AlreadyPublished, Claim
 from broker.kafka.transport import Record, Transport
 from schemas.errors import TransportError
 
@@ -41,3 +42,16 @@ async def unknown_topic_publishes_nothing(
     with pytest.raises(TransportError):
         await transport.publish(records)
     assert [r for r in await read(good_topic) if r.key == b"r-2"] == []
+
+
+async def claims_a_referral_once(transport: Transport, read: Reader, topic: str) -> None:
+    """A claimed referral is published once; a second claim sends nothing and says what was
+    kept the first time."""
+    record = Record(topic=topic, key=b"r-claim", value=b"first")
+    await transport.publish([record], claim=Claim("r-claim", b"kept"))
+    with pytest.raises(AlreadyPublished) as raised:
+        await transport.publish(
+            [Record(topic=topic, key=b"r-claim", value=b"second")], claim=Claim("r-claim", b"x")
+        )
+    assert raised.value.value == b"kept"
+    assert [r.value for r in await read(topic) if r.key == b"r-claim"] == [b"first"]

@@ -51,3 +51,9 @@ async def test_unknown_topic_publishes_nothing(
 async def test_ready_while_kafka_answers(transport: KafkaTransport) -> None:
     """readiness is true against a running cluster."""
     assert await transport.ready()
+
+
+async def test_claims_a_referral_once(transport: KafkaTransport, kafka_settings: Settings) -> None:
+    """A referral claimed twice is published once; the ledger in Kafka says so."""
+    topic = delivery_topic(kafka_settings.topic_prefix, "kelder-idva")
+    await contract.claims_a_referral_once(transport, reader(kafka_settings), topic)

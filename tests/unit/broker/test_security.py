@@ -353,6 +353,31 @@ async def test_identical_resubmission_gets_the_original_receipt(
     assert [e["event"] for e in logs if e["event"].startswith("referral.")] == ["referral.replayed"]
 
 
+async def test_a_retry_at_another_broker_gets_the_first_receipt(
+    start_broker: StartBroker, federation_keys: FederationKeys
+) -> None:
+    """A broker that never saw a referral still sends nothing for it when the shared ledger
+    says another broker published it: the retry gets 200 and the first receipt, and a reused
+    id with other content gets 409."""
+    first_broker = await start_broker(federation_keys, clock=Clock())
+    second_broker = await start_broker(federation_keys, clock=first_broker.clock)
+    data = sample()
+    token = first_broker.sign("kelder-police", data)
+    first = await first_broker.post("kelder-police", token)
+    assert first.status == 202
+    second_broker.transport.ledger.update(first_broker.transport.ledger)  # one shared ledger
+    again = await second_broker.post("kelder-police", token)
+    assert again.status == 200
+    assert again.body == first.body
+    assert second_broker.transport.published == 0
+    other = sample()
+    other["header"]["referral_id"] = data["header"]["referral_id"]
+    other["header"]["recipients"] = ["kelder-housing"]
+    reused = await second_broker.post("kelder-police", second_broker.sign("kelder-police", other))
+    assert reused.status == 409
+    assert second_broker.transport.published == 0
+
+
 # --- The broker's own trust ------------------------------------------------------------------
 
 

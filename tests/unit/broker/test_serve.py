@@ -12,7 +12,8 @@ import aiohttp
 
 from adapters.client import ReferralClient
 from broker.config import Settings
-from broker.kafka.transport import MemoryTransport, Record
+from broker.kafka.ledger import Claim
+from broker.kafka.transport import Consumed, MemoryTransport, Record
 from broker.replay import ReplayStore
 from broker.web.app import create_app, serve
 from schemas.federation import Federation
@@ -25,9 +26,15 @@ class SlowTransport(MemoryTransport):
 
     stopped: bool = False
 
-    async def publish(self, records: Sequence[Record]) -> None:
+    async def publish(
+        self,
+        records: Sequence[Record],
+        consumed: Consumed | None = None,
+        *,
+        claim: Claim | None = None,
+    ) -> None:
         await asyncio.sleep(0.5)
-        await super().publish(records)
+        await super().publish(records, consumed, claim=claim)
 
     async def stop(self) -> None:
         self.stopped = True

@@ -25,3 +25,9 @@ async def test_unknown_topic_publishes_nothing() -> None:
     """One missing topic makes the whole publish fail with nothing visible."""
     t = MemoryTransport(known_topics={"a"})
     await contract.unknown_topic_publishes_nothing(t, lambda topic: read_from(t, topic), "a", "zz")
+
+
+async def test_claims_a_referral_once() -> None:
+    """A referral claimed twice is published once (the ledger's contract)."""
+    t = MemoryTransport()
+    await contract.claims_a_referral_once(t, lambda topic: read_from(t, topic), "a")
