@@ -31,7 +31,7 @@ from typing import Annotated, Any, Final
 from pydantic import AfterValidator, Field, model_validator
 
 from schemas.classes import DataClass
-from schemas.fields import Frozen, LongText, inconsistent
+from schemas.fields import Flag, Frozen, LongText, inconsistent
 
 __all__ = [
     "SCHEDULE_1_PARAGRAPHS",
@@ -225,7 +225,7 @@ class ConsentOverride(Frozen):
     decision_maker_role: RoleCode
     reason: OverrideReason
     justification: LongText
-    subject_told: bool
+    subject_told: Flag
     subject_not_told_reason: LongText | None = None
     legal_paragraph: DpaCondition | StatutoryGateway
 
@@ -270,10 +270,10 @@ class Consent(Frozen):
     dpa_condition: DpaCondition | None = None
     statutory_gateway: StatutoryGateway | None = None
     caldicott_principles: tuple[CaldicottPrinciple, ...] = ()
-    subject_informed: bool
+    subject_informed: Flag
     not_informed_reason: LongText | None = None
     override: ConsentOverride | None = None
-    objection_to_health_sharing: bool = Field(
+    objection_to_health_sharing: Flag = Field(
         default=False,
         description="The person has objected to their information being shared for their "
         "health care: the s251B duty to share is then disapplied, and only a safeguarding "

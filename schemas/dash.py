@@ -25,7 +25,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from schemas.classes import DataClass
-from schemas.fields import Frozen, LongText, ShortText, inconsistent
+from schemas.fields import Frozen, Integer, LongText, ShortText, inconsistent
 
 __all__ = [
     "DEFAULT_QUESTION_SET",
@@ -74,7 +74,7 @@ _RANK = {RiskLevel.STANDARD: 0, RiskLevel.MEDIUM: 1, RiskLevel.HIGH: 2}
 
 class DashQuestion(Frozen):
     id: QuestionId
-    number: int = Field(ge=1)
+    number: Integer = Field(ge=1)
     topic: ShortText
     text: LongText
     data_class: DataClass | None = Field(
@@ -87,8 +87,8 @@ class DashQuestion(Frozen):
 class DashThresholds(Frozen):
     """The lowest score of each level above standard."""
 
-    medium: int = Field(ge=1)
-    high: int = Field(ge=1)
+    medium: Integer = Field(ge=1)
+    high: Integer = Field(ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> DashThresholds:

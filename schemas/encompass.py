@@ -23,9 +23,9 @@ from typing import Annotated, Final, Literal
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
-from schemas.fields import AgencyId, Frozen, LongText, ShortText
+from schemas.fields import AgencyId, Day, Flag, Frozen, LongText, Moment, ShortText, Yes
 from schemas.referral import SCHEMA_VERSION, Child, Classification, Incident, Purpose
 
 __all__ = [
@@ -81,8 +81,8 @@ class EncompassHeader(Frozen):
         "for a child on no school roll (home-educated or off roll)"
     )
     classification: Classification = Classification.OFFICIAL_SENSITIVE
-    created_at: AwareDatetime
-    notify_by: AwareDatetime = Field(description="The start of the next school day")
+    created_at: Moment
+    notify_by: Moment = Field(description="The start of the next school day")
 
 
 class EncompassContent(Frozen):
@@ -90,11 +90,11 @@ class EncompassContent(Frozen):
 
     child_given_name: ShortText
     child_family_name: ShortText
-    child_date_of_birth: date
+    child_date_of_birth: Day
     police_reference: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    occurred_at: AwareDatetime = Field(description="Date and time of the incident")
+    occurred_at: Moment = Field(description="Date and time of the incident")
     location: ShortText
-    child_present: bool | None = Field(description="Whether the child was present; null: not known")
+    child_present: Flag | None = Field(description="Whether the child was present; null: not known")
     child_whereabouts: ShortText | None = Field(
         default=None, description="Where the child was during the incident"
     )
@@ -102,7 +102,7 @@ class EncompassContent(Frozen):
     circumstances: BriefText = Field(
         description="Brief circumstances, written by the police for the school"
     )
-    do_not_approach_parents: Literal[True] = Field(
+    do_not_approach_parents: Yes = Field(
         default=True,
         description="The school must not approach the parents about the notification",
     )

@@ -1,26 +1,57 @@
 """The building blocks every Cairn message is made of: the frozen base model and checked values.
 
 Agency ids, bounded text, NHS numbers and postcodes are declared once here so every message
-checks them the same way. ``inconsistent`` is how a model names the exact field that disagrees
+checks them the same way.
+
+So are the wire types whose lax forms pydantic would otherwise coerce: a ``Flag`` is a JSON
+boolean and nothing else (never ``"yes"``, ``1`` or ``"true"``), an ``Integer`` a JSON integer
+(never ``"16"``, ``16.0`` or ``true``), a ``Day`` a ``YYYY-MM-DD`` string and a ``Moment`` an
+RFC 3339 date-time with its offset (never a number, a bare date or a time without seconds).
+Dates and times lie in the years ``MIN_YEAR`` to ``MAX_YEAR``: wide enough for any living
+person's birth and any court order's expiry, narrow enough that adding a day or a time zone
+can never leave the calendar (year 9999 plus an offset is an ``OverflowError``, not a refusal).
+The exported JSON Schema states the same bounds as a ``pattern`` beside the ``format``, so an
+adapter that validates against the schema and the broker refuse the same values. Each form
+holds in both pydantic modes: what ``model_validate_json`` refuses, ``model_validate`` on the
+parsed dict refuses too. ``inconsistent`` is how a model names the exact field that disagrees
 with another one, so an integrator reads ``risk.level`` rather than just ``risk``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from datetime import date, datetime
+from typing import Annotated, Final, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+)
 from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "DATETIME_PATTERN",
+    "DATE_PATTERN",
     "INCONSISTENT",
+    "MAX_YEAR",
+    "MIN_YEAR",
     "AgencyId",
+    "Day",
+    "Flag",
     "Frozen",
+    "Integer",
     "LongText",
+    "Moment",
     "NhsNumber",
     "Postcode",
     "ShortText",
+    "Yes",
     "inconsistent",
 ]
 
@@ -29,6 +60,25 @@ _AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 # fictional ZZ99 postcodes that NHS systems use for "no fixed abode" fit it too.
 _POSTCODE = re.compile(r"^[A-Za-z]{1,2}[0-9][A-Za-z0-9]? ?[0-9][A-Za-z]{2}$")
 _NHS_NUMBER = r"^[0-9]{3} ?[0-9]{3} ?[0-9]{4}$"
+
+#: The plausible years of any date or time in a message (see the module docstring).
+MIN_YEAR: Final = 1900
+MAX_YEAR: Final = 2099
+_YEAR = "(19|20)[0-9]{2}"
+_DAY = rf"{_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
+_OFFSET = r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+#: A date as the schema and the model accept it: ``YYYY-MM-DD`` within the plausible years.
+DATE_PATTERN: Final = f"^{_DAY}$"
+#: A date-time as both accept it: RFC 3339 with seconds and an offset, in the plausible years.
+DATETIME_PATTERN: Final = f"^{_DAY}T{_TIME}{_OFFSET}$"
+_DATE_FORM = re.compile(f"{_DAY}")
+_DATETIME_FORM = re.compile(f"{_DAY}T{_TIME}{_OFFSET}")
+_DATE_PROBLEM = f"Input should be a date from {MIN_YEAR} to {MAX_YEAR} written YYYY-MM-DD"
+_DATETIME_PROBLEM = (
+    f"Input should be a date and time from {MIN_YEAR} to {MAX_YEAR} with its UTC offset, "
+    "written YYYY-MM-DDThh:mm:ss (optionally .fraction) then Z or +hh:mm"
+)
 
 #: The pydantic error type of a cross-field check; its context names the offending field.
 INCONSISTENT = "cairn_inconsistent"
@@ -67,6 +117,64 @@ def _postcode(value: str) -> str:
         raise ValueError("not a UK postcode (for example 'ZZ99 3WZ')")
     return value.upper()
 
+
+def _day_form(value: object) -> object:
+    # A datetime is a date subclass: refuse it here, or pydantic would truncate it to a day.
+    if isinstance(value, datetime) or not isinstance(value, date | str):
+        raise PydanticCustomError("cairn_date_form", _DATE_PROBLEM)
+    if isinstance(value, str) and not _DATE_FORM.fullmatch(value):
+        raise PydanticCustomError("cairn_date_form", _DATE_PROBLEM)
+    return value
+
+
+def _datetime_form(value: object) -> object:
+    if not isinstance(value, datetime | str):
+        raise PydanticCustomError("cairn_datetime_form", _DATETIME_PROBLEM)
+    if isinstance(value, str) and not _DATETIME_FORM.fullmatch(value):
+        raise PydanticCustomError("cairn_datetime_form", _DATETIME_PROBLEM)
+    return value
+
+
+def _exactly_true(value: object) -> object:
+    # pydantic compares a literal by equality, and 1 == 1.0 == True.
+    if value is not True:
+        raise PydanticCustomError("literal_error", "Input should be true")
+    return value
+
+
+D = TypeVar("D", bound=date)
+
+
+def _in_years(problem: str) -> AfterValidator:
+    # Strings were checked by the pattern; this catches the date objects Python callers pass.
+    def check(value: D) -> D:
+        if not MIN_YEAR <= value.year <= MAX_YEAR:
+            raise PydanticCustomError("cairn_year_window", problem)
+        return value
+
+    return AfterValidator(check)
+
+
+#: A JSON boolean: ``true`` or ``false``, never a string or a number.
+Flag = Annotated[bool, Strict()]
+#: The constant ``true`` (a statutory flag), refusing ``1`` and ``1.0`` as ``Flag`` does.
+Yes = Annotated[Literal[True], BeforeValidator(_exactly_true)]
+#: A JSON integer: never a string, a float with a zero fraction, or a boolean. Bound it per field.
+Integer = Annotated[int, Strict()]
+#: A calendar date, ``YYYY-MM-DD``, in the plausible years.
+Day = Annotated[
+    date,
+    BeforeValidator(_day_form),
+    _in_years(_DATE_PROBLEM),
+    Field(json_schema_extra={"pattern": DATE_PATTERN}),
+]
+#: A moment with its UTC offset, RFC 3339 (``2026-11-26T09:15:00Z``), in the plausible years.
+Moment = Annotated[
+    AwareDatetime,
+    BeforeValidator(_datetime_form),
+    _in_years(_DATETIME_PROBLEM),
+    Field(json_schema_extra={"pattern": DATETIME_PATTERN}),
+]
 
 AgencyId = Annotated[
     str,

@@ -21,14 +21,13 @@ future of the referral); each names the field to change.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, timedelta
+from datetime import timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     Field,
     StringConstraints,
@@ -41,8 +40,12 @@ from schemas.consent import Consent
 from schemas.dash import DEFAULT_QUESTION_SET, DashAnswers, RiskLevel, level_for_score
 from schemas.fields import (
     AgencyId,
+    Day,
+    Flag,
     Frozen,
+    Integer,
     LongText,
+    Moment,
     NhsNumber,
     Postcode,
     ShortText,
@@ -91,6 +94,8 @@ SCHEMA_VERSION: Final = "1.0"
 
 # Clock skew allowed between an incident's recorded time and the referral's creation.
 _CLOCK_SKEW = timedelta(minutes=5)
+#: Incidents a risk assessment may count in twelve months: more than daily is not a count.
+MAX_INCIDENTS: Final = 1000
 
 Reference = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
@@ -169,7 +174,7 @@ class Header(Frozen):
     classification: Classification = Classification.OFFICIAL_SENSITIVE
     police_reference: Reference | None = None
     marac_reference: Reference | None = None
-    created_at: AwareDatetime
+    created_at: Moment
 
     @field_validator("recipients")
     @classmethod
@@ -200,9 +205,9 @@ class HousingTenure(StrEnum):
 class Pregnancy(Frozen):
     """The victim's pregnancy or recent birth: a DASH risk factor and an unborn dependant."""
 
-    pregnant: bool
-    expected_due_date: date | None = None
-    birth_in_last_18_months: bool = False
+    pregnant: Flag
+    expected_due_date: Day | None = None
+    birth_in_last_18_months: Flag = False
 
     @model_validator(mode="after")
     def _due_date_only_if_pregnant(self) -> Pregnancy:
@@ -221,7 +226,7 @@ class Victim(Frozen):
     given_name: ShortText
     family_name: ShortText
     aliases: tuple[ShortText, ...] = ()
-    date_of_birth: date
+    date_of_birth: Day
     nhs_number: NhsNumber | None = None
     address: Address | None = None
     housing_tenure: HousingTenure | None = None
@@ -252,8 +257,8 @@ class ContactRoute(Frozen):
 
     kind: ContactKind
     detail: ShortText = Field(description="The number, address, or the third party to go via")
-    safe: bool
-    safe_to_leave_message: bool = False
+    safe: Flag
+    safe_to_leave_message: Flag = False
     best_times: ShortText | None = None
 
     @model_validator(mode="after")
@@ -302,7 +307,7 @@ class Restriction(Frozen):
 
     kind: RestrictionKind
     conditions: LongText | None = None
-    expires_on: date | None = None
+    expires_on: Day | None = None
 
 
 class Perpetrator(Frozen):
@@ -315,7 +320,7 @@ class Perpetrator(Frozen):
     given_name: ShortText
     family_name: ShortText
     aliases: tuple[ShortText, ...] = ()
-    date_of_birth: date | None = None
+    date_of_birth: Day | None = None
     relationship: Relationship
     address: Address | None = None
     bail_and_orders: tuple[Restriction, ...] = Field(
@@ -338,12 +343,12 @@ class Child(Frozen):
 
     given_name: ShortText
     family_name: ShortText
-    date_of_birth: date
+    date_of_birth: Day
     school_agency: AgencyId | None = Field(
         default=None, description="The federation id of the child's school, if it is a member"
     )
-    home_educated: bool = False
-    present_at_incident: bool | None = Field(default=None, description="null: not known")
+    home_educated: Flag = False
+    present_at_incident: Flag | None = Field(default=None, description="null: not known")
     where: ShortText | None = Field(
         default=None, description="Where the child was during the incident"
     )
@@ -364,7 +369,7 @@ class Child(Frozen):
 class Incident(Frozen):
     """G5: what happened, when and where."""
 
-    occurred_at: AwareDatetime
+    occurred_at: Moment
     location: ShortText
     summary: LongText
     injuries: LongText | None = Field(
@@ -372,8 +377,8 @@ class Incident(Frozen):
         description="Data concerning health (UK GDPR Art 4(15), Art 9(1))",
         json_schema_extra=classified(DataClass.SPECIAL_CATEGORY),
     )
-    reported_to_police: bool
-    police_attended: bool | None = None
+    reported_to_police: Flag
+    police_attended: Flag | None = None
 
 
 # --- G6 ---------------------------------------------------------------------------------------
@@ -389,14 +394,15 @@ class Risk(Frozen):
     """
 
     level: RiskLevel
-    dash_score: int | None = Field(default=None, ge=0, le=24)
+    dash_score: Integer | None = Field(default=None, ge=0, le=24)
     dash: DashAnswers | None = None
     professional_judgement: LongText | None = Field(
         default=None, description="Why the professional judges the risk higher than the score"
     )
-    incidents_last_12_months: int | None = Field(
+    incidents_last_12_months: Integer | None = Field(
         default=None,
         ge=0,
+        le=MAX_INCIDENTS,
         description="Domestic-abuse incidents in the last 12 months, this one included",
     )
 
@@ -474,7 +480,7 @@ class SpecialCategory(Frozen):
     sexual_orientation: ShortText | None = Field(default=None, json_schema_extra=_SPECIAL)
     gender_identity: ShortText | None = Field(default=None, json_schema_extra=_SPECIAL)
     first_language: ShortText | None = Field(default=None, json_schema_extra=_SPECIAL)
-    interpreter_needed: bool | None = Field(default=None, json_schema_extra=_SPECIAL)
+    interpreter_needed: Flag | None = Field(default=None, json_schema_extra=_SPECIAL)
 
 
 # --- G9 ---------------------------------------------------------------------------------------
@@ -496,7 +502,7 @@ class Action(Frozen):
     status: ActionStatus
     description: LongText
     by_agency: AgencyId | None = None
-    on: date | None = None
+    on: Day | None = None
 
 
 class AgenciesActions(Frozen):
