@@ -104,6 +104,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, gt=0)  # bytes per submission
     max_recipients: int = Field(default=16, ge=1)  # recipients per referral
 
+    # Input bounds (issue 12: hostile input is a typed 4xx, never a 500)
+    # String lengths and the years a date may name are fixed in the models and the exported
+    # JSON Schema (schemas.fields), so that the schema and the broker refuse the same values.
+    max_jose_header_bytes: int = Field(
+        default=4096, ge=256, le=65_536
+    )  # bytes of a JWS protected header, base64url-encoded as sent
+    max_json_depth: int = Field(
+        default=16, ge=4, le=128
+    )  # levels of nested arrays and objects in a JWS header or a submission body
+    max_json_integer: int = Field(
+        default=2**53, ge=2**32, le=2**53
+    )  # largest magnitude of an integer in a JWS header (2^53: I-JSON, RFC 7493 §2.2)
+
     # Files
     state_dir: Path = REPO_ROOT / ".cairn"
     key_dir: Path | None = Field(

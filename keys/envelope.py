@@ -25,7 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from keys.errors import Reason, VerificationError
 from keys.jose import (
+    DEFAULT_BOUNDS,
     MAX_TOKEN_BYTES,
+    HeaderBounds,
     decrypt_compact,
     encrypt_compact,
     read_header,
@@ -73,13 +75,14 @@ def verify_signed(
     now: datetime,
     max_bytes: int = MAX_TOKEN_BYTES,
     clock_skew: timedelta = CLOCK_SKEW,
+    bounds: HeaderBounds = DEFAULT_BOUNDS,
 ) -> bytes:
     """The payload of a JWS of type ``typ`` that ``signer`` signed with a key trusted at ``now``."""
 
     def key_for(kid: str) -> Ed25519PublicKey:
         return registry.verification_key(signer, kid, now=now, clock_skew=clock_skew)
 
-    return verify_compact(token, key_for, typ=typ, max_bytes=max_bytes)
+    return verify_compact(token, key_for, typ=typ, max_bytes=max_bytes, bounds=bounds)
 
 
 def verify_referral(
@@ -91,6 +94,7 @@ def verify_referral(
     max_bytes: int = MAX_TOKEN_BYTES,
     clock_skew: timedelta = CLOCK_SKEW,
     max_age: timedelta | None = None,
+    bounds: HeaderBounds = DEFAULT_BOUNDS,
 ) -> bytes:
     """The referral payload if ``sender`` signed it with a key the registry trusts at ``now``.
 
@@ -107,10 +111,12 @@ def verify_referral(
         now=now,
         max_bytes=max_bytes,
         clock_skew=clock_skew,
+        bounds=bounds,
     )
     if max_age is not None:
-        # The header is covered by the signature just verified, so its iat can be trusted.
-        iat = read_header(token, jwe_token=False, max_bytes=max_bytes).get("iat")
+        # The header is covered by the signature just verified, so its iat can be trusted
+        # (read_header has refused an iat outside the years a datetime can hold).
+        iat = read_header(token, jwe_token=False, max_bytes=max_bytes, bounds=bounds).get("iat")
         if not isinstance(iat, int) or isinstance(iat, bool):
             raise VerificationError(Reason.NO_IAT, "the signed referral carries no iat header")
         issued = datetime.fromtimestamp(iat, tz=UTC)

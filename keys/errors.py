@@ -59,6 +59,7 @@ class Reason(StrEnum):
     NO_IAT = "no_iat"  # a referral without the signed time it was issued
     IAT_TOO_OLD = "iat_too_old"  # signed longer ago than the replay window allows
     IAT_IN_FUTURE = "iat_in_future"  # signed at a time beyond the clock-skew bound
+    IAT_INVALID = "iat_invalid"  # an iat that is no whole number of seconds in plausible years
 
 
 class VerificationError(_shared.VerificationError):

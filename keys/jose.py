@@ -8,12 +8,24 @@ and which key a ``kid`` names, through a resolver the caller supplies. Callers t
 registry live in ``keys.envelope``; this module never decides whether a key is trusted.
 
 Every failure, whatever the library raised, leaves as one ``VerificationError``.
+
+The protected header is read before anything is trusted, so it is read as hostile input, within
+``HeaderBounds``: its encoded size, how deeply it nests (measured by a scan before ``json``
+recurses: a thousand nested arrays would exhaust the parser's stack) and the magnitude of its
+integers (I-JSON's 2^53, so that every JOSE library reads the same number, and no integer of
+thousands of digits is ever converted). ``NaN`` and ``Infinity`` are not JSON and are refused.
+The members this module and its callers act on (``alg``, ``enc``, ``typ``, ``cty``, ``zip``,
+``kid``) must be strings, and ``iat`` an integer number of seconds within the years
+``schemas.fields`` holds plausible, so a caller can turn it into a datetime without overflow.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -27,12 +39,16 @@ from joserfc.registry import HeaderParameter
 
 from keys.errors import Reason, VerificationError
 from keys.jwk import SigningKey, b64url_decode, kid_of
+from schemas.decode import MAX_JSON_DEPTH, json_depth
+from schemas.fields import MAX_YEAR
 
 __all__ = [
     "CONTENT_ENCRYPTION",
+    "DEFAULT_BOUNDS",
     "KEY_AGREEMENT",
     "MAX_TOKEN_BYTES",
     "SIGNATURE_ALGORITHM",
+    "HeaderBounds",
     "decrypt_compact",
     "encrypt_compact",
     "read_header",
@@ -50,7 +66,26 @@ MAX_TOKEN_BYTES: Final = 4_194_304  # bytes: a 1 MiB referral, signed, then encr
 
 _JWS_SEGMENTS: Final = 3
 _JWE_SEGMENTS: Final = 5
-_MAX_HEADER_BYTES: Final = 4096  # bytes of encoded protected header
+# The members acted on, which must therefore be strings (a list as alg is refused, not hashed).
+_STRING_MEMBERS: Final = ("alg", "enc", "typ", "cty", "zip", "kid")
+# iat: seconds from the epoch to the end of the last plausible year.
+_MAX_IAT: Final = int(datetime(MAX_YEAR + 1, 1, 1, tzinfo=UTC).timestamp()) - 1
+
+
+@dataclass(frozen=True)
+class HeaderBounds:
+    """How large, how deep and how wide in its integers a protected header may be.
+
+    The broker sets them from ``Settings`` (max_jose_header_bytes, max_json_depth,
+    max_json_integer); the defaults are those settings' defaults.
+    """
+
+    max_bytes: int = 4096  # bytes of the base64url-encoded protected header
+    max_depth: int = MAX_JSON_DEPTH  # levels of nested arrays and objects
+    max_integer: int = 2**53  # magnitude of any integer (I-JSON, RFC 7493 §2.2)
+
+
+DEFAULT_BOUNDS: Final = HeaderBounds()
 
 
 class _JWSRegistry(jws.JWSRegistry):
@@ -72,22 +107,49 @@ class _JWSRegistry(jws.JWSRegistry):
 _EXTRA_JWS_HEADERS: Final = {"iat": HeaderParameter("Issued At", "int")}
 
 
-def _jws_registry(max_bytes: int) -> jws.JWSRegistry:
+def _jws_registry(max_bytes: int, bounds: HeaderBounds = DEFAULT_BOUNDS) -> jws.JWSRegistry:
     registry = _JWSRegistry(
         header_registry=_EXTRA_JWS_HEADERS, algorithms=sorted(_ACCEPTED_SIGNATURE_ALGORITHMS)
     )
     # Our own limit (checked before parsing) is the binding one; joserfc's defaults (128 kB
     # payloads) would refuse a large referral with a less helpful error.
     registry.max_payload_length = max_bytes
-    registry.max_header_length = _MAX_HEADER_BYTES
+    registry.max_header_length = bounds.max_bytes
     return registry
 
 
-def _jwe_registry(max_bytes: int) -> jwe.JWERegistry:
+def _jwe_registry(max_bytes: int, bounds: HeaderBounds = DEFAULT_BOUNDS) -> jwe.JWERegistry:
     registry = jwe.JWERegistry(algorithms=[KEY_AGREEMENT, CONTENT_ENCRYPTION])
     registry.max_ciphertext_length = max_bytes
-    registry.max_protected_header_length = _MAX_HEADER_BYTES
+    registry.max_protected_header_length = bounds.max_bytes
     return registry
+
+
+class _OutOfBounds(ValueError):
+    """A number in the header that no two JOSE libraries can be trusted to read alike."""
+
+
+def _integer(max_integer: int) -> Callable[[str], int]:
+    digits = len(str(max_integer))
+
+    def parse(text: str) -> int:
+        # Count digits before converting: int() of thousands of digits is slow, or refused.
+        if len(text.lstrip("-")) > digits or abs(value := int(text)) > max_integer:
+            raise _OutOfBounds(f"an integer is outside ±{max_integer}")
+        return value
+
+    return parse
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _OutOfBounds("a number is too large to represent")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _OutOfBounds(f"{name} is not a JSON number")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -101,7 +163,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def read_header(token: bytes | str, *, jwe_token: bool, max_bytes: int) -> dict[str, Any]:
+def read_header(
+    token: bytes | str,
+    *,
+    jwe_token: bool,
+    max_bytes: int,
+    bounds: HeaderBounds = DEFAULT_BOUNDS,
+) -> dict[str, Any]:
     """The protected header of a compact JWS (or JWE), checked for shape but not trusted."""
     raw = token.encode("ascii", "replace") if isinstance(token, str) else token
     if len(raw) > max_bytes:
@@ -114,14 +182,32 @@ def read_header(token: bytes | str, *, jwe_token: bool, max_bytes: int) -> dict[
         raise VerificationError(
             Reason.MALFORMED, f"not a compact {kind}: expected {segments} dot-separated parts"
         )
-    if len(parts[0]) > _MAX_HEADER_BYTES:
-        raise VerificationError(Reason.MALFORMED, f"the {kind} header is too large")
-    try:
-        header = json.loads(b64url_decode(parts[0]), object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError):
+    if len(parts[0]) > bounds.max_bytes:
         raise VerificationError(
-            Reason.MALFORMED, f"the {kind} header is not base64url-encoded JSON"
+            Reason.MALFORMED, f"the {kind} header is larger than {bounds.max_bytes} bytes"
+        )
+    try:
+        text = b64url_decode(parts[0]).decode("utf-8")  # RFC 7515 §5.2 step 3: UTF-8 JSON
+    except ValueError:  # UnicodeDecodeError is one
+        raise VerificationError(
+            Reason.MALFORMED, f"the {kind} header is not base64url-encoded UTF-8"
         ) from None
+    if json_depth(text.encode("utf-8")) > bounds.max_depth:
+        raise VerificationError(
+            Reason.MALFORMED, f"the {kind} header nests deeper than {bounds.max_depth} levels"
+        )
+    try:
+        header = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_int=_integer(bounds.max_integer),
+            parse_float=_finite,
+            parse_constant=_no_constant,
+        )
+    except _OutOfBounds as exc:
+        raise VerificationError(Reason.MALFORMED, f"the {kind} header: {exc}") from None
+    except (ValueError, RecursionError):
+        raise VerificationError(Reason.MALFORMED, f"the {kind} header is not JSON") from None
     if not isinstance(header, dict):
         raise VerificationError(Reason.MALFORMED, f"the {kind} header is not a JSON object")
     if "crit" in header:
@@ -129,6 +215,16 @@ def read_header(token: bytes | str, *, jwe_token: bool, max_bytes: int) -> dict[
         raise VerificationError(Reason.MALFORMED, f"the {kind} names critical extensions")
     if not isinstance(header.get("kid"), str):
         raise VerificationError(Reason.MALFORMED, f"the {kind} header has no kid")
+    for name in _STRING_MEMBERS:
+        if name in header and not isinstance(header[name], str):
+            raise VerificationError(Reason.MALFORMED, f"the {kind} header's {name} is not a string")
+    if "iat" in header:
+        iat = header["iat"]
+        if not isinstance(iat, int) or isinstance(iat, bool) or not 0 <= iat <= _MAX_IAT:
+            raise VerificationError(
+                Reason.IAT_INVALID,
+                f"the {kind} header's iat is not a whole number of seconds from 1970 to {MAX_YEAR}",
+            )
     return header
 
 
@@ -154,13 +250,14 @@ def verify_compact(
     *,
     typ: str,
     max_bytes: int = MAX_TOKEN_BYTES,
+    bounds: HeaderBounds = DEFAULT_BOUNDS,
 ) -> bytes:
     """The payload of a compact JWS whose signature verifies under the key ``key_for(kid)``.
 
     ``key_for`` decides whether the kid is trusted, raising ``VerificationError`` if not.
     """
     # 1. Shape: size, three segments, a JSON header with a kid (RFC 7515 §5.2 steps 1-4).
-    header = read_header(token, jwe_token=False, max_bytes=max_bytes)
+    header = read_header(token, jwe_token=False, max_bytes=max_bytes, bounds=bounds)
     # 2. The algorithm is ours; "none" and every other one is refused before any key is used.
     alg = header.get("alg")
     if alg == "none" or _signature_empty(token):
@@ -179,7 +276,7 @@ def verify_compact(
     # 5. The signature (RFC 7515 §5.2 step 8).
     try:
         verified = jws.deserialize_compact(
-            token, OKPKey.import_key(public_key), registry=_jws_registry(max_bytes)
+            token, OKPKey.import_key(public_key), registry=_jws_registry(max_bytes, bounds)
         )
     except BadSignatureError:
         raise VerificationError(Reason.BAD_SIGNATURE, "the signature does not verify") from None
@@ -220,13 +317,14 @@ def decrypt_compact(
     key_for: Callable[[str], X25519PrivateKey],
     *,
     max_bytes: int = MAX_TOKEN_BYTES,
+    bounds: HeaderBounds = DEFAULT_BOUNDS,
 ) -> bytes:
     """The plaintext of a compact JWE, decrypted with the private key ``key_for(kid)``.
 
     ``key_for`` raises ``VerificationError`` if the kid is not a key the caller may use.
     """
     # 1. Shape: size, five segments, a JSON header with a kid (RFC 7516 §5.2 steps 1-3).
-    header = read_header(token, jwe_token=True, max_bytes=max_bytes)
+    header = read_header(token, jwe_token=True, max_bytes=max_bytes, bounds=bounds)
     # 2. The algorithms are ours: no RSA, no direct keys, no compression (RFC 7516 §4.1.3).
     if header.get("alg") != KEY_AGREEMENT or header.get("enc") != CONTENT_ENCRYPTION:
         raise VerificationError(
@@ -241,7 +339,7 @@ def decrypt_compact(
     # 4. Key agreement, key unwrap, authenticated decryption (RFC 7516 §5.2 steps 6-16).
     try:
         opened = jwe.decrypt_compact(
-            token, OKPKey.import_key(private_key), registry=_jwe_registry(max_bytes)
+            token, OKPKey.import_key(private_key), registry=_jwe_registry(max_bytes, bounds)
         )
     except (JoseError, ValueError, TypeError, KeyError, InvalidTag) as exc:
         raise VerificationError(

@@ -6,10 +6,16 @@ has ``victim``), so neither message needs a field that exists only to say what i
 
 What every submission names, whatever its kind, is read here too: its recipients, the legal
 footing it claims (``lawful_basis_of``) and the field groups it fills in (``groups_carried``).
+
+The models bound every date to plausible years; whether a date lies in the future depends on
+the receiver's clock, so ``future_dates`` is given that clock. A day is in the future while it
+has begun nowhere on Earth, not even at UTC+14, so a child born today in any time zone is never
+refused.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Final
 
 from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
@@ -23,7 +29,7 @@ from schemas.consent import (
     OverrideReason,
     StatutoryGateway,
 )
-from schemas.decode import field_problems
+from schemas.decode import MAX_JSON_DEPTH, depth_problem, field_problems
 from schemas.encompass import EncompassNotification
 from schemas.errors import FieldProblem, SchemaError
 from schemas.referral import FIELD_GROUPS, FieldGroup, Referral
@@ -32,7 +38,9 @@ __all__ = [
     "LawfulBasis",
     "Message",
     "Submission",
+    "check_not_future",
     "decode_submission",
+    "future_dates",
     "groups_carried",
     "lawful_basis_of",
     "recipients_of",
@@ -69,8 +77,16 @@ def _untagged(problem: FieldProblem) -> FieldProblem:
     return problem
 
 
-def decode_submission(data: bytes) -> Referral | EncompassNotification:
-    """Parse JSON ``data`` as a referral or a notification; raise SchemaError naming each field."""
+def decode_submission(
+    data: bytes, *, max_depth: int = MAX_JSON_DEPTH
+) -> Referral | EncompassNotification:
+    """Parse JSON ``data`` as a referral or a notification; raise SchemaError naming each field.
+
+    Arrays and objects nesting deeper than ``max_depth`` are refused before parsing.
+    """
+    too_deep = depth_problem(data, max_depth)
+    if too_deep is not None:
+        raise SchemaError(f"the submission is not valid: {too_deep.problem}", (too_deep,))
     try:
         return _ADAPTER.validate_json(data)
     except ValidationError as exc:
@@ -81,6 +97,60 @@ def decode_submission(data: bytes) -> Referral | EncompassNotification:
             "fix the named fields and submit again",
             problems,
         ) from None
+
+
+# The furthest-ahead time zone: a date has begun somewhere once UTC+14 has reached it.
+_EARLIEST_ZONE: Final = timedelta(hours=14)
+
+
+def future_dates(message: Message, latest: datetime) -> tuple[FieldProblem, ...]:
+    """The dates of ``message`` that lie after ``latest`` (the receiver's clock plus skew).
+
+    Only dates that record the past are checked: a creation time, an incident, a birth. A due
+    date, an order's expiry or a planned action may lie in the future.
+    """
+    moments: list[tuple[str, datetime]] = []
+    days: list[tuple[str, date | None]] = []
+    if isinstance(message, EncompassNotification):
+        moments += [
+            ("header.created_at", message.header.created_at),
+            ("content.occurred_at", message.content.occurred_at),
+        ]
+        days.append(("content.child_date_of_birth", message.content.child_date_of_birth))
+    else:
+        moments += [
+            ("header.created_at", message.header.created_at),
+            ("incident.occurred_at", message.incident.occurred_at),
+        ]
+        days.append(("victim.date_of_birth", message.victim.date_of_birth))
+        if message.perpetrator is not None:
+            days.append(("perpetrator.date_of_birth", message.perpetrator.date_of_birth))
+        days += [
+            (f"children.{i}.date_of_birth", c.date_of_birth) for i, c in enumerate(message.children)
+        ]
+    last_day = (latest.astimezone(UTC) + _EARLIEST_ZONE).date()
+    problems = [
+        FieldProblem(field, "the time is in the future of the receiver's clock")
+        for field, moment in moments
+        if moment > latest
+    ]
+    problems += [
+        FieldProblem(field, "the date is in the future")
+        for field, day in days
+        if day is not None and day > last_day
+    ]
+    return tuple(problems)
+
+
+def check_not_future(message: Message, latest: datetime) -> None:
+    """Raise SchemaError naming every date of ``message`` after ``latest`` (see future_dates)."""
+    problems = future_dates(message, latest)
+    if problems:
+        raise SchemaError(
+            f"the submission is not valid: {len(problems)} date(s) in the future, first at "
+            f"'{problems[0].field}'; check the date, and the sending system's clock",
+            problems,
+        )
 
 
 def recipients_of(message: Message) -> tuple[str, ...]:

@@ -101,6 +101,11 @@ REASON_TYPES: dict[Reason, tuple[int, str, str]] = {
         "signature-time-invalid",
         "The signature time is missing or invalid",
     ),
+    Reason.IAT_INVALID: (
+        403,
+        "signature-time-invalid",
+        "The signature time is missing or invalid",
+    ),
 }
 
 
