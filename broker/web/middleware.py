@@ -1,14 +1,25 @@
 """What every request to a Cairn HTTP service goes through: its id, problem mapping, identity.
 
 ``problems_middleware`` gives each request an id and turns every error into RFC 9457
-problem+json (``broker.web.problems`` holds the mapping), so nothing leaves as a traceback;
-``tls_agency`` names the federation member of the verified client certificate; ``read_body``
-enforces the body limit while streaming. The broker's app and the auditor's app both use them.
+problem+json (``broker.web.problems`` holds the mapping), so nothing leaves as a traceback; an
+error that reaches its 500 branch is a bug to reproduce in tests/unit/hostile, never the
+client's fault. ``tls_agency`` names the federation member of the verified client certificate;
+``read_body`` enforces the body limit while streaming. The broker's app and the auditor's app
+both use them.
+
+A client may name its request with ``X-Request-Id``. The id is kept only in the form
+``REQUEST_ID_FORM``: a letter or digit, then up to 63 letters, digits, ``.``, ``_``, ``:`` or
+``-``, which the audit events' ``request_id`` accepts and a Kafka header carries byte for byte.
+Any other value (a space, ``=``, a lone ``-``, non-ASCII, too long, empty) is replaced by a
+fresh UUID4, which the response's ``X-Request-Id`` returns; the request is handled as usual.
+The value sent is never logged, only the id used and the event ``request.id_replaced``:
+whatever a client puts there (a name) must not reach the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +35,7 @@ from schemas.errors import AuthenticationError, CairnError, PayloadTooLarge
 __all__ = [
     "METRICS",
     "REQUEST_ID",
+    "REQUEST_ID_FORM",
     "TLS_AGENCY",
     "Handler",
     "problems_middleware",
@@ -38,6 +50,9 @@ REQUEST_ID = web.RequestKey("request_id", str)
 TLS_AGENCY = web.RequestKey("tls_agency", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: The X-Request-Id values kept as sent (a subset of schemas.audit's RequestId).
+REQUEST_ID_FORM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -57,11 +72,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 @web.middleware
 async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as problem+json; nothing leaves as a traceback."""
-    request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
-    request_id = request_id[:64]
+    sent = request.headers.get("X-Request-Id")
+    if sent is not None and REQUEST_ID_FORM.fullmatch(sent):
+        request_id, replaced = sent, False
+    else:
+        request_id, replaced = str(uuid.uuid4()), sent is not None
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     request[REQUEST_ID] = request_id
+    if replaced:
+        log.info("request.id_replaced")  # the fresh id is bound; the value sent is never logged
     try:
         response = await handler(request)
     except CairnError as exc:
