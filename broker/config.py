@@ -117,6 +117,30 @@ class Settings(BaseSettings):
         default=2**53, ge=2**32, le=2**53
     )  # largest magnitude of an integer in a JWS header (2^53: I-JSON, RFC 7493 §2.2)
 
+    # HTTP server timeouts and connection limits (issue 12: slow clients are cut off)
+    # Defaults leave room for an agency on a slow link; broker.web.server enforces them.
+    http_tls_handshake_timeout_s: float = Field(
+        default=10.0, gt=0, le=120
+    )  # seconds from accepting a connection to a completed TLS handshake (and to close one)
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, le=300
+    )  # seconds to a complete request head, from connecting or from the head's first byte
+    http_keepalive_idle_s: float = Field(
+        default=15.0, gt=0, le=3600
+    )  # seconds a kept-alive connection may wait, after a response, for the next request
+    http_body_grace_s: float = Field(
+        default=10.0, gt=0, le=300
+    )  # seconds a request body may take before the minimum rate applies
+    http_body_min_rate_bytes_per_s: int = Field(
+        default=1024, ge=1, le=1_073_741_824
+    )  # bytes per second a request body must average once the grace is over
+    http_max_connections_per_client: int = Field(
+        default=16, ge=1, le=10_000
+    )  # open connections per agency (verified client certificate); more get a 429
+    http_max_connections: int = Field(
+        default=512, ge=1, le=100_000
+    )  # open connections in all, handshakes included; more are closed when accepted
+
     # Files
     state_dir: Path = REPO_ROOT / ".cairn"
     key_dir: Path | None = Field(

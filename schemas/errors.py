@@ -10,6 +10,7 @@ failed (nothing was sent; the same request may succeed later). Programming mista
     ├── InputError                 hostile or invalid input: refused, nothing changed
     │   ├── SchemaError            the message does not match its schema (names each field)
     │   ├── PayloadTooLarge        the body exceeds a configured limit
+    │   ├── RequestTimeout         the body arrived slower than the configured minimum rate
     │   ├── UnsupportedMediaType   the body is not the media type the endpoint takes
     │   ├── UnknownAgency          a sender or recipient is not in the federation
     │   ├── AuthenticationError    the sender is not who it claims to be
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadTooLarge",
     "RegistryUntrusted",
     "ReplayError",
+    "RequestTimeout",
     "SchemaError",
     "SenderMismatch",
     "SigningUnavailable",
@@ -95,6 +97,22 @@ class PayloadTooLarge(InputError):
             "split the submission or ask the operator about max_body_bytes"
         )
         self.limit_bytes = limit_bytes
+
+
+class RequestTimeout(InputError):
+    """The body arrived too slowly; the broker stopped waiting and closes the connection.
+
+    An input error because the sender's side is at fault, though unlike most the same request
+    may succeed over a faster link.
+    """
+
+    def __init__(self, grace_s: float, min_bytes_per_s: int) -> None:
+        super().__init__(
+            f"the request body arrived slower than {min_bytes_per_s} bytes per second after "
+            f"the first {grace_s:g} seconds; send it again over a faster link"
+        )
+        self.grace_s = grace_s
+        self.min_bytes_per_s = min_bytes_per_s
 
 
 class UnsupportedMediaType(InputError):

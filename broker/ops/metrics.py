@@ -158,6 +158,12 @@ class Metrics:
             ["purpose", "recipient"],
             registry=r,
         )
+        self.connections_cut = Counter(
+            "cairn_http_connections_cut",
+            "HTTP connections cut off (too slow) or refused (over a limit), by reason code",
+            ["reason"],
+            registry=r,
+        )
         self.probe: KafkaProbe | None = None
         self.checkpoint_file: Path | None = None
         self.calendar_watch: CalendarWatch | None = None

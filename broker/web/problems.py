@@ -46,6 +46,7 @@ from schemas.errors import (
     PayloadTooLarge,
     RegistryUntrusted,
     ReplayError,
+    RequestTimeout,
     SchemaError,
     SenderMismatch,
     SigningUnavailable,
@@ -63,6 +64,7 @@ MEDIA_TYPE = "application/problem+json"
 # Most specific class first: the first isinstance match wins.
 PROBLEM_TYPES: tuple[tuple[type[CairnError], int, str, str], ...] = (
     (PayloadTooLarge, 413, "payload-too-large", "Request body too large"),
+    (RequestTimeout, 408, "request-timeout", "Request body too slow"),
     (UnsupportedMediaType, 415, "unsupported-media-type", "Unsupported media type"),
     (UnknownSender, 403, "unknown-sender", "The sending agency is not in the registry"),
     (SenderMismatch, 403, "sender-mismatch", "Sender does not match the TLS identity"),
@@ -155,9 +157,13 @@ def problem_response(
     if request_id is not None:
         body = {**body, "request_id": request_id}
     headers = {"Retry-After": "5"} if status == 503 else None
-    return web.Response(
+    response = web.Response(
         status=status, text=json.dumps(body), content_type=MEDIA_TYPE, headers=headers
     )
+    if status == 408:
+        # RFC 9110 15.5.9: a 408 means the server stopped waiting, so it closes the connection.
+        response.force_close()
+    return response
 
 
 def http_problem(status: int, slug: str, title: str, detail: str) -> dict[str, Any]:
