@@ -42,6 +42,7 @@ from broker.web.middleware import (
     read_body,
     tls_agency,
 )
+from broker.web.server import start_server
 from schemas.errors import (
     CairnError,
     UnsupportedMediaType,
@@ -228,12 +229,12 @@ async def serve(
     *,
     started: asyncio.Event | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight requests and flush the producer."""
-    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=ssl_context)
-    await site.start()
-    log.info("broker.listening", host=settings.http_host, port=settings.http_port)
+    """Run until SIGTERM or SIGINT, then drain in-flight requests and flush the producer.
+
+    Connections are bounded in time and number as ``broker.web.server`` describes.
+    """
+    server = await start_server(app, settings, ssl_context, metrics=app.get(METRICS))
+    log.info("broker.listening", host=settings.http_host, port=server.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -246,4 +247,4 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        await server.close()

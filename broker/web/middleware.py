@@ -25,12 +25,14 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from broker.ops.metrics import Metrics
 from broker.web.problems import http_problem, problem_for, problem_response
 from keys import peer_agency
 from keys.errors import VerificationError as KeyVerificationError
-from schemas.errors import AuthenticationError, CairnError, PayloadTooLarge
+from schemas.errors import AuthenticationError, CairnError, InputError, PayloadTooLarge
 
 __all__ = [
     "METRICS",
@@ -56,16 +58,26 @@ REQUEST_ID_FORM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read the body while counting; refuse as soon as it passes ``limit`` bytes."""
+    """Read the body while counting; refuse as soon as it passes ``limit`` bytes.
+
+    A body too slow raises ``RequestTimeout`` from the stream (``broker.web.server`` sets it
+    there, for every handler); a client gone half-way, or a body that does not decode (a broken
+    chunked framing or compression), is an input error too, not a 500 with a traceback.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(65_536):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(65_536):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(limit)
+            chunks.append(chunk)
+    except ConnectionResetError:
+        raise InputError("the connection closed before the request body was complete") from None
+    except (HttpProcessingError, RequestPayloadError):  # aiohttp's parser: framing, encoding
+        raise InputError("the request body's transfer or content encoding is malformed") from None
     return b"".join(chunks)
 
 
