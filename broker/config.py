@@ -141,6 +141,20 @@ class Settings(BaseSettings):
         default=512, ge=1, le=100_000
     )  # open connections in all, handshakes included; more are closed when accepted
 
+    # Kafka consumers: dead letters and reconnection (issue 12)
+    consumer_retry_initial_s: float = Field(
+        default=0.5, gt=0, le=60
+    )  # seconds a consumer pauses before its first reconnection; doubles after each failure
+    consumer_retry_max_s: float = Field(
+        default=30.0, gt=0, le=600
+    )  # seconds: the longest pause between reconnections
+    consumer_stall_s: float = Field(
+        default=30.0, gt=0, le=3600
+    )  # seconds a consumer may read nothing while behind (or Kafka silent) before it reconnects
+    consumer_kafka_wait_s: float = Field(
+        default=900.0, gt=0, le=86_400
+    )  # seconds 'cairn inbox' waits for Kafka before giving up (services wait for ever)
+
     # Files
     state_dir: Path = REPO_ROOT / ".cairn"
     key_dir: Path | None = Field(

@@ -7,28 +7,46 @@ a consumer group (read_committed), and for each acknowledgement:
 1. verifies the signature against the registry, as the agency named in the record header;
 2. checks the signed acknowledgement names that same agency, and that the broker did queue
    that referral for it (from the replay store's receipts): nobody acknowledges for another;
-3. ignores a repeat (same referral, same agency);
+3. ignores a repeat (same referral, same agency), in the same batch or remembered from an
+   earlier one;
 4. publishes the ``acknowledged`` audit event together with the consumer offsets in one Kafka
    transaction, so an acknowledgement is audited exactly once even across crashes.
 
-Anything that fails 1-2 is copied to the dead-letter topic with a reason code, never dropped
-silently and never audited as an acknowledgement.
+A record that fails 1-2 in any way (any exception while decoding or verifying it is the
+record's fault, a ``RecursionError`` from a deeply nested header included) is dead-lettered in
+that same transaction (``broker.kafka.consumer``: its bytes, ids, source and a reason code),
+counted, and committed past: never audited, never re-read, never in the way of the next one.
+Kafka or our own registry failing is not the record's fault: nothing is committed, and the loop
+reconnects after a bounded pause and reads the batch again.
+
+The replay store's memory of acknowledgements is this broker's own; the auditor, the audit
+log's single writer, keeps one ``acknowledged`` per (referral, agency) whatever several brokers
+or Kafka redeliver (``broker.audit.store``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from broker.config import Settings
 from broker.envelope import header_map
+from broker.kafka.consumer import (
+    Backoff,
+    Retry,
+    Watchdog,
+    close,
+    dead_letter,
+    dlq_topic,
+    is_infrastructure,
+    pause,
+    reason_code,
+)
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
 from broker.ops.metrics import Metrics, code
 from broker.replay import ReplayStore
@@ -36,14 +54,15 @@ from broker.trust import TrustStore
 from keys import verify_ack
 from schemas.audit import AuditEvent, acknowledged
 from schemas.decode import decode
-from schemas.errors import CairnError, InputError
+from schemas.errors import InputError
 from schemas.receipt import Acknowledgement, Receipt, RecipientStatus
 
-__all__ = ["GROUP_ID", "ReceiptsLoop", "audit_record"]
+__all__ = ["CONSUMER", "GROUP_ID", "ReceiptsLoop", "audit_record"]
 
 log = structlog.get_logger(__name__)
 
-GROUP_ID = "cairn-broker-receipts"
+GROUP_ID: Final = "cairn-broker-receipts"
+CONSUMER: Final = "receipts"  # the consumer's name on its dead letters and in the metric
 
 
 def audit_record(prefix: str, event: AuditEvent) -> Record:
@@ -74,20 +93,27 @@ class ReceiptsLoop:
         self._replay = replay
         self._transport = transport
         self._clock = clock
+        self._retry = Retry.from_settings(settings)
         self.audited = 0
-        self.quarantined = 0
+        self.repeats = 0
+        self.dead_letters = 0
+        self.reconnections = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; reconnect after Kafka failures, with a pause."""
+        """Consume until ``stop`` is set; after any failure reconnect, with a bounded pause."""
+        backoff = Backoff(self._retry)
         while not stop.is_set():
             try:
-                await self._consume(stop)
-            except (KafkaError, OSError, CairnError) as exc:
-                log.warning("receipts.paused", error=type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 5.0)
+                await self._consume(stop, backoff)
+            except Exception as exc:
+                delay = backoff.next()
+                self.reconnections += 1
+                # Kafka failing is expected; anything else is a bug, but never a dead loop.
+                report = log.warning if is_infrastructure(exc) else log.error
+                report("receipts.reconnecting", error=type(exc).__name__, retry_in_s=delay)
+                await pause(stop, delay)
 
-    async def _consume(self, stop: asyncio.Event) -> None:
+    async def _consume(self, stop: asyncio.Event, backoff: Backoff) -> None:
         consumer = AIOKafkaConsumer(
             f"{self._settings.topic_prefix}.receipts",
             **kafka_options(self._settings),
@@ -96,26 +122,50 @@ class ReceiptsLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await asyncio.wait_for(consumer.start(), self._settings.kafka_connect_timeout_s)
         try:
+            await asyncio.wait_for(consumer.start(), self._retry.connect_s)
+            watchdog = Watchdog(self._retry)
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=100)
+                if not batches:
+                    await watchdog.check(consumer, consumer.assignment())
+                    continue
                 for tp, messages in batches.items():
                     await self.handle_batch(tp, messages)
+                watchdog.progressed()
+                backoff.reset()
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 10)
+            await close(consumer)
 
     async def handle_batch(self, tp: TopicPartition, messages: list[Any]) -> None:
-        """Audit (or quarantine) one partition's batch and commit its offsets, atomically."""
+        """Audit (or dead-letter) one partition's batch and commit its offsets, atomically."""
         records: list[Record] = []
         acks: list[tuple[str, str]] = []
+        dead: list[str] = []
+        registry = self._trust.registry()  # our own registry failing is not the record's fault
         for msg in messages:
-            record, ack = self._examine(msg)
-            if record is not None:
-                records.append(record)
-            if ack is not None and ack not in acks:
-                acks.append(ack)
+            try:
+                ack = self._verify(msg, registry)
+            except Exception as exc:
+                if is_infrastructure(exc):
+                    raise
+                reason = reason_code(exc)
+                records.append(self._dead_letter(msg, reason))
+                dead.append(reason)
+                continue
+            key = (str(ack.referral_id), ack.agency)
+            if not self._was_queued(*key):
+                records.append(self._dead_letter(msg, "not_queued", {"cairn-referral-id": key[0]}))
+                dead.append("not_queued")
+                continue
+            # 3 a repeat, in this batch or audited before, is committed past, not audited again
+            if key in acks or self._replay.acknowledged(*key):
+                self.repeats += 1
+                log.info("receipt.repeated", referral_id=key[0], agency=key[1])
+                continue
+            log.info("receipt.acknowledged", referral_id=key[0], agency=key[1])
+            records.append(audit_record(self._settings.topic_prefix, acknowledged(ack)))
+            acks.append(key)
         consumed = Consumed(GROUP_ID, {tp: messages[-1].offset + 1})
         await self._transport.publish(records, consumed)
         now = self._clock()
@@ -123,40 +173,24 @@ class ReceiptsLoop:
             self._replay.remember_ack(referral_id, agency, now)
             if self._metrics is not None:
                 self._metrics.acknowledged.labels(recipient=code(agency)).inc()
-        self.audited += len(acks)
-
-    def _examine(self, msg: Any) -> tuple[Record | None, tuple[str, str] | None]:
-        headers = header_map(msg.headers or ())
-        agency = headers.get("cairn-agency", "")
-        try:
-            # 1 the signature, by the agency the record says sent it
-            payload = verify_ack(
-                msg.value, self._trust.registry(), signer=agency, now=self._clock()
-            )
-            ack = decode(Acknowledgement, payload)
-            # 2 for itself, about a referral queued for it
-            if ack.agency != agency:
-                raise InputError("the acknowledgement is signed for another agency")
-            if not self._was_queued(str(ack.referral_id), agency):
-                raise InputError("no disclosure of that referral was queued for this agency")
-        except InputError as exc:
-            self.quarantined += 1
-            reason = str(getattr(exc, "reason", type(exc).__name__))
+        for reason in dead:
             if self._metrics is not None:
-                self._metrics.quarantined.labels(reason=code(reason)).inc()
-            log.warning(
-                "receipt.quarantined",
-                referral_id=headers.get("cairn-referral-id"),
-                agency=agency or None,
-                reason=reason,
+                self._metrics.dead_letter(CONSUMER, reason)
+        self.audited += len(acks)
+        self.dead_letters += len(dead)
+
+    def _verify(self, msg: Any, registry: Any) -> Acknowledgement:
+        """Steps 1-2 for one record; raises whatever the record makes them raise."""
+        agency = header_map(msg.headers or ()).get("cairn-agency", "")
+        # 1 the signature, by the agency the record says sent it
+        payload = verify_ack(msg.value, registry, signer=agency, now=self._clock())
+        ack = decode(Acknowledgement, payload)
+        # 2 for itself (queued for it: checked by the caller, from our own store)
+        if ack.agency != agency:
+            raise InputError(
+                "the acknowledgement is signed for another agency", reasons=("other_agency",)
             )
-            return self._dead_letter(msg, reason), None
-        # 3 a repeat is committed past, not audited again
-        key = (str(ack.referral_id), ack.agency)
-        if self._replay.acknowledged(*key):
-            return None, None
-        log.info("receipt.acknowledged", referral_id=key[0], agency=key[1])
-        return audit_record(self._settings.topic_prefix, acknowledged(ack)), key
+        return ack
 
     def _was_queued(self, referral_id: str, agency: str) -> bool:
         seen = self._replay.lookup(referral_id)
@@ -167,14 +201,16 @@ class ReceiptsLoop:
             r.agency == agency and r.status is RecipientStatus.QUEUED for r in receipt.recipients
         )
 
-    def _dead_letter(self, msg: Any, reason: str) -> Record:
-        return Record(
-            topic=f"{self._settings.topic_prefix}.dlq",
-            key=msg.key or b"",
-            value=msg.value,
-            headers=(
-                *tuple(msg.headers or ()),
-                ("cairn-dlq-reason", reason.encode()),
-                ("cairn-dlq-source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
-            ),
+    def _dead_letter(self, msg: Any, reason: str, ids: dict[str, str] | None = None) -> Record:
+        headers = {**header_map(msg.headers or ()), **(ids or {})}
+        log.warning(
+            "receipt.dead_lettered",
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            # Header values as codes only: a hostile producer's header never reaches the log.
+            referral_id=code(headers.get("cairn-referral-id")),
+            agency=code(headers.get("cairn-agency")),
+            reason=reason,
         )
+        return dead_letter(dlq_topic(self._settings.topic_prefix), CONSUMER, msg, reason, ids)

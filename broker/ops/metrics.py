@@ -146,10 +146,11 @@ class Metrics:
             ["recipient"],
             registry=r,
         )
-        self.quarantined = Counter(
-            "cairn_acknowledgements_quarantined",
-            "Acknowledgements sent to the dead-letter topic, by reason code",
-            ["reason"],
+        self.dead_letters = Counter(
+            "cairn_consumer_dead_letters",
+            "Records a consumer could not handle and sent to the dead-letter topic, by consumer "
+            "(receipts, auditor, inbox) and reason code",
+            ["consumer", "reason"],
             registry=r,
         )
         self.overdue = Counter(
@@ -170,6 +171,10 @@ class Metrics:
         r.register(_OpsCollector(self))
         for stage in STAGES:  # every stage is exposed from the start, at zero
             self.stage_seconds.labels(stage=stage)
+
+    def dead_letter(self, consumer: str, reason: str) -> None:
+        """Count one dead letter (``broker.kafka.consumer.CountDeadLetter``)."""
+        self.dead_letters.labels(consumer=code(consumer), reason=code(reason)).inc()
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
