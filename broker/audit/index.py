@@ -271,6 +271,26 @@ class Index:
             db.executemany("INSERT INTO basis(code, seq) VALUES (?, ?)", bases)
             db.execute("UPDATE meta SET value = ? WHERE key = 'size'", (str(last + 1),))
 
+    def recorded(self, kind: AuditEventType, message_id: UUID, recipient: str) -> bool:
+        """Whether the log holds an event of ``kind`` about ``message_id`` for ``recipient``
+        (the store keeps some facts once per recipient); caught up first if behind."""
+        try:
+            if self.stale:
+                self.catch_up(None)
+            row = (
+                self._require_db()
+                .execute(
+                    "SELECT 1 FROM entry WHERE message_id = ? AND recipient = ? AND type = ? "
+                    "LIMIT 1",
+                    (str(message_id), recipient, kind.value),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            # Not knowing is not "no": the batch waits until the index answers again.
+            raise AuditUnavailable(f"the audit index cannot answer: {exc}") from None
+        return row is not None
+
     def select(self, query: Query) -> list[int]:
         """The leaf indices of the entries that match ``query``, oldest first."""
         if self.stale:

@@ -9,7 +9,17 @@ up a referral (the broker's Kafka transaction already made the events durable on
 It reads ``cairn.audit`` (one partition, read_committed) from the log's next Kafka offset, so
 the offset is the idempotency key: after a crash at any point it resumes without a gap or a
 duplicate. Every ``every_entries`` leaves or ``every_s`` seconds it signs a checkpoint (C2SP
-signed note) and publishes it to ``cairn.checkpoints``.
+signed note) and publishes it to ``cairn.checkpoints`` (a checkpoint Kafka does not take is
+still in the log's files; the next one supersedes it).
+
+A record that is not a canonical audit event is that record's fault: it is dead-lettered
+(``broker.kafka.consumer``), counted and skipped, and the events behind it are appended. A
+second acknowledgement of the same disclosure by the same agency is a counted duplicate, not a
+new entry (``broker.audit.store.ONCE_PER_RECIPIENT``), however many brokers produced it. The
+log decides where to resume; the consumer group ``cairn-auditor`` only remembers which records
+were examined already, so that a dead letter or a duplicate at the end of the topic is not
+sent or counted again after a restart. Kafka going away, or an outage aiokafka does not notice,
+makes the auditor reconnect after a bounded pause and resume by itself.
 
 HTTP, over mutual TLS, for the auditor's certificate only (IG tools present it):
 
@@ -51,21 +61,37 @@ from broker.audit.report import override_report
 from broker.audit.store import AuditLog, CheckpointPolicy, Entry
 from broker.audit.verify import verify
 from broker.config import Settings
+from broker.kafka.consumer import (
+    Backoff,
+    Retry,
+    Watchdog,
+    close,
+    dead_letter,
+    dlq_topic,
+    is_infrastructure,
+    pause,
+    reason_code,
+)
 from broker.kafka.transport import kafka_options
+from broker.ops.metrics import Metrics
 from broker.trust import TrustStore
 from broker.web.middleware import TLS_AGENCY, problems_middleware
 from broker.web.pages import json_page, static_file, static_route
 from keys import AUDITOR_ID, peer_agency
 from keys.errors import VerificationError as KeyVerificationError
 from keys.registry import KeyStatus, KeyUse
+from schemas.audit import AuditEvent
 from schemas.consent import OverrideReason
 from schemas.errors import AuthenticationError, FieldProblem, SchemaError
 from schemas.pseudonyms import person_pseudonyms
 from schemas.referral import Purpose
 
-__all__ = ["Auditor", "add_ig_routes", "auditor_app"]
+__all__ = ["CONSUMER", "GROUP_ID", "Auditor", "add_ig_routes", "auditor_app"]
 
 log = structlog.get_logger(__name__)
+
+CONSUMER: Final = "auditor"  # the consumer's name on its dead letters and in the metric
+GROUP_ID: Final = "cairn-auditor"  # remembers what was examined; the log says what is stored
 
 T = TypeVar("T")
 
@@ -81,6 +107,7 @@ class Auditor:
         directory: Path | None = None,
         policy: CheckpointPolicy | None = None,
         origin: str = DEFAULT_ORIGIN,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.trust = trust
@@ -89,10 +116,16 @@ class Auditor:
             every_entries=settings.checkpoint_every_entries, every_s=settings.checkpoint_every_s
         )
         self.origin = origin
+        self.metrics = metrics
+        self._retry = Retry.from_settings(settings)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditlog")
         self._log: AuditLog | None = None
+        self._examined = 0  # the next offset not yet examined (dead letters sent, duplicates)
         self.appended = 0
         self.appended_since_checkpoint = 0
+        self.dead_letters = 0
+        self.duplicates = 0
+        self.reconnections = 0
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the log's own thread."""
@@ -115,30 +148,47 @@ class Auditor:
         self._thread.shutdown(wait=True)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the audit topic until ``stop``; reconnect after Kafka failures."""
+        """Follow the audit topic until ``stop``; after any failure reconnect, with a bounded
+        pause, and resume from the log."""
+        backoff = Backoff(self._retry)
         while not stop.is_set():
             try:
-                await self._follow(stop)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("auditor.paused", error=type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 5.0)
+                await self._follow(stop, backoff)
+            except Exception as exc:
+                delay = backoff.next()
+                self.reconnections += 1
+                # Kafka failing is expected; anything else (the disk, a bug) is logged as an
+                # error, and retried the same bounded way rather than ending the follower.
+                report = log.warning if is_infrastructure(exc) else log.error
+                report("auditor.reconnecting", error=type(exc).__name__, retry_in_s=delay)
+                await pause(stop, delay)
+        if self.appended_since_checkpoint:
+            # Stopped without Kafka: the last events are still attested, in the files.
+            with contextlib.suppress(Exception):
+                await self.checkpoint()
 
-    async def _follow(self, stop: asyncio.Event) -> None:
+    async def _follow(self, stop: asyncio.Event, backoff: Backoff) -> None:
         options = kafka_options(self.settings)
         tp = TopicPartition(f"{self.settings.topic_prefix}.audit", 0)
         consumer = AIOKafkaConsumer(
-            **options, isolation_level="read_committed", enable_auto_commit=False
+            **options, group_id=GROUP_ID, isolation_level="read_committed", enable_auto_commit=False
         )
         producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
-        await asyncio.wait_for(consumer.start(), self.settings.kafka_connect_timeout_s)
         try:
-            await asyncio.wait_for(producer.start(), self.settings.kafka_connect_timeout_s)
+            await asyncio.wait_for(consumer.start(), self._retry.connect_s)
+            await asyncio.wait_for(producer.start(), self._retry.connect_s)
             consumer.assign([tp])
-            # The log, not a consumer group, knows where we are: its next Kafka offset.
+            committed = await asyncio.wait_for(consumer.committed(tp), self._retry.connect_s)
+            self._examined = max(self._examined, committed or 0)
+            # The log, not the consumer group, knows where we are: its next Kafka offset.
             consumer.seek(tp, self.log.next_offset)
+            watchdog = Watchdog(self._retry)
             while not stop.is_set():
-                await self._step(consumer, tp)
+                if await self._step(consumer, producer, tp):
+                    watchdog.progressed()
+                    backoff.reset()
+                else:
+                    await watchdog.check(consumer, [tp])
                 if await self.call(self.log.checkpoint_due, self.policy):
                     await self.checkpoint(producer)
             # Stopping: catch up with what is already committed (bounded), then sign a final
@@ -149,22 +199,59 @@ class Auditor:
                 if asyncio.get_running_loop().time() > deadline:
                     log.warning("auditor.stopped_behind", position=await consumer.position(tp))
                     break
-                await self._step(consumer, tp)
+                await self._step(consumer, producer, tp)
             if self.appended_since_checkpoint:
                 await self.checkpoint(producer)
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 10)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 10)
+            await close(consumer)
+            await close(producer)
 
-    async def _step(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+    async def _step(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, tp: TopicPartition
+    ) -> bool:
+        """Append one batch: dead-letter what is not an event first, then store the rest, then
+        remember what was examined. False if there was nothing to read."""
         batch = await consumer.getmany(tp, timeout_ms=500, max_records=500)
         messages = batch.get(tp, [])
-        if messages:
-            result = await self.call(self.log.append, [(m.offset, m.value) for m in messages])
+        if not messages:
+            return False
+        events: list[tuple[int, bytes, AuditEvent]] = []
+        dead: list[tuple[Any, str]] = []
+        for m in messages:
+            if isinstance(m.value, bytes) and len(m.value) > self.log.max_event_bytes:
+                dead.append((m, "too_large"))
+                continue
+            try:
+                events.append((m.offset, m.value, AuditEvent.from_canonical(m.value)))
+            except Exception as exc:  # whatever reading it raises is the record's fault
+                dead.append((m, reason_code(exc)))
+        fresh = [(m, reason) for m, reason in dead if m.offset >= self._examined]
+        if fresh:
+            await self._dead_letter(producer, fresh)
+        if events:
+            result = await self.call(self.log.append, events)
             self.appended += result.appended
             self.appended_since_checkpoint += result.appended
+            repeated = [o for o in result.duplicates if o >= self._examined]
+            if repeated:
+                self.duplicates += len(repeated)
+                log.info("auditor.duplicates", offsets=repeated)
+        self._examined = max(self._examined, messages[-1].offset + 1)
+        await asyncio.wait_for(consumer.commit({tp: self._examined}), self._retry.connect_s)
+        return True
+
+    async def _dead_letter(self, producer: AIOKafkaProducer, dead: list[tuple[Any, str]]) -> None:
+        topic = dlq_topic(self.settings.topic_prefix)
+        sent = []
+        for m, reason in dead:
+            log.warning("auditor.dead_lettered", offset=m.offset, reason=reason)
+            r = dead_letter(topic, CONSUMER, m, reason)
+            sent.append(await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers)))
+        await asyncio.wait_for(asyncio.gather(*sent), self.settings.publish_timeout_s)
+        for _m, reason in dead:
+            self.dead_letters += 1
+            if self.metrics is not None:
+                self.metrics.dead_letter(CONSUMER, reason)
 
     async def checkpoint(self, producer: AIOKafkaProducer | None = None) -> bytes:
         """Sign a checkpoint of the log as it is now, and publish it if given a producer."""
@@ -173,7 +260,14 @@ class Auditor:
         self.appended_since_checkpoint = 0
         log.info("auditor.checkpoint", size=self.log.size)
         if producer is not None:
-            await producer.send_and_wait(f"{self.settings.topic_prefix}.checkpoints", note)
+            try:
+                await asyncio.wait_for(
+                    producer.send_and_wait(f"{self.settings.topic_prefix}.checkpoints", note),
+                    self.settings.publish_timeout_s,
+                )
+            except (KafkaError, OSError, TimeoutError) as exc:
+                # Signed and in the files already; the next checkpoint supersedes this one.
+                log.warning("auditor.checkpoint_unpublished", error=type(exc).__name__)
         return note
 
 

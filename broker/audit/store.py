@@ -11,6 +11,13 @@ with the same bytes, refuses one stored with different bytes, and refuses an off
 backwards past what is stored. (Offsets on a transactional topic are increasing but not
 contiguous: commit markers take offsets too. The consumer seeks to ``next_offset``.)
 
+Some facts happen once per (message, recipient) whatever Kafka delivers: a recipient
+acknowledges a disclosure once (``ONCE_PER_RECIPIENT``; views will join it). A second such
+event, under another offset (the same acknowledgement produced twice, or by two brokers), is
+not a new entry: ``append`` counts it as a duplicate and stores nothing. The index answers
+whether one is already in the log; it is rebuilt from the entries whenever it is in doubt, so
+the answer is the entries' own.
+
 Errors (``broker.audit.errors``): ``TamperDetected`` (the files contradict themselves or their
 signatures: refuse, tell the operator) is a ``VerificationError``; ``AuditUnavailable`` (the
 disk failed, or another process holds the log) is an ``InfrastructureError``: nothing was
@@ -27,6 +34,8 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Final
+from uuid import UUID
 
 import structlog
 
@@ -52,12 +61,19 @@ from broker.audit.recovery import (
     scan_entries,
 )
 from keys.jwk import SigningKey
-from schemas.audit import MAX_EVENT_BYTES, AuditEvent
+from schemas.audit import MAX_EVENT_BYTES, AuditEvent, AuditEventType
 from schemas.errors import SchemaError
 
-__all__ = ["AppendResult", "AuditLog", "CheckpointPolicy", "Entry"]
+__all__ = ["ONCE_PER_RECIPIENT", "AppendResult", "AuditLog", "CheckpointPolicy", "Entry", "Record"]
 
 log = structlog.get_logger(__name__)
+
+#: Event types the log keeps once per (message, recipient): a repeat is a counted duplicate.
+ONCE_PER_RECIPIENT: Final = frozenset({AuditEventType.ACKNOWLEDGED})
+
+#: What ``append`` takes: (Kafka offset, event bytes), optionally with the event those bytes
+#: hold, when the caller has already read it with ``AuditEvent.from_canonical``.
+Record = tuple[int, bytes] | tuple[int, bytes, AuditEvent]
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -85,6 +101,7 @@ class AppendResult:
     appended: int  # new leaves
     skipped: int  # offsets already stored with the same bytes (Kafka redelivery)
     size: int  # the tree size afterwards
+    duplicates: tuple[int, ...] = ()  # offsets of once-per-recipient facts already logged
 
 
 @dataclass(frozen=True)
@@ -254,6 +271,11 @@ class AuditLog:
         return self._offsets[-1] + 1 if self._offsets else 0
 
     @property
+    def max_event_bytes(self) -> int:
+        """The largest event ``append`` takes; the consumer dead-letters a larger record."""
+        return self._max_event_bytes
+
+    @property
     def tree(self) -> Tree:
         return self._tree
 
@@ -312,24 +334,33 @@ class AuditLog:
             return self._read(i)
         return None
 
-    def append(self, records: Iterable[tuple[int, bytes]]) -> AppendResult:
+    def append(self, records: Iterable[Record]) -> AppendResult:
         """Append ``(Kafka offset, event bytes)`` records durably, in order; idempotent.
 
         Each event must be a canonical ``AuditEvent`` (else ``SchemaError``: the consumer must
-        stop, not skip it, or the log would have a gap). Returns once the records are on disk.
+        check each record first and dead-letter what is not one, or the batch is refused).
+        A record may carry its event as read by ``AuditEvent.from_canonical``, which saves
+        reading it again. Returns once the records are on disk.
         """
         self._writable()
         batch = bytearray()
         new: list[tuple[int, int, bytes, AuditEvent]] = []  # position, offset, leaf, event
         pending: dict[int, bytes] = {}  # offset -> event bytes, for this batch
+        facts: set[tuple[AuditEventType, UUID, str]] = set()  # once-only facts in this batch
         last = self.last_offset
         skipped = 0
-        for offset, event in records:
+        duplicates: list[int] = []
+        for record in records:
+            offset, event = record[0], record[1]
             if last is not None and offset <= last:
-                # 1. Redelivery after a crash: the offset must hold these very bytes.
+                # 1. Redelivery after a crash: the offset must hold these very bytes (or be a
+                # duplicate fact, which was never stored).
                 stored = pending.get(offset)
                 if stored is None:
                     stored = self._stored_at(offset)
+                if stored is None and self._recorded(_fact(_parsed(record)), facts):
+                    duplicates.append(offset)
+                    continue
                 if stored is None:
                     raise TamperDetected(
                         f"Kafka offset {offset} is before the last stored offset {last} and "
@@ -341,17 +372,23 @@ class AuditLog:
                     )
                 skipped += 1
                 continue
-            # 2. A new event: valid, canonical, within the size limit.
+            # 2. A new event: valid, canonical, within the size limit, not a repeated fact.
             if len(event) > self._max_event_bytes:
                 raise SchemaError(f"the event at offset {offset} exceeds the size limit")
-            parsed = AuditEvent.from_canonical(event)
+            parsed = _parsed(record)
+            fact = _fact(parsed)
+            if self._recorded(fact, facts):
+                duplicates.append(offset)
+                continue
+            if fact is not None:
+                facts.add(fact)
             position = self._end + len(batch)
             batch += entry_record(self.size + len(new), offset, event)
             new.append((position, offset, leaf_hash(event), parsed))
             pending[offset] = event
             last = offset
         if not new:
-            return AppendResult(0, skipped, self.size)
+            return AppendResult(0, skipped, self.size, tuple(duplicates))
         # 3. Write and fsync: only then is the batch acknowledged.
         try:
             self._disk.step("entries.write")
@@ -371,7 +408,17 @@ class AuditLog:
         # 5. The index follows; if it fails, the log is still whole and the index catches up.
         self._disk.step("index.commit")
         self._index.follow((first + n, o, leaf, e) for n, (_, o, leaf, e) in enumerate(new))
-        return AppendResult(len(new), skipped, self.size)
+        return AppendResult(len(new), skipped, self.size, tuple(duplicates))
+
+    def _recorded(
+        self,
+        fact: tuple[AuditEventType, UUID, str] | None,
+        batch: set[tuple[AuditEventType, UUID, str]],
+    ) -> bool:
+        """Whether a once-per-recipient ``fact`` is in this batch or in the log already."""
+        if fact is None:
+            return False
+        return fact in batch or self._index.recorded(*fact)
 
     def _undo_write(self, exc: OSError) -> None:
         try:
@@ -445,3 +492,14 @@ class AuditLog:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _parsed(record: Record) -> AuditEvent:
+    return record[2] if len(record) == 3 else AuditEvent.from_canonical(record[1])
+
+
+def _fact(event: AuditEvent) -> tuple[AuditEventType, UUID, str] | None:
+    """The (type, message, recipient) of a once-per-recipient event; None for any other."""
+    if event.type not in ONCE_PER_RECIPIENT or event.message_id is None or not event.recipient:
+        return None
+    return event.type, event.message_id, event.recipient
