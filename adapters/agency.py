@@ -15,9 +15,10 @@ from typing import Protocol
 import click
 
 from adapters.client import ReferralClient
-from adapters.inbox import Inbox
+from adapters.inbox import Inbox, Progress
 from broker.config import Settings
 from broker.envelope import open_record
+from broker.kafka.consumer import Retry, dlq_topic
 from broker.kafka.topics import delivery_topic
 from broker.kafka.transport import kafka_options
 from broker.trust import TrustStore
@@ -120,19 +121,23 @@ def inbox_for(
     group_id: str | None = None,
     clock: Clock = _utcnow,
     passphrase: bytes | None = None,
+    progress: Progress | None = None,
 ) -> Inbox:
-    """The agency's consumer of its own delivery topic, opening records with its own keys."""
+    """The agency's consumer of its own delivery topic, opening records with its own keys;
+    ``progress`` hears, in one line each, while it waits for Kafka."""
     trust = agency_trust(settings, agency, clock=clock, passphrase=passphrase)
     trust.decryption_keys()  # fail now, not at the first record, if the keys cannot be loaded
     return Inbox(
         kafka_options(settings),
         agency=agency,
         topic=delivery_topic(settings.topic_prefix, agency),
-        dlq_topic=f"{settings.topic_prefix}.dlq",
+        dlq_topic=dlq_topic(settings.topic_prefix),
         open_value=opener_for(trust, agency, clock=clock),
         acknowledge=acknowledger_for(trust, agency, clock=clock),
         receipts_topic=f"{settings.topic_prefix}.receipts",
         group_id=group_id,
+        retry=Retry.from_settings(settings),
+        progress=progress,
     )
 
 

@@ -3,36 +3,56 @@
 It reads committed records only, in a consumer group, and commits offsets only after the handler
 has finished with the records before them, so a crash re-delivers rather than loses (at least
 once; handlers make processing idempotent by referral id). Each record is decrypted and its
-broker signature verified by ``open_value``; a record that fails is copied to the dead-letter
-topic with its ids and the reason code, then committed: never dropped silently, never acted on,
-never blocking the records behind it.
+broker signature verified by ``open_value``. A record it cannot open, for whatever reason
+(anything ``open_value`` raises but our own keys or Kafka failing), is that record's fault: it
+is copied to the dead-letter topic with its ids and a reason code (``broker.kafka.consumer``),
+counted, then committed: never dropped silently, never acted on, never blocking the records
+behind it.
 
 Once the handler has filed a disclosure, the inbox sends the broker a signed acknowledgement on
 the receipts topic (before committing the offset, so an acknowledgement is never lost; the
 broker ignores a repeated one). That acknowledgement closes the loop in the audit trail and
 stops the disclosure's delivery deadline.
+
+Kafka need not be up. The inbox connects when it first drains, and whenever Kafka goes away (an
+error, or a consumer that reads nothing while Kafka does not answer or while its partitions
+have more to read) it drops its clients and waits for Kafka with a doubling pause, saying so
+("waiting for Kafka at ..., retrying in Ns"), then follows on from its last commit. It gives up
+only after ``consumer_kafka_wait_s`` without Kafka, or at the end of the caller's time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from broker.envelope import header_map
+from broker.kafka.consumer import (
+    Backoff,
+    ConsumerStalled,
+    Retry,
+    Watchdog,
+    close,
+    dead_letter,
+    is_infrastructure,
+    lag,
+    reason_code,
+)
 from schemas.disclosure import Disclosure
-from schemas.errors import InputError, TransportError
+from schemas.errors import TransportError
 
-__all__ = ["Delivery", "Inbox"]
+__all__ = ["CONSUMER", "Delivery", "Inbox"]
 
 log = structlog.get_logger(__name__)
+
+CONSUMER: Final = "inbox"  # the consumer's name on its dead letters
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,7 @@ class Delivery:
 Handler = Callable[[Delivery], Awaitable[None]]
 Opener = Callable[[bytes], Disclosure]
 Acknowledger = Callable[[Disclosure], bytes]  # -> a signed acknowledgement (compact JWS)
+Progress = Callable[[str], None]  # one line for a person watching (cairn inbox: stderr)
 
 
 class Inbox:
@@ -64,6 +85,9 @@ class Inbox:
         receipts_topic: str | None = None,
         group_id: str | None = None,
         connect_timeout_s: float = 10.0,
+        retry: Retry | None = None,
+        progress: Progress | None = None,
+        on_dead_letter: Callable[[str], None] | None = None,
     ) -> None:
         self._kafka = kafka
         self.agency = agency
@@ -76,12 +100,37 @@ class Inbox:
         self.receipts_topic = receipts_topic
         self.acknowledged = 0
         self.group_id = group_id or f"cairn-inbox-{agency}"
-        self._connect_timeout_s = connect_timeout_s
+        self._retry = retry or Retry(connect_s=connect_timeout_s)
+        self._progress = progress
+        self._on_dead_letter = on_dead_letter  # told each reason code (a benchmark stops)
+        self._backoff = Backoff(self._retry)
         self._consumer: AIOKafkaConsumer | None = None
-        self._dlq: AIOKafkaProducer | None = None
-        self.quarantined = 0
+        self._producer: AIOKafkaProducer | None = None
+        self._entered = False
+        self.dead_letters: Counter[str] = Counter()  # reason code -> records dead-lettered
+        self.reconnections = 0
+
+    @property
+    def quarantined(self) -> int:
+        """Records dead-lettered so far, whatever the reason."""
+        return sum(self.dead_letters.values())
+
+    @property
+    def servers(self) -> str:
+        found = self._kafka.get("bootstrap_servers", "?")
+        return ",".join(found) if isinstance(found, list | tuple) else str(found)
 
     async def __aenter__(self) -> Inbox:
+        self._entered = True  # connects on the first drain, which waits for Kafka if need be
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._disconnect()
+        self._entered = False
+
+    # -- connecting --
+
+    async def _connect(self) -> None:
         consumer = AIOKafkaConsumer(
             self.topic,
             **self._kafka,
@@ -91,25 +140,68 @@ class Inbox:
             auto_offset_reset="earliest",
         )
         # One idempotent producer for dead letters and acknowledgements.
-        dlq = AIOKafkaProducer(**self._kafka, acks="all", enable_idempotence=True)
+        producer = AIOKafkaProducer(**self._kafka, acks="all", enable_idempotence=True)
         try:
-            await asyncio.wait_for(consumer.start(), self._connect_timeout_s)
-            await asyncio.wait_for(dlq.start(), self._connect_timeout_s)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await dlq.stop()
-            raise TransportError(f"cannot consume {self.topic}: {type(exc).__name__}") from exc
-        self._consumer, self._dlq = consumer, dlq
-        return self
+            await asyncio.wait_for(consumer.start(), self._retry.connect_s)
+            await asyncio.wait_for(producer.start(), self._retry.connect_s)
+        except BaseException:
+            await close(consumer)
+            await close(producer)
+            raise
+        self._consumer, self._producer = consumer, producer
 
-    async def __aexit__(self, *exc: object) -> None:
-        for client in (self._consumer, self._dlq):
+    async def _disconnect(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        for client in (consumer, producer):
             if client is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.stop(), 10)
-        self._consumer = self._dlq = None
+                await close(client)
+
+    async def _connected(self, deadline: float) -> AIOKafkaConsumer | None:
+        """The consumer, connecting (and waiting for Kafka) if need be; None once ``deadline``
+        passes first; ``TransportError`` after ``wait_s`` without Kafka."""
+        if self._consumer is not None:
+            return self._consumer
+        give_up = time.monotonic() + self._retry.wait_s
+        waited = False
+        while True:
+            try:
+                await self._connect()
+            except Exception as exc:
+                if not is_infrastructure(exc):
+                    raise
+                delay = self._backoff.next()
+                now = time.monotonic()
+                if now + delay > give_up:
+                    raise TransportError(
+                        f"Kafka at {self.servers} did not answer for {self._retry.wait_s:g} s; "
+                        "check CAIRN_KAFKA_BOOTSTRAP_SERVERS and that the cluster is up"
+                    ) from exc
+                if now + delay > deadline:
+                    self._say(f"Kafka at {self.servers} did not answer in time; stopping")
+                    return None
+                self._say(f"waiting for Kafka at {self.servers}, retrying in {delay:g}s")
+                log.warning("inbox.waiting_for_kafka", error=type(exc).__name__, retry_in_s=delay)
+                waited = True
+                await asyncio.sleep(delay)
+                continue
+            if waited:
+                self._say(f"Kafka at {self.servers} answers; following {self.topic}")
+            assert self._consumer is not None
+            return self._consumer
+
+    async def _lost(self, exc: BaseException) -> None:
+        """Kafka went away (or forgot us): drop the clients; the next drain step reconnects."""
+        self.reconnections += 1
+        log.warning("inbox.reconnecting", error=type(exc).__name__)
+        self._say(f"lost Kafka at {self.servers} ({type(exc).__name__}); reconnecting")
+        await self._disconnect()
+
+    def _say(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress(line)
+
+    # -- consuming --
 
     async def drain(
         self,
@@ -119,73 +211,107 @@ class Inbox:
         idle_timeout_s: float = 5.0,
         total_timeout_s: float = 60.0,
     ) -> int:
-        """Handle deliveries until ``max_messages``, ``idle_timeout_s`` without one, or the
-        overall ``total_timeout_s``; return how many were handled."""
-        consumer = self._consumer
-        if consumer is None:
+        """Handle deliveries until ``max_messages``, ``idle_timeout_s`` without one (while
+        Kafka answers and nothing is left to read), or the overall ``total_timeout_s``; return
+        how many were handled. Time spent waiting for Kafka is not idle time."""
+        if not self._entered:
             raise RuntimeError("use Inbox as 'async with'")
         handled = 0
         deadline = time.monotonic() + total_timeout_s
         last_seen = time.monotonic()
+        watchdog = Watchdog(self._retry)
         while time.monotonic() < deadline:
             if max_messages is not None and handled >= max_messages:
                 break
-            if time.monotonic() - last_seen > idle_timeout_s:
+            was_connected = self._consumer is not None
+            consumer = await self._connected(deadline)
+            if consumer is None:
                 break
-            batches = await consumer.getmany(timeout_ms=500, max_records=100)
-            done: dict[TopicPartition, int] = {}
+            if not was_connected:
+                last_seen = time.monotonic()  # a new consumer: the idle time starts again
+                watchdog.progressed()
+            room = None if max_messages is None else max_messages - handled
             try:
-                for tp, messages in batches.items():
-                    for msg in messages:
-                        if max_messages is not None and handled >= max_messages:
-                            break
-                        await self._handle_one(msg, handler)
-                        done[tp] = msg.offset + 1
-                        handled += 1
-                        last_seen = time.monotonic()
-            finally:
-                # One commit per batch, covering exactly the records already handled.
-                if done:
-                    await consumer.commit(done)
+                count = await self._step(consumer, handler, room)
+                if count:
+                    handled += count
+                    last_seen = time.monotonic()
+                    watchdog.progressed()
+                    self._backoff.reset()
+                    continue
+                await watchdog.check(consumer, consumer.assignment())
+                if time.monotonic() - last_seen > idle_timeout_s:
+                    # Idle: stop only if Kafka answers and nothing is left to read.
+                    if not await lag(consumer, consumer.assignment(), self._retry.connect_s):
+                        break
+                    last_seen = time.monotonic()
+            except Exception as exc:
+                if not (is_infrastructure(exc) or isinstance(exc, ConsumerStalled)):
+                    raise
+                await self._lost(exc)
+        return handled
+
+    async def _step(self, consumer: AIOKafkaConsumer, handler: Handler, room: int | None) -> int:
+        """Fetch once and handle what came, committing exactly what was handled."""
+        batches = await consumer.getmany(timeout_ms=500, max_records=100)
+        done: dict[TopicPartition, int] = {}
+        handled = 0
+        try:
+            for tp, messages in batches.items():
+                for msg in messages:
+                    if room is not None and handled >= room:
+                        break
+                    await self._handle_one(msg, handler)
+                    done[tp] = msg.offset + 1
+                    handled += 1
+        finally:
+            # One commit per batch, covering exactly the records already handled.
+            if done:
+                await asyncio.wait_for(consumer.commit(done), self._retry.connect_s)
         return handled
 
     async def _handle_one(self, msg: Any, handler: Handler) -> None:
         headers = header_map(msg.headers or ())
         try:
             disclosure = self._open(msg.value)
-        except InputError as exc:
-            await self._quarantine(msg, headers, str(getattr(exc, "reason", type(exc).__name__)))
+        except Exception as exc:
+            if is_infrastructure(exc):
+                raise  # our own keys or registry, not the record: nothing committed
+            await self._dead_letter(msg, reason_code(exc))
             return
         await handler(Delivery(disclosure, msg.topic, msg.partition, msg.offset, headers))
         if self._acknowledge is not None and self.receipts_topic is not None:
-            assert self._dlq is not None
+            assert self._producer is not None
             rid = str(disclosure.referral_id).encode()
-            await self._dlq.send_and_wait(
-                self.receipts_topic,
-                self._acknowledge(disclosure),
-                key=rid,
-                headers=[("cairn-referral-id", rid), ("cairn-agency", self.agency.encode())],
+            await asyncio.wait_for(
+                self._producer.send_and_wait(
+                    self.receipts_topic,
+                    self._acknowledge(disclosure),
+                    key=rid,
+                    headers=[("cairn-referral-id", rid), ("cairn-agency", self.agency.encode())],
+                ),
+                self._retry.connect_s,
             )
             self.acknowledged += 1
 
-    async def _quarantine(self, msg: Any, headers: dict[str, str], reason: str) -> None:
-        assert self._dlq is not None
+    async def _dead_letter(self, msg: Any, reason: str) -> None:
+        assert self._producer is not None
+        record = dead_letter(self.dlq_topic, CONSUMER, msg, reason, {"cairn-agency": self.agency})
+        ids = header_map(record.headers)
         log.warning(
-            "inbox.quarantined",
+            "inbox.dead_lettered",
             topic=msg.topic,
             partition=msg.partition,
             offset=msg.offset,
-            referral_id=headers.get("cairn-referral-id"),
+            referral_id=ids.get("cairn-referral-id"),
             reason=reason,
         )
-        await self._dlq.send_and_wait(
-            self.dlq_topic,
-            msg.value,
-            key=msg.key,
-            headers=[
-                *(msg.headers or ()),
-                ("cairn-dlq-reason", reason.encode()),
-                ("cairn-dlq-source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
-            ],
+        await asyncio.wait_for(
+            self._producer.send_and_wait(
+                record.topic, record.value, key=record.key, headers=list(record.headers)
+            ),
+            self._retry.connect_s,
         )
-        self.quarantined += 1
+        self.dead_letters[reason] += 1
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(reason)

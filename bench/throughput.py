@@ -79,7 +79,6 @@ from keys import (
     server_context,
     sign_referral,
 )
-from schemas.disclosure import Disclosure
 from schemas.errors import CairnError, TransportError
 from schemas.federation import Federation
 from schemas.receipt import RecipientStatus
@@ -649,22 +648,20 @@ async def inbox_consumer(
     trust.decryption_keys()  # decrypt the private keys now, not in the first measured record
     opener = opener_for(trust, agency)
 
-    def open_value(value: bytes) -> Disclosure:
-        # Inbox would quarantine a record it cannot open and go on, leaving this run to wait
+    def dead_lettered(reason: str) -> None:
+        # Inbox dead-letters a record it cannot open and goes on, leaving this run to wait
         # for the timeout; a benchmark stops at once instead.
-        try:
-            return opener(value)
-        except CairnError as exc:
-            raise BenchError(f"{agency}'s inbox could not open a record: {exc}") from exc
+        raise BenchError(f"{agency}'s inbox could not open a record ({reason})")
 
     async with Inbox(
         kafka_options(settings),
         agency=agency,
         topic=delivery_topic(prefix, agency),
         dlq_topic=f"{prefix}.dlq",
-        open_value=open_value,
+        open_value=opener,
         group_id=f"{prefix}-inbox-{agency}",
         connect_timeout_s=CONNECT_TIMEOUT_S,
+        on_dead_letter=dead_lettered,
     ) as inbox:
 
         async def handle(delivery: Delivery) -> None:

@@ -295,14 +295,20 @@ def inbox(
         else:
             click.echo(describe(delivery))
 
-    async def go() -> int:
-        async with inbox_for(settings, agency) as box:
-            return await box.drain(
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    async def go() -> tuple[int, int]:
+        # Waits for Kafka (saying so on stderr) rather than failing while it is down.
+        async with inbox_for(settings, agency, progress=say) as box:
+            count = await box.drain(
                 show, max_messages=max_messages, idle_timeout_s=idle_s, total_timeout_s=timeout_s
             )
+            return count, box.quarantined
 
-    count = _run(go())
-    click.echo(f"{count} disclosure(s) received by {agency}", err=True)
+    count, dead = _run(go())
+    kept = f", {dead} dead-lettered (see {settings.topic_prefix}.dlq)" if dead else ""
+    click.echo(f"{count} disclosure(s) received by {agency}{kept}", err=True)
 
 
 @cli.command()
