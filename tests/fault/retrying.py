@@ -47,6 +47,11 @@ class Outcome:
     def accepted(self) -> bool:
         return self.status in (200, 202) and self.receipt is not None
 
+    @property
+    def receipt_for(self) -> str | None:
+        """The referral id the final receipt names."""
+        return None if self.receipt is None else str(self.receipt.get("referral_id"))
+
     def queued(self) -> set[str]:
         """The recipients the final receipt says a disclosure was queued for."""
         if self.receipt is None:

@@ -352,7 +352,8 @@ async def test_a_broker_killed_at_any_instant_discloses_each_referral_once(
         f"delivery topics {sum(on_topics.values())}, duplicated (referral, recipient) pairs "
         f"{len(topic_dups)} ({sum(topic_dups.values()) - len(topic_dups)} extra records); "
         f"disclosed events {sum(disclosed.values())}, duplicated {len(audit_dups)}; "
-        f"audit records {audit_records}, log entries {entries}; auditor exit {auditor_exit}"
+        f"audit records {audit_records}, log entries {entries}; auditor exit {auditor_exit}; "
+        f"the processes' output is in {run.base}"
     )
     print(figures)
 
@@ -360,6 +361,8 @@ async def test_a_broker_killed_at_any_instant_discloses_each_referral_once(
     if refused:
         some = {rid: (o.status, o.detail) for rid, o in list(refused.items())[:5]}
         problems.append(f"{len(refused)} referrals never accepted, e.g. {some}")
+    if wrong := [rid for rid, o in outcomes.items() if o.receipt_for not in (None, rid)]:
+        problems.append(f"{len(wrong)} receipts name another referral, e.g. {wrong[:5]}")
     if faults.crashes:
         problems.append(f"the broker crashed by itself, exit codes {faults.crashes}")
     if faults.kills < OUTSIDE_KILLS:
