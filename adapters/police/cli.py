@@ -1,16 +1,41 @@
-"""The ``police`` command group: import a force's incident export and submit what it calls for."""
+"""The ``police`` command group: import a force's incident export and submit what it calls for.
+
+``police import`` writes the table of messages to stdout and each bad line of the export to
+stderr as one line, ``FILE:LINE: FIELD: REASON`` (a line's several problems separated by
+``; ``), with no value from the file in it and never a traceback. A file that cannot be read as
+a whole (missing, a directory, empty, over ``MAX_EXPORT_LINES`` lines or ``MAX_EXPORT_BYTES``)
+is one line ``FILE: (file): REASON`` and nothing is submitted.
+
+The good lines of an export with bad ones are still submitted (and the summary says it was a
+partial import; the exit status is 1). That is the contract ``referrals`` is built on, and the
+safer one here: holding back every other victim's referral, and Operation Encompass notices
+due before the next school day, because one line has a typo delays protection for people the
+bad line says nothing about, while message ids derived from the export make importing the
+corrected file again send each message once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from itertools import groupby
 from pathlib import Path
+from typing import IO, Final
 from uuid import UUID
 
 import click
 
 from adapters.agency import ClientFactory, Submitter, cli_client_factory
 from adapters.client import SubmissionRefused
+from adapters.importing import (
+    MAX_EXPORT_LINES,
+    MAX_LINE_BYTES,
+    FileRefused,
+    bounded_lines,
+    open_for_import,
+    record_line,
+)
 from adapters.police.referrals import Outgoing, RowError, import_export
 from broker.cli.common import broker_url_option
 from schemas.errors import CairnError, TransportError
@@ -25,6 +50,8 @@ def _client_factory() -> ClientFactory:
 
 
 _DEFAULT_FEDERATION_DIR = Path("deploy") / "federation"
+#: Bytes in one export file: 50,000 incidents of 5 KB each, about a large force's year.
+MAX_EXPORT_BYTES: Final = 256 * 1_048_576
 
 
 @click.group()
@@ -43,7 +70,8 @@ def load_federation_dir(directory: Path) -> Federation:
 
 
 @police.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+# Checked by the command, not by click, so that a missing file is one line like any bad input.
+@click.argument("file", type=click.Path(path_type=Path))
 @broker_url_option
 @click.option(
     "--federation-dir",
@@ -57,20 +85,55 @@ def load_federation_dir(directory: Path) -> Federation:
 def import_(file: Path, broker_url: str, federation_dir: Path, dry_run: bool) -> None:
     """Import FILE (JSON lines, one incident a line) and submit what each incident calls for.
 
-    Prints one line per message and per problem, with the line of FILE it came from. Exits 1
-    when any line had a problem or any submission was refused.
+    Prints one line per message, with the line of FILE it came from, and one line on stderr per
+    bad line of FILE: FILE:LINE: FIELD: REASON. The good lines are still submitted (a partial
+    import, said in the summary). Exits 1 when any line had a problem or any submission was
+    refused.
     """
     federation = load_federation_dir(federation_dir)
-    with file.open(encoding="utf-8") as fh:
-        produced, errors = import_export(fh, federation, datetime.now(UTC))
+    name = click.format_filename(file)
+    try:
+        with open_for_import(file) as fh:
+            lines = _ExportLines(fh)
+            produced, errors = import_export(lines, federation, datetime.now(UTC))
+        if not lines.content:
+            raise FileRefused("empty: no incidents to import")
+    except FileRefused as exc:
+        click.echo(record_line(name, [("(file)", exc.reason)]), err=True)
+        raise SystemExit(1) from None
+    for row, problems in groupby(errors, key=lambda e: e.row):
+        click.echo(record_line(f"{name}:{row}", [(e.field, e.reason) for e in problems]), err=True)
     if dry_run:
         results = {o.message_id: "ready (dry run)" for o in produced}
     else:
         results = asyncio.run(_submit(_client_factory(), broker_url, produced))
-    click.echo(render_table(produced, errors, results))
+    click.echo(render_table(produced, errors, results, dry_run=dry_run))
     failed = bool(errors) or any(not r.startswith(("queued", "ready")) for r in results.values())
     if failed:
         raise SystemExit(1)
+
+
+class _ExportLines:
+    """The lines of an export file, within the file's bounds; FileRefused past them.
+
+    Read lazily, so memory holds one line at a time; ``content`` says whether any line held more
+    than white space (and a byte order mark).
+    """
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.content = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        total = 0
+        for count, line in enumerate(bounded_lines(self._fh, MAX_LINE_BYTES), start=1):
+            if count > MAX_EXPORT_LINES:
+                raise FileRefused(f"more than {MAX_EXPORT_LINES} lines: split the export")
+            total += len(line)
+            if total > MAX_EXPORT_BYTES:
+                raise FileRefused(f"larger than {MAX_EXPORT_BYTES} bytes: split the export")
+            self.content = self.content or bool(line.strip().removeprefix(b"\xef\xbb\xbf"))
+            yield line
 
 
 async def _submit(
@@ -99,22 +162,36 @@ async def _submit_one(client: Submitter, item: Outgoing) -> str:
     return f"queued ({statuses})" if statuses else "queued"
 
 
-def render_table(produced: list[Outgoing], errors: list[RowError], results: dict[UUID, str]) -> str:
-    """One line per message and per problem, ordered by line: ids and codes, no personal data."""
-    rows: list[tuple[int, str, str, str]] = []
-    for o in produced:
-        rows.append(
-            (o.row, o.purpose.value, ", ".join(o.recipients), results.get(o.message_id, ""))
-        )
-    for e in errors:
-        rows.append((e.row, "error", e.field, e.reason))
-    rows.sort(key=lambda r: r[0])
-    header = ("line", "message", "recipient / field", "result")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
+def render_table(
+    produced: list[Outgoing],
+    errors: list[RowError],
+    results: dict[UUID, str],
+    *,
+    dry_run: bool = False,
+) -> str:
+    """One line per message, ordered by line, and a summary: ids and codes, no personal data.
+
+    The problems themselves are on stderr, one line per bad line of the export.
+    """
+    rows = [
+        (str(o.row), o.purpose.value, ", ".join(o.recipients), results.get(o.message_id, ""))
+        for o in sorted(produced, key=lambda o: o.row)
+    ]
+    header = ("line", "message", "recipient", "result")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     lines = [
-        f"{h[0]:>{widths[0]}}  {h[1]:<{widths[1]}}  {h[2]:<{widths[2]}}  {h[3]}"
-        for h in [header, *((str(r[0]), r[1], r[2], r[3]) for r in rows)]
+        f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}"
+        for r in [header, *rows]
     ]
     ok = sum(1 for o in produced if results.get(o.message_id, "").startswith(("queued", "ready")))
-    lines.append(f"{ok} of {len(produced)} message(s) ok, {len(errors)} problem(s)")
+    summary = f"{ok} of {len(produced)} message(s) ok, {len(errors)} problem(s)"
+    if errors:
+        summary += f" on {len({e.row for e in errors})} line(s), each reported on stderr"
+    if errors and produced:
+        done = "would be submitted" if dry_run else "were submitted"
+        summary += (
+            f"; a partial import: the other lines' messages {done}; correct the bad lines and "
+            "import the file again (message ids are stable, so none is sent twice)"
+        )
+    lines.append(summary)
     return "\n".join(lines)

@@ -5,21 +5,36 @@ is asked to produce; ``README.md`` beside this file documents it for the force's
 Each line is one occurrence with its linked persons (victim, suspect, children), their
 addresses, the DASH answers the officer recorded, the officer's judgement per child of whether
 the child may be a victim of the abuse (Operation Encompass), and the victim's consent to adult
-referrals. The models are strict (unknown fields refused) so a mistyped column is reported
-rather than silently dropped.
+referrals. Unknown fields are refused, so a mistyped column is reported rather than silently
+dropped, and types are strict: a boolean is ``true`` or ``false`` (never ``"yes"`` or ``1``), a
+count is a JSON integer (never ``"3"``), and dates are ISO 8601 text in the years the referral
+accepts (``schemas.fields``: ``Flag``, ``Integer``, ``Day``, ``Moment``, never a Unix time): a lax
+reading (``"y"`` or ``1`` taken for true, a number for a date) guesses at a safeguarding fact the
+force did not record, and a date in 9999 is refused before any arithmetic on it.
 """
 
 from __future__ import annotations
 
-from datetime import date
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from schemas.consent import ConsentState, OverrideReason, StaffId
 from schemas.dash import DEFAULT_QUESTION_SET, DashAnswer, QuestionId
-from schemas.fields import AgencyId, Frozen, LongText, NhsNumber, Postcode, ShortText, inconsistent
+from schemas.fields import (
+    AgencyId,
+    Day,
+    Flag,
+    Frozen,
+    Integer,
+    LongText,
+    Moment,
+    NhsNumber,
+    Postcode,
+    ShortText,
+    inconsistent,
+)
 from schemas.referral import HousingTenure, Relationship, RestrictionKind, RiskLevel
 
 __all__ = [
@@ -65,15 +80,15 @@ class ExportAddress(Frozen):
 class ExportContact(Frozen):
     type: ContactType
     value: ShortText
-    safe_to_contact: bool
-    safe_to_leave_message: bool = False
+    safe_to_contact: Flag
+    safe_to_leave_message: Flag = False
     best_times: ShortText | None = None
 
 
 class ExportOrder(Frozen):
     type: RestrictionKind
     conditions: LongText | None = None
-    expires_on: date | None = None
+    expires_on: Day | None = None
 
 
 class ExportPerson(Frozen):
@@ -84,14 +99,14 @@ class ExportPerson(Frozen):
     given_name: ShortText
     family_name: ShortText
     aliases: tuple[ShortText, ...] = ()
-    date_of_birth: date | None = None
+    date_of_birth: Day | None = None
     nhs_number: NhsNumber | None = None
     address_id: Code | None = None
     # victim
     contacts: tuple[ExportContact, ...] = ()
     housing_tenure: HousingTenure | None = None
-    pregnant: bool | None = None
-    expected_due_date: date | None = None
+    pregnant: Flag | None = None
+    expected_due_date: Day | None = None
     # suspect
     relationship_to_victim: Relationship | None = None
     bail_and_orders: tuple[ExportOrder, ...] = ()
@@ -102,19 +117,19 @@ class ExportPerson(Frozen):
         description="The federation id of the school the child is a registered pupil at "
         "(nursery classes included)",
     )
-    home_educated: bool = Field(
+    home_educated: Flag = Field(
         default=False,
         description="The child is on no school roll (home-educated or off roll): children's "
         "social care is notified instead of a school",
     )
-    may_be_victim: bool | None = Field(
+    may_be_victim: Flag | None = Field(
         default=None,
         description="The officer's judgement: there are reasonable grounds to believe the "
         "child may be a victim of the domestic abuse (DAA 2021 s3: sees or hears it, or "
         "experiences its effects), whether or not officers attended. null (not recorded): "
         "treated as true, so the child's school is still told",
     )
-    present_at_incident: bool | None = None
+    present_at_incident: Flag | None = None
     whereabouts: ShortText | None = None
     voice_of_child: LongText | None = None
 
@@ -141,7 +156,7 @@ class ExportOverride(Frozen):
     )
     reason: OverrideReason
     justification: LongText
-    subject_told: bool
+    subject_told: Flag
     subject_not_told_reason: LongText | None = None
 
 
@@ -149,7 +164,7 @@ class ExportSharing(Frozen):
     """The victim's consent to referral, and the override when it is absent."""
 
     victim_consent: ConsentState
-    victim_informed: bool
+    victim_informed: Flag
     not_informed_reason: LongText | None = None
     override: ExportOverride | None = None
 
@@ -161,9 +176,9 @@ class IncidentRecord(Frozen):
     force: AgencyId
     occurrence_reference: Code
     officer: Code = Field(description="Attending officer's collar number")
-    occurred_at: AwareDatetime
+    occurred_at: Moment
     location: ShortText
-    attended: bool = Field(
+    attended: Flag = Field(
         description="Police attended; recorded in the referral's G5. Operation Encompass does "
         "not depend on it"
     )
@@ -172,7 +187,7 @@ class IncidentRecord(Frozen):
     circumstances_for_school: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | (
         None
     ) = None
-    incidents_last_12_months: int | None = Field(default=None, ge=0)
+    incidents_last_12_months: Integer | None = Field(default=None, ge=0, le=1000)
     risk_level: RiskLevel
     professional_judgement: LongText | None = None
     dash: ExportDash | None = None

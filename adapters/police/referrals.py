@@ -21,7 +21,10 @@ after it. A problem that concerns some outputs only is reported against that lin
 line's other outputs still go: a child's school is not a member (that child's notice), or the
 victim's consent record gives no basis for sharing, e.g. consent refused with no complete
 override (the MARAC and IDVA referrals: the reason says so; the notices still go, since the
-s49A duty does not depend on the adult's consent).
+s49A duty does not depend on the adult's consent). Lines are read within the bounds of
+``adapters.importing`` (UTF-8, at most ``MAX_LINE_BYTES``, nesting, integers, keys given once):
+a line outside them is that line's problem like any other, and so is whatever a model raises
+while the line's messages are built. No reason repeats a value of the line.
 
 Message ids are derived from the force, occurrence reference and purpose (and child), so
 importing the same export twice yields the same ids and the broker's idempotency by id keeps
@@ -30,7 +33,6 @@ each referral single.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +41,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adapters.importing import (
+    MAX_LINE_BYTES,
+    JsonRefused,
+    decode_utf8,
+    dotted,
+    load_json,
+    text_values,
+    withhold,
+)
 from adapters.police.export import ContactType, ExportPerson, IncidentRecord, PersonRole
 from schemas.consent import (
     Art6Basis,
@@ -142,39 +153,82 @@ class _RowProblems(Exception):
 
 
 def import_export(
-    lines: Iterable[str], federation: Federation, now: datetime
+    lines: Iterable[str | bytes], federation: Federation, now: datetime
 ) -> tuple[list[Outgoing], list[RowError]]:
     """Everything the export's incidents call for, and every problem, each with its line number.
 
-    Blank lines are skipped (but counted, so line numbers match the file).
+    Lines are text, or bytes as read from the file (decoded here, so a line that is not UTF-8
+    is that line's problem). A byte order mark before the first line is ignored. Blank lines are
+    skipped (but counted, so line numbers match the file).
     """
     if now.tzinfo is None:
         raise TypeError("now must be timezone-aware")
     produced: list[Outgoing] = []
     errors: list[RowError] = []
     for row, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+        values: frozenset[str] = frozenset()  # the line's text, which no reason may repeat
         try:
-            record, held_back = _parse(line)
+            text = _text(line, first=row == 1)
+            if not text.strip():
+                continue
+            data = _load(text)
+            values = text_values(data)
+            record, held_back = _parse(data)
             outputs, problems = _messages(record, held_back, federation, now)
         except _RowProblems as exc:
-            errors.extend(RowError(row, f, r) for f, r in exc.problems)
+            errors.extend(_row_errors(row, exc.problems, values))
+            continue
+        except ValidationError as exc:
+            # A model that refused a message built from a valid record (a bound the export's own
+            # models do not repeat): still this line's problem, with the message's own path.
+            errors.extend(
+                _row_errors(row, [(p.field, p.problem) for p in field_problems(exc)], values)
+            )
+            continue
+        except (ArithmeticError, ValueError, RecursionError) as exc:
+            # A bound this module does not know of (date arithmetic at the calendar's edge):
+            # the line is refused rather than the whole import stopped by a traceback.
+            errors.append(RowError(row, "(line)", f"cannot be read ({type(exc).__name__})"))
             continue
         produced.extend(Outgoing(row, m) for m in outputs)
-        errors.extend(RowError(row, f, r) for f, r in problems)
+        errors.extend(_row_errors(row, problems, values))
     return produced, errors
 
 
-def _parse(line: str) -> tuple[IncidentRecord, list[tuple[str, str]]]:
-    """The line's record, and the problems of its consent record (which hold back adults only)."""
+def _row_errors(
+    row: int, problems: Iterable[tuple[str, str]], values: frozenset[str]
+) -> list[RowError]:
+    return [RowError(row, f, withhold(r, values)) for f, r in problems]
+
+
+def _text(line: str | bytes, *, first: bool) -> str:
+    """The line as text; ``_RowProblems`` when it is too long or not UTF-8."""
+    body = line.rstrip("\r\n") if isinstance(line, str) else line.rstrip(b"\r\n")
+    if len(body) > MAX_LINE_BYTES:
+        raise _RowProblems([("(line)", f"longer than {MAX_LINE_BYTES} bytes")])
+    if isinstance(body, str):
+        return body.removeprefix("\ufeff") if first else body
     try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        problem = f"not valid JSON: {exc.msg} at character {exc.pos + 1}"
-        raise _RowProblems([("(line)", problem)]) from None
+        return decode_utf8(body, strip_bom=first)
+    except JsonRefused as exc:
+        at = f" at byte {exc.at.character}" if exc.at is not None else ""
+        raise _RowProblems([("(line)", f"{r}{at}") for _, r in exc.problems]) from None
+
+
+def _load(line: str) -> dict[str, Any]:
+    """The line's JSON object, read within the import bounds."""
+    try:
+        data = load_json(line)
+    except JsonRefused as exc:
+        at = f" at character {exc.at.character}" if exc.at is not None else ""
+        raise _RowProblems([(dotted(p) or "(line)", f"{r}{at}") for p, r in exc.problems]) from None
     if not isinstance(data, dict):
         raise _RowProblems([("(line)", "each line must be one JSON object")])
+    return data
+
+
+def _parse(data: dict[str, Any]) -> tuple[IncidentRecord, list[tuple[str, str]]]:
+    """The line's record, and the problems of its consent record (which hold back adults only)."""
     try:
         return IncidentRecord.model_validate(data), []
     except ValidationError as exc:
