@@ -11,11 +11,15 @@ This module is the entry and the order of the stages; the mapping is split by re
 ``request`` (ServiceRequest: G0, the attached groups, G5), ``people`` (Patient and
 RelatedPerson: G1, G2, G4), ``risk`` (RiskAssessment and the DASH QuestionnaireResponse: G6)
 and ``consent`` (Consent: G8), each reading the bundle through ``walker.BundleWalker``.
+
+The bytes are read within ``adapters.importing``'s bounds (UTF-8, a byte order mark ignored,
+nesting counted before parsing, integers, keys given once) and the FHIR JSON types are held
+strictly with every date in a window (``primitives``), so a hostile bundle is a ``SchemaError``
+naming the element, never another exception. No problem repeats a value of the bundle.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,8 +31,10 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
+from adapters.importing import JsonRefused, decode_utf8, load_json, segment, text_values, withhold
 from adapters.nhs.consent import map_consent
 from adapters.nhs.people import map_child, map_victim
+from adapters.nhs.primitives import wrong_types
 from adapters.nhs.request import map_header, map_incident
 from adapters.nhs.risk import map_risk
 from adapters.nhs.walker import ROOT, BundleWalker, Refused
@@ -54,10 +60,12 @@ MAPPED_RESOURCES = frozenset(
 def parse_bundle(data: bytes) -> Referral:
     """Parse JSON bytes holding a FHIR Bundle and map it; raise SchemaError with FHIR paths."""
     try:
-        raw = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = load_json(decode_utf8(data, strip_bom=True))
+    except JsonRefused as exc:
+        at = f" at line {exc.at.line}, column {exc.at.column}" if exc.at is not None else ""
+        problems = tuple(FieldProblem(_json_path(p), f"{r}{at}") for p, r in exc.problems)
         raise SchemaError(
-            "the bundle is not JSON", (FieldProblem(ROOT, f"not valid JSON: {exc}"),)
+            f"the bundle is not JSON Cairn reads: {problems[0].problem}", problems
         ) from None
     if not isinstance(raw, dict):
         raise SchemaError("the bundle is not a JSON object", (FieldProblem(ROOT, "not an object"),))
@@ -68,8 +76,22 @@ def bundle_to_referral(bundle: Mapping[str, Any]) -> Referral:
     """The Cairn referral an NHS safeguarding-referral Bundle carries.
 
     Raises SchemaError naming the FHIRPath of every problem found at the first stage that failed
-    (FHIR validity, then the mapping, then the Cairn referral's own rules).
+    (FHIR validity and JSON types, then the mapping, then the Cairn referral's own rules); no
+    problem repeats a text value of the bundle.
     """
+    try:
+        return _to_referral(bundle)
+    except SchemaError as exc:
+        values = text_values(bundle, skip_keys=frozenset({"resourceType"}))
+        problems = tuple(FieldProblem(p.field, withhold(p.problem, values)) for p in exc.problems)
+        raise SchemaError(withhold(str(exc), values), problems) from None
+    except (ArithmeticError, ValueError, RecursionError) as exc:
+        # A bound none of the stages knows of: the bundle is refused, not a traceback shown.
+        problem = FieldProblem(ROOT, f"cannot be mapped ({type(exc).__name__})")
+        raise SchemaError("the bundle cannot be mapped to a referral", (problem,)) from None
+
+
+def _to_referral(bundle: Mapping[str, Any]) -> Referral:
     _precheck(bundle)
     try:
         model = Bundle.model_validate(dict(bundle))
@@ -80,6 +102,13 @@ def bundle_to_referral(bundle: Mapping[str, Any]) -> Referral:
             f"'{problems[0].field}'",
             problems,
         ) from None
+    wrong = wrong_types(model, bundle, ROOT)
+    if wrong:
+        raise SchemaError(
+            f"the bundle is not valid FHIR R4 JSON: {len(wrong)} problem(s), first at "
+            f"'{wrong[0].field}'",
+            tuple(wrong),
+        )
     origins: dict[str, str] = {}
     try:
         data = _referral(BundleWalker(model, origins))
@@ -118,11 +147,11 @@ def _precheck(bundle: Mapping[str, Any]) -> None:
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         kind = resource.get("resourceType") if isinstance(resource, dict) else None
-        if kind not in MAPPED_RESOURCES:
+        if not isinstance(kind, str) or kind not in MAPPED_RESOURCES:
             problems.append(
                 FieldProblem(
                     f"{ROOT}.entry[{i}].resource.resourceType",
-                    f"'{kind}' is not part of a Cairn referral bundle; allowed: "
+                    "not a resource of a Cairn referral bundle; allowed: "
                     f"{', '.join(sorted(MAPPED_RESOURCES))}",
                 )
             )
@@ -136,6 +165,11 @@ def _fhir_path(dotted: str) -> str:
     for part in dotted.split("."):
         out += f"[{part}]" if part.isdigit() else f".{part}"
     return out
+
+
+def _json_path(path: tuple[str | int, ...]) -> str:
+    """A path from the JSON reader (keys and indexes) as a FHIRPath from ``Bundle``."""
+    return ROOT + "".join(f"[{p}]" if isinstance(p, int) else f".{segment(p)}" for p in path)
 
 
 def _origin(origins: Mapping[str, str], path: str) -> str:

@@ -53,7 +53,7 @@ def map_victim(
             refuse(f"{path}.name[{j}]", "use 'official' (once) or 'nickname' with text")
     if official is None:
         refuse(f"{path}.name", "needs an official name")
-    victim["date_of_birth"] = patient.birthDate
+    victim["date_of_birth"] = w.full_date(patient.birthDate, f"{path}.birthDate")
     w.origins["victim.date_of_birth"] = f"{path}.birthDate"
     for j, ident in enumerate(patient.identifier or []):
         if ident.system == NHS_NUMBER_SYSTEM:
@@ -78,7 +78,7 @@ def map_victim(
         parts = w.parts(pregnancy[1], where, {"pregnant", "expectedDueDate", "birthInLast18Months"})
         victim["pregnancy"] = {
             "pregnant": parts.get("pregnant"),
-            "expected_due_date": parts.get("expectedDueDate"),
+            "expected_due_date": w.full_date(parts.get("expectedDueDate"), where),
             "birth_in_last_18_months": parts.get("birthInLast18Months", False),
         }
         w.origins["victim.pregnancy"] = where
@@ -176,7 +176,7 @@ def map_child(w: BundleWalker, i: int, person: RelatedPerson, patient_index: int
     return {
         "given_name": " ".join(g for g in names[0].given or [] if g) or None,
         "family_name": names[0].family,
-        "date_of_birth": person.birthDate,
+        "date_of_birth": w.full_date(person.birthDate, f"{path}.birthDate"),
         "school_agency": school.value if school is not None else None,
         "home_educated": parts.get("homeEducated", False),
         "present_at_incident": parts.get("presentAtIncident"),

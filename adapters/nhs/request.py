@@ -7,11 +7,11 @@ G7, G9, G10) as base64 JSON attachments (``outbound.ATTACHED_GROUPS``).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
+from adapters.importing import JsonRefused, decode_utf8, load_json
 from adapters.nhs.codes import (
     EXT,
     MARAC_REFERENCE_SYSTEM,
@@ -92,10 +92,14 @@ def map_header(
         if attachment is None or attachment.contentType != "application/json":
             refuse(f"{where}.extension", "content must be an application/json attachment")
         try:
-            # fhir.resources has already decoded the base64 of Attachment.data to bytes.
-            groups[field] = json.loads(attachment.data or b"")
-        except (ValueError, TypeError):
-            refuse(f"{where}.extension", "content is not base64-encoded JSON")
+            # fhir.resources has already decoded the base64 of Attachment.data to bytes; the
+            # JSON inside is read within the same bounds as the bundle.
+            groups[field] = load_json(decode_utf8(attachment.data or b"", strip_bom=False))
+        except JsonRefused as exc:
+            refuse(
+                f"{where}.extension",
+                f"content is not base64-encoded JSON Cairn reads: {exc.problems[0][1]}",
+            )
         w.origins[field] = where
     return header, groups
 

@@ -10,13 +10,14 @@ it. Anything that does not fit is refused with ``refuse``, naming that FHIRPath.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Final, NoReturn
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.extension import Extension
 from fhir.resources.R4B.identifier import Identifier
 
+from adapters.importing import DATE_WINDOW, in_window
 from adapters.nhs.codes import AGENCY_SYSTEM, CAIRN
 from schemas.errors import FieldProblem
 
@@ -131,4 +132,16 @@ class BundleWalker:
     def instant(self, value: Any, path: str) -> datetime:
         if not isinstance(value, datetime) or value.tzinfo is None:
             refuse(path, "must be a full date and time with a time zone")
+        if not in_window(value):  # ``primitives`` checked already; kept where the value is read
+            refuse(path, f"a date outside {DATE_WINDOW}")
+        return value
+
+    def full_date(self, value: Any, path: str) -> date | None:
+        """A date element the referral needs in full: FHIR allows ``1980`` and ``1980-05``."""
+        if value is None:
+            return None
+        if not isinstance(value, date) or isinstance(value, datetime):
+            refuse(path, "must be a full date, YYYY-MM-DD")
+        if not in_window(value):
+            refuse(path, f"a date outside {DATE_WINDOW}")
         return value
