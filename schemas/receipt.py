@@ -14,7 +14,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
-from schemas.fields import AgencyId, Frozen, inconsistent
+from schemas.fields import AgencyId, Frozen, Moment, inconsistent
 
 __all__ = [
     "Acknowledgement",
@@ -58,7 +58,7 @@ class Acknowledgement(Frozen):
     agency: AgencyId
     status: AcknowledgementStatus
     reasons: tuple[ReasonCode, ...] = ()
-    acknowledged_at: AwareDatetime
+    acknowledged_at: Moment  # a recipient's clock: RFC 3339, in the plausible years
 
     @model_validator(mode="after")
     def _rejections_say_why(self) -> Acknowledgement:

@@ -28,11 +28,12 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
 
-from schemas.decode import field_problems
+from schemas.decode import decode, field_problems
 from schemas.encompass import EncompassNotification
 from schemas.errors import SchemaError
 from schemas.export import JSON_DIR
 from schemas.fields import MAX_YEAR, MIN_YEAR
+from schemas.receipt import Acknowledgement
 from schemas.referral import Referral
 from schemas.submission import decode_submission
 from tests.samples import sample
@@ -263,6 +264,25 @@ def test_every_typed_field_refuses_its_lax_forms(
         assert by_schema or whole_float, f"the schema accepts {value!r} at {field}"
 
     refused()
+
+
+_ACK = {
+    "referral_id": "6f1c2a8e-3b5d-4c7a-9e21-5d8f0b7a4c11",
+    "agency": "kelder-idva",
+    "status": "filed",
+    "acknowledged_at": "2026-11-26T09:20:00Z",
+}
+
+
+@LAX
+@given(lax_forms("date-time", _ACK["acknowledged_at"]))
+def test_an_acknowledgement_time_refuses_its_lax_forms(value: Any) -> None:
+    """A recipient's acknowledgement (read off Kafka, then audited at that time) as well."""
+    assert not validator("acknowledgement").is_valid({**_ACK, "acknowledged_at": value})
+    with pytest.raises(SchemaError) as info:
+        decode(Acknowledgement, json.dumps({**_ACK, "acknowledged_at": value}).encode())
+    assert [p.field for p in info.value.problems] == ["acknowledged_at"]
+    assert decode(Acknowledgement, json.dumps(_ACK).encode()).status == "filed"
 
 
 def test_the_walk_finds_the_fields_the_issue_names() -> None:
