@@ -15,8 +15,8 @@ recurses: a thousand nested arrays would exhaust the parser's stack) and the mag
 integers (I-JSON's 2^53, so that every JOSE library reads the same number, and no integer of
 thousands of digits is ever converted). ``NaN`` and ``Infinity`` are not JSON and are refused.
 The members this module and its callers act on (``alg``, ``enc``, ``typ``, ``cty``, ``zip``,
-``kid``) must be strings, and ``iat`` an integer number of seconds within the years
-``schemas.fields`` holds plausible, so a caller can turn it into a datetime without overflow.
+``kid``) must be strings, and ``iat`` a whole number of seconds from 1970 to the end of the
+last year ``schemas.fields`` holds plausible, so a caller can make it a datetime and compare.
 """
 
 from __future__ import annotations
