@@ -20,12 +20,21 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Final, Literal
-from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, StringConstraints
 
-from schemas.fields import AgencyId, Day, Flag, Frozen, LongText, Moment, ShortText, Yes
+from schemas.fields import (
+    AgencyId,
+    Day,
+    Flag,
+    Frozen,
+    LongText,
+    MessageId,
+    Moment,
+    ShortText,
+    Yes,
+)
 from schemas.referral import SCHEMA_VERSION, Child, Classification, Incident, Purpose
 
 __all__ = [
@@ -71,7 +80,7 @@ BriefText = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 class EncompassHeader(Frozen):
     """Routing metadata: who notifies whom, when it was made and when it is due."""
 
-    notification_id: UUID
+    notification_id: MessageId
     schema_version: Literal["1.0"] = SCHEMA_VERSION
     purpose: Literal[Purpose.ENCOMPASS] = Purpose.ENCOMPASS
     sender_agency: AgencyId

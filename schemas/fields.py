@@ -5,8 +5,9 @@ checks them the same way.
 
 So are the wire types whose lax forms pydantic would otherwise coerce: a ``Flag`` is a JSON
 boolean and nothing else (never ``"yes"``, ``1`` or ``"true"``), an ``Integer`` a JSON integer
-(never ``"16"``, ``16.0`` or ``true``), a ``Day`` a ``YYYY-MM-DD`` string and a ``Moment`` an
-RFC 3339 date-time with its offset (never a number, a bare date or a time without seconds).
+(never ``"16"``, ``16.0`` or ``true``), a ``Day`` a ``YYYY-MM-DD`` string, a ``Moment`` an
+RFC 3339 date-time with its offset (never a number, a bare date or a time without seconds) and
+a ``MessageId`` a UUID in its 8-4-4-4-12 form (never without hyphens, in braces or as a URN).
 Dates and times lie in the years ``MIN_YEAR`` to ``MAX_YEAR``: wide enough for any living
 person's birth and any court order's expiry, narrow enough that adding a day or a time zone
 can never leave the calendar (year 9999 plus an offset is an ``OverflowError``, not a refusal).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from typing import Annotated, Final, Literal, TypeVar
+from uuid import UUID
 
 from pydantic import (
     AfterValidator,
@@ -41,12 +43,14 @@ __all__ = [
     "INCONSISTENT",
     "MAX_YEAR",
     "MIN_YEAR",
+    "UUID_PATTERN",
     "AgencyId",
     "Day",
     "Flag",
     "Frozen",
     "Integer",
     "LongText",
+    "MessageId",
     "Moment",
     "NhsNumber",
     "Postcode",
@@ -72,6 +76,9 @@ _OFFSET = r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 DATE_PATTERN: Final = f"^{_DAY}$"
 #: A date-time as both accept it: RFC 3339 with seconds and an offset, in the plausible years.
 DATETIME_PATTERN: Final = f"^{_DAY}T{_TIME}{_OFFSET}$"
+#: A UUID as both accept it: 8-4-4-4-12 hexadecimal digits (RFC 9562 §4).
+UUID_PATTERN: Final = "^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
+_UUID_FORM = re.compile(UUID_PATTERN.removeprefix("^").removesuffix("$"))
 _DATE_FORM = re.compile(f"{_DAY}")
 _DATETIME_FORM = re.compile(f"{_DAY}T{_TIME}{_OFFSET}")
 _DATE_PROBLEM = f"Input should be a date from {MIN_YEAR} to {MAX_YEAR} written YYYY-MM-DD"
@@ -135,6 +142,14 @@ def _datetime_form(value: object) -> object:
     return value
 
 
+def _uuid_form(value: object) -> object:
+    if isinstance(value, UUID) or (isinstance(value, str) and _UUID_FORM.fullmatch(value)):
+        return value
+    raise PydanticCustomError(
+        "cairn_uuid_form", "Input should be a UUID written as 8-4-4-4-12 hexadecimal digits"
+    )
+
+
 def _exactly_true(value: object) -> object:
     # pydantic compares a literal by equality, and 1 == 1.0 == True.
     if value is not True:
@@ -161,6 +176,10 @@ Flag = Annotated[bool, Strict()]
 Yes = Annotated[Literal[True], BeforeValidator(_exactly_true)]
 #: A JSON integer: never a string, a float with a zero fraction, or a boolean. Bound it per field.
 Integer = Annotated[int, Strict()]
+#: A message's id: a UUID written 8-4-4-4-12, so that every reader keys it the same way.
+MessageId = Annotated[
+    UUID, BeforeValidator(_uuid_form), Field(json_schema_extra={"pattern": UUID_PATTERN})
+]
 #: A calendar date, ``YYYY-MM-DD``, in the plausible years.
 Day = Annotated[
     date,

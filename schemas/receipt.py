@@ -14,7 +14,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
-from schemas.fields import AgencyId, Frozen, Moment, inconsistent
+from schemas.fields import AgencyId, Frozen, MessageId, Moment, inconsistent
 
 __all__ = [
     "Acknowledgement",
@@ -54,7 +54,7 @@ class AcknowledgementStatus(StrEnum):
 class Acknowledgement(Frozen):
     """A recipient's word that it has processed one disclosure."""
 
-    referral_id: UUID
+    referral_id: MessageId
     agency: AgencyId
     status: AcknowledgementStatus
     reasons: tuple[ReasonCode, ...] = ()

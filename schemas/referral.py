@@ -25,7 +25,6 @@ from datetime import timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
-from uuid import UUID
 
 from pydantic import (
     BaseModel,
@@ -45,6 +44,7 @@ from schemas.fields import (
     Frozen,
     Integer,
     LongText,
+    MessageId,
     Moment,
     NhsNumber,
     Postcode,
@@ -162,7 +162,7 @@ FIELD_GROUPS: Final[Mapping[FieldGroup, str]] = MappingProxyType(
 class Header(Frozen):
     """G0: who sends, to whom, why and how urgently. Holds no personal data of the subjects."""
 
-    referral_id: UUID
+    referral_id: MessageId
     schema_version: Literal["1.0"] = SCHEMA_VERSION
     sender_agency: AgencyId
     sender_officer: Reference = Field(

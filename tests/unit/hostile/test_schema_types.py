@@ -1,9 +1,10 @@
-"""Where the exported JSON Schema says boolean, integer, date or date-time, the model agrees.
+"""Where the exported JSON Schema says boolean, integer, date, date-time or uuid, the model agrees.
 
 The test walks ``schemas/json/referral.schema.json`` and the Encompass schema, finds every such
 field, and for each one generates the lax forms pydantic would coerce by default ("yes" and
 ``1`` for a boolean, ``"16"`` and ``16.0`` for an integer, a timestamp or a datetime for a date,
-a date or a number for a date-time, years at the calendar's edge). Each is refused at that
+a date or a number for a date-time, years at the calendar's edge, a UUID without its hyphens,
+in braces or as a URN). Each is refused at that
 field by the model, from JSON (how the broker decodes) and from a parsed dict (how adapters
 build messages), and by the schema itself; the sample with the field as it was still passes
 both. A field the walk finds in no sample fails the test: add it to a sample.
@@ -94,7 +95,7 @@ def typed_fields(
         yield from typed_fields(root, node["items"], (*path, 0))
     elif kind in ("boolean", "integer"):
         yield path, kind, node
-    elif kind == "string" and node.get("format") in ("date", "date-time"):
+    elif kind == "string" and node.get("format") in ("date", "date-time", "uuid"):
         yield path, node["format"], node
 
 
@@ -173,6 +174,16 @@ _ZONES = st.sampled_from([UTC, timezone(timedelta(hours=14)), timezone(timedelta
 
 
 def lax_forms(kind: str, valid: Any) -> st.SearchStrategy[Any]:
+    if kind == "uuid":
+        hexes = st.uuids().map(lambda u: u.hex)
+        return st.one_of(
+            hexes,
+            st.uuids().map(lambda u: f"{{{u}}}"),
+            st.uuids().map(lambda u: u.urn),
+            st.uuids().map(lambda u: u.int),
+            st.uuids().map(lambda u: f" {u}"),
+            st.just(str(valid)[:-1]),
+        )
     if kind == "boolean":
         return st.one_of(
             st.sampled_from(["yes", "no", "true", "false", "True", "1", "0", "", "on", "null"]),
