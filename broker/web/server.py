@@ -279,6 +279,54 @@ class _Connection(asyncio.Protocol):
         body.set_exception(RequestTimeout(limits.body_grace_s, limits.body_min_rate))
 
 
+class _ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's request handler, but a message it cannot parse gets a problem, not an echo.
+
+    aiohttp answers a malformed request line or header itself, before any middleware runs,
+    with a text/plain body that repeats the bytes the client sent, and logs a traceback at
+    ERROR. Here the answer is RFC 9457 problem+json naming no value, and the log line is one
+    code. The same goes for the rare 500 or 504 that escapes the middleware.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already sent on this connection")
+        log.info(
+            "http.bad_message", status=status, error=None if exc is None else type(exc).__name__
+        )
+        slug, title, detail = _BAD_MESSAGES.get(status, _BAD_MESSAGES[400])
+        response = problem_response(status, http_problem(status, slug, title, detail))
+        response.force_close()
+        return response
+
+
+_BAD_MESSAGES: dict[int, tuple[str, str, str]] = {
+    400: ("bad-http", "Bad request", "the request is not valid HTTP/1.1; nothing was read"),
+    413: ("payload-too-large", "Request body too large", "the request is too large"),
+    431: (
+        "headers-too-large",
+        "Request header fields too large",
+        "a request header line or field is too long",
+    ),
+    500: ("internal", "Internal error", "an internal error occurred; nothing was sent"),
+    504: ("timeout", "Gateway timeout", "the request took too long; nothing was sent"),
+}
+
+
+def _handler(server: web.Server) -> web.RequestHandler:
+    """A ``_ProblemRequestHandler`` built as ``server()`` builds aiohttp's own."""
+    kwargs = getattr(server, "_kwargs", None)
+    if kwargs is None:  # an aiohttp that keeps its handler arguments elsewhere
+        return server()
+    return _ProblemRequestHandler(server, loop=asyncio.get_running_loop(), **kwargs)
+
+
 def _too_many(limit: int) -> web.Response:
     body = http_problem(
         429,
@@ -350,7 +398,7 @@ class Listening:
     async def _open(self, sock: socket.socket) -> None:
         server = self._runner.server
         assert server is not None  # set up before any socket was bound
-        connection = _Connection(self._guard, server())
+        connection = _Connection(self._guard, _handler(server))
         try:
             if self._ssl is None:
                 await self._loop.connect_accepted_socket(lambda: connection, sock)

@@ -403,3 +403,46 @@ async def test_a_body_cut_short_or_garbled_is_an_input_error_not_a_failure(
     assert gzip.startswith(b"HTTP/1.1 400 "), gzip[:40]
     assert chunked.startswith(b"HTTP/1.1 408 "), chunked[:40]
     assert [e for e in logs if e["event"] == "request.failed"] == []
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: Tess\x00ina\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: Tess\x01ina Smith\r\n\r\n",
+        b"GET /heal Tessina HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"TESSINA /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"Tessina" * 2000 + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nTessina Smith\r\n\r\n",
+    ],
+    ids=[
+        "nul-in-request-id",
+        "control-in-header",
+        "space-in-target",
+        "bad-method",
+        "long-field",
+        "no-colon",
+    ],
+)
+async def test_a_malformed_request_head_gets_a_problem_that_repeats_nothing(
+    settings: Settings, federation: Federation, federation_keys: FederationKeys, head: bytes
+) -> None:
+    """aiohttp answers a head it cannot parse before any middleware runs; by itself it echoes
+    the bytes sent and logs a traceback. The answer is a 4xx problem naming no value, and the
+    log holds no value either."""
+    tls = federation_keys.client_ssl("kelder-police")
+    with captured_logs() as logs:
+        async with broker(tight(settings), federation, federation_keys) as running:
+            async with asyncio.timeout(WAIT_S):
+                reader, writer = await asyncio.open_connection(HOST, running.server.port, ssl=tls)
+                writer.write(head)
+                await writer.drain()
+                answer = await reader.read()
+                writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500, answer[:80]
+    assert b"application/problem+json" in answer
+    assert b"urn:cairn:problem:" in answer
+    assert b"Tess" not in answer
+    assert b"Traceback" not in answer
+    assert "Tess" not in repr(logs)
