@@ -107,6 +107,7 @@ class Inbox:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._entered = False
+        self._ever_connected = False
         self.dead_letters: Counter[str] = Counter()  # reason code -> records dead-lettered
         self.reconnections = 0
 
@@ -158,11 +159,15 @@ class Inbox:
                 await close(client)
 
     async def _connected(self, deadline: float) -> AIOKafkaConsumer | None:
-        """The consumer, connecting (and waiting for Kafka) if need be; None once ``deadline``
-        passes first; ``TransportError`` after ``wait_s`` without Kafka."""
+        """The consumer, connecting (and waiting for Kafka) if need be.
+
+        None if ``deadline`` passes while Kafka is away after it had answered; a
+        ``TransportError`` if it never answered by then, or not for ``wait_s``.
+        """
         if self._consumer is not None:
             return self._consumer
-        give_up = time.monotonic() + self._retry.wait_s
+        started = time.monotonic()
+        give_up = min(deadline, started + self._retry.wait_s)
         waited = False
         while True:
             try:
@@ -170,21 +175,26 @@ class Inbox:
             except Exception as exc:
                 if not is_infrastructure(exc):
                     raise
-                delay = self._backoff.next()
-                now = time.monotonic()
-                if now + delay > give_up:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    if self._ever_connected and give_up == deadline:
+                        self._say(f"Kafka at {self.servers} did not come back in time; stopping")
+                        return None
                     raise TransportError(
-                        f"Kafka at {self.servers} did not answer for {self._retry.wait_s:g} s; "
-                        "check CAIRN_KAFKA_BOOTSTRAP_SERVERS and that the cluster is up"
+                        f"Kafka at {self.servers} did not answer for "
+                        f"{time.monotonic() - started:.0f} s; check "
+                        "CAIRN_KAFKA_BOOTSTRAP_SERVERS and that the cluster is up"
                     ) from exc
-                if now + delay > deadline:
-                    self._say(f"Kafka at {self.servers} did not answer in time; stopping")
-                    return None
-                self._say(f"waiting for Kafka at {self.servers}, retrying in {delay:g}s")
-                log.warning("inbox.waiting_for_kafka", error=type(exc).__name__, retry_in_s=delay)
+                delay = min(self._backoff.next(), left)
+                self._say(f"waiting for Kafka at {self.servers}, retrying in {delay:.2g}s")
+                if self._progress is None:
+                    log.warning(
+                        "inbox.waiting_for_kafka", error=type(exc).__name__, retry_in_s=delay
+                    )
                 waited = True
                 await asyncio.sleep(delay)
                 continue
+            self._ever_connected = True
             if waited:
                 self._say(f"Kafka at {self.servers} answers; following {self.topic}")
             assert self._consumer is not None
@@ -193,8 +203,9 @@ class Inbox:
     async def _lost(self, exc: BaseException) -> None:
         """Kafka went away (or forgot us): drop the clients; the next drain step reconnects."""
         self.reconnections += 1
-        log.warning("inbox.reconnecting", error=type(exc).__name__)
         self._say(f"lost Kafka at {self.servers} ({type(exc).__name__}); reconnecting")
+        if self._progress is None:
+            log.warning("inbox.reconnecting", error=type(exc).__name__)
         await self._disconnect()
 
     def _say(self, line: str) -> None:

@@ -5,7 +5,17 @@ and following on, never exiting."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
@@ -18,6 +28,7 @@ from adapters.inbox import Delivery, Inbox
 from broker.kafka.consumer import DLQ_CONSUMER, DLQ_OFFSET, DLQ_REASON, Retry
 from keys.errors import Reason, VerificationError
 from schemas.errors import RegistryUntrusted, TransportError
+from tests.conftest import FederationKeys
 from tests.unit.broker.test_kafka_consumer import Message
 
 TP = TopicPartition("unit.deliver.kelder-idva", 0)
@@ -225,3 +236,55 @@ async def test_a_consumer_behind_and_not_moving_is_recreated() -> None:
         await inbox.drain(handler, idle_timeout_s=30, total_timeout_s=5, max_messages=1)
     assert seen == [b"x"]
     assert inbox.reconnections == 1
+
+
+def test_cairn_inbox_waits_for_kafka_saying_so_and_ctrl_c_stops_it_cleanly(
+    federation_keys: FederationKeys, tmp_path: Path
+) -> None:
+    """With nothing listening where Kafka should be, 'cairn inbox' says it is waiting instead
+    of exiting; Ctrl-C (SIGINT) then stops it at once, without a traceback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    env = {
+        **environ,
+        "CAIRN_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        "CAIRN_KEY_DIR": str(federation_keys.root),
+        "CAIRN_KEY_PASSPHRASE": federation_keys.passphrase.decode(),
+        "CAIRN_STATE_DIR": str(tmp_path / "state"),
+        "CAIRN_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "inbox", "--as", "kelder-idva", "--timeout", "120"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr or ()])
+    reader.start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("waiting for Kafka at 127.0.0.1:") for line in seen):
+            assert proc.poll() is None, "cairn inbox exited instead of waiting:\n" + "".join(seen)
+            assert time.monotonic() < deadline, "no waiting line:\n" + "".join(seen)
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=1))
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    while not lines.empty():
+        seen.append(lines.get())
+    output = "".join(seen)
+    assert f"waiting for Kafka at 127.0.0.1:{port}, retrying in 0.5s" in output
+    assert "Traceback" not in output
+    assert proc.returncode != 0
