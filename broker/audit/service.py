@@ -42,9 +42,10 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -347,14 +348,28 @@ async def checkpoint(request: web.Request) -> web.Response:
     return web.Response(body=note, content_type="text/plain", charset="utf-8")
 
 
+_Code = TypeVar("_Code", bound=StrEnum)
+
+
+def _choice(q: Mapping[str, str], name: str, kind: type[_Code]) -> _Code | None:
+    """The code parameter ``name`` as one of ``kind``; the refusal lists the codes, never
+    repeating what was sent (a query parameter can carry anything, a name included)."""
+    if name not in q:
+        return None
+    try:
+        return kind(q[name])
+    except ValueError:
+        codes = ", ".join(sorted(m.value for m in kind))
+        raise SchemaError(
+            f"'{name}' is not one of the codes: {codes}", (FieldProblem(name, "not a code"),)
+        ) from None
+
+
 def _query(request: web.Request) -> Query:
     """The entries query the request's parameters ask for (``/v1/audit/entries``, ``overrides``)."""
     q = request.query
-    try:
-        purpose = Purpose(q["purpose"]) if "purpose" in q else None
-        reason = OverrideReason(q["override_reason"]) if "override_reason" in q else None
-    except ValueError as exc:
-        raise SchemaError(str(exc)) from None
+    purpose = _choice(q, "purpose", Purpose)
+    reason = _choice(q, "override_reason", OverrideReason)
     override = {"true": True, "false": False}.get(q.get("override", ""))
     return Query(
         agency=q.get("agency"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,27 @@ async def test_the_ig_api_lists_who_overrode_consent_why_and_on_what_paragraph(
     assert body["overrides"]
     assert {r["override_by_id"] for r in body["overrides"]} == {"KP-1102"}
     assert {r["sender"] for r in body["overrides"]} == {"kelder-police"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "purpose=Tessina%20Smith",
+        "override_reason=Tessina",
+        "since=Tessina",
+        "limit=Tessina",
+        "purpose=%00Tessina",
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/audit/entries", "/v1/audit/overrides"])
+async def test_a_bad_query_parameter_is_a_problem_that_repeats_nothing(
+    auditor_url: str, federation_keys: FederationKeys, path: str, query: str
+) -> None:
+    """A parameter outside its codes is a 4xx naming the parameter, never what was sent."""
+    status, body = await _get(federation_keys, f"{auditor_url}{path}?{query}")
+    assert 400 <= status < 500
+    assert str(body["type"]).startswith("urn:cairn:problem:")
+    assert "Tess" not in json.dumps(body)
 
 
 async def test_only_the_auditors_certificate_reads_the_overrides(
