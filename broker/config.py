@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(
         default=512, ge=1, le=100_000
     )  # open connections in all, handshakes included; more are closed when accepted
+    http_max_header_bytes: int = Field(
+        default=8190, ge=1024, le=65_536
+    )  # bytes of the request line and of any one header field; more is a 431 (or 414)
+    http_max_headers: int = Field(default=64, ge=8, le=1024)  # header fields per request
 
     # Kafka consumers: dead letters and reconnection (issue 12)
     consumer_retry_initial_s: float = Field(

@@ -308,6 +308,7 @@ class _ProblemRequestHandler(web.RequestHandler):
 
 _BAD_MESSAGES: dict[int, tuple[str, str, str]] = {
     400: ("bad-http", "Bad request", "the request is not valid HTTP/1.1; nothing was read"),
+    414: ("uri-too-long", "URI too long", "the request line is too long"),
     413: ("payload-too-large", "Request body too large", "the request is too large"),
     431: (
         "headers-too-large",
@@ -470,6 +471,9 @@ async def start_server(
         access_log=None,
         keepalive_timeout=limits.keepalive_idle_s + limits.header_s,  # a backstop only
         lingering_time=0,
+        max_line_size=settings.http_max_header_bytes,
+        max_field_size=settings.http_max_header_bytes,
+        max_headers=settings.http_max_headers,
     )
     await runner.setup()
     server = runner.server

@@ -446,3 +446,32 @@ async def test_a_malformed_request_head_gets_a_problem_that_repeats_nothing(
     assert b"Tess" not in answer
     assert b"Traceback" not in answer
     assert "Tess" not in repr(logs)
+
+
+async def test_header_bounds_are_settings(
+    settings: Settings, federation: Federation, federation_keys: FederationKeys
+) -> None:
+    """A header field over http_max_header_bytes, or more fields than http_max_headers, is
+    refused before any handler runs, with a problem; within the bounds the request is served."""
+    tls = federation_keys.client_ssl("kelder-police")
+    bounded = tight(settings, http_max_header_bytes=1024, http_max_headers=8)
+
+    async def status_of(port: int, head: bytes) -> int:
+        reader, writer = await asyncio.open_connection(HOST, port, ssl=tls)
+        writer.write(head)
+        await writer.drain()
+        answer = await reader.readuntil(b"\r\n")
+        writer.close()
+        return int(answer.split(b" ", 2)[1])
+
+    async with broker(bounded, federation, federation_keys) as running:
+        port = running.server.port
+        async with asyncio.timeout(WAIT_S):
+            fine = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 900 + b"\r\n\r\n"
+            assert await status_of(port, fine) == 200
+            long = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 1100 + b"\r\n\r\n"
+            assert 400 <= await status_of(port, long) < 500
+            many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(
+                b"X-%d: 1\r\n" % i for i in range(12)
+            )
+            assert 400 <= await status_of(port, many + b"\r\n") < 500
