@@ -133,7 +133,6 @@ class Inbox:
 
     async def _connect(self) -> None:
         consumer = AIOKafkaConsumer(
-            self.topic,
             **self._kafka,
             group_id=self.group_id,
             isolation_level="read_committed",
@@ -144,6 +143,9 @@ class Inbox:
         producer = AIOKafkaProducer(**self._kafka, acks="all", enable_idempotence=True)
         try:
             await asyncio.wait_for(consumer.start(), self._retry.connect_s)
+            # After start(), so that it does not wait for the group to rebalance (see
+            # broker.kafka.consumer): the first fetches join the group.
+            consumer.subscribe([self.topic])
             await asyncio.wait_for(producer.start(), self._retry.connect_s)
         except BaseException:
             await close(consumer)
@@ -187,10 +189,7 @@ class Inbox:
                     ) from exc
                 delay = min(self._backoff.next(), left)
                 self._say(f"waiting for Kafka at {self.servers}, retrying in {delay:.2g}s")
-                if self._progress is None:
-                    log.warning(
-                        "inbox.waiting_for_kafka", error=type(exc).__name__, retry_in_s=delay
-                    )
+                self._log("inbox.waiting_for_kafka", error=type(exc).__name__, retry_in_s=delay)
                 waited = True
                 await asyncio.sleep(delay)
                 continue
@@ -204,13 +203,16 @@ class Inbox:
         """Kafka went away (or forgot us): drop the clients; the next drain step reconnects."""
         self.reconnections += 1
         self._say(f"lost Kafka at {self.servers} ({type(exc).__name__}); reconnecting")
-        if self._progress is None:
-            log.warning("inbox.reconnecting", error=type(exc).__name__)
+        self._log("inbox.reconnecting", error=type(exc).__name__)
         await self._disconnect()
 
     def _say(self, line: str) -> None:
         if self._progress is not None:
             self._progress(line)
+
+    def _log(self, event: str, **fields: Any) -> None:
+        """A warning, or only a debug line where a person already reads the progress lines."""
+        (log.warning if self._progress is None else log.debug)(event, **fields)
 
     # -- consuming --
 

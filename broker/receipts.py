@@ -115,7 +115,6 @@ class ReceiptsLoop:
 
     async def _consume(self, stop: asyncio.Event, backoff: Backoff) -> None:
         consumer = AIOKafkaConsumer(
-            f"{self._settings.topic_prefix}.receipts",
             **kafka_options(self._settings),
             group_id=GROUP_ID,
             isolation_level="read_committed",
@@ -124,6 +123,9 @@ class ReceiptsLoop:
         )
         try:
             await asyncio.wait_for(consumer.start(), self._retry.connect_s)
+            # After start(): joining the group happens in the fetches, never cut short by a
+            # timeout that would leave a stale member (broker.kafka.consumer).
+            consumer.subscribe([f"{self._settings.topic_prefix}.receipts"])
             watchdog = Watchdog(self._retry)
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=100)

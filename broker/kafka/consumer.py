@@ -22,11 +22,17 @@ treatment, so that no record can stop a consumer and no outage can leave one stu
   nothing for ``consumer_stall_s`` while the end of one of its partitions is ahead of it (an
   ``end_offsets`` answer, which for read_committed is the last stable offset, so an open
   transaction is not mistaken for a stall), or while Kafka does not answer at all.
-- **Closing a client never stops its owner.** After a Kafka restart aiokafka's
-  ``AIOKafkaConsumer.stop()`` can raise ``CancelledError``: its fetcher cancels the tasks still
-  backing off from failed fetches and awaits them unguarded (aio-libs/aiokafka#647). ``close``
-  swallows that one unless our own task is being cancelled. The auditor used to take it for
-  its own cancellation while reconnecting, and stopped following ``cairn.audit`` for good.
+- **Closing a client never stops its owner, and leaves nothing of it behind.** After a Kafka
+  restart aiokafka's ``AIOKafkaConsumer.stop()`` can raise ``CancelledError``: its fetcher
+  cancels the tasks still backing off from failed fetches and awaits them unguarded
+  (aio-libs/aiokafka#647). ``close`` swallows that one unless our own task is being cancelled.
+  The auditor used to take it for its own cancellation while reconnecting, and stopped
+  following ``cairn.audit`` for good. A ``stop()`` that does not finish in time (its group
+  coordinator waiting on a rebalance) has its background tasks cancelled: a consumer whose
+  heartbeat outlived it kept partitions of its group that nobody read.
+- **A group consumer subscribes after it has started**, so that ``start()`` does not wait for
+  the group's rebalance (it can take a session timeout after an unclean stop): a join cut
+  short by a timeout leaves a stale member behind, and each retry added another.
 """
 
 from __future__ import annotations
@@ -206,7 +212,7 @@ async def pause(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def close(client: Any, timeout_s: float = 10.0) -> None:
+async def close(client: Any, timeout_s: float = 5.0) -> None:
     """Stop an aiokafka client within ``timeout_s``, whatever it raises (see the module
     docstring); only our own task's cancellation goes through."""
     try:
@@ -219,11 +225,40 @@ async def close(client: Any, timeout_s: float = 10.0) -> None:
         log.info("kafka.close_interrupted", client=type(client).__name__)
     except Exception as exc:
         log.info("kafka.close_failed", client=type(client).__name__, error=type(exc).__name__)
-    # stop() did not get as far as closing the connections: close them here.
+    # stop() did not finish: end what the client still runs, then close its connections
+    # (briefly: an owner stopping waits for this, and a socket close needs no answer).
+    _abandon(client)
     connections = getattr(client, "_client", None) or getattr(client, "client", None)
     if connections is not None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(connections.close(), timeout_s)
+            await asyncio.wait_for(connections.close(), min(timeout_s, 2.0))
+
+
+# A consumer's background tasks (aiokafka 0.14): the group coordinator's and the fetcher's.
+_COORDINATOR_TASKS: Final = (
+    "_coordination_task",
+    "_heartbeat_task",
+    "_commit_refresh_task",
+    "_reset_committed_task",
+)
+
+
+def _abandon(client: Any) -> None:
+    """Cancel the background tasks of a consumer whose ``stop()`` did not finish.
+
+    Left running, its heartbeat keeps it a member of its group (reconnecting as it needs):
+    Kafka goes on assigning it partitions that nobody reads, and the consumer that replaces
+    it waits on them for ever, caught up on the partitions it got and never told of the rest.
+    """
+    if hasattr(client, "_closed"):
+        client._closed = True  # a later stop() is then a no-op, not a second wait
+    coordinator = getattr(client, "_coordinator", None)
+    fetcher = getattr(client, "_fetcher", None)
+    tasks = [getattr(coordinator, name, None) for name in _COORDINATOR_TASKS]
+    tasks += [getattr(fetcher, "_fetch_task", None), *getattr(fetcher, "_pending_tasks", ())]
+    for task in tasks:
+        if isinstance(task, asyncio.Task) and not task.done():
+            task.cancel()
 
 
 class ConsumerStalled(KafkaError):  # type: ignore[misc]  # aiokafka ships no types

@@ -177,6 +177,22 @@ async def test_a_client_that_does_not_stop_in_time_is_closed_anyway() -> None:
     assert client.connections.closed
 
 
+async def test_a_consumer_that_does_not_stop_leaves_no_heartbeat_behind() -> None:
+    """Its background tasks are cancelled: a consumer still heartbeating after it was given up
+    keeps partitions of its group that nobody reads."""
+    client: Any = Client(stop_s=30)
+    heartbeat = asyncio.create_task(asyncio.sleep(60))
+    fetch = asyncio.create_task(asyncio.sleep(60))
+    client._coordinator = type("Coordinator", (), {"_heartbeat_task": heartbeat})()
+    client._fetcher = type("Fetcher", (), {"_fetch_task": fetch, "_pending_tasks": set()})()
+    client._closed = False
+    await close(client, timeout_s=0.05)
+    await asyncio.sleep(0)
+    assert heartbeat.cancelled()
+    assert fetch.cancelled()
+    assert client._closed
+
+
 class Positions:
     """A consumer as the watchdog asks it: the partitions' ends and its positions."""
 
