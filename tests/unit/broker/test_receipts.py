@@ -73,9 +73,9 @@ def loop(
     )
 
 
-def queued(replay: ReplayStore, agency: str = AGENCY) -> UUID:
+def queued(replay: ReplayStore, agency: str = AGENCY, rid: UUID | None = None) -> UUID:
     """A referral the broker queued for ``agency``, as the replay store remembers it."""
-    rid = uuid4()
+    rid = rid or uuid4()
     now = datetime.now(UTC)
     receipt = Receipt(
         referral_id=rid,
