@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +144,30 @@ async def read_committed_many(
         return records
     finally:
         await asyncio.wait_for(consumer.stop(), 10)
+
+
+def free_port_pair() -> int:
+    """A loopback port whose successor is free too (client and controller listeners)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < 65535:
+            with socket.socket() as s2:
+                try:
+                    s2.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free pair of loopback ports")
+
+
+def private_kafka(state_dir: Path) -> Iterator[LocalKafka]:
+    """A Kafka broker of a test's own (free ports, ``state_dir``), so that stopping or killing
+    it disturbs neither the other tests nor another run on the machine; stopped afterwards."""
+    local = LocalKafka(free_port_pair(), state_dir)
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()

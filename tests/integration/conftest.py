@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -89,3 +91,20 @@ def client(keys: FederationKeys, url: str, agency: str = "kelder-police") -> Ref
         ssl_context=keys.client_ssl(agency),
         signing_key=keys.trust(agency).signing_key(),
     )
+
+
+def cairn_env(
+    settings: Settings, keys: FederationKeys, state: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a ``cairn`` process on this test's Kafka, topics, state folder and
+    keys (no ``CAIRN_*`` of the caller's leaks in), with ``extra`` settings on top."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    return {
+        **environ,
+        "CAIRN_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "CAIRN_TOPIC_PREFIX": settings.topic_prefix,
+        "CAIRN_STATE_DIR": str(state),
+        "CAIRN_KEY_DIR": str(keys.root),
+        "CAIRN_KEY_PASSPHRASE": keys.passphrase.decode(),
+        **extra,
+    }

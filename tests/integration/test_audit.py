@@ -7,7 +7,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -40,7 +39,7 @@ from keys.registry import KeyStatus, KeyUse
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
-from tests.integration.conftest import client, running_broker
+from tests.integration.conftest import cairn_env, client, running_broker
 from tests.kafka_support import read_committed
 from tests.samples import REPO, sample
 
@@ -283,19 +282,15 @@ def free_port() -> int:
 
 def auditor_env(settings: Settings, keys: FederationKeys, state: Path) -> dict[str, str]:
     """The environment of a ``cairn`` process on this test's topics, state folder and keys."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    return {
-        **environ,
-        "CAIRN_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "CAIRN_TOPIC_PREFIX": settings.topic_prefix,
-        "CAIRN_STATE_DIR": str(state),
-        "CAIRN_KEY_DIR": str(keys.root),
-        "CAIRN_KEY_PASSPHRASE": keys.passphrase.decode(),
-        "CAIRN_HTTP_HOST": "127.0.0.1",
-        "CAIRN_AUDITOR_HTTP_PORT": str(free_port()),
-        "CAIRN_CHECKPOINT_EVERY_ENTRIES": "500",
-        "CAIRN_LOG_FORMAT": "json",
-    }
+    return cairn_env(
+        settings,
+        keys,
+        state,
+        CAIRN_HTTP_HOST="127.0.0.1",
+        CAIRN_AUDITOR_HTTP_PORT=str(free_port()),
+        CAIRN_CHECKPOINT_EVERY_ENTRIES="500",
+        CAIRN_LOG_FORMAT="json",
+    )
 
 
 @contextlib.contextmanager

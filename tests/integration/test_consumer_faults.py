@@ -40,9 +40,8 @@ from schemas.audit import AuditEventType, key_rotated
 from schemas.errors import CairnError
 from schemas.federation import Federation
 from tests.conftest import PASSPHRASE, FederationKeys
-from tests.integration.conftest import client, make_settings, running_broker
-from tests.integration.test_kafka_outage import free_port_pair
-from tests.kafka_support import LocalKafka, read_committed
+from tests.integration.conftest import cairn_env, client, make_settings, running_broker
+from tests.kafka_support import LocalKafka, private_kafka, read_committed
 from tests.samples import sample
 from tests.unit.broker.test_receipts import ack_message, nested_header_ack, queued
 
@@ -275,10 +274,7 @@ async def test_the_inbox_dead_letters_a_record_it_cannot_open_and_handles_the_ne
 
 @pytest.fixture(scope="module")
 def own_kafka(tmp_path_factory: pytest.TempPathFactory, kafka: LocalKafka) -> Iterator[LocalKafka]:
-    local = LocalKafka(free_port_pair(), tmp_path_factory.mktemp("faults-kafka"))
-    local.start()
-    yield local
-    local.stop()
+    yield from private_kafka(tmp_path_factory.mktemp("faults-kafka"))
 
 
 def kill(local: LocalKafka) -> None:
@@ -404,18 +400,14 @@ async def test_kafka_killed_under_the_auditor_and_an_inbox_both_catch_up_by_them
 
 def cli_env(settings: Settings, keys: FederationKeys, state: Path) -> dict[str, str]:
     """The environment of a ``cairn`` process on this test's Kafka, topics and keys."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    return {
-        **environ,
-        "CAIRN_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "CAIRN_TOPIC_PREFIX": settings.topic_prefix,
-        "CAIRN_STATE_DIR": str(state),
-        "CAIRN_KEY_DIR": str(keys.root),
-        "CAIRN_KEY_PASSPHRASE": keys.passphrase.decode(),
-        "CAIRN_CONSUMER_RETRY_MAX_S": "2",
-        "CAIRN_CONSUMER_STALL_S": "5",
-        "CAIRN_LOG_LEVEL": "warning",
-    }
+    return cairn_env(
+        settings,
+        keys,
+        state,
+        CAIRN_CONSUMER_RETRY_MAX_S="2",
+        CAIRN_CONSUMER_STALL_S="5",
+        CAIRN_LOG_LEVEL="warning",
+    )
 
 
 async def _contains(found: Any, wanted: set[str]) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -20,34 +19,15 @@ from broker.kafka.transport import create_topics
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.integration.conftest import client, make_settings, running_broker
-from tests.kafka_support import LocalKafka, read_committed
+from tests.kafka_support import LocalKafka, private_kafka, read_committed
 from tests.samples import sample
 
 JOSE = {"Content-Type": "application/jose"}
 
 
-def free_port_pair() -> int:
-    """A loopback port whose successor is free too (client and controller listeners)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port < 65535:
-            with socket.socket() as s2:
-                try:
-                    s2.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free pair of loopback ports")
-
-
 @pytest.fixture(scope="module")
 def own_kafka(tmp_path_factory: pytest.TempPathFactory, kafka: LocalKafka) -> Iterator[LocalKafka]:
-    local = LocalKafka(free_port_pair(), tmp_path_factory.mktemp("outage-kafka"))
-    local.start()
-    yield local
-    local.stop()
+    yield from private_kafka(tmp_path_factory.mktemp("outage-kafka"))
 
 
 @pytest.fixture
