@@ -71,10 +71,21 @@ async def broker_url(
 
 @contextlib.asynccontextmanager
 async def running_broker(
-    settings: Settings, federation: Federation, keys: FederationKeys
+    settings: Settings,
+    federation: Federation,
+    keys: FederationKeys,
+    *,
+    consume_receipts: bool = False,
 ) -> AsyncIterator[str]:
+    """A real broker on a loopback port; with ``consume_receipts`` it also follows the
+    receipts topic (recipients' acknowledgements) as ``cairn serve`` does."""
     app = create_app(
-        settings, federation, KafkaTransport(settings), keys.trust(), replay=ReplayStore(None)
+        settings,
+        federation,
+        KafkaTransport(settings),
+        keys.trust(),
+        replay=ReplayStore(None),
+        consume_receipts=consume_receipts,
     )
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(ssl=keys.server_ssl())

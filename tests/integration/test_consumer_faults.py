@@ -299,9 +299,10 @@ async def test_kafka_killed_under_the_auditor_and_an_inbox_both_catch_up_by_them
     tmp_path: Path,
 ) -> None:
     """Referrals before and after a SIGKILL and restart of Kafka: the auditor that was
-    following cairn.audit, and the inbox that was draining its topic, neither restarted,
-    reach every referral within a bounded time; a 'cairn inbox' started while Kafka was down
-    waited for it and then printed every referral."""
+    following cairn.audit, the inbox that was draining its topic and the broker's receipts
+    follower, none restarted, reach every referral (and its acknowledgement) in bounded time;
+    a 'cairn inbox' started while Kafka was down waited for it and then printed every
+    referral."""
     settings = make_settings(
         own_kafka.bootstrap,
         federation_keys.root,
@@ -342,6 +343,10 @@ async def test_kafka_killed_under_the_auditor_and_an_inbox_both_catch_up_by_them
                     raise AssertionError("the broker never accepted the referral")
                 submitted.append(data["header"]["referral_id"])
 
+    async def acknowledged_events(a: Auditor) -> set[str]:
+        entries = await a.call(a.log.query, Query(types=(AuditEventType.ACKNOWLEDGED,)))
+        return {str(e.event.message_id) for e in entries}
+
     async def received_events(a: Auditor) -> set[str]:
         entries = await a.call(a.log.query, Query(types=(AuditEventType.RECEIVED,)))
         return {str(e.event.message_id) for e in entries}
@@ -349,7 +354,7 @@ async def test_kafka_killed_under_the_auditor_and_an_inbox_both_catch_up_by_them
     try:
         async with (
             FollowingAuditor(settings, federation_keys, tmp_path / "audit") as auditor,
-            running_broker(settings, federation, federation_keys) as url,
+            running_broker(settings, federation, federation_keys, consume_receipts=True) as url,
         ):
             await submit(url, 3)
             await eventually(lambda: received >= set(submitted), "the inbox before the outage")
@@ -380,6 +385,12 @@ async def test_kafka_killed_under_the_auditor_and_an_inbox_both_catch_up_by_them
                 raise AssertionError(f"{exc}; the inbox said: {lines}") from None
             await eventually(
                 lambda: _contains(received_events(auditor), everything), "the auditor caught up"
+            )
+            # The broker's receipts follower lived through the restart too: the inbox's
+            # acknowledgements after it reached the audit log.
+            await eventually(
+                lambda: _contains(acknowledged_events(auditor), everything),
+                "the receipts follower caught up",
             )
             assert not inbox_task.done()
             assert auditor.reconnections >= 1
