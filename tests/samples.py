@@ -13,9 +13,11 @@ SAMPLES = FEDERATION_DIR / "samples"
 
 
 def sample(name: str = "referral-high-risk.json") -> dict[str, Any]:
-    """A sample referral as a dict, with a fresh referral id so tests never collide."""
+    """A sample referral (or Encompass notice) as a dict, with a fresh message id (its
+    ``referral_id``, or a notice's ``notification_id``) so tests never collide."""
     data: dict[str, Any] = json.loads((SAMPLES / name).read_text(encoding="utf-8"))
-    data["header"]["referral_id"] = str(uuid.uuid4())
+    header = data["header"]
+    header["notification_id" if "notification_id" in header else "referral_id"] = str(uuid.uuid4())
     return data
 
 

@@ -82,13 +82,9 @@ def submissions(keys: FederationKeys, count: int) -> list[Submission]:
         name, sender = TEMPLATES[i % len(TEMPLATES)]
         data = sample(name)
         header = data["header"]
-        id_field = "referral_id"
-        if "notification_id" in header:  # an Encompass notice (sample() gave it a referral_id)
-            id_field = "notification_id"
-            del header["referral_id"]
-        header[id_field] = str(uuid.uuid4())
+        message_id = header.get("notification_id") or header["referral_id"]  # fresh from sample()
         body = sign_referral(json.dumps(data).encode(), signing[sender], issued_at=now)
-        out.append(Submission(header[id_field], sender, body))
+        out.append(Submission(message_id, sender, body))
     return out
 
 

@@ -215,7 +215,6 @@ async def test_a_date_at_the_calendars_edge_is_a_422_naming_the_field(
 
 async def test_an_encompass_notice_dated_9999_is_a_422(broker: Broker) -> None:
     data = sample("encompass-notification.json")
-    data["header"]["notification_id"] = data["header"].pop("referral_id")
     data["header"]["created_at"] = "9999-12-31T23:59:59Z"
     data["content"]["child_date_of_birth"] = "9999-12-31"
     body = await refused(broker, broker.sign(POLICE, data))

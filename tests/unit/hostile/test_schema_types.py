@@ -143,10 +143,7 @@ def _set(doc: dict[str, Any], path: Path, value: Any) -> dict[str, Any]:
 
 
 def _fresh(name: str) -> dict[str, Any]:
-    data = sample(name)
-    if "content" in data:  # a notification's id has its own name
-        data["header"]["notification_id"] = data["header"].pop("referral_id")
-    return data
+    return sample(name)
 
 
 def _refusals(stem: str, data: dict[str, Any]) -> tuple[list[str], list[str], bool]:
