@@ -80,8 +80,9 @@ async def committed_audit(settings: Settings, timeout_s: float = 30.0) -> list[t
         records: list[tuple[int, bytes]] = []
         deadline = time.monotonic() + timeout_s
         end = -1
-        # Right after a leader change (seen as NotLeaderForPartitionError on a fresh topic) the
-        # stable end reported can lag: read to it, ask again, and stop only when it holds still.
+        # The stable end can lag a commit Kafka has already answered (its markers are written
+        # a moment later, and right after a leader change on a fresh topic it is reported
+        # late): read to it, pause, ask again, and stop only when it holds still.
         while (latest := (await consumer.end_offsets([tp]))[tp]) > end:
             end = latest
             while await consumer.position(tp) < end:
@@ -89,6 +90,7 @@ async def committed_audit(settings: Settings, timeout_s: float = 30.0) -> list[t
                     raise TimeoutError(f"could not read {tp.topic} to its end in {timeout_s}s")
                 batches = await consumer.getmany(tp, timeout_ms=200)
                 records += [(m.offset, m.value) for m in batches.get(tp, [])]
+            await asyncio.sleep(0.3)
         return records
     finally:
         await asyncio.wait_for(consumer.stop(), 10)
