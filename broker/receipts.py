@@ -43,8 +43,8 @@ from broker.kafka.consumer import (
     close,
     dead_letter,
     dlq_topic,
+    follow_until_stopped,
     is_infrastructure,
-    pause,
     reason_code,
 )
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
@@ -101,17 +101,16 @@ class ReceiptsLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; after any failure reconnect, with a bounded pause."""
-        backoff = Backoff(self._retry)
-        while not stop.is_set():
-            try:
-                await self._consume(stop, backoff)
-            except Exception as exc:
-                delay = backoff.next()
-                self.reconnections += 1
-                # Kafka failing is expected; anything else is a bug, but never a dead loop.
-                report = log.warning if is_infrastructure(exc) else log.error
-                report("receipts.reconnecting", error=type(exc).__name__, retry_in_s=delay)
-                await pause(stop, delay)
+        await follow_until_stopped(
+            stop,
+            lambda backoff: self._consume(stop, backoff),
+            self._retry,
+            event="receipts.reconnecting",
+            reconnected=self._reconnected,
+        )
+
+    def _reconnected(self) -> None:
+        self.reconnections += 1
 
     async def _consume(self, stop: asyncio.Event, backoff: Backoff) -> None:
         consumer = AIOKafkaConsumer(

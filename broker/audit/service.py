@@ -69,8 +69,7 @@ from broker.kafka.consumer import (
     close,
     dead_letter,
     dlq_topic,
-    is_infrastructure,
-    pause,
+    follow_until_stopped,
     reason_code,
 )
 from broker.kafka.transport import kafka_options
@@ -148,21 +147,19 @@ class Auditor:
             self._log = None
         self._thread.shutdown(wait=True)
 
+    def _reconnected(self) -> None:
+        self.reconnections += 1
+
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the audit topic until ``stop``; after any failure reconnect, with a bounded
         pause, and resume from the log."""
-        backoff = Backoff(self._retry)
-        while not stop.is_set():
-            try:
-                await self._follow(stop, backoff)
-            except Exception as exc:
-                delay = backoff.next()
-                self.reconnections += 1
-                # Kafka failing is expected; anything else (the disk, a bug) is logged as an
-                # error, and retried the same bounded way rather than ending the follower.
-                report = log.warning if is_infrastructure(exc) else log.error
-                report("auditor.reconnecting", error=type(exc).__name__, retry_in_s=delay)
-                await pause(stop, delay)
+        await follow_until_stopped(
+            stop,
+            lambda backoff: self._follow(stop, backoff),
+            self._retry,
+            event="auditor.reconnecting",
+            reconnected=self._reconnected,
+        )
         if self.appended_since_checkpoint:
             # Stopped without Kafka: the last events are still attested, in the files.
             with contextlib.suppress(Exception):

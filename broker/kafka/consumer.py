@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -67,6 +67,7 @@ __all__ = [
     "close",
     "dead_letter",
     "dlq_topic",
+    "follow_until_stopped",
     "is_infrastructure",
     "lag",
     "pause",
@@ -210,6 +211,30 @@ async def pause(stop: asyncio.Event, seconds: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
     return stop.is_set()
+
+
+async def follow_until_stopped(
+    stop: asyncio.Event,
+    follow: Callable[[Backoff], Awaitable[None]],
+    retry: Retry,
+    *,
+    event: str,
+    reconnected: Callable[[], None],
+) -> None:
+    """Run ``follow`` until ``stop``; after any failure pause (bounded, doubling) and run it
+    again, calling ``reconnected`` and logging ``event`` each time. Kafka failing is expected
+    (a warning); anything else (the disk, a bug) is an error, retried the same bounded way
+    rather than ending the consumer. ``follow`` resets the backoff once it is connected."""
+    backoff = Backoff(retry)
+    while not stop.is_set():
+        try:
+            await follow(backoff)
+        except Exception as exc:
+            delay = backoff.next()
+            reconnected()
+            report = log.warning if is_infrastructure(exc) else log.error
+            report(event, error=type(exc).__name__, retry_in_s=delay)
+            await pause(stop, delay)
 
 
 async def close(client: Any, timeout_s: float = 5.0) -> None:
