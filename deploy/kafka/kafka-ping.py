@@ -3,7 +3,11 @@
 Used by kafka-local to decide that the broker is ready. It depends only on the Python standard
 library so that it works before the project's virtualenv exists. It sends MetadataRequest v4
 (still served by Kafka 4.x after KIP-896) for no topics and checks that the reply carries our
-correlation id and names at least one broker.
+correlation id and names at least one broker (or at least the count given as a third
+argument: a node of a local cluster is ready once it reports every node registered, which only
+a quorum with an elected leader can record).
+
+    kafka-ping.py HOST PORT [BROKERS]
 """
 
 from __future__ import annotations
@@ -50,9 +54,13 @@ def _read(sock: socket.socket, n: int) -> bytes:
 
 if __name__ == "__main__":
     host, port = sys.argv[1], int(sys.argv[2])
+    wanted = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     try:
         brokers = ping(host, port, timeout=2.0)
     except (OSError, struct.error) as exc:
         print(f"no metadata from {host}:{port}: {exc}", file=sys.stderr)
         sys.exit(1)
-    sys.exit(0 if brokers >= 1 else 1)
+    if brokers < wanted:
+        print(f"{host}:{port} reports {brokers} of {wanted} brokers", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
