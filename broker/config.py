@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     readiness_probe_every_s: float = Field(
         default=5.0, gt=0, description="After a failed publish, seconds between probe transactions"
     )  # seconds
+    # Kafka cluster (issue 13)
+    topic_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description="Replicas that must hold a record before Kafka acknowledges it, set on "
+        "each topic Cairn creates with replication over 1 [default: the replication factor "
+        "less one, at least 1]; never more than topic_replication_factor",
+    )  # replicas
 
     # HTTP
     http_host: str = "127.0.0.1"
@@ -184,6 +193,25 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _min_insync_within_replication(self) -> Settings:
+        wanted = self.topic_min_insync_replicas
+        if wanted is not None and wanted > self.topic_replication_factor:
+            raise ValueError(
+                f"topic_min_insync_replicas ({wanted}) is more than topic_replication_factor "
+                f"({self.topic_replication_factor}): Kafka would refuse every write to such a "
+                "topic; lower it or raise the replication factor"
+            )
+        return self
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """``min.insync.replicas`` for the topics Cairn creates: the setting, or the replication
+        factor less one (so one replica may be lost without stopping writes), at least 1."""
+        if self.topic_min_insync_replicas is not None:
+            return self.topic_min_insync_replicas
+        return max(1, self.topic_replication_factor - 1)
 
     @property
     def keys_path(self) -> Path:

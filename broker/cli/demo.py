@@ -64,7 +64,11 @@ def run_demo(
 
     _step(f"creating topics on {settings.kafka_bootstrap_servers}")
     specs = federation_topics(
-        federation, settings.topic_prefix, ledger_partitions=settings.ledger_partitions
+        federation,
+        settings.topic_prefix,
+        ledger_partitions=settings.ledger_partitions,
+        replication_factor=settings.topic_replication_factor,
+        min_insync_replicas=settings.min_insync_replicas,
     )
     result = asyncio.run(create_topics(settings, specs))
     click.echo(

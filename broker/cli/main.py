@@ -182,7 +182,11 @@ def topics_create() -> None:
     settings = _settings()
     federation = _federation(settings)
     specs = federation_topics(
-        federation, settings.topic_prefix, ledger_partitions=settings.ledger_partitions
+        federation,
+        settings.topic_prefix,
+        ledger_partitions=settings.ledger_partitions,
+        replication_factor=settings.topic_replication_factor,
+        min_insync_replicas=settings.min_insync_replicas,
     )
     result = _run(create_topics(settings, specs))
     for spec in specs:

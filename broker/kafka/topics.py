@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from schemas.federation import Federation
 
@@ -23,9 +23,20 @@ def delivery_topic(prefix: str, agency_id: str) -> str:
 
 
 def federation_topics(
-    federation: Federation, prefix: str, *, ledger_partitions: int = 6
+    federation: Federation,
+    prefix: str,
+    *,
+    ledger_partitions: int = 6,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
 ) -> tuple[TopicSpec, ...]:
-    """Every topic the federation needs, in a stable order."""
+    """Every topic the federation needs, in a stable order. With ``replication_factor`` over 1
+    each carries ``min.insync.replicas``: how many replicas must hold a record before Kafka
+    acknowledges it (and so before the broker answers 202)."""
+    if not 1 <= min_insync_replicas <= replication_factor:
+        raise ValueError(
+            f"min.insync.replicas {min_insync_replicas} is outside 1..{replication_factor}"
+        )
     specs = [
         TopicSpec(delivery_topic(prefix, a.id), 3, f"disclosures for {a.id}")
         for a in federation.agencies
@@ -44,4 +55,7 @@ def federation_topics(
             {"cleanup.policy": "compact"},
         ),
     ]
+    if replication_factor > 1:
+        insync = {"min.insync.replicas": str(min_insync_replicas)}
+        specs = [replace(s, config={**s.config, **insync}) for s in specs]
     return tuple(specs)
