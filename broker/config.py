@@ -54,9 +54,27 @@ class Settings(BaseSettings):
     )
     topic_replication_factor: int = Field(default=1, ge=1, le=5)  # replicas per created topic
     transactional_id: str = Field(
-        default="cairn-broker-1",
-        description="Stable per broker instance: a restarted instance fences its predecessor",
+        default="cairn-broker",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="The base of every broker process's transactional ids, "
+        "<base>.<host>.<slot> (broker.instance): the same on every broker of a deployment",
     )
+    # Group commit (issue 13): claimed publishes share transactions
+    group_commit_linger_s: float = Field(
+        default=0.005, ge=0, le=1.0
+    )  # seconds a submission waits for others to share its transaction (while none commits)
+    group_commit_max_records: int = Field(
+        default=1000, ge=1, le=100_000
+    )  # Kafka records per shared transaction (each submission's records stay together)
+    group_commit_max_bytes: int = Field(
+        default=8_388_608, ge=65_536
+    )  # bytes of records per shared transaction
+    kafka_max_request_bytes: int = Field(
+        default=1_048_576, ge=65_536
+    )  # bytes: the largest record the broker sends (a larger disclosure is a 413)
+    claim_lease_s: float = Field(
+        default=30.0, gt=0
+    )  # seconds after which another broker's unfinished claim of a referral id is settled
     ledger_partitions: int = Field(
         default=6,
         ge=1,

@@ -10,6 +10,7 @@ failed (nothing was sent; the same request may succeed later). Programming mista
     ├── InputError                 hostile or invalid input: refused, nothing changed
     │   ├── SchemaError            the message does not match its schema (names each field)
     │   ├── PayloadTooLarge        the body exceeds a configured limit
+    │   ├── DisclosureTooLarge     a sealed disclosure is larger than Kafka takes
     │   ├── RequestTimeout         the body arrived slower than the configured minimum rate
     │   ├── UnsupportedMediaType   the body is not the media type the endpoint takes
     │   ├── UnknownAgency          a sender or recipient is not in the federation
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 __all__ = [
     "AuthenticationError",
     "CairnError",
+    "DisclosureTooLarge",
     "FieldProblem",
     "InfrastructureError",
     "InputError",
@@ -97,6 +99,11 @@ class PayloadTooLarge(InputError):
             "split the submission or ask the operator about max_body_bytes"
         )
         self.limit_bytes = limit_bytes
+
+
+class DisclosureTooLarge(InputError):
+    """A disclosure sealed from this referral is larger than Kafka accepts; nothing was sent,
+    and the same referral would be refused again (its free text must shrink)."""
 
 
 class RequestTimeout(InputError):

@@ -1,48 +1,41 @@
-"""The publication ledger: which referral ids any broker has ever published, kept in Kafka.
+"""The publication ledger: which referral ids any broker has published, kept in Kafka.
 
 Exactly one disclosure per accepted referral, whatever crashes, and however many brokers run:
 
-* Every publish of a referral writes a ledger record (key: the referral id; value: the digest of
-  the signed referral and the receipt it got, ids and codes only) to ``<prefix>.ledger`` in the
-  *same* Kafka transaction as its disclosures and audit events. The record exists if and only if
-  the disclosures were committed: there is no window between "sent" and "remembered as sent".
-* The ledger topic is compacted and split into shards (its partitions); a referral's shard is a
-  hash of its id. Every broker publishes a shard's referrals with the same transactional id,
-  ``<prefix>.ledger.<shard>``, so one broker's producer for a shard fences every other's: a
-  broker's view of a shard is only acted on while its producer is the shard's current one.
-* After (re)initialising a shard's producer, which fences and aborts whatever another producer
-  left open, the broker reads that ledger partition, read_committed, to its end. A referral id
-  found there is never published again: the caller gets ``AlreadyPublished`` with what was kept.
-  If another broker fences us after that read and publishes the id, our commit fails (fenced),
-  nothing of ours is visible, and the next attempt re-reads the shard.
+* A broker first *claims* the referral id in the shared state store (``broker.state``): one
+  row per id, so of two brokers given the same id at once exactly one goes on to publish; the
+  other waits for its receipt.
+* The claiming broker publishes a ledger record (key: the referral id; value: the digest of the
+  signed referral and the receipt it got, ids and codes only) to ``<prefix>.ledger`` in the
+  *same* Kafka transaction as the referral's disclosures and audit events. The record exists if
+  and only if the disclosures were committed: Kafka, not the store, is the truth about what was
+  sent.
+* The store's claim is marked published after the commit. A broker that dies between the two
+  leaves the claim pending: whoever finds it stale (``Claim.unsettled_by``) first *fences* the
+  transactional id that held it, which has Kafka complete or abort whatever that producer left
+  open, then reads the id's ledger shard (a partition chosen by a hash of the id), read
+  committed, to its end. Found: it was published, and the caller gets ``AlreadyPublished`` with
+  what was kept. Not found: it never will be, and the claim can be taken over.
 
-A transactional id can be wedged (Kafka cannot write a transaction marker, so initialising the
-id waits forever). The broker then moves the shard to a fresh id, ``<prefix>.ledger.<shard>.e<N>``
-(its *era*), and writes an era record to the shard in its next transaction so every broker that
-reads the shard moves to the same era; see ``broker.kafka.transport``.
-
-``MemoryLedger`` is the in-process twin the fake transport uses.
+The ledger topic is compacted; its partition count is fixed once created and the same for every
+broker (ids map to shards by it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
 
 __all__ = [
-    "ERA_KEY",
     "AlreadyPublished",
     "Claim",
     "LedgerEntry",
     "ShardView",
     "ledger_topic",
     "shard_of",
-    "shard_tid",
 ]
 
-ERA_KEY = b"~era"  # never a referral id (those are UUIDs)
 KIND_HEADER = "cairn-ledger-kind"
 
 
@@ -56,18 +49,18 @@ def shard_of(referral_id: str, shards: int) -> int:
     return int.from_bytes(digest[:8], "big") % shards
 
 
-def shard_tid(prefix: str, shard: int, era: int) -> str:
-    """The transactional id every broker uses for ``shard`` in ``era``."""
-    base = f"{prefix}.ledger.{shard}"
-    return base if era == 0 else f"{base}.e{era}"
-
-
 @dataclass(frozen=True)
 class Claim:
-    """A publish that discloses referral ``referral_id``: only if no broker ever published it."""
+    """A publish that discloses referral ``referral_id``, which the caller has claimed.
+
+    ``unsettled_by``: the transactional id of a producer that may have published this id and
+    died before saying so. The transport then fences it and reads the ledger first: published
+    already is ``AlreadyPublished``, and nothing is sent.
+    """
 
     referral_id: str
     value: bytes  # what the ledger keeps for it (LedgerEntry.encode())
+    unsettled_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,23 +90,14 @@ class AlreadyPublished(Exception):  # an outcome the pipeline turns into a repla
 
 @dataclass
 class ShardView:
-    """What one broker has read of one ledger shard, and up to where."""
+    """What one broker has read of one ledger shard, and up to where (read only to settle
+    unsettled claims, so it holds the shards that ever needed settling)."""
 
     entries: dict[str, bytes] = field(default_factory=dict)
     next_offset: int = 0  # the next offset to read
-    era: int = 0  # the highest era record seen
 
     def apply(self, key: bytes | None, value: bytes | None, offset: int) -> None:
         self.next_offset = max(self.next_offset, offset + 1)
         if key is None or value is None:
             return
-        if key == ERA_KEY:
-            # An unreadable era record moves nothing.
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                self.era = max(self.era, int(json.loads(value)["era"]))
-            return
         self.entries[key.decode(errors="replace")] = value
-
-
-def era_value(era: int) -> bytes:
-    return json.dumps({"era": era}).encode()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import enum
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,22 +23,31 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidProducerEpoch,
+    InvalidTxnState,
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from broker.config import Settings
 from broker.kafka.ledger import (
-    ERA_KEY,
     KIND_HEADER,
     AlreadyPublished,
     Claim,
     ShardView,
-    era_value,
     ledger_topic,
     shard_of,
-    shard_tid,
 )
 from broker.kafka.topics import TopicSpec
-from schemas.errors import TransportError
+from schemas.errors import DisclosureTooLarge, TransportError
 
 __all__ = [
     "Consumed",
@@ -97,6 +107,10 @@ class Transport(Protocol):
     async def ready(self) -> bool:
         """True while a publish could succeed now."""
 
+    def publisher_id(self) -> str:
+        """The transactional id claimed publishes use now: what a claim's ``unsettled_by``
+        names if this process dies with the claim unsettled."""
+
     async def health(self) -> str:
         """``ok``, ``unreachable`` or ``failing`` (Kafka answers but publishing fails)."""
 
@@ -120,43 +134,80 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
 
 @dataclass
 class _Slot:
-    """One transactional producer: the id it uses (per era), its lock, and for a ledger shard
-    what it has read of the shard."""
+    """One transactional producer: the id it uses (per era), and its lock."""
 
     tid: Callable[[int], str]
-    shard: int | None = None  # None: the general producer (receipts, sweeps, probes)
     era: int = 0
     producer: AIOKafkaProducer | None = None
     # One transaction at a time per transactional id; the lock also guards (re)connection.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    view: ShardView = field(default_factory=ShardView)
-    stale: bool = True  # the view must be brought to the shard's end before it is trusted
-    era_due: bool = False  # moved to a fresh era: record it in the shard's next transaction
     connecting: asyncio.Task[AIOKafkaProducer] | None = None  # a connection in the background
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One claimed submission waiting for the transaction that will hold its records."""
+
+    records: list[Record]  # its disclosures and audit events, then its ledger record
+    size: int  # bytes, estimated as Kafka counts them
+    deadline: float  # loop time: answered by then, committed or not
+    done: asyncio.Future[None]
+
+
+# Refusals that are one record's own fault: retrying it cannot help, and it must not fail the
+# records that share its transaction. Everything else is the cluster's, and retried.
+_REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+_RECORD_FAULTS = (*_REFUSED, InvalidMessageError, CorruptRecordException)
+# The commit was answered "no": the transaction was aborted, so it is safe to publish again.
+_NOT_COMMITTED = (ProducerFenced, InvalidProducerEpoch, InvalidTxnState)
+
+
+class _Outcome(enum.Enum):
+    COMMITTED = "committed"
+    RETRY = "retry"  # certainly not committed: publish the same records again
+    UNKNOWN = "unknown"  # the commit was sent and not answered: it may have committed
 
 
 class KafkaTransport:
     """Transactional publishing to a real Kafka cluster, reconnecting after failures.
 
-    Publishes that claim a referral (``claim=``) go through the shard's producer and the
-    ledger (``broker.kafka.ledger``); the rest through one general producer whose
-    transactional id is the ``transactional_id`` setting. Either moves to a fresh
-    transactional id (era) when Kafka cannot initialise its current one.
+    Claimed publishes (``claim=``, one per accepted referral) are committed together: the
+    submissions that arrive while one transaction commits, up to ``group_commit_max_records``
+    records and ``group_commit_max_bytes`` bytes, and waiting at most ``group_commit_linger_s``
+    for more, share the next one (group commit), each with its ledger record
+    (``broker.kafka.ledger``). Each caller returns only after the transaction holding its
+    records committed. A record Kafka refuses fails its own submission only: the others are
+    published again in a fresh transaction. The rest (receipts, sweeps) go through a general
+    producer, one transaction per call, so that their consumed offsets commit with them.
+
+    The producers' transactional ids derive from the ``transactional_id`` setting, unique per
+    broker process (``broker.instance``): ``<id>`` (general), ``<id>.claims`` (group commit)
+    and ``<id>.probe``. Each moves to a fresh id (era, ``.e<N>``) when Kafka cannot initialise
+    its current one.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         base = settings.transactional_id
         self._general = _Slot(tid=lambda era: base if era == 0 else f"{base}.e{era}")
+        self._claims = _Slot(tid=lambda era: _era(f"{base}.claims", era))
         self._probe_slot = _Slot(tid=lambda era: f"{base}.probe.e{era}")
         self._probing: asyncio.Task[None] | None = None
         self._probe_after = 0.0  # loop time before which no new probe starts
-        self._shards: dict[int, _Slot] = {}
+        self._queue: list[_Pending] = []
+        self._queued = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._views: dict[int, ShardView] = {}
         self._reader: AIOKafkaConsumer | None = None
         self._reader_lock = asyncio.Lock()
         self._ledger_checked = False
         # After a failed publish: the topics it wrote, until a publish or probe succeeds.
         self._failing: frozenset[str] | None = None
+        self.transactions = 0  # claimed-publish transactions committed (tests, metrics)
+
+    def publisher_id(self) -> str:
+        """The transactional id claimed publishes use now (it changes only with its era)."""
+        return self._claims.tid(self._claims.era)
 
     async def start(self) -> None:
         async with self._general.lock:
@@ -164,11 +215,18 @@ class KafkaTransport:
                 await self._connect(self._general)
 
     async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(BaseException):
+                await self._flusher
+        for item in self._queue:
+            _fail(item, TransportError("the broker is stopping; nothing was sent, retry later"))
+        self._queue.clear()
         if self._probing is not None:
             self._probing.cancel()
             with contextlib.suppress(BaseException):
                 await self._probing
-        for slot in (self._general, self._probe_slot, *self._shards.values()):
+        for slot in (self._general, self._claims, self._probe_slot):
             if slot.connecting is not None and not slot.connecting.done():
                 slot.connecting.cancel()
                 with contextlib.suppress(BaseException):
@@ -194,37 +252,275 @@ class KafkaTransport:
                 await self._check_topics(producer, topics)
                 await self._run(self._general, producer, records, consumed, topics)
             return
+        if consumed is not None:
+            raise RuntimeError("a claimed publish commits no consumer offsets")
         await self._check_ledger()
+        ledger = ledger_topic(self._settings.topic_prefix)
         shard = shard_of(claim.referral_id, self._settings.ledger_partitions)
-        slot = self._shard(shard)
+        if claim.unsettled_by is not None:
+            kept = await self._settle(claim.unsettled_by, claim.referral_id, shard)
+            if kept is not None:
+                raise AlreadyPublished(claim.referral_id, kept)
+        entry = Record(
+            topic=ledger,
+            key=claim.referral_id.encode(),
+            value=claim.value,
+            headers=((KIND_HEADER, b"published"),),
+            partition=shard,
+        )
+        mine = [*records, entry]
+        # What can be checked before the transaction is, so that it fails this submission
+        # alone: the topics exist, and no record is larger than a request may be.
+        producer = await self._shielded_connect(
+            self._claims, self._settings.kafka_connect_timeout_s
+        )
+        await self._check_topics(producer, topics | {ledger})
+        sizes = [_record_size(r) for r in mine]
+        if max(sizes) > self._settings.kafka_max_request_bytes:
+            raise DisclosureTooLarge(
+                f"a disclosure of this referral is {max(sizes)} bytes, more than Kafka accepts "
+                f"({self._settings.kafka_max_request_bytes}); nothing was sent"
+            )
+        loop = asyncio.get_running_loop()
+        item = _Pending(
+            records=mine,
+            size=sum(sizes),
+            deadline=loop.time() + self._settings.publish_timeout_s,
+            done=loop.create_future(),
+        )
+        self._queue.append(item)
+        self._queued.set()
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
+            self._flusher.add_done_callback(_retrieve)
+        # Shielded: a caller that goes away does not take its records out of a transaction
+        # that is already being written.
+        await asyncio.shield(item.done)
+
+    # -- group commit -------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        """Commit what is queued, batch after batch, one transaction at a time."""
+        loop = asyncio.get_running_loop()
+        linger = self._settings.group_commit_linger_s
+        while True:
+            if not self._queue:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            # The first submission waits at most ``linger`` for company; a full batch goes now.
+            first = self._queue[0]
+            opened = first.deadline - self._settings.publish_timeout_s
+            while not self._full() and loop.time() < opened + linger:
+                self._queued.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queued.wait(), opened + linger - loop.time())
+            batch = self._take()
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # never leave a caller waiting for ever
+                log.exception("kafka.group_commit_crashed")
+                for item in batch:
+                    _fail(item, TransportError("the broker failed to publish; retry later"))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+    def _full(self) -> bool:
+        records = sum(len(i.records) for i in self._queue)
+        size = sum(i.size for i in self._queue)
+        return (
+            records >= self._settings.group_commit_max_records
+            or size >= self._settings.group_commit_max_bytes
+        )
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: the oldest submissions up to the record and byte bounds (at least
+        one, however large)."""
+        batch: list[_Pending] = []
+        records = size = 0
+        while self._queue:
+            item = self._queue[0]
+            over = (
+                records + len(item.records) > self._settings.group_commit_max_records
+                or size + item.size > self._settings.group_commit_max_bytes
+            )
+            if batch and over:
+                break
+            batch.append(self._queue.pop(0))
+            records += len(item.records)
+            size += item.size
+        return batch
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """Publish every submission of ``batch``, each in a committed transaction or failed.
+
+        A submission whose record Kafka refuses fails alone: the others go again in a fresh
+        transaction (and when several had refused records, halves of them, to find which was
+        at fault). A transaction that certainly did not commit is retried while its
+        submissions' deadlines allow; one whose commit may have gone through is not, and its
+        submissions get a 503 (a retry settles them through the ledger, ``_settle``).
+        """
+        loop = asyncio.get_running_loop()
+        groups: list[list[_Pending]] = [batch]
+        rounds = 0
+        while groups and rounds < 2 * len(batch) + 4:  # bounded: each round settles or splits
+            rounds += 1
+            group = [i for i in groups.pop(0) if not i.done.done()]
+            for item in [i for i in group if loop.time() >= i.deadline]:
+                _fail(item, _not_acknowledged())
+            group = [i for i in group if not i.done.done()]
+            if not group:
+                continue
+            outcome, faults = await self._attempt(group)
+            if outcome is _Outcome.COMMITTED:
+                self.transactions += 1
+                for item in group:
+                    if not item.done.done():
+                        item.done.set_result(None)
+                continue
+            if outcome is _Outcome.UNKNOWN:
+                for item in group:
+                    _fail(item, _not_acknowledged())
+                continue
+            if len(faults) == 1:
+                guilty, exc = faults[0]
+                _fail(guilty, _refusal(exc))
+                log.warning("kafka.record_refused", error=type(exc).__name__)
+            elif faults:
+                # Several submissions had refused records: they may have shared a batch on a
+                # partition with the one at fault. Halves, then halves of the half that fails,
+                # find it in a few transactions.
+                accused_items = [item for item, _ in faults]
+                half = len(accused_items) // 2
+                groups.extend([accused_items[:half], accused_items[half:]])
+            else:
+                await asyncio.sleep(0.1)  # the cluster's fault: a moment before trying again
+            accused = {id(item) for item, _ in faults}
+            innocent = [i for i in group if id(i) not in accused and not i.done.done()]
+            if innocent:
+                groups.insert(0, innocent)
+        for group in groups:
+            for item in group:
+                _fail(item, _not_acknowledged())
+
+    async def _attempt(
+        self, group: list[_Pending]
+    ) -> tuple[_Outcome, list[tuple[_Pending, BaseException]]]:
+        """One transaction over ``group``'s records: its outcome, and the submissions whose
+        records Kafka refused as the records' own fault (empty unless RETRY)."""
+        slot = self._claims
+        topics = {r.topic for i in group for r in i.records}
+        remaining = min(i.deadline for i in group) - asyncio.get_running_loop().time()
         async with slot.lock:
-            producer = await self._claimed(slot)
-            if claim.referral_id in slot.view.entries:
-                raise AlreadyPublished(claim.referral_id, slot.view.entries[claim.referral_id])
-            ledger = ledger_topic(self._settings.topic_prefix)
-            extra = [
-                Record(
-                    topic=ledger,
-                    key=claim.referral_id.encode(),
-                    value=claim.value,
-                    headers=((KIND_HEADER, b"published"),),
-                    partition=shard,
-                )
-            ]
-            if slot.era_due:
-                extra.append(
-                    Record(
-                        topic=ledger,
-                        key=ERA_KEY,
-                        value=era_value(slot.era),
-                        headers=((KIND_HEADER, b"era"),),
-                        partition=shard,
+            try:
+                producer = await self._connect(slot)
+            except TransportError:
+                return _Outcome.RETRY, []  # nothing was sent
+            committing = False
+            try:
+                async with asyncio.timeout(max(remaining, 0.1)):
+                    await producer.begin_transaction()
+                    sent: list[list[asyncio.Future[Any]]] = []
+                    for item in group:
+                        futures = []
+                        for r in item.records:
+                            futures.append(
+                                await producer.send(
+                                    r.topic,
+                                    r.value,
+                                    key=r.key,
+                                    headers=list(r.headers),
+                                    partition=r.partition,
+                                )
+                            )
+                        sent.append(futures)
+                    results = await asyncio.gather(
+                        *(f for futures in sent for f in futures), return_exceptions=True
                     )
+                    failures = [r for r in results if isinstance(r, BaseException)]
+                    if not failures:
+                        committing = True
+                        await producer.commit_transaction()
+                        self._failing = None
+                        return _Outcome.COMMITTED, []
+                    faults = []
+                    at = 0
+                    for item, futures in zip(group, sent, strict=True):
+                        mine = results[at : at + len(futures)]
+                        at += len(futures)
+                        fault = next((r for r in mine if isinstance(r, _RECORD_FAULTS)), None)
+                        if fault is not None:
+                            faults.append((item, fault))
+                    if len(faults) == len(failures) or all(
+                        isinstance(f, _RECORD_FAULTS) for f in failures
+                    ):
+                        # Only records at fault: abort, and the producer is fit to go on.
+                        await producer.abort_transaction()
+                        return _Outcome.RETRY, faults
+                    raise failures[0]
+            except _NOT_COMMITTED as exc:
+                log.warning("kafka.transaction_fenced", error=type(exc).__name__)
+                await self._discard(slot, flush=False)
+                return _Outcome.RETRY, []
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "kafka.publish_failed",
+                    error=type(exc).__name__,
+                    records=sum(len(i.records) for i in group),
+                    committing=committing,
                 )
-            await self._check_topics(producer, topics | {ledger})
-            await self._run(slot, producer, [*records, *extra], consumed, topics | {ledger})
-            slot.view.entries[claim.referral_id] = claim.value
-            slot.era_due = False
+                self._failing = frozenset(topics)
+                if not committing:
+                    # Bounded abort while Kafka still answers, so read-committed consumers are
+                    # not held at this open transaction until a new producer fences it.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.abort_transaction(), 5)
+                # Never trust (or let retry on its own) a producer that failed mid-transaction:
+                # kill it unflushed; the next one re-initialises the id, fencing it, and has
+                # the coordinator finish whatever it left open.
+                await self._discard(slot, flush=False)
+                return (_Outcome.UNKNOWN if committing else _Outcome.RETRY), []
+
+    # -- settling a claim a dead producer may have published --------------------------------
+
+    async def _settle(self, holder: str, referral_id: str, shard: int) -> bytes | None:
+        """Fence ``holder`` (a transactional id), then read the id's ledger shard to its end:
+        what was kept for ``referral_id`` if it was published, else None (and never will be)."""
+        if holder == self.publisher_id():
+            # Our own producer: re-initialising it fences its earlier life.
+            async with self._claims.lock:
+                await self._discard(self._claims, flush=False)
+                await self._connect(self._claims)
+        else:
+            await self._fence(holder)
+        view = self._views.setdefault(shard, ShardView())
+        await self._catch_up(shard, view)
+        log.info("kafka.claim_settled", shard=shard, published=referral_id in view.entries)
+        return view.entries.get(referral_id)
+
+    def _producer(self, tid: str) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **kafka_options(self._settings),
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=tid,
+            max_request_size=self._settings.kafka_max_request_bytes,
+            # One request per partition per transaction, however many submissions share it.
+            max_batch_size=min(1_048_576, self._settings.kafka_max_request_bytes),
+        )
+
+    async def _fence(self, tid: str) -> None:
+        producer = self._producer(tid)
+        try:
+            await asyncio.wait_for(producer.start(), self._settings.kafka_connect_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("kafka.fence_failed", error=type(exc).__name__)
+            raise TransportError(
+                "Kafka did not let the broker settle an earlier attempt at this referral; "
+                "nothing was sent, retry later"
+            ) from exc
+        finally:
+            await _kill(producer)
 
     async def ready(self) -> bool:
         return await self.health() == "ok"
@@ -334,7 +630,6 @@ class KafkaTransport:
                 "kafka.publish_failed",
                 error=type(exc).__name__,
                 records=len(records),
-                shard=slot.shard,
             )
             self._failing = frozenset(topics)
             # Abort while Kafka still answers, so that read_committed consumers are not held
@@ -353,36 +648,6 @@ class KafkaTransport:
                 "retry the same submission later"
             ) from exc
         self._failing = None
-
-    def _shard(self, shard: int) -> _Slot:
-        slot = self._shards.get(shard)
-        if slot is None:
-            prefix = self._settings.topic_prefix
-            slot = _Slot(tid=lambda era: shard_tid(prefix, shard, era), shard=shard)
-            self._shards[shard] = slot
-        return slot
-
-    async def _claimed(self, slot: _Slot) -> AIOKafkaProducer:
-        """The shard's producer, with the shard read to its end since the producer began.
-
-        Reading can show another broker moved the shard to a later era: follow it (bounded).
-        """
-        if slot.producer is None and slot.view.next_offset == 0:
-            # First use of the shard: its era records say which id to initialise, so a broker
-            # started after a wedge does not wait on the ids the others have left behind.
-            await self._catch_up(slot)
-            slot.era = max(slot.era, slot.view.era)
-        for _ in range(4):
-            producer = await self._connect(slot)
-            if slot.stale:
-                await self._catch_up(slot)
-                slot.stale = False
-            if slot.view.era <= slot.era:
-                return producer
-            log.info("kafka.shard_era_moved", shard=slot.shard, era=slot.view.era)
-            await self._discard(slot)
-            slot.era, slot.era_due = slot.view.era, False
-        raise TransportError("the ledger shard kept changing era; nothing was sent, retry later")
 
     async def _check_ledger(self) -> None:
         """Once: the ledger topic has the configured number of shards (ids map to shards)."""
@@ -406,10 +671,9 @@ class KafkaTransport:
             )
         self._ledger_checked = True
 
-    async def _catch_up(self, slot: _Slot) -> None:
-        """Read the slot's ledger partition, read_committed, from where we were to its end."""
-        assert slot.shard is not None
-        tp = TopicPartition(ledger_topic(self._settings.topic_prefix), slot.shard)
+    async def _catch_up(self, shard: int, view: ShardView) -> None:
+        """Read one ledger partition, read_committed, from where ``view`` was to its end."""
+        tp = TopicPartition(ledger_topic(self._settings.topic_prefix), shard)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.publish_timeout_s
         async with self._reader_lock:
@@ -417,16 +681,16 @@ class KafkaTransport:
                 reader = await self._ledger_reader()
                 reader.assign([tp])
                 end = (await asyncio.wait_for(reader.end_offsets([tp]), 5))[tp]
-                reader.seek(tp, slot.view.next_offset)
+                reader.seek(tp, view.next_offset)
                 while await reader.position(tp) < end:
                     if loop.time() > deadline:
                         raise TimeoutError("ledger catch-up")
                     batch = await reader.getmany(tp, timeout_ms=200, max_records=5000)
                     for msg in batch.get(tp, []):
-                        slot.view.apply(msg.key, msg.value, msg.offset)
-                slot.view.next_offset = await reader.position(tp)
+                        view.apply(msg.key, msg.value, msg.offset)
+                view.next_offset = await reader.position(tp)
             except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("kafka.ledger_unreadable", error=type(exc).__name__, shard=slot.shard)
+                log.warning("kafka.ledger_unreadable", error=type(exc).__name__, shard=shard)
                 await self._close_reader()
                 raise TransportError(
                     "Kafka did not let the broker read its ledger, so nothing was sent; "
@@ -519,12 +783,7 @@ class KafkaTransport:
             return slot.producer
         for _ in range(3):
             tid = slot.tid(slot.era)
-            producer = AIOKafkaProducer(
-                **kafka_options(self._settings),
-                acks="all",
-                enable_idempotence=True,
-                transactional_id=tid,
-            )
+            producer = self._producer(tid)
             try:
                 await asyncio.wait_for(producer.start(), self._settings.kafka_connect_timeout_s)
             except (KafkaError, OSError, TimeoutError) as exc:
@@ -533,7 +792,6 @@ class KafkaTransport:
                 if isinstance(exc, TimeoutError) and reachable:
                     log.warning("kafka.transaction_wedged", transactional_id=tid, era=slot.era)
                     slot.era += 1
-                    slot.era_due = slot.shard is not None
                     continue
                 log.warning("kafka.connect_failed", error=type(exc).__name__)
                 raise TransportError(
@@ -542,7 +800,6 @@ class KafkaTransport:
                 ) from exc
             log.info("kafka.connected", transactional_id=tid)
             slot.producer = producer
-            slot.stale = True  # fencing the id's previous holder: its commits are final now
             return producer
         raise TransportError(
             "Kafka answers but would not start a transaction for the broker; nothing was sent, "
@@ -551,7 +808,6 @@ class KafkaTransport:
 
     async def _discard(self, slot: _Slot, *, flush: bool = True) -> None:
         producer, slot.producer = slot.producer, None
-        slot.stale = True
         if producer is None:
             return
         if flush:
@@ -562,6 +818,43 @@ class KafkaTransport:
             except (KafkaError, OSError, TimeoutError):
                 pass
         await _kill(producer)
+
+
+def _era(base: str, era: int) -> str:
+    return base if era == 0 else f"{base}.e{era}"
+
+
+def _record_size(record: Record) -> int:
+    """A record's size as Kafka counts it against its request and message limits."""
+    return int(
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(
+            record.key, record.value, list(record.headers)
+        )
+    )
+
+
+def _not_acknowledged() -> TransportError:
+    return TransportError(
+        "Kafka did not acknowledge the submission, so nothing was sent; "
+        "retry the same submission later"
+    )
+
+
+def _refusal(exc: BaseException) -> Exception:
+    if isinstance(exc, _REFUSED):
+        return DisclosureTooLarge(
+            "Kafka refused a disclosure of this referral as larger than its topic accepts; "
+            "nothing was sent, and the same submission would be refused again"
+        )
+    return TransportError(
+        f"Kafka refused a record of this submission ({type(exc).__name__}); nothing was sent"
+    )
+
+
+def _fail(item: _Pending, exc: Exception) -> None:
+    if not item.done.done():
+        item.done.set_exception(exc)
+        item.done.exception()  # retrieved here too: a caller gone away is not an error
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -629,6 +922,9 @@ class MemoryTransport:
 
     async def ready(self) -> bool:
         return self.available
+
+    def publisher_id(self) -> str:
+        return "memory"
 
     async def health(self) -> str:
         return "ok" if self.available else "unreachable"

@@ -41,6 +41,7 @@ from keys.errors import VerificationError as KeyVerificationError
 from schemas.errors import (
     AuthenticationError,
     CairnError,
+    DisclosureTooLarge,
     InfrastructureError,
     InputError,
     PayloadTooLarge,
@@ -64,6 +65,7 @@ MEDIA_TYPE = "application/problem+json"
 # Most specific class first: the first isinstance match wins.
 PROBLEM_TYPES: tuple[tuple[type[CairnError], int, str, str], ...] = (
     (PayloadTooLarge, 413, "payload-too-large", "Request body too large"),
+    (DisclosureTooLarge, 413, "disclosure-too-large", "A disclosure is larger than Kafka accepts"),
     (RequestTimeout, 408, "request-timeout", "Request body too slow"),
     (UnsupportedMediaType, 415, "unsupported-media-type", "Unsupported media type"),
     (UnknownSender, 403, "unknown-sender", "The sending agency is not in the registry"),

@@ -45,13 +45,26 @@ async def unknown_topic_publishes_nothing(
 
 
 async def claims_a_referral_once(transport: Transport, read: Reader, topic: str) -> None:
-    """A claimed referral is published once; a second claim sends nothing and says what was
-    kept the first time."""
+    """A claim the caller could not settle (``unsettled_by``: a producer that may have
+    published it, e.g. one that died before its claim was marked published) is checked against
+    the ledger: published already sends nothing and says what was kept the first time."""
     record = Record(topic=topic, key=b"r-claim", value=b"first")
     await transport.publish([record], claim=Claim("r-claim", b"kept"))
     with pytest.raises(AlreadyPublished) as raised:
         await transport.publish(
-            [Record(topic=topic, key=b"r-claim", value=b"second")], claim=Claim("r-claim", b"x")
+            [Record(topic=topic, key=b"r-claim", value=b"second")],
+            claim=Claim("r-claim", b"x", unsettled_by=transport.publisher_id()),
         )
     assert raised.value.value == b"kept"
     assert [r.value for r in await read(topic) if r.key == b"r-claim"] == [b"first"]
+
+
+async def publishes_an_unsettled_claim_nobody_published(
+    transport: Transport, read: Reader, topic: str
+) -> None:
+    """Settling finds the referral was never published: it is published now, once."""
+    record = Record(topic=topic, key=b"r-unsettled", value=b"only")
+    await transport.publish(
+        [record], claim=Claim("r-unsettled", b"kept", unsettled_by=transport.publisher_id())
+    )
+    assert [r.value for r in await read(topic) if r.key == b"r-unsettled"] == [b"only"]

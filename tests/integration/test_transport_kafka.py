@@ -54,6 +54,16 @@ async def test_ready_while_kafka_answers(transport: KafkaTransport) -> None:
 
 
 async def test_claims_a_referral_once(transport: KafkaTransport, kafka_settings: Settings) -> None:
-    """A referral claimed twice is published once; the ledger in Kafka says so."""
+    """A claim settled against the ledger in Kafka is published once."""
     topic = delivery_topic(kafka_settings.topic_prefix, "kelder-idva")
     await contract.claims_a_referral_once(transport, reader(kafka_settings), topic)
+
+
+async def test_publishes_an_unsettled_claim_nobody_published(
+    transport: KafkaTransport, kafka_settings: Settings
+) -> None:
+    """Settling fences the producer named, reads the ledger, and publishes what was not."""
+    topic = delivery_topic(kafka_settings.topic_prefix, "kelder-idva")
+    await contract.publishes_an_unsettled_claim_nobody_published(
+        transport, reader(kafka_settings), topic
+    )

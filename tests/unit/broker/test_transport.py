@@ -28,6 +28,13 @@ async def test_unknown_topic_publishes_nothing() -> None:
 
 
 async def test_claims_a_referral_once() -> None:
-    """A referral claimed twice is published once (the ledger's contract)."""
+    """A claim settled against the ledger is published once."""
     t = MemoryTransport()
     await contract.claims_a_referral_once(t, lambda topic: read_from(t, topic), "a")
+
+
+async def test_publishes_an_unsettled_claim_nobody_published() -> None:
+    t = MemoryTransport()
+    await contract.publishes_an_unsettled_claim_nobody_published(
+        t, lambda topic: read_from(t, topic), "a"
+    )
