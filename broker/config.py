@@ -186,6 +186,26 @@ class Settings(BaseSettings):
         default=900.0, gt=0, le=86_400
     )  # seconds 'cairn inbox' waits for Kafka before giving up (services wait for ever)
 
+    # Broker processes (issue 13): instance slots and `cairn serve --workers`
+    instance_slots: int = Field(
+        default=64, ge=1, le=4096
+    )  # broker processes one host may run on one state folder (each holds a slot's lock)
+    broker_workers: int = Field(
+        default=1, ge=1, le=64
+    )  # worker processes of `cairn serve` on one port (`--workers` overrides it)
+    worker_start_timeout_s: float = Field(
+        default=60.0, gt=0, le=600
+    )  # seconds a worker has from being started to listening; later, it is a failed start
+    worker_start_attempts: int = Field(
+        default=5, ge=1, le=100
+    )  # failed starts in a row of one worker after which `cairn serve` gives up (exit 3)
+    worker_restart_initial_s: float = Field(
+        default=0.5, gt=0, le=60
+    )  # seconds before restarting a worker that died; doubles while it keeps dying
+    worker_restart_max_s: float = Field(
+        default=30.0, gt=0, le=600
+    )  # seconds: the longest pause before a restart; a worker up this long is healthy again
+
     # Files
     state_dir: Path = REPO_ROOT / ".cairn"
     key_dir: Path | None = Field(
