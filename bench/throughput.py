@@ -1,27 +1,26 @@
-"""Throughput of the real broker, end to end, beside a bare aiohttp + aiokafka baseline.
+"""Throughput of the real broker, end to end, with its parts in separate processes, beside two
+bare aiohttp + aiokafka baselines in the same run.
 
-One run, one process, one event loop. Each path gets its own topics, a warm-up, then N referrals
-posted over HTTP(S) on 127.0.0.1 at a fixed concurrency; a referral counts as delivered when every
-recipient's consumer has handed it to its handler, and its latency runs from the start of its POST
-until then. The paths, in the order they run:
+Each path runs a load generator (``bench/loadgen.py``), a server and one recipient process per
+recipient agency (``bench/recipient.py``), all on 127.0.0.1 against the local Kafka:
 
-- ``baseline-idem``: a bare aiohttp handler over plain HTTP reads the JSON body and does one
-  idempotent ``acks=all`` ``send_and_wait`` per recipient (concurrently, no transaction), then
-  answers 202.
-- ``baseline-txn``: the same handler, but both records go in one Kafka transaction, one
-  transaction at a time per producer, exactly as ``KafkaTransport`` publishes.
-- ``cairn``: ``broker.web.app.create_app`` with ``KafkaTransport`` over mutual TLS on a real TCP
-  socket, with a throwaway federation's keys made for the run in a temporary folder; each sender
-  submits compact JWS through ``adapters.client.ReferralClient``; recipients read with
-  ``adapters.inbox.Inbox``, which decrypts each JWE and verifies the broker's JWS.
+- ``baseline-idem``: ``bench/bare_server.py`` over plain HTTP, one idempotent ``acks=all``
+  ``send_and_wait`` per recipient, no transaction; bare read_committed consumers.
+- ``baseline-txn``: the same server with both records in one Kafka transaction per request, one
+  transaction at a time (as the broker published before group commit).
+- ``cairn``: the real ``cairn serve`` (``python -m broker serve``, ``--workers N`` where it has
+  it) over mutual TLS with the development federation and keys made for the run; the load
+  generator signs each referral with its sender's key and posts the JWS with the sender's
+  client certificate; each recipient is ``adapters.inbox.Inbox``, decrypting with its agency's
+  keys and verifying the broker's signature.
 
-Baseline records have the same key, header names and value size as the broker's sealed records,
-and their consumers mirror ``Inbox.drain`` (read_committed, consumer group, one commit per
-batch), so the ratio is the cost of what Cairn adds: mutual TLS, verifying the sender's JWS,
-validation, policy, the replay check, signing and sealing (JWS inside JWE) per recipient, and
-opening and verifying in the inbox. ``--recipient plain`` reads every path with a bare
-read_committed consumer instead (no group, no commits, no opening), which isolates the sending
-side. See bench/README.md.
+This process only orchestrates: it makes the keys and topics, starts and stops the others, reads
+their one-line events (``bench/common.py``), and reads their CPU time and memory from /proc
+(``bench/procfs.py``), Kafka's JVM included. It prints one Markdown table: referrals/s, latency
+from submit to 202 and to the last recipient's decryption, CPU time per referral of each
+process, and the ratios to the idempotent baseline. ``--rate`` sends open loop at a fixed rate,
+``--soak`` holds a rate for minutes and follows the broker's memory, ``--profile`` runs the
+broker under py-spy. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -29,730 +28,750 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
-import gc
 import json
 import logging
 import math
 import os
-import re
-import resource
 import secrets
-import ssl
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
-from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+import hotspots
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.admin import DeleteGroupsRequest
+from common import BenchError, BenchKeys, check_local, percentile, utcnow
+from procfs import (
+    CpuSample,
+    Group,
+    MachineSample,
+    descendants,
+    listening_pid,
+    rss_mib,
+    started_at,
+)
 
-from adapters.agency import opener_for
-from adapters.client import ReferralClient, SubmissionRefused
-from adapters.inbox import Delivery, Inbox
+import broker
 from broker.config import Settings
-from broker.envelope import CONTENT_TYPE, seal
+from broker.envelope import seal
 from broker.federation import load_federation
 from broker.kafka.topics import TopicSpec, delivery_topic, federation_topics
-from broker.kafka.transport import KafkaTransport, create_topics, kafka_options
+from broker.kafka.transport import create_topics, kafka_options
 from broker.logs import configure_logging
 from broker.policy.agreements import AGREEMENTS_DIR, load_agreements
 from broker.policy.decide import decide
-from broker.replay import ReplayStore
-from broker.trust import TrustStore
-from broker.web.app import JOSE, create_app
-from keys import (
-    BROKER_ID,
-    FileStore,
-    client_context,
-    init_federation,
-    server_context,
-    sign_referral,
-)
-from schemas.errors import CairnError, TransportError
+from keys import BROKER_ID, FileStore, client_context, init_federation, sign_referral
+from schemas.errors import CairnError
 from schemas.federation import Federation
-from schemas.receipt import RecipientStatus
 from schemas.referral import Referral
 
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
-RSS_SAMPLE_INTERVAL_S = 0.005  # seconds between VmRSS samples
-CLEANUP_TIMEOUT_S = 30.0  # seconds for deleting topics and stopping clients after the run
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 CONNECT_TIMEOUT_S = 10.0  # seconds for any Kafka client to start
-REQUEST_TIMEOUT_S = 60.0  # seconds for one submission, connection included
-# Pre-signing: bodies are signed before the clock starts only if the phase, estimated from the
-# warm-up's rate, fits PRESIGN_SAFETY times over in the broker's max_signature_age_s, less the
-# margin. The margin also covers iat being whole seconds and a request waiting in the event loop
-# between the age check here and the broker's own.
-PRESIGN_SAFETY = 2.0  # times the estimated phase duration
-SIGNATURE_MARGIN_S = 20.0  # seconds kept in hand below max_signature_age_s
+CLEANUP_TIMEOUT_S = 30.0  # seconds for deleting topics and groups after the run
+READY_TIMEOUT_S = 90.0  # seconds for a started process to say it is ready
+STOP_TIMEOUT_S = 45.0  # seconds for a process to stop on SIGTERM (the broker drains 20 s)
+END_TIMEOUT_S = 30.0  # seconds between the last delivery and the load generator's end line
+RSS_EVERY_S = 0.5  # seconds between samples of the server's memory
+SOAK_EVERY_S = 60.0  # seconds between the soak's memory lines
+SOAK_FLAT_MIB = 8.0  # MiB: last minute within this (or SOAK_FLAT_SHARE) of the first is flat
+SOAK_FLAT_SHARE = 0.05
+PROFILE_TOP = 15  # functions listed by --profile
+RSS_TARGET_MIB = 300e6 / 2**20  # issue 13: broker RSS <= 300 MB
+PATHS = ("baseline-idem", "baseline-txn", "cairn")
+ROLES = ("load", "server", "recipients", "kafka")
 
 
-class BenchError(Exception):
-    """The benchmark could not produce a meaningful figure; the message says why."""
+# --- one phase's bookkeeping --------------------------------------------------------------------
 
 
-# --- measuring ----------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    t_ref: float = math.nan  # when it was sent (closed loop) or due (open loop)
+    accepted: bool = False
+    seen: dict[str, float] = field(default_factory=dict)  # recipient -> when it had it
 
 
-class RssProbe:
-    """Peak resident set size of this process during one phase.
+class Phase:
+    """Which referrals of one phase are answered and delivered, from the processes' events.
 
-    Where the kernel allows it (Linux >= 4.0), the high-water mark VmHWM is reset at the start by
-    writing 5 to /proc/self/clear_refs and read at the end, which is exact. A thread also samples
-    VmRSS every few milliseconds, as the fallback where the reset is refused.
+    A recipient's ``seen`` may arrive before the load generator's ``ok`` (two pipes), so
+    either can come first; a referral is delivered once it is accepted and every recipient
+    has it. ``on_complete`` runs the moment the last one is, so that the CPU figures end there.
     """
 
-    def __init__(self) -> None:
-        self.start_mib = 0.0
-        self.peak_mib = 0.0
-        self.method = "VmRSS sampled every 5 ms"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="rss-probe", daemon=True)
-        self._hwm_reset = False
+    def __init__(
+        self,
+        name: str,
+        count: int,
+        recipients: Sequence[str],
+        *,
+        on_begin: Callable[[], None] = lambda: None,
+        on_complete: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.name = name
+        self.count = count
+        self.recipients = frozenset(recipients)
+        self.on_begin = on_begin
+        self.on_complete = on_complete
+        self.entries: dict[str, Entry] = {}
+        self.results = 0
+        self.outstanding = 0  # accepted, not yet at every recipient
+        self.accept_ms: list[float] = []
+        self.e2e_ms: list[float] = []
+        self.failures: Counter[str] = Counter()
+        self.begin_t = math.nan
+        self.last_t = math.nan
+        self.note: dict[str, Any] = {}
+        self.begun = asyncio.Event()
+        self.complete = asyncio.Event()
+        self.ended = asyncio.Event()
 
-    def __enter__(self) -> RssProbe:
-        self.start_mib = self.peak_mib = _status_mib("VmRSS")
+    @property
+    def delivered(self) -> int:
+        return len(self.e2e_ms)
+
+    def begin(self, t: float) -> None:
+        self.begin_t = t
+        self.begun.set()
+        self.on_begin()
+        self._check()
+
+    def ok(self, referral_id: str, t_ref: float, t_answered: float) -> None:
+        self.results += 1
+        entry = self.entries.setdefault(referral_id, Entry())
+        entry.t_ref, entry.accepted = t_ref, True
+        self.accept_ms.append((t_answered - t_ref) * 1000)
+        if self.recipients <= entry.seen.keys():
+            self._deliver(referral_id, entry)
+        else:
+            self.outstanding += 1
+        self._check()
+
+    def fail(self, referral_id: str, reason: str) -> None:
+        self.results += 1
+        self.failures[reason] += 1
+        self.entries.pop(referral_id, None)
+        self._check()
+
+    def seen(self, referral_id: str, recipient: str, t: float) -> None:
+        entry = self.entries.setdefault(referral_id, Entry())  # perhaps before its ok
+        if recipient in entry.seen:
+            return  # a redelivery
+        entry.seen[recipient] = t
+        if entry.accepted and self.recipients <= entry.seen.keys():
+            self.outstanding -= 1
+            self._deliver(referral_id, entry)
+            self._check()
+
+    def end(self, note: dict[str, Any]) -> None:
+        self.note = note
+        self.ended.set()
+
+    def _deliver(self, referral_id: str, entry: Entry) -> None:
+        last = max(entry.seen[r] for r in self.recipients)
+        self.e2e_ms.append((last - entry.t_ref) * 1000)
+        self.last_t = last if math.isnan(self.last_t) else max(self.last_t, last)
+        del self.entries[referral_id]
+
+    def _check(self) -> None:
+        if (
+            self.begun.is_set()
+            and not self.complete.is_set()
+            and self.results == self.count
+            and self.outstanding == 0
+        ):
+            self.on_complete()
+            self.complete.set()
+
+    def waiting(self) -> str:
+        return (
+            f"{self.results} of {self.count} answered, {self.outstanding} accepted but not yet "
+            "at every recipient"
+        )
+
+
+# --- child processes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A process this run started, with its events' reader."""
+
+    role: str
+    proc: asyncio.subprocess.Process
+    stderr: Path
+    ready: asyncio.Future[list[str]]
+    reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tail(self, lines: int = 12) -> str:
         try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-                f.write("5")
-            self._hwm_reset = True
-            self.method = "VmHWM reset per phase (/proc/self/clear_refs)"
+            text = self.stderr.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
-            self._hwm_reset = False
-        self._thread.start()
-        return self
+            return ""
+        return " | ".join(text.splitlines()[-lines:]) or "(nothing on stderr)"
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1.0)
-        if self._hwm_reset:
-            self.peak_mib = max(self.peak_mib, _status_mib("VmHWM"))
+    async def stop(self, extra: Sequence[tuple[int, int | None]] = ()) -> None:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; ``extra`` are its own descendants, killed
+        if they outlive it."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                print(f"bench: {self.role} did not stop on SIGTERM; killing it", file=sys.stderr)
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT_S)
+        for pid, started in extra:
+            if started is not None and started_at(pid) == started:
+                print(
+                    f"bench: {self.role}'s process {pid} outlived it; killing it", file=sys.stderr
+                )
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader
 
-    def _sample(self) -> None:
-        # Bounded by the phase: __exit__ sets the event.
-        while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
-            self.peak_mib = max(self.peak_mib, _status_mib("VmRSS"))
-
-
-def _status_mib(field_name: str) -> float:
-    """A memory field of /proc/self/status in MiB; the lifetime ru_maxrss where there is none."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            match = re.search(rf"^{field_name}:\s+(\d+) kB", f.read(), re.MULTILINE)
-        if match:
-            return int(match.group(1)) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+    async def command(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
 
 
-@dataclass
-class Tracker:
-    """Which referrals of a phase are still on their way to which recipients."""
-
-    waiting: dict[str, set[str]]
-    started: dict[str, float] = field(default_factory=dict)
-    accepted: dict[str, float] = field(default_factory=dict)  # seconds from POST start to 202
-    delivered: dict[str, float] = field(default_factory=dict)  # perf_counter when all had it
-    failures: dict[str, str] = field(default_factory=dict)
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        if not self.waiting:
-            self.complete.set()
-
-    def seen(self, referral_id: str, recipient: str, at: float) -> None:
-        remaining = self.waiting.get(referral_id)
-        if remaining is None or recipient not in remaining:
-            return  # another phase's record, or a redelivery
-        remaining.discard(recipient)
-        if not remaining:
-            del self.waiting[referral_id]
-            self.delivered[referral_id] = at
-            if not self.waiting:
-                self.complete.set()
-
-    def failed(self, referral_id: str, reason: str) -> None:
-        self.failures[referral_id] = reason
-        self.waiting.pop(referral_id, None)
-        if not self.waiting:
-            self.complete.set()
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-@dataclass
-class Sink:
-    """What every consumer reports to; the current phase swaps its tracker in."""
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with the repository first on PYTHONPATH, so every process runs the
+    same code as this one, and no passphrase of the environment's own."""
+    env = {k: v for k, v in os.environ.items() if k != "CAIRN_KEY_PASSPHRASE"}
+    env.pop("CAIRN_KEY_PASSPHRASE_FILE", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
 
-    tracker: Tracker = field(default_factory=lambda: Tracker({}))
 
-    def seen(self, referral_id: str, recipient: str) -> None:
-        self.tracker.seen(referral_id, recipient, time.perf_counter())
+# --- the run ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Job:
-    referral_id: str
-    sender: str
-    recipients: tuple[str, ...]
-    payload: bytes  # the referral JSON: what the baselines post, and what a sender signs
-    signed: bytes | None = None  # its compact JWS, when signed before the clock starts
-    signed_at: float = math.nan  # time.time() just before it was signed
+@dataclass(frozen=True)
+class PathSpec:
+    path: str  # one of PATHS
+    workers: int  # broker workers; 0 for the baselines
+    prefix: str  # topic prefix of its own
+
+    @property
+    def label(self) -> str:
+        if not self.workers:
+            return self.path
+        return f"cairn, {self.workers} worker{'s' if self.workers > 1 else ''}"
 
 
 @dataclass
 class Result:
-    path: str
-    note: str
-    count: int
-    delivered: int
-    failures: dict[str, int]
-    elapsed_s: float
-    e2e_ms: list[float]
-    accept_ms: list[float]
-    rss_start_mib: float
-    rss_peak_mib: float
-    rss_method: str
-    signing: str = ""  # how the sender signed, on the Cairn path
-    signed_in_loop: bool = False  # whether the sender's signing was inside the measured loop
+    spec: PathSpec
+    count: int = 0
+    delivered: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = math.nan
+    e2e_ms: list[float] = field(default_factory=list)
+    accept_ms: list[float] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds in the phase
+    machine_busy: float = math.nan
+    server_procs: int = 0
+    rss_start_mib: float = math.nan
+    rss_peak_mib: float = math.nan
+    soak_rss: list[tuple[float, float]] = field(default_factory=list)  # (minute, MiB)
+    note: dict[str, Any] = field(default_factory=dict)
+    profile: list[str] = field(default_factory=list)
+    command: str = ""
+    pending: str = ""  # why the row could not run
 
     @property
     def rate(self) -> float:
-        return self.delivered / self.elapsed_s if self.elapsed_s > 0 else math.nan
+        ok = self.elapsed_s > 0 and self.delivered
+        return self.delivered / self.elapsed_s if ok else math.nan
+
+    def cpu_ms(self, role: str) -> float:
+        if role == "all":
+            return sum(self.cpu_ms(r) for r in ROLES)
+        seconds = self.cpu_s.get(role, math.nan)
+        return 1000 * seconds / self.delivered if self.delivered else math.nan
 
     def summary(self) -> dict[str, Any]:
+        def pcts(values: list[float]) -> dict[str, float]:
+            return {f"p{p}": round(percentile(values, p), 2) for p in (50, 95, 99)}
+
         return {
-            "path": self.path,
-            "note": self.note,
+            "path": self.spec.label,
+            "workers": self.spec.workers,
+            "pending": self.pending,
             "count": self.count,
             "delivered": self.delivered,
             "failures": self.failures,
             "elapsed_s": round(self.elapsed_s, 3),
             "referrals_per_s": round(self.rate, 1),
-            "e2e_ms": {f"p{p}": round(percentile(self.e2e_ms, p), 2) for p in (50, 95, 99)},
-            "accept_ms": {f"p{p}": round(percentile(self.accept_ms, p), 2) for p in (50, 95, 99)},
-            "rss_peak_mib": round(self.rss_peak_mib, 1),
-            "rss_growth_mib": round(self.rss_peak_mib - self.rss_start_mib, 1),
-            "rss_method": self.rss_method,
-            "signing": self.signing,
-            "signed_in_loop": self.signed_in_loop,
+            "accept_ms": pcts(self.accept_ms),
+            "e2e_ms": pcts(self.e2e_ms),
+            "cpu_ms_per_referral": {r: round(self.cpu_ms(r), 3) for r in (*ROLES, "all")},
+            "machine_busy": round(self.machine_busy, 3),
+            "server_rss_peak_mib": round(self.rss_peak_mib, 1),
+            "soak_rss_mib": self.soak_rss,
+            "loadgen": self.note,
+            "command": self.command,
         }
 
 
-# --- driving ------------------------------------------------------------------------------------
+class Run:
+    """One benchmark run: its keys, topics and processes."""
 
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        folder: Path,
+        federation: Federation,
+        sample: dict[str, Any],
+        sizes: Sizes,
+    ) -> None:
+        self.args = args
+        self.folder = folder
+        self.federation = federation
+        self.sample = sample
+        self.sizes = sizes
+        self.recipients = tuple(sample["header"]["recipients"])
+        self.senders = (sample["header"]["sender_agency"],)
+        self.deadline = time.monotonic() + args.timeout
+        self.phase: Phase | None = None
+        self.kafka_pid = listening_pid(int(args.bootstrap.split(",")[0].rsplit(":", 1)[1]))
+        self.workers_flag = broker_has_workers()
 
-def fresh_referral(sample: dict[str, Any]) -> Referral:
-    """The sample with a new referral id and creation time, so the broker sees a new referral
-    rather than a replay of the last one."""
-    header = {
-        **sample["header"],
-        "referral_id": str(uuid.uuid4()),
-        "created_at": datetime.now(UTC).isoformat(),
-    }
-    return Referral.model_validate({**sample, "header": header})
+    # -- processes
 
-
-def make_jobs(sample: dict[str, Any], count: int) -> list[Job]:
-    """``count`` fresh copies of the sample, serialised before the clock starts."""
-    jobs = []
-    for _ in range(count):
-        referral = fresh_referral(sample)
-        jobs.append(
-            Job(
-                str(referral.header.referral_id),
-                referral.header.sender_agency,
-                tuple(referral.header.recipients),
-                referral.model_dump_json().encode(),
+    async def spawn(self, role: str, argv: Sequence[str], env: dict[str, str]) -> Child:
+        stderr = self.folder / f"{role}.stderr"
+        with stderr.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                env=env,
+                cwd=self.folder,
             )
-        )
-    return jobs
+        child = Child(role, proc, stderr, asyncio.get_running_loop().create_future())
+        child.reader = asyncio.create_task(self._read(child))
+        return child
 
+    async def _read(self, child: Child) -> None:
+        assert child.proc.stdout is not None
+        recipient = child.role.removeprefix("recipient-")
+        while line := await child.proc.stdout.readline():
+            fields = line.decode(errors="replace").split(maxsplit=3)
+            if not fields:
+                continue
+            kind, phase = fields[0], self.phase
+            if kind == "ready":
+                if not child.ready.done():
+                    child.ready.set_result(fields[1:])
+            elif phase is None:
+                continue
+            elif kind == "seen":
+                phase.seen(fields[1], recipient, float(fields[2]))
+            elif kind == "ok":
+                phase.ok(fields[1], float(fields[2]), float(fields[3]))
+            elif kind == "fail":
+                phase.fail(fields[1], fields[3] if len(fields) > 3 else "")
+            elif kind == "begin":
+                phase.begin(float(fields[2]))
+            elif kind == "end":
+                phase.end(json.loads(line.decode().split(maxsplit=2)[2]))
 
-class Poster(Protocol):
-    """How one path's client submits a job."""
-
-    def prepare(self, jobs: Sequence[Job], *, expected_s: float) -> None:
-        """Called before the clock starts; ``expected_s`` estimates how long the phase takes."""
-
-    async def post(self, job: Job) -> str | None:
-        """Submit ``job``; None once it is accepted, else why it was not."""
-
-    def signing(self) -> tuple[str, bool]:
-        """How the last prepared phase was signed ('' if not at all), and whether any of its
-        signing happened inside the measured loop."""
-
-
-async def run_phase(
-    poster: Poster,
-    jobs: Sequence[Job],
-    sink: Sink,
-    *,
-    concurrency: int,
-    deadline: float,
-) -> tuple[Tracker, float, float]:
-    """POST every job, wait until each is delivered or failed; return (tracker, start, end)."""
-    tracker = Tracker({j.referral_id: set(j.recipients) for j in jobs})
-    sink.tracker = tracker
-    queue = iter(jobs)  # shared by the workers: each job is taken once
-
-    async def worker() -> None:
-        for job in queue:
-            tracker.started[job.referral_id] = began = time.perf_counter()
-            failure = await poster.post(job)
-            if failure is None:
-                tracker.accepted[job.referral_id] = time.perf_counter() - began
-            else:
-                tracker.failed(job.referral_id, failure)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(jobs)))))
-    remaining = deadline - time.monotonic()
-    try:
-        await asyncio.wait_for(tracker.complete.wait(), max(0.0, remaining))
-    except TimeoutError:
-        raise BenchError(
-            f"{len(tracker.waiting)} of {len(jobs)} referrals were accepted but not delivered "
-            "before the overall timeout; raise --timeout or lower --count"
-        ) from None
-    end = max(tracker.delivered.values(), default=time.perf_counter())
-    return tracker, start, end
-
-
-async def measure(
-    sink: Sink,
-    *,
-    path: str,
-    note: str,
-    poster: Poster,
-    sample: dict[str, Any],
-    args: argparse.Namespace,
-    deadline: float,
-) -> Result:
-    """Warm up, then measure one path."""
-    expected_s = math.inf  # no warm-up, no estimate
-    if args.warmup:
-        warm_jobs = make_jobs(sample, args.warmup)
-        poster.prepare(warm_jobs, expected_s=math.inf)
-        warm, warm_start, warm_end = await run_phase(
-            poster, warm_jobs, sink, concurrency=args.concurrency, deadline=deadline
-        )
-        if warm.failures:
-            raise BenchError(f"{path}: warm-up failed: {sorted(set(warm.failures.values()))}")
-        if warm.delivered and warm_end > warm_start:
-            # The warm-up includes connecting and Kafka's first transactions, so this
-            # overestimates the phase: on the safe side for pre-signing.
-            expected_s = args.count * (warm_end - warm_start) / len(warm.delivered)
-    jobs = make_jobs(sample, args.count)
-    poster.prepare(jobs, expected_s=expected_s)
-    gc.collect()
-    with RssProbe() as rss:
-        tracker, start, end = await run_phase(
-            poster, jobs, sink, concurrency=args.concurrency, deadline=deadline
-        )
-    signing, signed_in_loop = poster.signing()
-    failures: dict[str, int] = {}
-    for reason in tracker.failures.values():
-        failures[reason] = failures.get(reason, 0) + 1
-    return Result(
-        path=path,
-        note=note,
-        signing=signing,
-        signed_in_loop=signed_in_loop,
-        count=len(jobs),
-        delivered=len(tracker.delivered),
-        failures=failures,
-        elapsed_s=end - start,
-        e2e_ms=[(t - tracker.started[rid]) * 1000 for rid, t in tracker.delivered.items()],
-        accept_ms=[s * 1000 for s in tracker.accepted.values()],
-        rss_start_mib=rss.start_mib,
-        rss_peak_mib=rss.peak_mib,
-        rss_method=rss.method,
-    )
-
-
-# --- the paths ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BenchKeys:
-    """A throwaway federation's keys, PKI and registry, in a folder that lives for one run."""
-
-    folder: Path
-    store: FileStore
-    passphrase: bytes
-
-    def trust(self, member: str) -> TrustStore:
-        return TrustStore(self.store, self.passphrase, member_id=member, clock=_utcnow)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@contextlib.contextmanager
-def throwaway_keys(federation: Federation) -> Iterator[BenchKeys]:
-    """Every key of ``federation`` made afresh in a temporary folder, deleted afterwards."""
-    with tempfile.TemporaryDirectory(prefix="cairn-bench-") as folder:
-        root = Path(folder)
-        store = FileStore(root / "keys")
-        passphrase = secrets.token_urlsafe(32).encode()  # random: it leaves with the folder
-        init_federation(store, federation, passphrase, now=_utcnow())
-        yield BenchKeys(root, store, passphrase)
-
-
-async def serve_local(
-    app: web.Application, ssl_context: ssl.SSLContext | None = None
-) -> tuple[web.AppRunner, str]:
-    """Start ``app`` on a free port on 127.0.0.1; return the runner and its base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    host, port = runner.addresses[0][:2]
-    return runner, f"{'https' if ssl_context else 'http'}://{host}:{port}"
-
-
-@dataclass
-class PlainPoster:
-    """The baselines' client: the referral JSON as it is, over plain HTTP."""
-
-    session: aiohttp.ClientSession
-    url: str
-
-    def prepare(self, jobs: Sequence[Job], *, expected_s: float) -> None:
-        """Nothing to do: the JSON is the body."""
-
-    async def post(self, job: Job) -> str | None:
+    async def until_ready(self, child: Child) -> list[str]:
+        exited = asyncio.create_task(child.proc.wait())
+        either: set[asyncio.Future[Any]] = {child.ready, exited}
         try:
-            async with self.session.post(
-                self.url, data=job.payload, headers={"Content-Type": "application/json"}
-            ) as response:
-                await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return type(exc).__name__
-        return None if status == 202 else f"HTTP {status}"
-
-    def signing(self) -> tuple[str, bool]:
-        return "", False
-
-
-class SigningPoster:
-    """The Cairn path's client: one ``ReferralClient`` per sender, signing with its key and
-    connecting with its TLS client certificate.
-
-    ``auto`` signs every body before the clock starts when the phase is expected to end well
-    within the broker's ``max_signature_age_s``; a body that nevertheless gets too old before
-    its turn is signed again inside the loop, and counted. ``inside`` always signs inside the
-    loop, as ``ReferralClient.submit`` does.
-    """
-
-    def __init__(self, clients: dict[str, ReferralClient], *, max_age_s: float, mode: str) -> None:
-        self.clients = clients
-        self.max_age_s = max_age_s
-        self.mode = mode
-        self.expected_s = math.inf
-        self.presigned = False
-        self.resigned = 0
-
-    def prepare(self, jobs: Sequence[Job], *, expected_s: float) -> None:
-        self.expected_s = expected_s
-        self.resigned = 0
-        self.presigned = (
-            self.mode == "auto"
-            and PRESIGN_SAFETY * expected_s + SIGNATURE_MARGIN_S <= self.max_age_s
-        )
-        if self.presigned:
-            for job in jobs:
-                job.signed_at = time.time()
-                job.signed = self.clients[job.sender].sign(job.payload)
-
-    def _fresh(self, job: Job) -> bool:
-        """Whether the broker will still take ``job``'s pre-made signature (iat is time.time()
-        at signing or later, floored to the second: hence the margin)."""
-        return time.time() - job.signed_at + SIGNATURE_MARGIN_S <= self.max_age_s
-
-    async def post(self, job: Job) -> str | None:
-        client = self.clients[job.sender]
-        try:
-            if job.signed is not None and self._fresh(job):
-                receipt = await client.post_raw(job.signed, content_type=JOSE)
-            else:
-                if job.signed is not None:
-                    self.resigned += 1
-                receipt = await client.submit(job.payload)  # signs now
-        except SubmissionRefused as exc:
-            return f"HTTP {exc.status} {exc.problem.get('title', '')}".rstrip()
-        except TransportError as exc:
-            return f"TransportError: {exc}"
-        refused = [r.agency for r in receipt.recipients if r.status is not RecipientStatus.QUEUED]
-        return f"not queued for {', '.join(refused)}" if refused else None
-
-    def signing(self) -> tuple[str, bool]:
-        inside = "signed inside the loop by ReferralClient.submit"
-        if self.mode == "inside":
-            return f"{inside} (--sign inside)", True
-        if not self.presigned:
-            if math.isinf(self.expected_s):
-                return f"{inside} (no warm-up to estimate the phase from)", True
-            return (
-                f"{inside}: the phase, estimated at {self.expected_s:.0f} s, could outlive "
-                f"max_signature_age_s {self.max_age_s:g}",
-                True,
+            done, _ = await asyncio.wait(
+                either, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
             )
-        note = (
-            f"pre-signed before the clock (phase estimated at {self.expected_s:.0f} s, "
-            f"max_signature_age_s {self.max_age_s:g})"
-        )
-        if self.resigned:
-            note += f"; {self.resigned} signed again inside the loop as their signature aged"
-        return note, self.resigned > 0
-
-
-@contextlib.asynccontextmanager
-async def cairn_path(
-    settings: Settings,
-    federation: Federation,
-    keys: BenchKeys,
-    senders: Sequence[str],
-    args: argparse.Namespace,
-) -> AsyncIterator[SigningPoster]:
-    """The real broker app with the real Kafka transport over mutual TLS, as ``cairn serve``
-    builds it, and a signing client per sender."""
-    replay = ReplayStore(None if args.replay == "memory" else keys.folder / "replay.sqlite")
-    app = create_app(
-        settings, federation, KafkaTransport(settings), keys.trust(BROKER_ID), replay=replay
-    )
-    runner, base_url = await serve_local(app, server_context(keys.store, keys.passphrase))
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            clients = {
-                sender: await stack.enter_async_context(
-                    ReferralClient(
-                        base_url,
-                        ssl_context=client_context(keys.store, sender, keys.passphrase),
-                        signing_key=keys.trust(sender).signing_key(),
-                        timeout_s=REQUEST_TIMEOUT_S,
-                    )
-                )
-                for sender in senders
-            }
-            yield SigningPoster(clients, max_age_s=settings.max_signature_age_s, mode=args.sign)
-    finally:
-        await runner.cleanup()  # drains, then the cleanup context stops the transport
-
-
-@contextlib.asynccontextmanager
-async def baseline_path(
-    settings: Settings,
-    prefix: str,
-    padding: dict[str, int],
-    *,
-    transactional: bool,
-    concurrency: int,
-) -> AsyncIterator[PlainPoster]:
-    """A bare aiohttp handler that writes one record per recipient and answers 202 after acks."""
-    producer = AIOKafkaProducer(
-        **kafka_options(settings),
-        acks="all",
-        enable_idempotence=True,
-        transactional_id=f"{prefix}-producer" if transactional else None,
-    )
-    await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT_S)
-    lock = asyncio.Lock()  # one transaction at a time per transactional id, as KafkaTransport
-
-    async def submit(request: web.Request) -> web.Response:
-        body = await request.read()
-        header = json.loads(body)["header"]
-        referral_id = header["referral_id"]
-        request_id = str(uuid.uuid4())
-        records = [
-            (
-                delivery_topic(prefix, r),
-                body + b" " * padding.get(r, 0),  # the size of the broker's sealed record
-                [
-                    ("cairn-referral-id", referral_id.encode()),
-                    ("cairn-sender", header["sender_agency"].encode()),
-                    ("cairn-recipient", r.encode()),
-                    ("cairn-purpose", header["purpose"].encode()),
-                    ("cairn-schema-version", header["schema_version"].encode()),
-                    ("cairn-request-id", request_id.encode()),
-                    ("content-type", CONTENT_TYPE),
-                ],
-            )
-            for r in header["recipients"]
-        ]
-        key = referral_id.encode()
-        if transactional:
-            async with lock, producer.transaction():
-                for topic, value, headers in records:
-                    await producer.send(topic, value, key=key, headers=headers)
-        else:
-            await asyncio.gather(
-                *(
-                    producer.send_and_wait(topic, value, key=key, headers=headers)
-                    for topic, value, headers in records
-                )
-            )
-        return web.json_response({"referral_id": referral_id, "status": "queued"}, status=202)
-
-    app = web.Application(client_max_size=settings.max_body_bytes)
-    app.router.add_post("/v1/referrals", submit)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    try:
-        runner, base_url = await serve_local(app)
-        try:
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                yield PlainPoster(session, f"{base_url}/v1/referrals")
         finally:
-            await runner.cleanup()
-    finally:
-        await asyncio.wait_for(producer.stop(), CLEANUP_TIMEOUT_S)
+            exited.cancel()
+        if child.ready.done():
+            return child.ready.result()
+        if exited in done:
+            raise BenchError(f"{child.role} exited before it was ready: {child.tail()}")
+        raise BenchError(f"{child.role} was not ready within {READY_TIMEOUT_S:g} s: {child.tail()}")
 
+    def config_file(self, role: str, config: dict[str, Any]) -> str:
+        path = self.folder / f"{role}.json"
+        path.write_text(json.dumps({**config, "timeout_s": self.args.timeout + 60}), "utf-8")
+        return str(path)
 
-async def inbox_consumer(
-    settings: Settings,
-    prefix: str,
-    agency: str,
-    sink: Sink,
-    deadline: float,
-    *,
-    keys: BenchKeys,
-) -> None:
-    """The recipient side of the Cairn path: the agency adapter's own inbox, opening each
-    record with the agency's own keys."""
-    trust = keys.trust(agency)
-    trust.decryption_keys()  # decrypt the private keys now, not in the first measured record
-    opener = opener_for(trust, agency)
+    def script(self, name: str, role: str, config: dict[str, Any]) -> list[str]:
+        return [sys.executable, str(HERE / name), self.config_file(role, config)]
 
-    def dead_lettered(reason: str) -> None:
-        # Inbox dead-letters a record it cannot open and goes on, leaving this run to wait
-        # for the timeout; a benchmark stops at once instead.
-        raise BenchError(f"{agency}'s inbox could not open a record ({reason})")
+    @contextlib.asynccontextmanager
+    async def started(
+        self, role: str, argv: Sequence[str], env: dict[str, str] | None = None
+    ) -> AsyncIterator[Child]:
+        child = await self.spawn(role, argv, env or child_env())
+        try:
+            yield child
+        finally:
+            # Its own workers, recognised later by pid and start time, in case they outlive it.
+            below = [] if child.proc.returncode is not None else descendants(child.pid)
+            await child.stop([(pid, started_at(pid)) for pid in below])
 
-    async with Inbox(
-        kafka_options(settings),
-        agency=agency,
-        topic=delivery_topic(prefix, agency),
-        dlq_topic=f"{prefix}.dlq",
-        open_value=opener,
-        group_id=f"{prefix}-inbox-{agency}",
-        connect_timeout_s=CONNECT_TIMEOUT_S,
-        on_dead_letter=dead_lettered,
-    ) as inbox:
-
-        async def handle(delivery: Delivery) -> None:
-            sink.seen(str(delivery.disclosure.referral_id), agency)
-
-        while time.monotonic() < deadline:
-            await inbox.drain(
-                handle, idle_timeout_s=1.0, total_timeout_s=max(0.1, deadline - time.monotonic())
+    async def serving(
+        self, spec: PathSpec, stack: contextlib.AsyncExitStack
+    ) -> tuple[Child, str, str]:
+        """Start the path's server; once it answers, return it, its URL and its command."""
+        if spec.path != "cairn":
+            config = {
+                "bootstrap": self.args.bootstrap,
+                "prefix": spec.prefix,
+                "transactional": spec.path == "baseline-txn",
+                "padding": self.sizes.padding(),
+            }
+            server = await stack.enter_async_context(
+                self.started("server", self.script("bare_server.py", "server", config))
             )
+            port = int((await self.until_ready(server))[0])
+            kind = "transactional" if spec.path == "baseline-txn" else "idempotent"
+            return server, f"http://127.0.0.1:{port}", f"bench/bare_server.py ({kind})"
+        port = free_port()
+        argv = [sys.executable, "-m", "broker", "serve"]
+        if self.workers_flag:
+            argv += ["--workers", str(spec.workers)]
+        env = child_env(
+            {
+                "CAIRN_KAFKA_BOOTSTRAP_SERVERS": self.args.bootstrap,
+                "CAIRN_TOPIC_PREFIX": spec.prefix,
+                "CAIRN_TRANSACTIONAL_ID": f"{spec.prefix}-broker",
+                "CAIRN_HTTP_HOST": "127.0.0.1",
+                "CAIRN_HTTP_PORT": str(port),
+                "CAIRN_STATE_DIR": str(self.folder / f"state-{spec.prefix}"),
+                "CAIRN_KEY_DIR": str(self.folder / "keys"),
+                "CAIRN_KEY_PASSPHRASE_FILE": str(self.folder / "passphrase"),
+                "CAIRN_LOG_LEVEL": "warning",
+                "CAIRN_LOG_FORMAT": "json",
+                # One sender posts with --concurrency connections; the default per-agency cap
+                # (16) would refuse the rest with 429.
+                "CAIRN_HTTP_MAX_CONNECTIONS_PER_CLIENT": str(max(16, self.args.concurrency + 8)),
+            }
+        )
+        server = await stack.enter_async_context(self.started("server", argv, env))
+        url = f"https://127.0.0.1:{port}"
+        await self.until_answering(server, url)
+        return server, url, " ".join(["cairn serve", *argv[4:]])
 
+    async def until_answering(self, server: Child, url: str) -> None:
+        """Until the broker's /readyz says 200 (it probes Kafka), over mutual TLS."""
+        keys = BenchKeys(FileStore(self.folder / "keys"), self.passphrase())
+        ssl_context = client_context(keys.store, self.senders[0], keys.passphrase)
+        give_up = time.monotonic() + READY_TIMEOUT_S
+        last = "no answer"
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl_context),
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as session:
+            while time.monotonic() < give_up:
+                if server.proc.returncode is not None:
+                    raise BenchError(
+                        f"cairn serve exited ({server.proc.returncode}): {server.tail()}"
+                    )
+                try:
+                    async with session.get(f"{url}/readyz") as response:
+                        if response.status == 200:
+                            return
+                        last = f"HTTP {response.status}"
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    last = type(exc).__name__
+                await asyncio.sleep(0.25)
+        raise BenchError(
+            f"cairn serve was not ready within {READY_TIMEOUT_S:g} s ({last}): {server.tail()}"
+        )
 
-async def plain_consumer(
-    settings: Settings,
-    prefix: str,
-    agency: str,
-    sink: Sink,
-    deadline: float,
-    *,
-    commit: bool = True,
-) -> None:
-    """The baselines' recipient: ``Inbox.drain`` without opening the record (read_committed,
-    a consumer group, one commit per batch). Without ``commit`` it is a bare read_committed
-    reader: no group, no offset commits."""
-    consumer = AIOKafkaConsumer(
-        delivery_topic(prefix, agency),
-        **kafka_options(settings),
-        group_id=f"{prefix}-consumer-{agency}" if commit else None,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT_S)
-    try:
-        while time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500, max_records=100)
-            done: dict[TopicPartition, int] = {}
-            for tp, messages in batches.items():
-                for msg in messages:
-                    sink.seen(msg.key.decode(), agency)
-                    done[tp] = msg.offset + 1
-            if commit and done:
-                await consumer.commit(done)  # one commit per batch, as Inbox.drain
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(consumer.stop(), CLEANUP_TIMEOUT_S)
+    def passphrase(self) -> bytes:
+        return (self.folder / "passphrase").read_bytes().removesuffix(b"\n")
 
+    # -- phases
 
-Consumer = Callable[[Settings, str, str, Sink, float], Coroutine[Any, Any, None]]
-
-
-async def with_consumers(
-    consumer: Consumer,
-    settings: Settings,
-    prefix: str,
-    recipients: Sequence[str],
-    deadline: float,
-    body: Callable[[Sink], Awaitable[Result]],
-) -> Result:
-    """Run ``body`` while one consumer per recipient reports to its sink; a failed consumer
-    fails the phase rather than leaving it waiting for the timeout."""
-    sink = Sink()
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(consumer(settings, prefix, r, sink, deadline)) for r in recipients
-            ]
-            try:
-                return await body(sink)
-            finally:
-                for task in tasks:
-                    task.cancel()
-    except BaseExceptionGroup as errors:
-        first: BaseException = errors
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        if isinstance(first, BenchError):
-            raise first from None
-        raise BenchError(f"{type(first).__name__}: {first}") from first
-
-
-# --- setup, report, main ------------------------------------------------------------------------
-
-
-def check_local(bootstrap: str) -> None:
-    for server in bootstrap.split(","):
-        host = server.strip().rsplit(":", 1)[0].strip("[]")
-        if host not in LOCAL_HOSTS:
-            raise BenchError(
-                f"--bootstrap {server!r} is not on 127.0.0.1; this benchmark talks to a local "
-                "Kafka only (start it with deploy/kafka/kafka-local start)"
+    async def wait_for(self, phase: Phase, children: Sequence[Child]) -> None:
+        exits = {asyncio.create_task(c.proc.wait()): c for c in children}
+        done_task = asyncio.create_task(phase.complete.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {done_task, *exits},
+                timeout=max(0.0, self.deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
             )
+        finally:
+            for task in (done_task, *exits):
+                task.cancel()
+        if phase.complete.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(phase.ended.wait(), END_TIMEOUT_S)
+            return
+        for task in done:
+            if task in exits:
+                child = exits[task]
+                raise BenchError(
+                    f"{child.role} exited ({child.proc.returncode}) during the {phase.name} "
+                    f"phase: {child.tail()}"
+                )
+        raise BenchError(
+            f"the {phase.name} phase did not finish within --timeout {self.args.timeout:g} s "
+            f"({phase.waiting()}); raise --timeout or lower --count"
+        )
+
+    async def run_path(self, spec: PathSpec) -> Result:
+        result = Result(spec)
+        if spec.workers > 1 and not self.workers_flag:
+            result.pending = "pending: 'cairn serve' has no --workers option yet"
+            return result
+        args = self.args
+        async with contextlib.AsyncExitStack() as stack:
+            recipients = []
+            for agency in self.recipients:
+                role = f"recipient-{agency}"
+                opened = spec.path == "cairn" and args.recipient == "inbox"
+                config = {
+                    "mode": "inbox" if opened else "plain",
+                    "agency": agency,
+                    "bootstrap": args.bootstrap,
+                    "topic": delivery_topic(spec.prefix, agency),
+                    "dlq_topic": f"{spec.prefix}.dlq",
+                    # Inbox and the baselines' like-for-like consumer: a group, one commit per
+                    # batch; --recipient plain: neither.
+                    "group_id": (
+                        f"{spec.prefix}-recipient-{agency}" if args.recipient == "inbox" else None
+                    ),
+                    "keys": str(self.folder / "keys"),
+                    "passphrase_file": str(self.folder / "passphrase"),
+                }
+                child = await stack.enter_async_context(
+                    self.started(role, self.script("recipient.py", role, config))
+                )
+                recipients.append(child)
+            for child in recipients:
+                await self.until_ready(child)
+            server, url, result.command = await self.serving(spec, stack)
+            load_config = {
+                "mode": "cairn" if spec.path == "cairn" else "plain",
+                "url": url,
+                "senders": list(self.senders),
+                "keys": str(self.folder / "keys"),
+                "passphrase_file": str(self.folder / "passphrase"),
+                "sample": str(args.sample),
+                "concurrency": args.concurrency,
+                "sign": args.sign,
+                "max_signature_age_s": Settings().max_signature_age_s,
+            }
+            load = await stack.enter_async_context(
+                self.started("load", self.script("loadgen.py", "load", load_config))
+            )
+            await self.until_ready(load)
+            children = [*recipients, server, load]
+            expected_s = math.inf
+            if args.warmup:
+                warm = Phase("warm-up", args.warmup, self.recipients)
+                self.phase = warm
+                await load.command(f"run warm {args.warmup} inf 0")
+                await self.wait_for(warm, children)
+                if warm.failures:
+                    raise BenchError(f"{spec.label}: warm-up failed: {dict(warm.failures)}")
+                if warm.delivered and warm.last_t > warm.begin_t:
+                    # Connecting and Kafka's first transactions are in it: an overestimate,
+                    # on the safe side for pre-signing.
+                    expected_s = args.count * (warm.last_t - warm.begin_t) / warm.delivered
+            if args.rate:
+                expected_s = args.count / args.rate
+            await self.measure(spec, result, load, server, recipients, children, expected_s)
+            await load.command("quit")
+        return result
+
+    async def measure(
+        self,
+        spec: PathSpec,
+        result: Result,
+        load: Child,
+        server: Child,
+        recipients: Sequence[Child],
+        children: Sequence[Child],
+        expected_s: float,
+    ) -> None:
+        args = self.args
+        groups = [
+            Group("load", [load.pid]),
+            Group("server", [server.pid], tree=True),
+            Group("recipients", [c.pid for c in recipients]),
+            Group("kafka", [self.kafka_pid] if self.kafka_pid else []),
+            Group("bench", [os.getpid()]),
+        ]
+        starts: dict[str, CpuSample] = {}
+        ends: dict[str, CpuSample] = {}
+        machine: list[MachineSample] = []
+        stamps: list[float] = []
+
+        def snapshot(into: dict[str, CpuSample]) -> None:
+            for g in groups:
+                into[g.name] = g.cpu()
+            machine.append(MachineSample.now())
+            stamps.append(time.monotonic())
+
+        phase = Phase(
+            "measured",
+            args.count,
+            self.recipients,
+            on_begin=lambda: snapshot(starts),
+            on_complete=lambda: snapshot(ends),
+        )
+        self.phase = phase
+        profiler: asyncio.subprocess.Process | None = None
+        raw = self.folder / f"profile-{spec.prefix}.raw"
+        rss_task = asyncio.create_task(self.follow_rss(phase, groups[1], result))
+        try:
+            await load.command(f"run measure {args.count} {expected_s} {args.rate or 0}")
+            if args.profile and spec.path == "cairn":
+                await asyncio.wait_for(phase.begun.wait(), READY_TIMEOUT_S)
+                profiler = await start_profiler(server.pid, raw, self.folder)
+            await self.wait_for(phase, children)
+        finally:
+            rss_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rss_task
+            if profiler is not None:
+                result.profile = await stop_profiler(profiler, raw, self.folder)
+        result.count = phase.count
+        result.delivered = phase.delivered
+        result.failures = dict(phase.failures)
+        result.elapsed_s = phase.last_t - phase.begin_t
+        result.e2e_ms, result.accept_ms = phase.e2e_ms, phase.accept_ms
+        result.note = phase.note
+        result.server_procs = len(groups[1].seen)
+        if starts and ends:
+            for g in groups:
+                result.cpu_s[g.name] = ends[g.name].since(starts[g.name])
+            result.machine_busy = machine[1].busy_share(machine[0])
+            if not self.kafka_pid:
+                result.cpu_s.pop("kafka", None)
+
+    async def follow_rss(self, phase: Phase, server: Group, result: Result) -> None:
+        """The server's memory (all its processes) through the phase; with --soak, a line a
+        minute."""
+        await phase.begun.wait()
+        pids = server.pids()
+        start = time.monotonic()
+        next_line = start + SOAK_EVERY_S
+        result.rss_start_mib = result.rss_peak_mib = sum(server_rss(pids))
+        while not phase.complete.is_set():
+            await asyncio.sleep(RSS_EVERY_S)
+            each = server_rss(pids)
+            now_mib = sum(each)
+            result.rss_peak_mib = max(result.rss_peak_mib, now_mib)
+            if self.args.soak and time.monotonic() >= next_line:
+                minute = round((time.monotonic() - start) / 60, 1)
+                result.soak_rss.append((minute, round(now_mib, 1)))
+                parts = " + ".join(f"{m:.1f}" for m in each)
+                print(
+                    f"soak: minute {minute:g}: broker RSS {now_mib:.1f} MiB ({parts}), "
+                    f"{phase.delivered} delivered, {sum(phase.failures.values())} failed",
+                    flush=True,
+                )
+                next_line += SOAK_EVERY_S
+
+
+def server_rss(pids: Sequence[int]) -> list[float]:
+    return [m for m in (rss_mib(p) for p in pids) if m is not None]
+
+
+def broker_has_workers() -> bool:
+    """Whether this checkout's 'cairn serve' takes --workers (issue 13 adds it)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "broker", "serve", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(),
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--workers" in out
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if found is None:
+        raise BenchError("--profile needs py-spy (in the dev extras: make venv)")
+    return found
+
+
+async def start_profiler(pid: int, raw: Path, folder: Path) -> asyncio.subprocess.Process:
+    with (folder / "py-spy.stderr").open("wb") as err:
+        return await asyncio.create_subprocess_exec(
+            py_spy(),
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--rate",
+            "100",
+            "--output",
+            str(raw),
+            stdout=err,
+            stderr=err,
+        )
+
+
+async def stop_profiler(proc: asyncio.subprocess.Process, raw: Path, folder: Path) -> list[str]:
+    """Stop py-spy as Ctrl-C does (it writes its file then) and fold its samples."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return fold_profile(raw, folder)
+
+
+def fold_profile(raw: Path, folder: Path) -> list[str]:
+    if not raw.is_file():
+        log = (folder / "py-spy.stderr").read_text(encoding="utf-8", errors="replace")
+        return [f"WARNING py-spy wrote no profile: {' | '.join(log.strip().splitlines()[-5:])}"]
+    return hotspots.render(raw, PROFILE_TOP)
+
+
+# --- setup and cleanup --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -776,13 +795,14 @@ def message_sizes(
     sample: dict[str, Any], federation: Federation, settings: Settings, keys: BenchKeys
 ) -> Sizes:
     """Sign one fresh copy as its sender would and seal it as the broker would."""
-    referral = fresh_referral(sample)
+    fresh = {"referral_id": str(uuid.uuid4()), "created_at": utcnow().isoformat()}
+    referral = Referral.model_validate({**sample, "header": {**sample["header"], **fresh}})
     payload = referral.model_dump_json().encode()
-    now = _utcnow()
+    now = utcnow()
     signed = sign_referral(
         payload, keys.trust(referral.header.sender_agency).signing_key(), issued_at=now
     )
-    broker = keys.trust(BROKER_ID)
+    broker_trust = keys.trust(BROKER_ID)
     records = {}
     decisions = decide(
         referral,
@@ -797,8 +817,8 @@ def message_sizes(
             decision,
             topic_prefix=settings.topic_prefix,
             request_id=str(uuid.uuid4()),
-            broker_key=broker.signing_key(),
-            registry=broker.registry(),
+            broker_key=broker_trust.signing_key(),
+            registry=broker_trust.registry(),
             now=now,
         )
         records[decision.recipient] = len(record.value)
@@ -809,8 +829,7 @@ async def wait_for_leaders(
     settings: Settings, specs: Sequence[TopicSpec], timeout_s: float
 ) -> None:
     """Until every partition of the new topics answers a ListOffsets request from its leader,
-    so the warm-up is not spent (and the terminal not filled) on NotLeaderForPartition retries.
-    aiokafka retries the request itself and logs each retry, hence the muted logger."""
+    so the warm-up is not spent on NotLeaderForPartition retries (muted: aiokafka logs each)."""
     partitions = [TopicPartition(s.name, p) for s in specs for p in range(s.partitions)]
     consumer = AIOKafkaConsumer(**kafka_options(settings))  # no group, no subscription
     await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT_S)
@@ -830,16 +849,17 @@ async def wait_for_leaders(
             await asyncio.wait_for(consumer.stop(), CLEANUP_TIMEOUT_S)
 
 
-async def delete_leftovers(
-    settings: Settings, topics: Sequence[str], groups: Sequence[str]
-) -> None:
-    """Best effort: a failure here only leaves empty topics or groups behind."""
+async def delete_leftovers(settings: Settings, topics: Sequence[str], run_prefix: str) -> None:
+    """Best effort: the run's topics, and every consumer group whose name starts with the
+    run's prefix (the recipients' and the broker's own); a failure only leaves them behind."""
     admin = AIOKafkaAdminClient(**kafka_options(settings))
     try:
         await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_S)
         await asyncio.wait_for(admin.delete_topics(list(topics)), CLEANUP_TIMEOUT_S)
+        listed = await asyncio.wait_for(admin.list_consumer_groups(), CLEANUP_TIMEOUT_S)
+        groups = [g[0] for g in listed if str(g[0]).startswith(run_prefix)]
         # aiokafka's admin client has no delete_consumer_groups; send DeleteGroups to each
-        # group's coordinator as its own methods send requests. Unknown groups are ignored.
+        # group's coordinator as its own methods send requests.
         by_coordinator: dict[int, list[str]] = {}
         for group in groups:
             node = await asyncio.wait_for(admin.find_coordinator(group), CONNECT_TIMEOUT_S)
@@ -855,205 +875,319 @@ async def delete_leftovers(
             await admin.close()
 
 
-async def run(args: argparse.Namespace) -> tuple[list[Result], Sizes]:
-    run_id = secrets.token_hex(4)
-    prefix = f"bench{run_id}"
-    settings = Settings(
-        kafka_bootstrap_servers=args.bootstrap,
-        topic_prefix=prefix,
-        transactional_id=f"{prefix}-broker",
-        http_host="127.0.0.1",
-        http_port=0,
-        log_level="warning",
-    )
+def plan(args: argparse.Namespace, prefix: str) -> list[PathSpec]:
+    specs = [PathSpec(p, 0, f"{prefix}-{p.removeprefix('baseline-')}") for p in PATHS[:2]]
+    specs = [s for s in specs if s.path in args.paths]
+    if "cairn" in args.paths:
+        specs += [PathSpec("cairn", w, f"{prefix}-w{w}") for w in args.workers]
+    return specs
+
+
+def topic_specs(run: Run, specs: Sequence[PathSpec]) -> list[TopicSpec]:
+    topics: list[TopicSpec] = []
+    for spec in specs:
+        if spec.path == "cairn":
+            topics += federation_topics(run.federation, spec.prefix)
+        else:
+            topics += [
+                TopicSpec(delivery_topic(spec.prefix, r), 3, "baseline") for r in run.recipients
+            ]
+    return topics
+
+
+async def run(args: argparse.Namespace) -> tuple[list[Result], Sizes, str]:
+    prefix = f"bench{secrets.token_hex(4)}"
+    settings = Settings(kafka_bootstrap_servers=args.bootstrap, topic_prefix=prefix)
     federation = load_federation(settings.federation_dir)
     sample = json.loads(args.sample.read_text(encoding="utf-8"))
-    with throwaway_keys(federation) as keys:
-        sizes = message_sizes(sample, federation, settings, keys)
-        results = await run_paths(args, settings, federation, keys, sample, sizes)
-    return results, sizes
+    with tempfile.TemporaryDirectory(prefix="cairn-bench-") as name:
+        folder = Path(name)
+        passphrase = secrets.token_urlsafe(32).encode()  # random: it leaves with the folder
+        (folder / "passphrase").touch(mode=0o600)
+        (folder / "passphrase").write_bytes(passphrase)
+        store = FileStore(folder / "keys")
+        init_federation(store, federation, passphrase, now=utcnow())
+        sizes = message_sizes(sample, federation, settings, BenchKeys(store, passphrase))
+        bench = Run(args, folder, federation, sample, sizes)
+        specs = plan(args, prefix)
+        topics = topic_specs(bench, specs)
+        results: list[Result] = []
+        created = False
+        try:
+            async with asyncio.timeout(args.timeout):
+                await create_topics(settings, topics)
+                created = True
+                await wait_for_leaders(settings, topics, CONNECT_TIMEOUT_S)
+                for spec in specs:
+                    print(f"bench: running {spec.label} ...", file=sys.stderr, flush=True)
+                    results.append(await bench.run_path(spec))
+        except TimeoutError:
+            raise BenchError(
+                f"the run did not finish within --timeout {args.timeout:g} s; raise it or "
+                "lower --count"
+            ) from None
+        finally:
+            if created and not args.keep_topics:
+                await delete_leftovers(settings, [t.name for t in topics], prefix)
+        kafka = f"pid {bench.kafka_pid}" if bench.kafka_pid else "its process not found"
+    return results, sizes, kafka
 
 
-async def run_paths(
-    args: argparse.Namespace,
-    settings: Settings,
-    federation: Federation,
-    keys: BenchKeys,
-    sample: dict[str, Any],
-    sizes: Sizes,
-) -> list[Result]:
-    prefix = settings.topic_prefix
-    recipients = tuple(sample["header"]["recipients"])
-    senders = (sample["header"]["sender_agency"],)
-    base_idem, base_txn = f"{prefix}-idem", f"{prefix}-txn"
-    specs = list(federation_topics(federation, prefix))
-    for base in (base_idem, base_txn):
-        specs += [TopicSpec(delivery_topic(base, r), 3, "baseline") for r in recipients]
-    results: list[Result] = []
-    deadline = time.monotonic() + args.timeout
-    created = False
+# --- report -------------------------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """The commit measured, and whether the code under it had uncommitted changes."""
     try:
-        async with asyncio.timeout(args.timeout):
-            await create_topics(settings, specs)
-            created = True
-            await wait_for_leaders(settings, specs, CONNECT_TIMEOUT_S)
-            cairn_note = (
-                f"broker.web.app over mutual TLS + KafkaTransport (one transaction per referral), "
-                f"{args.replay} replay store"
-            )
-            if args.recipient == "inbox":
-                base_consumer: Consumer = plain_consumer
-                cairn_consumer: Consumer = functools.partial(inbox_consumer, keys=keys)
-                cairn_note += ", Inbox (JWE open + JWS verify)"
-            else:
-                base_consumer = cairn_consumer = functools.partial(plain_consumer, commit=False)
-                cairn_note += ", records not opened"
-            for base, transactional, note in (
-                (
-                    base_idem,
-                    False,
-                    "plain HTTP, aiohttp + idempotent send_and_wait, no transaction",
-                ),
-                (base_txn, True, "plain HTTP, aiohttp + one Kafka transaction per request"),
-            ):
-                name = "baseline-txn" if transactional else "baseline-idem"
-                if name not in args.paths:
-                    continue
-                async with baseline_path(
-                    settings,
-                    base,
-                    sizes.padding(),
-                    transactional=transactional,
-                    concurrency=args.concurrency,
-                ) as poster:
-                    results.append(
-                        await with_consumers(
-                            base_consumer,
-                            settings,
-                            base,
-                            recipients,
-                            deadline,
-                            functools.partial(
-                                measure,
-                                path=name,
-                                note=note,
-                                poster=poster,
-                                sample=sample,
-                                args=args,
-                                deadline=deadline,
-                            ),
-                        )
-                    )
-            if "cairn" in args.paths:
-                async with cairn_path(settings, federation, keys, senders, args) as cairn:
-                    results.append(
-                        await with_consumers(
-                            cairn_consumer,
-                            settings,
-                            prefix,
-                            recipients,
-                            deadline,
-                            functools.partial(
-                                measure,
-                                path="cairn",
-                                note=cairn_note,
-                                poster=cairn,
-                                sample=sample,
-                                args=args,
-                                deadline=deadline,
-                            ),
-                        )
-                    )
-    except TimeoutError:
-        raise BenchError(
-            f"the run did not finish within --timeout {args.timeout:g} s; raise it or lower --count"
-        ) from None
-    finally:
-        if created and not args.keep_topics:
-            groups = [
-                f"{p}-{kind}-{r}"
-                for p, kind in ((prefix, "inbox"), (base_idem, "consumer"), (base_txn, "consumer"))
-                for r in recipients
-            ]
-            await delete_leftovers(settings, [s.name for s in specs], groups)
-    return results
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(REPO),
+                "status",
+                "--porcelain",
+                "--",
+                "broker",
+                "adapters",
+                "keys",
+                "schemas",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    if dirty:
+        return (
+            f"{head} + uncommitted changes in {len(dirty)} file(s) of broker/adapters/keys/schemas"
+        )
+    return f"{head} (clean)"
 
 
-def render(results: Sequence[Result], args: argparse.Namespace, sizes: Sizes) -> str:
-    columns = (
-        f"{'path':<14}{'referrals/s':>12}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-        f"{'202 p50':>9}{'202 p99':>9}{'peak RSS MiB':>14}{'+RSS MiB':>10}"
-    )
+def _f(value: float, digits: int = 1) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _x(a: float, b: float) -> str:
+    return "n/a" if math.isnan(a) or math.isnan(b) or b == 0 else f"{a / b:.2f}x"
+
+
+def render(results: Sequence[Result], args: argparse.Namespace, sizes: Sizes, kafka: str) -> str:
+    if args.rate:
+        mode = (
+            f"open loop at {args.rate:g} referrals/s"
+            + (f" for {args.soak:g} s" if args.soak else "")
+            + f", at most {args.concurrency} requests on the wire; latency from each referral's "
+            "scheduled send time"
+        )
+    else:
+        mode = f"closed loop, {args.concurrency} requests in flight; latency from each POST's start"
     lines = [
-        f"Cairn throughput: {args.count} referrals per path after {args.warmup} warm-up, "
-        f"concurrency {args.concurrency}, {len(sizes.records)} recipients each, "
-        f"recipient {args.recipient}, Kafka {args.bootstrap}",
+        f"## Cairn throughput, processes apart ({code_version()})",
+        "",
+        f"{args.count} referrals per path after {args.warmup} warm-up; {mode}; "
+        f"{len(sizes.records)} recipients each; recipients {args.recipient}; Kafka "
+        f"{args.bootstrap} ({kafka}); {os.cpu_count()} CPUs",
         f"body {sizes.json} B JSON (baselines) / {sizes.jws} B JWS (cairn); records "
         f"{sizes.record_range()} B (the broker's JWE per recipient; baselines padded to it)",
-        "latency ms = POST start -> every recipient has consumed it (202 = HTTP answer)",
-        columns,
-        "-" * len(columns),
+        "",
+        "| path | referrals/s | 202 p50 | 202 p95 | 202 p99 | e2e p50 | e2e p95 | e2e p99 | "
+        "CPU ms/ref load | server | recipients | Kafka | all | server cores | server RSS MiB |",
+        "| --- |" + " ---: |" * 15,
     ]
     for r in results:
+        if r.pending:
+            lines.append(f"| {r.spec.label} | {r.pending} |" + " |" * 14)
+            continue
         lines.append(
-            f"{r.path:<14}{r.rate:>12.1f}"
-            f"{percentile(r.e2e_ms, 50):>9.1f}{percentile(r.e2e_ms, 95):>9.1f}"
-            f"{percentile(r.e2e_ms, 99):>9.1f}"
-            f"{percentile(r.accept_ms, 50):>9.1f}{percentile(r.accept_ms, 99):>9.1f}"
-            f"{r.rss_peak_mib:>14.1f}{r.rss_peak_mib - r.rss_start_mib:>10.1f}"
+            f"| {r.spec.label} | {_f(r.rate)} | "
+            + " | ".join(_f(percentile(r.accept_ms, p)) for p in (50, 95, 99))
+            + " | "
+            + " | ".join(_f(percentile(r.e2e_ms, p)) for p in (50, 95, 99))
+            + " | "
+            + " | ".join(_f(r.cpu_ms(role), 2) for role in (*ROLES, "all"))
+            + f" | {_f(r.cpu_s.get('server', math.nan) / r.elapsed_s, 2)}"
+            f" | {_f(r.rss_peak_mib)} |"
         )
-    lines.append("")
-    cairn = next((r for r in results if r.path == "cairn"), None)
-    bases = [r for r in results if r.path != "cairn"]
-    if cairn is not None:
-        for base in bases:
+    lines += [
+        "",
+        "latency in ms: 202 = submit -> HTTP answer; e2e = submit -> the last recipient has it "
+        "(decrypted and verified on the cairn rows). CPU ms/ref = utime+stime (/proc/<pid>/stat) "
+        "in the measured phase / referrals delivered: load generator; server (the broker's "
+        "parent and all its workers); recipients (both); Kafka's JVM; all = their sum. "
+        "server cores = server CPU s / wall s. server RSS = peak VmRSS, all its processes.",
+    ]
+    base = next((r for r in results if r.spec.path == "baseline-idem" and not r.pending), None)
+    measured = [r for r in results if not r.pending]
+    if base is not None and len(measured) > 1:
+        lines += [
+            "",
+            "Ratios to baseline-idem (same run):",
+            "",
+            "| path | throughput | 202 p99 | e2e p50 | e2e p99 | server CPU/ref | all CPU/ref |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in measured:
+            if r is base:
+                continue
             lines.append(
-                f"ratio cairn/{base.path}: throughput {cairn.rate / base.rate:.2f}x, "
-                f"p50 {percentile(cairn.e2e_ms, 50) / percentile(base.e2e_ms, 50):.2f}x, "
-                f"p99 {percentile(cairn.e2e_ms, 99) / percentile(base.e2e_ms, 99):.2f}x"
+                f"| {r.spec.label} | {_x(r.rate, base.rate)} | "
+                f"{_x(percentile(r.accept_ms, 99), percentile(base.accept_ms, 99))} | "
+                f"{_x(percentile(r.e2e_ms, 50), percentile(base.e2e_ms, 50))} | "
+                f"{_x(percentile(r.e2e_ms, 99), percentile(base.e2e_ms, 99))} | "
+                f"{_x(r.cpu_ms('server'), base.cpu_ms('server'))} | "
+                f"{_x(r.cpu_ms('all'), base.cpu_ms('all'))} |"
             )
-        if bases:
-            opened = " + JWE open + JWS verify" if args.recipient == "inbox" else ""
-            signed = " + JWS sign (sender, in the loop)" if cairn.signed_in_loop else ""
-            lines += [
-                f"the ratios include TLS + JWS verify + JWE seal{opened}{signed}, besides "
-                "validation, policy and the replay check:",
-                "  the baselines do the same Kafka work over plain HTTP with plain JSON, "
-                "without TLS, signatures or encryption",
-            ]
+    lines += ["", *targets(results, args)]
+    lines.append("")
     for r in results:
-        lines.append(f"{r.path}: {r.note}")
-        if r.signing:
-            lines.append(f"{r.path} signing: {r.signing}")
-    if results:
-        lines.append(f"peak RSS: {results[0].rss_method}; +RSS = peak minus RSS at phase start")
-    for r in results:
-        if percentile(r.e2e_ms, 50) > 3 * percentile(r.accept_ms, 50) + 50:
+        if r.pending:
+            continue
+        detail = [f"{r.spec.label}: {r.command}", f"machine CPU busy {_f(100 * r.machine_busy)}%"]
+        if r.spec.path == "cairn":
+            detail.append(f"{r.server_procs} broker process(es)")
+        if "signing" in r.note:
+            detail.append(f"signing: {r.note['signing']}")
+        for key in ("signed_at_turn", "resigned", "late_sends", "bodies_not_ready"):
+            if r.note.get(key):
+                detail.append(f"{key.replace('_', ' ')}: {r.note[key]}")
+        if r.note.get("late_sends"):
+            detail.append(f"max send lag {r.note['max_send_lag_ms']} ms")
+        lines.append("- " + "; ".join(detail))
+        if not args.rate and percentile(r.e2e_ms, 50) > 3 * percentile(r.accept_ms, 50) + 50:
             lines.append(
-                f"note {r.path}: its recipients fell behind the sender (e2e p50 far above 202 "
-                "p50), so its latency is queueing and grows with -n; --recipient plain isolates "
-                "the sending side"
+                f"- note {r.spec.label}: its recipients fell behind the sender (e2e p50 far above "
+                "202 p50): that latency is queueing and grows with -n"
             )
         if r.failures:
-            lines.append(f"WARNING {r.path}: {r.count - r.delivered} not delivered: {r.failures}")
+            lines.append(
+                f"- WARNING {r.spec.label}: {r.count - r.delivered} not delivered: {r.failures}"
+            )
+    lines.append(
+        "- bench orchestrator CPU (not in 'all'): "
+        + ", ".join(f"{r.spec.label} {_f(r.cpu_ms('bench'), 3)} ms/ref" for r in measured)
+    )
+    if args.profile:
+        lines.append("- --profile: the broker ran under py-spy (100 Hz), which slows it a little")
+    for r in results:
+        if r.soak_rss:
+            lines += ["", *soak_lines(r)]
+        if r.profile:
+            lines += ["", f"### {r.spec.label}", "", *r.profile]
     return "\n".join(lines)
+
+
+def soak_lines(r: Result) -> list[str]:
+    minutes = ", ".join(f"{m:g} min {mib:.1f}" for m, mib in r.soak_rss)
+    first, last = r.soak_rss[0][1], r.soak_rss[-1][1]
+    growth = last - first
+    flat = growth <= max(SOAK_FLAT_MIB, SOAK_FLAT_SHARE * first)
+    verdict = "flat" if flat else "GROWING"
+    return [
+        f"soak {r.spec.label}: broker RSS MiB by minute: {minutes}",
+        f"soak {r.spec.label}: first minute {first:.1f} MiB, last minute {last:.1f} MiB: "
+        f"{verdict} ({growth:+.1f} MiB; flat means within {SOAK_FLAT_MIB:g} MiB or "
+        f"{100 * SOAK_FLAT_SHARE:g}%); peak {r.rss_peak_mib:.1f} MiB",
+    ]
+
+
+def targets(results: Sequence[Result], args: argparse.Namespace) -> list[str]:
+    """Issue 13's targets against this run's figures (never a test: a report)."""
+    by = {r.spec.label: r for r in results if not r.pending}
+    base = by.get("baseline-idem")
+    one, two = by.get("cairn, 1 worker"), by.get("cairn, 2 workers")
+    lines = ["Targets (issue 13):"]
+    for r in (one, two):
+        if r is not None and base is not None and not args.rate:
+            ratio = r.rate / base.rate
+            lines.append(
+                f"- {r.spec.label} throughput >= 1.0x baseline-idem: {ratio:.2f}x "
+                f"({'met' if ratio >= 1.0 else 'not met'})"
+            )
+    for r in (one, two):
+        if r is not None and args.rate:
+            p99a, p99e = percentile(r.accept_ms, 99), percentile(r.e2e_ms, 99)
+            met = p99a <= 50 and p99e <= 150
+            lines.append(
+                f"- {r.spec.label} at {args.rate:g}/s: p99 202 {_f(p99a)} ms (<= 50), p99 e2e "
+                f"{_f(p99e)} ms (<= 150): {'met' if met and args.rate >= 200 else 'not met'}"
+                + ("" if args.rate >= 200 else " (the target is at 200/s)")
+            )
+    if one is not None and two is not None:
+        lines.append(
+            f"- 2 workers >= 1.6x 1 worker: throughput {_x(two.rate, one.rate)}; broker CPU per "
+            f"referral {_x(two.cpu_ms('server'), one.cpu_ms('server'))} (on "
+            f"{os.cpu_count()} CPUs shared with Kafka, the load generator and the recipients)"
+        )
+    elif one is not None and "cairn, 2 workers" in {r.spec.label for r in results}:
+        lines.append("- 2 workers >= 1.6x 1 worker: pending ('cairn serve --workers' missing)")
+    for r in (one, two):
+        if r is not None:
+            lines.append(
+                f"- {r.spec.label} broker RSS <= 300 MB ({RSS_TARGET_MIB:.0f} MiB): peak "
+                f"{_f(r.rss_peak_mib)} MiB "
+                f"({'met' if r.rss_peak_mib <= RSS_TARGET_MIB else 'not met'})"
+            )
+    return lines
+
+
+# --- command line -------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/throughput.py",
         description=(
-            "Send N referrals through HTTP -> broker -> Kafka -> recipient inbox, and the same "
-            "number through a bare aiohttp + aiokafka baseline, in one run; print referrals/s, "
-            "end-to-end p50/p95/p99 latency and peak RSS for each, and the ratios."
+            "Send referrals from a load generator process through 'cairn serve' (1 and 2 "
+            "workers) to recipient processes, and the same through two bare aiohttp + aiokafka "
+            "baselines, in one run; print referrals/s, latency to 202 and to the last "
+            "recipient, CPU time per referral of each process, and the ratios."
         ),
     )
     parser.add_argument("-n", "--count", type=int, default=2000, help="referrals per path")
     parser.add_argument(
-        "--concurrency", type=int, default=32, help="HTTP requests in flight (default 32)"
+        "--concurrency",
+        type=int,
+        default=32,
+        help="requests in flight (closed loop), or at most on the wire (--rate); default 32",
     )
     parser.add_argument(
         "--warmup", type=int, default=100, help="unmeasured referrals per path first (100)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="open loop: send R referrals/s on a fixed schedule, latency from the scheduled "
+        "time (default: closed loop)",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --rate: run that long (600 for issue 13), print the broker's RSS every "
+        "minute and whether it stayed flat; -n is then SECONDS x R; --paths defaults to cairn",
+    )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="broker worker counts to run, comma-separated (default 1,2; a count above 1 is "
+        "reported as pending while 'cairn serve' has no --workers)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"run the broker under py-spy and print its top {PROFILE_TOP} functions by own time",
     )
     parser.add_argument(
         "--bootstrap",
@@ -1062,12 +1196,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "127.0.0.1:9092)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds for the whole run (default 600)"
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="seconds for the whole run (default 900; with --soak, SECONDS + 600)",
     )
     parser.add_argument(
         "--paths",
-        default="baseline-idem,baseline-txn,cairn",
-        help="comma-separated subset of baseline-idem,baseline-txn,cairn (default all)",
+        default="",
+        help="comma-separated subset of baseline-idem,baseline-txn,cairn (default all; with "
+        "--soak, cairn)",
     )
     parser.add_argument(
         "--sample",
@@ -1079,42 +1217,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--recipient",
         choices=("inbox", "plain"),
         default="inbox",
-        help="inbox (default): Cairn is read by adapters.inbox.Inbox (which opens and verifies "
-        "each record) and the baselines by a consumer that, like Inbox, commits once per batch; "
-        "plain: every path is read by a bare read_committed consumer without group, commits or "
-        "opening, isolating the sending side",
+        help="inbox (default): the broker's recipients are adapters.inbox.Inbox (decrypt and "
+        "verify, one commit per batch) and the baselines' a consumer that commits likewise; "
+        "plain: every recipient is a bare read_committed consumer without group, commits or "
+        "opening",
     )
     parser.add_argument(
         "--sign",
         choices=("auto", "inside"),
         default="auto",
-        help="auto (default): the cairn path's bodies are signed before the clock starts if "
-        "the phase, estimated from the warm-up, ends well within the broker's "
-        "max_signature_age_s, else inside the loop; inside: always inside the loop "
-        "(ReferralClient.submit), so the sender's signing is measured too",
+        help="auto (default): the load generator signs each body ahead of its turn where "
+        "max_signature_age_s allows; inside: at its turn, so its signing is measured too",
     )
     parser.add_argument(
-        "--replay",
-        choices=("memory", "file"),
-        default="memory",
-        help="the broker's replay store: memory (default, ReplayStore(None)), or file: SQLite "
-        "(WAL, synchronous=FULL) in the run's temporary folder, as 'cairn serve' keeps it",
-    )
-    parser.add_argument(
-        "--keep-topics",
-        action="store_true",
-        help="leave the run's bench<hex>* topics and consumer groups behind",
+        "--keep-topics", action="store_true", help="leave the run's topics and groups behind"
     )
     parser.add_argument(
         "--json", action="store_true", help="also print the results as one JSON object"
     )
     args = parser.parse_args(argv)
-    if args.count < 1 or args.concurrency < 1 or args.warmup < 0 or args.timeout <= 0:
-        parser.error("--count and --concurrency must be >= 1, --warmup >= 0, --timeout > 0")
-    args.paths = {p.strip() for p in args.paths.split(",") if p.strip()}
-    unknown = args.paths - {"baseline-idem", "baseline-txn", "cairn"}
+    if args.concurrency < 1 or args.warmup < 0 or args.timeout < 0 or args.rate < 0:
+        parser.error("--concurrency must be >= 1, --warmup, --timeout and --rate >= 0")
+    if args.soak:
+        if args.soak < 0 or not args.rate:
+            parser.error("--soak SECONDS needs --rate R")
+        args.count = math.ceil(args.soak * args.rate)
+    if args.count < 1:
+        parser.error("--count must be >= 1")
+    args.timeout = args.timeout or (args.soak + 600 if args.soak else 900.0)
+    args.paths = {
+        p.strip()
+        for p in (args.paths or ("cairn" if args.soak else ",".join(PATHS))).split(",")
+        if p.strip()
+    }
+    unknown = args.paths - set(PATHS)
     if unknown or not args.paths:
         parser.error(f"--paths: unknown {sorted(unknown)}")
+    try:
+        args.workers = sorted({int(w) for w in args.workers.split(",") if w.strip()})
+    except ValueError:
+        parser.error("--workers: comma-separated whole numbers")
+    if not args.workers or min(args.workers) < 1 or max(args.workers) > 16:
+        parser.error("--workers: counts from 1 to 16")
     return args
 
 
@@ -1123,23 +1267,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(fmt="console", level="warning")
     if args.sample is None:
         args.sample = Settings().federation_dir / "samples" / "referral-high-risk.json"
+    args.sample = args.sample.resolve()
     try:
+        if not Path(broker.__file__).resolve().is_relative_to(REPO):
+            raise BenchError(
+                f"this script is in {REPO} but imports broker from {broker.__file__}; run it "
+                f"with PYTHONPATH={REPO}"
+            )
         check_local(args.bootstrap)
-        results, sizes = asyncio.run(run(args))
+        results, sizes, kafka = asyncio.run(run(args))
     except (BenchError, CairnError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    print(render(results, args, sizes))
+    print(render(results, args, sizes, kafka))
     if args.json:
         print(
             json.dumps(
                 {
+                    "code": code_version(),
                     "count": args.count,
                     "warmup": args.warmup,
                     "concurrency": args.concurrency,
+                    "rate": args.rate,
+                    "soak_s": args.soak,
                     "recipient": args.recipient,
                     "sign": args.sign,
-                    "replay": args.replay,
                     "body_bytes": {"json": sizes.json, "jws": sizes.jws},
                     "record_bytes": sizes.records,
                     "bootstrap": args.bootstrap,
@@ -1147,7 +1299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
             )
         )
-    return 0 if all(not r.failures for r in results) else 1
+    failed = any(r.failures for r in results) or any(
+        p.startswith("WARNING") for r in results for p in r.profile
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
