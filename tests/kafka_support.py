@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import socket
 import subprocess
 import time
@@ -32,7 +34,7 @@ class LocalKafka:
         return f"127.0.0.1:{self.port}"
 
     def _run(self, action: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "CAIRN_KAFKA_PORT": str(self.port)}
+        env = {**os.environ, "CAIRN_KAFKA_PORT": str(self.port), "CAIRN_KAFKA_NODES": "1"}
         if self.state_dir is not None:
             env["CAIRN_STATE_DIR"] = str(self.state_dir)
         return subprocess.run(
@@ -54,6 +56,79 @@ class LocalKafka:
 
     def answers(self) -> bool:
         return self._run("status").returncode == 0
+
+
+@dataclass
+class LocalCluster:
+    """A local three-node Kafka cluster (KRaft, every node broker and controller, replication 3,
+    min.insync.replicas 2) driven through ``CAIRN_KAFKA_NODES=3 deploy/kafka/kafka-local``.
+
+    Node ``n`` (1-based, also its Kafka ``node.id``) listens on ``port + 2(n-1)`` and its
+    controller on the port after that; each has its own data under ``state_dir``."""
+
+    port: int  # node 1's client port
+    state_dir: Path
+    nodes: int = 3
+
+    def node_port(self, node: int) -> int:
+        if not 1 <= node <= self.nodes:
+            raise ValueError(f"no node {node} in a cluster of {self.nodes}")
+        return self.port + 2 * (node - 1)
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, comma-separated."""
+        return ",".join(f"127.0.0.1:{self.node_port(n)}" for n in range(1, self.nodes + 1))
+
+    def _run(self, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "CAIRN_KAFKA_NODES": str(self.nodes),
+            "CAIRN_KAFKA_PORT": str(self.port),
+            "CAIRN_STATE_DIR": str(self.state_dir),
+        }
+        return subprocess.run(
+            [str(KAFKA_LOCAL), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def _must(self, *args: str) -> str:
+        result = self._run(*args)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"kafka-local {' '.join(args)} failed (exit {result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result.stdout
+
+    def start(self) -> None:
+        """Start every node; return once each reports all of them registered."""
+        self._must("start")
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def kill(self, node: int) -> None:
+        """SIGKILL one node and wait until its process is gone."""
+        self.node_port(node)
+        self._must("kill", str(node))
+
+    def restart(self, node: int) -> None:
+        """Start one node again (stopping it first if it runs); return once the whole cluster
+        answers again."""
+        self.node_port(node)
+        self._must("restart", str(node))
+
+    def answers(self) -> bool:
+        """Every node runs and reports every node registered."""
+        return self._run("status").returncode == 0
+
+    def logs(self, node: int) -> Path:
+        return self.state_dir / f"kafka-cluster-{self.port}" / f"node-{node}" / "logs"
 
 
 async def read_committed(
@@ -160,6 +235,34 @@ def free_port_pair() -> int:
                     continue
             return port
     raise RuntimeError("no free pair of loopback ports")
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports, below the kernel's ephemeral
+    range (so that no client connection takes one of them between now and the bind)."""
+    rng = random.Random()  # noqa: S311 - picks a port, not a secret
+    for _ in range(200):
+        base = rng.randrange(20_000, 32_000 - count)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free loopback ports")
+
+
+def local_cluster(state_dir: Path, nodes: int = 3) -> Iterator[LocalCluster]:
+    """A three-node Kafka cluster of a test's own (free ports, ``state_dir``), stopped
+    afterwards, every node included."""
+    cluster = LocalCluster(free_port_run(2 * nodes), state_dir, nodes)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def private_kafka(state_dir: Path) -> Iterator[LocalKafka]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["Outcome", "RetryingClient", "Submission"]
+__all__ = ["Attempt", "Outcome", "RetryingClient", "Submission"]
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
@@ -32,6 +32,16 @@ class Submission:
     referral_id: str
     sender: str  # the agency whose TLS certificate posts it (and whose key signed it)
     body: bytes  # the compact JWS, identical on every try
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try, as the client saw it (kept only if the client is given an ``attempt_log``)."""
+
+    referral_id: str
+    started: float  # time.monotonic() when the request was sent
+    ended: float  # ... and when its answer or error came
+    result: str  # the HTTP status ("202", "503") or the exception's class name
 
 
 @dataclass
@@ -72,6 +82,7 @@ class RetryingClient:
     backoff_s: tuple[float, float] = (0.05, 1.0)  # first and largest pause between tries
     accepted: int = 0  # referrals with a final 200/202 so far (the fault injector watches it)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    attempt_log: list[Attempt] | None = None  # every try, in order, if a list is given
 
     async def send_all(self, submissions: Sequence[Submission]) -> dict[str, Outcome]:
         queue: asyncio.Queue[Submission] = asyncio.Queue()
@@ -113,6 +124,7 @@ class RetryingClient:
         pause = self.backoff_s[0]
         while outcome.attempts < self.max_attempts and time.monotonic() < deadline:
             outcome.attempts += 1
+            started = time.monotonic()
             try:
                 async with session.post(
                     f"{self.base_url}/v1/referrals",
@@ -123,7 +135,9 @@ class RetryingClient:
                     text = await response.text()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 outcome.retried_on[type(exc).__name__] += 1
+                self._note(submission, started, type(exc).__name__)
             else:
+                self._note(submission, started, str(status))
                 outcome.status = status
                 if status in (200, 202):
                     outcome.receipt = json.loads(text)
@@ -136,6 +150,12 @@ class RetryingClient:
             pause = min(pause * 2, self.backoff_s[1])
         outcome.detail = f"gave up after {outcome.attempts} tries"
         return outcome
+
+    def _note(self, submission: Submission, started: float, result: str) -> None:
+        if self.attempt_log is not None:
+            self.attempt_log.append(
+                Attempt(submission.referral_id, started, time.monotonic(), result)
+            )
 
 
 def _problem(text: str) -> str:
