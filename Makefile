@@ -16,7 +16,7 @@ ifeq ($(origin CAIRN_KEY_PASSPHRASE),undefined)
 export CAIRN_KEY_PASSPHRASE_FILE ?= $(DEV_PASSPHRASE)
 endif
 
-.PHONY: help venv demo test test-unit test-integration lint bench-throughput bench-crypto bench-audit kafka-start kafka-stop kafka-status clean
+.PHONY: help venv demo test test-unit test-integration lint bench-throughput bench-soak bench-crypto bench-audit kafka-start kafka-stop kafka-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -57,8 +57,11 @@ lint: $(STAMP)  ## ruff, mypy --strict and the import contracts (docs/architectu
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench-throughput: $(STAMP)  ## HTTP -> broker -> Kafka -> recipient, beside a bare aiohttp+aiokafka baseline
+bench-throughput: $(STAMP)  ## load generator -> cairn serve (1, 2 workers) -> Kafka -> recipients, as processes, beside bare baselines
 	$(WITH_KAFKA) $(BIN)/python bench/throughput.py
+
+bench-soak: $(STAMP)  ## 10 minutes at 200 referrals/s through cairn serve; the broker's RSS every minute, flat or not
+	$(WITH_KAFKA) $(BIN)/python bench/throughput.py --soak 600 --rate 200
 
 bench-crypto: $(STAMP)  ## seal/open one 4 KB disclosure beside the raw pyca/cryptography primitives
 	$(BIN)/python bench/crypto.py

@@ -301,7 +301,8 @@ class Result:
     e2e_ms: list[float] = field(default_factory=list)
     accept_ms: list[float] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds in the phase
-    machine_busy: float = math.nan
+    machine_busy: float = math.nan  # share of all CPUs busy in the phase, whoever used them
+    run_busy: float = math.nan  # share of all CPUs that this run's processes used
     server_procs: int = 0
     rss_start_mib: float = math.nan
     rss_peak_mib: float = math.nan
@@ -339,6 +340,7 @@ class Result:
             "e2e_ms": pcts(self.e2e_ms),
             "cpu_ms_per_referral": {r: round(self.cpu_ms(r), 3) for r in (*ROLES, "all")},
             "machine_busy": round(self.machine_busy, 3),
+            "run_busy": round(self.run_busy, 3),
             "server_rss_peak_mib": round(self.rss_peak_mib, 1),
             "soak_rss_mib": self.soak_rss,
             "loadgen": self.note,
@@ -677,6 +679,9 @@ class Run:
             for g in groups:
                 result.cpu_s[g.name] = ends[g.name].since(starts[g.name])
             result.machine_busy = machine[1].busy_share(machine[0])
+            wall = (stamps[1] - stamps[0]) * (os.cpu_count() or 1)
+            if wall > 0:
+                result.run_busy = sum(result.cpu_s.values()) / wall
             if not self.kafka_pid:
                 result.cpu_s.pop("kafka", None)
 
@@ -1052,7 +1057,11 @@ def render(results: Sequence[Result], args: argparse.Namespace, sizes: Sizes, ka
     for r in results:
         if r.pending:
             continue
-        detail = [f"{r.spec.label}: {r.command}", f"machine CPU busy {_f(100 * r.machine_busy)}%"]
+        detail = [
+            f"{r.spec.label}: {r.command}",
+            f"machine CPU busy {_f(100 * r.machine_busy)}% (this run's processes "
+            f"{_f(100 * r.run_busy)}%, the rest other work on the machine)",
+        ]
         if r.spec.path == "cairn":
             detail.append(f"{r.server_procs} broker process(es)")
         if "signing" in r.note:
