@@ -16,7 +16,7 @@ ifeq ($(origin CAIRN_KEY_PASSPHRASE),undefined)
 export CAIRN_KEY_PASSPHRASE_FILE ?= $(DEV_PASSPHRASE)
 endif
 
-.PHONY: help venv demo test test-unit test-integration lint bench-throughput bench-soak bench-crypto bench-audit kafka-start kafka-stop kafka-status clean
+.PHONY: help venv demo postgresql test test-unit test-integration lint bench-throughput bench-soak bench-crypto bench-audit kafka-start kafka-stop kafka-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -45,7 +45,19 @@ $(CHROMIUM):
 	  echo "the browser tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
 	fi
 
-test: $(STAMP) $(CHROMIUM)  ## run the whole suite, Kafka and browser tests included (starts and stops local Kafka)
+# The shared-state tests run PostgreSQL from Debian's package (tests/pg_support.py starts a
+# throwaway cluster of its own; the package's own cluster is never used).
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
+postgresql:
+	@if [ -z "$(PG_CTL)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else \
+	    echo "the state tests need Debian's postgresql: sudo apt-get install postgresql" >&2; exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) $(CHROMIUM) postgresql  ## run the whole suite, Kafka, browser and PostgreSQL tests included (starts and stops local Kafka)
 	$(WITH_KAFKA) $(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)  ## unit tests only: no Kafka, seconds

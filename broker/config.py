@@ -206,6 +206,25 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=600
     )  # seconds: the longest pause before a restart; a worker up this long is healthy again
 
+    # Shared state (issue 13): SQLite under state_dir, or PostgreSQL shared by many brokers
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://USER:PASSWORD@HOST:PORT/DB) of the state "
+        "every broker shares; unset: SQLite at <state_dir>/broker/state.sqlite",
+    )
+    database_url_file: Path | None = Field(
+        default=None, description="A file holding database_url (set one of the two, not both)"
+    )
+    database_pool_size: int = Field(
+        default=10, ge=1, le=200
+    )  # PostgreSQL connections per broker process
+    database_timeout_s: float = Field(
+        default=5.0, gt=0, le=120
+    )  # seconds to connect to PostgreSQL or wait for a pooled connection; then a 503
+    sqlite_busy_timeout_s: float = Field(
+        default=10.0, gt=0, le=300
+    )  # seconds a SQLite writer waits for another process's write lock; then a 503
+
     # Files
     state_dir: Path = REPO_ROOT / ".cairn"
     key_dir: Path | None = Field(

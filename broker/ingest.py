@@ -7,6 +7,7 @@ has been committed to Kafka; only then is its referral id remembered as used.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from broker.policy.deadlines import deadline_for
 from broker.policy.decide import decide
 from broker.policy.decision import Decision, Routing, routing
 from broker.receipts import audit_record
-from broker.replay import Delivery, ReplayStore
+from broker.state import Delivery, StateStore
 from broker.trust import TrustStore
 from keys import Registry, verify_referral
 from keys import VerificationError as KeyVerificationError
@@ -55,11 +56,15 @@ class Pipeline:
     federation: Federation
     transport: Transport
     trust: TrustStore
-    replay: ReplayStore
+    store: StateStore
     clock: Callable[[], datetime]
     agreements: tuple[Agreement, ...] = ()
     calendar: SchoolCalendar = WEEKDAYS
     metrics: Metrics = field(default_factory=Metrics)
+    # One submission of an id at a time in this process, with how many wait for it.
+    _locks: dict[str, tuple[asyncio.Lock, int]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     async def submit(self, body: bytes, *, sender: str, request_id: str) -> Outcome:
         """Run every stage for one signed submission from the TLS-authenticated ``sender``."""
@@ -100,9 +105,12 @@ class Pipeline:
         #   The local store answers the common retry fast; the ledger in Kafka is what every
         #   broker consults, in the transaction that would publish (broker.kafka.ledger).
         digest = hashlib.sha256(payload).hexdigest()
-        async with self.replay.lock(referral_id):
-            try:
-                seen = self.replay.lookup(referral_id)
+        owner = self.settings.transactional_id
+        lock, users = self._locks.get(referral_id, (asyncio.Lock(), 0))
+        self._locks[referral_id] = (lock, users + 1)
+        try:
+            async with lock:
+                seen = await self.store.lookup(referral_id)
                 if seen is not None:
                     return self._replayed(referral_id, digest, seen.digest, seen.receipt)
                 try:
@@ -110,12 +118,20 @@ class Pipeline:
                 except AlreadyPublished as exc:
                     # Published before, by us before a crash or by another broker.
                     entry = LedgerEntry.decode(exc.value)
-                    self.replay.remember(referral_id, entry.digest, entry.receipt, now)
+                    await self.store.published(
+                        [(referral_id, entry.digest, entry.receipt)], owner, now
+                    )
                     return self._replayed(referral_id, digest, entry.digest, entry.receipt)
-                self.replay.remember(referral_id, digest, receipt.model_dump_json(), now)
+                await self.store.published(
+                    [(referral_id, digest, receipt.model_dump_json())], owner, now
+                )
                 return Outcome(receipt, replayed=False)
-            finally:
-                self.replay.release(referral_id)
+        finally:
+            lock, users = self._locks[referral_id]
+            if users == 1:
+                del self._locks[referral_id]
+            else:
+                self._locks[referral_id] = (lock, users - 1)
 
     def _replayed(self, referral_id: str, digest: str, first: str, receipt: str) -> Outcome:
         if first != digest:
@@ -201,7 +217,7 @@ class Pipeline:
         claim = Claim(str(route.message_id), kept)
         with self.metrics.stage("publish"):
             await self.transport.publish(records, claim=claim)
-        self._committed(message, route, decisions, now)
+        await self._committed(message, route, decisions, now)
         log.info(
             "referral.accepted",
             sender=route.sender,
@@ -211,7 +227,7 @@ class Pipeline:
         )
         return receipt
 
-    def _committed(
+    async def _committed(
         self,
         message: Referral | EncompassNotification,
         route: Routing,
@@ -220,6 +236,7 @@ class Pipeline:
     ) -> None:
         """Count what Kafka committed, and remember each disclosure with its deadline."""
         sender, purpose = route.sender, route.purpose.value
+        delivered = []
         self.metrics.accepted.labels(sender=sender, purpose=purpose).inc()
         for d in decisions:
             if not d.allowed:
@@ -231,7 +248,7 @@ class Pipeline:
             self.metrics.disclosures.labels(
                 sender=sender, recipient=d.recipient, purpose=purpose
             ).inc()
-            self.replay.record_delivery(
+            delivered.append(
                 Delivery(
                     referral_id=str(route.message_id),
                     agency=d.recipient,
@@ -241,6 +258,7 @@ class Pipeline:
                     due_at=deadline_for(message, d, self.settings, now),
                 )
             )
+        await self.store.record_deliveries(delivered)
 
 
 def _can_receive(registry: Registry, agency: str, now: datetime) -> bool:

@@ -6,7 +6,7 @@ a consumer group (read_committed), and for each acknowledgement:
 
 1. verifies the signature against the registry, as the agency named in the record header;
 2. checks the signed acknowledgement names that same agency, and that the broker did queue
-   that referral for it (from the replay store's receipts): nobody acknowledges for another;
+   that referral for it (from the state store's receipts): nobody acknowledges for another;
 3. ignores a repeat (same referral, same agency), in the same batch or remembered from an
    earlier one;
 4. publishes the ``acknowledged`` audit event together with the consumer offsets in one Kafka
@@ -19,9 +19,9 @@ counted, and committed past: never audited, never re-read, never in the way of t
 Kafka or our own registry failing is not the record's fault: nothing is committed, and the loop
 reconnects after a bounded pause and reads the batch again.
 
-The replay store's memory of acknowledgements is this broker's own; the auditor, the audit
-log's single writer, keeps one ``acknowledged`` per (referral, agency) whatever several brokers
-or Kafka redeliver (``broker.audit.store``).
+The state store's memory of acknowledgements is shared by every broker (``broker.state``);
+the auditor, the audit log's single writer, still keeps one ``acknowledged`` per (referral,
+agency) whatever several brokers or Kafka redeliver (``broker.audit.store``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from broker.kafka.consumer import (
 )
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
 from broker.ops.metrics import Metrics, code
-from broker.replay import ReplayStore
+from broker.state import StateStore
 from broker.trust import TrustStore
 from keys import verify_ack
 from schemas.audit import AuditEvent, acknowledged
@@ -81,7 +81,7 @@ class ReceiptsLoop:
         self,
         settings: Settings,
         trust: TrustStore,
-        replay: ReplayStore,
+        store: StateStore,
         transport: Transport,
         clock: Callable[[], datetime],
         *,
@@ -90,7 +90,7 @@ class ReceiptsLoop:
         self._settings = settings
         self._metrics = metrics
         self._trust = trust
-        self._replay = replay
+        self._store = store
         self._transport = transport
         self._clock = clock
         self._retry = Retry.from_settings(settings)
@@ -155,12 +155,12 @@ class ReceiptsLoop:
                 dead.append(reason)
                 continue
             key = (str(ack.referral_id), ack.agency)
-            if not self._was_queued(*key):
+            if not await self._was_queued(*key):
                 records.append(self._dead_letter(msg, "not_queued", {"cairn-referral-id": key[0]}))
                 dead.append("not_queued")
                 continue
             # 3 a repeat, in this batch or audited before, is committed past, not audited again
-            if key in acks or self._replay.acknowledged(*key):
+            if key in acks or await self._store.acknowledged(*key):
                 self.repeats += 1
                 log.info("receipt.repeated", referral_id=key[0], agency=key[1])
                 continue
@@ -171,7 +171,7 @@ class ReceiptsLoop:
         await self._transport.publish(records, consumed)
         now = self._clock()
         for referral_id, agency in acks:
-            self._replay.remember_ack(referral_id, agency, now)
+            await self._store.remember_ack(referral_id, agency, now)
             if self._metrics is not None:
                 self._metrics.acknowledged.labels(recipient=code(agency)).inc()
         for reason in dead:
@@ -193,8 +193,8 @@ class ReceiptsLoop:
             )
         return ack
 
-    def _was_queued(self, referral_id: str, agency: str) -> bool:
-        seen = self._replay.lookup(referral_id)
+    async def _was_queued(self, referral_id: str, agency: str) -> bool:
+        seen = await self._store.lookup(referral_id)
         if seen is None:
             return False
         receipt = Receipt.model_validate_json(seen.receipt)

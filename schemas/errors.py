@@ -23,7 +23,8 @@ failed (nothing was sent; the same request may succeed later). Programming mista
     └── InfrastructureError        a dependency failed: nothing was sent, retry later
         ├── TransportError         Kafka did not acknowledge the messages
         ├── RegistryUntrusted      our own registry is unsigned, tampered or expired
-        └── SigningUnavailable     our own signing key is revoked, expired or missing
+        ├── SigningUnavailable     our own signing key is revoked, expired or missing
+        └── StateUnavailable       the shared state store (SQLite or PostgreSQL) did not answer
 
 Messages never carry personal data: they name fields and limits, never the values sent.
 """
@@ -46,6 +47,7 @@ __all__ = [
     "SchemaError",
     "SenderMismatch",
     "SigningUnavailable",
+    "StateUnavailable",
     "TransportError",
     "UnknownAgency",
     "UnknownSender",
@@ -164,3 +166,10 @@ class RegistryUntrusted(InfrastructureError):
 
 class SigningUnavailable(InfrastructureError):
     """This component has no signing key it may use now; an operator must rotate its keys."""
+
+
+class StateUnavailable(InfrastructureError):
+    """The shared state store did not answer (or is misconfigured); nothing was sent.
+
+    The message names the store without its password and the setting to check.
+    """

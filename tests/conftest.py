@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import ssl
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from broker.federation import load_federation
@@ -15,6 +18,7 @@ from broker.trust import TrustStore
 from keys import FileStore, client_context, init_federation, server_context
 from schemas.federation import Federation
 from tests.kafka_support import LocalKafka
+from tests.pg_support import LocalPostgres
 from tests.samples import FEDERATION_DIR
 
 PASSPHRASE = b"cairn test-session passphrase 0123456789"
@@ -68,3 +72,30 @@ def federation() -> Federation:
 def federation_keys(tmp_path_factory: pytest.TempPathFactory) -> FederationKeys:
     """The Kelder federation's keys, PKI and registry, created once for the session."""
     return make_federation_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A throwaway PostgreSQL cluster (tests/pg_support.py), started only for the tests that
+    ask for it, stopped and deleted at the end. If it cannot start, those tests fail."""
+    cluster = LocalPostgres()
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.stop()
+        pytest.fail(f"PostgreSQL could not start, so the PostgreSQL-backed tests cannot run: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: LocalPostgres) -> Iterator[str]:
+    """The URL of a database of this test's own in the session's cluster, dropped after it."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    yield postgres.url(name)
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())

@@ -1,17 +1,16 @@
 """``cairn status``: the ops picture in the terminal: flows, overdue disclosures, health.
 
 Reads the broker's ``GET /metrics`` and ``GET /readyz`` over mutual TLS with an agency's (or
-the auditor's) certificate, and the overdue list from the broker's replay store (read-only);
-with ``--offline`` it reads the store alone. Prints codes, ids and counts only: the metrics and
-the store hold no personal data.
+the auditor's) certificate, and the overdue list from the brokers' state store (read-only: the
+SQLite file under the state folder, or the PostgreSQL database ``CAIRN_DATABASE_URL`` names,
+shown as user@host:port/db, never with its password); with ``--offline`` it reads the store
+alone. Prints codes, ids and counts only: the metrics and the store hold no personal data.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import click
@@ -20,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.config import Settings
+from broker.state import StateStore, store_for
+from schemas.errors import StateUnavailable
 
 __all__ = ["Status", "parse_metrics", "read_store", "render", "status"]
 
@@ -57,31 +58,30 @@ def parse_metrics(text: str, into: Status) -> Status:
     return into
 
 
-def read_store(path: Path, into: Status, *, limit: int = 50) -> Status:
-    """Overdue deliveries, newest first, from the replay store, opened read-only."""
-    if not path.is_file():
-        into.health["replay store"] = "not found"
-        return into
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+async def read_store(store: StateStore, into: Status, *, limit: int = 50) -> Status:
+    """Overdue deliveries, newest first, and the flows if /metrics gave none, from the state
+    store; the health table names the store and whether it could be read."""
+    into.health["state store"] = store.describe()
     try:
-        rows = db.execute(
-            "SELECT overdue_at, referral_id, purpose, agency, due_at FROM deliveries "
-            "WHERE overdue_at IS NOT NULL ORDER BY overdue_at DESC, referral_id DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
+        overdue = await store.overdue(limit)
         if not into.flows:
-            for sender, agency, purpose, n in db.execute(
-                "SELECT sender, agency, purpose, COUNT(*) FROM deliveries "
-                "GROUP BY sender, agency, purpose"
-            ):
-                into.flows[(sender, agency, purpose)] = int(n)
-    except sqlite3.Error as exc:
-        into.health["replay store"] = f"unreadable ({type(exc).__name__})"
+            into.flows.update(await store.delivery_counts())
+    except StateUnavailable as exc:
+        into.health["state store read"] = f"unreadable: {exc}"
         return into
     finally:
-        db.close()
-    into.overdue = [(r[0], r[1], r[2], r[3], r[4] or "") for r in rows]
-    into.health.setdefault("replay store", "read")
+        await store.close()
+    into.overdue = [
+        (
+            d.overdue_at.isoformat() if d.overdue_at else "",
+            d.referral_id,
+            d.purpose,
+            d.agency,
+            d.due_at.isoformat() if d.due_at else "",
+        )
+        for d in overdue
+    ]
+    into.health["state store read"] = "read"
     return into
 
 
@@ -140,7 +140,7 @@ async def _fetch(settings: Settings, agency: str, url: str) -> tuple[str | None,
     help="Whose certificate to present to the broker",
 )
 @click.option("--url", default=None, help="Broker URL [default: https://HTTP_HOST:HTTP_PORT]")
-@click.option("--offline", is_flag=True, help="Read the replay store only; do not call the broker")
+@click.option("--offline", is_flag=True, help="Read the state store only; do not call the broker")
 def status(agency: str, url: str | None, offline: bool) -> None:
     """Flows sender → recipient, overdue disclosures and health, as tables (codes and ids only)."""
     settings = Settings()
@@ -156,5 +156,10 @@ def status(agency: str, url: str | None, offline: bool) -> None:
             view.health["kafka"] = str(ready.get("kafka", "unknown"))
             if text is not None:
                 parse_metrics(text, view)
-    read_store(settings.state_dir / "broker" / "replay.sqlite", view)
+    try:
+        store = store_for(settings, read_only=True)
+    except StateUnavailable as exc:  # a malformed CAIRN_DATABASE_URL: say so, show the rest
+        view.health["state store"] = str(exc)
+    else:
+        asyncio.run(read_store(store, view))
     render(view, Console())

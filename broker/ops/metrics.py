@@ -47,7 +47,7 @@ from broker.kafka.ledger import Claim
 from broker.kafka.topics import delivery_topic
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
 from broker.policy.calendar import CONSERVATIVE_RULE, SchoolCalendar
-from broker.replay import ReplayStore
+from broker.state import StateStore
 from schemas.errors import TransportError
 
 __all__ = [
@@ -456,6 +456,9 @@ class CountingTransport:
     async def health(self) -> str:
         return await self.inner.health()
 
+    def publisher_id(self) -> str:
+        return self.inner.publisher_id()
+
     async def publish(
         self,
         records: Sequence[Record],
@@ -477,9 +480,9 @@ class CountingTransport:
         self._failed = False
 
 
-def ops_snapshot(
+async def ops_snapshot(
     metrics: Metrics,
-    replay: ReplayStore | None = None,
+    store: StateStore | None = None,
     *,
     kafka_ready: bool | None = None,
     overdue_limit: int = 50,
@@ -488,7 +491,7 @@ def ops_snapshot(
     """The ops picture as JSON-ready codes, ids and numbers (no personal data).
 
     ``flows``: sender → recipient per purpose with disclosure counts; ``refused``: per reason;
-    ``overdue``: newest first (from the replay store, if given); ``health``: Kafka, the lag
+    ``overdue``: newest first (from the state store, if given); ``health``: Kafka, the lag
     probe, the auditor.
     """
     flows = [
@@ -500,7 +503,7 @@ def ops_snapshot(
     }
     accepted = sum(v for _l, v in _samples(metrics, "cairn_referrals_accepted_total", 2))
     overdue: list[dict[str, Any]] = []
-    if replay is not None:
+    if store is not None:
         overdue = [
             {
                 "referral_id": d.referral_id,
@@ -510,7 +513,7 @@ def ops_snapshot(
                 "due_at": d.due_at.isoformat() if d.due_at else None,
                 "overdue_at": d.overdue_at.isoformat() if d.overdue_at else None,
             }
-            for d in replay.overdue(overdue_limit)
+            for d in await store.overdue(overdue_limit)
         ]
     figures = metrics.probe.figures if metrics.probe is not None else None
     return {

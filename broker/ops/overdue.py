@@ -22,7 +22,7 @@ from broker.config import Settings
 from broker.kafka.transport import Transport
 from broker.ops.metrics import Metrics
 from broker.receipts import audit_record
-from broker.replay import Delivery, ReplayStore
+from broker.state import Delivery, StateStore
 from schemas.audit import overdue
 from schemas.errors import CairnError
 from schemas.referral import Purpose
@@ -61,13 +61,13 @@ class OverdueSweep:
     def __init__(
         self,
         settings: Settings,
-        replay: ReplayStore,
+        store: StateStore,
         transport: Transport,
         metrics: Metrics,
         clock: Callable[[], datetime],
     ) -> None:
         self._settings = settings
-        self._replay = replay
+        self._store = store
         self._transport = transport
         self._metrics = metrics
         self._clock = clock
@@ -75,8 +75,8 @@ class OverdueSweep:
     async def sweep(self) -> list[Delivery]:
         """Report every delivery overdue now; return them (empty if none or Kafka failed)."""
         now = self._clock()
-        candidates = self._replay.open_deliveries()
-        acks = self._replay.acks([d.referral_id for d in candidates])
+        candidates = await self._store.open_deliveries()
+        acks = await self._store.acks([d.referral_id for d in candidates])
         found = due_overdue(candidates, acks, now)
         if not found:
             return []
@@ -100,7 +100,7 @@ class OverdueSweep:
         await self._transport.publish(records)
         reported = []
         for d in found:
-            if not self._replay.mark_overdue(d.referral_id, d.agency, now):
+            if not await self._store.mark_overdue(d.referral_id, d.agency, now):
                 continue
             reported.append(d)
             self._metrics.overdue.labels(purpose=d.purpose, recipient=d.agency).inc()
@@ -118,7 +118,7 @@ class OverdueSweep:
         while not stop.is_set():
             try:
                 await self.sweep()
-            except CairnError as exc:  # TransportError: Kafka is down; try again next time
+            except CairnError as exc:  # Kafka or the state store is down; try again next time
                 log.warning("overdue.sweep_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.overdue_sweep_every_s)

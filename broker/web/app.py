@@ -33,7 +33,7 @@ from broker.ops.overdue import OverdueSweep
 from broker.policy.agreements import AGREEMENTS_DIR, Agreement, load_agreements
 from broker.policy.calendar import CALENDAR_FILE, SchoolCalendar, load_calendar
 from broker.receipts import ReceiptsLoop
-from broker.replay import ReplayStore
+from broker.state import StateStore, store_for
 from broker.trust import TrustStore
 from broker.web.middleware import (
     METRICS,
@@ -49,14 +49,14 @@ from schemas.errors import (
 )
 from schemas.federation import Federation
 
-__all__ = ["METRICS", "REPLAY", "create_app", "read_body", "serve"]
+__all__ = ["METRICS", "STORE", "create_app", "read_body", "serve"]
 
 log = structlog.get_logger(__name__)
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
 SETTINGS = web.AppKey("settings", Settings)
 TRANSPORT = web.AppKey("transport", Transport)
-REPLAY = web.AppKey("replay", ReplayStore)
+STORE = web.AppKey("store", StateStore)
 JOSE = "application/jose"
 
 
@@ -135,7 +135,7 @@ def create_app(
     transport: Transport,
     trust: TrustStore,
     *,
-    replay: ReplayStore | None = None,
+    store: StateStore | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     consume_receipts: bool = False,
     dashboard: bool = False,
@@ -149,7 +149,9 @@ def create_app(
     acknowledgements (``broker.receipts``) and the overdue sweep (``broker.ops.overdue``),
     started after the transport and stopped before it.
     With ``dashboard`` it serves the ops view at /ui/ (broker.web.dashboard). Sharing agreements
-    and the school calendar are read from the federation folder unless given.
+    and the school calendar are read from the federation folder unless given. The state store
+    is the one the settings name (``broker.state.store_for``) unless given; it is opened before
+    the transport starts, and closed after it stops if the app made it.
     """
     if agreements is None:
         agreements = load_agreements(settings.federation_dir / AGREEMENTS_DIR)
@@ -165,45 +167,44 @@ def create_app(
     metrics.calendar_watch = calendar_watch
     if isinstance(transport, KafkaTransport):  # lag figures only where there is a Kafka
         metrics.probe = KafkaProbe(settings, federation.ids)
-    ledger = None
+    owns_store = store is None  # close only what we opened
+    if store is None:
+        store = store_for(settings)
     if dashboard:
-        from broker.web.dashboard import FlowLedger, TappedTransport
+        from broker.web.dashboard import TappedTransport
 
-        # The ops view counts what the broker committed (ids, agencies, purposes, times).
-        ledger = FlowLedger()
-        transport = TappedTransport(transport, ledger)
+        # The ops view counts what the brokers committed (ids, agencies, purposes, times).
+        transport = TappedTransport(transport, store)
     transport = CountingTransport(transport, metrics)
     app[SETTINGS] = settings
     app[TRANSPORT] = transport
     app[METRICS] = metrics
-    owns_replay = replay is None  # close only what we opened
-    if replay is None:
-        replay = ReplayStore(settings.state_dir / "broker" / "replay.sqlite")
-    app[REPLAY] = replay
+    app[STORE] = store
     app[PIPELINE] = Pipeline(
-        settings, federation, transport, trust, replay, clock, agreements, calendar, metrics
+        settings, federation, transport, trust, store, clock, agreements, calendar, metrics
     )
     app.router.add_post("/v1/referrals", submit_referral)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
-    if ledger is not None:
-        from broker.web.dashboard import LedgerOpsSource, add_ops_routes, dlq_counter
+    if dashboard:
+        from broker.web.dashboard import StoreOpsSource, add_ops_routes, dlq_counter
 
-        source = LedgerOpsSource(
-            ledger, probes={"kafka": transport.ready}, dlq_count=dlq_counter(settings), clock=clock
+        source = StoreOpsSource(
+            store, probes={"kafka": transport.ready}, dlq_count=dlq_counter(settings), clock=clock
         )
         add_ops_routes(app, source)
 
     async def transport_lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
         calendar_watch.check()  # at start-up, before Kafka can fail, then hourly (daily lines)
+        await store.open()  # StateUnavailable: the broker does not start without its state
         await transport.start()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(calendar_watch.run(stop))]
         if consume_receipts:
-            loop = ReceiptsLoop(settings, trust, replay, transport, clock, metrics=metrics)
+            loop = ReceiptsLoop(settings, trust, store, transport, clock, metrics=metrics)
             tasks.append(asyncio.create_task(loop.run(stop)))
-            sweep = OverdueSweep(settings, replay, transport, metrics, clock)
+            sweep = OverdueSweep(settings, store, transport, metrics, clock)
             tasks.append(asyncio.create_task(sweep.run(stop)))
         yield
         # Runs after in-flight requests have drained: stop the receipts loop, the overdue
@@ -214,8 +215,8 @@ def create_app(
         if metrics.probe is not None:
             await metrics.probe.close()
         await transport.stop()
-        if owns_replay:
-            replay.close()
+        if owns_store:
+            await store.close()
         log.info("broker.stopped")
 
     app.cleanup_ctx.append(transport_lifecycle)

@@ -14,24 +14,21 @@ The IG page otherwise reads the audit API itself (``/v1/audit/checkpoint``, ``/e
 ``/subject``). The ops JSON holds ids, agencies, purposes, counts and times only: never a
 name, date of birth, NHS number or address, and never a subject pseudonym.
 
-Where the ops figures come from is behind ``OpsSource``. ``LedgerOpsSource`` is the built-in
+Where the ops figures come from is behind ``OpsSource``. ``StoreOpsSource`` is the built-in
 one: ``TappedTransport`` wraps the broker's transport and, after each successful publish,
-records the audit events the broker itself committed (``disclosed``, ``refused``,
-``acknowledged``) in a bounded in-memory ``FlowLedger``. The replay database alone cannot
-serve: its receipts name neither the sender nor the purpose. The ledger starts empty at each
-start of the broker; an ``OpsSource`` over ``broker.ops.metrics`` may replace it.
+records the audit facts the broker itself committed (``disclosed``, ``refused``,
+``acknowledged``) in the shared state store (``broker.state``), so every broker's ops view
+shows the flows of all of them, and a restarted broker's shows what came before. A snapshot
+reads the facts of its window only (indexed by time), the newest ``MAX_FACTS_READ``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
-from uuid import UUID
 
 import structlog
 from aiohttp import web
@@ -42,27 +39,34 @@ from pydantic import ValidationError
 from broker.config import Settings
 from broker.kafka.ledger import Claim
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
+from broker.state import Fact, StateStore
 from broker.web.middleware import tls_agency
 from broker.web.pages import json_page, static_file, static_route
 from schemas.audit import AuditEvent, AuditEventType
-from schemas.errors import AuthenticationError, CairnError, FieldProblem, SchemaError
+from schemas.errors import (
+    AuthenticationError,
+    CairnError,
+    FieldProblem,
+    SchemaError,
+    StateUnavailable,
+)
 
 __all__ = [
     "DEFAULT_WINDOW_S",
     "MAX_WINDOW_S",
-    "FlowLedger",
-    "LedgerOpsSource",
     "OpsSource",
+    "StoreOpsSource",
     "TappedTransport",
     "add_ops_routes",
     "dlq_counter",
+    "facts_of",
 ]
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_WINDOW_S: Final = 86_400  # seconds: the ops view's window unless the page asks
 MAX_WINDOW_S: Final = 30 * 86_400  # seconds
-MAX_LEDGER_EVENTS: Final = 100_000  # audit facts kept in memory; the oldest go first
+MAX_FACTS_READ: Final = 100_000  # flow facts one snapshot reads, the newest first
 OVERDUE_SHOWN: Final = 200  # overdue items listed, newest first
 
 _OPS_FILES: Final = {"ops.js": "text/javascript", "style.css": "text/css"}
@@ -76,78 +80,44 @@ class OpsSource(Protocol):
     """Anything that can summarise the exchange for the ops view."""
 
     async def snapshot(self, window: timedelta) -> dict[str, Any]:
-        """The ops JSON (see ``LedgerOpsSource.snapshot`` for its shape) over ``window``."""
+        """The ops JSON (see ``StoreOpsSource.snapshot`` for its shape) over ``window``."""
 
 
-@dataclass(frozen=True)
-class _Fact:
-    """One audit fact the ops view counts: ids, agencies, purpose and times only."""
-
-    type: AuditEventType
-    at: datetime
-    message_id: UUID
-    sender: str | None
-    recipient: str
-    purpose: str | None
-    due_at: datetime | None
-
-
-class FlowLedger:
-    """What the broker committed recently: disclosures, refusals and acknowledgements.
-
-    Bounded (``max_events``, oldest dropped first); kept in memory only.
-    """
-
-    def __init__(self, max_events: int = MAX_LEDGER_EVENTS) -> None:
-        self._facts: deque[_Fact] = deque(maxlen=max_events)
-        self._acked: set[tuple[UUID, str]] = set()
-        self._purposes: dict[UUID, str] = {}
-
-    def observe(self, records: Sequence[Record]) -> None:
-        """Note the audit events among ``records`` (which Kafka has just committed)."""
-        for record in records:
-            if not record.topic.endswith(".audit"):
-                continue
-            try:
-                event = AuditEvent.model_validate_json(record.value)
-            except ValidationError:
-                log.warning("dashboard.unreadable_audit_record", topic=record.topic)
-                continue
-            self._note(event)
-
-    def _note(self, event: AuditEvent) -> None:
-        counted = (AuditEventType.DISCLOSED, AuditEventType.REFUSED, AuditEventType.ACKNOWLEDGED)
+def facts_of(records: Sequence[Record]) -> list[Fact]:
+    """The audit facts the ops view counts among ``records`` (which Kafka has just committed):
+    disclosures, refusals and acknowledgements, as ids, agencies, purpose and times."""
+    counted = (AuditEventType.DISCLOSED, AuditEventType.REFUSED, AuditEventType.ACKNOWLEDGED)
+    facts = []
+    for record in records:
+        if not record.topic.endswith(".audit"):
+            continue
+        try:
+            event = AuditEvent.model_validate_json(record.value)
+        except ValidationError:
+            log.warning("dashboard.unreadable_audit_record", topic=record.topic)
+            continue
         if event.type not in counted or event.message_id is None or event.recipient is None:
-            return
-        if event.purpose is not None:
-            self._purposes[event.message_id] = event.purpose.value
-        if event.type is AuditEventType.ACKNOWLEDGED:
-            self._acked.add((event.message_id, event.recipient))
-        self._facts.append(
-            _Fact(
-                type=event.type,
+            continue
+        facts.append(
+            Fact(
+                type=event.type.value,
                 at=event.at,
-                message_id=event.message_id,
-                sender=event.sender,
+                message_id=str(event.message_id),
                 recipient=event.recipient,
+                sender=event.sender,
                 purpose=event.purpose.value if event.purpose is not None else None,
                 due_at=event.due_at,
             )
         )
-
-    def facts(self) -> tuple[_Fact, ...]:
-        return tuple(self._facts)
-
-    def acknowledged(self, message_id: UUID, recipient: str) -> bool:
-        return (message_id, recipient) in self._acked
+    return facts
 
 
 class TappedTransport:
-    """A transport that tells a ``FlowLedger`` what each successful publish committed."""
+    """A transport that records in the state store what each successful publish committed."""
 
-    def __init__(self, inner: Transport, ledger: FlowLedger) -> None:
+    def __init__(self, inner: Transport, store: StateStore) -> None:
         self.inner = inner
-        self.ledger = ledger
+        self.store = store
 
     async def start(self) -> None:
         await self.inner.start()
@@ -164,7 +134,14 @@ class TappedTransport:
     ) -> None:
         await self.inner.publish(records, consumed, claim=claim)
         # Only after the commit: a failed publish disclosed nothing.
-        self.ledger.observe(records)
+        facts = facts_of(records)
+        if not facts:
+            return
+        try:
+            await self.store.record_facts(facts)
+        except StateUnavailable as exc:
+            # Kafka has committed: the submission stands; the ops view misses these facts.
+            log.warning("dashboard.facts_not_recorded", error=type(exc).__name__, facts=len(facts))
 
     async def ready(self) -> bool:
         return await self.inner.ready()
@@ -172,20 +149,23 @@ class TappedTransport:
     async def health(self) -> str:
         return await self.inner.health()
 
+    def publisher_id(self) -> str:
+        return self.inner.publisher_id()
 
-class LedgerOpsSource:
-    """The ops figures from a ``FlowLedger``, health probes and an optional DLQ counter."""
+
+class StoreOpsSource:
+    """The ops figures from the state store's flow facts, health probes and a DLQ counter."""
 
     def __init__(
         self,
-        ledger: FlowLedger,
+        store: StateStore,
         *,
         probes: Mapping[str, Probe] | None = None,
         dlq_count: Callable[[], Awaitable[int]] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         probe_timeout_s: float = 3.0,  # seconds per probe
     ) -> None:
-        self.ledger = ledger
+        self.store = store
         self.probes = dict(probes or {})
         self.dlq_count = dlq_count
         self.clock = clock
@@ -205,22 +185,18 @@ class LedgerOpsSource:
         flows: dict[tuple[str, str, str], dict[str, int]] = {}
         pending: dict[str, list[datetime]] = {}
         overdue: list[dict[str, Any]] = []
-        for fact in self.ledger.facts():
-            if fact.type is AuditEventType.ACKNOWLEDGED:
-                continue
-            if fact.at >= since:
-                key = (fact.sender or "?", fact.recipient, fact.purpose or "?")
-                row = flows.setdefault(key, {"disclosed": 0, "refused": 0})
-                row["disclosed" if fact.type is AuditEventType.DISCLOSED else "refused"] += 1
-            if fact.type is not AuditEventType.DISCLOSED:
-                continue
-            if self.ledger.acknowledged(fact.message_id, fact.recipient):
+        disclosed = AuditEventType.DISCLOSED.value
+        for fact in await self.store.facts(since, MAX_FACTS_READ):
+            key = (fact.sender or "?", fact.recipient, fact.purpose or "?")
+            row = flows.setdefault(key, {"disclosed": 0, "refused": 0})
+            row["disclosed" if fact.type == disclosed else "refused"] += 1
+            if fact.type != disclosed or fact.acknowledged:
                 continue
             pending.setdefault(fact.recipient, []).append(fact.at)
             if fact.due_at is not None and fact.due_at < now:
                 overdue.append(
                     {
-                        "message_id": str(fact.message_id),
+                        "message_id": fact.message_id,
                         "purpose": fact.purpose,
                         "sender": fact.sender,
                         "recipient": fact.recipient,

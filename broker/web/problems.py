@@ -51,6 +51,7 @@ from schemas.errors import (
     SchemaError,
     SenderMismatch,
     SigningUnavailable,
+    StateUnavailable,
     TransportError,
     UnknownAgency,
     UnknownSender,
@@ -80,6 +81,7 @@ PROBLEM_TYPES: tuple[tuple[type[CairnError], int, str, str], ...] = (
     (TransportError, 503, "kafka-unavailable", "Delivery is unavailable; nothing was sent"),
     (RegistryUntrusted, 503, "registry-untrusted", "The federation registry is not trusted"),
     (SigningUnavailable, 503, "broker-cannot-sign", "The broker cannot sign; nothing was sent"),
+    (StateUnavailable, 503, "state-unavailable", "The broker's state store is unavailable"),
     (InfrastructureError, 503, "unavailable", "Service unavailable; nothing was sent"),
 )
 

@@ -27,11 +27,10 @@ from broker.audit.store import CheckpointPolicy
 from broker.config import Settings
 from broker.kafka.topics import federation_topics
 from broker.kafka.transport import KafkaTransport, create_topics
-from broker.replay import ReplayStore
+from broker.state import SqliteStore
 from broker.web.app import create_app
 from broker.web.dashboard import (
-    FlowLedger,
-    LedgerOpsSource,
+    StoreOpsSource,
     TappedTransport,
     add_ops_routes,
     dlq_counter,
@@ -153,8 +152,8 @@ async def stack(
     """The broker (ops view, real Kafka) and the auditor (IG view), wired as in production."""
     settings = make_settings(kafka.bootstrap, federation_keys.root, state_dir=tmp_path / "state")
     await create_topics(settings, federation_topics(federation, settings.topic_prefix))
-    ledger = FlowLedger()
-    transport = TappedTransport(KafkaTransport(settings), ledger)
+    store = SqliteStore(tmp_path / "state.sqlite")
+    transport = TappedTransport(KafkaTransport(settings), store)
     clock = OpsClock()
 
     auditor = Auditor(
@@ -169,13 +168,11 @@ async def stack(
     async def auditor_alive() -> bool:
         return not task.done()
 
-    app = create_app(
-        settings, federation, transport, federation_keys.trust(), replay=ReplayStore(None)
-    )
+    app = create_app(settings, federation, transport, federation_keys.trust(), store=store)
     add_ops_routes(
         app,
-        LedgerOpsSource(
-            ledger,
+        StoreOpsSource(
+            store,
             probes={"kafka": transport.ready, "auditor": auditor_alive},
             dlq_count=dlq_counter(settings),
             clock=clock,
@@ -202,6 +199,7 @@ async def stack(
         stop.set()
         await asyncio.wait_for(task, settings.shutdown_timeout_s + 15)
         await auditor.close()
+        await store.close()
 
 
 @pytest.fixture(scope="session")

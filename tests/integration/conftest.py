@@ -20,7 +20,7 @@ from adapters.client import ReferralClient
 from broker.config import Settings
 from broker.kafka.topics import federation_topics
 from broker.kafka.transport import KafkaTransport, create_topics
-from broker.replay import ReplayStore
+from broker.state import SqliteStore
 from broker.web.app import create_app
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
@@ -84,7 +84,7 @@ async def running_broker(
         federation,
         KafkaTransport(settings),
         keys.trust(),
-        replay=ReplayStore(None),
+        store=SqliteStore(None),
         consume_receipts=consume_receipts,
     )
     server = TestServer(app, host="127.0.0.1")

@@ -34,7 +34,7 @@ from broker.kafka.topics import federation_topics
 from broker.kafka.transport import KafkaTransport, Record, create_topics
 from broker.ops.metrics import Metrics
 from broker.receipts import ReceiptsLoop, audit_record
-from broker.replay import ReplayStore
+from broker.state import SqliteStore, StateStore
 from keys import AUDITOR_ID
 from schemas.audit import AuditEventType, key_rotated
 from schemas.errors import CairnError
@@ -138,17 +138,17 @@ async def test_a_poison_ack_is_dead_lettered_and_a_repeated_ack_audited_once(
 ) -> None:
     """The reported poison (a JOSE header nested 5,000 deep) before a valid acknowledgement,
     the acknowledgement again in the same batch, in a later batch, and after the receipts loop
-    restarts with another broker's memory (a fresh replay store): one dead letter, counted, and
+    restarts with another broker's memory (a fresh state store): one dead letter, counted, and
     one ``acknowledged`` entry in the audit log."""
     settings = kafka_settings
     topic = f"{settings.topic_prefix}.receipts"
     transport = KafkaTransport(settings)
     await transport.start()
-    replay = ReplayStore(None)
-    rid = queued(replay)
+    replay = SqliteStore(None)
+    rid = await queued(replay)
     metrics = Metrics()
 
-    def receipts_loop(store: ReplayStore) -> ReceiptsLoop:
+    def receipts_loop(store: StateStore) -> ReceiptsLoop:
         return ReceiptsLoop(
             settings,
             federation_keys.trust(),
@@ -172,8 +172,8 @@ async def test_a_poison_ack_is_dead_lettered_and_a_repeated_ack_audited_once(
         await asyncio.wait_for(task, 30)
 
         # Another broker (or this one, its memory lost) audits the same acknowledgement again.
-        other = ReplayStore(None)
-        queued(other, rid=rid)
+        other = SqliteStore(None)
+        await queued(other, rid=rid)
         second, stop = receipts_loop(other), asyncio.Event()
         task = asyncio.create_task(second.run(stop))
         await produce(settings, [ack])

@@ -22,7 +22,7 @@ from adapters.client import ReferralClient
 from broker.config import Settings
 from broker.federation import load_federation
 from broker.kafka.transport import MemoryTransport
-from broker.replay import ReplayStore
+from broker.state import SqliteStore
 from broker.trust import TrustStore
 from broker.web.app import create_app
 from keys import BROKER_ID, FileStore, Lifetimes, SigningKey, init_federation
@@ -55,7 +55,7 @@ async def broker_url(
 ) -> AsyncIterator[str]:
     """The broker app over real mutual TLS on a loopback port, with the memory transport."""
     app = create_app(
-        settings, federation, transport, federation_keys.trust(), replay=ReplayStore(None)
+        settings, federation, transport, federation_keys.trust(), store=SqliteStore(None)
     )
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(ssl=federation_keys.server_ssl())
@@ -226,7 +226,7 @@ async def start_broker(federation: Federation) -> AsyncIterator[StartBroker]:
         transport = MemoryTransport()
         trust = TrustStore(keys.store, keys.passphrase, member_id=BROKER_ID, clock=clock)
         app = create_app(
-            settings, federation, transport, trust, replay=ReplayStore(None), clock=clock
+            settings, federation, transport, trust, store=SqliteStore(None), clock=clock
         )
         server = TestServer(app, host="127.0.0.1")
         await server.start_server(ssl=keys.server_ssl())

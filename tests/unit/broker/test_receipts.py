@@ -18,7 +18,7 @@ from broker.kafka.consumer import DLQ_CONSUMER, DLQ_OFFSET, DLQ_REASON, DLQ_TOPI
 from broker.kafka.transport import MemoryTransport
 from broker.ops.metrics import Metrics
 from broker.receipts import GROUP_ID, ReceiptsLoop
-from broker.replay import ReplayStore
+from broker.state import SqliteStore, StateStore
 from keys import sign_ack
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.errors import RegistryUntrusted, TransportError
@@ -46,8 +46,8 @@ class Message:
 
 
 @pytest.fixture
-def replay() -> ReplayStore:
-    return ReplayStore(None)
+def store() -> StateStore:
+    return SqliteStore(None)
 
 
 @pytest.fixture
@@ -59,22 +59,22 @@ def metrics() -> Metrics:
 def loop(
     settings: Settings,
     federation_keys: FederationKeys,
-    replay: ReplayStore,
+    store: StateStore,
     transport: MemoryTransport,
     metrics: Metrics,
 ) -> ReceiptsLoop:
     return ReceiptsLoop(
         settings,
         federation_keys.trust(),
-        replay,
+        store,
         transport,
         lambda: datetime.now(UTC),
         metrics=metrics,
     )
 
 
-def queued(replay: ReplayStore, agency: str = AGENCY, rid: UUID | None = None) -> UUID:
-    """A referral the broker queued for ``agency``, as the replay store remembers it."""
+async def queued(store: StateStore, agency: str = AGENCY, rid: UUID | None = None) -> UUID:
+    """A referral the broker queued for ``agency``, as the state store remembers it."""
     rid = rid or uuid4()
     now = datetime.now(UTC)
     receipt = Receipt(
@@ -82,7 +82,7 @@ def queued(replay: ReplayStore, agency: str = AGENCY, rid: UUID | None = None) -
         accepted_at=now,
         recipients=(RecipientReceipt(agency=agency, status=RecipientStatus.QUEUED),),
     )
-    replay.remember(str(rid), "digest", receipt.model_dump_json(), now)
+    await store.published([(str(rid), "digest", receipt.model_dump_json())], "broker", now)
     return rid
 
 
@@ -129,14 +129,14 @@ def dead_letters(metrics: Metrics, reason: str) -> float:
 
 async def test_a_deeply_nested_header_is_dead_lettered_and_the_next_ack_audited(
     loop: ReceiptsLoop,
-    replay: ReplayStore,
+    store: StateStore,
     transport: MemoryTransport,
     federation_keys: FederationKeys,
     metrics: Metrics,
 ) -> None:
     """The reported poison: dead-lettered with its ids, source and reason, counted, committed
     past in the same transaction, and the valid acknowledgement behind it is audited."""
-    rid = queued(replay)
+    rid = await queued(store)
     poison = nested_header_ack(rid, 10)
     await loop.handle_batch(TP, [poison, ack_message(federation_keys, rid, 11)])
 
@@ -156,7 +156,7 @@ async def test_a_deeply_nested_header_is_dead_lettered_and_the_next_ack_audited(
 
 async def test_any_exception_while_reading_a_record_is_that_records_fault(
     loop: ReceiptsLoop,
-    replay: ReplayStore,
+    store: StateStore,
     transport: MemoryTransport,
     federation_keys: FederationKeys,
     metrics: Metrics,
@@ -164,7 +164,7 @@ async def test_any_exception_while_reading_a_record_is_that_records_fault(
 ) -> None:
     """Not only the refusals we foresaw: a RecursionError (or any other) from decoding one
     record dead-letters it as ``unreadable``; the loop neither dies nor re-reads it."""
-    rid = queued(replay)
+    rid = await queued(store)
     poison = ack_message(federation_keys, rid, 3)
     import broker.receipts
 
@@ -176,7 +176,7 @@ async def test_any_exception_while_reading_a_record_is_that_records_fault(
         return real(token, *args, **kwargs)
 
     monkeypatch.setattr(broker.receipts, "verify_ack", verify)
-    other = queued(replay)
+    other = await queued(store)
     await loop.handle_batch(TP, [poison, ack_message(federation_keys, other, 4)])
     assert [h[DLQ_REASON] for h in dead(transport)] == [b"unreadable"]
     assert [e.message_id for e in acknowledged(transport)] == [other]
@@ -186,11 +186,11 @@ async def test_any_exception_while_reading_a_record_is_that_records_fault(
 
 async def test_acknowledging_for_another_agency_or_an_unqueued_referral_is_dead_lettered(
     loop: ReceiptsLoop,
-    replay: ReplayStore,
+    store: StateStore,
     transport: MemoryTransport,
     federation_keys: FederationKeys,
 ) -> None:
-    rid = queued(replay)
+    rid = await queued(store)
     for_another = ack_message(federation_keys, rid, 0, agency="kelder-nhs", signer=AGENCY)
     never_queued = ack_message(federation_keys, uuid4(), 1)
     await loop.handle_batch(TP, [for_another, never_queued])
@@ -200,11 +200,11 @@ async def test_acknowledging_for_another_agency_or_an_unqueued_referral_is_dead_
 
 async def test_the_same_ack_twice_in_one_batch_or_in_two_is_audited_once(
     loop: ReceiptsLoop,
-    replay: ReplayStore,
+    store: StateStore,
     transport: MemoryTransport,
     federation_keys: FederationKeys,
 ) -> None:
-    rid = queued(replay)
+    rid = await queued(store)
     same = ack_message(federation_keys, rid, 0)
     again = Message(same.value, 1, same.headers, same.key)
     await loop.handle_batch(TP, [same, again])
@@ -218,13 +218,13 @@ async def test_the_same_ack_twice_in_one_batch_or_in_two_is_audited_once(
 
 async def test_kafka_or_our_registry_failing_commits_nothing_and_letters_nothing(
     loop: ReceiptsLoop,
-    replay: ReplayStore,
+    store: StateStore,
     transport: MemoryTransport,
     federation_keys: FederationKeys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Not the record's fault: the batch is read again later, not dead-lettered."""
-    rid = queued(replay)
+    rid = await queued(store)
     batch = [ack_message(federation_keys, rid, 0)]
     transport.available = False
     with pytest.raises(TransportError):

@@ -14,7 +14,7 @@ from adapters.client import ReferralClient
 from broker.config import Settings
 from broker.kafka.ledger import Claim
 from broker.kafka.transport import Consumed, MemoryTransport, Record
-from broker.replay import ReplayStore
+from broker.state import SqliteStore
 from broker.web.app import create_app, serve
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
@@ -54,7 +54,7 @@ async def test_sigterm_answers_in_flight_request_then_stops_transport(
     transport = SlowTransport()
     started = asyncio.Event()
     app = create_app(
-        settings, federation, transport, federation_keys.trust(), replay=ReplayStore(None)
+        settings, federation, transport, federation_keys.trust(), store=SqliteStore(None)
     )
     server = asyncio.create_task(
         serve(app, settings, federation_keys.server_ssl(), started=started)

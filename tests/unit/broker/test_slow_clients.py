@@ -23,7 +23,7 @@ from adapters.client import ReferralClient
 from broker.config import Settings
 from broker.kafka.transport import MemoryTransport
 from broker.ops.metrics import Metrics
-from broker.replay import ReplayStore
+from broker.state import SqliteStore
 from broker.web.app import create_app
 from broker.web.server import CutReason, Listening, start_server
 from schemas.federation import Federation
@@ -93,7 +93,7 @@ async def broker(
     transport = MemoryTransport()
     metrics = Metrics()
     app = create_app(
-        settings, federation, transport, keys.trust(), replay=ReplayStore(None), metrics=metrics
+        settings, federation, transport, keys.trust(), store=SqliteStore(None), metrics=metrics
     )
     server = await start_server(app, settings, keys.server_ssl(), metrics=metrics)
     try:

@@ -13,7 +13,7 @@ from broker.kafka.transport import MemoryTransport
 from broker.ops.metrics import Metrics
 from broker.ops.overdue import NOT_ACKNOWLEDGED, OverdueSweep, due_overdue
 from broker.policy.deadlines import deadline_for
-from broker.replay import Delivery, ReplayStore
+from broker.state import Delivery, SqliteStore
 from schemas.errors import TransportError
 from tests.unit.conftest import Clock
 from tests.unit.policy.cases import notification, one, referral
@@ -37,12 +37,12 @@ def encompass_delivery(settings: Settings) -> Delivery:
     )
 
 
-def sweep_for(settings: Settings, clock: Clock) -> tuple[OverdueSweep, ReplayStore, Metrics]:
-    replay = ReplayStore(None)
+async def sweep_for(settings: Settings, clock: Clock) -> tuple[OverdueSweep, SqliteStore, Metrics]:
+    store = SqliteStore(None)
     metrics = Metrics()
-    replay.record_delivery(encompass_delivery(settings))
+    await store.record_deliveries([encompass_delivery(settings)])
     transport = MemoryTransport()
-    return OverdueSweep(settings, replay, transport, metrics, clock), replay, metrics
+    return OverdueSweep(settings, store, transport, metrics, clock), store, metrics
 
 
 def test_encompass_deadline_is_the_start_of_the_next_school_day(settings: Settings) -> None:
@@ -94,7 +94,7 @@ async def test_unacknowledged_encompass_becomes_overdue_at_school_start_once(
     """At the start of the next school day one overdue event, one metric and one log line;
     later sweeps report nothing more."""
     clock = Clock(SCHOOL_START - timedelta(seconds=1))
-    sweep, replay, metrics = sweep_for(settings, clock)
+    sweep, store, metrics = await sweep_for(settings, clock)
     transport = sweep._transport
     assert isinstance(transport, MemoryTransport)
     assert await sweep.sweep() == []
@@ -124,32 +124,32 @@ async def test_unacknowledged_encompass_becomes_overdue_at_school_start_once(
     ]
     labels = {"purpose": "ENCOMPASS", "recipient": SCHOOL}
     assert metrics.registry.get_sample_value("cairn_overdue_disclosures_total", labels) == 1.0
-    assert [d.referral_id for d in replay.overdue()] == [reported[0].referral_id]
+    assert [d.referral_id for d in await store.overdue()] == [reported[0].referral_id]
 
 
 async def test_acknowledged_before_school_start_is_never_reported(settings: Settings) -> None:
     """A notice acknowledged before the deadline raises no event, metric or overdue entry."""
     clock = Clock(SCHOOL_START)
-    sweep, replay, metrics = sweep_for(settings, clock)
-    d = replay.open_deliveries()[0]
-    replay.remember_ack(d.referral_id, d.agency, SCHOOL_START - timedelta(minutes=10))
+    sweep, store, metrics = await sweep_for(settings, clock)
+    d = (await store.open_deliveries())[0]
+    await store.remember_ack(d.referral_id, d.agency, SCHOOL_START - timedelta(minutes=10))
     clock.advance(timedelta(days=2))
     assert await sweep.sweep() == []
     assert sweep._transport.published == 0  # type: ignore[attr-defined]
-    assert replay.overdue() == []
+    assert await store.overdue() == []
     assert metrics.registry.get_sample_value("cairn_overdue_disclosures_total") is None
 
 
 async def test_kafka_down_defers_the_report_without_losing_it(settings: Settings) -> None:
     """With Kafka unavailable the sweep fails and the delivery stays open for the next one."""
     clock = Clock(SCHOOL_START + timedelta(minutes=1))
-    sweep, replay, _metrics = sweep_for(settings, clock)
+    sweep, store, _metrics = await sweep_for(settings, clock)
     transport = sweep._transport
     assert isinstance(transport, MemoryTransport)
     transport.available = False
     with pytest.raises(TransportError):
         await sweep.sweep()
-    assert len(replay.open_deliveries()) == 1
+    assert len(await store.open_deliveries()) == 1
     transport.available = True
     assert len(await sweep.sweep()) == 1
-    assert replay.open_deliveries() == []
+    assert (await store.open_deliveries()) == []

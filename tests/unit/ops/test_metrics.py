@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.client import SubmissionRefused
 from broker.ops.metrics import STAGES, Metrics, code, ops_snapshot
-from broker.replay import ReplayStore
+from broker.state import SqliteStore
 from tests.samples import all_personal_values, sample
 from tests.unit.conftest import AgencyClient
 
@@ -104,13 +104,13 @@ def test_each_metrics_has_its_own_registry() -> None:
     assert b.registry.get_sample_value("cairn_referrals_received_total") == 0.0
 
 
-def test_ops_snapshot_is_json_ready_with_flows_and_overdue() -> None:
+async def test_ops_snapshot_is_json_ready_with_flows_and_overdue() -> None:
     """The snapshot lists flows with counts and the overdue list, and serialises as JSON."""
     metrics = Metrics()
     metrics.disclosures.labels(sender="kelder-police", recipient="kelder-idva", purpose="IDVA").inc(
         2
     )
-    snap = ops_snapshot(metrics, ReplayStore(None), kafka_ready=True)
+    snap = await ops_snapshot(metrics, SqliteStore(None), kafka_ready=True)
     json.dumps(snap)
     assert snap["flows"] == [
         {"sender": "kelder-police", "recipient": "kelder-idva", "purpose": "IDVA", "count": 2}

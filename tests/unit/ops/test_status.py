@@ -1,4 +1,4 @@
-"""``cairn status``: the ops picture parsed from /metrics and the replay store, as tables."""
+"""``cairn status``: the ops picture parsed from /metrics and the state store, as tables."""
 
 from __future__ import annotations
 
@@ -9,31 +9,43 @@ from rich.console import Console
 
 from broker.cli.status import Status, parse_metrics, read_store, render
 from broker.ops.metrics import Metrics
-from broker.replay import Delivery, ReplayStore
+from broker.state import Delivery, SqliteStore
 
 AT = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 
 
-def test_status_shows_flows_overdue_newest_first_and_health(tmp_path: Path) -> None:
+async def test_status_shows_flows_overdue_newest_first_and_health(tmp_path: Path) -> None:
     """Flows come from the metrics, overdue items from the store newest first, in one render."""
     metrics = Metrics()
     metrics.disclosures.labels(sender="kelder-police", recipient="kelder-idva", purpose="IDVA").inc(
         3
     )
-    path = tmp_path / "replay.sqlite"
-    store = ReplayStore(path)
+    path = tmp_path / "state.sqlite"
+    store = SqliteStore(path)
     for n, agency in enumerate(("kelder-marac", "kelder-idva")):
         rid = f"00000000-0000-0000-0000-00000000000{n}"
-        store.record_delivery(
-            Delivery(rid, agency, "MARAC", "kelder-police", AT, AT + timedelta(hours=1))
+        await store.record_deliveries(
+            [Delivery(rid, agency, "MARAC", "kelder-police", AT, AT + timedelta(hours=1))]
         )
-        store.mark_overdue(rid, agency, AT + timedelta(hours=2 + n))
-    store.close()
-    view = read_store(path, parse_metrics(metrics.render().decode(), Status()))
+        await store.mark_overdue(rid, agency, AT + timedelta(hours=2 + n))
+    await store.close()
+    view = await read_store(
+        SqliteStore(path, read_only=True), parse_metrics(metrics.render().decode(), Status())
+    )
     assert view.flows == {("kelder-police", "kelder-idva", "IDVA"): 3}
     assert [row[3] for row in view.overdue] == ["kelder-idva", "kelder-marac"]
+    assert view.health["state store"] == f"sqlite {path} (read-only)"
+    assert view.health["state store read"] == "read"
     console = Console(record=True, width=160)
     render(view, console)
     text = console.export_text()
     assert "kelder-idva" in text
     assert "Overdue disclosures" in text
+
+
+async def test_status_says_which_store_it_could_not_read(tmp_path: Path) -> None:
+    """A store that is not there is named in the health table, and nothing else breaks."""
+    view = await read_store(SqliteStore(tmp_path / "none.sqlite", read_only=True), Status())
+    assert view.health["state store"] == f"sqlite {tmp_path / 'none.sqlite'} (read-only)"
+    assert "does not exist" in view.health["state store read"]
+    assert view.overdue == []

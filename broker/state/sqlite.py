@@ -1,0 +1,552 @@
+"""The embedded state store: one SQLite file shared by every broker process on one machine.
+
+WAL journal (readers never wait for the writer), ``synchronous=FULL`` (a commit is on disk),
+and a busy timeout (``sqlite_busy_timeout_s``): the worker processes of one ``cairn serve
+--workers N``, or brokers started side by side on one state folder, take turns at the write
+lock instead of failing. A claim runs in ``BEGIN IMMEDIATE``, so its insert-or-read is atomic
+across processes. Each store runs its connection on one thread of its own, so a wait for the
+lock never blocks the event loop. ``SqliteStore(None)`` keeps everything in memory (unit tests).
+
+Times are ISO 8601 text in UTC with microseconds (fixed width, so text order is time order).
+The first open of a new file imports a legacy ``replay.sqlite`` beside it (the store before
+issue 13), so no delivery deadline or acknowledgement is lost in the upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from broker.state.records import (
+    Claimed,
+    ClaimState,
+    Delivery,
+    Fact,
+    Published,
+    Seen,
+    judge,
+    utc,
+)
+from schemas.errors import StateUnavailable
+
+__all__ = ["LEGACY_FILE", "STATE_FILE", "SqliteStore"]
+
+STATE_FILE: Final = "state.sqlite"  # under <state_dir>/broker/
+LEGACY_FILE: Final = "replay.sqlite"  # the pre-issue-13 replay store, imported once
+
+T = TypeVar("T")
+
+_VERSION: Final = 1  # PRAGMA user_version once the schema below exists
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS claims (
+        referral_id TEXT PRIMARY KEY,
+        digest      TEXT NOT NULL,
+        receipt     TEXT,
+        owner       TEXT,
+        claimed_at  TEXT NOT NULL,
+        first_seen  TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS claims_first_seen ON claims (first_seen)",
+    """CREATE TABLE IF NOT EXISTS heartbeats (
+        owner            TEXT PRIMARY KEY,
+        transactional_id TEXT NOT NULL,
+        beat_at          TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS acks (
+        referral_id TEXT NOT NULL,
+        agency      TEXT NOT NULL,
+        acked_at    TEXT NOT NULL,
+        PRIMARY KEY (referral_id, agency)
+    )""",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        referral_id  TEXT NOT NULL,
+        agency       TEXT NOT NULL,
+        purpose      TEXT NOT NULL,
+        sender       TEXT NOT NULL,
+        delivered_at TEXT NOT NULL,
+        due_at       TEXT,
+        overdue_at   TEXT,
+        PRIMARY KEY (referral_id, agency)
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (due_at) "
+    "WHERE due_at IS NOT NULL AND overdue_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS deliveries_overdue ON deliveries (overdue_at) "
+    "WHERE overdue_at IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS flow_facts (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        type       TEXT NOT NULL,
+        at         TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        recipient  TEXT NOT NULL,
+        sender     TEXT,
+        purpose    TEXT,
+        due_at     TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS flow_facts_at ON flow_facts (at)",
+    "CREATE INDEX IF NOT EXISTS flow_facts_pair ON flow_facts (message_id, recipient, type)",
+)
+
+_LEGACY_IMPORT: Final = (
+    "INSERT OR IGNORE INTO claims SELECT referral_id, digest, receipt, NULL, first_seen, "
+    "first_seen FROM legacy.seen",
+    "INSERT OR IGNORE INTO acks SELECT referral_id, agency, acked_at FROM legacy.acks",
+    "INSERT OR IGNORE INTO deliveries SELECT referral_id, agency, purpose, sender, "
+    "delivered_at, due_at, overdue_at FROM legacy.deliveries",
+)
+
+_DELIVERY_COLUMNS: Final = "referral_id, agency, purpose, sender, delivered_at, due_at, overdue_at"
+_CHUNK: Final = 500  # ids per IN (...) list, well inside SQLite's bound on parameters
+
+
+def _text(moment: datetime) -> str:
+    return utc(moment).isoformat(timespec="microseconds")
+
+
+def _opt_text(moment: datetime | None) -> str | None:
+    return None if moment is None else _text(moment)
+
+
+def _moment(value: str) -> datetime:
+    return utc(datetime.fromisoformat(value))
+
+
+def _opt_moment(value: str | None) -> datetime | None:
+    return None if value is None else _moment(value)
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        _moment(row[4]),
+        _opt_moment(row[5]),
+        _opt_moment(row[6]),
+    )
+
+
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that takes the lock first: other processes wait (busy timeout)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class SqliteStore:
+    """The state in one SQLite file (or in memory); see the module docstring."""
+
+    def __init__(
+        self, path: Path | None, *, busy_timeout_s: float = 10.0, read_only: bool = False
+    ) -> None:
+        """``path=None``: in memory only. ``read_only``: open an existing file read-only
+        (``cairn status``), never create or migrate it."""
+        self.path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._read_only = read_only
+        self._db: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def describe(self) -> str:
+        where = "memory" if self.path is None else str(self.path)
+        return f"sqlite {where}" + (" (read-only)" if self._read_only else "")
+
+    # --- the connection and its thread --------------------------------------------------
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError("the state store is closed")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cairn-state")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guarded, work)
+
+    def _guarded(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return work(self._connection())
+        except sqlite3.Error as exc:
+            raise StateUnavailable(
+                f"the state store ({self.describe()}) failed ({type(exc).__name__}); nothing "
+                "was sent: check the state folder's disk and permissions, then retry"
+            ) from None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        if self.path is None:
+            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        elif self._read_only:
+            if not self.path.is_file():
+                raise StateUnavailable(f"the state store {self.path} does not exist")
+            db = sqlite3.connect(
+                f"file:{self.path}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                timeout=self._busy_timeout_s,
+                check_same_thread=False,
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                str(self.path),
+                isolation_level=None,
+                timeout=self._busy_timeout_s,
+                check_same_thread=False,
+            )
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            if not self._read_only:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Create the schema once; BEGIN IMMEDIATE makes processes starting together take
+        turns, and the version check makes the later ones no-ops."""
+        legacy = None if self.path is None else self.path.with_name(LEGACY_FILE)
+        attached = False
+        if legacy is not None and legacy.is_file() and self._version(db) == 0:
+            db.execute("ATTACH DATABASE ? AS legacy", (str(legacy),))  # not inside a transaction
+            attached = True
+        try:
+            with _immediate(db):
+                version = self._version(db)
+                if version < _VERSION:
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    if version == 0 and attached:
+                        tables = {r[0] for r in db.execute("SELECT name FROM legacy.sqlite_master")}
+                        for statement, table in zip(
+                            _LEGACY_IMPORT, ("seen", "acks", "deliveries"), strict=True
+                        ):
+                            if table in tables:
+                                db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {_VERSION}")
+        finally:
+            if attached:
+                db.execute("DETACH DATABASE legacy")
+
+    @staticmethod
+    def _version(db: sqlite3.Connection) -> int:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    async def open(self) -> None:
+        await self._run(lambda _db: None)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        if self._executor is not None:
+
+            def shut(_db: sqlite3.Connection) -> None:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+            if self._db is not None:
+                await self._run(shut)
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        elif self._db is not None:
+            self._db.close()
+            self._db = None
+        self._closed = True
+
+    # --- claims ---------------------------------------------------------------------------
+
+    async def claim(
+        self, referral_id: str, digest: str, owner: str, now: datetime, lease: timedelta
+    ) -> Claimed:
+        at = _text(now)
+
+        def work(db: sqlite3.Connection) -> Claimed:
+            with _immediate(db):
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO claims VALUES (?, ?, NULL, ?, ?, ?)",
+                    (referral_id, digest, owner, at, at),
+                ).rowcount
+                row = None
+                if inserted != 1:
+                    row = db.execute(
+                        "SELECT c.owner, c.digest, c.receipt, h.beat_at FROM claims c "
+                        "LEFT JOIN heartbeats h ON h.owner = c.owner WHERE c.referral_id = ?",
+                        (referral_id,),
+                    ).fetchone()
+            if row is None:
+                return Claimed(ClaimState.NEW, None, owner, digest)
+            return judge(row[0], row[1], row[2], _opt_moment(row[3]), owner, utc(now), lease)
+
+        return await self._run(work)
+
+    async def take_over(
+        self,
+        referral_id: str,
+        old_owner: str,
+        new_owner: str,
+        now: datetime,
+        *,
+        digest: str | None = None,
+    ) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            return bool(
+                db.execute(
+                    "UPDATE claims SET owner = ?, claimed_at = ?, digest = COALESCE(?, digest) "
+                    "WHERE referral_id = ? AND owner IS ? AND receipt IS NULL",
+                    (new_owner, _text(now), digest, referral_id, old_owner),
+                ).rowcount
+                == 1
+            )
+
+        return await self._run(work)
+
+    async def published(self, items: Sequence[Published], owner: str, now: datetime) -> None:
+        if not items:
+            return
+        at = _text(now)
+
+        def work(db: sqlite3.Connection) -> None:
+            with _immediate(db):
+                db.executemany(
+                    "INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (referral_id) DO UPDATE SET digest = excluded.digest, "
+                    "receipt = excluded.receipt, owner = excluded.owner "
+                    "WHERE claims.receipt IS NULL",
+                    [(rid, digest, receipt, owner, at, at) for rid, digest, receipt in items],
+                )
+
+        await self._run(work)
+
+    async def release(self, referral_ids: Sequence[str], owner: str) -> None:
+        ids = list(referral_ids)
+
+        def work(db: sqlite3.Connection) -> None:
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    f"DELETE FROM claims WHERE referral_id IN ({marks}) "  # noqa: S608 - marks only
+                    "AND owner = ? AND receipt IS NULL",
+                    (*chunk, owner),
+                )
+
+        await self._run(work)
+
+    async def lookup(self, referral_id: str) -> Seen | None:
+        def work(db: sqlite3.Connection) -> Seen | None:
+            row = db.execute(
+                "SELECT digest, receipt FROM claims WHERE referral_id = ? AND receipt IS NOT NULL",
+                (referral_id,),
+            ).fetchone()
+            return None if row is None else Seen(row[0], row[1])
+
+        return await self._run(work)
+
+    async def heartbeat(self, owner: str, transactional_id: str, now: datetime) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO heartbeats VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE SET "
+                "transactional_id = excluded.transactional_id, beat_at = excluded.beat_at",
+                (owner, transactional_id, _text(now)),
+            )
+
+        await self._run(work)
+
+    async def holder(self, owner: str) -> tuple[str, datetime] | None:
+        def work(db: sqlite3.Connection) -> tuple[str, datetime] | None:
+            row = db.execute(
+                "SELECT transactional_id, beat_at FROM heartbeats WHERE owner = ?", (owner,)
+            ).fetchone()
+            return None if row is None else (row[0], _moment(row[1]))
+
+        return await self._run(work)
+
+    async def prune(self, now: datetime, window: timedelta) -> int:
+        before = _text(now - window)
+
+        def work(db: sqlite3.Connection) -> int:
+            with _immediate(db):
+                gone = db.execute("DELETE FROM claims WHERE first_seen < ?", (before,)).rowcount
+                db.execute("DELETE FROM flow_facts WHERE at < ?", (before,))
+                db.execute("DELETE FROM heartbeats WHERE beat_at < ?", (before,))
+            return int(gone)
+
+        return await self._run(work)
+
+    # --- acknowledgements -----------------------------------------------------------------
+
+    async def acknowledged(self, referral_id: str, agency: str) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT 1 FROM acks WHERE referral_id = ? AND agency = ?", (referral_id, agency)
+            ).fetchone()
+            return row is not None
+
+        return await self._run(work)
+
+    async def remember_ack(self, referral_id: str, agency: str, at: datetime) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO acks VALUES (?, ?, ?)", (referral_id, agency, _text(at))
+            )
+            return bool(cursor.rowcount == 1)
+
+        return await self._run(work)
+
+    async def acks(
+        self, referral_ids: Sequence[str] | None = None
+    ) -> dict[tuple[str, str], datetime]:
+        def work(db: sqlite3.Connection) -> dict[tuple[str, str], datetime]:
+            if referral_ids is None:
+                rows = db.execute("SELECT referral_id, agency, acked_at FROM acks").fetchall()
+            else:
+                rows = []
+                for chunk in _chunks(sorted(set(referral_ids))):
+                    marks = ",".join("?" * len(chunk))
+                    rows += db.execute(
+                        "SELECT referral_id, agency, acked_at FROM acks "  # noqa: S608 - marks only
+                        f"WHERE referral_id IN ({marks})",
+                        tuple(chunk),
+                    ).fetchall()
+            return {(r[0], r[1]): _moment(r[2]) for r in rows}
+
+        return await self._run(work)
+
+    # --- deliveries -----------------------------------------------------------------------
+
+    async def record_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        rows = [
+            (
+                d.referral_id,
+                d.agency,
+                d.purpose,
+                d.sender,
+                _text(d.delivered_at),
+                _opt_text(d.due_at),
+                _opt_text(d.overdue_at),
+            )
+            for d in deliveries
+        ]
+
+        def work(db: sqlite3.Connection) -> None:
+            with _immediate(db):
+                db.executemany(
+                    "INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                )
+
+        await self._run(work)
+
+    async def _deliveries(self, where: str, params: tuple[Any, ...] = ()) -> list[Delivery]:
+        def work(db: sqlite3.Connection) -> list[Delivery]:
+            rows = db.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries {where}",  # noqa: S608 - constants
+                params,
+            ).fetchall()
+            return [_delivery(r) for r in rows]
+
+        return await self._run(work)
+
+    async def open_deliveries(self) -> list[Delivery]:
+        return await self._deliveries(
+            "WHERE due_at IS NOT NULL AND overdue_at IS NULL ORDER BY due_at, referral_id, agency"
+        )
+
+    async def deliveries(self) -> list[Delivery]:
+        return await self._deliveries("ORDER BY delivered_at, referral_id, agency")
+
+    async def overdue(self, limit: int = 100) -> list[Delivery]:
+        return await self._deliveries(
+            "WHERE overdue_at IS NOT NULL ORDER BY overdue_at DESC, referral_id DESC, agency DESC "
+            "LIMIT ?",
+            (limit,),
+        )
+
+    async def delivery_counts(self) -> dict[tuple[str, str, str], int]:
+        def work(db: sqlite3.Connection) -> dict[tuple[str, str, str], int]:
+            rows = db.execute(
+                "SELECT sender, agency, purpose, COUNT(*) FROM deliveries "
+                "GROUP BY sender, agency, purpose"
+            ).fetchall()
+            return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+        return await self._run(work)
+
+    async def mark_overdue(self, referral_id: str, agency: str, at: datetime) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE deliveries SET overdue_at = ? "
+                "WHERE referral_id = ? AND agency = ? AND overdue_at IS NULL",
+                (_text(at), referral_id, agency),
+            )
+            return bool(cursor.rowcount == 1)
+
+        return await self._run(work)
+
+    # --- flow facts -----------------------------------------------------------------------
+
+    async def record_facts(self, facts: Sequence[Fact]) -> None:
+        if not facts:
+            return
+        rows = [
+            (
+                f.type,
+                _text(f.at),
+                f.message_id,
+                f.recipient,
+                f.sender,
+                f.purpose,
+                _opt_text(f.due_at),
+            )
+            for f in facts
+        ]
+
+        def work(db: sqlite3.Connection) -> None:
+            with _immediate(db):
+                db.executemany(
+                    "INSERT INTO flow_facts (type, at, message_id, recipient, sender, purpose, "
+                    "due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+        await self._run(work)
+
+    async def facts(self, since: datetime, limit: int) -> list[Fact]:
+        def work(db: sqlite3.Connection) -> list[Fact]:
+            rows = db.execute(
+                "SELECT f.type, f.at, f.message_id, f.recipient, f.sender, f.purpose, f.due_at, "
+                "EXISTS (SELECT 1 FROM flow_facts a WHERE a.message_id = f.message_id "
+                "AND a.recipient = f.recipient AND a.type = 'acknowledged') "
+                "FROM flow_facts f WHERE f.at >= ? AND f.type IN ('disclosed', 'refused') "
+                "ORDER BY f.at DESC, f.id DESC LIMIT ?",
+                (_text(since), limit),
+            ).fetchall()
+            return [
+                Fact(r[0], _moment(r[1]), r[2], r[3], r[4], r[5], _opt_moment(r[6]), bool(r[7]))
+                for r in rows
+            ]
+
+        return await self._run(work)
