@@ -89,6 +89,7 @@ RSS_EVERY_S = 0.5  # seconds between samples of the server's memory
 SOAK_EVERY_S = 60.0  # seconds between the soak's memory lines
 SOAK_FLAT_MIB = 8.0  # MiB: last minute within this (or SOAK_FLAT_SHARE) of the first is flat
 SOAK_FLAT_SHARE = 0.05
+OTHERS_WARN_SHARE = 0.25  # share of the machine's CPUs used by others from which a row is suspect
 PROFILE_TOP = 15  # functions listed by --profile
 RSS_TARGET_MIB = 300e6 / 2**20  # issue 13: broker RSS <= 300 MB
 PATHS = ("baseline-idem", "baseline-txn", "cairn")
@@ -1076,6 +1077,13 @@ def render(results: Sequence[Result], args: argparse.Namespace, sizes: Sizes, ka
             lines.append(
                 f"- note {r.spec.label}: its recipients fell behind the sender (e2e p50 far above "
                 "202 p50): that latency is queueing and grows with -n"
+            )
+        others = r.machine_busy - r.run_busy
+        if others > OTHERS_WARN_SHARE:
+            lines.append(
+                f"- WARNING {r.spec.label}: other work on the machine used {100 * others:.0f}% "
+                "of its CPUs during the phase, so this row's rates and latencies are mostly "
+                "what was left over; the CPU per referral still holds; rerun on a quiet machine"
             )
         if r.failures:
             lines.append(
