@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import ssl
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -21,6 +23,10 @@ from schemas.errors import CairnError
 from schemas.federation import Federation
 
 if TYPE_CHECKING:  # the commands import what they run lazily, so that the CLI starts quickly
+    from aiohttp import web
+
+    from broker.instance import Instance
+    from broker.ops.metrics import Metrics
     from broker.trust import TrustStore
     from keys import FileStore
 
@@ -85,37 +91,151 @@ def _service_trust(
 
 
 @cli.command()
-def serve() -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    metavar="N",
+    help="Worker processes serving the one port [default: CAIRN_BROKER_WORKERS, 1]. With N > 1 "
+    "this process binds the port (0: any free one, logged once), starts N workers, each a "
+    "whole broker with its own Kafka producers and transactional id, restarts one that dies, "
+    "and on SIGTERM has them drain; it exits 3 if a worker keeps failing to start. /metrics "
+    "from any worker shows all workers' counts.",
+)
+@click.option("--worker-index", type=click.IntRange(0, 63), default=None, hidden=True)
+@click.option("--listen-fd", type=int, multiple=True, hidden=True)
+@click.option("--control-fd", type=int, default=None, hidden=True)
+def serve(
+    workers: int | None,
+    worker_index: int | None,
+    listen_fd: tuple[int, ...],
+    control_fd: int | None,
+) -> None:
     """Run the broker over mutual TLS until SIGTERM (then it drains and flushes).
 
     Needs the federation's keys ('cairn keys init') and the key passphrase in
-    CAIRN_KEY_PASSPHRASE or CAIRN_KEY_PASSPHRASE_FILE.
+    CAIRN_KEY_PASSPHRASE or CAIRN_KEY_PASSPHRASE_FILE. Each broker process takes a
+    transactional id of its own, <CAIRN_TRANSACTIONAL_ID>.<host>.<slot>, with the lowest slot
+    no running broker on this host holds, so brokers side by side never fence each other.
     """
+    if worker_index is not None:
+        # A terminal's Ctrl-C reaches every process of the group: the supervisor decides.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    settings = _settings()
+    _logging(settings)
+    if worker_index is not None:
+        if control_fd is None or not listen_fd:
+            raise click.UsageError("--worker-index is for 'cairn serve --workers' only")
+        _serve_worker(settings, worker_index, listen_fd, control_fd)
+        return
+    count = workers if workers is not None else settings.broker_workers
+    if count == 1:
+        _run(_serve_one(settings))
+        return
+    from broker.web.workers import Supervisor
+
+    _run(_broker_app(settings))  # refuse to start here, once, on what every worker would
+    base = [sys.executable, "-m", "broker", "serve"]
+
+    def command(index: int, fds: Sequence[int], control: int) -> list[str]:
+        return [
+            *base,
+            "--worker-index",
+            str(index),
+            *[f"--listen-fd={fd}" for fd in fds],
+            f"--control-fd={control}",
+        ]
+
+    try:
+        code = _run(Supervisor(settings, count, command).run())
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {settings.http_host}:{settings.http_port}: {exc.strerror}"
+        ) from None
+    if code != 0:
+        raise SystemExit(code)
+
+
+async def _broker_app(
+    settings: Settings, metrics: Metrics | None = None, *, check_only: bool = True
+) -> tuple[web.Application, ssl.SSLContext] | None:
+    """The broker's app and TLS context; with ``check_only``, only refuse what it would."""
     from broker.federation import load_federation
     from broker.kafka.transport import KafkaTransport
     from broker.web.app import create_app
-    from broker.web.app import serve as serve_app
     from keys import BROKER_ID, FileStore, passphrase_from_env, server_context
 
-    settings = _settings()
-    _logging(settings)
+    federation = load_federation(settings.federation_dir)
+    store = FileStore(settings.keys_path)
+    passphrase = passphrase_from_env()
+    trust = _service_trust(settings, store, passphrase, member_id=BROKER_ID, room="broker")
+    trust.registry()  # refuse to start on an untrusted registry
+    trust.signing_key()
+    if check_only:
+        return None
+    app = create_app(
+        settings,
+        federation,
+        KafkaTransport(settings),
+        trust,
+        consume_receipts=True,
+        dashboard=True,
+        metrics=metrics,
+    )
+    return app, server_context(store, passphrase)
+
+
+def _instance_settings(settings: Settings, worker: int | None) -> tuple[Instance, Settings]:
+    from broker.instance import acquire_instance
+
+    try:
+        instance = acquire_instance(settings, worker)
+    except CairnError as exc:
+        raise click.ClickException(str(exc)) from None
+    return instance, settings.model_copy(update={"transactional_id": instance.transactional_id})
+
+
+async def _serve_one(settings: Settings) -> None:
+    from broker.web.app import serve as serve_app
+
+    instance, settings = _instance_settings(settings, None)
+    with instance:
+        built = await _broker_app(settings, check_only=False)
+        assert built is not None
+        app, context = built
+        await serve_app(app, settings, context)
+
+
+def _serve_worker(
+    settings: Settings, index: int, listen_fds: Sequence[int], control_fd: int
+) -> None:
+    import socket
+
+    import structlog
+
+    from broker.ops.metrics import Metrics
+    from broker.web.workers import label_logs, run_worker
+
+    label_logs(index)
+    instance, settings = _instance_settings(settings, index)
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        raise click.UsageError("a worker needs PROMETHEUS_MULTIPROC_DIR from its supervisor")
+    structlog.get_logger(__name__).info(
+        "broker.worker_started",
+        pid=os.getpid(),
+        instance=instance.name,
+        transactional_id=instance.transactional_id,
+    )
+    sockets = [socket.socket(fileno=fd) for fd in listen_fds]
+    control = socket.socket(fileno=control_fd)
 
     async def main() -> None:
-        federation = load_federation(settings.federation_dir)
-        store = FileStore(settings.keys_path)
-        passphrase = passphrase_from_env()
-        trust = _service_trust(settings, store, passphrase, member_id=BROKER_ID, room="broker")
-        trust.registry()  # refuse to start on an untrusted registry
-        trust.signing_key()
-        app = create_app(
-            settings,
-            federation,
-            KafkaTransport(settings),
-            trust,
-            consume_receipts=True,
-            dashboard=True,
-        )
-        await serve_app(app, settings, server_context(store, passphrase))
+        with instance:
+            built = await _broker_app(settings, Metrics(Path(folder)), check_only=False)
+            assert built is not None
+            app, context = built
+            await run_worker(app, settings, context, sockets, control)
 
     _run(main())
 

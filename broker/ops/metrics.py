@@ -17,6 +17,15 @@ negative once it has ended), and once a day the log line ``calendar.running_out`
 ``calendar_warn_days`` before the end, ``calendar.ended`` after it (deadlines then follow the
 conservative rule), or ``calendar.no_term_dates``.
 
+Under ``cairn serve --workers N`` every worker is a process of its own, so its instruments
+live in prometheus-client's multiprocess mode (``Metrics(multiprocess_dir=...)``: the
+supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before a worker imports prometheus-client) and
+``GET /metrics`` from any worker shows every worker's counters and histograms summed
+(``MultiProcessCollector``), a dead worker's counts included. The figures ``_OpsCollector``
+computes when scraped (checkpoint age, calendar, Kafka lag) are facts about the deployment,
+not counts: they are added once, from the worker that answers, never summed. A gauge added
+to ``Metrics`` must name its ``multiprocess_mode``.
+
 ``CountingTransport`` wraps any transport to count produce errors and retries.
 ``ops_snapshot`` gives the same picture as a JSON-ready dict for the dashboard and
 ``cairn status``.
@@ -38,8 +47,9 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from broker.config import Settings
@@ -78,9 +88,18 @@ def code(value: object) -> str:
 
 
 class Metrics:
-    """The registry and its collectors; attributes are the instruments the broker updates."""
+    """The registry and its collectors; attributes are the instruments the broker updates.
 
-    def __init__(self) -> None:
+    With ``multiprocess_dir`` (a worker of ``cairn serve --workers``), ``exposed`` sums every
+    worker's files in that folder; see the module docstring.
+    """
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        if multiprocess_dir is not None and not getattr(values.ValueClass, "_multiprocess", False):
+            raise RuntimeError(
+                "multiprocess metrics need PROMETHEUS_MULTIPROC_DIR set before prometheus_client "
+                "is imported"
+            )
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter(
@@ -171,6 +190,14 @@ class Metrics:
         r.register(_OpsCollector(self))
         for stage in STAGES:  # every stage is exposed from the start, at zero
             self.stage_seconds.labels(stage=stage)
+        self.multiprocess_dir = multiprocess_dir
+        self.exposed = r  # what /metrics, the ops view and `cairn status` read
+        if multiprocess_dir is not None:
+            self.exposed = CollectorRegistry(auto_describe=False)
+            folder = str(multiprocess_dir)
+            # prometheus-client leaves this constructor unannotated
+            MultiProcessCollector(self.exposed, folder)  # type: ignore[no-untyped-call]
+            self.exposed.register(_OpsCollector(self))  # once: these figures are not counts
 
     def dead_letter(self, consumer: str, reason: str) -> None:
         """Count one dead letter (``broker.kafka.consumer.CountDeadLetter``)."""
@@ -186,8 +213,8 @@ class Metrics:
             self.stage_seconds.labels(stage=code(name)).observe(time.perf_counter() - start)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of this registry."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of ``exposed`` (every worker's, summed)."""
+        return generate_latest(self.exposed)
 
     def checkpoint_age_s(self, now: float | None = None) -> float | None:
         """Seconds since the auditor last wrote a checkpoint, or None if it never has."""
@@ -538,7 +565,7 @@ async def ops_snapshot(
 
 def _samples(metrics: Metrics, name: str, arity: int) -> list[tuple[tuple[str, ...], float]]:
     out = []
-    for family in metrics.registry.collect():
+    for family in metrics.exposed.collect():
         for s in family.samples:
             if s.name == name:
                 labels = tuple(s.labels.values())
@@ -548,4 +575,4 @@ def _samples(metrics: Metrics, name: str, arity: int) -> list[tuple[tuple[str, .
 
 
 def _value(metrics: Metrics, name: str) -> float:
-    return metrics.registry.get_sample_value(name) or 0.0
+    return metrics.exposed.get_sample_value(name) or 0.0

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -229,16 +230,24 @@ async def serve(
     ssl_context: ssl.SSLContext | None,
     *,
     started: asyncio.Event | None = None,
+    sockets: Sequence[socket.socket] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight requests and flush the producer.
 
-    Connections are bounded in time and number as ``broker.web.server`` describes.
+    Connections are bounded in time and number as ``broker.web.server`` describes. A worker
+    of ``cairn serve --workers`` passes the ``sockets`` its supervisor bound and its own
+    ``stop`` (then no signal handler is installed here, and the supervisor logs the port).
     """
-    server = await start_server(app, settings, ssl_context, metrics=app.get(METRICS))
-    log.info("broker.listening", host=settings.http_host, port=server.port)
-    stop = asyncio.Event()
+    server = await start_server(
+        app, settings, ssl_context, metrics=app.get(METRICS), sockets=sockets
+    )
+    if sockets is None:
+        log.info("broker.listening", host=settings.http_host, port=server.port)
+    signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
+    stop = asyncio.Event() if stop is None else stop
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     if started is not None:
         started.set()
@@ -246,6 +255,6 @@ async def serve(
         await stop.wait()
         log.info("broker.draining", timeout_s=settings.shutdown_timeout_s)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
         await server.close()

@@ -51,6 +51,7 @@ import contextvars
 import socket
 import ssl
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -67,7 +68,7 @@ from keys import peer_agency
 from keys.errors import VerificationError as KeyVerificationError
 from schemas.errors import RequestTimeout
 
-__all__ = ["CutReason", "Listening", "ServerLimits", "start_server"]
+__all__ = ["CutReason", "Listening", "ServerLimits", "bind_sockets", "start_server"]
 
 log = structlog.get_logger(__name__)
 
@@ -422,8 +423,12 @@ class Listening:
                 connection.release()
 
 
-def _bind(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets on every address of ``host`` (all on one port, even for port 0)."""
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host`` (all on one port, even for port 0).
+
+    ``cairn serve --workers`` binds them once in the supervisor and hands them to each worker
+    (``start_server(sockets=...)``), so that every worker accepts from one queue.
+    """
     sockets: list[socket.socket] = []
     seen: set[tuple[int, str | int]] = set()
     try:
@@ -457,11 +462,14 @@ async def start_server(
     ssl_context: ssl.SSLContext | None,
     *,
     metrics: Metrics | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> Listening:
     """Serve ``app`` on ``settings.http_host``/``http_port`` within the settings' bounds.
 
-    ``metrics`` receives the cut-off counts (the broker's; the auditor has none). Call
-    ``close()`` on the result to stop: in-flight requests get ``shutdown_timeout_s``.
+    ``metrics`` receives the cut-off counts (the broker's; the auditor has none). ``sockets``
+    are listening sockets bound already (``bind_sockets``), used instead of binding; the
+    limits then count this process's connections. Call ``close()`` on the result to stop:
+    in-flight requests get ``shutdown_timeout_s``.
     """
     limits = ServerLimits.from_settings(settings)
     guard = _Guard(limits, metrics)
@@ -506,9 +514,13 @@ async def start_server(
 
     server.request_factory = request_factory
     server.request_handler = request_handler
+    if sockets is not None:
+        for sock in sockets:
+            sock.setblocking(False)
+        return Listening(runner, guard, list(sockets), ssl_context)
     try:
-        sockets = _bind(settings.http_host, settings.http_port)
+        bound = bind_sockets(settings.http_host, settings.http_port)
     except BaseException:
         await runner.cleanup()
         raise
-    return Listening(runner, guard, sockets, ssl_context)
+    return Listening(runner, guard, bound, ssl_context)
