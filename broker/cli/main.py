@@ -157,9 +157,14 @@ def serve(
 
 
 async def _broker_app(
-    settings: Settings, metrics: Metrics | None = None, *, check_only: bool = True
+    settings: Settings,
+    metrics: Metrics | None = None,
+    *,
+    check_only: bool = True,
+    worker: int | None = None,
 ) -> tuple[web.Application, ssl.SSLContext] | None:
-    """The broker's app and TLS context; with ``check_only``, only refuse what it would."""
+    """The broker's app and TLS context; with ``check_only``, only refuse what it would.
+    Of several workers only the first (``worker`` 0) runs the overdue sweep."""
     from broker.federation import load_federation
     from broker.kafka.transport import KafkaTransport
     from broker.web.app import create_app
@@ -181,6 +186,7 @@ async def _broker_app(
         consume_receipts=True,
         dashboard=True,
         metrics=metrics,
+        sweep_overdue=worker in (None, 0),
     )
     return app, server_context(store, passphrase)
 
@@ -232,7 +238,8 @@ def _serve_worker(
 
     async def main() -> None:
         with instance:
-            built = await _broker_app(settings, Metrics(Path(folder)), check_only=False)
+            metrics = Metrics(Path(folder))
+            built = await _broker_app(settings, metrics, check_only=False, worker=index)
             assert built is not None
             app, context = built
             await run_worker(app, settings, context, sockets, control)

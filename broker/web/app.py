@@ -143,12 +143,15 @@ def create_app(
     agreements: tuple[Agreement, ...] | None = None,
     calendar: SchoolCalendar | None = None,
     metrics: Metrics | None = None,
+    sweep_overdue: bool = True,
 ) -> web.Application:
     """The broker application; the transport is started and stopped with the app.
 
     With ``consume_receipts`` the app also runs the loop that audits recipients'
-    acknowledgements (``broker.receipts``) and the overdue sweep (``broker.ops.overdue``),
-    started after the transport and stopped before it.
+    acknowledgements (``broker.receipts``) and, unless ``sweep_overdue`` is False, the overdue
+    sweep (``broker.ops.overdue``), started after the transport and stopped before it. Of
+    ``cairn serve --workers``' workers only the first sweeps: sweeps at the same moment would
+    each publish the same ``overdue`` events.
     With ``dashboard`` it serves the ops view at /ui/ (broker.web.dashboard). Sharing agreements
     and the school calendar are read from the federation folder unless given. The state store
     is the one the settings name (``broker.state.store_for``) unless given; it is opened before
@@ -205,8 +208,9 @@ def create_app(
         if consume_receipts:
             loop = ReceiptsLoop(settings, trust, store, transport, clock, metrics=metrics)
             tasks.append(asyncio.create_task(loop.run(stop)))
-            sweep = OverdueSweep(settings, store, transport, metrics, clock)
-            tasks.append(asyncio.create_task(sweep.run(stop)))
+            if sweep_overdue:
+                sweep = OverdueSweep(settings, store, transport, metrics, clock)
+                tasks.append(asyncio.create_task(sweep.run(stop)))
         yield
         # Runs after in-flight requests have drained: stop the receipts loop, the overdue
         # sweep and the calendar watch, then flush and close the producer.

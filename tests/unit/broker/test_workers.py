@@ -10,12 +10,19 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from aiohttp.test_utils import TestServer
 
+import broker.web.app as app_module
 import broker.web.workers as workers_module
 from broker.config import Settings
+from broker.kafka.transport import MemoryTransport
+from broker.state import SqliteStore
 from broker.web.workers import METRICS_DIR, WORKERS_FAILING, Supervisor
+from schemas.federation import Federation
+from tests.conftest import FederationKeys
 
 # A stand-in worker: it behaves as FAKE_MODE says, and notes each start in FAKE_LOG.
 # serve: say "serving", answer each connection with "<index> <pid>" (after FAKE_HOLD_S), exit
@@ -210,3 +217,58 @@ async def test_a_port_in_use_is_an_error_before_any_worker_starts(tmp_path: Path
         with pytest.raises(OSError, match="in use"):
             await supervisor.run(asyncio.Event())
     assert _starts(tmp_path) == []
+
+
+class _Recorded:
+    """Stands in for the receipts loop and the overdue sweep; notes that it was started."""
+
+    started: ClassVar[list[str]] = []
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        pass
+
+    async def run(self, stop: asyncio.Event) -> None:
+        _Recorded.started.append(type(self).__name__)
+        await stop.wait()
+
+
+class _Receipts(_Recorded):
+    pass
+
+
+class _Sweep(_Recorded):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("sweep", "started"), [(True, ["_Receipts", "_Sweep"]), (False, ["_Receipts"])]
+)
+async def test_only_an_app_told_to_sweep_runs_the_overdue_sweep(
+    settings: Settings,
+    federation: Federation,
+    federation_keys: FederationKeys,
+    monkeypatch: pytest.MonkeyPatch,
+    sweep: bool,
+    started: list[str],
+) -> None:
+    """Every worker follows the receipts; only the first sweeps (two sweeps would both
+    publish the same overdue events)."""
+    monkeypatch.setattr(app_module, "ReceiptsLoop", _Receipts)
+    monkeypatch.setattr(app_module, "OverdueSweep", _Sweep)
+    monkeypatch.setattr(_Recorded, "started", [])
+    app = app_module.create_app(
+        settings,
+        federation,
+        MemoryTransport(),
+        federation_keys.trust(),
+        store=SqliteStore(None),
+        consume_receipts=True,
+        sweep_overdue=sweep,
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        await _until(lambda: len(_Recorded.started) == len(started), 5)
+    finally:
+        await server.close()
+    assert sorted(_Recorded.started) == started
