@@ -661,14 +661,18 @@ class Run:
             await load.command(f"run measure {args.count} {expected_s} {args.rate or 0}")
             if args.profile and spec.path == "cairn":
                 await asyncio.wait_for(phase.begun.wait(), READY_TIMEOUT_S)
-                profiler = await start_profiler(server.pid, raw, self.folder)
+                profiler = await start_profiler(
+                    server.pid, raw, self.folder, gil=args.profile == "gil"
+                )
             await self.wait_for(phase, children)
         finally:
             rss_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await rss_task
             if profiler is not None:
-                result.profile = await stop_profiler(profiler, raw, self.folder)
+                result.profile = await stop_profiler(
+                    profiler, raw, self.folder, gil=args.profile == "gil"
+                )
         result.count = phase.count
         result.delivered = phase.delivered
         result.failures = dict(phase.failures)
@@ -738,11 +742,14 @@ def py_spy() -> str:
     return found
 
 
-async def start_profiler(pid: int, raw: Path, folder: Path) -> asyncio.subprocess.Process:
+async def start_profiler(
+    pid: int, raw: Path, folder: Path, *, gil: bool
+) -> asyncio.subprocess.Process:
     with (folder / "py-spy.stderr").open("wb") as err:
         return await asyncio.create_subprocess_exec(
             py_spy(),
             "record",
+            *(["--gil"] if gil else []),
             "--pid",
             str(pid),
             "--subprocesses",
@@ -757,7 +764,9 @@ async def start_profiler(pid: int, raw: Path, folder: Path) -> asyncio.subproces
         )
 
 
-async def stop_profiler(proc: asyncio.subprocess.Process, raw: Path, folder: Path) -> list[str]:
+async def stop_profiler(
+    proc: asyncio.subprocess.Process, raw: Path, folder: Path, *, gil: bool
+) -> list[str]:
     """Stop py-spy as Ctrl-C does (it writes its file then) and fold its samples."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -767,14 +776,14 @@ async def stop_profiler(proc: asyncio.subprocess.Process, raw: Path, folder: Pat
         except TimeoutError:
             proc.kill()
             await proc.wait()
-    return fold_profile(raw, folder)
+    return fold_profile(raw, folder, gil=gil)
 
 
-def fold_profile(raw: Path, folder: Path) -> list[str]:
+def fold_profile(raw: Path, folder: Path, *, gil: bool) -> list[str]:
     if not raw.is_file():
         log = (folder / "py-spy.stderr").read_text(encoding="utf-8", errors="replace")
         return [f"WARNING py-spy wrote no profile: {' | '.join(log.strip().splitlines()[-5:])}"]
-    return hotspots.render(raw, PROFILE_TOP)
+    return hotspots.render(raw, PROFILE_TOP, gil=gil)
 
 
 # --- setup and cleanup --------------------------------------------------------------------------
@@ -1203,8 +1212,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile",
-        action="store_true",
-        help=f"run the broker under py-spy and print its top {PROFILE_TOP} functions by own time",
+        nargs="?",
+        const="threads",
+        choices=("threads", "gil"),
+        default=None,
+        help=f"run the broker under py-spy and print its top {PROFILE_TOP} functions by own "
+        "time: threads (default) samples every thread that is not idle, gil only those holding "
+        "the GIL (the interpreter's CPU-bound share)",
     )
     parser.add_argument(
         "--bootstrap",
