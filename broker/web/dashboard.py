@@ -143,14 +143,14 @@ class TappedTransport:
             # Kafka has committed: the submission stands; the ops view misses these facts.
             log.warning("dashboard.facts_not_recorded", error=type(exc).__name__, facts=len(facts))
 
+    def publisher_id(self) -> str:
+        return self.inner.publisher_id()
+
     async def ready(self) -> bool:
         return await self.inner.ready()
 
     async def health(self) -> str:
         return await self.inner.health()
-
-    def publisher_id(self) -> str:
-        return self.inner.publisher_id()
 
 
 class StoreOpsSource:
@@ -332,8 +332,9 @@ def dlq_counter(settings: Settings) -> Callable[[], Awaitable[int]]:
 
     async def count() -> int:
         consumer = AIOKafkaConsumer(**kafka_options(settings))
-        await asyncio.wait_for(consumer.start(), settings.kafka_connect_timeout_s)
         try:
+            # Inside the try: a start that fails or times out still closes the consumer.
+            await asyncio.wait_for(consumer.start(), settings.kafka_connect_timeout_s)
             await consumer.topics()  # refresh metadata so the topic's partitions are known
             tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
             if not tps:
