@@ -175,7 +175,12 @@ class Supervisor:
         deaths = 0  # in a row, each within worker_restart_max_s of its start
         while not self._stopping.is_set():
             started_at = loop.time()
-            process = await self._spawn(worker, listeners)
+            try:
+                process = await self._spawn(worker, listeners)
+            except OSError as exc:  # no process at all (out of processes or files, say)
+                log.error("broker.worker_spawn_failed", worker=worker.index, error=exc.strerror)
+                self._failing = worker.index
+                return
             ready = await self._until_ready(worker, process)
             if self._stopping.is_set() and process.returncode is None:
                 return  # _stop_all stops it

@@ -208,6 +208,19 @@ async def test_a_worker_that_will_not_stop_is_killed_and_the_exit_is_not_clean(
     assert all(_gone(pid) for pid in pids)
 
 
+async def test_a_worker_that_cannot_be_started_at_all_is_given_up_on(tmp_path: Path) -> None:
+    """No process (here: no such program) is a failed start at once; the others are stopped."""
+    settings = Settings(state_dir=tmp_path / "state", http_host="127.0.0.1", http_port=0)
+
+    def command(index: int, fds: Sequence[int], control: int) -> list[str]:
+        return [str(tmp_path / "no-such-program")] if index == 1 else _command(index, fds, control)
+
+    env = {**os.environ, "FAKE_MODE": "serve", "FAKE_LOG": str(tmp_path / "starts.log")}
+    supervisor = Supervisor(settings, 2, command, env=env)
+    assert await asyncio.wait_for(supervisor.run(asyncio.Event()), 30) == WORKERS_FAILING
+    assert all(_gone(int(pid)) for _i, pid, _d in _starts(tmp_path))
+
+
 async def test_a_port_in_use_is_an_error_before_any_worker_starts(tmp_path: Path) -> None:
     """Binding happens once, in the supervisor: a port in use raises and starts nothing."""
     with socket.socket() as taken:
