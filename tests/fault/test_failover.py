@@ -2,14 +2,18 @@
 
 Measured from outside, through the public behaviour only (HTTP answers and what the topics
 hold), so that it holds whatever the broker does inside: on a three-node local Kafka cluster
-(KRaft, replication 3, ``min.insync.replicas`` 2; tests/kafka_support.py ``LocalCluster``) a
-real ``cairn serve`` process with the development federation takes 2,000 distinct signed
-referrals from a retrying client (tests/fault/retrying.py), 16 in flight, which re-sends the
-same bytes after a 503 until it gets 200 or 202. Once a quarter of them are accepted, the node
-leading the audit topic's only partition is SIGKILLed: every referral's transaction writes to
-that partition, so the kill interrupts all of them at once, wherever the other leaders (the
-delivery partitions', the transaction coordinators') happen to be. Once the broker has accepted
-another quarter on the two nodes left, the node is started again and the run goes on.
+(KRaft; tests/kafka_support.py ``LocalCluster``), where ``cairn topics create`` must have made
+every topic with 3 replicas and ``min.insync.replicas`` 2, a real ``cairn serve`` process with
+the development federation takes 2,000 distinct signed referrals from a retrying client
+(tests/fault/retrying.py), 16 in flight, which re-sends the same bytes after a 503 until it
+gets 200 or 202. The broker's ``publish_timeout_s`` is 4 s, shorter than the 7-8 s Kafka takes
+to fence a dead node and elect new leaders, so that the submissions caught in the failover are
+answered 503, some of them while their commit is in flight, and retried. Once a quarter of
+them are accepted, the node leading the audit topic's only partition is SIGKILLed: every
+referral's transaction writes to that partition, so the kill interrupts all of them at once,
+wherever the other leaders (the delivery partitions', the transaction coordinators') happen to
+be. Once the broker has accepted another quarter on the two nodes left, the node is started
+again and the run goes on.
 
 Then every delivery topic and the audit topic are read read_committed to their ends: each
 accepted referral reaches each recipient its receipt says was queued exactly once (nothing
@@ -34,7 +38,9 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from broker.kafka.topics import federation_topics
 from broker.kafka.transport import Record
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
@@ -50,6 +56,7 @@ RESTART_AFTER = REFERRALS // 4  # ... and accepted after the kill when it is sta
 RECOVERY_LIMIT_S = 120.0  # seconds the broker has to accept RESTART_AFTER more on two nodes
 RUN_TIMEOUT_S = 300.0  # seconds for the whole run
 PUBLISH_TIMEOUT_S = 4.0  # seconds the broker waits for Kafka before it answers 503
+TOPIC_CONFIG = 1  # DescribeConfigs' config_source of a value set on the topic itself
 ACCEPTABLE = frozenset({"200", "202", "503"})  # what any one try may be answered
 
 
@@ -78,6 +85,31 @@ async def leaders(bootstrap: str, topics: list[str]) -> dict[str, dict[int, int]
         t["topic"]: {p["partition"]: p["leader"] for p in t["partitions"]}
         for t in described
         if t["error_code"] == 0
+    }
+
+
+async def replication(bootstrap: str, topics: list[str]) -> dict[str, tuple[int, str | None]]:
+    """topic -> (the fewest replicas any of its partitions has, its min.insync.replicas if set
+    on the topic itself rather than inherited)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await asyncio.wait_for(admin.start(), 30)
+    try:
+        described = await admin.describe_topics(topics)
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+        )
+    finally:
+        await admin.close()
+    insync: dict[str, str | None] = {}
+    for response in responses:
+        for _error, _message, _type, name, entries, *_ in response.resources:
+            insync[name] = next(
+                (e[1] for e in entries if e[0] == "min.insync.replicas" and e[3] == TOPIC_CONFIG),
+                None,
+            )
+    return {
+        t["topic"]: (min(len(p["replicas"]) for p in t["partitions"]), insync.get(t["topic"]))
+        for t in described
     }
 
 
@@ -229,6 +261,9 @@ async def test_a_kafka_node_killed_under_load_loses_nothing_and_answers_only_202
     run = failover_run
     created = cairn_run(run.env("topics"), "topics", "create")
     assert created.returncode == 0, created.stderr[-2000:]
+    names = [t.name for t in federation_topics(federation, run.prefix)]
+    layout = await replication(run.cluster.bootstrap, names)
+    assert layout == dict.fromkeys(names, (3, "2")), f"(replicas, min.insync.replicas): {layout}"
     broker = run.broker()
     broker.start()
     assert await broker.wait_ready(), broker.tail()
