@@ -666,6 +666,9 @@ class Run:
                 )
             await self.wait_for(phase, children)
         finally:
+            if phase.complete.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(rss_task), 2 * RSS_EVERY_S)
             rss_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await rss_task
@@ -698,12 +701,19 @@ class Run:
         start = time.monotonic()
         next_line = start + SOAK_EVERY_S
         result.rss_start_mib = result.rss_peak_mib = sum(server_rss(pids))
-        while not phase.complete.is_set():
-            await asyncio.sleep(RSS_EVERY_S)
+        done = False
+        while not done:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(phase.complete.wait(), RSS_EVERY_S)
+            done = phase.complete.is_set()
             each = server_rss(pids)
             now_mib = sum(each)
             result.rss_peak_mib = max(result.rss_peak_mib, now_mib)
-            if self.args.soak and time.monotonic() >= next_line:
+            # With --soak, a line a minute, and one at the end unless the last was just now.
+            due = time.monotonic() >= next_line or (
+                done and time.monotonic() >= next_line - SOAK_EVERY_S + SOAK_EVERY_S / 4
+            )
+            if self.args.soak and due:
                 minute = round((time.monotonic() - start) / 60, 1)
                 result.soak_rss.append((minute, round(now_mib, 1)))
                 parts = " + ".join(f"{m:.1f}" for m in each)
