@@ -262,6 +262,17 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _lease_outlasts_a_publish(self) -> Settings:
+        if self.claim_lease_s < 2 * self.publish_timeout_s:
+            raise ValueError(
+                f"claim_lease_s ({self.claim_lease_s:g}) must be at least twice "
+                f"publish_timeout_s ({self.publish_timeout_s:g}): a broker's claim of a "
+                "referral id must outlast its publish, or another broker would settle it "
+                "while it is still being published"
+            )
+        return self
+
     @property
     def min_insync_replicas(self) -> int:
         """``min.insync.replicas`` for the topics Cairn creates: the setting, or the replication

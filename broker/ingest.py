@@ -8,6 +8,7 @@ has been committed to Kafka; only then is its referral id remembered as used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import structlog
 from broker.config import Settings
 from broker.envelope import seal
 from broker.kafka.ledger import AlreadyPublished, Claim, LedgerEntry
-from broker.kafka.transport import Transport
+from broker.kafka.transport import OutcomeUnknown, Transport
 from broker.ops.metrics import Metrics, code
 from broker.policy.agreements import Agreement
 from broker.policy.calendar import WEEKDAYS, SchoolCalendar
@@ -26,14 +27,20 @@ from broker.policy.deadlines import deadline_for
 from broker.policy.decide import decide
 from broker.policy.decision import Decision, Routing, routing
 from broker.receipts import audit_record
-from broker.state import Delivery, StateStore
+from broker.state import ClaimState, Delivery, StateStore
 from broker.trust import TrustStore
 from keys import Registry, verify_referral
 from keys import VerificationError as KeyVerificationError
 from keys.jose import HeaderBounds
 from schemas.audit import submission_events
 from schemas.encompass import EncompassNotification
-from schemas.errors import ReplayError, SenderMismatch, SigningUnavailable, UnknownSender
+from schemas.errors import (
+    ReplayError,
+    SenderMismatch,
+    SigningUnavailable,
+    TransportError,
+    UnknownSender,
+)
 from schemas.federation import Federation
 from schemas.receipt import Receipt, RecipientReceipt, RecipientStatus
 from schemas.referral import Referral
@@ -42,6 +49,9 @@ from schemas.submission import check_not_future, decode_submission
 __all__ = ["Outcome", "Pipeline"]
 
 log = structlog.get_logger(__name__)
+
+_MAX_CLAIM_ROUNDS = 1000  # claim attempts per submission (the deadline usually ends it first)
+_BUSY_POLL_S = 0.05  # seconds between looks at a claim another broker is publishing
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class Pipeline:
     _locks: dict[str, tuple[asyncio.Lock, int]] = field(
         default_factory=dict, init=False, repr=False
     )
+    _beat_at: float = field(default=float("-inf"), init=False, repr=False)
 
     async def submit(self, body: bytes, *, sender: str, request_id: str) -> Outcome:
         """Run every stage for one signed submission from the TLS-authenticated ``sender``."""
@@ -101,37 +112,122 @@ class Pipeline:
                 f"the message names '{route.sender}' as sender but was sent and "
                 f"signed by '{sender}'"
             )
-        # 3 replay: the id is single-use; an identical resubmission gets its first receipt.
-        #   The local store answers the common retry fast; the ledger in Kafka is what every
-        #   broker consults, in the transaction that would publish (broker.kafka.ledger).
+        # 3 replay: the id is single-use across every broker. The shared store's claim says
+        #   whether it is new, published (an identical resubmission gets its first receipt),
+        #   being published by another broker (wait for it), or left unsettled by a broker that
+        #   died or lost Kafka's answer (settle it against Kafka's ledger, broker.kafka.ledger).
         digest = hashlib.sha256(payload).hexdigest()
-        owner = self.settings.transactional_id
         lock, users = self._locks.get(referral_id, (asyncio.Lock(), 0))
         self._locks[referral_id] = (lock, users + 1)
         try:
             async with lock:
-                seen = await self.store.lookup(referral_id)
-                if seen is not None:
-                    return self._replayed(referral_id, digest, seen.digest, seen.receipt)
-                try:
-                    receipt = await self._deliver(message, route, registry, request_id, now, digest)
-                except AlreadyPublished as exc:
-                    # Published before, by us before a crash or by another broker.
-                    entry = LedgerEntry.decode(exc.value)
-                    await self.store.published(
-                        [(referral_id, entry.digest, entry.receipt)], owner, now
-                    )
-                    return self._replayed(referral_id, digest, entry.digest, entry.receipt)
-                await self.store.published(
-                    [(referral_id, digest, receipt.model_dump_json())], owner, now
-                )
-                return Outcome(receipt, replayed=False)
+                return await self._claimed(message, route, registry, request_id, now, digest)
         finally:
             lock, users = self._locks[referral_id]
             if users == 1:
                 del self._locks[referral_id]
             else:
                 self._locks[referral_id] = (lock, users - 1)
+
+    async def _claimed(
+        self,
+        message: Referral | EncompassNotification,
+        route: Routing,
+        registry: Registry,
+        request_id: str,
+        now: datetime,
+        digest: str,
+    ) -> Outcome:
+        """Claim the referral id in the shared store, then publish, replay or wait."""
+        referral_id = str(route.message_id)
+        owner = self.settings.transactional_id
+        lease = timedelta(seconds=self.settings.claim_lease_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.publish_timeout_s
+        for _ in range(_MAX_CLAIM_ROUNDS):  # bounded in count, and by the deadline below
+            await self._beat(owner)
+            claimed = await self.store.claim(referral_id, digest, owner, self.clock(), lease)
+            if claimed.seen is not None:  # published: a retry (or a reuse) of a committed id
+                first = claimed.seen
+                return self._replayed(referral_id, digest, first.digest, first.receipt)
+            if claimed.state is not ClaimState.NEW and claimed.digest not in (None, digest):
+                raise ReplayError(
+                    f"referral id {referral_id} was already used for a different "
+                    "referral; give a new referral a new id"
+                )
+            if claimed.state is ClaimState.BUSY:
+                # Another broker is publishing this id now: its receipt is ours to return.
+                if loop.time() > deadline:
+                    raise TransportError(
+                        "another broker is still publishing this referral id; nothing was "
+                        "sent by this one, retry the same submission later"
+                    )
+                await asyncio.sleep(_BUSY_POLL_S)
+                continue
+            unsettled_by = None
+            if claimed.state is ClaimState.STALE:
+                previous = claimed.owner or owner
+                unsettled_by = await self._publisher_of(previous)
+                if not await self.store.take_over(
+                    referral_id, previous, owner, self.clock(), digest=digest
+                ):
+                    continue  # another broker took it over first: ask again
+            return await self._publish_claimed(
+                message, route, registry, request_id, now, digest, unsettled_by
+            )
+        raise TransportError(
+            "the referral id's claim kept changing hands; nothing was sent, retry later"
+        )
+
+    async def _publish_claimed(
+        self,
+        message: Referral | EncompassNotification,
+        route: Routing,
+        registry: Registry,
+        request_id: str,
+        now: datetime,
+        digest: str,
+        unsettled_by: str | None,
+    ) -> Outcome:
+        referral_id = str(route.message_id)
+        owner = self.settings.transactional_id
+        try:
+            receipt = await self._deliver(
+                message, route, registry, request_id, now, digest, unsettled_by
+            )
+        except AlreadyPublished as exc:
+            # Published before, by a broker that died (or lost Kafka's answer) before saying so.
+            entry = LedgerEntry.decode(exc.value)
+            await self.store.published([(referral_id, entry.digest, entry.receipt)], owner, now)
+            return self._replayed(referral_id, digest, entry.digest, entry.receipt)
+        except OutcomeUnknown:
+            # The records may be visible: the claim stays ours, pending, for the retry to
+            # settle against the ledger.
+            raise
+        except BaseException:
+            # Nothing was sent: the id is free again for the sender's retry, on any broker.
+            with contextlib.suppress(Exception):
+                await self.store.release([referral_id], owner)
+            raise
+        await self.store.published([(referral_id, digest, receipt.model_dump_json())], owner, now)
+        return Outcome(receipt, replayed=False)
+
+    async def _beat(self, owner: str) -> None:
+        """Tell the other brokers we live (at most every third of the lease), so that our
+        pending claims are waited for rather than settled."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._beat_at < self.settings.claim_lease_s / 3:
+            return
+        await self.store.heartbeat(owner, self.transport.publisher_id(), self.clock())
+        self._beat_at = loop.time()
+
+    async def _publisher_of(self, owner: str) -> str:
+        """The transactional id ``owner`` publishes claimed referrals with (its last
+        heartbeat says; ours we know)."""
+        if owner == self.settings.transactional_id:
+            return self.transport.publisher_id()
+        held = await self.store.holder(owner)
+        return held[0] if held is not None else f"{owner}.claims"
 
     def _replayed(self, referral_id: str, digest: str, first: str, receipt: str) -> Outcome:
         if first != digest:
@@ -151,6 +247,7 @@ class Pipeline:
         request_id: str,
         now: datetime,
         digest: str,
+        unsettled_by: str | None = None,
     ) -> Receipt:
         # 4 decide
         with self.metrics.stage("decide"):
@@ -214,7 +311,7 @@ class Pipeline:
         # 7 publish: every record and the ledger's "published" in one transaction, unless the
         #   ledger already has this id (AlreadyPublished); else TransportError.
         kept = LedgerEntry(digest, receipt.model_dump_json()).encode()
-        claim = Claim(str(route.message_id), kept)
+        claim = Claim(str(route.message_id), kept, unsettled_by=unsettled_by)
         with self.metrics.stage("publish"):
             await self.transport.publish(records, claim=claim)
         await self._committed(message, route, decisions, now)

@@ -53,6 +53,7 @@ __all__ = [
     "Consumed",
     "KafkaTransport",
     "MemoryTransport",
+    "OutcomeUnknown",
     "Record",
     "Transport",
     "create_topics",
@@ -71,6 +72,12 @@ class Record:
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
     partition: int | None = None  # None: Kafka's partitioner picks by key
+
+
+class OutcomeUnknown(TransportError):
+    """Kafka did not answer the commit of the transaction holding the records: they may be
+    visible. Nothing is to be taken as sent or unsent until the ledger settles it
+    (``Claim.unsettled_by``): the caller must not let another publish start from scratch."""
 
 
 @dataclass(frozen=True)
@@ -154,12 +161,22 @@ class _Pending:
     done: asyncio.Future[None]
 
 
+@dataclass(frozen=True)
+class _Fault:
+    """A record of ``item`` that Kafka refused, on ``topic``."""
+
+    item: _Pending
+    error: BaseException
+    topic: str
+
+
 # Refusals that are one record's own fault: retrying it cannot help, and it must not fail the
 # records that share its transaction. Everything else is the cluster's, and retried.
 _REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 _RECORD_FAULTS = (*_REFUSED, InvalidMessageError, CorruptRecordException)
 # The commit was answered "no": the transaction was aborted, so it is safe to publish again.
 _NOT_COMMITTED = (ProducerFenced, InvalidProducerEpoch, InvalidTxnState)
+DELIVERY_MARK = ".deliver."  # a delivery topic is <prefix>.deliver.<agency> (broker.kafka.topics)
 
 
 class _Outcome(enum.Enum):
@@ -271,9 +288,15 @@ class KafkaTransport:
         mine = [*records, entry]
         # What can be checked before the transaction is, so that it fails this submission
         # alone: the topics exist, and no record is larger than a request may be.
-        producer = await self._shielded_connect(
-            self._claims, self._settings.kafka_connect_timeout_s
-        )
+        try:
+            producer = await self._shielded_connect(
+                self._claims, self._settings.kafka_connect_timeout_s
+            )
+        except TimeoutError as exc:  # still connecting (or leaving a wedged id) in the background
+            raise TransportError(
+                "Kafka did not let the broker start publishing in time; nothing was sent, "
+                "retry later"
+            ) from exc
         await self._check_topics(producer, topics | {ledger})
         sizes = [_record_size(r) for r in mine]
         if max(sizes) > self._settings.kafka_max_request_bytes:
@@ -380,22 +403,21 @@ class KafkaTransport:
                 continue
             if outcome is _Outcome.UNKNOWN:
                 for item in group:
-                    _fail(item, _not_acknowledged())
+                    _fail(item, OutcomeUnknown(_not_acknowledged().args[0]))
                 continue
             if len(faults) == 1:
-                guilty, exc = faults[0]
-                _fail(guilty, _refusal(exc))
-                log.warning("kafka.record_refused", error=type(exc).__name__)
+                fault = faults[0]
+                _fail(fault.item, self._refusal(fault))
             elif faults:
                 # Several submissions had refused records: they may have shared a batch on a
                 # partition with the one at fault. Halves, then halves of the half that fails,
                 # find it in a few transactions.
-                accused_items = [item for item, _ in faults]
+                accused_items = [f.item for f in faults]
                 half = len(accused_items) // 2
                 groups.extend([accused_items[:half], accused_items[half:]])
             else:
                 await asyncio.sleep(0.1)  # the cluster's fault: a moment before trying again
-            accused = {id(item) for item, _ in faults}
+            accused = {id(f.item) for f in faults}
             innocent = [i for i in group if id(i) not in accused and not i.done.done()]
             if innocent:
                 groups.insert(0, innocent)
@@ -403,9 +425,7 @@ class KafkaTransport:
             for item in group:
                 _fail(item, _not_acknowledged())
 
-    async def _attempt(
-        self, group: list[_Pending]
-    ) -> tuple[_Outcome, list[tuple[_Pending, BaseException]]]:
+    async def _attempt(self, group: list[_Pending]) -> tuple[_Outcome, list[_Fault]]:
         """One transaction over ``group``'s records: its outcome, and the submissions whose
         records Kafka refused as the records' own fault (empty unless RETRY)."""
         slot = self._claims
@@ -446,14 +466,14 @@ class KafkaTransport:
                     faults = []
                     at = 0
                     for item, futures in zip(group, sent, strict=True):
-                        mine = results[at : at + len(futures)]
+                        mine = zip(item.records, results[at : at + len(futures)], strict=True)
                         at += len(futures)
-                        fault = next((r for r in mine if isinstance(r, _RECORD_FAULTS)), None)
+                        fault = next(
+                            ((r, e) for r, e in mine if isinstance(e, _RECORD_FAULTS)), None
+                        )
                         if fault is not None:
-                            faults.append((item, fault))
-                    if len(faults) == len(failures) or all(
-                        isinstance(f, _RECORD_FAULTS) for f in failures
-                    ):
+                            faults.append(_Fault(item, fault[1], fault[0].topic))
+                    if all(isinstance(f, _RECORD_FAULTS) for f in failures):
                         # Only records at fault: abort, and the producer is fit to go on.
                         await producer.abort_transaction()
                         return _Outcome.RETRY, faults
@@ -480,6 +500,29 @@ class KafkaTransport:
                 # the coordinator finish whatever it left open.
                 await self._discard(slot, flush=False)
                 return (_Outcome.UNKNOWN if committing else _Outcome.RETRY), []
+
+    def _refusal(self, fault: _Fault) -> Exception:
+        """The error for a submission whose record Kafka refused when it was alone.
+
+        A disclosure's size follows from what the sender wrote: too large is the sender's to
+        fix (413). The audit and ledger records are the broker's own, small and of a fixed
+        shape: their refusal is the deployment's fault (a topic's limits), a 503, and readiness
+        says failing until a probe transaction gets through.
+        """
+        size_refused = isinstance(fault.error, _REFUSED)
+        if size_refused and DELIVERY_MARK in fault.topic:
+            log.warning("kafka.disclosure_refused", topic=fault.topic)
+            return DisclosureTooLarge(
+                "Kafka refused a disclosure of this referral as larger than the recipient's "
+                "topic accepts; nothing was sent, and the same submission would be refused again"
+            )
+        log.error("kafka.record_refused", topic=fault.topic, error=type(fault.error).__name__)
+        self._failing = frozenset({fault.topic})
+        return TransportError(
+            f"Kafka refused the broker's own record on {fault.topic} "
+            f"({type(fault.error).__name__}); nothing was sent, retry later (an operator must "
+            "check the topic's limits)"
+        )
 
     # -- settling a claim a dead producer may have published --------------------------------
 
@@ -837,17 +880,6 @@ def _not_acknowledged() -> TransportError:
     return TransportError(
         "Kafka did not acknowledge the submission, so nothing was sent; "
         "retry the same submission later"
-    )
-
-
-def _refusal(exc: BaseException) -> Exception:
-    if isinstance(exc, _REFUSED):
-        return DisclosureTooLarge(
-            "Kafka refused a disclosure of this referral as larger than its topic accepts; "
-            "nothing was sent, and the same submission would be refused again"
-        )
-    return TransportError(
-        f"Kafka refused a record of this submission ({type(exc).__name__}); nothing was sent"
     )
 
 

@@ -216,7 +216,7 @@ class PostgresStore:
                 if cursor.rowcount == 1:
                     return Claimed(ClaimState.NEW, None, owner, digest)
                 cursor = await conn.execute(
-                    "SELECT c.owner, c.digest, c.receipt, h.beat_at FROM claims c "
+                    "SELECT c.owner, c.digest, c.receipt, h.beat_at, c.claimed_at FROM claims c "
                     "LEFT JOIN heartbeats h ON h.owner = c.owner WHERE c.referral_id = %s",
                     (referral_id,),
                 )
@@ -224,7 +224,7 @@ class PostgresStore:
                 if row is None:
                     return None  # released between the two statements: try again
                 beat = None if row[3] is None else utc(row[3])
-                return judge(row[0], row[1], row[2], beat, owner, at, lease)
+                return judge(row[0], row[1], row[2], beat, owner, at, lease, claimed_at=utc(row[4]))
 
             claimed = await self._run(work)
             if claimed is not None:

@@ -222,10 +222,24 @@ def judge(
     owner: str,
     now: datetime,
     lease: timedelta,
+    *,
+    claimed_at: datetime | None = None,
 ) -> Claimed:
-    """The ``ClaimState`` of an existing row, the same for every store."""
+    """The ``ClaimState`` of an existing row, the same for every store.
+
+    A pending claim is STALE (to be settled against Kafka's ledger) when it is our own (no
+    publish of ours is in flight for it: the pipeline holds the id's lock), when its owner's
+    heartbeat is older than ``lease``, or when the claim itself is older than ``lease``: no
+    publish takes that long, so its owner lives but lost track of it (Kafka never answered its
+    commit).
+    """
     if receipt is not None:
         return Claimed(ClaimState.PUBLISHED, Seen(digest, receipt), row_owner, digest)
-    if row_owner == owner or row_owner is None or lease_expired(beat_at, now, lease):
+    if (
+        row_owner == owner
+        or row_owner is None
+        or lease_expired(beat_at, now, lease)
+        or (claimed_at is not None and lease_expired(claimed_at, now, lease))
+    ):
         return Claimed(ClaimState.STALE, None, row_owner, digest)
     return Claimed(ClaimState.BUSY, None, row_owner, digest)

@@ -292,13 +292,23 @@ class SqliteStore:
                 row = None
                 if inserted != 1:
                     row = db.execute(
-                        "SELECT c.owner, c.digest, c.receipt, h.beat_at FROM claims c "
-                        "LEFT JOIN heartbeats h ON h.owner = c.owner WHERE c.referral_id = ?",
+                        "SELECT c.owner, c.digest, c.receipt, h.beat_at, c.claimed_at "
+                        "FROM claims c LEFT JOIN heartbeats h ON h.owner = c.owner "
+                        "WHERE c.referral_id = ?",
                         (referral_id,),
                     ).fetchone()
             if row is None:
                 return Claimed(ClaimState.NEW, None, owner, digest)
-            return judge(row[0], row[1], row[2], _opt_moment(row[3]), owner, utc(now), lease)
+            return judge(
+                row[0],
+                row[1],
+                row[2],
+                _opt_moment(row[3]),
+                owner,
+                utc(now),
+                lease,
+                claimed_at=_moment(row[4]),
+            )
 
         return await self._run(work)
 

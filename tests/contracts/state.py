@@ -70,6 +70,20 @@ async def a_pending_claim_is_busy_while_its_owner_beats_and_stale_after(
         assert (await a.claim(rid(3), "d", A, T0, LEASE)).state is ClaimState.STALE
 
 
+async def a_claim_older_than_the_lease_is_stale_though_its_owner_beats(
+    open_store: StoreFactory,
+) -> None:
+    """An owner that lives on but never heard whether Kafka committed its claim's records
+    (no publish outlasts the lease) leaves it to be settled by whoever asks next."""
+    async with stores(open_store, 2) as (a, b):
+        await a.heartbeat(A, "tx-a", T0)
+        assert (await a.claim(rid(12), "d", A, T0, LEASE)).state is ClaimState.NEW
+        later = T0 + LEASE + timedelta(seconds=1)
+        await a.heartbeat(A, "tx-a", later)
+        stale = await b.claim(rid(12), "d", B, later, LEASE)
+        assert (stale.state, stale.owner) == (ClaimState.STALE, A)
+
+
 async def take_over_moves_a_pending_claim_once(open_store: StoreFactory) -> None:
     async with stores(open_store) as (store,):
         await store.claim(rid(4), "d", A, T0, LEASE)

@@ -20,7 +20,7 @@ from adapters.client import ReferralClient
 from broker.config import Settings
 from broker.kafka.topics import federation_topics
 from broker.kafka.transport import KafkaTransport, create_topics
-from broker.state import SqliteStore
+from broker.state import SqliteStore, StateStore
 from broker.web.app import create_app
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
@@ -76,15 +76,17 @@ async def running_broker(
     keys: FederationKeys,
     *,
     consume_receipts: bool = False,
+    store: StateStore | None = None,
 ) -> AsyncIterator[str]:
     """A real broker on a loopback port; with ``consume_receipts`` it also follows the
-    receipts topic (recipients' acknowledgements) as ``cairn serve`` does."""
+    receipts topic (recipients' acknowledgements) as ``cairn serve`` does. Its state is in
+    memory unless ``store`` is given (brokers sharing one)."""
     app = create_app(
         settings,
         federation,
         KafkaTransport(settings),
         keys.trust(),
-        store=SqliteStore(None),
+        store=SqliteStore(None) if store is None else store,
         consume_receipts=consume_receipts,
     )
     server = TestServer(app, host="127.0.0.1")

@@ -1,19 +1,25 @@
-"""Exactly one publication per referral id, across brokers and after a wedged transaction.
+"""Exactly one publication per referral id, across brokers, crashes and a wedged transaction.
 
-Two ``KafkaTransport``s with the same topic prefix are two brokers of one deployment: they
-share the ledger (``broker.kafka.ledger``) and fence each other per shard.
+Brokers of one deployment share the state store (``broker.state``): of two given the same id
+at once, one claims and publishes it, the other answers with its receipt. A broker that dies
+(or loses its store) between Kafka's commit and recording the receipt leaves a pending claim;
+the next submission of that id settles it against the ledger in Kafka
+(``broker.kafka.ledger``) and replays the receipt instead of publishing again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -21,7 +27,8 @@ from broker.config import Settings
 from broker.kafka.ledger import AlreadyPublished, Claim, ledger_topic
 from broker.kafka.topics import delivery_topic
 from broker.kafka.transport import KafkaTransport, Record
-from schemas.errors import TransportError
+from broker.state import Published, SqliteStore
+from schemas.errors import StateUnavailable
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.integration.conftest import client, running_broker
@@ -31,49 +38,43 @@ from tests.samples import sample
 JOSE = {"Content-Type": "application/jose"}
 
 
-@contextlib.asynccontextmanager
-async def brokers(settings: Settings, n: int) -> AsyncIterator[list[KafkaTransport]]:
-    transports = [
-        KafkaTransport(settings.model_copy(update={"transactional_id": f"{tid}-{i}"}))
-        for i, tid in enumerate([settings.transactional_id] * n)
-    ]
-    for t in transports:
-        await t.start()
-    try:
-        yield transports
-    finally:
-        for t in transports:
-            await t.stop()
+def shared(path: Path) -> SqliteStore:
+    return SqliteStore(path, busy_timeout_s=10.0)
 
 
-async def claim_until_done(t: KafkaTransport, topic: str, referral_id: str) -> str:
-    """Publish ``referral_id`` as a retrying broker would: until it is published or known."""
-    for _ in range(20):
-        try:
-            await t.publish(
-                [Record(topic=topic, key=referral_id.encode(), value=b"disclosure")],
-                claim=Claim(referral_id, b"kept"),
-            )
-            return "published"
-        except AlreadyPublished:
-            return "known"
-        except TransportError:  # fenced by the other broker: nothing of ours is visible
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{referral_id} neither published nor known after 20 tries")
+async def post(session: aiohttp.ClientSession, url: str, signed: bytes) -> tuple[int, Any]:
+    async with session.post(f"{url}/v1/referrals", data=signed, headers=JOSE) as response:
+        return response.status, await response.json()
 
 
-async def test_two_brokers_racing_publish_each_referral_once(kafka_settings: Settings) -> None:
-    """The same 40 referral ids sent to two brokers at once: each is on the topic once."""
-    topic = delivery_topic(kafka_settings.topic_prefix, "kelder-idva")
-    ids = [str(uuid.uuid4()) for _ in range(40)]
-    async with brokers(kafka_settings, 2) as (a, b):
-        outcomes = await asyncio.wait_for(
-            asyncio.gather(
-                *(claim_until_done(t, topic, rid) for rid in ids for t in (a, b)),
-            ),
-            120,
+async def test_two_brokers_given_the_same_ids_at_once_publish_each_once(
+    kafka_settings: Settings,
+    federation: Federation,
+    federation_keys: FederationKeys,
+    tmp_path: Path,
+) -> None:
+    """40 referrals, each sent to two brokers (one state store) at the same moment: each is
+    delivered once, one broker answers 202 and the other 200 with the same receipt."""
+    police = client(federation_keys, "https://unused")
+    bodies = [sample() for _ in range(40)]
+    signed = [police.sign(json.dumps(b).encode()) for b in bodies]
+    a_settings = kafka_settings.model_copy(update={"transactional_id": "race-a"})
+    b_settings = kafka_settings.model_copy(update={"transactional_id": "race-b"})
+    connector = aiohttp.TCPConnector(ssl=federation_keys.client_ssl("kelder-police"), limit=40)
+    async with (
+        running_broker(a_settings, federation, federation_keys, store=shared(tmp_path / "s")) as a,
+        running_broker(b_settings, federation, federation_keys, store=shared(tmp_path / "s")) as b,
+        aiohttp.ClientSession(connector=connector) as session,
+    ):
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(post(session, url, s) for s in signed for url in (a, b))), 120
         )
-    assert Counter(outcomes) == {"published": 40, "known": 40}
+    for i in range(40):
+        (first, r1), (second, r2) = answers[2 * i], answers[2 * i + 1]
+        assert sorted([first, second]) == [200, 202], (first, second)
+        assert r1 == r2  # the same receipt, whichever broker published
+    ids = [b["header"]["referral_id"] for b in bodies]
+    topic = delivery_topic(kafka_settings.topic_prefix, "kelder-idva")
     seen = Counter(
         r.key.decode() for r in await read_committed(kafka_settings.kafka_bootstrap_servers, topic)
     )
@@ -84,16 +85,88 @@ async def test_two_brokers_racing_publish_each_referral_once(kafka_settings: Set
     assert Counter(r.key.decode() for r in kept) == dict.fromkeys(ids, 1)
 
 
-async def test_a_restarted_broker_knows_what_its_predecessor_published(
+class ForgetfulStore(SqliteStore):
+    """A store that fails to record the first receipt, as if the broker died right after
+    Kafka's commit: the claim stays pending."""
+
+    failed = False
+
+    async def published(self, items: Sequence[Published], owner: str, now: datetime) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StateUnavailable("the state store did not answer (test)")
+        await super().published(items, owner, now)
+
+
+async def test_a_claim_left_pending_after_the_commit_is_settled_not_published_again(
+    kafka_settings: Settings,
+    federation: Federation,
+    federation_keys: FederationKeys,
+    tmp_path: Path,
+) -> None:
+    """Broker A commits a referral but cannot record its receipt (503). The sender's retry
+    to broker B waits while A's claim is young, then settles it against the ledger: 200 with
+    the receipt A committed, and still one disclosure. A retry to A itself settles at once."""
+    settings = kafka_settings.model_copy(update={"publish_timeout_s": 2.0, "claim_lease_s": 4.0})
+    a_settings = settings.model_copy(update={"transactional_id": "settle-a"})
+    b_settings = settings.model_copy(update={"transactional_id": "settle-b"})
+    police = client(federation_keys, "https://unused")
+    first, second = sample(), sample()
+    connector = aiohttp.TCPConnector(ssl=federation_keys.client_ssl("kelder-police"))
+    forgetful = ForgetfulStore(tmp_path / "s")
+    async with (
+        running_broker(a_settings, federation, federation_keys, store=forgetful) as a,
+        running_broker(b_settings, federation, federation_keys, store=shared(tmp_path / "s")) as b,
+        aiohttp.ClientSession(connector=connector) as session,
+    ):
+        signed = police.sign(json.dumps(first).encode())
+        assert (await post(session, a, signed))[0] == 503
+        statuses = []
+        for _ in range(30):  # bounded: the lease is 4 s, each BUSY answer takes 2 s
+            status, receipt = await post(session, b, signed)
+            statuses.append(status)
+            if status != 503:
+                break
+        assert statuses[-1] == 200, statuses
+        assert receipt["referral_id"] == first["header"]["referral_id"]
+        # A retry to the broker that lost track settles its own claim at once.
+        forgetful.failed = False
+        other = police.sign(json.dumps(second).encode())
+        a_store_fails_again = (await post(session, a, other))[0]
+        assert a_store_fails_again == 503
+        assert (await post(session, a, other))[0] == 200
+    topic = delivery_topic(settings.topic_prefix, "kelder-idva")
+    seen = Counter(
+        r.key.decode() for r in await read_committed(settings.kafka_bootstrap_servers, topic)
+    )
+    ids = [first["header"]["referral_id"], second["header"]["referral_id"]]
+    assert {rid: seen[rid] for rid in ids} == dict.fromkeys(ids, 1)
+
+
+async def test_a_restarted_transport_settles_what_its_predecessor_published(
     kafka_settings: Settings,
 ) -> None:
-    """What one broker published, a broker started afterwards finds in the ledger."""
+    """What one producer published, a later one finds when asked to settle the claim."""
     topic = delivery_topic(kafka_settings.topic_prefix, "kelder-csc")
     rid = str(uuid.uuid4())
-    async with brokers(kafka_settings, 1) as (first,):
-        assert await claim_until_done(first, topic, rid) == "published"
-    async with brokers(kafka_settings, 1) as (second,):
-        assert await claim_until_done(second, topic, rid) == "known"
+    first = KafkaTransport(kafka_settings)
+    await first.start()
+    try:
+        await first.publish([Record(topic, rid.encode(), b"d")], claim=Claim(rid, b"kept"))
+        holder = first.publisher_id()
+    finally:
+        await first.stop()
+    second = KafkaTransport(kafka_settings)
+    await second.start()
+    try:
+        with pytest.raises(AlreadyPublished) as raised:
+            await second.publish(
+                [Record(topic, rid.encode(), b"again")],
+                claim=Claim(rid, b"x", unsettled_by=holder),
+            )
+        assert raised.value.value == b"kept"
+    finally:
+        await second.stop()
 
 
 async def set_topic_config(settings: Settings, topic: str, **configs: str) -> None:
@@ -131,10 +204,10 @@ async def submit(session: aiohttp.ClientSession, url: str, signed: bytes) -> int
 async def test_broker_heals_after_the_audit_topic_is_writable_again(
     kafka_settings: Settings, federation: Federation, federation_keys: FederationKeys
 ) -> None:
-    """The audit topic refuses every record (no batch fits), which also wedges the shard's
-    transactional id: Kafka cannot write the abort marker. Once the topic takes records again,
-    the same submission succeeds without restarting anything (the shard moves to a fresh
-    transactional id), and /readyz says failing, then ready."""
+    """The audit topic refuses every record (no batch fits), which can also wedge the claims
+    producer's transactional id: Kafka cannot write the abort marker. Once the topic takes
+    records again, the same submission succeeds without restarting anything (the producer
+    moves to a fresh transactional id if it must), and /readyz says failing, then ready."""
     settings = kafka_settings.model_copy(
         update={
             "kafka_connect_timeout_s": 3.0,
@@ -161,7 +234,7 @@ async def test_broker_heals_after_the_audit_topic_is_writable_again(
         await set_topic_config(settings, audit, **{"max.message.bytes": "1048588"})
         await wait_kafka_state(s, url, "reachable")
         statuses = []
-        for _ in range(10):  # bounded: the shard may first have to leave its wedged id
+        for _ in range(10):  # bounded: the producer may first have to leave its wedged id
             statuses.append(await submit(s, url, signed))
             if statuses[-1] == 202:
                 break

@@ -27,6 +27,7 @@ from tests.contracts import state as contract
 CONTRACT = [
     contract.a_new_id_is_claimed_then_published_once,
     contract.a_pending_claim_is_busy_while_its_owner_beats_and_stale_after,
+    contract.a_claim_older_than_the_lease_is_stale_though_its_owner_beats,
     contract.take_over_moves_a_pending_claim_once,
     contract.published_is_one_batch_keeps_the_first_receipt_and_learns_missing_ids,
     contract.release_forgets_only_our_own_pending_claims,
