@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,27 @@ from keys import BROKER_ID, FileStore, Lifetimes, SigningKey, init_federation
 from schemas.federation import Federation
 from tests.conftest import PASSPHRASE, FederationKeys
 from tests.samples import FEDERATION_DIR, personal_values
+
+
+@pytest.fixture(autouse=True)
+def _process_logging_restored() -> Iterator[None]:
+    """Undo what an in-process ``cairn`` command (``CliRunner``) does to the whole process.
+
+    The ``cli`` group calls ``configure_logging``: structlog gets a new processor list with
+    ``cache_logger_on_first_use``, the root logger a handler on the runner's stderr. A logger
+    first used after one command caches that list, and a second command installs another,
+    so ``capture_logs`` (which edits the configured list) no longer sees that logger's lines.
+    """
+    config = structlog.get_config()
+    processors = config["processors"]
+    saved = list(processors)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    processors[:] = saved  # the same list object: loggers cached before the test still see it
+    structlog.configure(**{**config, "processors": processors})
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
