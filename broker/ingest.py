@@ -121,7 +121,9 @@ class Pipeline:
         self._locks[referral_id] = (lock, users + 1)
         try:
             async with lock:
-                return await self._claimed(message, route, registry, request_id, now, digest)
+                return await self._claimed(
+                    _Submission(message, route, registry, request_id, now, digest)
+                )
         finally:
             lock, users = self._locks[referral_id]
             if users == 1:
@@ -129,17 +131,9 @@ class Pipeline:
             else:
                 self._locks[referral_id] = (lock, users - 1)
 
-    async def _claimed(
-        self,
-        message: Referral | EncompassNotification,
-        route: Routing,
-        registry: Registry,
-        request_id: str,
-        now: datetime,
-        digest: str,
-    ) -> Outcome:
+    async def _claimed(self, sub: _Submission) -> Outcome:
         """Claim the referral id in the shared store, then publish, replay or wait."""
-        referral_id = str(route.message_id)
+        referral_id, digest = sub.referral_id, sub.digest
         owner = self.settings.transactional_id
         lease = timedelta(seconds=self.settings.claim_lease_s)
         loop = asyncio.get_running_loop()
@@ -151,10 +145,7 @@ class Pipeline:
                 first = claimed.seen
                 return self._replayed(referral_id, digest, first.digest, first.receipt)
             if claimed.state is not ClaimState.NEW and claimed.digest not in (None, digest):
-                raise ReplayError(
-                    f"referral id {referral_id} was already used for a different "
-                    "referral; give a new referral a new id"
-                )
+                raise _reused(referral_id)
             if claimed.state is ClaimState.BUSY:
                 # Another broker is publishing this id now: its receipt is ours to return.
                 if loop.time() > deadline:
@@ -172,29 +163,16 @@ class Pipeline:
                     referral_id, previous, owner, self.clock(), digest=digest
                 ):
                     continue  # another broker took it over first: ask again
-            return await self._publish_claimed(
-                message, route, registry, request_id, now, digest, unsettled_by
-            )
+            return await self._publish_claimed(sub, unsettled_by)
         raise TransportError(
             "the referral id's claim kept changing hands; nothing was sent, retry later"
         )
 
-    async def _publish_claimed(
-        self,
-        message: Referral | EncompassNotification,
-        route: Routing,
-        registry: Registry,
-        request_id: str,
-        now: datetime,
-        digest: str,
-        unsettled_by: str | None,
-    ) -> Outcome:
-        referral_id = str(route.message_id)
+    async def _publish_claimed(self, sub: _Submission, unsettled_by: str | None) -> Outcome:
+        referral_id, digest, now = sub.referral_id, sub.digest, sub.now
         owner = self.settings.transactional_id
         try:
-            receipt = await self._deliver(
-                message, route, registry, request_id, now, digest, unsettled_by
-            )
+            receipt = await self._deliver(sub, unsettled_by)
         except AlreadyPublished as exc:
             # Published before, by a broker that died (or lost Kafka's answer) before saying so.
             entry = LedgerEntry.decode(exc.value)
@@ -231,24 +209,14 @@ class Pipeline:
 
     def _replayed(self, referral_id: str, digest: str, first: str, receipt: str) -> Outcome:
         if first != digest:
-            raise ReplayError(
-                f"referral id {referral_id} was already used for a different "
-                "referral; give a new referral a new id"
-            )
+            raise _reused(referral_id)
         log.info("referral.replayed")
         self.metrics.replayed.inc()
         return Outcome(Receipt.model_validate_json(receipt), replayed=True)
 
-    async def _deliver(
-        self,
-        message: Referral | EncompassNotification,
-        route: Routing,
-        registry: Registry,
-        request_id: str,
-        now: datetime,
-        digest: str,
-        unsettled_by: str | None = None,
-    ) -> Receipt:
+    async def _deliver(self, sub: _Submission, unsettled_by: str | None = None) -> Receipt:
+        message, route, registry, now = sub.message, sub.route, sub.registry, sub.now
+        request_id, digest = sub.request_id, sub.digest
         # 4 decide
         with self.metrics.stage("decide"):
             decisions = decide(
@@ -356,6 +324,29 @@ class Pipeline:
                 )
             )
         await self.store.record_deliveries(delivered)
+
+
+@dataclass(frozen=True)
+class _Submission:
+    """One verified, validated submission on its way through the claim and publish stages."""
+
+    message: Referral | EncompassNotification
+    route: Routing
+    registry: Registry
+    request_id: str
+    now: datetime
+    digest: str  # sha256 of the signed referral's payload
+
+    @property
+    def referral_id(self) -> str:
+        return str(self.route.message_id)
+
+
+def _reused(referral_id: str) -> ReplayError:
+    return ReplayError(
+        f"referral id {referral_id} was already used for a different "
+        "referral; give a new referral a new id"
+    )
 
 
 def _can_receive(registry: Registry, agency: str, now: datetime) -> bool:
