@@ -178,6 +178,31 @@ def duplicates(counts: Counter[tuple[str, str]]) -> dict[tuple[str, str], int]:
     return {pair: n for pair, n in counts.items() if n > 1}
 
 
+def delivery_problems(
+    expected: set[tuple[str, str]],
+    on_topics: Counter[tuple[str, str]],
+    disclosed: Counter[tuple[str, str]],
+) -> list[str]:
+    """What is wrong with what reached the delivery topics (``on_topics``) and the audit's
+    ``disclosed`` events, per (referral, recipient), against the ``expected`` deliveries:
+    exactly once each, nothing missing, nothing extra."""
+    problems = []
+    if topic_dups := duplicates(on_topics):
+        problems.append(f"delivered more than once: {sorted(topic_dups.items())[:10]}")
+    if missing := expected - set(on_topics):
+        problems.append(f"{len(missing)} deliveries missing, e.g. {sorted(missing)[:5]}")
+    if extra := set(on_topics) - expected:
+        problems.append(f"{len(extra)} deliveries no receipt queued, e.g. {sorted(extra)[:5]}")
+    if audit_dups := duplicates(disclosed):
+        problems.append(f"disclosed more than once: {sorted(audit_dups.items())[:10]}")
+    if set(disclosed) != expected:
+        problems.append(
+            f"disclosed events without a delivery: {sorted(set(disclosed) - expected)[:5]}, "
+            f"deliveries without one: {sorted(expected - set(disclosed))[:5]}"
+        )
+    return problems
+
+
 def retry_figures(outcomes: dict[str, Outcome]) -> str:
     reasons: Counter[str] = Counter()
     for o in outcomes.values():
@@ -363,21 +388,9 @@ async def test_a_broker_killed_at_any_instant_discloses_each_referral_once(
         problems.append(f"the broker crashed by itself, exit codes {faults.crashes}")
     if faults.kills < OUTSIDE_KILLS:
         problems.append(f"the run ended after {faults.kills} of {OUTSIDE_KILLS} outside kills")
-    if topic_dups:
-        problems.append(f"delivered more than once: {sorted(topic_dups.items())[:10]}")
-    if missing := expected - set(on_topics):
-        problems.append(f"{len(missing)} deliveries missing, e.g. {sorted(missing)[:5]}")
-    if extra := set(on_topics) - expected:
-        problems.append(f"{len(extra)} deliveries no receipt queued, e.g. {sorted(extra)[:5]}")
     if entries != audit_records:
         problems.append(f"the auditor holds {entries} of {audit_records} audit records")
     if verified.returncode != 0:
         problems.append(f"cairn audit verify failed: {verified.stdout[-1000:]}")
-    if audit_dups:
-        problems.append(f"disclosed more than once: {sorted(audit_dups.items())[:10]}")
-    if set(disclosed) != expected:
-        problems.append(
-            f"disclosed events without a delivery: {sorted(set(disclosed) - expected)[:5]}, "
-            f"deliveries without one: {sorted(expected - set(disclosed))[:5]}"
-        )
+    problems += delivery_problems(expected, on_topics, disclosed)
     assert problems == [], figures + "\n" + "\n".join(problems)

@@ -46,7 +46,13 @@ from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.fault.processes import CAIRN, Service, cairn_run, free_port, service_env
 from tests.fault.retrying import Attempt, Outcome, RetryingClient, Submission
-from tests.fault.test_crash import delivered, duplicates, retry_figures, submissions
+from tests.fault.test_crash import (
+    delivered,
+    delivery_problems,
+    duplicates,
+    retry_figures,
+    submissions,
+)
 from tests.kafka_support import LocalCluster, read_committed
 
 REFERRALS = 2_000
@@ -321,19 +327,7 @@ async def test_a_kafka_node_killed_under_load_loses_nothing_and_answers_only_202
         problems.append(f"{REFERRALS - len(outcomes)} referrals have no outcome")
     if wrong := [rid for rid, o in outcomes.items() if o.receipt_for not in (None, rid)]:
         problems.append(f"{len(wrong)} receipts name another referral, e.g. {wrong[:5]}")
-    if topic_dups:
-        problems.append(f"delivered more than once: {sorted(topic_dups.items())[:10]}")
-    if missing := expected - set(on_topics):
-        problems.append(f"{len(missing)} deliveries missing, e.g. {sorted(missing)[:5]}")
-    if extra := set(on_topics) - expected:
-        problems.append(f"{len(extra)} deliveries no receipt queued, e.g. {sorted(extra)[:5]}")
-    if audit_dups:
-        problems.append(f"disclosed more than once: {sorted(audit_dups.items())[:10]}")
-    if set(disclosed) != expected:
-        problems.append(
-            f"disclosed events without a delivery: {sorted(set(disclosed) - expected)[:5]}, "
-            f"deliveries without one: {sorted(expected - set(disclosed))[:5]}"
-        )
+    problems += delivery_problems(expected, on_topics, disclosed)
     assert problems == [], figures + "\n" + "\n".join(problems)
 
 

@@ -40,7 +40,7 @@ from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.fault.processes import CAIRN, Service, cairn_run, free_port, service_env
 from tests.fault.retrying import Submission
-from tests.fault.test_crash import delivered, duplicates, submissions
+from tests.fault.test_crash import delivered, delivery_problems, duplicates, submissions
 from tests.fault.test_failover import disclosed_on_topic
 from tests.kafka_support import LocalKafka, read_committed
 
@@ -299,17 +299,5 @@ async def test_two_brokers_on_one_database_publish_each_referral_once(
         problems.append(f"brokers exited by themselves: {died}")
     if any(fenced.values()):
         problems.append(f"a broker was fenced: {fenced}")
-    if topic_dups:
-        problems.append(f"delivered more than once: {sorted(topic_dups.items())[:10]}")
-    if missing := expected - set(on_topics):
-        problems.append(f"{len(missing)} deliveries missing, e.g. {sorted(missing)[:5]}")
-    if extra := set(on_topics) - expected:
-        problems.append(f"{len(extra)} deliveries no receipt queued, e.g. {sorted(extra)[:5]}")
-    if audit_dups:
-        problems.append(f"disclosed more than once: {sorted(audit_dups.items())[:10]}")
-    if set(disclosed) != expected:
-        problems.append(
-            f"disclosed events without a delivery: {sorted(set(disclosed) - expected)[:5]}, "
-            f"deliveries without one: {sorted(expected - set(disclosed))[:5]}"
-        )
+    problems += delivery_problems(expected, on_topics, disclosed)
     assert problems == [], figures + "\n" + "\n".join(problems)
