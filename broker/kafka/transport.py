@@ -473,11 +473,22 @@ class KafkaTransport:
                         )
                         if fault is not None:
                             faults.append(_Fault(item, fault[1], fault[0].topic))
-                    if all(isinstance(f, _RECORD_FAULTS) for f in failures):
-                        # Only records at fault: abort, and the producer is fit to go on.
-                        await producer.abort_transaction()
-                        return _Outcome.RETRY, faults
-                    raise failures[0]
+                    if not faults:
+                        raise failures[0]
+                    # A refused batch leaves a gap in its partition's sequence that this
+                    # producer never closes: every later batch there fails too
+                    # (OutOfOrderSequenceNumber), in this transaction and the next. Abort,
+                    # drop the producer, and let the innocent go again on a fresh one.
+                    log.warning(
+                        "kafka.records_refused",
+                        error=type(faults[0].error).__name__,
+                        submissions=len(faults),
+                        records=sum(len(i.records) for i in group),
+                    )
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.abort_transaction(), 5)
+                    await self._discard(slot, flush=False)
+                    return _Outcome.RETRY, faults
             except _NOT_COMMITTED as exc:
                 log.warning("kafka.transaction_fenced", error=type(exc).__name__)
                 await self._discard(slot, flush=False)
