@@ -149,9 +149,9 @@ async def test_a_record_kafka_refuses_fails_its_submission_alone(
     """50 claimed publishes in one batch; Kafka refuses the records of one (its topic takes
     nothing that large). That one gets DisclosureTooLarge; the 49 others are committed.
 
-    The topic's limit (20 kB) is above the producer's batch size (16 kB), as Kafka's default
-    (1 MiB) is: Kafka's limit is on a record batch, so below the batch size innocent batches
-    would be refused too (they still get through, in smaller transactions)."""
+    Kafka's limit is on a record batch: the topic's (20 kB) is above what the 49 innocent
+    submissions put in any one partition's batch, or innocent batches would be refused too
+    (they would still get through, in ever smaller transactions)."""
     settings = kafka_settings.model_copy(update={"group_commit_linger_s": 0.3})
     small = delivery_topic(settings.topic_prefix, "kelder-brook-primary")
     wide = delivery_topic(settings.topic_prefix, "kelder-idva")
