@@ -1245,8 +1245,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         default="1,2",
-        help="broker worker counts to run, comma-separated (default 1,2; a count above 1 is "
-        "reported as pending while 'cairn serve' has no --workers)",
+        help="broker worker counts to run, comma-separated (default 1,2): 'cairn serve "
+        "--workers N' per count",
     )
     parser.add_argument(
         "--profile",
