@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     max_signature_age_s: int = Field(default=300, ge=1)  # seconds a signed referral stays usable
     max_clock_skew_s: int = Field(default=60, ge=0)  # seconds a sender's clock may run ahead
     replay_window_s: int = Field(default=30 * 86400, ge=1)  # seconds referral ids are remembered
+    state_prune_every_s: float = Field(
+        default=3600.0, gt=0
+    )  # seconds between prunes of the shared state past replay_window_s (one broker prunes)
     registry_root_kid: str | None = Field(
         default=None, description="Pin the federation root key by kid (recommended in production)"
     )
@@ -280,6 +283,17 @@ class Settings(BaseSettings):
         if self.topic_min_insync_replicas is not None:
             return self.topic_min_insync_replicas
         return max(1, self.topic_replication_factor - 1)
+
+    @model_validator(mode="after")
+    def _replay_window_outlasts_a_signature(self) -> Settings:
+        usable = self.max_signature_age_s + self.max_clock_skew_s
+        if self.replay_window_s <= usable:
+            raise ValueError(
+                f"replay_window_s ({self.replay_window_s}) must be more than "
+                f"max_signature_age_s plus max_clock_skew_s ({usable}): a referral id forgotten "
+                "while its signature is still accepted could be replayed"
+            )
+        return self
 
     @property
     def keys_path(self) -> Path:

@@ -6,6 +6,12 @@ receipts loop: every ``overdue_sweep_every_s`` seconds it publishes one ``overdu
 per (referral, recipient) past its deadline, marks the delivery so it is reported once, logs
 ``delivery.overdue`` (the line an alerting system matches) and counts it in
 ``cairn_overdue_disclosures_total``.
+
+One broker of the deployment sweeps at a time, whichever holds the store's ``overdue-sweep``
+lease (``StateStore.lease``, renewed each round, free again ``3 x overdue_sweep_every_s`` after
+its holder stops): brokers on several machines sweeping at once would each publish the same
+``overdue`` events. The holder also prunes the shared state every ``state_prune_every_s``: the
+claims on referral ids, flow facts and heartbeats older than ``replay_window_s``.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -32,6 +38,7 @@ __all__ = ["NOT_ACKNOWLEDGED", "OverdueSweep", "due_overdue"]
 log = structlog.get_logger(__name__)
 
 NOT_ACKNOWLEDGED = "not-acknowledged"  # the overdue event's reason code
+SWEEP_LEASE = "overdue-sweep"  # the store lease whose holder sweeps and prunes
 
 
 def due_overdue(
@@ -71,6 +78,7 @@ class OverdueSweep:
         self._transport = transport
         self._metrics = metrics
         self._clock = clock
+        self._pruned_at: float | None = None  # loop time of the last prune by this broker
 
     async def sweep(self) -> list[Delivery]:
         """Report every delivery overdue now; return them (empty if none or Kafka failed)."""
@@ -113,11 +121,35 @@ class OverdueSweep:
             )
         return reported
 
+    async def holds_lease(self) -> bool:
+        """Whether this broker is the one that sweeps now (taking or renewing the lease)."""
+        ttl = timedelta(seconds=3 * self._settings.overdue_sweep_every_s)
+        holder = self._settings.transactional_id  # this broker process's own id
+        return await self._store.lease(SWEEP_LEASE, holder, self._clock(), ttl)
+
+    async def prune(self) -> int:
+        """Forget the shared state past the replay window, at most every
+        ``state_prune_every_s``; how many claims went (0 when not due)."""
+        loop = asyncio.get_running_loop()
+        every = self._settings.state_prune_every_s
+        if self._pruned_at is not None and loop.time() - self._pruned_at < every:
+            return 0
+        window = timedelta(seconds=self._settings.replay_window_s)
+        gone = await self._store.prune(self._clock(), window)
+        self._pruned_at = loop.time()
+        log.info("state.pruned", claims=gone, older_than_s=self._settings.replay_window_s)
+        return gone
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Sweep every ``overdue_sweep_every_s`` seconds until ``stop`` is set."""
+        """Every ``overdue_sweep_every_s`` seconds until ``stop`` is set: while this broker
+        holds the sweep lease, sweep, and prune when due."""
         while not stop.is_set():
             try:
-                await self.sweep()
+                if await self.holds_lease():
+                    await self.sweep()
+                    await self.prune()
+                else:
+                    self._pruned_at = None  # another broker prunes; prune at once if we take over
             except CairnError as exc:  # Kafka or the state store is down; try again next time
                 log.warning("overdue.sweep_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):

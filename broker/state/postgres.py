@@ -57,6 +57,11 @@ _SCHEMA: Final = (
         transactional_id text NOT NULL,
         beat_at          timestamptz NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS leases (
+        name   text PRIMARY KEY,
+        holder text NOT NULL,
+        until  timestamptz NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS acks (
         referral_id text NOT NULL,
         agency      text NOT NULL,
@@ -307,6 +312,18 @@ class PostgresStore:
             )
             row = await cursor.fetchone()
             return None if row is None else (row[0], utc(row[1]))
+
+        return await self._run(work)
+
+    async def lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+        async def work(conn: Conn) -> bool:
+            cursor = await conn.execute(
+                "INSERT INTO leases VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                "holder = excluded.holder, until = excluded.until "
+                "WHERE leases.holder = excluded.holder OR leases.until <= %s RETURNING holder",
+                (name, holder, utc(now + ttl), utc(now)),
+            )
+            return await cursor.fetchone() is not None
 
         return await self._run(work)
 

@@ -153,6 +153,13 @@ class StateStore(Protocol):
         """``owner``'s transactional id and last heartbeat, if it ever beat."""
         ...
 
+    async def lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+        """Hold the lease ``name`` (work one broker of the deployment does at a time, such as
+        the overdue sweep) until ``now + ttl``: True if ``holder`` has it now (it was free,
+        expired, or ``holder``'s already, then renewed), atomically across processes and
+        machines; False while another holder's lease runs."""
+        ...
+
     async def prune(self, now: datetime, window: timedelta) -> int:
         """Forget claims first seen, flow facts and heartbeats older than ``now - window``;
         return how many claims went."""

@@ -59,6 +59,11 @@ _SCHEMA: Final = (
         transactional_id TEXT NOT NULL,
         beat_at          TEXT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS leases (
+        name   TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until  TEXT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS acks (
         referral_id TEXT NOT NULL,
         agency      TEXT NOT NULL,
@@ -390,6 +395,20 @@ class SqliteStore:
                 "SELECT transactional_id, beat_at FROM heartbeats WHERE owner = ?", (owner,)
             ).fetchone()
             return None if row is None else (row[0], _moment(row[1]))
+
+        return await self._run(work)
+
+    async def lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            with _immediate(db):
+                db.execute(
+                    "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "holder = excluded.holder, until = excluded.until "
+                    "WHERE leases.holder = excluded.holder OR leases.until <= ?",
+                    (name, holder, _text(now + ttl), _text(now)),
+                )
+                row = db.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+            return bool(row is not None and row[0] == holder)
 
         return await self._run(work)
 

@@ -150,8 +150,9 @@ def create_app(
     With ``consume_receipts`` the app also runs the loop that audits recipients'
     acknowledgements (``broker.receipts``) and, unless ``sweep_overdue`` is False, the overdue
     sweep (``broker.ops.overdue``), started after the transport and stopped before it. Of
-    ``cairn serve --workers``' workers only the first sweeps: sweeps at the same moment would
-    each publish the same ``overdue`` events.
+    ``cairn serve --workers``' workers only the first tries to sweep; of every broker sharing
+    the state store, only the holder of its sweep lease sweeps: sweeps at the same moment
+    would each publish the same ``overdue`` events.
     With ``dashboard`` it serves the ops view at /ui/ (broker.web.dashboard). Sharing agreements
     and the school calendar are read from the federation folder unless given. The state store
     is the one the settings name (``broker.state.store_for``) unless given; it is opened before

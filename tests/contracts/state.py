@@ -133,6 +133,33 @@ async def heartbeats_name_the_holder_and_its_last_beat(open_store: StoreFactory)
         assert await b.holder(A) == ("tx-a.1", T0 + timedelta(seconds=5))
 
 
+async def a_lease_has_one_holder_until_it_runs_out(open_store: StoreFactory) -> None:
+    ttl = timedelta(seconds=60)
+    async with stores(open_store, 2) as (a, b):
+        assert await a.lease("overdue-sweep", A, T0, ttl)
+        assert not await b.lease("overdue-sweep", B, T0 + timedelta(seconds=59), ttl)
+        assert await b.lease("other-work", B, T0, ttl)  # leases are by name
+        # The holder renews it; the other still waits for the renewed end.
+        assert await a.lease("overdue-sweep", A, T0 + timedelta(seconds=30), ttl)
+        assert not await b.lease("overdue-sweep", B, T0 + timedelta(seconds=89), ttl)
+        # Run out (the holder stopped renewing): the next asker has it, and the old holder not.
+        assert await b.lease("overdue-sweep", B, T0 + timedelta(seconds=90), ttl)
+        assert not await a.lease("overdue-sweep", A, T0 + timedelta(seconds=91), ttl)
+
+
+async def twenty_concurrent_asks_for_a_free_lease_make_one_holder(
+    open_store: StoreFactory,
+) -> None:
+    async with stores(open_store, 2) as (a, b):
+        held = await asyncio.gather(
+            *(
+                (a if n % 2 else b).lease("overdue-sweep", f"broker-{n}", T0, LEASE)
+                for n in range(20)
+            )
+        )
+        assert held.count(True) == 1, held
+
+
 async def prune_forgets_what_is_older_than_the_window(open_store: StoreFactory) -> None:
     window = timedelta(days=30)
     async with stores(open_store) as (store,):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -57,4 +58,21 @@ def test_unknown_setting_in_file_is_refused(
     toml.write_text("max_recipeints = 4\n")
     monkeypatch.setenv("CAIRN_CONFIG", str(toml))
     with pytest.raises(ValidationError):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [
+        ("CAIRN_CLAIM_LEASE_S", "20", "claim_lease_s (20) must be at least twice"),
+        ("CAIRN_REPLAY_WINDOW_S", "360", "replay_window_s (360) must be more than"),
+    ],
+)
+def test_windows_shorter_than_what_they_guard_are_refused(
+    monkeypatch: pytest.MonkeyPatch, setting: str, value: str, words: str
+) -> None:
+    """A claim lease shorter than two publishes, or a replay window (after which the shared
+    state forgets referral ids) within a signature's usable age, is refused with its name."""
+    monkeypatch.setenv(setting, value)
+    with pytest.raises(ValidationError, match=re.escape(words)):
         Settings()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -21,6 +23,7 @@ from tests.unit.policy.cases import notification, one, referral
 ACCEPTED = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)  # Thursday, a school day
 SCHOOL_START = datetime(2026, 11, 26, 8, 30, tzinfo=UTC)  # that day's start of school
 SCHOOL = "kelder-brook-primary"
+LEASE = timedelta(seconds=30)
 
 
 def encompass_delivery(settings: Settings) -> Delivery:
@@ -153,3 +156,51 @@ async def test_kafka_down_defers_the_report_without_losing_it(settings: Settings
     transport.available = True
     assert len(await sweep.sweep()) == 1
     assert (await store.open_deliveries()) == []
+
+
+async def test_of_brokers_sharing_a_store_only_the_lease_holder_sweeps(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Two brokers (on two machines) over one store: one overdue event, from the holder of the
+    sweep lease; once the holder stops renewing it, the other takes over and prunes at once."""
+    clock = Clock(SCHOOL_START + timedelta(minutes=1))
+    path = tmp_path / "state.sqlite"
+    first, second = SqliteStore(path), SqliteStore(path)
+    transport = MemoryTransport()
+    sweeps = [
+        OverdueSweep(
+            settings.model_copy(update={"transactional_id": f"cairn-broker.host-{n}.0"}),
+            store,
+            transport,
+            Metrics(),
+            clock,
+        )
+        for n, store in enumerate((first, second))
+    ]
+    try:
+        await first.record_deliveries([encompass_delivery(settings)])
+        assert await sweeps[0].holds_lease()  # the first broker's earlier round took it
+
+        async def one_round(sweep: OverdueSweep) -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(sweep.run(stop))
+            await asyncio.sleep(0.2)
+            stop.set()
+            await asyncio.wait_for(task, 5)
+
+        await one_round(sweeps[1])  # not the holder: sends nothing, the delivery stays open
+        assert transport.read_committed("unit.audit") == []
+        assert len(await second.open_deliveries()) == 1
+        await one_round(sweeps[0])
+        events = transport.read_committed("unit.audit")
+        assert [json.loads(r.value)["type"] for r in events] == ["overdue"]
+        assert not await sweeps[1].holds_lease()
+        clock.advance(timedelta(seconds=3 * settings.overdue_sweep_every_s))
+        assert await sweeps[1].holds_lease()
+        await second.claim("00000000-0000-4000-8000-000000000001", "d", "x", clock.now, LEASE)
+        clock.advance(timedelta(seconds=settings.replay_window_s + 1))
+        assert await sweeps[1].prune() == 1
+        assert await sweeps[1].prune() == 0  # not due again for state_prune_every_s
+    finally:
+        await first.close()
+        await second.close()

@@ -29,6 +29,8 @@ CONTRACT = [
     contract.a_pending_claim_is_busy_while_its_owner_beats_and_stale_after,
     contract.a_claim_older_than_the_lease_is_stale_though_its_owner_beats,
     contract.take_over_moves_a_pending_claim_once,
+    contract.a_lease_has_one_holder_until_it_runs_out,
+    contract.twenty_concurrent_asks_for_a_free_lease_make_one_holder,
     contract.published_is_one_batch_keeps_the_first_receipt_and_learns_missing_ids,
     contract.release_forgets_only_our_own_pending_claims,
     contract.heartbeats_name_the_holder_and_its_last_beat,
