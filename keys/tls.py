@@ -1,6 +1,6 @@
 """TLS contexts for mutual TLS between the agencies and the broker, from the store's PKI files.
 
-``ssl`` loads certificates and keys only from paths, so these helpers take a ``FileStore`` and
+``ssl`` loads certificates and keys only from paths, so these helpers take a store on disk and
 hand ``ssl`` the paths of the files in it (the reading is done by OpenSSL, not by us). The
 private keys stay encrypted on disk: OpenSSL decrypts them in memory with the passphrase, so no
 unencrypted key file is ever written. ``peer_agency`` names the agency at the other end of an
@@ -9,18 +9,19 @@ accepted connection, which the broker compares with the referral's claimed sende
 
 from __future__ import annotations
 
+import functools
 import ssl
 
 from cryptography import x509
 
 from keys.errors import KeyStoreError, PassphraseError, Reason, VerificationError
 from keys.pki import agency_of_certificate
-from keys.store import CA_CERT, SERVER_CERT, SERVER_KEY, FileStore, client_cert, client_key
+from keys.store import CA_CERT, SERVER_CERT, SERVER_KEY, PathStore, client_cert, client_key
 
 __all__ = ["client_context", "peer_agency", "server_context"]
 
 
-def _load_chain(context: ssl.SSLContext, store: FileStore, cert: str, key: str, pw: bytes) -> None:
+def _load_chain(context: ssl.SSLContext, store: PathStore, cert: str, key: str, pw: bytes) -> None:
     try:
         context.load_cert_chain(store.path(cert), store.path(key), password=pw)
     except FileNotFoundError:
@@ -33,14 +34,14 @@ def _load_chain(context: ssl.SSLContext, store: FileStore, cert: str, key: str, 
         ) from None
 
 
-def _ca(store: FileStore) -> str:
+def _ca(store: PathStore) -> str:
     path = store.path(CA_CERT)
     if not path.is_file():
         raise KeyStoreError(f"{path} is missing; has 'cairn keys init' been run?")
     return str(path)
 
 
-def server_context(store: FileStore, passphrase: bytes) -> ssl.SSLContext:
+def server_context(store: PathStore, passphrase: bytes) -> ssl.SSLContext:
     """The broker's server context: its certificate, and client certificates required."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=_ca(store))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -49,7 +50,7 @@ def server_context(store: FileStore, passphrase: bytes) -> ssl.SSLContext:
     return context
 
 
-def client_context(store: FileStore, agency_id: str, passphrase: bytes) -> ssl.SSLContext:
+def client_context(store: PathStore, agency_id: str, passphrase: bytes) -> ssl.SSLContext:
     """An agency's client context: its client certificate; the broker checked against the CA."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=_ca(store))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -63,8 +64,16 @@ def peer_agency(connection: ssl.SSLObject | ssl.SSLSocket) -> str:
     if not der:
         raise VerificationError(Reason.WRONG_SIGNER, "the client presented no certificate")
     try:
-        return agency_of_certificate(x509.load_der_x509_certificate(der))
+        return _agency_of_der(der)
     except ValueError:
         raise VerificationError(
             Reason.MALFORMED, "the client certificate does not name one agency"
         ) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _agency_of_der(der: bytes) -> str:
+    """The agency a certificate names: a function of its bytes alone, so each request on a
+    connection (and each connection of one agency) parses it once. OpenSSL verified the chain
+    when the connection was accepted; a failure (ValueError) is not cached."""
+    return agency_of_certificate(x509.load_der_x509_certificate(der))
