@@ -14,6 +14,7 @@ exists has been validated; one that came from bytes has also had its signature c
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Final, Literal
@@ -106,11 +107,18 @@ class PublicJwk(Frozen):
         return self
 
     def public_key(self) -> OkpPublicKey:
-        return public_key_from_jwk(self.model_dump())
+        return _public_key(self.kty, self.crv, self.x)
 
     @classmethod
     def of(cls, key: OkpPublicKey) -> PublicJwk:
         return cls.model_validate(public_jwk(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(kty: str, crv: str, x: str) -> OkpPublicKey:
+    """The key a JWK's members describe: a function of them alone, so each registry key is
+    decoded once, not on every signature checked or disclosure sealed (keys are immutable)."""
+    return public_key_from_jwk({"kty": kty, "crv": crv, "x": x})
 
 
 class RegisteredKey(Frozen):
