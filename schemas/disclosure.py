@@ -28,6 +28,7 @@ recipient may keep it. These are codes, never free text, so audit and IG queries
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -346,7 +347,13 @@ class GroupShare(Frozen):
         Withholding a DASH answer withholds the score too, when the share keeps both: the score
         counts the "yes" answers, so with the others it would give the withheld ones away. When
         every DASH topic a share keeps is withheld, the ``dash`` field goes as well.
+
+        A function of the share's values, ``lacking`` and ``version`` alone (the field classes
+        and question sets are package data), so it is worked out once per such triple.
         """
+        return _withholding(self, lacking, version)
+
+    def _withholding(self, lacking: frozenset[DataClass], version: str) -> Withholding:
         entries = [(e, c) for e, c in self.classified(version) if c in lacking]
         granted = set(self.fields) if self.subset is not None else set(self.group_fields)
         topics = [e for e, _ in entries if e.startswith("dash.")]
@@ -363,6 +370,13 @@ class GroupShare(Frozen):
             withheld = tuple(dict.fromkeys((*self.withheld, *(e for e, _ in entries))))
             share = GroupShare.model_validate({**self.model_dump(), "withheld": withheld})
         return Withholding(share, tuple(entries))
+
+
+@functools.lru_cache(maxsize=4096)
+def _withholding(share: GroupShare, lacking: frozenset[DataClass], version: str) -> Withholding:
+    """``GroupShare.withholding``, remembered by value: equal shares (a frozen model compares
+    its fields) under equal bases withhold the same; the result is frozen, safe to share."""
+    return share._withholding(lacking, version)
 
 
 @dataclass(frozen=True)

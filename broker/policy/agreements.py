@@ -262,12 +262,36 @@ class Agreement(Frozen):
         )
 
     def grant(self, purpose: Purpose, role: AgencyRole) -> tuple[GroupShare, ...] | None:
-        """What ``role`` may receive for ``purpose``, in group order; None: nothing granted."""
+        """What ``role`` may receive for ``purpose``, in group order; None: nothing granted.
+
+        Worked out once per agreement object, purpose and role (``_GRANTS``): the decision of
+        every referral asks it for each recipient, and the answer is made of frozen models."""
+        held = _GRANTS.get(id(self))
+        if held is None or held[0] is not self:
+            if len(_GRANTS) >= _MAX_GRANTS_HELD:
+                _GRANTS.clear()
+            held = (self, {})
+            _GRANTS[id(self)] = held
+        key = (purpose, role)
+        if key not in held[1]:
+            held[1][key] = self._grant(purpose, role)
+        return held[1][key]
+
+    def _grant(self, purpose: Purpose, role: AgencyRole) -> tuple[GroupShare, ...] | None:
         terms = self.terms(purpose)
         if terms is None or role not in terms.recipients:
             return None
         granted = terms.recipients[role]
         return tuple(self.share(g, granted[g]) for g in FieldGroup if g in granted)
+
+
+# Each agreement's grants by (purpose, role), keyed by the agreement object's id and holding
+# the object itself, so an id is never reused while its entry lives (an agreement is frozen, and
+# a reloaded or copied one is a new object, a new entry). Cleared when it holds this many.
+_GRANTS: dict[
+    int, tuple[Agreement, dict[tuple[Purpose, AgencyRole], tuple[GroupShare, ...] | None]]
+] = {}
+_MAX_GRANTS_HELD: Final = 256
 
 
 # --- loading -----------------------------------------------------------------------------------
