@@ -561,19 +561,25 @@ class Disclosure(Frozen):
             return self
         withheld = {s.group: s for s in self.groups if s.withheld}
         for group, name in FIELD_GROUPS.items():
-            for entry in _entries(self.referral.group(group)):
-                share = withheld.get(group)
-                for field, value in entry:
+            share = withheld.get(group)
+            classes = field_classes(group)
+            gone = share.withheld_fields if share is not None else frozenset()
+            if not classes and not gone:
+                continue  # no field of this group can be classified or withheld
+            for model in _models(self.referral.group(group)):
+                # Only a classified or withheld field can fail; in field order, as ever.
+                for field in (f for f in type(model).model_fields if f in classes or f in gone):
+                    value = getattr(model, field)
                     if value in (None, ()):
                         continue
-                    data_class = field_classes(group).get(field)
+                    data_class = classes.get(field)
                     if data_class is not None and not self.lawful_basis.carries(data_class):
                         raise inconsistent(
                             f"referral.{name}.{field}",
                             f"{data_class.value} data, but the lawful basis lacks its "
                             f"condition: {data_class.condition}",
                         )
-                    if share is not None and field in share.withheld_fields:
+                    if field in gone:
                         raise inconsistent(
                             f"referral.{name}.{field}", "the share says this field was withheld"
                         )
@@ -599,11 +605,7 @@ class Disclosure(Frozen):
         return self
 
 
-def _entries(value: object) -> tuple[tuple[tuple[str, object], ...], ...]:
-    """A disclosed group as (field, value) pairs per entry: one entry, or one per child."""
+def _models(value: object) -> tuple[BaseModel, ...]:
+    """A disclosed group's entries: one model, or one per child."""
     models = value if isinstance(value, tuple) else (value,) if value is not None else ()
-    return tuple(
-        tuple((f, getattr(m, f)) for f in type(m).model_fields)
-        for m in models
-        if isinstance(m, BaseModel)
-    )
+    return tuple(m for m in models if isinstance(m, BaseModel))
