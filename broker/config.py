@@ -130,6 +130,20 @@ class Settings(BaseSettings):
         description="Days before the school calendar's last term ends that the broker warns",
     )  # days; `cairn policy check` warns in the same window
 
+    # Credential expiry (issue 14): the registry, the CA, TLS certificates, active keys
+    credential_warn_days: int = Field(
+        default=14,
+        ge=0,
+        le=3650,
+        description="Days before the registry, the CA, a TLS certificate or an active key "
+        "expires that the broker, the auditor and `cairn status` warn (and within which "
+        "`cairn keys refresh` renews certificates)",
+    )  # days
+    credential_check_every_s: float = Field(
+        default=60.0, gt=0, le=86_400
+    )  # seconds between looks at the key store's registry and certificates: a renewed TLS
+    # server certificate is served to new connections from the next look, without a restart
+
     # Limits
     max_body_bytes: int = Field(default=1_048_576, gt=0)  # bytes per submission
     max_recipients: int = Field(default=16, ge=1)  # recipients per referral

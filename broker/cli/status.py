@@ -1,16 +1,23 @@
-"""``cairn status``: the ops picture in the terminal: flows, overdue disclosures, health.
+"""``cairn status``: the ops picture in the terminal: flows, overdue disclosures, health, and
+the credentials that expire soon.
 
 Reads the broker's ``GET /metrics`` and ``GET /readyz`` over mutual TLS with an agency's (or
 the auditor's) certificate, and the overdue list from the brokers' state store (read-only: the
 SQLite file under the state folder, or the PostgreSQL database ``CAIRN_DATABASE_URL`` names,
 shown as user@host:port/db, never with its password); with ``--offline`` it reads the store
 alone. Prints codes, ids and counts only: the metrics and the store hold no personal data.
+
+Credential expiry (the registry, the CA, TLS certificates, active keys) comes from the broker's
+``cairn_credential_expiry_seconds`` gauge, or, offline or when the broker does not answer, from
+the key store's public files (``keys.expiry``; no passphrase needed). Each one expiring within
+``credential_warn_days`` is a ``warning:`` line naming the command that renews it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -20,9 +27,22 @@ from rich.table import Table
 
 from broker.config import Settings
 from broker.state import StateStore, store_for
+from keys.expiry import read_credentials
+from keys.store import FileStore
 from schemas.errors import StateUnavailable
 
-__all__ = ["Status", "parse_metrics", "read_store", "render", "status"]
+__all__ = [
+    "Status",
+    "credential_warnings",
+    "parse_metrics",
+    "read_key_store",
+    "read_store",
+    "render",
+    "status",
+]
+
+_DAY_S = 86_400
+_KEY_KINDS = ("signing_key", "encryption_key")
 
 
 @dataclass
@@ -33,6 +53,9 @@ class Status:
     refused: dict[str, int] = field(default_factory=dict)  # reason -> submissions
     overdue: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     health: dict[str, str] = field(default_factory=dict)
+    # (kind, subject) -> seconds until it expires (negative: expired)
+    credentials: dict[tuple[str, str], float] = field(default_factory=dict)
+    warn_days: int = 14  # credential_warn_days
 
 
 def parse_metrics(text: str, into: Status) -> Status:
@@ -55,6 +78,8 @@ def parse_metrics(text: str, into: Status) -> Status:
                 into.health["kafka lag probe"] = "answering" if s.value else "no answer"
             elif s.name == "cairn_dlq_offsets":
                 into.health["dead letters (offsets)"] = str(int(s.value))
+            elif s.name == "cairn_credential_expiry_seconds":
+                into.credentials[(labels["kind"], labels["subject"])] = s.value
     return into
 
 
@@ -85,8 +110,50 @@ async def read_store(store: StateStore, into: Status, *, limit: int = 50) -> Sta
     return into
 
 
+def read_key_store(
+    store: FileStore, into: Status, *, now: datetime, root_kid: str | None = None
+) -> Status:
+    """The credentials' expiry from the key store's public files, if /metrics gave none."""
+    if into.credentials:
+        return into
+    found, unreadable = read_credentials(store, root_kid=root_kid)
+    for c in found:
+        into.credentials[(c.kind.value, c.subject)] = c.seconds_left(now)
+    into.health["credentials"] = f"read from {store.root}"
+    for problem in unreadable:
+        into.health[f"credentials {problem.name}"] = problem.reason
+    return into
+
+
+def _left(seconds: float) -> str:
+    days, rest = divmod(abs(seconds), _DAY_S)
+    text = f"{int(days)} d {int(rest // 3600)} h"
+    return text if seconds > 0 else f"expired {text} ago"
+
+
+def credential_warnings(view: Status) -> list[str]:
+    """One line per credential expiring within ``warn_days`` (or expired), soonest first,
+    naming what renews it."""
+    lines = []
+    for (kind, subject), seconds in sorted(view.credentials.items(), key=lambda kv: kv[1]):
+        if seconds > view.warn_days * _DAY_S:
+            continue
+        fix = (
+            f"cairn keys rotate --agency {subject}" if kind in _KEY_KINDS else "cairn keys refresh"
+        )
+        when = (
+            f"expires in {int(seconds // _DAY_S)} days"
+            if seconds > 0
+            else f"expired {int(-seconds // _DAY_S)} days ago"
+        )
+        lines.append(
+            f"warning: {kind} {subject} {when} (credential_warn_days {view.warn_days}); run '{fix}'"
+        )
+    return lines
+
+
 def render(view: Status, console: Console) -> None:
-    """Print the flows, overdue and health tables."""
+    """Print the flows, overdue, health and credentials tables, then the expiry warnings."""
     flows = Table(title="Flows (disclosures committed)")
     for col in ("sender", "recipient", "purpose"):
         flows.add_column(col)
@@ -113,6 +180,21 @@ def render(view: Status, console: Console) -> None:
     for check, state in view.health.items():
         health.add_row(check, state)
     console.print(health)
+    if view.credentials:
+        credentials = Table(title="Credentials (soonest to expire first)")
+        for col in ("kind", "subject", "expires in", "state"):
+            credentials.add_column(col)
+        for (kind, subject), seconds in sorted(view.credentials.items(), key=lambda kv: kv[1]):
+            if seconds <= 0:
+                state = "EXPIRED"
+            elif seconds <= view.warn_days * _DAY_S:
+                state = "renew soon"
+            else:
+                state = "ok"
+            credentials.add_row(kind, subject, _left(seconds), state)
+        console.print(credentials)
+    for line in credential_warnings(view):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 async def _fetch(settings: Settings, agency: str, url: str) -> tuple[str | None, dict[str, Any]]:
@@ -140,11 +222,17 @@ async def _fetch(settings: Settings, agency: str, url: str) -> tuple[str | None,
     help="Whose certificate to present to the broker",
 )
 @click.option("--url", default=None, help="Broker URL [default: https://HTTP_HOST:HTTP_PORT]")
-@click.option("--offline", is_flag=True, help="Read the state store only; do not call the broker")
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Read the state store and the key store's public files only; do not call the broker",
+)
 def status(agency: str, url: str | None, offline: bool) -> None:
-    """Flows sender → recipient, overdue disclosures and health, as tables (codes and ids only)."""
+    """Flows sender → recipient, overdue disclosures, health and credential expiry, as tables
+    (codes and ids only); a warning line for each credential expiring within
+    credential_warn_days."""
     settings = Settings()
-    view = Status()
+    view = Status(warn_days=settings.credential_warn_days)
     if not offline:
         base = url or f"https://{settings.http_host}:{settings.http_port}"
         try:
@@ -162,4 +250,13 @@ def status(agency: str, url: str | None, offline: bool) -> None:
         view.health["state store"] = str(exc)
     else:
         asyncio.run(read_store(store, view))
+    if view.credentials:
+        view.health["credentials"] = "from the broker"
+    else:
+        read_key_store(
+            FileStore(settings.keys_path),
+            view,
+            now=datetime.now(UTC),
+            root_kid=settings.registry_root_kid,
+        )
     render(view, Console())

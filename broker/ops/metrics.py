@@ -26,6 +26,11 @@ computes when scraped (checkpoint age, calendar, Kafka lag) are facts about the 
 not counts: they are added once, from the worker that answers, never summed. A gauge added
 to ``Metrics`` must name its ``multiprocess_mode``.
 
+``CredentialWatch`` (``broker.ops.credentials``) gives the gauge
+``cairn_credential_expiry_seconds{kind,subject}``: seconds until the registry, the CA, a TLS
+certificate or an active key expires (negative once it has), from the key store's files as
+last read, computed when scraped; a deployment figure like the calendar's, added once.
+
 ``CountingTransport`` wraps any transport to count produce errors and retries.
 ``ops_snapshot`` gives the same picture as a JSON-ready dict for the dashboard and
 ``cairn status``.
@@ -56,6 +61,7 @@ from broker.config import Settings
 from broker.kafka.ledger import Claim
 from broker.kafka.topics import delivery_topic
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
+from broker.ops.credentials import CredentialWatch
 from broker.policy.calendar import CONSERVATIVE_RULE, SchoolCalendar
 from broker.state import StateStore
 from schemas.errors import TransportError
@@ -187,6 +193,7 @@ class Metrics:
         self.probe: KafkaProbe | None = None
         self.checkpoint_file: Path | None = None
         self.calendar_watch: CalendarWatch | None = None
+        self.credential_watch: CredentialWatch | None = None
         r.register(_OpsCollector(self))
         for stage in STAGES:  # every stage is exposed from the start, at zero
             self.stage_seconds.labels(stage=stage)
@@ -247,6 +254,17 @@ class _OpsCollector(Collector):
             )
             days.add_metric([], left)
             yield days
+        credentials = self._metrics.credential_watch
+        if credentials is not None:
+            expiry = GaugeMetricFamily(
+                "cairn_credential_expiry_seconds",
+                "Seconds until the registry, the CA, a TLS certificate or an active key expires "
+                "(negative: expired), by kind and subject (agency id or component)",
+                labels=["kind", "subject"],
+            )
+            for credential, seconds in credentials.seconds_left():
+                expiry.add_metric([credential.kind.value, code(credential.subject)], seconds)
+            yield expiry
         age = self._metrics.checkpoint_age_s()
         if age is not None:
             g = GaugeMetricFamily(

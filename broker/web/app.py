@@ -23,6 +23,7 @@ from broker.audit.files import CHECKPOINTS_FILE
 from broker.config import Settings
 from broker.ingest import Pipeline
 from broker.kafka.transport import KafkaTransport, Transport
+from broker.ops.credentials import CredentialWatch, ServerCertificate
 from broker.ops.metrics import (
     CONTENT_TYPE,
     CalendarWatch,
@@ -144,6 +145,7 @@ def create_app(
     calendar: SchoolCalendar | None = None,
     metrics: Metrics | None = None,
     sweep_overdue: bool = True,
+    server_certificate: ServerCertificate | None = None,
 ) -> web.Application:
     """The broker application; the transport is started and stopped with the app.
 
@@ -157,6 +159,9 @@ def create_app(
     and the school calendar are read from the federation folder unless given. The state store
     is the one the settings name (``broker.state.store_for``) unless given; it is opened before
     the transport starts, and closed after it stops if the app made it.
+    The credentials of the trust store's key store are watched (``broker.ops.credentials``):
+    the expiry gauge, the ``credentials.expiring`` line, and, given ``server_certificate``,
+    the TLS server certificate reloaded when it is renewed.
     """
     if agreements is None:
         agreements = load_agreements(settings.federation_dir / AGREEMENTS_DIR)
@@ -170,6 +175,15 @@ def create_app(
     metrics.checkpoint_file = settings.state_dir / "audit" / CHECKPOINTS_FILE
     calendar_watch = CalendarWatch(calendar, clock, settings.calendar_warn_days)
     metrics.calendar_watch = calendar_watch
+    credential_watch = CredentialWatch(
+        trust.store,
+        clock,
+        warn_days=settings.credential_warn_days,
+        check_every_s=settings.credential_check_every_s,
+        root_kid=settings.registry_root_kid,
+        server=server_certificate,
+    )
+    metrics.credential_watch = credential_watch
     if isinstance(transport, KafkaTransport):  # lag figures only where there is a Kafka
         metrics.probe = KafkaProbe(settings, federation.ids)
     owns_store = store is None  # close only what we opened
@@ -196,16 +210,24 @@ def create_app(
         from broker.web.dashboard import StoreOpsSource, add_ops_routes, dlq_counter
 
         source = StoreOpsSource(
-            store, probes={"kafka": transport.ready}, dlq_count=dlq_counter(settings), clock=clock
+            store,
+            probes={"kafka": transport.ready},
+            dlq_count=dlq_counter(settings),
+            clock=clock,
+            credentials=credential_watch.summary,
         )
         add_ops_routes(app, source)
 
     async def transport_lifecycle(_app: web.Application):  # type: ignore[no-untyped-def]
         calendar_watch.check()  # at start-up, before Kafka can fail, then hourly (daily lines)
+        credential_watch.check()  # the same for the registry and certificates, then each minute
         await store.open()  # StateUnavailable: the broker does not start without its state
         await transport.start()
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(calendar_watch.run(stop))]
+        tasks = [
+            asyncio.create_task(calendar_watch.run(stop)),
+            asyncio.create_task(credential_watch.run(stop)),
+        ]
         if consume_receipts:
             loop = ReceiptsLoop(settings, trust, store, transport, clock, metrics=metrics)
             tasks.append(asyncio.create_task(loop.run(stop)))

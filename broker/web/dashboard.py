@@ -5,7 +5,8 @@ JSON from the app that serves them, over the same mutual TLS and client-certific
 API; the IG view's routes live with the auditor (``broker.audit.service``):
 
     broker   GET  /ui/                  the ops view (any federation member's certificate)
-             GET  /ui/api/ops?window_s= flows, per-agency lag, DLQ count, overdue items, health
+             GET  /ui/api/ops?window_s= flows, per-agency lag, DLQ count, overdue items, health,
+                                        credentials expiring soon
     auditor  GET  /ui/ig                the IG view (the auditor's certificate only: the auditor
                                         app's middleware refuses every other one with 401)
              POST /ui/ig/api/verify     verify the audit log's files now (``audit.verify.verify``)
@@ -164,12 +165,14 @@ class StoreOpsSource:
         dlq_count: Callable[[], Awaitable[int]] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         probe_timeout_s: float = 3.0,  # seconds per probe
+        credentials: Callable[[], list[dict[str, object]]] | None = None,
     ) -> None:
         self.store = store
         self.probes = dict(probes or {})
         self.dlq_count = dlq_count
         self.clock = clock
         self.probe_timeout_s = probe_timeout_s
+        self.credentials = credentials  # what expires soon (broker.ops.credentials)
 
     async def snapshot(self, window: timedelta) -> dict[str, Any]:
         """Flows, lag per recipient, overdue items, DLQ count and health, as plain JSON.
@@ -178,6 +181,8 @@ class StoreOpsSource:
         counts in the window and ``per_hour`` (disclosed per hour). ``agencies``: per recipient,
         disclosures not yet acknowledged and the age of the oldest (the lag). ``overdue``:
         disclosures past their ``due_at`` and still unacknowledged, newest due first.
+        ``credentials``: the registry, CA, certificates and keys expiring within
+        ``credential_warn_days`` (kind, subject, expires_at, seconds_left), soonest first.
         """
         now = self.clock()
         since = now - window
@@ -236,6 +241,7 @@ class StoreOpsSource:
             "dlq": await self._dlq(),
             "quarantine": None,  # quarantine happens in the recipients' inboxes, not here
             "health": await self._health(),
+            "credentials": self.credentials() if self.credentials is not None else [],
         }
 
     async def _dlq(self) -> int | None:

@@ -123,6 +123,14 @@ class _Guard:
         self._metrics = metrics
         self._by_client: Counter[str] = Counter()
 
+    def presented(self, agency: str, ssl_object: ssl.SSLObject) -> None:
+        """Tell the credential watch which certificate ``agency`` presented (its expiry)."""
+        watch = self._metrics.credential_watch if self._metrics is not None else None
+        if watch is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            if der:
+                watch.presented(agency, der)
+
     def cut(self, reason: CutReason, agency: str | None = None) -> None:
         if self._metrics is not None:
             self._metrics.connections_cut.labels(reason=reason.value).inc()
@@ -179,6 +187,8 @@ class _Connection(asyncio.Protocol):
                 self._agency = peer_agency(ssl_object)
             except KeyVerificationError:
                 self._agency = None
+            else:
+                self._guard.presented(self._agency, ssl_object)
             client = self._agency or UNIDENTIFIED
             if self._guard.admit(client):
                 self._client = client

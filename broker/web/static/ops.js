@@ -106,6 +106,7 @@ function normalise(data) {
     generated_at: data.generated_at ?? data.at, flows, overdue, health,
     agencies: data.agencies || [], overdue_total: data.overdue_total ?? overdue.length,
     dlq: data.dlq ?? null, quarantine: data.quarantine ?? null,
+    credentials: data.credentials || [],
   };
 }
 
@@ -133,6 +134,11 @@ function render(raw) {
   document.getElementById("overdue-total").textContent = data.overdue_total;
   fill("overdue", data.overdue.map((o) => [
     [o.message_id], [o.purpose], [o.recipient], [o.due_at], [duration(o.overdue_s), "num"],
+  ]));
+  document.getElementById("credentials-total").textContent = data.credentials.length;
+  fill("credentials", data.credentials.map((c) => [
+    [c.kind], [c.subject], [c.expires_at],
+    [c.seconds_left > 0 ? duration(c.seconds_left) : "expired", "num"],
   ]));
 }
 
