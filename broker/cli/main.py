@@ -167,6 +167,7 @@ async def _broker_app(
     Of several workers only the first (``worker`` 0) runs the overdue sweep."""
     from broker.federation import load_federation
     from broker.kafka.transport import KafkaTransport
+    from broker.ops.credentials import ServerCertificate
     from broker.web.app import create_app
     from keys import BROKER_ID, FileStore, passphrase_from_env, server_context
 
@@ -178,6 +179,7 @@ async def _broker_app(
     trust.signing_key()
     if check_only:
         return None
+    context = server_context(store, passphrase)  # reloaded when renewed (broker.ops.credentials)
     app = create_app(
         settings,
         federation,
@@ -187,8 +189,9 @@ async def _broker_app(
         dashboard=True,
         metrics=metrics,
         sweep_overdue=worker in (None, 0),
+        server_certificate=ServerCertificate(context, store, passphrase),
     )
-    return app, server_context(store, passphrase)
+    return app, context
 
 
 def _instance_settings(settings: Settings, worker: int | None) -> tuple[Instance, Settings]:
@@ -256,6 +259,7 @@ def auditor() -> None:
     Stops on SIGTERM after catching up and signing a final checkpoint.
     """
     from broker.audit.service import Auditor, auditor_app
+    from broker.ops.credentials import CredentialWatch, ServerCertificate
     from broker.web.app import serve as serve_app
     from keys import AUDITOR_ID, FileStore, passphrase_from_env, server_context
 
@@ -270,16 +274,27 @@ def auditor() -> None:
         trust.pseudonym_secret()
         worker = Auditor(settings, trust)
         await worker.open()
+        context = server_context(store, passphrase)
+        # The auditor's API serves the same TLS certificate: warned about and reloaded alike.
+        watch = CredentialWatch(
+            store,
+            lambda: datetime.now(UTC),
+            warn_days=settings.credential_warn_days,
+            check_every_s=settings.credential_check_every_s,
+            root_kid=settings.registry_root_kid,
+            server=ServerCertificate(context, store, passphrase),
+        )
+        watch.check()
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
+        watching = asyncio.create_task(watch.run(stop))
         http = settings.model_copy(update={"http_port": settings.auditor_http_port})
         try:
-            await serve_app(
-                auditor_app(worker, dashboard=True), http, server_context(store, passphrase)
-            )
+            await serve_app(auditor_app(worker, dashboard=True), http, context)
         finally:
             stop.set()
             await asyncio.wait_for(task, settings.shutdown_timeout_s + 15)
+            await asyncio.wait_for(watching, 15)
             await worker.close()
 
     _run(main())
