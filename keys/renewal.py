@@ -21,7 +21,7 @@ rotation (``cairn keys rotate --agency ID``), so ``Renewal.to_rotate`` lists the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -33,18 +33,19 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from keys.errors import KeyStoreError
 from keys.expiry import (
+    FEDERATION,
     Credential,
     CredentialKind,
     certificate_credential,
     certificate_files,
     expiring,
-    read_credentials,
+    registry_credentials,
 )
 from keys.federation import Lifetimes, refresh
 from keys.registry import Registry
 from keys.store import CA_CERT, CA_KEY, SERVER_CERT, Store, decrypt_private_key
 
-__all__ = ["Renewal", "describe", "renew", "renew_certificates"]
+__all__ = ["Renewal", "describe", "renew", "renew_certificates", "renew_federation"]
 
 # As keys.pki: a certificate starts a little in the past for a peer whose clock is behind.
 _BACKDATE: Final = timedelta(minutes=5)
@@ -164,14 +165,44 @@ def renew(
     under one passphrase, as ``keys.federation.init_federation`` makes), then re-sign the
     registry; see the module docstring."""
     life = lifetimes or Lifetimes()
-    renewed = renew_certificates(
-        store, passphrase, (store,), now=now, within=within, lifetimes=life
+    return renew_federation(
+        store,
+        passphrase,
+        (store,),
+        lambda: refresh(store, passphrase, now=now, lifetimes=life),
+        now=now,
+        within=within,
+        lifetimes=life,
     )
-    credentials, _unreadable = read_credentials(store)
-    due = expiring(credentials, now, within)
+
+
+def renew_federation(
+    ca_store: Store,
+    ca_passphrase: bytes,
+    holders: Sequence[Store],
+    resign: Callable[[], Registry],
+    *,
+    now: datetime,
+    within: timedelta,
+    lifetimes: Lifetimes | None = None,
+    publish_to: Sequence[Store] = (),
+) -> Renewal:
+    """All three steps over any custody: ``renew_certificates``, then ``resign()`` (which
+    re-signs and publishes the registry, e.g. ``keys.federation.refresh_registry`` with the
+    root's store), then the active keys of the new registry that expire within ``within``."""
+    renewed = renew_certificates(
+        ca_store,
+        ca_passphrase,
+        holders,
+        now=now,
+        within=within,
+        lifetimes=lifetimes,
+        publish_to=publish_to,
+    )
     # 3. The registry, last: its new serial marks a complete renewal.
-    registry = refresh(store, passphrase, now=now, lifetimes=life)
-    renewed.append(Credential(CredentialKind.REGISTRY, "federation", registry.expires_at))
+    registry = resign()
+    renewed.append(Credential(CredentialKind.REGISTRY, FEDERATION, registry.expires_at))
+    due = expiring(registry_credentials(registry), now, within)
     to_rotate = tuple(c for c in due if c.kind in _KEY_KINDS)
     return Renewal(tuple(renewed), to_rotate, registry)
 
