@@ -47,6 +47,7 @@ __all__ = [
     "SERVER_KEY",
     "FileStore",
     "MemoryStore",
+    "PathStore",
     "Store",
     "check_new_passphrase",
     "client_cert",
@@ -87,6 +88,20 @@ def client_cert(agency_id: str) -> str:
 
 def client_key(agency_id: str) -> str:
     return f"tls/clients/{agency_id}.key"
+
+
+class PathStore(Protocol):
+    """A store whose files are on disk, for the APIs (``ssl``) that only take paths."""
+
+    def exists(self, name: str) -> bool: ...
+
+    def read(self, name: str) -> bytes: ...
+
+    def write(self, name: str, data: bytes, *, private: bool) -> None: ...
+
+    def is_empty(self) -> bool: ...
+
+    def path(self, name: str) -> Path: ...
 
 
 class Store(Protocol):
