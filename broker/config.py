@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,9 +18,60 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["REPO_ROOT", "Settings", "config_file"]
+__all__ = [
+    "KAFKA_SASL_MECHANISMS",
+    "KAFKA_SECURITY_PROTOCOLS",
+    "REPO_ROOT",
+    "Settings",
+    "config_file",
+    "read_secret_file",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+KAFKA_SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS: Final = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+_MAX_SECRET_FILE_BYTES: Final = 4096  # a password file larger than this is not a password file
+
+
+def _variable(field_name: str) -> str:
+    """The environment variable of a setting (the TOML key is the field name itself)."""
+    return f"CAIRN_{field_name.upper()}"
+
+
+def _readable(field_name: str, path: Path) -> None:
+    """Refuse, naming the setting's variable, a path that is not a file this process can read."""
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except IsADirectoryError:
+        raise ValueError(f"{_variable(field_name)}: {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise ValueError(
+            f"{_variable(field_name)}: cannot read {path} ({exc.strerror or type(exc).__name__})"
+        ) from None
+
+
+def read_secret_file(field_name: str, path: Path) -> str:
+    """A secret kept in a file: its text without the trailing newline; ValueError naming the
+    setting's variable if the file cannot be read, is not UTF-8 or is empty."""
+    _readable(field_name, path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{_variable(field_name)}: cannot read {path} ({exc.strerror})") from None
+    if len(data) > _MAX_SECRET_FILE_BYTES:
+        raise ValueError(
+            f"{_variable(field_name)}: {path} is {len(data)} bytes, too large for a password file"
+        )
+    try:
+        text = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ValueError(f"{_variable(field_name)}: {path} is not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"{_variable(field_name)}: {path} is empty")
+    return text
 
 
 def config_file() -> Path | None:
@@ -35,18 +86,48 @@ def config_file() -> Path | None:
 class Settings(BaseSettings):
     """Everything an operator can set. Defaults suit the local development federation."""
 
-    model_config = SettingsConfigDict(env_prefix="CAIRN_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused setting's message names it, never echoes the values given
+    # (a password among them).
+    model_config = SettingsConfigDict(
+        env_prefix="CAIRN_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     # Kafka
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", description="Comma-separated host:port list of any Kafka cluster"
     )
+    # Kafka credentials (issue 14): mutual TLS and/or SASL SCRAM, secrets read from files.
+    # Checked when the settings load (_kafka_credentials): a wrong one names its variable.
     kafka_security_protocol: str = Field(
-        default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+        default="PLAINTEXT",
+        description="PLAINTEXT, SSL (TLS, with a client certificate for mutual TLS), "
+        "SASL_PLAINTEXT or SASL_SSL",
     )
-    kafka_sasl_mechanism: str | None = None
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that issued Kafka's listener certificate "
+        "[default: the system's trust store]",
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        default=None,
+        description="PEM client certificate presented to Kafka (mutual TLS); its subject CN "
+        "is this component's Kafka principal, User:<CN>",
+    )
+    kafka_ssl_key_file: Path | None = Field(
+        default=None,
+        description="PEM private key of kafka_ssl_cert_file (PKCS#8, may be encrypted)",
+    )
+    kafka_ssl_key_password_file: Path | None = Field(
+        default=None, description="A file holding the password of an encrypted kafka_ssl_key_file"
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        default=None, description="SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_SSL or SASL_PLAINTEXT)"
+    )
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = Field(
+        default=None, description="A file holding kafka_sasl_password (set one of the two)"
+    )
     topic_prefix: str = Field(
         default="cairn",
         pattern=r"^[a-zA-Z0-9._-]{1,64}$",
@@ -245,7 +326,20 @@ class Settings(BaseSettings):
     # Files
     state_dir: Path = REPO_ROOT / ".cairn"
     key_dir: Path | None = Field(
-        default=None, description="Key store folder [default: <state_dir>/keys]"
+        default=None,
+        description="Key stores folder, one sub-folder per store (public, root, ca, pseudonym, "
+        "broker, auditor, agencies/<id>; README 'Key custody') [default: <state_dir>/keys]",
+    )
+    passphrase_dir: Path | None = Field(
+        default=None,
+        description="One passphrase file per key store, named as the store (broker, pseudonym, "
+        "agencies/<id>, ...); a store without one uses CAIRN_KEY_PASSPHRASE[_FILE] "
+        "[default: <state_dir>/passphrases]",
+    )
+    public_key_dir: Path | None = Field(
+        default=None,
+        description="The published registry, root public key and CA certificate, as the "
+        "federation administrator publishes them [default: <key_dir>/public]",
     )
     federation_dir: Path = REPO_ROOT / "deploy" / "federation"
 
@@ -267,6 +361,106 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _known_security_protocol(cls, value: str) -> str:
+        if value not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"CAIRN_KAFKA_SECURITY_PROTOCOL must be one of "
+                f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}, not {value!r}"
+            )
+        return value
+
+    @field_validator("kafka_sasl_mechanism")
+    @classmethod
+    def _known_sasl_mechanism(cls, value: str | None) -> str | None:
+        if value is not None and value not in KAFKA_SASL_MECHANISMS:
+            raise ValueError(
+                f"CAIRN_KAFKA_SASL_MECHANISM must be one of {', '.join(KAFKA_SASL_MECHANISMS)}, "
+                f"not {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_credentials(self) -> Settings:
+        """Kafka's credentials hang together and every file they name can be read, so that a
+        wrong one stops the process at start, naming its variable, not at the first connect."""
+        protocol = self.kafka_security_protocol
+        tls = protocol in ("SSL", "SASL_SSL")
+        sasl = protocol.startswith("SASL_")
+        files = {
+            "kafka_ssl_ca_file": self.kafka_ssl_ca_file,
+            "kafka_ssl_cert_file": self.kafka_ssl_cert_file,
+            "kafka_ssl_key_file": self.kafka_ssl_key_file,
+            "kafka_ssl_key_password_file": self.kafka_ssl_key_password_file,
+        }
+        if not tls:
+            for name, path in files.items():
+                if path is not None:
+                    raise ValueError(
+                        f"{_variable(name)} is set but CAIRN_KAFKA_SECURITY_PROTOCOL is "
+                        f"{protocol}: TLS files need SSL or SASL_SSL"
+                    )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError(
+                "CAIRN_KAFKA_SSL_CERT_FILE and CAIRN_KAFKA_SSL_KEY_FILE go together: "
+                "set both (mutual TLS) or neither"
+            )
+        if self.kafka_ssl_key_password_file is not None and self.kafka_ssl_key_file is None:
+            raise ValueError(
+                "CAIRN_KAFKA_SSL_KEY_PASSWORD_FILE is set without CAIRN_KAFKA_SSL_KEY_FILE"
+            )
+        for name, path in files.items():
+            if path is not None:
+                _readable(name, path)
+        if self.kafka_ssl_key_password_file is not None:
+            read_secret_file("kafka_ssl_key_password_file", self.kafka_ssl_key_password_file)
+        sasl_values = {
+            "kafka_sasl_mechanism": self.kafka_sasl_mechanism,
+            "kafka_sasl_username": self.kafka_sasl_username,
+            "kafka_sasl_password": self.kafka_sasl_password,
+            "kafka_sasl_password_file": self.kafka_sasl_password_file,
+        }
+        if not sasl:
+            for name, value in sasl_values.items():
+                if value is not None:
+                    raise ValueError(
+                        f"{_variable(name)} is set but CAIRN_KAFKA_SECURITY_PROTOCOL is "
+                        f"{protocol}: SASL settings need SASL_SSL or SASL_PLAINTEXT"
+                    )
+            return self
+        if self.kafka_sasl_mechanism is None:
+            raise ValueError(
+                f"CAIRN_KAFKA_SECURITY_PROTOCOL is {protocol}: set CAIRN_KAFKA_SASL_MECHANISM "
+                f"({' or '.join(KAFKA_SASL_MECHANISMS)})"
+            )
+        if not self.kafka_sasl_username:
+            raise ValueError(
+                f"CAIRN_KAFKA_SECURITY_PROTOCOL is {protocol}: set CAIRN_KAFKA_SASL_USERNAME"
+            )
+        if (self.kafka_sasl_password is None) == (self.kafka_sasl_password_file is None):
+            raise ValueError(
+                "set one of CAIRN_KAFKA_SASL_PASSWORD_FILE (recommended) and "
+                "CAIRN_KAFKA_SASL_PASSWORD, not both and not neither"
+            )
+        if self.kafka_sasl_password_file is not None:
+            read_secret_file("kafka_sasl_password_file", self.kafka_sasl_password_file)
+        return self
+
+    def kafka_sasl_secret(self) -> str | None:
+        """The SASL password, from its file (read now) or the setting; None without SASL."""
+        if self.kafka_sasl_password_file is not None:
+            return read_secret_file("kafka_sasl_password_file", self.kafka_sasl_password_file)
+        if self.kafka_sasl_password is not None:
+            return self.kafka_sasl_password.get_secret_value()
+        return None
+
+    def kafka_ssl_key_password(self) -> str | None:
+        """The password of the Kafka client key, from its file (read now), if one is set."""
+        if self.kafka_ssl_key_password_file is None:
+            return None
+        return read_secret_file("kafka_ssl_key_password_file", self.kafka_ssl_key_password_file)
 
     @model_validator(mode="after")
     def _min_insync_within_replication(self) -> Settings:
@@ -290,14 +484,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def min_insync_replicas(self) -> int:
-        """``min.insync.replicas`` for the topics Cairn creates: the setting, or the replication
-        factor less one (so one replica may be lost without stopping writes), at least 1."""
-        if self.topic_min_insync_replicas is not None:
-            return self.topic_min_insync_replicas
-        return max(1, self.topic_replication_factor - 1)
-
     @model_validator(mode="after")
     def _replay_window_outlasts_a_signature(self) -> Settings:
         usable = self.max_signature_age_s + self.max_clock_skew_s
@@ -310,8 +496,24 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def min_insync_replicas(self) -> int:
+        """``min.insync.replicas`` for the topics Cairn creates: the setting, or the replication
+        factor less one (so one replica may be lost without stopping writes), at least 1."""
+        if self.topic_min_insync_replicas is not None:
+            return self.topic_min_insync_replicas
+        return max(1, self.topic_replication_factor - 1)
+
+    @property
     def keys_path(self) -> Path:
         return self.key_dir if self.key_dir is not None else self.state_dir / "keys"
+
+    @property
+    def passphrases_path(self) -> Path:
+        return (
+            self.passphrase_dir
+            if self.passphrase_dir is not None
+            else self.state_dir / "passphrases"
+        )
 
     def shown(self) -> dict[str, Any]:
         """The effective settings as plain values, secrets masked, for ``cairn config show``."""

@@ -58,6 +58,7 @@ __all__ = [
     "Transport",
     "create_topics",
     "kafka_options",
+    "kafka_ssl_context",
 ]
 
 log = structlog.get_logger(__name__)
@@ -123,20 +124,62 @@ class Transport(Protocol):
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
-    """Connection options shared by every aiokafka client Cairn creates."""
+    """Connection options shared by every aiokafka client Cairn creates: the bootstrap
+    servers, and the credentials the settings give (TLS with the CA file and, for mutual TLS,
+    the client certificate; SASL SCRAM), secrets read from their files now."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
         "security_protocol": settings.kafka_security_protocol,
         "request_timeout_ms": int(settings.publish_timeout_s * 1000),
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = ssl.create_default_context()
+        options["ssl_context"] = kafka_ssl_context(settings)
     if settings.kafka_sasl_mechanism:
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
-        if settings.kafka_sasl_password is not None:
-            options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+        options["sasl_plain_password"] = _setting(settings.kafka_sasl_secret)
     return options
+
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context of Cairn's Kafka clients: Kafka's listener verified against
+    ``kafka_ssl_ca_file`` (else the system's CAs), host name included, TLS 1.2 at least, and
+    the client certificate presented if one is set. A file that cannot be used is a
+    ``TransportError`` naming its setting's variable (the settings checked it is readable)."""
+    ca = settings.kafka_ssl_ca_file
+    try:
+        context = ssl.create_default_context(cafile=None if ca is None else str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(
+            f"CAIRN_KAFKA_SSL_CA_FILE: {ca} holds no usable PEM certificate ({_why(exc)})"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    cert, key = settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file
+    if cert is not None and key is not None:
+        password = _setting(settings.kafka_ssl_key_password)
+        try:
+            context.load_cert_chain(str(cert), str(key), password=password)
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(
+                f"CAIRN_KAFKA_SSL_CERT_FILE / CAIRN_KAFKA_SSL_KEY_FILE: cannot load the client "
+                f"certificate {cert} with its key {key} (a wrong key password, a key that does "
+                f"not match the certificate, or not PEM: {_why(exc)})"
+            ) from None
+    return context
+
+
+def _setting(read: Callable[[], str | None]) -> str | None:
+    """A secret read from its file now; a file gone since the settings loaded is a
+    ``TransportError`` with the reason (which names the variable)."""
+    try:
+        return read()
+    except ValueError as exc:
+        raise TransportError(str(exc)) from None
+
+
+def _why(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None)
+    return str(reason) if reason else type(exc).__name__
 
 
 @dataclass

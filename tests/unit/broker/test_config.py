@@ -44,6 +44,9 @@ def test_environment_beats_file_beats_default(
 
 def test_secrets_are_masked_in_show(monkeypatch: pytest.MonkeyPatch) -> None:
     """'cairn config show' never prints a password."""
+    monkeypatch.setenv("CAIRN_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("CAIRN_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("CAIRN_KAFKA_SASL_USERNAME", "cairn-broker")
     monkeypatch.setenv("CAIRN_KAFKA_SASL_PASSWORD", "hunter2")
     shown = Settings().shown()
     assert shown["kafka_sasl_password"] == "********"
