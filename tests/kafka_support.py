@@ -9,7 +9,7 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +137,7 @@ async def read_committed(
     *,
     timeout_s: float = 20.0,
     isolation_level: str = "read_committed",
-    settle_s: float = 0.3,
+    settle_s: float = 2.0,
 ) -> list[Record]:
     """Everything a consumer sees on ``topic``, from the beginning to the end (read_committed
     unless told otherwise; read_uncommitted also returns records of aborted transactions)."""
@@ -153,22 +153,8 @@ async def read_committed(
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        # Kafka answers a commit before it has written the commit markers, so the last
-        # stable offset (what read_committed can reach) may lag a just-committed transaction
-        # by a moment: read to the end, then look once more after a short pause.
-        end = await consumer.end_offsets(tps)
         records: list[Record] = []
-        deadline = time.monotonic() + timeout_s
-        await asyncio.sleep(settle_s)
-        end = await consumer.end_offsets(tps)
-        while any([await consumer.position(tp) < end[tp] for tp in tps]):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end in {timeout_s}s")
-            batches = await consumer.getmany(timeout_ms=200)
-            for messages in batches.values():
-                records += [
-                    Record(m.topic, m.key, m.value, tuple(m.headers or ())) for m in messages
-                ]
+        await _read_to_end(bootstrap, consumer, tps, records.append, timeout_s, settle_s)
         return records
     finally:
         await asyncio.wait_for(consumer.stop(), 10)
@@ -184,7 +170,7 @@ async def topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
 
 
 async def read_committed_many(
-    bootstrap: str, topics: Sequence[str], *, timeout_s: float = 20.0
+    bootstrap: str, topics: Sequence[str], *, timeout_s: float = 20.0, settle_s: float = 2.0
 ) -> dict[str, list[Record]]:
     """Everything committed on each of ``topics``, from the beginning to the end, read by one
     read_committed consumer (one consumer for many topics, where ``read_committed`` makes one
@@ -206,19 +192,56 @@ async def read_committed_many(
         ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
         records: dict[str, list[Record]] = {t: [] for t in topics}
-        deadline = time.monotonic() + timeout_s
-        while any([await consumer.position(tp) < end[tp] for tp in tps]):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {', '.join(topics)} to the end in {timeout_s}s")
-            batches = await consumer.getmany(timeout_ms=200)
-            for messages in batches.values():
-                for m in messages:
-                    records[m.topic].append(Record(m.topic, m.key, m.value, tuple(m.headers or ())))
+
+        def keep(record: Record) -> None:
+            records[record.topic].append(record)
+
+        await _read_to_end(bootstrap, consumer, tps, keep, timeout_s, settle_s)
         return records
     finally:
         await asyncio.wait_for(consumer.stop(), 10)
+
+
+async def _read_to_end(
+    bootstrap: str,
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    keep: Callable[[Record], None],
+    timeout_s: float,
+    settle_s: float,
+) -> None:
+    """Read ``consumer``'s assigned ``tps`` to their end: every record written before the call
+    once its transaction is settled.
+
+    Kafka answers a commit before it has written the commit markers, so right after a 202 the
+    last stable offset (the end a read_committed consumer is told) may not yet cover a
+    committed transaction. The target is the high watermark (everything written, read
+    uncommitted); a transaction still open there (a producer that died mid-transaction, until
+    Kafka aborts it) would hold a read_committed reader back, so after ``settle_s`` the target
+    falls back to the last stable offset of that moment.
+    """
+    peek = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
+    await peek.start()
+    try:
+        end = await peek.end_offsets(tps)
+    finally:
+        await asyncio.wait_for(peek.stop(), 10)
+    started = time.monotonic()
+    settled = False
+    while any([await consumer.position(tp) < end[tp] for tp in tps]):
+        now = time.monotonic()
+        if now - started > timeout_s:
+            topics = sorted({tp.topic for tp in tps})
+            raise TimeoutError(f"could not read {', '.join(topics)} to the end in {timeout_s}s")
+        if not settled and now - started > settle_s:
+            settled = True
+            stable = await consumer.end_offsets(tps)
+            end = {tp: min(end[tp], stable[tp]) for tp in tps}
+        batches = await consumer.getmany(timeout_ms=200)
+        for messages in batches.values():
+            for m in messages:
+                keep(Record(m.topic, m.key, m.value, tuple(m.headers or ())))
 
 
 def free_port_pair() -> int:
