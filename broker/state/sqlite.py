@@ -7,6 +7,13 @@ lock instead of failing. A claim runs in ``BEGIN IMMEDIATE``, so its insert-or-r
 across processes. Each store runs its connection on one thread of its own, so a wait for the
 lock never blocks the event loop. ``SqliteStore(None)`` keeps everything in memory (unit tests).
 
+The writes every submission makes (``claim``, ``published``, ``record_deliveries``,
+``record_facts``) are group-committed: those queued while the thread is busy run one after
+another in one ``BEGIN IMMEDIATE`` transaction (one commit, one fsync, for all of them), each in
+a savepoint of its own, so one that fails is rolled back alone and gets its error. Each caller
+is answered only after the transaction holding its write has committed, with what it would have
+got run alone at that point: the batch is those writes in order, under one lock.
+
 Times are ISO 8601 text in UTC with microseconds (fixed width, so text order is time order).
 The first open of a new file imports a legacy ``replay.sqlite`` beside it (the store before
 issue 13), so no delivery deadline or acknowledgement is lost in the upgrade.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -106,6 +114,7 @@ _LEGACY_IMPORT: Final = (
     "delivered_at, due_at, overdue_at FROM legacy.deliveries",
 )
 
+_BATCH_MAX: Final = 256  # group-committed writes per transaction at most
 _DELIVERY_COLUMNS: Final = "referral_id, agency, purpose, sender, delivered_at, due_at, overdue_at"
 _CHUNK: Final = 500  # ids per IN (...) list, well inside SQLite's bound on parameters
 
@@ -151,6 +160,17 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("COMMIT")
 
 
+def _settle(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """On the loop: answer each group-committed write (unless its caller gave up waiting)."""
+    for future, result, error in settled:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -170,6 +190,10 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        # Group-committed writes waiting for the thread, and whether a drain is queued for them.
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._pending_lock = threading.Lock()
+        self._drain_queued = False
 
     def describe(self) -> str:
         where = "memory" if self.path is None else str(self.path)
@@ -193,6 +217,76 @@ class SqliteStore:
                 f"the state store ({self.describe()}) failed ({type(exc).__name__}); nothing "
                 "was sent: check the state folder's disk and permissions, then retry"
             ) from None
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in the next group-committed write transaction (see the module
+        docstring); ``work`` runs inside it and must not begin or end a transaction."""
+        if self._closed:
+            raise RuntimeError("the state store is closed")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cairn-state")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((work, future))
+            queue_drain = not self._drain_queued
+            self._drain_queued = True
+        if queue_drain:
+            try:
+                self._executor.submit(self._drain, loop)
+            except RuntimeError:  # the executor was shut down under us (closing)
+                with self._pending_lock:
+                    self._pending = [p for p in self._pending if p[1] is not future]
+                    self._drain_queued = False
+                raise
+        return await future
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the store's thread: commit the writes queued so far, at most ``_BATCH_MAX`` per
+        transaction, and answer each caller on its loop once its transaction has committed."""
+        while True:
+            with self._pending_lock:
+                batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
+                if not batch:
+                    self._drain_queued = False
+                    return
+            settled = self._commit_batch(batch)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _commit_batch(
+        self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """Each write of ``batch`` in a savepoint of one transaction: its result or its own
+        error; every one gets the transaction's error if the transaction fails."""
+        out: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            db = self._connection()
+            with _immediate(db):
+                for work, future in batch:
+                    db.execute("SAVEPOINT cairn_write")
+                    try:
+                        result = work(db)
+                    except Exception as exc:  # this write alone fails: undo it, keep the rest
+                        db.execute("ROLLBACK TO cairn_write")
+                        db.execute("RELEASE cairn_write")
+                        out.append((future, None, self._failure(exc)))
+                        continue
+                    db.execute("RELEASE cairn_write")
+                    out.append((future, result, None))
+        except BaseException as exc:  # the transaction failed: nothing of it was committed
+            failure = self._failure(exc) if isinstance(exc, Exception) else exc
+            return [(future, None, failure) for _, future in batch]
+        return out
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What a caller gets for ``exc``: ``StateUnavailable`` for a database error."""
+        if isinstance(exc, sqlite3.Error):
+            return StateUnavailable(
+                f"the state store ({self.describe()}) failed ({type(exc).__name__}); nothing "
+                "was sent: check the state folder's disk and permissions, then retry"
+            )
+        return exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is not None:
@@ -289,19 +383,18 @@ class SqliteStore:
         at = _text(now)
 
         def work(db: sqlite3.Connection) -> Claimed:
-            with _immediate(db):
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO claims VALUES (?, ?, NULL, ?, ?, ?)",
-                    (referral_id, digest, owner, at, at),
-                ).rowcount
-                row = None
-                if inserted != 1:
-                    row = db.execute(
-                        "SELECT c.owner, c.digest, c.receipt, h.beat_at, c.claimed_at "
-                        "FROM claims c LEFT JOIN heartbeats h ON h.owner = c.owner "
-                        "WHERE c.referral_id = ?",
-                        (referral_id,),
-                    ).fetchone()
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO claims VALUES (?, ?, NULL, ?, ?, ?)",
+                (referral_id, digest, owner, at, at),
+            ).rowcount
+            row = None
+            if inserted != 1:
+                row = db.execute(
+                    "SELECT c.owner, c.digest, c.receipt, h.beat_at, c.claimed_at "
+                    "FROM claims c LEFT JOIN heartbeats h ON h.owner = c.owner "
+                    "WHERE c.referral_id = ?",
+                    (referral_id,),
+                ).fetchone()
             if row is None:
                 return Claimed(ClaimState.NEW, None, owner, digest)
             return judge(
@@ -315,7 +408,7 @@ class SqliteStore:
                 claimed_at=_moment(row[4]),
             )
 
-        return await self._run(work)
+        return await self._write(work)  # in BEGIN IMMEDIATE: the insert-or-read is atomic
 
     async def take_over(
         self,
@@ -344,16 +437,15 @@ class SqliteStore:
         at = _text(now)
 
         def work(db: sqlite3.Connection) -> None:
-            with _immediate(db):
-                db.executemany(
-                    "INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (referral_id) DO UPDATE SET digest = excluded.digest, "
-                    "receipt = excluded.receipt, owner = excluded.owner "
-                    "WHERE claims.receipt IS NULL",
-                    [(rid, digest, receipt, owner, at, at) for rid, digest, receipt in items],
-                )
+            db.executemany(
+                "INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (referral_id) DO UPDATE SET digest = excluded.digest, "
+                "receipt = excluded.receipt, owner = excluded.owner "
+                "WHERE claims.receipt IS NULL",
+                [(rid, digest, receipt, owner, at, at) for rid, digest, receipt in items],
+            )
 
-        await self._run(work)
+        await self._write(work)
 
     async def release(self, referral_ids: Sequence[str], owner: str) -> None:
         ids = list(referral_ids)
@@ -482,12 +574,9 @@ class SqliteStore:
         ]
 
         def work(db: sqlite3.Connection) -> None:
-            with _immediate(db):
-                db.executemany(
-                    "INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)", rows
-                )
+            db.executemany("INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
-        await self._run(work)
+        await self._write(work)
 
     async def _deliveries(self, where: str, params: tuple[Any, ...] = ()) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:
@@ -554,14 +643,13 @@ class SqliteStore:
         ]
 
         def work(db: sqlite3.Connection) -> None:
-            with _immediate(db):
-                db.executemany(
-                    "INSERT INTO flow_facts (type, at, message_id, recipient, sender, purpose, "
-                    "due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+            db.executemany(
+                "INSERT INTO flow_facts (type, at, message_id, recipient, sender, purpose, "
+                "due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
-        await self._run(work)
+        await self._write(work)
 
     async def facts(self, since: datetime, limit: int) -> list[Fact]:
         def work(db: sqlite3.Connection) -> list[Fact]:

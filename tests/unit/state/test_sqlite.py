@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,4 +176,49 @@ async def test_an_unreachable_database_is_a_typed_error_without_the_password() -
     assert "CAIRN_DATABASE_URL" in message
     assert "cairn@127.0.0.1" in message
     assert "s3cret" not in message
+    await store.close()
+
+
+async def test_concurrent_writes_share_a_transaction_and_a_failing_one_is_undone_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims, published and deliveries queued together commit in one transaction (fewer
+    commits than writes); one write that fails mid-way gets its own 503 and leaves nothing
+    behind, while the writes beside it commit; one id claimed by many owners at once: one NEW."""
+    store = SqliteStore(tmp_path / "state.sqlite")
+    await store.open()
+    batches: list[int] = []
+    commit_batch = store._commit_batch
+
+    def counted(batch: list[Any]) -> Any:
+        batches.append(len(batch))
+        return commit_batch(batch)
+
+    monkeypatch.setattr(store, "_commit_batch", counted)
+
+    def half_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO claims VALUES ('half', 'd', NULL, 'x', 'now', 'now')")
+        db.execute("INSERT INTO claims VALUES ('bad', NULL, NULL, 'x', 'now', 'now')")  # NOT NULL
+
+    ids = [contract.rid(n) for n in range(20)]
+    results = await asyncio.gather(
+        *(store.claim(r, "d", contract.A, contract.T0, contract.LEASE) for r in ids),
+        store._write(half_then_fail),
+        *(
+            store.claim(contract.rid(99), "d", f"owner-{n}", contract.T0, contract.LEASE)
+            for n in range(10)
+        ),
+        return_exceptions=True,
+    )
+    claims, failed, same = results[:20], results[20], results[21:]
+    assert all(c.state is ClaimState.NEW for c in claims)  # type: ignore[union-attr]
+    assert isinstance(failed, StateUnavailable)
+    assert [c.state for c in same].count(ClaimState.NEW) == 1  # type: ignore[union-attr]
+    assert sum(batches) == 31
+    assert len(batches) < 31  # group-committed: fewer transactions than writes
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.sqlite")) as db:
+        left = db.execute("SELECT COUNT(*) FROM claims WHERE owner = 'x'").fetchone()[0]
+    assert left == 0  # the failed write's first insert was rolled back with it
+    await store.published([(r, "d", "{}") for r in ids], contract.A, contract.T0)
+    assert all(await asyncio.gather(*(store.lookup(r) for r in ids)))
     await store.close()
