@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Final
 
 from cryptography import x509
@@ -41,6 +41,7 @@ __all__ = [
     "days_left",
     "expiring",
     "read_credentials",
+    "read_key_folder",
     "registry_credentials",
 ]
 
@@ -171,6 +172,41 @@ def read_credentials(
     """
     found: list[Credential] = []
     problems: list[Unreadable] = []
+    _read_registry(store, root_kid, found, problems)
+    for name in certificate_files(store):
+        _read_certificate(store, name, name, found, problems)
+    return _one_per_subject(found), problems
+
+
+def read_key_folder(
+    folder: Path, *, public: Path | None = None, root_kid: str | None = None
+) -> tuple[list[Credential], list[Unreadable]]:
+    """Every credential in a machine's key folder, however custody splits it into stores
+    (``keys.custody``: ``<folder>/<store>``, the published files in ``public`` or
+    ``<folder>/public``; or one all-in-one store): the registry from wherever it is
+    published, and every certificate of every store under the folder, named by its path
+    relative to the folder. For ``cairn status --offline``."""
+    candidates = [public] if public is not None else [folder, folder / "public"]
+    published = next(
+        (FileStore(c) for c in candidates if (c / REGISTRY).is_file()), FileStore(candidates[0])
+    )
+    found: list[Credential] = []
+    problems: list[Unreadable] = []
+    _read_registry(published, root_kid, found, problems)
+    paths = {p for base in {folder, published.root} if base.is_dir() for p in base.rglob("*.crt")}
+    for path in sorted(p for p in paths if p.is_file()):
+        base = folder if path.is_relative_to(folder) else published.root
+        relative = PurePosixPath(*path.relative_to(base).parts)
+        # A store's own layout name is its last two parts: tls/ca.crt, tls/server.crt, ...
+        layout = str(PurePosixPath(*relative.parts[-2:]))
+        kind_name = layout if layout in (CA_CERT, SERVER_CERT) else str(relative)
+        _read_certificate(FileStore(base), str(relative), kind_name, found, problems)
+    return _one_per_subject(found), problems
+
+
+def _read_registry(
+    store: Store, root_kid: str | None, found: list[Credential], problems: list[Unreadable]
+) -> None:
     try:
         root = read_root_key(store, root_kid=root_kid)
         registry = verify_registry_signature(store.read(REGISTRY), root)
@@ -180,17 +216,19 @@ def read_credentials(
         problems.append(Unreadable(REGISTRY, "unreadable"))
     else:
         found.extend(registry_credentials(registry))
-    for name in certificate_files(store):
-        try:
-            certificate = x509.load_pem_x509_certificate(store.read(name))
-        except KeyStoreError:
-            problems.append(Unreadable(name, "missing"))
-            continue
-        except ValueError:
-            problems.append(Unreadable(name, "malformed"))
-            continue
-        found.append(certificate_credential(_kind_of(name), certificate))
-    return _one_per_subject(found), problems
+
+
+def _read_certificate(
+    store: Store, name: str, kind_name: str, found: list[Credential], problems: list[Unreadable]
+) -> None:
+    try:
+        certificate = x509.load_pem_x509_certificate(store.read(name))
+    except KeyStoreError:
+        problems.append(Unreadable(name, "missing"))
+    except ValueError:
+        problems.append(Unreadable(name, "malformed"))
+    else:
+        found.append(certificate_credential(_kind_of(kind_name), certificate))
 
 
 def _one_per_subject(credentials: Sequence[Credential]) -> list[Credential]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -27,8 +28,7 @@ from rich.table import Table
 
 from broker.config import Settings
 from broker.state import StateStore, store_for
-from keys.expiry import read_credentials
-from keys.store import FileStore
+from keys.expiry import read_key_folder
 from schemas.errors import StateUnavailable
 
 __all__ = [
@@ -111,15 +111,21 @@ async def read_store(store: StateStore, into: Status, *, limit: int = 50) -> Sta
 
 
 def read_key_store(
-    store: FileStore, into: Status, *, now: datetime, root_kid: str | None = None
+    folder: Path,
+    into: Status,
+    *,
+    now: datetime,
+    public: Path | None = None,
+    root_kid: str | None = None,
 ) -> Status:
-    """The credentials' expiry from the key store's public files, if /metrics gave none."""
+    """The credentials' expiry from the public files of the key folder's stores (however
+    custody splits them, ``keys.expiry.read_key_folder``), if /metrics gave none."""
     if into.credentials:
         return into
-    found, unreadable = read_credentials(store, root_kid=root_kid)
+    found, unreadable = read_key_folder(folder, public=public, root_kid=root_kid)
     for c in found:
         into.credentials[(c.kind.value, c.subject)] = c.seconds_left(now)
-    into.health["credentials"] = f"read from {store.root}"
+    into.health["credentials"] = f"read from {folder}"
     for problem in unreadable:
         into.health[f"credentials {problem.name}"] = problem.reason
     return into
@@ -254,9 +260,11 @@ def status(agency: str, url: str | None, offline: bool) -> None:
         view.health["credentials"] = "from the broker"
     else:
         read_key_store(
-            FileStore(settings.keys_path),
+            settings.keys_path,
             view,
             now=datetime.now(UTC),
+            # where split custody publishes the registry, if elsewhere (keys.custody)
+            public=getattr(settings, "public_key_dir", None),
             root_kid=settings.registry_root_kid,
         )
     render(view, Console())

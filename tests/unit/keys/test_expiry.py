@@ -22,6 +22,7 @@ from keys.expiry import (
     days_left,
     expiring,
     read_credentials,
+    read_key_folder,
 )
 from keys.renewal import describe, renew
 from keys.store import CA_CERT, REGISTRY, SERVER_CERT, client_cert
@@ -230,3 +231,36 @@ def test_split_custody_renews_each_holders_certificates_with_the_cas_key(tmp_pat
         fresh.verify_directly_issued_by(new_ca)
         assert fresh.public_key() == cert(whole, name).public_key()
         assert fresh.not_valid_after_utc == NOW + timedelta(days=365)
+
+
+def test_a_key_folder_split_into_stores_is_read_whole(tmp_path: Path) -> None:
+    """`cairn status --offline` on a machine whose key folder holds several stores (the
+    published one with the registry, the broker's, an agency's): the registry from the
+    published store, every store's certificates, the CA once."""
+    from keys.store import ROOT_PUBLIC
+
+    whole = short_lived(tmp_path / "whole")
+    folder = tmp_path / "keys"
+    police = client_cert("kelder-police")
+    layout = {
+        f"public/{REGISTRY}": REGISTRY,
+        f"public/{ROOT_PUBLIC}": ROOT_PUBLIC,
+        f"public/{CA_CERT}": CA_CERT,
+        f"ca/{CA_CERT}": CA_CERT,
+        f"broker/{SERVER_CERT}": SERVER_CERT,
+        f"agencies/kelder-police/{police}": police,
+    }
+    for target, source in layout.items():
+        path = folder / target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(whole.read(source))
+    found, problems = read_key_folder(folder)
+    assert problems == []
+    got = by_key(found)
+    assert got[(CredentialKind.REGISTRY, FEDERATION)].expires_at == NOW + timedelta(days=20)
+    assert got[(CredentialKind.TLS_SERVER, "cairn-broker")].expires_at == NOW + timedelta(days=10)
+    assert got[(CredentialKind.MEMBER_TLS, "kelder-police")].expires_at == NOW + timedelta(days=10)
+    assert [c.kind for c in found].count(CredentialKind.CA) == 1
+    assert (CredentialKind.MEMBER_TLS, "kelder-nhs") not in got
+    elsewhere, _ = read_key_folder(folder / "broker", public=folder / "public")
+    assert {c.kind for c in elsewhere} >= {CredentialKind.REGISTRY, CredentialKind.TLS_SERVER}

@@ -257,10 +257,10 @@ def test_status_shows_the_credentials_and_warns(keys: FederationKeys) -> None:
 
 def test_status_reads_the_key_store_offline(keys: FederationKeys) -> None:
     """Without the broker, the same figures from the key store's public files."""
-    view = read_key_store(keys.store, Status(), now=NOW)
+    view = read_key_store(keys.root, Status(), now=NOW)
     assert view.credentials[("member_tls", "kelder-police")] == 10 * DAY
-    assert view.health["credentials"] == f"read from {keys.store.root}"
-    expired = read_key_store(keys.store, Status(), now=NOW + timedelta(days=11))
+    assert view.health["credentials"] == f"read from {keys.root}"
+    expired = read_key_store(keys.root, Status(), now=NOW + timedelta(days=11))
     assert credential_warnings(expired)[0].startswith("warning: ")
     assert "expired 1 days ago" in credential_warnings(expired)[0]
 
