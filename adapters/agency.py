@@ -1,8 +1,10 @@
 """Wiring an agency adapter to its credentials: TLS certificate, signing key, decryption keys.
 
-In the development federation every agency's keys sit in one key store under the state folder;
-in a real deployment each agency's store holds only its own private keys, and the same calls
-work unchanged.
+Each agency reads its own key store only, ``<key_dir>/agencies/<id>`` over the published
+registry (``keys.custody``), opened with that store's own passphrase
+(``<passphrase_dir>/agencies/<id>``, else CAIRN_KEY_PASSPHRASE[_FILE]). On an agency's machine
+that is the only store there is; in the development federation every agency's store sits side
+by side under one folder, and the same calls work unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from broker.envelope import open_record
 from broker.kafka.consumer import Retry, dlq_topic
 from broker.kafka.topics import delivery_topic
 from broker.kafka.transport import kafka_options
-from broker.trust import TrustStore
-from keys import FileStore, client_context, passphrase_from_env, sign_ack
+from broker.trust import TrustStore, custody_of, member_trust
+from keys import client_context, sign_ack
+from keys.custody import store_of
 from schemas.disclosure import Disclosure
 from schemas.encompass import EncompassNotification
 from schemas.receipt import Acknowledgement, AcknowledgementStatus, Receipt
@@ -51,15 +54,9 @@ def agency_trust(
 ) -> TrustStore:
     """The agency's view of the federation: verified registry and its own keys.
 
-    The passphrase comes from CAIRN_KEY_PASSPHRASE[_FILE] unless given.
+    The passphrase is its store's (see the module docstring) unless given.
     """
-    return TrustStore(
-        FileStore(settings.keys_path),
-        passphrase if passphrase is not None else passphrase_from_env(),
-        root_kid=settings.registry_root_kid,
-        member_id=agency,
-        clock=clock,
-    )
+    return member_trust(settings, agency, clock=clock, passphrase=passphrase)
 
 
 def client_for(
@@ -71,7 +68,8 @@ def client_for(
     passphrase: bytes | None = None,
 ) -> ReferralClient:
     """A client that signs as ``agency`` and connects with its TLS client certificate."""
-    passphrase = passphrase if passphrase is not None else passphrase_from_env()
+    if passphrase is None:
+        passphrase = custody_of(settings).passphrase(store_of(agency))
     trust = agency_trust(settings, agency, clock=clock, passphrase=passphrase)
     context = client_context(trust.store, agency, passphrase)
     return ReferralClient(

@@ -2,6 +2,10 @@
 its own signing and decryption keys. The broker uses it as ``cairn-broker``; agency adapters use
 it as their agency.
 
+Each member reads its own key store only (``keys.custody``): the broker its own store and the
+pseudonym store, an agency its own, each over the public store the registry is published in;
+``custody_of`` says where those are from the settings.
+
 The registry is re-read whenever its file changes (rotate, revoke and refresh re-sign it), so a
 revocation takes effect on the next request without a restart. A registry older than one already
 seen (a lower serial) is refused, as is one that is unsigned, tampered or expired: the broker
@@ -18,10 +22,10 @@ from pathlib import Path
 
 import structlog
 
+from broker.config import Settings
 from keys import (
     BROKER_ID,
     DecryptionKey,
-    FileStore,
     KeyUse,
     Registry,
     SigningKey,
@@ -30,10 +34,11 @@ from keys import (
     load_registry,
     load_signing_key,
 )
-from keys.store import REGISTRY
+from keys.custody import PSEUDONYM, Custody
+from keys.store import REGISTRY, FileStore, Store
 from schemas.errors import RegistryUntrusted, SigningUnavailable
 
-__all__ = ["TrustStore"]
+__all__ = ["TrustStore", "custody_of", "member_trust"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,10 +61,14 @@ class TrustStore:
         member_id: str = BROKER_ID,
         clock: Callable[[], datetime],
         serial_file: Path | None = None,
+        pseudonym: tuple[Store, bytes] | None = None,
     ) -> None:
         """``serial_file`` keeps the highest registry serial seen across restarts, so that a
-        restarted component cannot be handed an older (validly signed) registry either."""
+        restarted component cannot be handed an older (validly signed) registry either.
+        ``pseudonym`` is the store of the audit pseudonym secret and its passphrase, if it is
+        not ``store`` itself."""
         self.store = store
+        self._pseudonym = pseudonym
         self._passphrase = passphrase
         self._root_kid = root_kid
         self._member_id = member_id
@@ -141,7 +150,8 @@ class TrustStore:
         if self._pseudonym_secret is None:
             from broker.audit.pseudonym import load_pseudonym_secret
 
-            self._pseudonym_secret = load_pseudonym_secret(self.store, self._passphrase)
+            store, passphrase = self._pseudonym or (self.store, self._passphrase)
+            self._pseudonym_secret = load_pseudonym_secret(store, passphrase)
         return self._pseudonym_secret
 
     def decryption_keys(self) -> tuple[DecryptionKey, ...]:
@@ -173,3 +183,37 @@ def _write_serial(path: Path, serial: int) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def custody_of(settings: Settings) -> Custody:
+    """Where this machine's key stores and their passphrase files are."""
+    return Custody(settings.keys_path, settings.passphrases_path, settings.public_key_dir)
+
+
+def member_trust(
+    settings: Settings,
+    member_id: str,
+    *,
+    clock: Callable[[], datetime],
+    passphrase: bytes | None = None,
+    serial_file: Path | None = None,
+    with_pseudonym: bool = False,
+) -> TrustStore:
+    """What ``member_id`` trusts and holds, from its own store only (and, for the broker and
+    the auditor, the pseudonym store). ``passphrase`` overrides its store's passphrase."""
+    from keys.custody import store_of
+
+    custody = custody_of(settings)
+    own = store_of(member_id)
+    pseudonym = None
+    if with_pseudonym and not custody.all_in_one:
+        pseudonym = (custody.store(PSEUDONYM), custody.passphrase(PSEUDONYM))
+    return TrustStore(
+        custody.member_store(member_id),
+        passphrase if passphrase is not None else custody.passphrase(own),
+        root_kid=settings.registry_root_kid,
+        member_id=member_id,
+        clock=clock,
+        serial_file=serial_file,
+        pseudonym=pseudonym,
+    )

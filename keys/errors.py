@@ -12,7 +12,9 @@ operator must fix something on this machine, and no message was judged.
         │   └── VerificationError       a token or the registry failed a check; see ``reason``
         └── KeyStoreError               the local key store refused: nothing was changed
             ├── PassphraseError         no passphrase given, or it does not open the key files
-            └── FederationExists        ``init`` would overwrite an existing federation
+            ├── FederationExists        ``init`` would overwrite an existing federation
+            └── EnrolmentRefused        an enrolment, rotation or revocation request was
+                                        refused: nothing was issued, written or published
 
 Messages name keys by kid and members by id, never any message content.
 """
@@ -24,6 +26,7 @@ from enum import StrEnum
 from schemas import errors as _shared
 
 __all__ = [
+    "EnrolmentRefused",
     "FederationExists",
     "KeyStoreError",
     "PassphraseError",
@@ -87,3 +90,7 @@ class PassphraseError(KeyStoreError):
 
 class FederationExists(KeyStoreError):
     """``init`` found an existing federation and refused to overwrite it."""
+
+
+class EnrolmentRefused(KeyStoreError):
+    """An enrolment, rotation or revocation request was refused; nothing was changed."""

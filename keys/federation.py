@@ -16,6 +16,7 @@ The clock is an argument (``now``), as everywhere in ``keys``; only the CLI read
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import ValidationError
 
+from keys import custody
 from keys import store as layout
 from keys.errors import FederationExists, KeyStoreError, Reason, VerificationError
 from keys.jwk import DecryptionKey, SigningKey, kid_of, public_key_from_jwk
@@ -47,15 +49,21 @@ from schemas.errors import UnknownAgency
 from schemas.federation import AgencyRole, Federation
 
 __all__ = [
+    "Admin",
     "Lifetimes",
     "init_federation",
+    "init_hub",
     "load_decryption_keys",
     "load_registry",
     "load_signing_key",
+    "new_member_key",
     "read_root_key",
     "refresh",
+    "refresh_registry",
     "revoke",
+    "revoke_key",
     "rotate",
+    "rotated_member",
 ]
 
 _BROKER_NAME: Final = "Cairn broker"
@@ -86,7 +94,7 @@ def _changed(key: RegisteredKey, **changes: object) -> RegisteredKey:
     return RegisteredKey.model_validate({**key.model_dump(), **changes})
 
 
-def _new_key(
+def new_member_key(
     store: Store, member_id: str, use: KeyUse, passphrase: bytes, now: datetime, life: Lifetimes
 ) -> RegisteredKey:
     """Generate one key, store its private half encrypted, return its registry entry."""
@@ -176,7 +184,9 @@ def init_federation(
             id=member_id,
             name=name,
             role=role,
-            keys=tuple(_new_key(store, member_id, u, passphrase, now, life) for u in _uses(role)),
+            keys=tuple(
+                new_member_key(store, member_id, u, passphrase, now, life) for u in _uses(role)
+            ),
         )
         for member_id, name, role in identities
     )
@@ -194,6 +204,113 @@ def init_federation(
         members=members,
     )
     store.write(layout.REGISTRY, sign_registry(registry, root), private=False)
+    return registry
+
+
+def init_hub(
+    stores: Mapping[str, tuple[Store, bytes]],
+    public: Store,
+    federation_name: str,
+    *,
+    now: datetime,
+    lifetimes: Lifetimes | None = None,
+) -> Registry:
+    """Create the federation's own keys in separate stores, and registry serial 1 in ``public``.
+
+    ``stores`` maps each of the custody stores root, ca, pseudonym, broker and auditor
+    (``keys.custody``) to the store and its passphrase; each must be empty, and so must the
+    public store. The first registry lists the broker and the auditor only: agencies join by
+    enrolment (``keys.enrolment``), never by the administrator making their keys.
+    """
+    _aware(now)
+    life = lifetimes or Lifetimes()
+    names = (custody.ROOT, custody.CA, custody.PSEUDONYM, custody.BROKER, custody.AUDITOR)
+    missing = [n for n in names if n not in stores]
+    if missing:
+        raise KeyStoreError(f"no store given for {', '.join(missing)}")
+    for name, (store, passphrase) in stores.items():
+        if not store.is_empty():
+            raise FederationExists(
+                f"{store} (the {name} store) already holds keys; it is never overwritten. Move "
+                "it away to start again"
+            )
+        layout.check_new_passphrase(passphrase)
+    if not public.is_empty():
+        raise FederationExists(f"{public} (the public store) already holds a federation")
+
+    ca_store, ca_pass = stores[custody.CA]
+    ca = issue_ca(federation_name, now=now, validity=life.ca)
+    ca_store.write(layout.CA_CERT, ca.certificate_pem(), private=False)
+    ca_store.write(layout.CA_KEY, encrypt_private_key(ca.key, ca_pass), private=True)
+
+    broker_store, broker_pass = stores[custody.BROKER]
+    server = issue_server_certificate(ca, federation_name, now=now, validity=life.certificate)
+    broker_store.write(layout.SERVER_CERT, server.certificate_pem(), private=False)
+    broker_store.write(
+        layout.SERVER_KEY, encrypt_private_key(server.key, broker_pass), private=True
+    )
+    auditor_store, auditor_pass = stores[custody.AUDITOR]
+    # The auditor's API has a server certificate of its own: it never holds the broker's key.
+    audit_server = issue_server_certificate(
+        ca, federation_name, now=now, validity=life.certificate, common_name=AUDITOR_ID
+    )
+    auditor_store.write(layout.SERVER_CERT, audit_server.certificate_pem(), private=False)
+    auditor_store.write(
+        layout.SERVER_KEY, encrypt_private_key(audit_server.key, auditor_pass), private=True
+    )
+    client = issue_client_certificate(
+        ca,
+        AUDITOR_ID,
+        ServiceRole.AUDITOR.value,
+        federation_name,
+        now=now,
+        validity=life.certificate,
+    )
+    auditor_store.write(layout.client_cert(AUDITOR_ID), client.certificate_pem(), private=False)
+    auditor_store.write(
+        layout.client_key(AUDITOR_ID), encrypt_private_key(client.key, auditor_pass), private=True
+    )
+    pseudonym_store, pseudonym_pass = stores[custody.PSEUDONYM]
+    pseudonym_store.write(
+        layout.PSEUDONYM_KEY,
+        encrypt_private_key(Ed25519PrivateKey.generate(), pseudonym_pass),
+        private=True,
+    )
+    members = (
+        Member(
+            id=BROKER_ID,
+            name=_BROKER_NAME,
+            role=ServiceRole.BROKER,
+            keys=(new_member_key(broker_store, BROKER_ID, KeyUse.SIGNING, broker_pass, now, life),),
+        ),
+        Member(
+            id=AUDITOR_ID,
+            name=_AUDITOR_NAME,
+            role=ServiceRole.AUDITOR,
+            keys=(
+                new_member_key(auditor_store, AUDITOR_ID, KeyUse.SIGNING, auditor_pass, now, life),
+            ),
+        ),
+    )
+
+    root_store, root_pass = stores[custody.ROOT]
+    root = SigningKey(Ed25519PrivateKey.generate())
+    root_store.write(
+        layout.ROOT_KEY, encrypt_private_key(root.private_key, root_pass), private=True
+    )
+    anchor = _jwk_bytes(root.private_key.public_key())
+    root_store.write(layout.ROOT_PUBLIC, anchor, private=False)
+    public.write(layout.CA_CERT, ca.certificate_pem(), private=False)
+    public.write(layout.ROOT_PUBLIC, anchor, private=False)
+    registry = Registry(
+        federation=federation_name,
+        serial=1,
+        issued_at=now,
+        expires_at=now + life.registry,
+        retired_grace_s=int(life.retired_grace.total_seconds()),
+        members=members,
+    )
+    public.write(layout.REGISTRY, sign_registry(registry, root), private=False)
     return registry
 
 
@@ -281,75 +398,78 @@ def _member(registry: Registry, member_id: str) -> Member:
     return member
 
 
-def _open_for_update(store: Store, passphrase: bytes) -> tuple[SigningKey, Registry]:
-    """The root signing key and the current registry, which may be stale: we re-sign it."""
-    root = layout.load_signing_key(store.read(layout.ROOT_KEY), passphrase, name=layout.ROOT_KEY)
-    anchor = read_root_key(store)
-    if kid_of(anchor) != root.kid:
-        raise KeyStoreError(
-            f"{layout.ROOT_KEY} and {layout.ROOT_PUBLIC} are not the same key pair; the store "
-            "has been tampered with or mixed up"
+@dataclass(frozen=True, repr=False)
+class Admin:
+    """What the federation administrator signs with: the root key's store and passphrase, and
+    the public store the registry is published to (the same store in an all-in-one store)."""
+
+    root: Store
+    root_passphrase: bytes
+    public: Store
+
+    @classmethod
+    def single(cls, store: Store, passphrase: bytes) -> Admin:
+        return cls(store, passphrase, store)
+
+    def __repr__(self) -> str:
+        return f"Admin(root={self.root}, public={self.public})"
+
+    def open(self) -> tuple[SigningKey, Registry]:
+        """The root signing key and the current registry, which may be stale: we re-sign it."""
+        root = layout.load_signing_key(
+            self.root.read(layout.ROOT_KEY), self.root_passphrase, name=layout.ROOT_KEY
         )
-    registry = verify_registry_signature(store.read(layout.REGISTRY), anchor)
-    return root, registry
+        anchor = read_root_key(self.public)
+        if kid_of(anchor) != root.kid:
+            raise KeyStoreError(
+                f"{layout.ROOT_KEY} and the published {layout.ROOT_PUBLIC} are not the same key "
+                "pair; the stores have been tampered with or mixed up"
+            )
+        registry = verify_registry_signature(self.public.read(layout.REGISTRY), anchor)
+        return root, registry
+
+    def publish(
+        self,
+        root: SigningKey,
+        registry: Registry,
+        members: tuple[Member, ...],
+        now: datetime,
+        life: Lifetimes,
+    ) -> Registry:
+        """Sign ``members`` as the next serial of ``registry`` and publish it."""
+        updated = Registry(
+            federation=registry.federation,
+            serial=registry.serial + 1,
+            issued_at=now,
+            expires_at=now + life.registry,
+            retired_grace_s=registry.retired_grace_s,
+            members=members,
+        )
+        self.public.write(layout.REGISTRY, sign_registry(updated, root), private=False)
+        return updated
 
 
-def _reissue(
-    store: Store,
-    root: SigningKey,
-    registry: Registry,
-    members: tuple[Member, ...],
-    now: datetime,
-    life: Lifetimes,
-) -> Registry:
-    updated = Registry(
-        federation=registry.federation,
-        serial=registry.serial + 1,
-        issued_at=now,
-        expires_at=now + life.registry,
-        retired_grace_s=registry.retired_grace_s,
-        members=members,
-    )
-    store.write(layout.REGISTRY, sign_registry(updated, root), private=False)
-    return updated
-
-
-def rotate(
-    store: Store,
-    member_id: str,
-    passphrase: bytes,
-    *,
-    now: datetime,
-    lifetimes: Lifetimes | None = None,
-) -> Registry:
-    """New active keys for ``member_id``; its previously active keys become retired."""
-    _aware(now)
-    life = lifetimes or Lifetimes()
-    root, registry = _open_for_update(store, passphrase)
-    member = _member(registry, member_id)
+def rotated_member(member: Member, fresh: tuple[RegisteredKey, ...], now: datetime) -> Member:
+    """``member`` with its active keys retired at ``now`` and ``fresh`` as its new keys."""
     retired = tuple(
         _changed(k, status=KeyStatus.RETIRED, retired_at=now) if k.status is KeyStatus.ACTIVE else k
         for k in member.keys
     )
-    fresh = tuple(_new_key(store, member_id, u, passphrase, now, life) for u in _uses(member.role))
-    rotated = Member(id=member.id, name=member.name, role=member.role, keys=retired + fresh)
-    members = tuple(rotated if m.id == member_id else m for m in registry.members)
-    return _reissue(store, root, registry, members, now, life)
+    return Member(id=member.id, name=member.name, role=member.role, keys=retired + fresh)
 
 
-def revoke(
-    store: Store,
+def revoke_key(
+    admin: Admin,
     member_id: str,
     kid: str,
-    passphrase: bytes,
     *,
     now: datetime,
     lifetimes: Lifetimes | None = None,
 ) -> Registry:
-    """Revoke ``member_id``'s key ``kid``: refused everywhere from the next registry load."""
+    """Revoke ``member_id``'s key ``kid`` and publish the next registry serial."""
     _aware(now)
     life = lifetimes or Lifetimes()
-    root, registry = _open_for_update(store, passphrase)
+    root, registry = admin.open()
     member = _member(registry, member_id)
     entry = next((k for k in member.keys if k.kid == kid), None)
     if entry is None:
@@ -362,14 +482,61 @@ def revoke(
         Member(id=m.id, name=m.name, role=m.role, keys=keys) if m.id == member_id else m
         for m in registry.members
     )
-    return _reissue(store, root, registry, members, now, life)
+    return admin.publish(root, registry, members, now, life)
+
+
+def refresh_registry(
+    admin: Admin, *, now: datetime, lifetimes: Lifetimes | None = None
+) -> Registry:
+    """Re-sign the published registry unchanged but for serial, issued_at and expires_at."""
+    _aware(now)
+    life = lifetimes or Lifetimes()
+    root, registry = admin.open()
+    return admin.publish(root, registry, registry.members, now, life)
+
+
+def rotate(
+    store: Store,
+    member_id: str,
+    passphrase: bytes,
+    *,
+    now: datetime,
+    lifetimes: Lifetimes | None = None,
+    admin: Admin | None = None,
+) -> Registry:
+    """New active keys for ``member_id`` in ``store``; its previously active keys are retired.
+
+    ``admin`` signs the new registry; by default ``store`` is an all-in-one store holding the
+    root key too, under the same passphrase.
+    """
+    _aware(now)
+    life = lifetimes or Lifetimes()
+    admin = admin or Admin.single(store, passphrase)
+    root, registry = admin.open()
+    member = _member(registry, member_id)
+    fresh = tuple(
+        new_member_key(store, member_id, u, passphrase, now, life) for u in _uses(member.role)
+    )
+    rotated = rotated_member(member, fresh, now)
+    members = tuple(rotated if m.id == member_id else m for m in registry.members)
+    return admin.publish(root, registry, members, now, life)
+
+
+def revoke(
+    store: Store,
+    member_id: str,
+    kid: str,
+    passphrase: bytes,
+    *,
+    now: datetime,
+    lifetimes: Lifetimes | None = None,
+) -> Registry:
+    """Revoke ``member_id``'s key ``kid`` in an all-in-one store (see ``revoke_key``)."""
+    return revoke_key(Admin.single(store, passphrase), member_id, kid, now=now, lifetimes=lifetimes)
 
 
 def refresh(
     store: Store, passphrase: bytes, *, now: datetime, lifetimes: Lifetimes | None = None
 ) -> Registry:
-    """Re-sign the registry unchanged but for serial, issued_at and expires_at."""
-    _aware(now)
-    life = lifetimes or Lifetimes()
-    root, registry = _open_for_update(store, passphrase)
-    return _reissue(store, root, registry, registry.members, now, life)
+    """Re-sign an all-in-one store's registry (see ``refresh_registry``)."""
+    return refresh_registry(Admin.single(store, passphrase), now=now, lifetimes=lifetimes)

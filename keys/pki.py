@@ -28,9 +28,12 @@ __all__ = [
     "BROKER_HOSTS",
     "IssuedCertificate",
     "agency_of_certificate",
+    "client_csr",
     "issue_ca",
     "issue_client_certificate",
+    "issue_client_certificate_for",
     "issue_server_certificate",
+    "new_tls_key",
 ]
 
 # Where the development broker listens; a real deployment issues its own server certificate.
@@ -125,12 +128,28 @@ def _leaf(
     validity: timedelta,
 ) -> IssuedCertificate:
     key = ec.generate_private_key(ec.SECP256R1())
+    return IssuedCertificate(
+        key,
+        _sign_leaf(ca, subject, key.public_key(), usage, san, now=now, validity=validity),
+    )
+
+
+def _sign_leaf(
+    ca: IssuedCertificate,
+    subject: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    usage: x509.ObjectIdentifier,
+    san: Sequence[x509.GeneralName],
+    *,
+    now: datetime,
+    validity: timedelta,
+) -> x509.Certificate:
     ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         # A leaf never outlives its CA: a verifier would refuse the chain anyway.
@@ -138,14 +157,57 @@ def _leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
         )
     )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(san)), critical=False)
-    return IssuedCertificate(key, builder.sign(ca.key, hashes.SHA256()))
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def new_tls_key() -> ec.EllipticCurvePrivateKey:
+    """A TLS key of the kind every certificate of the federation is for (ECDSA P-256)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def client_csr(
+    key: ec.EllipticCurvePrivateKey, agency_id: str, role: str
+) -> x509.CertificateSigningRequest:
+    """An agency's certificate signing request for its TLS key: CN = agency id, OU = role.
+
+    Signed by the key itself, so the request proves that its sender holds the key.
+    """
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+            x509.NameAttribute(NameOID.COMMON_NAME, agency_id),
+        ]
+    )
+    return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+
+
+def issue_client_certificate_for(
+    ca: IssuedCertificate,
+    public_key: ec.EllipticCurvePublicKey,
+    agency_id: str,
+    role: str,
+    federation_name: str,
+    *,
+    now: datetime,
+    validity: timedelta,
+) -> x509.Certificate:
+    """A TLS client certificate for a key the CA never sees the private half of (a CSR's)."""
+    return _sign_leaf(
+        ca,
+        _name(agency_id, federation_name, role),
+        public_key,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        (),
+        now=now,
+        validity=validity,
+    )
 
 
 def issue_client_certificate(

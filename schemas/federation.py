@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from schemas.referral import AgencyId, Frozen, ShortText
 
@@ -26,6 +27,19 @@ class Agency(Frozen):
     id: AgencyId
     name: ShortText
     role: AgencyRole
+    trusted_ca: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._/-]{0,199}$")] | None
+    ) = Field(
+        default=None,
+        description="A CA certificate (PEM, path relative to the federation folder) trusted to "
+        "certify this agency's own TLS certificate at enrolment, instead of the federation CA",
+    )
+
+    @model_validator(mode="after")
+    def _ca_inside_the_folder(self) -> Agency:
+        if self.trusted_ca is not None and ".." in self.trusted_ca.split("/"):
+            raise ValueError("trusted_ca must be a path inside the federation folder")
+        return self
 
 
 class Federation(Frozen):

@@ -4,9 +4,10 @@ For the information-governance officer (docs/architecture.md#audit). The log is
 ``<state_dir>/audit`` unless ``--dir`` says otherwise; ``verify`` needs only the files and the
 auditor's public keys (from the federation registry in the key store, or given as ``--vkey``).
 ``query`` and ``export`` find a person by their identifiers, which are turned into pseudonyms with
-the federation's pseudonym secret (so they need ``CAIRN_KEY_PASSPHRASE`` or
-``CAIRN_KEY_PASSPHRASE_FILE``); the identifiers themselves are never written anywhere. Long runs
-show progress on stderr; stdout carries only the result. Errors are one line saying what to do.
+the federation's pseudonym secret (so they need the pseudonym store, ``<key_dir>/pseudonym``,
+and its passphrase: ``<passphrase_dir>/pseudonym`` or ``CAIRN_KEY_PASSPHRASE[_FILE]``); the
+identifiers themselves are never written anywhere. Long runs show progress on stderr; stdout
+carries only the result. Errors are one line saying what to do.
 """
 
 from __future__ import annotations
@@ -97,12 +98,13 @@ def _verifiers(vkeys: tuple[str, ...], origin: str) -> list[NoteVerifier]:
         return [NoteVerifier.from_vkey(v) for v in vkeys]
     # The auditor's keys from the registry, retired ones included: older checkpoints were
     # signed with them. A revoked key is left out, so what it signed is refused.
+    from broker.trust import custody_of
     from keys.federation import read_root_key
     from keys.registry import AUDITOR_ID, KeyStatus, KeyUse, verify_registry_signature
-    from keys.store import REGISTRY, FileStore
+    from keys.store import REGISTRY
 
     settings = _settings()
-    store = FileStore(settings.keys_path)
+    store = custody_of(settings).public()
     root = read_root_key(store, root_kid=settings.registry_root_kid)
     registry = verify_registry_signature(store.read(REGISTRY), root)
     member = registry.member(AUDITOR_ID)
@@ -129,9 +131,11 @@ def _subject_pseudonyms(
 ) -> tuple[str, ...]:
     if not (nhs_number or given_name or family_name or dob or aliases):
         return ()
-    from keys.store import FileStore, passphrase_from_env
+    from broker.trust import custody_of
+    from keys.custody import PSEUDONYM
 
-    secret = load_pseudonym_secret(FileStore(_settings().keys_path), passphrase_from_env())
+    custody = custody_of(_settings())
+    secret = load_pseudonym_secret(custody.store(PSEUDONYM), custody.passphrase(PSEUDONYM))
     try:
         return person_pseudonyms(
             secret,

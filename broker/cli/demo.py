@@ -1,7 +1,9 @@
 """The scripted demo: a police force's incident export becomes referrals and Encompass notices,
 and each reaches exactly its recipients through the real broker and the real Kafka.
 
-Steps: create the development federation's keys if there are none, create the topics, start
+Steps: create the development federation if there is none, through the real enrolment
+procedure (every agency makes its own keys in its own store and is admitted from its request,
+``keys.development``), create the topics, start
 ``cairn serve`` as its own process (mutual TLS), run the police adapter over the sample export
 (``deploy/federation/samples/police-export.jsonl``) and submit every message it produces, signed,
 as the police force; then each recipient's inbox decrypts and verifies what it consumes and
@@ -36,7 +38,10 @@ from broker.config import Settings
 from broker.federation import load_federation
 from broker.kafka.topics import federation_topics
 from broker.kafka.transport import create_topics
-from keys import FileStore, client_context, init_federation, passphrase_from_env
+from broker.trust import custody_of
+from keys import FileStore, client_context
+from keys.custody import agency_store
+from keys.development import init_development
 from schemas.errors import CairnError
 from schemas.federation import Federation
 from schemas.receipt import Receipt, RecipientStatus
@@ -94,6 +99,7 @@ def run_demo(
             **os.environ,
             "CAIRN_STATE_DIR": str(settings.state_dir),
             "CAIRN_KEY_DIR": str(settings.keys_path),
+            "CAIRN_PASSPHRASE_DIR": str(settings.passphrases_path),
             "CAIRN_AUDITOR_HTTP_PORT": str(audit_port),
             "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
         },
@@ -153,7 +159,11 @@ def _audit_summary(settings: Settings) -> bool:
     click.echo("    " + (note.decode().replace("\n", "\n    ") if note else "(none)"))
     verify = subprocess.run(  # noqa: S603  (our own CLI, fixed argv)
         [sys.executable, "-m", "broker", "audit", "--dir", str(directory), "verify"],
-        env={**os.environ, "CAIRN_KEY_DIR": str(settings.keys_path)},
+        env={
+            **os.environ,
+            "CAIRN_KEY_DIR": str(settings.keys_path),
+            "CAIRN_PASSPHRASE_DIR": str(settings.passphrases_path),
+        },
         capture_output=True,
         text=True,
         timeout=300,
@@ -181,7 +191,7 @@ def _run_broker(
     url = f"https://127.0.0.1:{port}"
     urls += [
         f"ops view: {url}/ui/ (any agency's client certificate, e.g. "
-        f"{settings.keys_path / 'tls'}/...)",
+        f"{settings.keys_path / 'agencies' / 'kelder-police' / 'tls'}/...)",
         f"IG view:  https://127.0.0.1:{audit_port}/ui/ig (the auditor's client certificate only)",
     ]
     _step(f"starting the broker on {url} (mutual TLS)")
@@ -192,6 +202,7 @@ def _run_broker(
         "CAIRN_HTTP_PORT": str(port),
         "CAIRN_STATE_DIR": str(run_state),
         "CAIRN_KEY_DIR": str(settings.keys_path),
+        "CAIRN_PASSPHRASE_DIR": str(settings.passphrases_path),
         "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
     }
     broker = subprocess.Popen(
@@ -234,24 +245,34 @@ def _state_dir(settings: Settings) -> Path:
 
 
 def _ensure_keys(settings: Settings, federation: Federation) -> None:
-    store = FileStore(settings.keys_path)
-    if not store.is_empty():
-        _step(f"using the federation keys in {store.root}")
+    custody = custody_of(settings)
+    if not FileStore(custody.key_dir).is_empty():
+        _step(f"using the federation keys in {custody.key_dir}")
         return
-    _step(f"creating the development federation's keys in {store.root}")
-    registry = init_federation(store, federation, passphrase_from_env(), now=datetime.now(UTC))
+    _step(f"creating the development federation in {custody.key_dir}, through enrolment")
+    registry, admitted = init_development(custody, federation, now=datetime.now(UTC))
     click.echo(
-        f"    root key, CA, broker and auditor keys, {len(federation.agencies)} agencies "
-        f"(signing key, encryption key, TLS client certificate each); "
-        f"registry serial {registry.serial}"
+        "    administrator: root key, CA and pseudonym secret, the broker's and the auditor's "
+        "keys, each in its own store with its own passphrase; registry serial 1"
     )
+    for done in admitted:
+        click.echo(
+            f"    {done.agency:22} made its own keys in {custody.folder(agency_store(done.agency))}"
+            f"; enrolled from its request alone (registry serial {done.registry.serial})"
+        )
+    click.echo(f"    registry serial {registry.serial}; passphrases in {custody.passphrase_dir}")
 
 
 async def _wait_ready(
     settings: Settings, url: str, process: subprocess.Popen[bytes], *, timeout_s: float
 ) -> bool:
     """Poll /readyz over mutual TLS (as the police force) until the broker is ready."""
-    context = client_context(FileStore(settings.keys_path), "kelder-police", passphrase_from_env())
+    custody = custody_of(settings)
+    context = client_context(
+        custody.member_store("kelder-police"),
+        "kelder-police",
+        custody.passphrase(agency_store("kelder-police")),
+    )
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=3), connector=aiohttp.TCPConnector(ssl=context)

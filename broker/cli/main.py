@@ -76,10 +76,16 @@ def cli(ctx: click.Context) -> None:
 def _service_trust(
     settings: Settings, store: FileStore, passphrase: bytes, *, member_id: str, room: str
 ) -> TrustStore:
-    """What the service ``member_id`` trusts and holds; it keeps the highest registry serial
+    """What the service ``member_id`` trusts and holds: its own store (``store``) and the
+    pseudonym store, nothing else (``keys.custody``); it keeps the highest registry serial
     it has seen in ``<state_dir>/<room>``, so a restart cannot be handed an older registry."""
-    from broker.trust import TrustStore
+    from broker.trust import TrustStore, custody_of
+    from keys.custody import PSEUDONYM
 
+    custody = custody_of(settings)
+    pseudonym = None
+    if not custody.all_in_one:
+        pseudonym = (custody.store(PSEUDONYM), custody.passphrase(PSEUDONYM))
     return TrustStore(
         store,
         passphrase,
@@ -87,7 +93,17 @@ def _service_trust(
         member_id=member_id,
         clock=lambda: datetime.now(UTC),
         serial_file=settings.state_dir / room / "registry-serial",
+        pseudonym=pseudonym,
     )
+
+
+def _own_store(settings: Settings, member_id: str) -> tuple[FileStore, bytes]:
+    """The service's own key store (over the public one) and its passphrase."""
+    from broker.trust import custody_of
+    from keys.custody import store_of
+
+    custody = custody_of(settings)
+    return custody.member_store(member_id), custody.passphrase(store_of(member_id))
 
 
 @cli.command()
@@ -113,8 +129,9 @@ def serve(
 ) -> None:
     """Run the broker over mutual TLS until SIGTERM (then it drains and flushes).
 
-    Needs the federation's keys ('cairn keys init') and the key passphrase in
-    CAIRN_KEY_PASSPHRASE or CAIRN_KEY_PASSPHRASE_FILE. Each broker process takes a
+    Needs the broker's key store (<key_dir>/broker), the pseudonym store and the published
+    registry ('cairn keys init' makes them on one machine), each store's passphrase in
+    <passphrase_dir>/<store> or CAIRN_KEY_PASSPHRASE[_FILE]. Each broker process takes a
     transactional id of its own, <CAIRN_TRANSACTIONAL_ID>.<host>.<slot>, with the lowest slot
     no running broker on this host holds, so brokers side by side never fence each other.
     """
@@ -169,11 +186,10 @@ async def _broker_app(
     from broker.kafka.transport import KafkaTransport
     from broker.ops.credentials import ServerCertificate
     from broker.web.app import create_app
-    from keys import BROKER_ID, FileStore, passphrase_from_env, server_context
+    from keys import BROKER_ID, server_context
 
     federation = load_federation(settings.federation_dir)
-    store = FileStore(settings.keys_path)
-    passphrase = passphrase_from_env()
+    store, passphrase = _own_store(settings, BROKER_ID)
     trust = _service_trust(settings, store, passphrase, member_id=BROKER_ID, room="broker")
     trust.registry()  # refuse to start on an untrusted registry
     trust.signing_key()
@@ -261,14 +277,13 @@ def auditor() -> None:
     from broker.audit.service import Auditor, auditor_app
     from broker.ops.credentials import CredentialWatch, ServerCertificate
     from broker.web.app import serve as serve_app
-    from keys import AUDITOR_ID, FileStore, passphrase_from_env, server_context
+    from keys import AUDITOR_ID, server_context
 
     settings = _settings()
     _logging(settings)
 
     async def main() -> None:
-        store = FileStore(settings.keys_path)
-        passphrase = passphrase_from_env()
+        store, passphrase = _own_store(settings, AUDITOR_ID)
         trust = _service_trust(settings, store, passphrase, member_id=AUDITOR_ID, room="audit")
         trust.signing_key()  # refuse to start without a usable key
         trust.pseudonym_secret()
@@ -514,9 +529,9 @@ def _attach() -> None:
     from broker.cli.policy import policy
     from broker.cli.schemas import schemas
     from broker.cli.status import status
-    from keys.cli import keys
+    from keys.cli import agency, federation, keys
 
-    for group in (audit, keys, nhs, police, policy, schemas, status):
+    for group in (agency, audit, federation, keys, nhs, police, policy, schemas, status):
         cli.add_command(group)
 
 

@@ -1,45 +1,84 @@
-"""The 'cairn keys' commands: help for each, clear one-line errors, and the full lifecycle."""
+"""The key commands: help for each, clear one-line errors, the development federation's
+lifecycle, and the enrolment procedure between machines (separate folders here)."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
-from keys.cli import keys
+from keys.cli import agency, federation, keys
 from tests.samples import FEDERATION_DIR
-from tests.unit.keys.conftest import PASSPHRASE
+
+GROUPS = {"keys": keys, "agency": agency, "federation": federation}
+COMMANDS = [
+    ("keys", []),
+    ("keys", ["init"]),
+    ("keys", ["list"]),
+    ("keys", ["rotate"]),
+    ("keys", ["revoke"]),
+    ("keys", ["refresh"]),
+    ("agency", []),
+    ("agency", ["init"]),
+    ("agency", ["request"]),
+    ("agency", ["install"]),
+    ("agency", ["rotate"]),
+    ("agency", ["revoke"]),
+    ("federation", []),
+    ("federation", ["init"]),
+    ("federation", ["enrol"]),
+    ("federation", ["rotate"]),
+    ("federation", ["revoke"]),
+]
+
+
+def _env(state: Path) -> dict[str, str]:
+    return {"CAIRN_STATE_DIR": str(state), "CAIRN_FEDERATION_DIR": str(FEDERATION_DIR)}
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.chdir(tmp_path)  # no stray cairn.toml
+    return _env(tmp_path / "state")
+
+
+def _run(args: list[str], env: dict[str, str], group: click.Group = keys) -> Result:
+    return CliRunner().invoke(group, args, env=env, catch_exceptions=False)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
     return {
-        "CAIRN_STATE_DIR": str(tmp_path / "state"),
-        "CAIRN_FEDERATION_DIR": str(FEDERATION_DIR),
-        "CAIRN_KEY_PASSPHRASE": PASSPHRASE.decode(),
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
-def _run(args: list[str], env: dict[str, str]) -> Result:
-    return CliRunner().invoke(keys, args, env=env, catch_exceptions=False)
-
-
-@pytest.mark.parametrize("command", [[], ["init"], ["list"], ["rotate"], ["revoke"], ["refresh"]])
-def test_every_command_has_help(command: list[str]) -> None:
+@pytest.mark.parametrize(("group", "command"), COMMANDS)
+def test_every_command_has_help(group: str, command: list[str]) -> None:
     """Each command answers --help with a usage text and exit status 0."""
-    result = CliRunner().invoke(keys, [*command, "--help"])
+    result = CliRunner().invoke(GROUPS[group], [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage:" in result.output
 
 
 def test_init_list_rotate_revoke(env: dict[str, str], tmp_path: Path) -> None:
-    """init creates the federation, list shows it, rotate and revoke re-sign it."""
+    """init makes the federation through enrolment, in separate stores; list shows it; rotate
+    (an agency's and a service's), revoke and refresh each publish the next serial."""
     created = _run(["init"], env)
     assert created.exit_code == 0, created.output
-    assert "10 members" in created.output
-    assert (tmp_path / "state" / "keys" / "registry.jws").is_file()
+    assert "8 agencies enrolled" in created.output
+    assert "10 members, registry serial 9" in created.output
+    state = tmp_path / "state"
+    assert (state / "keys" / "public" / "registry.jws").is_file()
+    assert not (state / "keys" / "registry.jws").exists()
+    for store in ("root", "ca", "pseudonym", "broker", "auditor", "agencies/kelder-police"):
+        assert (state / "keys" / store).is_dir()
+        assert (state / "passphrases" / store).is_file()
 
     listed = _run(["list"], env)
     assert listed.exit_code == 0, listed.output
@@ -49,15 +88,21 @@ def test_init_list_rotate_revoke(env: dict[str, str], tmp_path: Path) -> None:
     rotated = _run(["rotate", "--agency", "kelder-police"], env)
     assert rotated.exit_code == 0, rotated.output
     new_kid = rotated.output.split("new sig key ")[1].split()[0]
-    assert "serial 2" in rotated.output
+    assert "serial 10" in rotated.output
+    assert (state / "keys" / "agencies" / "kelder-police" / "private" / "kelder-police").is_dir()
+    assert new_kid in {p.stem for p in (state / "keys/agencies/kelder-police").rglob("*.key")}
+
+    service = _run(["rotate", "--agency", "cairn-broker"], env)
+    assert service.exit_code == 0, service.output
+    assert "serial 11" in service.output
 
     revoked = _run(["revoke", "--agency", "kelder-police", "--kid", new_kid], env)
     assert revoked.exit_code == 0, revoked.output
-    assert "serial 3" in revoked.output
+    assert "serial 12" in revoked.output
     assert "revoked" in _run(["list"], env).output
 
     refreshed = _run(["refresh"], env)
-    assert "serial 4" in refreshed.output
+    assert "serial 13" in refreshed.output
 
 
 def test_init_twice_is_refused_cleanly(env: dict[str, str]) -> None:
@@ -69,15 +114,6 @@ def test_init_twice_is_refused_cleanly(env: dict[str, str]) -> None:
     assert "Traceback" not in again.output
 
 
-def test_a_missing_passphrase_is_a_clear_error(env: dict[str, str]) -> None:
-    """Without CAIRN_KEY_PASSPHRASE(_FILE) init says how to supply one, and writes nothing."""
-    del env["CAIRN_KEY_PASSPHRASE"]
-    result = _run(["init"], env)
-    assert result.exit_code == 1
-    assert "CAIRN_KEY_PASSPHRASE" in result.output
-    assert not Path(env["CAIRN_STATE_DIR"]).exists()
-
-
 def test_errors_for_unknown_members_and_missing_stores(env: dict[str, str]) -> None:
     """Listing before init, or rotating an unknown agency, is one clear line, not a traceback."""
     before = _run(["list"], env)
@@ -87,3 +123,83 @@ def test_errors_for_unknown_members_and_missing_stores(env: dict[str, str]) -> N
     unknown = _run(["rotate", "--agency", "nobody"], env)
     assert unknown.exit_code == 1
     assert "'nobody' is not a member" in unknown.output
+
+
+def _machine(root: Path, admin: Path, stores: tuple[str, ...] = ()) -> dict[str, str]:
+    """A machine of its own: the published files from the administrator, and ``stores``'
+    passphrase files made by its own operator."""
+    (root / "keys").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(admin / "keys" / "public", root / "keys" / "public", dirs_exist_ok=True)
+    for store in stores:
+        secret = root / "passphrases" / store
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text(f"{store} passphrase of its own operator, long enough\n")
+    return _env(root)
+
+
+def test_enrolment_between_machines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The partnership procedure: the administrator creates the federation; the police, on its
+    own machine, makes its keys and a request; the administrator enrols it from the request and
+    sends back a certificate; the police installs it. Refused requests change nothing."""
+    monkeypatch.chdir(tmp_path)
+    admin_dir = tmp_path / "admin"
+    admin = _env(admin_dir)
+    made = _run(["init"], admin, federation)
+    assert made.exit_code == 0, made.output
+    assert "registry serial 1" in made.output
+
+    police = _machine(tmp_path / "police", admin_dir, ("agencies/kelder-police",))
+    request = tmp_path / "police.request.jws"
+    asked = _run(["init", "--agency", "kelder-police", "--out", str(request)], police, agency)
+    assert asked.exit_code == 0, asked.output
+    assert not (admin_dir / "keys" / "agencies").exists()  # no agency key on the admin's machine
+
+    cert = tmp_path / "police.crt"
+    enrolled = _run(["enrol", str(request), "--out", str(cert)], admin, federation)
+    assert enrolled.exit_code == 0, enrolled.output
+    assert "registry serial 2" in enrolled.output
+    installed = _run(["install", str(cert), "--agency", "kelder-police"], police, agency)
+    assert installed.exit_code == 0, installed.output
+
+    # Refusals on the administrator's machine: one line each, nothing changed or written.
+    intruder = _machine(
+        tmp_path / "intruder", admin_dir, ("agencies/kelder-refuge", "agencies/kelder-nhs")
+    )
+    unlisted = tmp_path / "refuge.jws"
+    args = ["init", "--agency", "kelder-refuge", "--role", "idva", "--out", str(unlisted)]
+    assert _run(args, intruder, agency).exit_code == 0
+    wrong_role = tmp_path / "nhs.jws"
+    args = ["init", "--agency", "kelder-nhs", "--role", "police", "--out", str(wrong_role)]
+    assert _run(args, intruder, agency).exit_code == 0
+    tampered = tmp_path / "tampered.jws"
+    head, body, signature = request.read_bytes().split(b".")
+    tampered.write_bytes(b".".join((head, body[:-4] + b"AAAA", signature)))
+    before = snapshot(admin_dir)
+    for bad, says in (
+        (unlisted, "'kelder-refuge' is not an agency of"),
+        (wrong_role, "kelder-nhs may not claim the role 'police'"),
+        (tampered, "request"),
+        (request, "enrolled already"),
+    ):
+        out = tmp_path / "refused.crt"
+        result = _run(["enrol", str(bad), "--out", str(out)], admin, federation)
+        assert result.exit_code == 1, result.output
+        assert says in result.output
+        assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert not out.exists()
+    assert snapshot(admin_dir) == before
+
+    # A rotation: the police asks, signed by its current key; the administrator applies it.
+    shutil.copy(admin_dir / "keys/public/registry.jws", tmp_path / "police/keys/public/")
+    rotation = tmp_path / "rotation.jws"
+    asked = _run(["rotate", "--agency", "kelder-police", "--out", str(rotation)], police, agency)
+    assert asked.exit_code == 0, asked.output
+    applied = _run(["rotate", str(rotation)], admin, federation)
+    assert applied.exit_code == 0, applied.output
+    assert "registry serial 3" in applied.output
+    before = snapshot(admin_dir)
+    again = _run(["rotate", str(rotation)], admin, federation)
+    assert again.exit_code == 1
+    assert "not signed by its current registered signing key" in again.output
+    assert snapshot(admin_dir) == before
