@@ -201,19 +201,28 @@ def _patterns(referral: Referral) -> tuple[re.Pattern[str], ...]:
 def _mask(node: Any, patterns: tuple[re.Pattern[str], ...], *, key: str | None) -> Any:
     if not patterns:
         return node
-    if isinstance(node, dict):
-        return {k: _mask(v, patterns, key=k) for k, v in node.items()}
-    if isinstance(node, list | tuple):
-        return [_mask(v, patterns, key=key) for v in node]
-    # Exactly str: enum members are str subclasses and are codes, not text.
-    if type(node) is str and key not in _NOT_TEXT:
-        return _mask_text(node, patterns)
+    return _masked(node, patterns, key)
+
+
+def _masked(node: Any, patterns: tuple[re.Pattern[str], ...], key: str | None) -> Any:
+    # The exact types model_dump makes first (this runs for every value disclosed), then
+    # their subclasses, as isinstance would.
+    kind = type(node)
+    if kind is str:  # exactly str: enum members are str subclasses and are codes, not text
+        return node if key in _NOT_TEXT else _mask_text(node, patterns)
+    if kind is dict or isinstance(node, dict):
+        return {k: _masked(v, patterns, k) for k, v in node.items()}
+    if kind is list or kind is tuple or isinstance(node, list | tuple):
+        return [_masked(v, patterns, key) for v in node]
     return node
 
 
 def _mask_text(text: str, patterns: tuple[re.Pattern[str], ...]) -> str:
-    if not any(p.search(text) for p in patterns):
-        return text
+    for p in patterns:
+        if p.search(text):
+            break
+    else:
+        return text  # no detail in it: most text
     mask = MASK if not any(p.search(MASK) for p in patterns) else _FALLBACK_MASK
     out = text
     # A mask next to the remaining text could in theory complete another detail: repeat until
