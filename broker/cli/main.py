@@ -331,8 +331,19 @@ def topics() -> None:
 
 
 @topics.command("create")
-def topics_create() -> None:
-    """Create every topic the federation needs; topics that exist are left as they are."""
+@click.option(
+    "--acls",
+    "acl_mode",
+    type=click.Choice(["auto", "require", "skip"]),
+    default="auto",
+    show_default=True,
+    help="Also create the ACLs (cairn kafka acls): auto skips them, saying so, on a Kafka "
+    "without an authorizer; require fails there.",
+)
+def topics_create(acl_mode: str) -> None:
+    """Create every topic the federation needs (topics that exist are left as they are), and
+    the ACLs that let each principal do only its part (README "Local Kafka")."""
+    from broker.kafka.acls import AuthorizerMissing, apply_acls, federation_acls
     from broker.kafka.topics import federation_topics
     from broker.kafka.transport import create_topics
 
@@ -348,6 +359,19 @@ def topics_create() -> None:
     result = _run(create_topics(settings, specs))
     for spec in specs:
         click.echo(f"{result[spec.name]:8}  {spec.name}  ({spec.partitions} partitions)")
+    if acl_mode == "skip":
+        return
+    table = federation_acls(federation, settings.topic_prefix, settings.transactional_id)
+    try:
+        count = asyncio.run(apply_acls(settings, table))
+    except AuthorizerMissing as exc:
+        if acl_mode == "require":
+            raise click.ClickException(str(exc)) from None
+        click.secho(f"ACLs not applied: {exc}", fg="yellow", err=True)
+        return
+    except CairnError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"acls      {count} ACLs in force (cairn kafka acls lists them)")
 
 
 @cli.command()
@@ -526,12 +550,13 @@ def _attach() -> None:
     from adapters.nhs.cli import nhs
     from adapters.police.cli import police
     from broker.audit.cli import audit
+    from broker.cli.kafka import kafka
     from broker.cli.policy import policy
     from broker.cli.schemas import schemas
     from broker.cli.status import status
     from keys.cli import agency, federation, keys
 
-    for group in (agency, audit, federation, keys, nhs, police, policy, schemas, status):
+    for group in (agency, audit, federation, kafka, keys, nhs, police, policy, schemas, status):
         cli.add_command(group)
 
 

@@ -1,0 +1,95 @@
+"""``cairn kafka``: the local Kafka's mutual-TLS listener material and the ACL table.
+
+``cairn kafka tls`` issues the listener's certificate (and service client certificates)
+from the federation CA (``broker.kafka.tls``); ``deploy/kafka/kafka-local`` runs it when it
+starts Kafka with ``CAIRN_KAFKA_SSL_PORT``. ``cairn kafka acls`` prints the ACLs
+``cairn topics create`` applies (``broker.kafka.acls``), or applies them alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from broker.cli.common import settings_or_exit
+from schemas.errors import CairnError
+
+__all__ = ["kafka"]
+
+
+@click.group(name="kafka", context_settings={"help_option_names": ["-h", "--help"]})
+def kafka() -> None:
+    """Kafka's TLS listener and ACLs (README "Local Kafka")."""
+
+
+def _client(value: str) -> tuple[str, str]:
+    client_id, sep, role = value.partition(":")
+    if not sep or not client_id or not role:
+        raise click.BadParameter(f"expected ID:ROLE (such as cairn-broker:broker), not {value!r}")
+    return client_id, role
+
+
+@kafka.command("tls")
+@click.option(
+    "--out",
+    "folder",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for ca.pem, server.p12, server.password and clients/ (git-ignored state).",
+)
+@click.option(
+    "--client",
+    "clients",
+    multiple=True,
+    metavar="ID:ROLE",
+    help="Also issue a Kafka client certificate for this service (repeatable), e.g. "
+    "cairn-broker:broker.",
+)
+def tls(folder: Path, clients: tuple[str, ...]) -> None:
+    """Issue (or keep, while still good) the TLS listener's key and certificate from the
+    federation CA in the key store; the passphrase from CAIRN_KEY_PASSPHRASE[_FILE]."""
+    from broker.federation import load_federation
+    from broker.kafka.tls import issue_listener_tls
+    from keys import FileStore, passphrase_from_env
+
+    settings = settings_or_exit()
+    wanted = [_client(c) for c in clients]
+    try:
+        federation = load_federation(settings.federation_dir)
+        result = issue_listener_tls(
+            FileStore(settings.keys_path),
+            passphrase_from_env(),
+            folder,
+            federation.name,
+            now=datetime.now(UTC),
+            clients=wanted,
+        )
+    except CairnError as exc:
+        raise click.ClickException(str(exc)) from None
+    if result.issued:
+        click.echo(f"issued in {folder}: {', '.join(result.issued)}")
+    else:
+        click.echo(f"kept {folder}: issued by the federation CA and still good")
+
+
+@kafka.command("acls")
+@click.option("--apply", "apply_now", is_flag=True, help="Create them in Kafka now.")
+def acls(apply_now: bool) -> None:
+    """Print the ACLs the federation needs (what 'cairn topics create' applies)."""
+    from broker.federation import load_federation
+    from broker.kafka.acls import apply_acls, federation_acls
+
+    settings = settings_or_exit()
+    try:
+        federation = load_federation(settings.federation_dir)
+        table = federation_acls(federation, settings.topic_prefix, settings.transactional_id)
+        for binding in table:
+            click.echo(str(binding))
+        if apply_now:
+            count = asyncio.run(apply_acls(settings, table))
+            click.echo(f"{count} ACLs applied on {settings.kafka_bootstrap_servers}")
+    except CairnError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,196 @@
+"""TLS material for Kafka's mutual-TLS listener, issued by the federation CA.
+
+The local Kafka (``deploy/kafka/kafka-local`` with ``CAIRN_KAFKA_SSL_PORT``) serves an SSL
+listener that requires a client certificate from the federation CA and maps each one to the
+Kafka principal ``User:<subject CN>``: an agency's id, ``cairn-broker`` or ``cairn-auditor``
+(``broker.kafka.acls`` says what each may do). ``issue_listener_tls`` writes what that
+listener needs into a folder of the git-ignored state (never committed):
+
+- ``ca.pem``: the federation CA certificate, the listener's trust store;
+- ``server.p12``: the listener's key and certificate chain, a PKCS#12 key store encrypted
+  with AES-256 (``ssl.keystore.type=PKCS12``: Kafka's PEM key store cannot read a PKCS#8 key
+  encrypted with PBES2, and an unencrypted one would have to sit in server.properties); its
+  certificate names 127.0.0.1 and localhost;
+- ``server.password``: the password of that key store (a random one, mode 0600);
+- ``clients/<id>.crt`` and ``clients/<id>.key``: a client certificate for each service that
+  has none in the key store (the broker: its TLS key there is its HTTPS server's), the key
+  encrypted with the key store's passphrase.
+
+Material that is still good (the same CA, more than ``RENEW_BEFORE`` left) is kept as it is,
+so a restart of Kafka keeps its identity; otherwise it is issued afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    PrivateFormat,
+    pkcs12,
+)
+
+from keys.errors import KeyStoreError
+from keys.pki import IssuedCertificate, issue_client_certificate, issue_server_certificate
+from keys.store import CA_CERT, CA_KEY, Store, decrypt_private_key
+
+__all__ = ["LISTENER_HOSTS", "RENEW_BEFORE", "ListenerTls", "issue_listener_tls"]
+
+LISTENER_HOSTS: Final = ("localhost", "127.0.0.1")
+RENEW_BEFORE: Final = timedelta(days=14)  # material closer than this to expiry is reissued
+VALIDITY: Final = timedelta(days=90)  # of each certificate issued here
+KAFKA_SERVER_CN: Final = "cairn-kafka"
+
+
+@dataclass(frozen=True)
+class ListenerTls:
+    """Where the listener's files are, and what was issued this time."""
+
+    folder: Path
+    issued: tuple[str, ...]  # file names (re)written now; empty when everything was kept
+
+    @property
+    def ca(self) -> Path:
+        return self.folder / "ca.pem"
+
+    @property
+    def keystore(self) -> Path:
+        return self.folder / "server.p12"
+
+    @property
+    def key_password(self) -> Path:
+        return self.folder / "server.password"
+
+    def client_cert(self, client_id: str) -> Path:
+        return self.folder / "clients" / f"{client_id}.crt"
+
+    def client_key(self, client_id: str) -> Path:
+        return self.folder / "clients" / f"{client_id}.key"
+
+
+def _write(path: Path, data: bytes, *, private: bool) -> None:
+    """Write whole or not at all (a temporary file moved into place), 0600 if private."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _certificate(path: Path, password: Path) -> x509.Certificate:
+    """The certificate in a PEM file, or in a PKCS#12 key store with its password file."""
+    data = path.read_bytes()
+    if path.suffix != ".p12":
+        return x509.load_pem_x509_certificates(data)[0]
+    secret = password.read_bytes().strip()
+    _key, certificate, _chain = pkcs12.load_key_and_certificates(data, secret)
+    if certificate is None:
+        raise ValueError("no certificate in the key store")
+    return certificate
+
+
+def _good(cert_path: Path, password: Path, ca: x509.Certificate, now: datetime) -> bool:
+    """The certificate at ``cert_path`` was issued by ``ca`` and has more than RENEW_BEFORE
+    left."""
+    try:
+        certificate = _certificate(cert_path, password)
+        certificate.verify_directly_issued_by(ca)
+    except Exception:  # unreadable, damaged, or another CA's (InvalidSignature): reissue
+        return False
+    return certificate.not_valid_after_utc - now > RENEW_BEFORE
+
+
+def _load_ca(store: Store, passphrase: bytes) -> IssuedCertificate:
+    if not store.exists(CA_CERT) or not store.exists(CA_KEY):
+        raise KeyStoreError(
+            f"{store} holds no federation CA ({CA_CERT}, {CA_KEY}); create the federation's "
+            "keys first ('cairn keys init')"
+        )
+    certificate = x509.load_pem_x509_certificate(store.read(CA_CERT))
+    key = decrypt_private_key(store.read(CA_KEY), passphrase, name=CA_KEY)
+    if not isinstance(key, EllipticCurvePrivateKey):
+        raise KeyStoreError(f"{CA_KEY} is not the federation CA's ECDSA key")
+    return IssuedCertificate(key, certificate)
+
+
+def _key_pem(key: EllipticCurvePrivateKey, password: bytes) -> bytes:
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(password))
+
+
+def issue_listener_tls(
+    store: Store,
+    passphrase: bytes,
+    folder: Path,
+    federation_name: str,
+    *,
+    now: datetime,
+    clients: Sequence[tuple[str, str]] = (),
+) -> ListenerTls:
+    """Write (or keep) the Kafka listener's TLS files in ``folder``, and a client certificate
+    for each ``(id, role)`` in ``clients``, all from the federation CA in ``store``."""
+    out = ListenerTls(folder, ())
+    ca_pem = store.read(CA_CERT) if store.exists(CA_CERT) else b""
+    wanted = [(out.keystore, None), *((out.client_cert(c), (c, r)) for c, r in clients)]
+    ca_cert = x509.load_pem_x509_certificate(ca_pem) if ca_pem else None
+    stale = [
+        (path, client)
+        for path, client in wanted
+        if ca_cert is None
+        or not _good(path, out.key_password, ca_cert, now)
+        or (client is None and not out.key_password.is_file())
+        or (client is not None and not out.client_key(client[0]).is_file())
+    ]
+    same_ca = out.ca.is_file() and out.ca.read_bytes() == ca_pem
+    if not stale and same_ca:
+        return out
+    ca = _load_ca(store, passphrase)
+    issued: list[str] = []
+    if not same_ca:
+        _write(out.ca, ca.certificate_pem(), private=False)
+        issued.append(out.ca.name)
+    for path, client in stale:
+        if client is None:
+            server = issue_server_certificate(
+                ca,
+                federation_name,
+                now=now,
+                validity=VALIDITY,
+                common_name=KAFKA_SERVER_CN,
+                hosts=LISTENER_HOSTS,
+            )
+            password = secrets.token_urlsafe(24).encode()
+            store_bytes = pkcs12.serialize_key_and_certificates(
+                b"kafka",
+                server.key,
+                server.certificate,
+                [ca.certificate],
+                BestAvailableEncryption(password),
+            )
+            _write(out.key_password, password + b"\n", private=True)
+            _write(path, store_bytes, private=True)
+            issued += [out.key_password.name, path.name]
+        else:
+            client_id, role = client
+            cert = issue_client_certificate(
+                ca, client_id, role, federation_name, now=now, validity=VALIDITY
+            )
+            _write(out.client_key(client_id), _key_pem(cert.key, passphrase), private=True)
+            _write(path, cert.certificate_pem(), private=False)
+            issued += [f"clients/{client_id}.key", f"clients/{client_id}.crt"]
+    return ListenerTls(folder, tuple(issued))

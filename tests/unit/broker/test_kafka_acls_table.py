@@ -1,0 +1,176 @@
+"""The ACL table (broker.kafka.acls) and the Kafka listener's TLS material (broker.kafka.tls).
+
+The integration tests (tests/integration/test_kafka_acls.py) prove the table against a real
+Kafka; these check its shape for every agency of the federation, fast.
+"""
+
+from __future__ import annotations
+
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from broker.audit import service as auditor_service
+from broker.kafka.acls import (
+    AUDITOR_GROUP,
+    AUDITOR_PRINCIPAL,
+    BROKER_PRINCIPAL,
+    RECEIPTS_GROUP,
+    AclBinding,
+    Operation,
+    PatternType,
+    ResourceType,
+    agency_principal,
+    federation_acls,
+    inbox_group,
+)
+from broker.kafka.tls import issue_listener_tls
+from broker.kafka.topics import delivery_topic, federation_topics
+from broker.receipts import GROUP_ID as RECEIPTS_GROUP_ID
+from keys import AUDITOR_ID, BROKER_ID, FileStore
+from schemas.federation import Federation
+from tests.conftest import PASSPHRASE, FederationKeys, make_federation_keys
+
+PREFIX, TID = "cairn", "cairn-broker"
+
+
+def table(federation: Federation) -> tuple[AclBinding, ...]:
+    return federation_acls(federation, PREFIX, TID)
+
+
+def who_may(
+    bindings: tuple[AclBinding, ...], kind: ResourceType, name: str, op: Operation
+) -> set[str]:
+    """Principals a binding lets do ``op`` on the resource ``name`` (prefixes matched)."""
+    return {
+        b.principal
+        for b in bindings
+        if b.resource_type is kind
+        and b.operation is op
+        and (b.name == name if b.pattern is PatternType.LITERAL else name.startswith(b.name))
+    }
+
+
+def test_each_delivery_topic_is_read_by_its_agency_alone(federation: Federation) -> None:
+    acls = table(federation)
+    for agency in federation.agencies:
+        topic = delivery_topic(PREFIX, agency.id)
+        assert who_may(acls, ResourceType.TOPIC, topic, Operation.READ) == {
+            agency_principal(agency.id)
+        }
+        assert who_may(acls, ResourceType.TOPIC, topic, Operation.WRITE) == {BROKER_PRINCIPAL}
+        group = inbox_group(agency.id)
+        assert who_may(acls, ResourceType.GROUP, group, Operation.READ) == {
+            agency_principal(agency.id)
+        }
+        assert who_may(acls, ResourceType.GROUP, f"{group}.replay", Operation.READ) == {
+            agency_principal(agency.id)
+        }
+
+
+def test_no_agency_group_is_a_prefix_of_another_agencys(federation: Federation) -> None:
+    """kelder-police's groups must not cover kelder-police-x's: the prefix ends with a dot,
+    which an agency id cannot hold."""
+    acls = table(federation)
+    assert who_may(acls, ResourceType.GROUP, "cairn-inbox-kelder-police-x", Operation.READ) == set()
+    assert who_may(acls, ResourceType.GROUP, "cairn-inbox-kelder-policex", Operation.READ) == set()
+
+
+def test_what_each_service_may_do(federation: Federation) -> None:
+    acls = table(federation)
+    topic, op = ResourceType.TOPIC, Operation
+    assert who_may(acls, topic, f"{PREFIX}.audit", op.WRITE) == {BROKER_PRINCIPAL}
+    assert who_may(acls, topic, f"{PREFIX}.audit", op.READ) == {AUDITOR_PRINCIPAL}
+    assert who_may(acls, topic, f"{PREFIX}.checkpoints", op.WRITE) == {AUDITOR_PRINCIPAL}
+    assert who_may(acls, topic, f"{PREFIX}.checkpoints", op.READ) == set()
+    assert who_may(acls, topic, f"{PREFIX}.ledger", op.READ) == {BROKER_PRINCIPAL}
+    assert who_may(acls, topic, f"{PREFIX}.ledger", op.WRITE) == {BROKER_PRINCIPAL}
+    assert who_may(acls, topic, f"{PREFIX}.receipts", op.READ) == {BROKER_PRINCIPAL}
+    agencies = {agency_principal(a.id) for a in federation.agencies}
+    assert who_may(acls, topic, f"{PREFIX}.receipts", op.WRITE) == agencies
+    assert who_may(acls, topic, f"{PREFIX}.dlq", op.WRITE) == {
+        BROKER_PRINCIPAL,
+        AUDITOR_PRINCIPAL,
+        *agencies,
+    }
+    assert who_may(acls, topic, f"{PREFIX}.dlq", op.READ) == set()  # the operator's alone
+    tid = ResourceType.TRANSACTIONAL_ID
+    assert who_may(acls, tid, f"{TID}.host.3.claims", op.WRITE) == {BROKER_PRINCIPAL}
+    assert who_may(acls, ResourceType.GROUP, RECEIPTS_GROUP, op.READ) == {BROKER_PRINCIPAL}
+    assert who_may(acls, ResourceType.GROUP, AUDITOR_GROUP, op.READ) == {AUDITOR_PRINCIPAL}
+
+
+def test_the_broker_reads_no_delivery_topic_and_nothing_outside_the_prefix(
+    federation: Federation,
+) -> None:
+    acls = table(federation)
+    reads = {
+        b.name for b in acls if b.principal == BROKER_PRINCIPAL and b.operation is Operation.READ
+    }
+    assert not any(".deliver." in name for name in reads)
+    topics = {s.name for s in federation_topics(federation, PREFIX)}
+    for b in acls:
+        if b.resource_type is ResourceType.TOPIC:
+            assert b.name in topics
+            assert b.pattern is PatternType.LITERAL
+
+
+def test_the_groups_and_principals_are_the_codes_own() -> None:
+    """The table's names are the ones the consumers and the certificates use."""
+    assert RECEIPTS_GROUP == RECEIPTS_GROUP_ID
+    assert AUDITOR_GROUP == auditor_service.GROUP_ID
+    assert f"User:{BROKER_ID}" == BROKER_PRINCIPAL
+    assert f"User:{AUDITOR_ID}" == AUDITOR_PRINCIPAL
+
+
+def test_listener_tls_is_issued_once_and_again_for_a_new_ca(
+    federation: Federation, federation_keys: FederationKeys, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    out = tmp_path / "tls"
+    clients = [(BROKER_ID, "broker")]
+    first = issue_listener_tls(
+        federation_keys.store, PASSPHRASE, out, federation.name, now=now, clients=clients
+    )
+    assert set(first.issued) == {
+        "ca.pem",
+        "server.password",
+        "server.p12",
+        f"clients/{BROKER_ID}.key",
+        f"clients/{BROKER_ID}.crt",
+    }
+    for private in (first.keystore, first.key_password, first.client_key(BROKER_ID)):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    password = first.key_password.read_bytes().strip()
+    _key, server, chain = pkcs12.load_key_and_certificates(first.keystore.read_bytes(), password)
+    assert server is not None
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert [c.subject for c in chain] == [
+        x509.load_pem_x509_certificate(first.ca.read_bytes()).subject
+    ]
+    broker_cert = x509.load_pem_x509_certificate(first.client_cert(BROKER_ID).read_bytes())
+    assert broker_cert.subject.rfc4514_string().startswith(f"CN={BROKER_ID},OU=broker,O=")
+
+    again = issue_listener_tls(
+        federation_keys.store, PASSPHRASE, out, federation.name, now=now, clients=clients
+    )
+    assert again.issued == ()  # still good: kept, Kafka keeps its identity
+    late = issue_listener_tls(
+        federation_keys.store,
+        PASSPHRASE,
+        out,
+        federation.name,
+        now=now + timedelta(days=80),
+        clients=clients,
+    )
+    assert "server.p12" in late.issued  # within RENEW_BEFORE of expiry: renewed
+
+    other = make_federation_keys(tmp_path / "other-keys")
+    moved = issue_listener_tls(
+        FileStore(other.root), PASSPHRASE, out, federation.name, now=now, clients=clients
+    )
+    assert set(moved.issued) == set(first.issued)  # another CA: everything issued afresh
