@@ -206,9 +206,15 @@ def render(view: Status, console: Console) -> None:
 async def _fetch(settings: Settings, agency: str, url: str) -> tuple[str | None, dict[str, Any]]:
     import aiohttp
 
-    from keys import FileStore, client_context, passphrase_from_env
+    from broker.trust import custody_of
+    from keys import client_context
+    from keys.custody import store_of
 
-    context = client_context(FileStore(settings.keys_path), agency, passphrase_from_env())
+    # The member's own store (over the published one) and its passphrase (keys.custody).
+    custody = custody_of(settings)
+    context = client_context(
+        custody.member_store(agency), agency, custody.passphrase(store_of(agency))
+    )
     timeout = aiohttp.ClientTimeout(total=settings.readiness_timeout_s * 3)
     connector = aiohttp.TCPConnector(ssl=context)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -264,7 +270,7 @@ def status(agency: str, url: str | None, offline: bool) -> None:
             view,
             now=datetime.now(UTC),
             # where split custody publishes the registry, if elsewhere (keys.custody)
-            public=getattr(settings, "public_key_dir", None),
+            public=settings.public_key_dir,
             root_kid=settings.registry_root_kid,
         )
     render(view, Console())

@@ -444,3 +444,59 @@ async def test_a_members_certificate_is_known_from_what_it_presents(
         await listening.close()
     assert metrics.registry.get_sample_value(GAUGE, police) == 10 * DAY
     assert metrics.registry.get_sample_value(GAUGE, {**police, "subject": "kelder-nhs"}) is None
+
+
+def test_split_custody_the_broker_watches_its_own_store_and_renewal_reaches_every_store(
+    tmp_path: Path,
+) -> None:
+    """With each party in its own store (`keys.custody`), the broker's watch reads its own
+    store over the published one (registry, CA, its server certificate; no agency's), and
+    `renew_federation` with the CA's store re-certifies the broker's, the auditor's and each
+    agency's certificates in place and publishes the registry: the watch sees it all renewed."""
+    from broker.federation import load_federation
+    from broker.trust import custody_of
+    from keys import custody as names
+    from keys.development import init_development
+    from keys.federation import Admin, refresh_registry
+    from keys.registry import BROKER_ID
+    from keys.renewal import renew_federation
+
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        key_dir=tmp_path / "state" / "keys",
+        passphrase_dir=tmp_path / "state" / "passphrases",
+        federation_dir=FEDERATION_DIR,
+    )
+    custody = custody_of(settings)
+    federation = load_federation(FEDERATION_DIR)
+    init_development(custody, federation, now=NOW, lifetimes=SHORT)
+    watch = CredentialWatch(custody.member_store(BROKER_ID), Clock(NOW), warn_days=14)
+    with capture_logs() as logs:
+        soon = watch.check()
+    assert [(c.kind.value, c.subject) for c in soon] == [("tls_server", "cairn-broker")]
+    assert [e["event"] for e in logs] == ["credentials.expiring"]
+    kinds = {(c.kind.value, c.subject) for c in watch.credentials}
+    assert {("registry", "federation"), ("ca", "federation")} <= kinds
+    assert not any(kind == "member_tls" and s.startswith("kelder-") for kind, s in kinds)
+
+    admin = Admin(custody.store(names.ROOT), custody.passphrase(names.ROOT), custody.public())
+    holders = [custody.store(names.BROKER), custody.store(names.AUDITOR)]
+    holders += [custody.store(names.agency_store(a)) for a in federation.ids]
+    renewal = renew_federation(
+        custody.store(names.CA),
+        custody.passphrase(names.CA),
+        holders,
+        lambda: refresh_registry(admin, now=NOW),
+        now=NOW,
+        within=timedelta(days=14),
+        publish_to=(custody.public(),),
+    )
+    renewed = {(c.kind.value, c.subject) for c in renewal.renewed}
+    assert ("tls_server", "cairn-broker") in renewed
+    assert ("member_tls", "kelder-police") in renewed
+    assert ("registry", "federation") in renewed
+    with capture_logs() as logs:
+        assert watch.check() == []
+    assert ("credentials.renewed", "tls_server") in [(e["event"], e.get("kind")) for e in logs]
+    police = read_key_store(settings.keys_path, Status(), now=NOW)
+    assert police.credentials[("member_tls", "kelder-police")] == 365 * DAY
