@@ -70,6 +70,9 @@ MAX_WINDOW_S: Final = 30 * 86_400  # seconds
 MAX_FACTS_READ: Final = 100_000  # flow facts one snapshot reads, the newest first
 OVERDUE_SHOWN: Final = 200  # overdue items listed, newest first
 
+# The audit events the ops view counts, and their cairn-event-type header values.
+_COUNTED: Final = (AuditEventType.DISCLOSED, AuditEventType.REFUSED, AuditEventType.ACKNOWLEDGED)
+_COUNTED_HEADERS: Final = frozenset(t.value.encode() for t in _COUNTED)
 _OPS_FILES: Final = {"ops.js": "text/javascript", "style.css": "text/css"}
 Probe = Callable[[], Awaitable[bool]]
 
@@ -87,17 +90,21 @@ class OpsSource(Protocol):
 def facts_of(records: Sequence[Record]) -> list[Fact]:
     """The audit facts the ops view counts among ``records`` (which Kafka has just committed):
     disclosures, refusals and acknowledgements, as ids, agencies, purpose and times."""
-    counted = (AuditEventType.DISCLOSED, AuditEventType.REFUSED, AuditEventType.ACKNOWLEDGED)
     facts = []
     for record in records:
         if not record.topic.endswith(".audit"):
+            continue
+        # The type header (broker.receipts.audit_record sets it from the event) spares parsing
+        # the events not counted (received, decided: half of a submission's); no header, parse.
+        kind = next((v for k, v in record.headers if k == "cairn-event-type"), None)
+        if kind is not None and kind not in _COUNTED_HEADERS:
             continue
         try:
             event = AuditEvent.model_validate_json(record.value)
         except ValidationError:
             log.warning("dashboard.unreadable_audit_record", topic=record.topic)
             continue
-        if event.type not in counted or event.message_id is None or event.recipient is None:
+        if event.type not in _COUNTED or event.message_id is None or event.recipient is None:
             continue
         facts.append(
             Fact(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,14 @@ from aiohttp.test_utils import TestServer
 
 from adapters.client import ReferralClient
 from broker.config import Settings
-from broker.kafka.transport import MemoryTransport
+from broker.kafka.transport import MemoryTransport, Record
+from broker.receipts import audit_record
 from broker.state import SqliteStore
 from broker.web.app import create_app
+from broker.web.dashboard import facts_of
+from schemas.audit import AuditEventType, delivered
 from schemas.federation import Federation
+from schemas.receipt import AcknowledgementStatus
 from tests.conftest import FederationKeys
 from tests.samples import sample
 
@@ -81,3 +87,26 @@ async def test_two_brokers_on_one_store_show_the_same_flows(
             a["agency"]: a["unacknowledged"] for a in seen_first["agencies"]
         }
         assert sum(a["unacknowledged"] for a in seen_second["agencies"]) == len(queued)
+
+
+def test_facts_come_from_counted_audit_events_named_by_header_or_parsed() -> None:
+    """facts_of keeps disclosed, refused and acknowledged events: those whose type header
+    names an uncounted type are skipped unread, a record without the header is parsed."""
+    message_id = uuid.UUID(sample()["header"]["referral_id"])
+    at = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    event = delivered(message_id, recipient="kelder-idva", at=at)  # not counted: no fact
+    counted = event.model_copy(
+        update={"type": AuditEventType.ACKNOWLEDGED, "status": AcknowledgementStatus.FILED}
+    )
+    with_header = audit_record("unit", counted)
+    bare = Record(topic="unit.audit", key=with_header.key, value=with_header.value, headers=())
+    named_uncounted = Record(
+        topic="unit.audit",
+        key=with_header.key,
+        value=with_header.value,
+        headers=(("cairn-event-type", b"received"),),
+    )
+    facts = facts_of([with_header, bare, named_uncounted, audit_record("unit", event)])
+    assert [(f.type, f.message_id, f.recipient) for f in facts] == [
+        ("acknowledged", str(message_id), "kelder-idva")
+    ] * 2
