@@ -188,8 +188,8 @@ def agency_init(agency_id: str, role: str | None, out: Path | None) -> None:
     "--certificate",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     required=True,
-    help="The certificate your own CA issued for the CSR (<store>/enrolment/<id>.csr), PEM, "
-    "leaf first, then any intermediate CAs.",
+    help="The certificate your own CA issued for the CSR (<store>/enrolment/<id>.csr), PEM; "
+    "the CA that issued it is the one agencies.yaml must trust for the agency (trusted_ca).",
 )
 @click.option(
     "--out",
@@ -233,24 +233,33 @@ def _listed_role(settings: Settings, agency_id: str) -> AgencyRole:
 @agency.command("install")
 @click.argument("certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--agency", "agency_id", required=True, help="The agency's id.")
+@click.option(
+    "--ca",
+    "own_ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The agency's own CA certificate (PEM), if its own CA issued CERTIFICATE.",
+)
 @_clean_errors
-def agency_install(certificate: Path, agency_id: str) -> None:
+def agency_install(certificate: Path, agency_id: str, own_ca: Path | None) -> None:
     """Install the TLS certificate the administrator sent back for the agency's request.
 
     It must be for the TLS key 'cairn agency init' made, name the agency, and be issued by the
-    federation CA (<key_dir>/public/tls/ca.crt) or by the agency's own CA (then CERTIFICATE
-    holds the chain, leaf first).
+    federation CA (<key_dir>/public/tls/ca.crt) or, with --ca, by the agency's own CA.
     """
     custody = _custody()
     store = custody.store(agency_store(agency_id))
-    pem = _read_file(certificate, "certificate")
-    try:
-        chain = tuple(x509.load_pem_x509_certificates(pem))
-    except ValueError:
-        raise KeyStoreError(f"{certificate} is not a PEM certificate") from None
-    federation_ca = x509.load_pem_x509_certificate(custody.public().read(CA_CERT))
+    issuers = [x509.load_pem_x509_certificate(custody.public().read(CA_CERT))]
+    if own_ca is not None:
+        try:
+            issuers += x509.load_pem_x509_certificates(_read_file(own_ca, "CA certificate"))
+        except ValueError:
+            raise KeyStoreError(f"{own_ca} is not a PEM certificate") from None
     installed = install_certificate(
-        store, agency_id, pem, issuers=(federation_ca, *chain[1:]), now=_now()
+        store,
+        agency_id,
+        _read_file(certificate, "certificate"),
+        issuers=tuple(issuers),
+        now=_now(),
     )
     click.echo(
         f"{agency_id}: certificate installed, valid until {_when(installed.not_valid_after_utc)}"

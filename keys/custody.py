@@ -44,6 +44,7 @@ from typing import Final
 from keys.errors import KeyStoreError, PassphraseError
 from keys.registry import AUDITOR_ID, BROKER_ID
 from keys.store import (
+    AGENCY_CAS,
     CA_CERT,
     PASSPHRASE_ENV,
     PASSPHRASE_FILE_ENV,
@@ -75,7 +76,8 @@ CA: Final = "ca"
 PSEUDONYM: Final = "pseudonym"
 BROKER: Final = "broker"
 AUDITOR: Final = "auditor"
-# The files every member reads from the public store rather than its own.
+# The files every member reads from the public store rather than its own (and the CAs trusted
+# for agencies' own certificates, under AGENCY_CAS).
 PUBLIC_NAMES: Final = frozenset({REGISTRY, ROOT_PUBLIC, CA_CERT})
 
 
@@ -121,7 +123,7 @@ class LayeredStore(FileStore):
         return f"LayeredStore({str(self.root)!r}, public={str(self.public.root)!r})"
 
     def path(self, name: str) -> Path:
-        if name in PUBLIC_NAMES:
+        if name in PUBLIC_NAMES or name == AGENCY_CAS or name.startswith(f"{AGENCY_CAS}/"):
             return self.public.path(name)
         return super().path(name)
 

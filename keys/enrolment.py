@@ -24,9 +24,10 @@ request (``cairn-revocation+jws``) is signed by one of the agency's registered s
 the administrator may also revoke any key on its own (``keys.federation.revoke_key``).
 
 An agency may bring a TLS certificate from its own CA instead of a CSR being signed: the
-request then carries the certificate chain too, and ``enrol`` accepts it only if
-``agencies.yaml`` lists that CA as trusted for the agency, the chain verifies to it, the
-certificate names the agency and is for the CSR's key.
+request then carries that certificate too, and ``enrol`` accepts it only if ``agencies.yaml``
+lists the CA that issued it as trusted for the agency (``trusted_ca``), the certificate names
+the agency and is for the CSR's key. The CA is then published beside the federation CA
+(``tls/agency-cas/<id>.crt``); the broker trusts it for that agency alone.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ __all__ = [
     "EnrolmentRequest",
     "RequestKey",
     "RevocationRequest",
+    "agency_ca_name",
     "apply_revocation",
     "apply_rotation",
     "create_agency",
@@ -105,6 +107,11 @@ _CURVE_FOR_USE: Final = {KeyUse.SIGNING: "Ed25519", KeyUse.ENCRYPTION: "X25519"}
 _TLS_CURVES: Final = (ec.SECP256R1, ec.SECP384R1)
 
 Pem = Annotated[str, StringConstraints(max_length=32_768)]
+
+
+def agency_ca_name(agency_id: str) -> str:
+    """Where the public store publishes the CA trusted for one agency's own certificate."""
+    return f"{layout.AGENCY_CAS}/{agency_id}.crt"
 
 
 def request_name(agency_id: str) -> str:
@@ -146,7 +153,7 @@ class EnrolmentRequest(Frozen):
     role: AgencyRole
     keys: tuple[RequestKey, RequestKey]
     csr: Pem | None = None  # PEM; required to enrol
-    certificate: Pem | None = None  # PEM chain from the agency's own CA, leaf first
+    certificate: Pem | None = None  # PEM: the certificate its own CA issued for the CSR
     issued_at: AwareDatetime
 
     @model_validator(mode="after")
@@ -251,7 +258,7 @@ def request_with_certificate(
     store: Store, agency_id: str, passphrase: bytes, chain_pem: bytes, *, now: datetime
 ) -> bytes:
     """The agency's enrolment request again, carrying the certificate its own CA issued for
-    its CSR (leaf first, then intermediates), signed again by its signing key."""
+    its CSR, signed again by its signing key."""
     _aware(now)
     pending = read_enrolment(store.read(request_name(agency_id)))
     leaf = _one_certificate(chain_pem, what="the certificate")
@@ -553,8 +560,9 @@ def _own_ca_certificate(
     csr: x509.CertificateSigningRequest,
     trusted: tuple[x509.Certificate, ...],
     now: datetime,
-) -> bytes:
-    """The agency's certificate of its own CA, if the federation trusts that CA for it."""
+) -> tuple[bytes, x509.Certificate]:
+    """The agency's certificate of its own CA, and that CA, if the federation trusts it for
+    the agency."""
     assert request.certificate is not None
     if not trusted:
         raise EnrolmentRefused(
@@ -573,21 +581,14 @@ def _own_ca_certificate(
         raise EnrolmentRefused(str(exc)) from None
     if _public_der(leaf.public_key()) != _public_der(csr.public_key()):
         raise EnrolmentRefused("the agency's certificate is not for the key of its CSR")
-    # Walk leaf -> intermediates -> a trusted CA, each link a verified signature.
-    current = leaf
-    for _ in range(len(chain) + 1):
-        if any(_issued_by(current, ca) for ca in trusted):
-            return b"".join(c.public_bytes(Encoding.PEM) for c in chain)
-        parent = next(
-            (c for c in chain[1:] if c.subject == current.issuer and _issued_by(current, c)),
-            None,
+    # The trusted CA issues the agency's certificate itself: that is what the broker checks
+    # at every connection (keys.tls.peer_agency), where only the leaf is at hand.
+    issuer = next((ca for ca in trusted if _issued_by(leaf, ca)), None)
+    if issuer is None:
+        raise EnrolmentRefused(
+            f"{request.agency}'s certificate is not issued by the CA agencies.yaml trusts for it"
         )
-        if parent is None or parent is current:
-            break
-        current = parent
-    raise EnrolmentRefused(
-        f"{request.agency}'s certificate does not chain to the CA agencies.yaml trusts for it"
-    )
+    return leaf.public_bytes(Encoding.PEM), issuer
 
 
 def enrol(
@@ -624,8 +625,9 @@ def enrol(
             "changes its keys with a rotation request"
         )
     _check_new_kids(registry, request.keys)
+    own_ca: x509.Certificate | None = None
     if request.certificate is not None:
-        pem = _own_ca_certificate(request, csr, trusted_cas, now)
+        pem, own_ca = _own_ca_certificate(request, csr, trusted_cas, now)
         by_federation = False
     else:
         public = csr.public_key()
@@ -645,6 +647,12 @@ def enrol(
     )
     if deliver is not None:
         deliver(pem)
+    if own_ca is not None:
+        # Published beside the federation CA, so the broker accepts this agency's certificate
+        # (and only this agency's: keys.tls.peer_agency binds the CA to the agency).
+        admin.public.write(
+            agency_ca_name(request.agency), own_ca.public_bytes(Encoding.PEM), private=False
+        )
     published = admin.publish(root, registry, (*registry.members, member), now, life)
     return Enrolled(request.agency, published, pem, by_federation)
 

@@ -35,6 +35,7 @@ from keys.errors import KeyStoreError, PassphraseError
 from keys.jwk import DecryptionKey, SigningKey
 
 __all__ = [
+    "AGENCY_CAS",
     "CA_CERT",
     "CA_KEY",
     "MIN_PASSPHRASE_CHARS",
@@ -75,6 +76,8 @@ CA_CERT: Final = "tls/ca.crt"
 CA_KEY: Final = "tls/ca.key"
 SERVER_CERT: Final = "tls/server.crt"
 SERVER_KEY: Final = "tls/server.key"
+# The CAs trusted for one agency's own TLS certificate each, <id>.crt (public; keys.enrolment).
+AGENCY_CAS: Final = "tls/agency-cas"
 
 
 def member_key(member_id: str, kid: str) -> str:

@@ -11,12 +11,23 @@ from __future__ import annotations
 
 import functools
 import ssl
+import weakref
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from keys.errors import KeyStoreError, PassphraseError, Reason, VerificationError
 from keys.pki import agency_of_certificate
-from keys.store import CA_CERT, SERVER_CERT, SERVER_KEY, PathStore, client_cert, client_key
+from keys.store import (
+    AGENCY_CAS,
+    CA_CERT,
+    SERVER_CERT,
+    SERVER_KEY,
+    PathStore,
+    client_cert,
+    client_key,
+)
 
 __all__ = ["client_context", "peer_agency", "server_context"]
 
@@ -42,10 +53,29 @@ def _ca(store: PathStore) -> str:
 
 
 def server_context(store: PathStore, passphrase: bytes) -> ssl.SSLContext:
-    """The broker's server context: its certificate, and client certificates required."""
+    """The broker's server context: its certificate, and client certificates required.
+
+    Client certificates are verified against the federation CA and, for an agency that brought
+    a certificate of its own CA (``keys.enrolment``), against the CA published for it in
+    ``tls/agency-cas/<id>.crt``; ``peer_agency`` then accepts such a certificate for that
+    agency alone.
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=_ca(store))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED  # mTLS: no certificate, no connection
+    bound: dict[str, bytes] = {}
+    folder = store.path(AGENCY_CAS)
+    for path in sorted(folder.glob("*.crt")) if folder.is_dir() else ():
+        try:
+            ca = x509.load_pem_x509_certificate(path.read_bytes())
+        except ValueError:
+            raise KeyStoreError(f"{path} is not a PEM certificate") from None
+        context.load_verify_locations(cadata=ca.public_bytes(Encoding.PEM).decode("ascii"))
+        bound[path.stem] = ca.public_bytes(Encoding.DER)
+    if bound:
+        federation_ca = x509.load_pem_x509_certificate(store.read(CA_CERT))
+        _BINDINGS[id(context)] = (federation_ca.public_bytes(Encoding.DER), bound)
+        weakref.finalize(context, _BINDINGS.pop, id(context), None)
     _load_chain(context, store, SERVER_CERT, SERVER_KEY, passphrase)
     return context
 
@@ -64,11 +94,42 @@ def peer_agency(connection: ssl.SSLObject | ssl.SSLSocket) -> str:
     if not der:
         raise VerificationError(Reason.WRONG_SIGNER, "the client presented no certificate")
     try:
-        return _agency_of_der(der)
+        agency = _agency_of_der(der)
     except ValueError:
         raise VerificationError(
             Reason.MALFORMED, "the client certificate does not name one agency"
         ) from None
+    binding = _BINDINGS.get(id(connection.context))
+    if binding is not None:
+        federation_ca, bound = binding
+        if not _issued_by_either(der, federation_ca, bound.get(agency)):
+            # Verified at the handshake, but by the CA trusted for another agency.
+            raise VerificationError(
+                Reason.WRONG_SIGNER,
+                f"the client certificate names {agency} but is issued by neither the "
+                "federation CA nor the CA trusted for that agency",
+            )
+    return agency
+
+
+# Server contexts that trust agencies' own CAs: (federation CA, {agency: its CA}), DER.
+_BINDINGS: dict[int, tuple[bytes, dict[str, bytes]]] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _issued_by_either(der: bytes, federation_ca: bytes, agency_ca: bytes | None) -> bool:
+    """Whether the certificate is signed by the federation CA or by ``agency_ca``: a function
+    of the three certificates' bytes, so each certificate is checked once."""
+    leaf = x509.load_der_x509_certificate(der)
+    for issuer in (federation_ca, agency_ca):
+        if issuer is None:
+            continue
+        try:
+            leaf.verify_directly_issued_by(x509.load_der_x509_certificate(issuer))
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
 
 
 @functools.lru_cache(maxsize=1024)

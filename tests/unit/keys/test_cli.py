@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner, Result
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from keys.cli import agency, federation, keys
+from keys.pki import issue_ca, issue_client_certificate_for
 from tests.samples import FEDERATION_DIR
 
 GROUPS = {"keys": keys, "agency": agency, "federation": federation}
@@ -203,3 +208,66 @@ def test_enrolment_between_machines(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert again.exit_code == 1
     assert "not signed by its current registered signing key" in again.output
     assert snapshot(admin_dir) == before
+
+
+def test_an_agency_brings_a_certificate_of_its_own_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """agencies.yaml trusts the police's own CA for the police: its certificate of that CA is
+    accepted at enrolment (and installed with --ca); the same request is refused while
+    agencies.yaml does not list the CA."""
+    monkeypatch.chdir(tmp_path)
+    fed_dir = tmp_path / "federation"
+    shutil.copytree(FEDERATION_DIR, fed_dir)
+    own_ca = issue_ca("Kelder Constabulary PKI", now=datetime.now(UTC), validity=timedelta(days=30))
+    (fed_dir / "kelder-police-ca.pem").write_bytes(own_ca.certificate_pem())
+    admin_dir = tmp_path / "admin"
+    admin = {**_env(admin_dir), "CAIRN_FEDERATION_DIR": str(fed_dir)}
+    assert _run(["init"], admin, federation).exit_code == 0
+    police = _machine(tmp_path / "police", admin_dir, ("agencies/kelder-police",))
+    assert _run(["init", "--agency", "kelder-police"], police, agency).exit_code == 0
+
+    store = tmp_path / "police" / "keys" / "agencies" / "kelder-police"
+    csr = x509.load_pem_x509_csr((store / "enrolment" / "kelder-police.csr").read_bytes())
+    public = csr.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    cert = issue_client_certificate_for(
+        own_ca,
+        public,
+        "kelder-police",
+        "police",
+        "Kelder Constabulary",
+        now=datetime.now(UTC),
+        validity=timedelta(days=30),
+    )
+    (tmp_path / "own.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+    request = tmp_path / "request.jws"
+    made = _run(
+        ["request", "--agency", "kelder-police", "--certificate", "own.crt", "--out", str(request)],
+        police,
+        agency,
+    )
+    assert made.exit_code == 0, made.output
+
+    before = snapshot(admin_dir)
+    untrusted = _run(["enrol", str(request), "--out", "police.crt"], admin, federation)
+    assert untrusted.exit_code == 1
+    assert "lists no CA trusted for it" in untrusted.output
+    assert snapshot(admin_dir) == before
+
+    listing = (fed_dir / "agencies.yaml").read_text()
+    listing = listing.replace(
+        "    role: police\n", "    role: police\n    trusted_ca: kelder-police-ca.pem\n", 1
+    )
+    (fed_dir / "agencies.yaml").write_text(listing)
+    trusted = _run(["enrol", str(request), "--out", "police.crt"], admin, federation)
+    assert trusted.exit_code == 0, trusted.output
+    assert "its own CA (trusted)" in trusted.output
+    assert (admin_dir / "keys" / "public" / "tls" / "agency-cas" / "kelder-police.crt").is_file()
+    (tmp_path / "own-ca.pem").write_bytes(own_ca.certificate_pem())
+    args = ["install", "police.crt", "--agency", "kelder-police", "--ca", "own-ca.pem"]
+    installed = _run(args, police, agency)
+    assert installed.exit_code == 0, installed.output
+    without_ca = _run(["install", "police.crt", "--agency", "kelder-police"], police, agency)
+    assert without_ca.exit_code == 1
+    assert "not issued by the federation CA" in without_ca.output

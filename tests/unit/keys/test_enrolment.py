@@ -7,8 +7,12 @@ delivered.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import socket
+import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +31,7 @@ from keys.development import HUB_STORES, init_development
 from keys.enrolment import (
     ENROLMENT_TYP,
     EnrolmentRequest,
+    agency_ca_name,
     apply_revocation,
     apply_rotation,
     create_agency,
@@ -39,13 +44,26 @@ from keys.enrolment import (
     revocation_request,
     rotation_request,
 )
-from keys.errors import EnrolmentRefused, KeyStoreError
+from keys.errors import EnrolmentRefused, KeyStoreError, VerificationError
 from keys.federation import Admin, init_hub, load_registry
 from keys.jose import sign_compact
 from keys.jwk import SigningKey, b64url_decode, b64url_encode
-from keys.pki import issue_ca, issue_client_certificate, issue_client_certificate_for
-from keys.registry import KeyStatus, KeyUse, Registry
-from keys.store import CA_CERT, REGISTRY, client_cert, load_signing_key, member_key
+from keys.pki import (
+    IssuedCertificate,
+    issue_ca,
+    issue_client_certificate,
+    issue_client_certificate_for,
+)
+from keys.registry import BROKER_ID, KeyStatus, KeyUse, Registry
+from keys.store import (
+    CA_CERT,
+    REGISTRY,
+    client_cert,
+    encrypt_private_key,
+    load_signing_key,
+    member_key,
+)
+from keys.tls import client_context, peer_agency, server_context
 from schemas.federation import AgencyRole, Federation
 from tests.unit.keys.conftest import NOW, SMALL
 
@@ -76,7 +94,8 @@ class Partnership:
     def enrol(self, token: bytes, **extra: object) -> bytes:
         """The administrator's side; returns the certificate it issued."""
         ca = load_ca(self.custody.store(names.CA), self.custody.passphrase(names.CA))
-        done = enrol(self.admin, ca, self.federation, token, now=LATER, **extra)  # type: ignore[arg-type]
+        # NOW: TLS checks the certificate it issues against the real clock.
+        done = enrol(self.admin, ca, self.federation, token, now=NOW, **extra)  # type: ignore[arg-type]
         return done.certificate_pem
 
     def install(self, agency_id: str, pem: bytes) -> None:
@@ -136,6 +155,46 @@ def _with_payload(token: bytes, payload: dict[str, object]) -> bytes:
     header, _, signature = token.split(b".")
     body = b64url_encode(json.dumps(payload).encode()).encode()
     return b".".join((header, body, signature))
+
+
+def _handshake(
+    server: ssl.SSLContext,
+    client: ssl.SSLContext,
+    hostname: str,
+    *,
+    raise_from_server: bool = False,
+) -> tuple[str | None, BaseException | None]:
+    """A TLS handshake over a socket pair: the agency ``peer_agency`` names, or the error (the
+    server's refusal is raised with ``raise_from_server``)."""
+    left, right = socket.socketpair()
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    refused: list[VerificationError] = []
+
+    def serve() -> None:
+        try:
+            with server.wrap_socket(left, server_side=True) as tls:
+                try:
+                    seen.append(peer_agency(tls))
+                except VerificationError as exc:
+                    refused.append(exc)
+                tls.sendall(b"ok")
+        except (ssl.SSLError, OSError) as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with client.wrap_socket(right, server_hostname=hostname) as tls:
+            tls.recv(2)
+    except (ssl.SSLError, OSError) as exc:
+        errors.append(exc)
+    thread.join(timeout=10)
+    left.close()
+    right.close()
+    if refused and raise_from_server:
+        raise refused[0]
+    return (seen[0] if seen else None), (errors[0] if errors else None)
 
 
 # --- The round trip ----------------------------------------------------------------------------
@@ -283,7 +342,7 @@ def test_a_csr_not_signed_by_its_key_is_refused(partnership: Partnership) -> Non
 
 def test_not_a_request_at_all_is_refused(partnership: Partnership) -> None:
     for junk in (b"", b"hello", b"a.b.c", b'{"kind": "enrol"}'):
-        refused_without_change(partnership, lambda j=junk: partnership.enrol(j), "request")
+        refused_without_change(partnership, functools.partial(partnership.enrol, junk), "request")
 
 
 def test_enrolling_twice_is_refused(partnership: Partnership) -> None:
@@ -504,5 +563,63 @@ def test_an_own_ca_certificate_is_refused_unless_that_ca_is_trusted(
     refused_without_change(
         partnership,
         lambda: partnership.enrol(token, trusted_cas=(another,)),
-        "does not chain to the CA agencies.yaml trusts",
+        "is not issued by the CA agencies.yaml trusts",
     )
+
+
+def _enrol_with_own_ca(
+    partnership: Partnership, agency_id: str, role: AgencyRole
+) -> IssuedCertificate:
+    """Enrol ``agency_id`` with a certificate of its own CA (trusted for it); the CA."""
+    partnership.request(agency_id, role)
+    store = partnership.custody.store(agency_store(agency_id))
+    own_ca = issue_ca(f"{agency_id} own", now=NOW, validity=timedelta(days=30))
+    csr = x509.load_pem_x509_csr(store.read(csr_name(agency_id)))
+    public = csr.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    cert_pem = issue_client_certificate_for(
+        own_ca, public, agency_id, role.value, "its own", now=NOW, validity=timedelta(days=30)
+    ).public_bytes(Encoding.PEM)
+    name = agency_store(agency_id)
+    token = request_with_certificate(
+        store, agency_id, partnership.custody.passphrase(name), cert_pem, now=NOW
+    )
+    pem = partnership.enrol(token, trusted_cas=(own_ca.certificate,))
+    install_certificate(store, agency_id, pem, issuers=(own_ca.certificate,), now=LATER)
+    return own_ca
+
+
+def test_the_broker_accepts_an_own_ca_certificate_for_its_agency_only(
+    partnership: Partnership,
+) -> None:
+    """With the police's own CA published, the police connects with its certificate; the NHS
+    trust's own CA cannot make a certificate the broker takes for the police."""
+    _enrol_with_own_ca(partnership, "test-police", AgencyRole.POLICE)
+    nhs_ca = _enrol_with_own_ca(partnership, "test-nhs", AgencyRole.NHS_SAFEGUARDING)
+    partnership.join("test-idva", AgencyRole.IDVA)
+    custody = partnership.custody
+    assert custody.public().exists(agency_ca_name("test-police"))
+    server = server_context(custody.member_store(BROKER_ID), custody.passphrase(names.BROKER))
+
+    def client(agency_id: str) -> ssl.SSLContext:
+        return client_context(
+            custody.member_store(agency_id), agency_id, custody.passphrase(agency_store(agency_id))
+        )
+
+    for agency_id in ("test-police", "test-nhs", "test-idva"):
+        assert _handshake(server, client(agency_id), "localhost") == (agency_id, None)
+
+    # The NHS trust's CA issues a certificate naming the police, for a key the NHS holds.
+    forged = issue_client_certificate(
+        nhs_ca, "test-police", "police", "its own", now=NOW, validity=timedelta(days=1)
+    )
+    folder = custody.key_dir.parent / "forger"
+    folder.mkdir()
+    (folder / "cert.pem").write_bytes(forged.certificate_pem())
+    (folder / "key.pem").write_bytes(encrypt_private_key(forged.key, b"forger passphrase 0123"))
+    impostor = ssl.create_default_context(cafile=custody.public().path(CA_CERT))
+    impostor.load_cert_chain(
+        folder / "cert.pem", folder / "key.pem", password=b"forger passphrase 0123"
+    )
+    with pytest.raises(VerificationError, match="names test-police but is issued by neither"):
+        _handshake(server, impostor, "localhost", raise_from_server=True)
