@@ -9,7 +9,7 @@ printed as one line saying what to do, never as a traceback; a refused request c
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -597,11 +597,44 @@ def revoke_cmd(member: str, kid: str) -> None:
 @keys.command("refresh")
 @_clean_errors
 def refresh_cmd() -> None:
-    """Re-sign the registry with a new expiry, changing nothing else (needs the root store)."""
-    custody = _custody()
+    """Renew what expires within credential_warn_days, then re-sign the registry.
+
+    The CA certificate and each TLS certificate due (broker, auditor, the agencies' stores on
+    this machine) are re-issued for the same keys, the CA key signing (no member's private
+    key is read); then the registry is re-signed with a new expiry. Needs the root and CA
+    stores. Keys near their end need 'cairn keys rotate' instead, and it says so.
+    """
+    from keys.renewal import describe, renew, renew_federation
+
+    settings = _settings()
+    custody = _custody(settings)
+    now = _now()
+    within = timedelta(days=settings.credential_warn_days)
     if custody.all_in_one:
-        admin = Admin.single(custody.public(), custody.passphrase(names.PUBLIC))
+        store = custody.public()
+        renewal = renew(store, custody.passphrase(names.PUBLIC), now=now, within=within)
     else:
         admin = _admin(custody)
-    registry = refresh_registry(admin, now=_now())
+        fed = _load_federation(settings)
+        holders = [
+            custody.store(name)
+            for name in (
+                names.BROKER,
+                names.AUDITOR,
+                *(agency_store(a.id) for a in fed.agencies),
+            )
+            if custody.folder(name).is_dir()
+        ]
+        renewal = renew_federation(
+            custody.store(names.CA),
+            custody.passphrase(names.CA),
+            holders,
+            lambda: refresh_registry(admin, now=now),
+            now=now,
+            within=within,
+            publish_to=(custody.public(),),
+        )
+    for line in describe(renewal):
+        click.echo(line)
+    registry = renewal.registry
     click.echo(f"registry serial {registry.serial} signed, expires {_when(registry.expires_at)}")

@@ -271,3 +271,23 @@ def test_an_agency_brings_a_certificate_of_its_own_ca(
     without_ca = _run(["install", "police.crt", "--agency", "kelder-police"], police, agency)
     assert without_ca.exit_code == 1
     assert "not issued by the federation CA" in without_ca.output
+
+
+def test_refresh_renews_certificates_in_every_store(env: dict[str, str], tmp_path: Path) -> None:
+    """With every certificate inside the warning window, refresh re-issues each in its own
+    store for the same key (the agency's too, without its passphrase), then re-signs."""
+    assert _run(["init"], env).exit_code == 0
+    keys_dir = tmp_path / "state" / "keys"
+    police = keys_dir / "agencies" / "kelder-police" / "tls" / "clients" / "kelder-police.crt"
+    before = x509.load_pem_x509_certificate(police.read_bytes())
+    (tmp_path / "state" / "passphrases" / "agencies" / "kelder-police").unlink()
+    renewed = _run(["refresh"], {**env, "CAIRN_CREDENTIAL_WARN_DAYS": "400"})
+    assert renewed.exit_code == 0, renewed.output
+    assert "renewed tls_server cairn-broker" in renewed.output
+    assert "kelder-police" in renewed.output
+    assert "registry serial 10" in renewed.output
+    after = x509.load_pem_x509_certificate(police.read_bytes())
+    assert after.serial_number != before.serial_number
+    assert after.public_key() == before.public_key()
+    ca = x509.load_pem_x509_certificate((keys_dir / "public" / "tls" / "ca.crt").read_bytes())
+    after.verify_directly_issued_by(ca)
