@@ -33,6 +33,7 @@ from keys.store import CA_CERT, REGISTRY, SERVER_CERT, FileStore, MemoryStore, S
 
 __all__ = [
     "FEDERATION",
+    "KAFKA",
     "Credential",
     "CredentialKind",
     "Unreadable",
@@ -40,6 +41,7 @@ __all__ = [
     "certificate_files",
     "days_left",
     "expiring",
+    "read_certificate_file",
     "read_credentials",
     "read_key_folder",
     "registry_credentials",
@@ -47,6 +49,7 @@ __all__ = [
 
 # The subject of the credentials that belong to the federation as a whole (registry, CA).
 FEDERATION: Final = "federation"
+KAFKA: Final = "kafka"  # the subject of the Kafka clients' CA file
 _TLS_FOLDER: Final = "tls"
 _SUBJECT: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -60,6 +63,8 @@ class CredentialKind(StrEnum):
     MEMBER_TLS = "member_tls"  # a member's TLS client certificate, by its CN
     SIGNING_KEY = "signing_key"  # a member's active signing key in the registry (not_after)
     ENCRYPTION_KEY = "encryption_key"  # a member's active encryption key (not_after)
+    KAFKA_CA = "kafka_ca"  # the CA file the Kafka clients verify the cluster with
+    KAFKA_CLIENT = "kafka_client"  # the certificate the Kafka clients present, by its CN
 
 
 _KEY_KIND: Final = {
@@ -126,6 +131,8 @@ def certificate_credential(kind: CredentialKind, certificate: x509.Certificate) 
     name). The CA is named ``federation``: its CN is the federation's display name."""
     if kind is CredentialKind.CA:
         subject = FEDERATION
+    elif kind is CredentialKind.KAFKA_CA:
+        subject = KAFKA
     else:
         names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         value = names[0].value if len(names) == 1 else None
@@ -159,6 +166,18 @@ def _kind_of(name: str) -> CredentialKind:
     if name == SERVER_CERT:
         return CredentialKind.TLS_SERVER
     return CredentialKind.MEMBER_TLS
+
+
+def read_certificate_file(kind: CredentialKind, path: Path) -> Credential | Unreadable:
+    """The expiry of the (first) certificate in a PEM file outside any key store (the Kafka
+    clients' CA and certificate files), or why it cannot be read (named by ``kind``)."""
+    try:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError:
+        return Unreadable(kind.value, "missing")
+    except ValueError:
+        return Unreadable(kind.value, "malformed")
+    return certificate_credential(kind, certificate)
 
 
 def read_credentials(

@@ -291,12 +291,10 @@ def auditor() -> None:
         await worker.open()
         context = server_context(store, passphrase)
         # The auditor's API serves the same TLS certificate: warned about and reloaded alike.
-        watch = CredentialWatch(
+        watch = CredentialWatch.for_settings(
             store,
             lambda: datetime.now(UTC),
-            warn_days=settings.credential_warn_days,
-            check_every_s=settings.credential_check_every_s,
-            root_kid=settings.registry_root_kid,
+            settings,
             server=ServerCertificate(context, store, passphrase),
         )
         watch.check()

@@ -42,7 +42,14 @@ __all__ = [
 ]
 
 _DAY_S = 86_400
-_KEY_KINDS = ("signing_key", "encryption_key")
+_ROTATE = "run 'cairn keys rotate --agency {subject}'"
+# What renews each kind, when it is not 'cairn keys refresh'.
+_FIXES = {
+    "signing_key": _ROTATE,
+    "encryption_key": _ROTATE,
+    "kafka_ca": "renew the file CAIRN_KAFKA_SSL_CA_FILE names",
+    "kafka_client": "renew the file CAIRN_KAFKA_SSL_CERT_FILE names",
+}
 
 
 @dataclass
@@ -144,16 +151,14 @@ def credential_warnings(view: Status) -> list[str]:
     for (kind, subject), seconds in sorted(view.credentials.items(), key=lambda kv: kv[1]):
         if seconds > view.warn_days * _DAY_S:
             continue
-        fix = (
-            f"cairn keys rotate --agency {subject}" if kind in _KEY_KINDS else "cairn keys refresh"
-        )
+        fix = _FIXES.get(kind, "run 'cairn keys refresh'").format(subject=subject)
         when = (
             f"expires in {int(seconds // _DAY_S)} days"
             if seconds > 0
             else f"expired {int(-seconds // _DAY_S)} days ago"
         )
         lines.append(
-            f"warning: {kind} {subject} {when} (credential_warn_days {view.warn_days}); run '{fix}'"
+            f"warning: {kind} {subject} {when} (credential_warn_days {view.warn_days}); {fix}"
         )
     return lines
 

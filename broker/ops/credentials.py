@@ -26,13 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Final
 
 import structlog
 from cryptography import x509
 
+from broker.config import Settings
 from keys.expiry import (
     Credential,
     CredentialKind,
@@ -40,6 +42,7 @@ from keys.expiry import (
     certificate_files,
     days_left,
     expiring,
+    read_certificate_file,
     read_credentials,
 )
 from keys.store import CA_CERT, REGISTRY, ROOT_PUBLIC, SERVER_CERT, SERVER_KEY, FileStore
@@ -62,6 +65,17 @@ def _stamp(store: FileStore, names: tuple[str, ...]) -> _Stamp:
         except OSError:
             continue
         out.append((name, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+def _file_stamps(paths: Iterable[Path]) -> _Stamp:
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
     return tuple(out)
 
 
@@ -121,8 +135,12 @@ class CredentialWatch:
         check_every_s: float = 60.0,
         root_kid: str | None = None,
         server: ServerCertificate | None = None,
+        files: Mapping[CredentialKind, Path] | None = None,
     ) -> None:
+        """``files`` are certificate files outside the key store to watch too (the Kafka
+        clients' CA and certificate, ``for_settings``)."""
         self._store = store
+        self._other_files = dict(files or {})
         self._clock = clock
         self.warn_days = warn_days
         self._check_every_s = check_every_s
@@ -135,6 +153,35 @@ class CredentialWatch:
         # What was last logged of each credential (day, expiry), and of the unreadable files.
         self._logged: dict[tuple[CredentialKind, str], tuple[date, datetime]] = {}
         self._unreadable_logged: tuple[date, tuple[Unreadable, ...]] | None = None
+
+    @classmethod
+    def for_settings(
+        cls,
+        store: FileStore,
+        clock: Callable[[], datetime],
+        settings: Settings,
+        *,
+        server: ServerCertificate | None = None,
+    ) -> CredentialWatch:
+        """A watch with the settings' window, period and root pin, over ``store`` and the
+        Kafka clients' CA and certificate files if set."""
+        files = {
+            kind: path
+            for kind, path in (
+                (CredentialKind.KAFKA_CA, settings.kafka_ssl_ca_file),
+                (CredentialKind.KAFKA_CLIENT, settings.kafka_ssl_cert_file),
+            )
+            if path is not None
+        }
+        return cls(
+            store,
+            clock,
+            warn_days=settings.credential_warn_days,
+            check_every_s=settings.credential_check_every_s,
+            root_kid=settings.registry_root_kid,
+            server=server,
+            files=files,
+        )
 
     @property
     def credentials(self) -> list[Credential]:
@@ -172,9 +219,18 @@ class CredentialWatch:
         credentials as last read."""
         if self.server is not None:
             self.server.reload_if_changed()
-        stamp = _stamp(self._store, (*_WATCHED, *certificate_files(self._store)))
+        stamp = (
+            *_stamp(self._store, (*_WATCHED, *certificate_files(self._store))),
+            *_file_stamps(self._other_files.values()),
+        )
         if stamp != self._seen:
             self._files, self.unreadable = read_credentials(self._store, root_kid=self._root_kid)
+            for kind, path in self._other_files.items():
+                read = read_certificate_file(kind, path)
+                if isinstance(read, Credential):
+                    self._files.append(read)
+                else:
+                    self.unreadable.append(read)
             self._seen = stamp
         return self.credentials
 

@@ -175,13 +175,8 @@ def create_app(
     metrics.checkpoint_file = settings.state_dir / "audit" / CHECKPOINTS_FILE
     calendar_watch = CalendarWatch(calendar, clock, settings.calendar_warn_days)
     metrics.calendar_watch = calendar_watch
-    credential_watch = CredentialWatch(
-        trust.store,
-        clock,
-        warn_days=settings.credential_warn_days,
-        check_every_s=settings.credential_check_every_s,
-        root_kid=settings.registry_root_kid,
-        server=server_certificate,
+    credential_watch = CredentialWatch.for_settings(
+        trust.store, clock, settings, server=server_certificate
     )
     metrics.credential_watch = credential_watch
     if isinstance(transport, KafkaTransport):  # lag figures only where there is a Kafka

@@ -500,3 +500,48 @@ def test_split_custody_the_broker_watches_its_own_store_and_renewal_reaches_ever
     assert ("credentials.renewed", "tls_server") in [(e["event"], e.get("kind")) for e in logs]
     police = read_key_store(settings.keys_path, Status(), now=NOW)
     assert police.credentials[("member_tls", "kelder-police")] == 365 * DAY
+
+
+def test_the_kafka_clients_certificates_are_watched_too(
+    keys: FederationKeys, tmp_path: Path
+) -> None:
+    """The CA file and client certificate the Kafka clients use (`kafka_ssl_ca_file`,
+    `kafka_ssl_cert_file`) expire too: gauged and warned of like the rest; a file that has
+    gone is named, not a traceback."""
+    from keys.store import CA_CERT, client_cert
+
+    cert_file = tmp_path / "kafka-client.crt"
+    cert_file.write_bytes(keys.store.read(client_cert("kelder-police")))
+    ca_file = tmp_path / "kafka-ca.crt"
+    ca_file.write_bytes(keys.store.read(CA_CERT))
+    key_file = keys.store.path("tls/clients/kelder-police.key")
+    password = tmp_path / "password"
+    password.write_bytes(PASSPHRASE)
+    settings = Settings(
+        kafka_security_protocol="SSL",
+        kafka_ssl_ca_file=ca_file,
+        kafka_ssl_cert_file=cert_file,
+        kafka_ssl_key_file=key_file,
+        kafka_ssl_key_password_file=password,
+        credential_warn_days=14,
+    )
+    metrics = Metrics()
+    metrics.credential_watch = CredentialWatch.for_settings(keys.store, Clock(NOW), settings)
+    with capture_logs() as logs:
+        metrics.credential_watch.check()
+    value = metrics.registry.get_sample_value
+    assert value(GAUGE, {"kind": "kafka_client", "subject": "kelder-police"}) == 10 * DAY
+    assert value(GAUGE, {"kind": "kafka_ca", "subject": "kafka"}) == 5 * 365 * DAY
+    assert ("kafka_client", "kelder-police", 10) in expiring_lines(logs)
+    view = parse_metrics(metrics.render().decode(), Status())
+    assert (
+        "warning: kafka_client kelder-police expires in 10 days (credential_warn_days 14); "
+        "renew the file CAIRN_KAFKA_SSL_CERT_FILE names"
+    ) in credential_warnings(view)
+    cert_file.unlink()
+    with capture_logs() as logs:
+        metrics.credential_watch.check()
+    assert [(e["event"], e["file"], e["reason"]) for e in logs] == [
+        ("credentials.unreadable", "kafka_client", "missing")
+    ]
+    assert value(GAUGE, {"kind": "kafka_client", "subject": "kelder-police"}) is None
