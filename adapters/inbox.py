@@ -43,6 +43,7 @@ from broker.kafka.consumer import (
     dead_letter,
     is_infrastructure,
     lag,
+    not_authorized,
     reason_code,
 )
 from schemas.disclosure import Disclosure
@@ -175,6 +176,9 @@ class Inbox:
             try:
                 await self._connect()
             except Exception as exc:
+                refused = not_authorized(exc, f"connecting to read {self.topic}")
+                if refused is not None:
+                    raise refused from exc
                 if not is_infrastructure(exc):
                     raise
                 left = give_up - time.monotonic()
@@ -259,6 +263,9 @@ class Inbox:
                         break
                     last_seen = time.monotonic()
             except Exception as exc:
+                refused = not_authorized(exc, f"reading {self.topic} as group {self.group_id}")
+                if refused is not None:
+                    raise refused from exc
                 if not (is_infrastructure(exc) or isinstance(exc, ConsumerStalled)):
                     raise
                 await self._lost(exc)

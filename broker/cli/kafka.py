@@ -38,39 +38,51 @@ def _client(value: str) -> tuple[str, str]:
     "folder",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for ca.pem, server.p12, server.password and clients/ (git-ignored state).",
+    help="Folder for ca.pem, server.p12 and server.password (git-ignored state).",
 )
 @click.option(
     "--client",
     "clients",
     multiple=True,
     metavar="ID:ROLE",
-    help="Also issue a Kafka client certificate for this service (repeatable), e.g. "
-    "cairn-broker:broker.",
+    help="Also issue a Kafka client certificate for this service into its own key store "
+    "(tls/clients/ID.crt, .key under that store's passphrase), e.g. cairn-broker:broker. "
+    "Repeatable.",
 )
 def tls(folder: Path, clients: tuple[str, ...]) -> None:
     """Issue (or keep, while still good) the TLS listener's key and certificate from the
-    federation CA in the key store; the passphrase from CAIRN_KEY_PASSPHRASE[_FILE]."""
+    federation CA (the 'ca' key store and its passphrase: README "Key custody")."""
     from broker.federation import load_federation
-    from broker.kafka.tls import issue_listener_tls
-    from keys import FileStore, passphrase_from_env
+    from broker.kafka.tls import ServiceClient, issue_listener_tls
+    from broker.trust import custody_of
+    from keys.custody import CA, store_of
 
     settings = settings_or_exit()
     wanted = [_client(c) for c in clients]
     try:
         federation = load_federation(settings.federation_dir)
+        custody = custody_of(settings)
+        services = [
+            ServiceClient(
+                client_id,
+                role,
+                custody.member_store(client_id),
+                custody.passphrase(store_of(client_id)),
+            )
+            for client_id, role in wanted
+        ]
         result = issue_listener_tls(
-            FileStore(settings.keys_path),
-            passphrase_from_env(),
+            custody.store(CA),
+            custody.passphrase(CA),
             folder,
             federation.name,
             now=datetime.now(UTC),
-            clients=wanted,
+            clients=services,
         )
     except CairnError as exc:
         raise click.ClickException(str(exc)) from None
     if result.issued:
-        click.echo(f"issued in {folder}: {', '.join(result.issued)}")
+        click.echo(f"issued: {', '.join(result.issued)}")
     else:
         click.echo(f"kept {folder}: issued by the federation CA and still good")
 

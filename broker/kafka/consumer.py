@@ -47,11 +47,17 @@ from typing import Any, Final
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
 from broker.config import Settings
 from broker.kafka.transport import Record
-from schemas.errors import InfrastructureError, InputError, SchemaError
+from schemas.errors import InfrastructureError, InputError, SchemaError, TransportError
 
 __all__ = [
     "DLQ_CONSUMER",
@@ -62,6 +68,7 @@ __all__ = [
     "Backoff",
     "ConsumerStalled",
     "CountDeadLetter",
+    "KafkaNotAuthorized",
     "Retry",
     "Watchdog",
     "close",
@@ -70,6 +77,7 @@ __all__ = [
     "follow_until_stopped",
     "is_infrastructure",
     "lag",
+    "not_authorized",
     "pause",
     "reason_code",
 ]
@@ -121,6 +129,32 @@ def reason_code(exc: BaseException) -> str:
             return exc.reasons[0]
         return "schema_invalid" if isinstance(exc, SchemaError) else "refused"
     return "unreadable"
+
+
+# Kafka's authorizer said no (broker.kafka.acls): reconnecting cannot change that.
+_AUTHORIZATION_ERRORS: Final = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+
+
+class KafkaNotAuthorized(TransportError):
+    """Kafka refused this principal (its certificate's CN, or its SASL user) what it asked:
+    the credentials are another principal's, or the ACLs were not created."""
+
+
+def not_authorized(exc: BaseException, what: str) -> KafkaNotAuthorized | None:
+    """A ``KafkaNotAuthorized`` saying what was refused, if ``exc`` is Kafka's authorizer
+    refusing ``what`` (a topic, a group); None for any other error."""
+    if not isinstance(exc, _AUTHORIZATION_ERRORS):
+        return None
+    return KafkaNotAuthorized(
+        f"Kafka refused these credentials {what} ({type(exc).__name__}): check that "
+        "CAIRN_KAFKA_SSL_CERT_FILE (or CAIRN_KAFKA_SASL_USERNAME) is this agency's or "
+        "service's own, and that 'cairn topics create' has applied the ACLs"
+    )
 
 
 def is_infrastructure(exc: BaseException) -> bool:

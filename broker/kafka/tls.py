@@ -12,9 +12,11 @@ listener needs into a folder of the git-ignored state (never committed):
   encrypted with PBES2, and an unencrypted one would have to sit in server.properties); its
   certificate names 127.0.0.1 and localhost;
 - ``server.password``: the password of that key store (a random one, mode 0600);
-- ``clients/<id>.crt`` and ``clients/<id>.key``: a client certificate for each service that
-  has none in the key store (the broker: its TLS key there is its HTTPS server's), the key
-  encrypted with the key store's passphrase.
+
+and, for each service that has no client certificate of its own (the broker: its TLS key is
+its HTTPS server's), ``tls/clients/<id>.crt`` and ``.key`` in *that service's* key store (the
+auditor's and the agencies' are there already), the key encrypted with that store's
+passphrase: the service's Kafka client certificate.
 
 Material that is still good (the same CA, more than ``RENEW_BEFORE`` left) is kept as it is,
 so a restart of Kafka keeps its identity; otherwise it is issued afresh.
@@ -41,14 +43,44 @@ from cryptography.hazmat.primitives.serialization import (
 
 from keys.errors import KeyStoreError
 from keys.pki import IssuedCertificate, issue_client_certificate, issue_server_certificate
-from keys.store import CA_CERT, CA_KEY, Store, decrypt_private_key
+from keys.store import (
+    CA_CERT,
+    CA_KEY,
+    PathStore,
+    Store,
+    client_cert,
+    client_key,
+    decrypt_private_key,
+)
 
-__all__ = ["LISTENER_HOSTS", "RENEW_BEFORE", "ListenerTls", "issue_listener_tls"]
+__all__ = ["LISTENER_HOSTS", "RENEW_BEFORE", "ListenerTls", "ServiceClient", "issue_listener_tls"]
 
 LISTENER_HOSTS: Final = ("localhost", "127.0.0.1")
 RENEW_BEFORE: Final = timedelta(days=14)  # material closer than this to expiry is reissued
 VALIDITY: Final = timedelta(days=90)  # of each certificate issued here
 KAFKA_SERVER_CN: Final = "cairn-kafka"
+
+
+@dataclass(frozen=True, repr=False)
+class ServiceClient:
+    """A service to give a Kafka client certificate: its id (the certificate's CN, so its
+    principal), its role (OU), its own key store and that store's passphrase."""
+
+    id: str
+    role: str
+    store: PathStore
+    passphrase: bytes
+
+    def __repr__(self) -> str:
+        return f"ServiceClient({self.id!r}, {self.role!r}, {self.store!r})"
+
+    @property
+    def cert(self) -> Path:
+        return self.store.path(client_cert(self.id))
+
+    @property
+    def key(self) -> Path:
+        return self.store.path(client_key(self.id))
 
 
 @dataclass(frozen=True)
@@ -69,12 +101,6 @@ class ListenerTls:
     @property
     def key_password(self) -> Path:
         return self.folder / "server.password"
-
-    def client_cert(self, client_id: str) -> Path:
-        return self.folder / "clients" / f"{client_id}.crt"
-
-    def client_key(self, client_id: str) -> Path:
-        return self.folder / "clients" / f"{client_id}.key"
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
@@ -134,63 +160,62 @@ def _key_pem(key: EllipticCurvePrivateKey, password: bytes) -> bytes:
 
 
 def issue_listener_tls(
-    store: Store,
-    passphrase: bytes,
+    ca_store: Store,
+    ca_passphrase: bytes,
     folder: Path,
     federation_name: str,
     *,
     now: datetime,
-    clients: Sequence[tuple[str, str]] = (),
+    clients: Sequence[ServiceClient] = (),
 ) -> ListenerTls:
     """Write (or keep) the Kafka listener's TLS files in ``folder``, and a client certificate
-    for each ``(id, role)`` in ``clients``, all from the federation CA in ``store``."""
+    for each of ``clients`` in its own store, all from the federation CA in ``ca_store``."""
     out = ListenerTls(folder, ())
-    ca_pem = store.read(CA_CERT) if store.exists(CA_CERT) else b""
-    wanted = [(out.keystore, None), *((out.client_cert(c), (c, r)) for c, r in clients)]
+    ca_pem = ca_store.read(CA_CERT) if ca_store.exists(CA_CERT) else b""
     ca_cert = x509.load_pem_x509_certificate(ca_pem) if ca_pem else None
-    stale = [
-        (path, client)
-        for path, client in wanted
-        if ca_cert is None
-        or not _good(path, out.key_password, ca_cert, now)
-        or (client is None and not out.key_password.is_file())
-        or (client is not None and not out.client_key(client[0]).is_file())
+    server_stale = (
+        ca_cert is None
+        or not out.key_password.is_file()
+        or not _good(out.keystore, out.key_password, ca_cert, now)
+    )
+    stale_clients = [
+        c
+        for c in clients
+        if ca_cert is None or not c.key.is_file() or not _good(c.cert, c.cert, ca_cert, now)
     ]
     same_ca = out.ca.is_file() and out.ca.read_bytes() == ca_pem
-    if not stale and same_ca:
+    if not server_stale and not stale_clients and same_ca:
         return out
-    ca = _load_ca(store, passphrase)
+    ca = _load_ca(ca_store, ca_passphrase)
     issued: list[str] = []
     if not same_ca:
         _write(out.ca, ca.certificate_pem(), private=False)
         issued.append(out.ca.name)
-    for path, client in stale:
-        if client is None:
-            server = issue_server_certificate(
-                ca,
-                federation_name,
-                now=now,
-                validity=VALIDITY,
-                common_name=KAFKA_SERVER_CN,
-                hosts=LISTENER_HOSTS,
-            )
-            password = secrets.token_urlsafe(24).encode()
-            store_bytes = pkcs12.serialize_key_and_certificates(
-                b"kafka",
-                server.key,
-                server.certificate,
-                [ca.certificate],
-                BestAvailableEncryption(password),
-            )
-            _write(out.key_password, password + b"\n", private=True)
-            _write(path, store_bytes, private=True)
-            issued += [out.key_password.name, path.name]
-        else:
-            client_id, role = client
-            cert = issue_client_certificate(
-                ca, client_id, role, federation_name, now=now, validity=VALIDITY
-            )
-            _write(out.client_key(client_id), _key_pem(cert.key, passphrase), private=True)
-            _write(path, cert.certificate_pem(), private=False)
-            issued += [f"clients/{client_id}.key", f"clients/{client_id}.crt"]
+    if server_stale:
+        server = issue_server_certificate(
+            ca,
+            federation_name,
+            now=now,
+            validity=VALIDITY,
+            common_name=KAFKA_SERVER_CN,
+            hosts=LISTENER_HOSTS,
+        )
+        password = secrets.token_urlsafe(24).encode()
+        store_bytes = pkcs12.serialize_key_and_certificates(
+            b"kafka",
+            server.key,
+            server.certificate,
+            [ca.certificate],
+            BestAvailableEncryption(password),
+        )
+        _write(out.key_password, password + b"\n", private=True)
+        _write(out.keystore, store_bytes, private=True)
+        issued += [out.key_password.name, out.keystore.name]
+    for c in stale_clients:
+        cert = issue_client_certificate(
+            ca, c.id, c.role, federation_name, now=now, validity=VALIDITY
+        )
+        c.store.write(client_key(c.id), _key_pem(cert.key, c.passphrase), private=True)
+        c.store.write(client_cert(c.id), cert.certificate_pem(), private=False)
+        issued += [str(c.key), str(c.cert)]
     return ListenerTls(folder, tuple(issued))

@@ -42,10 +42,11 @@ from adapters.agency import inbox_for
 from adapters.inbox import Delivery
 from broker.config import Settings
 from broker.kafka.acls import AuthorizerMissing, apply_acls, federation_acls, inbox_group
-from broker.kafka.tls import ListenerTls, issue_listener_tls
+from broker.kafka.consumer import KafkaNotAuthorized
+from broker.kafka.tls import ListenerTls, ServiceClient, issue_listener_tls
 from broker.kafka.topics import delivery_topic, federation_topics
 from broker.kafka.transport import create_topics, kafka_options
-from keys import AUDITOR_ID, BROKER_ID
+from keys import AUDITOR_ID, BROKER_ID, FileStore
 from keys.store import client_cert, client_key
 from schemas.federation import Federation
 from tests.conftest import PASSPHRASE, FederationKeys
@@ -101,6 +102,7 @@ class AclKafka:
     kafka: TlsKafka
     tls: ListenerTls
     keys: FederationKeys
+    broker: ServiceClient  # the broker's Kafka client certificate, in a store of its own
     password_file: Path  # the key password of every client key here (the store passphrase)
 
     def admin(self) -> Settings:
@@ -110,7 +112,7 @@ class AclKafka:
     def as_principal(self, who: str, admin: Settings) -> Settings:
         """``who``'s settings on the TLS listener, with ``admin``'s topics and transactional id."""
         if who == BROKER_ID:  # the broker's Kafka certificate is issued with the listener's
-            cert, key = self.tls.client_cert(who), self.tls.client_key(who)
+            cert, key = self.broker.cert, self.broker.key
         else:
             cert, key = (
                 self.keys.store.path(client_cert(who)),
@@ -132,13 +134,14 @@ class AclKafka:
 def start_acl_kafka(
     root: Path, federation: Federation, keys: FederationKeys, *, acls: bool
 ) -> AclKafka:
+    broker = ServiceClient(BROKER_ID, "broker", FileStore(root / "broker-keys"), PASSPHRASE)
     tls = issue_listener_tls(
         keys.store,
         PASSPHRASE,
         root / "tls",
         federation.name,
         now=datetime.now(UTC),
-        clients=[(BROKER_ID, "broker")],
+        clients=[broker],
     )
     password_file = root / "key-password"
     password_file.write_bytes(PASSPHRASE + b"\n")
@@ -151,7 +154,7 @@ def start_acl_kafka(
         pytest.fail(
             f"Kafka with the TLS listener could not start, so these tests cannot run: {exc}"
         )
-    return AclKafka(local, tls, keys, password_file)
+    return AclKafka(local, tls, keys, broker, password_file)
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +265,15 @@ async def test_another_agency_cannot_read_a_topic_or_use_a_group_that_is_not_its
     assert await metadata_error(as_b, a_topic) == TOPIC_AUTHORIZATION_FAILED
     assert await group_error(as_b, inbox_group(A), a_topic) == GROUP_AUTHORIZATION_FAILED
     assert await produce_error(as_b, a_topic) == TOPIC_AUTHORIZATION_FAILED
+
+    # B's credentials in A's inbox (A's keys, A's topic and group): a typed error at once,
+    # not a reconnection loop.
+    async def never(_delivery: Delivery) -> None:
+        raise AssertionError("B's credentials received one of A's deliveries")
+
+    with pytest.raises(KafkaNotAuthorized, match=f"as group {inbox_group(A)}"):
+        async with inbox_for(as_b, A, passphrase=PASSPHRASE) as inbox:
+            await inbox.drain(never, max_messages=1, idle_timeout_s=10, total_timeout_s=WAIT_S)
 
     assert await fetch_error(as_a, a_topic) == 0
     assert await metadata_error(as_a, a_topic) == 0

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
 
 from broker.audit import service as auditor_service
 from broker.kafka.acls import (
@@ -27,7 +27,7 @@ from broker.kafka.acls import (
     federation_acls,
     inbox_group,
 )
-from broker.kafka.tls import issue_listener_tls
+from broker.kafka.tls import ServiceClient, issue_listener_tls
 from broker.kafka.topics import delivery_topic, federation_topics
 from broker.receipts import GROUP_ID as RECEIPTS_GROUP_ID
 from keys import AUDITOR_ID, BROKER_ID, FileStore
@@ -131,18 +131,19 @@ def test_listener_tls_is_issued_once_and_again_for_a_new_ca(
 ) -> None:
     now = datetime.now(UTC)
     out = tmp_path / "tls"
-    clients = [(BROKER_ID, "broker")]
+    broker_store = FileStore(tmp_path / "broker")
+    broker = ServiceClient(BROKER_ID, "broker", broker_store, b"the broker store's passphrase")
     first = issue_listener_tls(
-        federation_keys.store, PASSPHRASE, out, federation.name, now=now, clients=clients
+        federation_keys.store, PASSPHRASE, out, federation.name, now=now, clients=[broker]
     )
     assert set(first.issued) == {
         "ca.pem",
         "server.password",
         "server.p12",
-        f"clients/{BROKER_ID}.key",
-        f"clients/{BROKER_ID}.crt",
+        str(broker.key),
+        str(broker.cert),
     }
-    for private in (first.keystore, first.key_password, first.client_key(BROKER_ID)):
+    for private in (first.keystore, first.key_password, broker.key):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600
     password = first.key_password.read_bytes().strip()
     _key, server, chain = pkcs12.load_key_and_certificates(first.keystore.read_bytes(), password)
@@ -152,11 +153,14 @@ def test_listener_tls_is_issued_once_and_again_for_a_new_ca(
     assert [c.subject for c in chain] == [
         x509.load_pem_x509_certificate(first.ca.read_bytes()).subject
     ]
-    broker_cert = x509.load_pem_x509_certificate(first.client_cert(BROKER_ID).read_bytes())
+    broker_cert = x509.load_pem_x509_certificate(broker.cert.read_bytes())
     assert broker_cert.subject.rfc4514_string().startswith(f"CN={BROKER_ID},OU=broker,O=")
+    # The broker's key is under its own store's passphrase, not the CA's.
+    key = load_pem_private_key(broker.key.read_bytes(), broker.passphrase)
+    assert key.public_key() == broker_cert.public_key()
 
     again = issue_listener_tls(
-        federation_keys.store, PASSPHRASE, out, federation.name, now=now, clients=clients
+        federation_keys.store, PASSPHRASE, out, federation.name, now=now, clients=[broker]
     )
     assert again.issued == ()  # still good: kept, Kafka keeps its identity
     late = issue_listener_tls(
@@ -165,12 +169,13 @@ def test_listener_tls_is_issued_once_and_again_for_a_new_ca(
         out,
         federation.name,
         now=now + timedelta(days=80),
-        clients=clients,
+        clients=[broker],
     )
     assert "server.p12" in late.issued  # within RENEW_BEFORE of expiry: renewed
+    assert str(broker.cert) in late.issued
 
     other = make_federation_keys(tmp_path / "other-keys")
     moved = issue_listener_tls(
-        FileStore(other.root), PASSPHRASE, out, federation.name, now=now, clients=clients
+        FileStore(other.root), PASSPHRASE, out, federation.name, now=now, clients=[broker]
     )
     assert set(moved.issued) == set(first.issued)  # another CA: everything issued afresh
