@@ -9,8 +9,11 @@ KAFKA  := deploy/kafka/kafka-local
 WITH_KAFKA := deploy/kafka/with-kafka
 PYTEST_ARGS ?=
 
-# The development federation's private keys are encrypted with a random passphrase kept in the
-# git-ignored state folder (unless you bring your own in CAIRN_KEY_PASSPHRASE[_FILE]).
+# Each key store of the development federation has a random passphrase of its own in the
+# git-ignored .cairn/passphrases/ ('cairn keys init' writes them; README "Key custody and
+# enrolment"). This one is only the fallback for a store without its own file, and the
+# passphrase of a key folder made before custody was split (unless you bring your own in
+# CAIRN_KEY_PASSPHRASE[_FILE]).
 DEV_PASSPHRASE := $(CURDIR)/.cairn/dev-passphrase
 ifeq ($(origin CAIRN_KEY_PASSPHRASE),undefined)
 export CAIRN_KEY_PASSPHRASE_FILE ?= $(DEV_PASSPHRASE)
