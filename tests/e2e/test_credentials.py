@@ -1,5 +1,5 @@
 """Certificates about to expire, as an operator meets them: `cairn serve` and `cairn auditor`
-warn at start, `cairn status` says so, and a renewal reaches both running services' TLS
+warn at start, `cairn status` says so, and `cairn keys refresh` reaches both running services' TLS
 listeners without a restart.
 
 The federation's TLS certificates expire in 10 days and its registry in 20; the services look
@@ -25,7 +25,6 @@ from cryptography import x509
 
 from broker.federation import load_federation
 from keys import FileStore, Lifetimes, init_federation
-from keys.renewal import renew
 from keys.store import SERVER_CERT
 from tests.conftest import PASSPHRASE, FederationKeys
 from tests.e2e.test_cli import CAIRN, cairn, free_port
@@ -125,8 +124,8 @@ def test_services_warn_and_serve_a_renewed_certificate_without_a_restart(
     services: tuple[subprocess.Popen[str], subprocess.Popen[str]],
 ) -> None:
     """Both services warn of their 10-day certificate at start; `cairn status` warns too;
-    after `renew` both hand new connections the renewed certificate while still running,
-    `cairn status` warns no more, and both stop cleanly on SIGTERM."""
+    after `cairn keys refresh` both hand new connections the renewed certificate while still
+    running, `cairn status` warns no more, and both stop cleanly on SIGTERM."""
     broker, auditor = services
     context = short_keys.client_ssl("cairn-auditor")
     ports = (int(env["CAIRN_HTTP_PORT"]), int(env["CAIRN_AUDITOR_HTTP_PORT"]))
@@ -147,7 +146,9 @@ def test_services_warn_and_serve_a_renewed_certificate_without_a_restart(
     assert "warning: tls_server cairn-broker expires in 9 days" in status.stdout
     assert "from the broker" in status.stdout
 
-    renew(short_keys.store, PASSPHRASE, now=datetime.now(UTC), within=timedelta(days=14))
+    refreshed = cairn(env, "keys", "refresh")  # what an operator runs
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert "renewed tls_server cairn-broker" in refreshed.stdout
     renewed = x509.load_pem_x509_certificate(short_keys.store.read(SERVER_CERT))
     deadline = time.monotonic() + WAIT_S
     pending = set(ports)
