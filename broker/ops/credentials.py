@@ -2,16 +2,19 @@
 
 ``CredentialWatch`` looks at the key store's public files (``keys.expiry.read_credentials``:
 the registry, the CA certificate, the TLS server certificate and every member certificate in
-the store, and the active keys the registry lists) at start and every
-``credential_check_every_s``, again only when a file has changed. From what it last saw:
+the store, and the active keys the registry lists; with ``for_settings`` also the Kafka
+clients' CA and certificate files) at start and every ``credential_check_every_s``, reading
+them again only when a file has changed. Member certificates also come from the verified TLS
+handshakes (``presented``): with split custody they are in the agencies' stores, not here, and
+the one an agency presents is the one that counts. From what it last saw:
 
 - the gauge ``cairn_credential_expiry_seconds{kind,subject}`` (``broker.ops.metrics``), seconds
   until each expires, negative once it has, computed when scraped;
 - the log line ``credentials.expiring`` (warning: ``kind``, ``subject``, ``days_left``,
   ``expires_at``, ``warn_days``) for each one that expires within ``credential_warn_days``, or
   ``credentials.expired`` (error, ``days_ago``) for one that has: at start, then once a day,
-  and again whenever the files say something new (a registry reload, a renewed certificate),
-  when ``credentials.renewed`` says which expiries moved later;
+  and again when its expiry changes (a registry reload, a renewed certificate), when
+  ``credentials.renewed`` says which expiries moved later;
 - with ``ServerCertificate``, the TLS server certificate reloaded into the live
   ``ssl.SSLContext`` when its files change: OpenSSL uses a context's current certificate for
   each new handshake, so new connections get the renewed certificate and open ones carry on;
