@@ -22,6 +22,7 @@ from broker.trust import custody_of
 from keys import custody as names
 from keys.custody import Custody, agency_store, store_of
 from keys.enrolment import (
+    MAX_REQUEST_BYTES,
     apply_revocation,
     apply_rotation,
     create_agency,
@@ -97,10 +98,16 @@ def _registry(custody: Custody, settings: Settings, now: datetime) -> Registry:
 
 
 def _read_file(path: Path, what: str) -> bytes:
+    """The file's bytes; one larger than any request or certificate Cairn makes is refused
+    unread (it came from another party)."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as fh:
+            data = fh.read(MAX_REQUEST_BYTES + 1)
     except OSError as exc:
         raise KeyStoreError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if len(data) > MAX_REQUEST_BYTES:
+        raise KeyStoreError(f"the {what} {path} is larger than {MAX_REQUEST_BYTES} bytes")
+    return data
 
 
 def _write_file(path: Path, data: bytes) -> None:

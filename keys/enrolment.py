@@ -71,6 +71,7 @@ from schemas.referral import AgencyId, Frozen
 __all__ = [
     "ENROLMENT_TYP",
     "MAX_REQUEST_AGE",
+    "MAX_REQUEST_BYTES",
     "REVOCATION_TYP",
     "ROTATION_TYP",
     "Enrolled",

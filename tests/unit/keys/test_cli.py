@@ -291,3 +291,12 @@ def test_refresh_renews_certificates_in_every_store(env: dict[str, str], tmp_pat
     assert after.public_key() == before.public_key()
     ca = x509.load_pem_x509_certificate((keys_dir / "public" / "tls" / "ca.crt").read_bytes())
     after.verify_directly_issued_by(ca)
+
+
+def test_an_oversized_request_is_refused_unread(env: dict[str, str], tmp_path: Path) -> None:
+    assert _run(["init"], {**env}, federation).exit_code == 0
+    huge = tmp_path / "huge.jws"
+    huge.write_bytes(b"A" * 70_000)
+    result = _run(["enrol", str(huge)], env, federation)
+    assert result.exit_code == 1
+    assert "larger than 65536 bytes" in result.output
