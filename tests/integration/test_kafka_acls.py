@@ -4,7 +4,8 @@ standard authorizer on, each principal may do its part of the exchange and nothi
 The tests run a Kafka of their own (free ports, a state folder of their own) started by
 ``deploy/kafka/kafka-local`` with ``CAIRN_KAFKA_SSL_PORT``: client certificates from the
 session's federation CA required, the listener's certificate issued by ``broker.kafka.tls``,
-``allow.everyone.if.no.acl.found=false``; the ACLs are those ``cairn topics create`` applies
+``allow.everyone.if.no.acl.found=false``, and a SCRAM listener (``CAIRN_KAFKA_SASL_PORT``)
+whose users are two agencies; the ACLs are those ``cairn topics create`` applies
 (``broker.kafka.acls``). Denials are checked as Kafka's own error codes on the requests that
 read (Fetch, Metadata, the group's JoinGroup/OffsetFetch), not as "some error": a Kafka
 without the authorizer answers the same requests with no error, which
@@ -29,10 +30,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     LeaderNotAvailableError,
     NotLeaderForPartitionError,
+    SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
 )
 from aiokafka.protocol.fetch import FetchRequest
@@ -70,6 +73,12 @@ class TlsKafka(LocalKafka):
     ssl_port: int = 0
     tls_dir: Path = Path()
     acls: bool = True
+    sasl_port: int = 0  # the SCRAM listener (CAIRN_KAFKA_SASL_PORT)
+    scram_users: Path = Path()  # lines "NAME PASSWORD-FILE" (CAIRN_KAFKA_SCRAM_USERS_FILE)
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def ssl_bootstrap(self) -> str:
@@ -84,6 +93,8 @@ class TlsKafka(LocalKafka):
             "CAIRN_KAFKA_SSL_PORT": str(self.ssl_port),
             "CAIRN_KAFKA_TLS_DIR": str(self.tls_dir),
             "CAIRN_KAFKA_ACLS": "on" if self.acls else "off",
+            "CAIRN_KAFKA_SASL_PORT": str(self.sasl_port),
+            "CAIRN_KAFKA_SCRAM_USERS_FILE": str(self.scram_users),
         }
         return subprocess.run(
             [str(KAFKA_LOCAL), action],
@@ -104,6 +115,7 @@ class AclKafka:
     keys: FederationKeys
     broker: ServiceClient  # the broker's Kafka client certificate, in a store of its own
     password_file: Path  # the key password of every client key here (the store passphrase)
+    root: Path  # this Kafka's own folder (the SCRAM users' password files)
 
     def admin(self) -> Settings:
         """The local operator on the PLAINTEXT listener (a super user), a fresh topic prefix."""
@@ -131,6 +143,10 @@ class AclKafka:
         )
 
 
+def scram_password_file(root: Path, user: str) -> Path:
+    return root / "scram" / user
+
+
 def start_acl_kafka(
     root: Path, federation: Federation, keys: FederationKeys, *, acls: bool
 ) -> AclKafka:
@@ -145,8 +161,24 @@ def start_acl_kafka(
     )
     password_file = root / "key-password"
     password_file.write_bytes(PASSPHRASE + b"\n")
-    port = free_port_run(3)  # PLAINTEXT, controller (port + 1), TLS
-    local = TlsKafka(port, root / "state", ssl_port=port + 2, tls_dir=tls.folder, acls=acls)
+    users = root / "scram-users"
+    lines = []
+    for user in (A, B):
+        secret = scram_password_file(root, user)
+        secret.parent.mkdir(exist_ok=True)
+        secret.write_text(f"{user}-{uuid.uuid4().hex}\n")
+        lines.append(f"{user} {secret}\n")
+    users.write_text("".join(lines))
+    port = free_port_run(4)  # PLAINTEXT, controller (port + 1), TLS, SCRAM
+    local = TlsKafka(
+        port,
+        root / "state",
+        ssl_port=port + 2,
+        tls_dir=tls.folder,
+        acls=acls,
+        sasl_port=port + 3,
+        scram_users=users,
+    )
     try:
         local.start()
     except RuntimeError as exc:
@@ -154,7 +186,7 @@ def start_acl_kafka(
         pytest.fail(
             f"Kafka with the TLS listener could not start, so these tests cannot run: {exc}"
         )
-    return AclKafka(local, tls, keys, broker, password_file)
+    return AclKafka(local, tls, keys, broker, password_file, root)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +202,21 @@ def acl_kafka(
         yield started
     finally:
         started.kafka.stop()
+
+
+def as_scram(acl_kafka: AclKafka, user: str, admin: Settings, mechanism: str) -> Settings:
+    """``user``'s settings on the SCRAM listener (SASL_SSL), its password from its file."""
+    return make_settings(
+        acl_kafka.kafka.sasl_bootstrap,
+        acl_kafka.keys.root,
+        topic_prefix=admin.topic_prefix,
+        transactional_id=admin.transactional_id,
+        kafka_security_protocol="SASL_SSL",
+        kafka_ssl_ca_file=acl_kafka.tls.ca,
+        kafka_sasl_mechanism=mechanism,
+        kafka_sasl_username=user,
+        kafka_sasl_password_file=scram_password_file(acl_kafka.root, user),
+    )
 
 
 async def with_acls(acl_kafka: AclKafka, federation: Federation) -> Settings:
@@ -370,6 +417,42 @@ async def test_the_exchange_runs_through_the_acl_listener(
 
 async def _has(agencies: Any, agency: str) -> bool:
     return agency in await agencies
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+async def test_a_scram_user_is_the_same_principal_under_the_same_acls(
+    acl_kafka: AclKafka, federation: Federation, tmp_path: Path, mechanism: str
+) -> None:
+    """On the SCRAM listener the principal is User:<SCRAM user>, its password read from its
+    file (CAIRN_KAFKA_SASL_PASSWORD_FILE): A may read its own topic, B is refused it; a wrong
+    password does not get in at all."""
+    admin = await with_acls(acl_kafka, federation)
+    a_topic = delivery_topic(admin.topic_prefix, A)
+    assert await fetch_error(as_scram(acl_kafka, A, admin, mechanism), a_topic) == 0
+    as_b = as_scram(acl_kafka, B, admin, mechanism)
+    assert await fetch_error(as_b, a_topic) == TOPIC_AUTHORIZATION_FAILED
+    assert await group_error(as_b, inbox_group(A), a_topic) == GROUP_AUTHORIZATION_FAILED
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password-at-all\n")
+    impostor = as_scram(acl_kafka, A, admin, mechanism).model_copy(
+        update={"kafka_sasl_password_file": wrong}
+    )
+    options = kafka_options(impostor)
+    host, port = options["bootstrap_servers"][0].split(":")
+    with pytest.raises(SaslAuthenticationFailed):  # Kafka's own answer, not a lost connection
+        await asyncio.wait_for(
+            create_conn(
+                host,
+                int(port),
+                ssl_context=options["ssl_context"],
+                security_protocol="SASL_SSL",
+                sasl_mechanism=mechanism,
+                sasl_plain_username=A,
+                sasl_plain_password=options["sasl_plain_password"],
+            ),
+            15,
+        )
 
 
 def test_topics_create_applies_the_acls(
