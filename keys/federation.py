@@ -436,7 +436,18 @@ class Admin:
         now: datetime,
         life: Lifetimes,
     ) -> Registry:
-        """Sign ``members`` as the next serial of ``registry`` and publish it."""
+        """Sign ``members`` as the next serial of ``registry`` and publish it.
+
+        Refused if another run published a registry since this one opened ``registry``: its
+        change would be lost (two enrolments at once, say), so this one must run again.
+        """
+        current = self.public.read(layout.REGISTRY)
+        published = verify_registry_signature(current, root.private_key.public_key())
+        if published.serial != registry.serial:
+            raise KeyStoreError(
+                f"the registry changed while this ran (serial {registry.serial}, now "
+                f"{published.serial}); nothing was published: run the command again"
+            )
         updated = Registry(
             federation=registry.federation,
             serial=registry.serial + 1,

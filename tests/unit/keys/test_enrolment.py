@@ -623,3 +623,29 @@ def test_the_broker_accepts_an_own_ca_certificate_for_its_agency_only(
     )
     with pytest.raises(VerificationError, match="names test-police but is issued by neither"):
         _handshake(server, impostor, "localhost", raise_from_server=True)
+
+
+def test_two_enrolments_at_once_lose_neither(partnership: Partnership) -> None:
+    """An enrolment that opened the registry before another one published is refused, not
+    allowed to overwrite it; run again, it is admitted beside the other."""
+    ca = load_ca(partnership.custody.store(names.CA), partnership.custody.passphrase(names.CA))
+    first = partnership.request("test-police", AgencyRole.POLICE)
+    second = partnership.request("test-nhs", AgencyRole.NHS_SAFEGUARDING)
+    opened = partnership.admin.open
+
+    def open_then_let_the_other_publish() -> tuple[SigningKey, Registry]:
+        got = opened()
+        enrol(partnership.admin, ca, SMALL, second, now=NOW)  # the other run, in between
+        return got
+
+    racing = Admin(
+        partnership.admin.root, partnership.admin.root_passphrase, partnership.admin.public
+    )
+    object.__setattr__(racing, "open", open_then_let_the_other_publish)
+    with pytest.raises(KeyStoreError, match="the registry changed while this ran"):
+        enrol(racing, ca, SMALL, first, now=NOW)
+    assert partnership.registry().member("test-nhs") is not None
+    assert partnership.registry().member("test-police") is None
+    enrol(partnership.admin, ca, SMALL, first, now=NOW)
+    members = {m.id for m in partnership.registry().members}
+    assert {"test-police", "test-nhs"} <= members
