@@ -49,6 +49,8 @@ STATE_FILE: Final = "state.sqlite"  # under <state_dir>/broker/
 LEGACY_FILE: Final = "replay.sqlite"  # the pre-issue-13 replay store, imported once
 
 T = TypeVar("T")
+# A group-committed write's answer: its caller's future, and its result or its error.
+_Settled = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 _VERSION: Final = 1  # PRAGMA user_version once the schema below exists
 
@@ -160,7 +162,7 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("COMMIT")
 
 
-def _settle(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _settle(settled: list[_Settled]) -> None:
     """On the loop: answer each group-committed write (unless its caller gave up waiting)."""
     for future, result, error in settled:
         if future.done():
@@ -233,7 +235,7 @@ class SqliteStore:
             self._drain_queued = True
         if queue_drain:
             try:
-                self._executor.submit(self._drain, loop)
+                self._executor.submit(self._drain)
             except RuntimeError:  # the executor was shut down under us (closing)
                 with self._pending_lock:
                     self._pending = [p for p in self._pending if p[1] is not future]
@@ -241,7 +243,7 @@ class SqliteStore:
                 raise
         return await future
 
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _drain(self) -> None:
         """On the store's thread: commit the writes queued so far, at most ``_BATCH_MAX`` per
         transaction, and answer each caller on its loop once its transaction has committed."""
         while True:
@@ -250,16 +252,19 @@ class SqliteStore:
                 if not batch:
                     self._drain_queued = False
                     return
-            settled = self._commit_batch(batch)
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-                loop.call_soon_threadsafe(_settle, settled)
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
+            for settled in self._commit_batch(batch):
+                by_loop.setdefault(settled[0].get_loop(), []).append(settled)
+            for loop, answers in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, answers)
 
     def _commit_batch(
         self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    ) -> list[_Settled]:
         """Each write of ``batch`` in a savepoint of one transaction: its result or its own
         error; every one gets the transaction's error if the transaction fails."""
-        out: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        out: list[_Settled] = []
         try:
             db = self._connection()
             with _immediate(db):
