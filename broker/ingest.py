@@ -172,7 +172,7 @@ class Pipeline:
         referral_id, digest, now = sub.referral_id, sub.digest, sub.now
         owner = self.settings.transactional_id
         try:
-            receipt = await self._deliver(sub, unsettled_by)
+            receipt, receipt_json = await self._deliver(sub, unsettled_by)
         except AlreadyPublished as exc:
             # Published before, by a broker that died (or lost Kafka's answer) before saying so.
             entry = LedgerEntry.decode(exc.value)
@@ -187,7 +187,7 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 await self.store.release([referral_id], owner)
             raise
-        await self.store.published([(referral_id, digest, receipt.model_dump_json())], owner, now)
+        await self.store.published([(referral_id, digest, receipt_json)], owner, now)
         return Outcome(receipt, replayed=False)
 
     async def _beat(self, owner: str) -> None:
@@ -214,7 +214,10 @@ class Pipeline:
         self.metrics.replayed.inc()
         return Outcome(Receipt.model_validate_json(receipt), replayed=True)
 
-    async def _deliver(self, sub: _Submission, unsettled_by: str | None = None) -> Receipt:
+    async def _deliver(
+        self, sub: _Submission, unsettled_by: str | None = None
+    ) -> tuple[Receipt, str]:
+        """Decide, seal, audit and publish; the receipt, and its JSON as the ledger keeps it."""
         message, route, registry, now = sub.message, sub.route, sub.registry, sub.now
         request_id, digest = sub.request_id, sub.digest
         # 4 decide
@@ -278,7 +281,8 @@ class Pipeline:
         )
         # 7 publish: every record and the ledger's "published" in one transaction, unless the
         #   ledger already has this id (AlreadyPublished); else TransportError.
-        kept = LedgerEntry(digest, receipt.model_dump_json()).encode()
+        receipt_json = receipt.model_dump_json()  # the ledger's and the store's, made once
+        kept = LedgerEntry(digest, receipt_json).encode()
         claim = Claim(str(route.message_id), kept, unsettled_by=unsettled_by)
         with self.metrics.stage("publish"):
             await self.transport.publish(records, claim=claim)
@@ -290,7 +294,7 @@ class Pipeline:
             recipients=[d.recipient for d in allowed],
             refused=[d.recipient for d in decisions if not d.allowed],
         )
-        return receipt
+        return receipt, receipt_json
 
     async def _committed(
         self,
