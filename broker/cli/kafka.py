@@ -105,3 +105,36 @@ def acls(apply_now: bool) -> None:
             click.echo(f"{count} ACLs applied on {settings.kafka_bootstrap_servers}")
     except CairnError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@kafka.command("env")
+@click.option(
+    "--as", "member", required=True, help="An agency's id, cairn-broker or cairn-auditor."
+)
+@click.option(
+    "--bootstrap",
+    required=True,
+    metavar="HOST:PORT",
+    help="The mutual-TLS listener (kafka-local ssl-bootstrap).",
+)
+def env(member: str, bootstrap: str) -> None:
+    """Print the CAIRN_KAFKA_* settings (as shell exports) with which MEMBER reaches Kafka's
+    mutual-TLS listener as itself: its certificate and key from its own key store."""
+    import os
+    import shlex
+
+    from broker.kafka.tls import member_kafka_tls
+    from broker.trust import custody_of
+
+    settings = settings_or_exit()
+    try:
+        files = member_kafka_tls(custody_of(settings), member, os.environ)
+    except CairnError as exc:
+        raise click.ClickException(str(exc)) from None
+    values = {
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_security_protocol": "SSL",
+        **{name: str(path) for name, path in files.items()},
+    }
+    for name, value in values.items():
+        click.echo(f"export CAIRN_{name.upper()}={shlex.quote(value)}")

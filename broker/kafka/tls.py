@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,11 +41,13 @@ from cryptography.hazmat.primitives.serialization import (
     pkcs12,
 )
 
+from keys.custody import Custody, store_of
 from keys.errors import KeyStoreError
 from keys.pki import IssuedCertificate, issue_client_certificate, issue_server_certificate
 from keys.store import (
     CA_CERT,
     CA_KEY,
+    PASSPHRASE_FILE_ENV,
     PathStore,
     Store,
     client_cert,
@@ -53,7 +55,14 @@ from keys.store import (
     decrypt_private_key,
 )
 
-__all__ = ["LISTENER_HOSTS", "RENEW_BEFORE", "ListenerTls", "ServiceClient", "issue_listener_tls"]
+__all__ = [
+    "LISTENER_HOSTS",
+    "RENEW_BEFORE",
+    "ListenerTls",
+    "ServiceClient",
+    "issue_listener_tls",
+    "member_kafka_tls",
+]
 
 LISTENER_HOSTS: Final = ("localhost", "127.0.0.1")
 RENEW_BEFORE: Final = timedelta(days=14)  # material closer than this to expiry is reissued
@@ -219,3 +228,36 @@ def issue_listener_tls(
         c.store.write(client_cert(c.id), cert.certificate_pem(), private=False)
         issued += [str(c.key), str(c.cert)]
     return ListenerTls(folder, tuple(issued))
+
+
+def member_kafka_tls(
+    custody: Custody, member_id: str, environ: Mapping[str, str]
+) -> dict[str, Path]:
+    """The Kafka TLS settings of ``member_id`` under ``custody``: the CA file (published), its
+    client certificate and key (in its own store) and the file holding that key's password
+    (its store's passphrase file, else ``CAIRN_KEY_PASSPHRASE_FILE``), as setting names; a
+    ``KeyStoreError`` saying what is missing."""
+    store = custody.member_store(member_id)
+    files = {
+        "kafka_ssl_ca_file": store.path(CA_CERT),
+        "kafka_ssl_cert_file": store.path(client_cert(member_id)),
+        "kafka_ssl_key_file": store.path(client_key(member_id)),
+    }
+    for path in files.values():
+        if not path.is_file():
+            raise KeyStoreError(
+                f"{path} is missing: {member_id} has no Kafka client certificate there (an "
+                "agency's comes with its enrolment; the broker's from 'cairn kafka tls "
+                "--client cairn-broker:broker')"
+            )
+    own = None if custody.all_in_one else custody.passphrase_file(store_of(member_id))
+    if own is not None and own.is_file():
+        files["kafka_ssl_key_password_file"] = own
+    elif environ.get(PASSPHRASE_FILE_ENV):
+        files["kafka_ssl_key_password_file"] = Path(environ[PASSPHRASE_FILE_ENV])
+    else:
+        raise KeyStoreError(
+            f"no file holds the passphrase of {member_id}'s key store: put it in "
+            f"{own if own is not None else 'a file'} or name one in {PASSPHRASE_FILE_ENV}"
+        )
+    return files

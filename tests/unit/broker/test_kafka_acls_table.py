@@ -10,6 +10,7 @@ import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
 
@@ -27,10 +28,11 @@ from broker.kafka.acls import (
     federation_acls,
     inbox_group,
 )
-from broker.kafka.tls import ServiceClient, issue_listener_tls
+from broker.kafka.tls import ServiceClient, issue_listener_tls, member_kafka_tls
 from broker.kafka.topics import delivery_topic, federation_topics
 from broker.receipts import GROUP_ID as RECEIPTS_GROUP_ID
-from keys import AUDITOR_ID, BROKER_ID, FileStore
+from keys import AUDITOR_ID, BROKER_ID, FileStore, KeyStoreError
+from keys.custody import Custody
 from schemas.federation import Federation
 from tests.conftest import PASSPHRASE, FederationKeys, make_federation_keys
 
@@ -179,3 +181,36 @@ def test_listener_tls_is_issued_once_and_again_for_a_new_ca(
         FileStore(other.root), PASSPHRASE, out, federation.name, now=now, clients=[broker]
     )
     assert set(moved.issued) == set(first.issued)  # another CA: everything issued afresh
+
+
+def test_each_members_kafka_files_come_from_its_own_store(tmp_path: Path) -> None:
+    """Under split custody an agency's Kafka certificate is in its own store, its key's
+    password is its store's passphrase file, and the CA file is the published one; a missing
+    certificate or passphrase file is a KeyStoreError saying what is missing."""
+    keys, passphrases = tmp_path / "keys", tmp_path / "passphrases"
+    custody = Custody(keys, passphrases)
+    files = [
+        keys / "public" / "tls" / "ca.crt",
+        keys / "agencies" / "kelder-idva" / "tls" / "clients" / "kelder-idva.crt",
+        keys / "agencies" / "kelder-idva" / "tls" / "clients" / "kelder-idva.key",
+    ]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x\n")
+    with pytest.raises(KeyStoreError, match="CAIRN_KEY_PASSPHRASE_FILE"):
+        member_kafka_tls(custody, "kelder-idva", {})
+    shared = tmp_path / "shared-passphrase"
+    found = member_kafka_tls(custody, "kelder-idva", {"CAIRN_KEY_PASSPHRASE_FILE": str(shared)})
+    assert found["kafka_ssl_key_password_file"] == shared
+    own = passphrases / "agencies" / "kelder-idva"
+    own.parent.mkdir(parents=True)
+    own.write_text("its own\n")
+    found = member_kafka_tls(custody, "kelder-idva", {"CAIRN_KEY_PASSPHRASE_FILE": str(shared)})
+    assert found == {
+        "kafka_ssl_ca_file": files[0],
+        "kafka_ssl_cert_file": files[1],
+        "kafka_ssl_key_file": files[2],
+        "kafka_ssl_key_password_file": own,
+    }
+    with pytest.raises(KeyStoreError, match=r"cairn-broker\.crt is missing"):
+        member_kafka_tls(custody, BROKER_ID, {})
