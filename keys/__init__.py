@@ -8,7 +8,9 @@ What the broker and the agency adapters call (docs/architecture.md#security-enve
 - ``seal_disclosure`` / ``open_disclosure`` — the broker's JWS inside a JWE to the recipient;
 - ``server_context`` / ``client_context`` / ``peer_agency`` — mutual TLS from the federation PKI.
 
-Operators run ``init_federation``, ``rotate``, ``revoke`` and ``refresh`` through ``cairn keys``
+Every party holds its own keys in a store of its own (``keys.custody``); agencies join by
+enrolment (``keys.enrolment``: ``cairn agency`` on the agency's machine, ``cairn federation`` on
+the administrator's), and ``cairn keys`` runs the development federation on one machine
 (``keys.cli``). Every cryptographic refusal is one ``VerificationError`` with a ``reason``.
 """
 

@@ -1,12 +1,15 @@
-"""Running the federation's keys over a store: init, rotate, revoke, refresh, and loading them.
+"""Running the federation's keys over stores: create, rotate, revoke, refresh, and loading them.
 
-``init_federation`` creates everything a development federation needs
-(docs/architecture.md#security-envelope): the root signing key, the TLS CA, for each agency a
-signing key, an encryption key and a client certificate, the broker's server certificate and signing
-key, the auditor's signing key, and the root-signed registry. ``rotate`` gives a member new keys and
-retires the old ones; ``revoke`` withdraws one key at once; ``refresh`` re-signs an unchanged
-registry with a new expiry. Each re-signs the registry with the next serial, and each writes the
-registry last, so an interrupted run leaves the previous registry in force.
+``init_hub`` creates the federation's own keys (docs/architecture.md#security-envelope), each
+in its own store (``keys.custody``): the root signing key, the TLS CA, the pseudonym secret, the
+broker's signing key and server certificate, the auditor's signing key and certificates, and
+registry serial 1 in the public store; agencies then join by enrolment (``keys.enrolment``).
+``init_federation`` is the all-in-one store of tests and benchmarks: every member's keys in one
+store under one passphrase, made by the hub itself, no custody at all. ``Admin`` is what signs
+the registry (the root store) and where it is published; ``rotate`` gives a member new keys and
+retires the old ones; ``revoke_key`` withdraws one key at once; ``refresh_registry`` re-signs an
+unchanged registry with a new expiry. Each re-signs the registry with the next serial, and each
+writes the registry last, so an interrupted run leaves the previous registry in force.
 
 The loaders are what the broker and the agency adapters call at start-up: the verified registry,
 a member's active signing key, and the decryption keys a recipient may still use.
@@ -131,7 +134,8 @@ def init_federation(
     now: datetime,
     lifetimes: Lifetimes | None = None,
 ) -> Registry:
-    """Create a federation's keys, PKI and signed registry in an empty store."""
+    """Create a whole federation in one empty store, every member's keys under one passphrase:
+    for tests and benchmarks only (``cairn keys init`` goes through enrolment instead)."""
     _aware(now)
     life = lifetimes or Lifetimes()
     if not store.is_empty():
