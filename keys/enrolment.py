@@ -498,6 +498,10 @@ def _registered(
     )
 
 
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(Encoding.PEM)
+
+
 def _public_der(key: Any) -> bytes:
     return bytes(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
 
@@ -648,13 +652,10 @@ def enrol(
     )
     if deliver is not None:
         deliver(pem)
-    if own_ca is not None:
-        # Published beside the federation CA, so the broker accepts this agency's certificate
-        # (and only this agency's: keys.tls.peer_agency binds the CA to the agency).
-        admin.public.write(
-            agency_ca_name(request.agency), own_ca.public_bytes(Encoding.PEM), private=False
-        )
-    published = admin.publish(root, registry, (*registry.members, member), now, life)
+    # An own CA is published beside the federation CA, so the broker accepts this agency's
+    # certificate (and only this agency's: keys.tls.peer_agency binds the CA to the agency).
+    files = () if own_ca is None else ((agency_ca_name(request.agency), _pem(own_ca)),)
+    published = admin.publish(root, registry, (*registry.members, member), now, life, files=files)
     return Enrolled(request.agency, published, pem, by_federation)
 
 

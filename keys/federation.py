@@ -439,8 +439,11 @@ class Admin:
         members: tuple[Member, ...],
         now: datetime,
         life: Lifetimes,
+        *,
+        files: tuple[tuple[str, bytes], ...] = (),
     ) -> Registry:
-        """Sign ``members`` as the next serial of ``registry`` and publish it.
+        """Sign ``members`` as the next serial of ``registry`` and publish it, after the public
+        ``files`` (name, bytes) that go with it.
 
         Refused if another run published a registry since this one opened ``registry``: its
         change would be lost (two enrolments at once, say), so this one must run again.
@@ -452,6 +455,8 @@ class Admin:
                 f"the registry changed while this ran (serial {registry.serial}, now "
                 f"{published.serial}); nothing was published: run the command again"
             )
+        for name, data in files:
+            self.public.write(name, data, private=False)
         updated = Registry(
             federation=registry.federation,
             serial=registry.serial + 1,
