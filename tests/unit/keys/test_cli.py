@@ -300,3 +300,34 @@ def test_an_oversized_request_is_refused_unread(env: dict[str, str], tmp_path: P
     result = _run(["enrol", str(huge)], env, federation)
     assert result.exit_code == 1
     assert "larger than 65536 bytes" in result.output
+
+
+def test_revocation_by_request_and_by_the_administrator(env: dict[str, str]) -> None:
+    assert _run(["init"], env).exit_code == 0
+    listed = _run(["list"], env).output
+    police = listed.split("kelder-police (police)\n")[1].split("\n")
+    enc_kid = next(line.split()[1] for line in police if line.strip().startswith("enc"))
+    nhs = listed.split("kelder-nhs (nhs_safeguarding)\n")[1].split("\n")
+    nhs_kid = next(line.split()[1] for line in nhs if line.strip().startswith("sig"))
+
+    asked = _run(
+        ["revoke", "--agency", "kelder-police", "--kid", enc_kid, "--out", "revoke.jws"],
+        env,
+        agency,
+    )
+    assert asked.exit_code == 0, asked.output
+    applied = _run(["revoke", "--request", "revoke.jws"], env, federation)
+    assert applied.exit_code == 0, applied.output
+    assert "registry serial 10" in applied.output
+    again = _run(["revoke", "--request", "revoke.jws"], env, federation)
+    assert again.exit_code == 1
+    assert "already revoked" in again.output
+
+    own = _run(["revoke", "--agency", "kelder-nhs", "--kid", nhs_kid], env, federation)
+    assert own.exit_code == 0, own.output
+    assert "serial 11" in own.output
+    both = _run(["revoke", "--request", "revoke.jws", "--agency", "x"], env, federation)
+    assert both.exit_code == 2
+    assert "either --request FILE, or --agency and --kid" in both.output
+    listed = _run(["list"], env).output
+    assert listed.count("revoked") == 2
