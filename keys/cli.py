@@ -275,17 +275,19 @@ def agency_install(certificate: Path, agency_id: str, own_ca: Path | None) -> No
 
 @agency.command("rotate")
 @click.option("--agency", "agency_id", required=True, help="The agency's id.")
+@click.option("--tls", is_flag=True, help="Also a new TLS key, with a CSR for it in the request.")
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the request here."
 )
 @_clean_errors
-def agency_rotate(agency_id: str, out: Path | None) -> None:
+def agency_rotate(agency_id: str, tls: bool, out: Path | None) -> None:
     """Make new signing and encryption keys and the request to register them.
 
     The request is signed by the new signing key and by the agency's current registered one;
     the administrator applies it with 'cairn federation rotate'. Until then the current keys
     stay in force; after, the old ones are retired (they still open and verify for the grace
-    period).
+    period). With --tls the certificate sent back is installed with 'cairn agency install',
+    which puts the new TLS key in place of the old.
     """
     settings = _settings()
     custody = _custody(settings)
@@ -297,6 +299,7 @@ def agency_rotate(agency_id: str, out: Path | None) -> None:
         custody.passphrase(name),
         _registry(custody, settings, now),
         now=now,
+        tls=tls,
     )
     if out is not None:
         _write_file(out, token)
@@ -434,23 +437,46 @@ def federation_enrol(request: Path, out: Path | None) -> None:
 
 @federation.command("rotate")
 @click.argument("request", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="For a request with a new TLS key: where to write its certificate "
+    "[default: <agency>.crt beside REQUEST].",
+)
 @_clean_errors
-def federation_rotate(request: Path) -> None:
+def federation_rotate(request: Path, out: Path | None) -> None:
     """Apply an agency's rotation REQUEST: its new keys active, its old ones retired.
 
     The request must be signed by the agency's current registered signing key and by the new
-    signing key it asks to register.
+    signing key it asks to register. One with a new TLS key (a CSR) is also issued its
+    certificate from the CA, to send back to the agency.
     """
     custody = _custody()
     token = _read_file(request, "rotation request")
-    registry = apply_rotation(_admin(custody), token, now=_now())
-    _new_keys(registry, read_enrolment(_inner(token)).agency)
+    asked = read_enrolment(_inner(token))
+    target = out or request.parent / f"{asked.agency}.crt"
+    ca = None
+    if asked.csr is not None:
+        ca = load_ca(custody.store(names.CA), custody.passphrase(names.CA))
+    registry = apply_rotation(
+        _admin(custody), token, now=_now(), ca=ca, deliver=lambda pem: _write_file(target, pem)
+    )
+    _new_keys(registry, asked.agency)
+    if ca is not None:
+        click.echo(f"certificate for its new TLS key: {target}")
 
 
 def _inner(token: bytes) -> bytes:
+    """The request a rotation request wraps, unverified (apply_rotation verifies it)."""
     from keys.jwk import b64url_decode
 
-    return b64url_decode(token.strip().split(b".")[1])
+    parts = token.strip().split(b".")
+    try:
+        if len(parts) != 3:
+            raise ValueError("not three parts")
+        return b64url_decode(parts[1])
+    except ValueError:
+        raise EnrolmentRefused("this is not a signed rotation request") from None
 
 
 @federation.command("revoke")

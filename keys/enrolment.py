@@ -16,8 +16,9 @@ public keys to the registry and publishes the next signed serial. It never sees 
 of the agency. Every check comes before the first write, so a refused request changes nothing:
 no certificate, no serial.
 
-Rotation goes the same way: ``rotation_request`` makes new keys in the agency's store and signs
-a request for them with the new signing key (proof of possession), wrapped in a JWS
+Rotation goes the same way: ``rotation_request`` makes new keys in the agency's store (and, if
+asked, a new TLS key with a CSR) and signs a request for them with the new signing key (proof
+of possession), wrapped in a JWS
 (``cairn-rotation+jws``) signed by the agency's *current* registered signing key, which
 ``apply_rotation`` verifies against the registry before it retires the old keys. A revocation
 request (``cairn-revocation+jws``) is signed by one of the agency's registered signing keys;
@@ -86,6 +87,8 @@ __all__ = [
     "enrol",
     "install_certificate",
     "load_ca",
+    "next_csr_name",
+    "next_tls_key_name",
     "read_enrolment",
     "request_name",
     "request_with_certificate",
@@ -127,6 +130,16 @@ def csr_name(agency_id: str) -> str:
 
 def rotation_name(agency_id: str) -> str:
     return f"enrolment/{agency_id}.rotation.jws"
+
+
+def next_csr_name(agency_id: str) -> str:
+    """A rotation's CSR for a new TLS key, until its certificate is installed (public)."""
+    return f"enrolment/{agency_id}.next.csr"
+
+
+def next_tls_key_name(agency_id: str) -> str:
+    """A rotation's new TLS key, until its certificate is installed (private)."""
+    return f"tls/clients/{agency_id}.next.key"
 
 
 class RequestKey(Frozen):
@@ -297,8 +310,14 @@ def install_certificate(
     """
     _aware(now)
     certificate = _one_certificate(certificate_pem, what="the certificate")
+    key = _public_der(certificate.public_key())
     csr = x509.load_pem_x509_csr(store.read(csr_name(agency_id)))
-    if _public_der(certificate.public_key()) != _public_der(csr.public_key()):
+    rotated = None
+    if key != _public_der(csr.public_key()) and store.exists(next_csr_name(agency_id)):
+        rotated = x509.load_pem_x509_csr(store.read(next_csr_name(agency_id)))
+    if key != _public_der(csr.public_key()) and (
+        rotated is None or key != _public_der(rotated.public_key())
+    ):
         raise KeyStoreError(
             f"the certificate is not for {agency_id}'s TLS key in {store}; was it issued for "
             "another request?"
@@ -309,6 +328,12 @@ def install_certificate(
         raise KeyStoreError(
             "the certificate is not issued by the federation CA (or the agency's own CA)"
         )
+    if rotated is not None:
+        # The rotation's TLS key takes the place of the old one, then its certificate.
+        store.write(
+            layout.client_key(agency_id), store.read(next_tls_key_name(agency_id)), private=True
+        )
+        store.write(csr_name(agency_id), store.read(next_csr_name(agency_id)), private=False)
     store.write(layout.client_cert(agency_id), certificate_pem, private=False)
     return certificate
 
@@ -320,9 +345,12 @@ def rotation_request(
     registry: Registry,
     *,
     now: datetime,
+    tls: bool = False,
 ) -> bytes:
     """New keys in the agency's ``store`` and the request to register them, signed by the new
-    signing key inside a JWS by the agency's current registered signing key."""
+    signing key inside a JWS by the agency's current registered signing key. With ``tls``, a
+    new TLS key too, and a CSR for it in the request: the current TLS key and certificate stay
+    in use until the certificate for the new one is installed."""
     _aware(now)
     member = registry.member(agency_id)
     if member is None or not isinstance(member.role, AgencyRole):
@@ -337,11 +365,20 @@ def rotation_request(
     name = layout.member_key(agency_id, current_entry.kid)
     current = load_signing_key(store.read(name), passphrase, name=name)
     signing, keys = _new_keys(store, agency_id, passphrase)
+    csr = None
+    if tls:
+        key = new_tls_key()
+        store.write(
+            next_tls_key_name(agency_id), encrypt_private_key(key, passphrase), private=True
+        )
+        csr = client_csr(key, agency_id, member.role.value).public_bytes(Encoding.PEM)
+        store.write(next_csr_name(agency_id), csr, private=False)
     request = EnrolmentRequest(
         kind="rotate",
         agency=agency_id,
         role=member.role,
         keys=keys,
+        csr=csr.decode("ascii") if csr is not None else None,
         issued_at=now.replace(microsecond=0),
     )
     inner = sign_compact(_json(request), signing, typ=ENROLMENT_TYP)
@@ -665,11 +702,15 @@ def apply_rotation(
     *,
     now: datetime,
     lifetimes: Lifetimes | None = None,
+    ca: IssuedCertificate | None = None,
+    deliver: Callable[[bytes], None] | None = None,
 ) -> Registry:
     """Register the new keys of a rotation request; the agency's old keys become retired.
 
     The outer signature must be by the agency's current active signing key in the registry,
-    the inner one by the new signing key it asks to register.
+    the inner one by the new signing key it asks to register. A request with a CSR (a new TLS
+    key) is also issued a certificate by ``ca``, handed to ``deliver`` before the registry is
+    published.
     """
     _aware(now)
     life = lifetimes or Lifetimes()
@@ -709,8 +750,27 @@ def apply_rotation(
     if request.role != member.role:
         raise EnrolmentRefused(f"a rotation cannot change {request.agency}'s role")
     _check_new_kids(registry, request.keys)
+    pem = None
+    if request.csr is not None:
+        if ca is None:
+            raise EnrolmentRefused(
+                "the rotation asks for a certificate for a new TLS key: it needs the CA store"
+            )
+        public = _check_csr(request).public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)  # _check_csr
+        pem = issue_client_certificate_for(
+            ca,
+            public,
+            request.agency,
+            request.role.value,
+            registry.federation,
+            now=now,
+            validity=life.certificate,
+        ).public_bytes(Encoding.PEM)
     rotated = rotated_member(member, _registered(request.keys, now, life), now)
     members = tuple(rotated if m.id == member.id else m for m in registry.members)
+    if pem is not None and deliver is not None:
+        deliver(pem)
     return admin.publish(root, registry, members, now, life)
 
 

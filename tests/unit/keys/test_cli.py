@@ -331,3 +331,25 @@ def test_revocation_by_request_and_by_the_administrator(env: dict[str, str]) -> 
     assert "either --request FILE, or --agency and --kid" in both.output
     listed = _run(["list"], env).output
     assert listed.count("revoked") == 2
+
+
+def test_rotation_with_a_new_tls_key_through_the_commands(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert _run(["init"], env).exit_code == 0
+    cert = tmp_path / "state/keys/agencies/kelder-police/tls/clients/kelder-police.crt"
+    before = x509.load_pem_x509_certificate(cert.read_bytes())
+    args = ["rotate", "--agency", "kelder-police", "--tls", "--out", "rotation.jws"]
+    assert _run(args, env, agency).exit_code == 0
+    applied = _run(["rotate", "rotation.jws", "--out", "new.crt"], env, federation)
+    assert applied.exit_code == 0, applied.output
+    assert "certificate for its new TLS key: new.crt" in applied.output
+    installed = _run(["install", "new.crt", "--agency", "kelder-police"], env, agency)
+    assert installed.exit_code == 0, installed.output
+    after = x509.load_pem_x509_certificate(cert.read_bytes())
+    assert after.public_key() != before.public_key()
+    (tmp_path / "junk.jws").write_bytes(b"not a request")
+    junk = _run(["rotate", "junk.jws"], env, federation)
+    assert junk.exit_code == 1
+    assert "not a signed rotation request" in junk.output
+    assert "Traceback" not in junk.output

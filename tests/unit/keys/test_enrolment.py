@@ -649,3 +649,76 @@ def test_two_enrolments_at_once_lose_neither(partnership: Partnership) -> None:
     enrol(partnership.admin, ca, SMALL, first, now=NOW)
     members = {m.id for m in partnership.registry().members}
     assert {"test-police", "test-nhs"} <= members
+
+
+def test_rotation_with_a_new_tls_key(partnership: Partnership) -> None:
+    """A rotation asking for a new TLS key gets a certificate for it; installing it puts the new
+    key in place, and the agency connects with it."""
+    partnership.join("test-police", AgencyRole.POLICE)
+    custody = partnership.custody
+    store = custody.store(agency_store("test-police"))
+    old_cert = x509.load_pem_x509_certificate(store.read(client_cert("test-police")))
+    token = rotation_request(
+        custody.member_store("test-police"),
+        "test-police",
+        custody.passphrase(agency_store("test-police")),
+        partnership.registry(),
+        now=NOW,
+        tls=True,
+    )
+    # Until the certificate comes, the current TLS key and certificate stay in use.
+    assert x509.load_pem_x509_certificate(store.read(client_cert("test-police"))) == old_cert
+    ca = load_ca(custody.store(names.CA), custody.passphrase(names.CA))
+    delivered: list[bytes] = []
+    with pytest.raises(EnrolmentRefused, match="needs the CA store"):
+        apply_rotation(partnership.admin, token, now=NOW)
+    apply_rotation(partnership.admin, token, now=NOW, ca=ca, deliver=delivered.append)
+    (pem,) = delivered
+    partnership.install("test-police", pem)
+    new_cert = x509.load_pem_x509_certificate(store.read(client_cert("test-police")))
+    assert new_cert.public_key() != old_cert.public_key()
+    server = server_context(custody.member_store(BROKER_ID), custody.passphrase(names.BROKER))
+    client = client_context(
+        custody.member_store("test-police"),
+        "test-police",
+        custody.passphrase(agency_store("test-police")),
+    )
+    assert _handshake(server, client, "localhost") == ("test-police", None)
+
+
+def test_rotation_with_a_bad_csr_changes_nothing(partnership: Partnership) -> None:
+    partnership.join("test-police", AgencyRole.POLICE)
+    partnership.join("test-nhs", AgencyRole.NHS_SAFEGUARDING)
+    custody = partnership.custody
+    token = rotation_request(
+        custody.member_store("test-police"),
+        "test-police",
+        custody.passphrase(agency_store("test-police")),
+        partnership.registry(),
+        now=NOW,
+        tls=True,
+    )
+    # The police's rotation, its CSR swapped for the NHS trust's (a key the police lacks).
+    inner = b64url_decode(token.split(b".")[1])
+    request = read_enrolment(inner)
+    nhs_csr = custody.store(agency_store("test-nhs")).read(csr_name("test-nhs")).decode()
+    name = agency_store("test-police")
+    new_sig = load_signing_key(
+        custody.store(name).read(member_key("test-police", request.key(KeyUse.SIGNING).kid)),
+        custody.passphrase(name),
+        name="k",
+    )
+    swapped = EnrolmentRequest.model_validate({**request.model_dump(), "csr": nhs_csr})
+    inner2 = sign_compact(swapped.model_dump_json().encode(), new_sig, typ=ENROLMENT_TYP)
+    current = partnership.trust("test-police").signing_key()
+    wrapped = sign_compact(inner2, current, typ="cairn-rotation+jws")
+    ca = load_ca(custody.store(names.CA), custody.passphrase(names.CA))
+    delivered: list[bytes] = []
+    refused_without_change(
+        partnership,
+        lambda: apply_rotation(
+            partnership.admin, wrapped, now=NOW, ca=ca, deliver=delivered.append
+        ),
+        "the CSR does not name test-police",
+    )
+    assert delivered == []
