@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from pydantic import TypeAdapter, ValidationError
+
 from keys.errors import KeyStoreError, PassphraseError
 from keys.registry import AUDITOR_ID, BROKER_ID
 from keys.store import (
@@ -54,6 +56,7 @@ from keys.store import (
     check_new_passphrase,
     passphrase_from_env,
 )
+from schemas.fields import AgencyId
 
 __all__ = [
     "AUDITOR",
@@ -70,6 +73,8 @@ __all__ = [
     "store_of",
 ]
 
+_AGENCY_IDS: Final = TypeAdapter(AgencyId)
+
 PUBLIC: Final = "public"
 ROOT: Final = "root"
 CA: Final = "ca"
@@ -82,7 +87,14 @@ PUBLIC_NAMES: Final = frozenset({REGISTRY, ROOT_PUBLIC, CA_CERT})
 
 
 def agency_store(agency_id: str) -> str:
-    """The store name of one agency's keys."""
+    """The store name of one agency's keys; an id that is not one (it becomes a folder name)
+    is refused."""
+    try:
+        _AGENCY_IDS.validate_python(agency_id)
+    except ValidationError:
+        raise KeyStoreError(
+            f"{agency_id!r} is not an agency id: lower-case letters, digits and hyphens"
+        ) from None
     return f"agencies/{agency_id}"
 
 

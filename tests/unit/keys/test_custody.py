@@ -22,7 +22,7 @@ from broker.trust import custody_of, member_trust
 from keys import custody as names
 from keys.custody import Custody, LayeredStore, agency_store, store_of
 from keys.development import init_development
-from keys.errors import PassphraseError
+from keys.errors import KeyStoreError, PassphraseError
 from keys.registry import AUDITOR_ID, BROKER_ID
 from keys.store import REGISTRY, FileStore, load_signing_key, member_key
 from schemas.federation import Federation
@@ -164,3 +164,9 @@ def test_a_store_without_a_passphrase_says_where_to_put_one(tmp_path: Path) -> N
         tmp_path / "keys", tmp_path / "passphrases", environ={"CAIRN_KEY_PASSPHRASE": "x" * 20}
     )
     assert fallback.passphrase(agency_store("kelder-police")) == b"x" * 20
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "Kelder-Police", "a/b", "", "x" * 80])
+def test_an_agency_id_that_is_no_folder_name_is_refused(bad: str) -> None:
+    with pytest.raises(KeyStoreError, match="is not an agency id"):
+        agency_store(bad)
