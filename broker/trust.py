@@ -80,6 +80,11 @@ class TrustStore:
         self._decryption_keys: tuple[DecryptionKey, ...] | None = None
         self._pseudonym_secret: bytes | None = None
 
+    def stores(self) -> tuple[Store, ...]:
+        """Every store this member reads keys from: its own (over the public one), and the
+        pseudonym store if that is another."""
+        return (self.store,) if self._pseudonym is None else (self.store, self._pseudonym[0])
+
     def registry(self) -> Registry:
         """The verified registry in force now; RegistryUntrusted if there is none."""
         now = self._clock()

@@ -67,33 +67,40 @@ def _agency_public_keys(custody: Custody, federation: Federation) -> dict[bytes,
     return found
 
 
-def _broker_folders(settings: Settings) -> list[Path]:
-    """Every folder the broker process is configured to read keys from: the ones
-    ``cairn serve`` opens (its own store over the public one, and the pseudonym store)."""
-    trust = member_trust(settings, BROKER_ID, clock=lambda: NOW, with_pseudonym=True)
-    store = trust.store
-    assert isinstance(store, LayeredStore)
-    pseudonym = trust._pseudonym
-    assert pseudonym is not None
-    pseudonym_store = pseudonym[0]
-    assert isinstance(pseudonym_store, FileStore)
-    return [store.root, store.public.root, pseudonym_store.root]
+def _service_folders(settings: Settings, member: str) -> list[Path]:
+    """Every folder the service's process is configured to read keys from: the stores 'cairn
+    serve' (or 'cairn auditor') opens, by the very functions it opens them with."""
+    from broker.cli.main import _own_store, _service_trust
+
+    store, passphrase = _own_store(settings, member)
+    trust = _service_trust(settings, store, passphrase, member_id=member, room="check")
+    folders = []
+    for opened in trust.stores():
+        assert isinstance(opened, FileStore)
+        folders.append(opened.root)
+        if isinstance(opened, LayeredStore):
+            folders.append(opened.public.root)
+    assert len(folders) == 3  # its own, public, pseudonym
+    return folders
 
 
+@pytest.mark.parametrize(
+    ("member", "store"), [(BROKER_ID, names.BROKER), (AUDITOR_ID, names.AUDITOR)]
+)
 def test_no_file_the_broker_reads_holds_an_agency_private_key(
-    development: Settings, federation: Federation
+    development: Settings, federation: Federation, member: str, store: str
 ) -> None:
-    """Acceptance 3: scan every file under the broker's configured stores. No file opens with
-    any agency's passphrase, and no private key in them (opened with the broker's or the
-    pseudonym store's passphrase) is an agency's key."""
+    """Acceptance 3: scan every file under the broker's (and the auditor's) configured stores.
+    No file opens with any agency's passphrase, and no private key in them (opened with the
+    service's or the pseudonym store's passphrase) is an agency's key."""
     custody = custody_of(development)
     agency_keys = _agency_public_keys(custody, federation)
     assert len(agency_keys) == 3 * len(federation.agencies)  # signing, encryption, TLS each
     agency_passphrases = [custody.passphrase(agency_store(a.id)) for a in federation.agencies]
-    own = [custody.passphrase(names.BROKER), custody.passphrase(names.PSEUDONYM)]
+    own = [custody.passphrase(store), custody.passphrase(names.PSEUDONYM)]
 
     scanned = 0
-    for folder in _broker_folders(development):
+    for folder in _service_folders(development, member):
         assert "/agencies/" not in str(folder)
         for path in sorted(folder.rglob("*")):
             if not path.is_file():
@@ -111,9 +118,9 @@ def test_no_file_the_broker_reads_holds_an_agency_private_key(
                         break
                     except (ValueError, TypeError):
                         continue
-                assert opened is not None, f"{path} is a private key the broker cannot open"
+                assert opened is not None, f"{path} is a private key {member} cannot open"
                 assert _public(opened) not in agency_keys, f"{path} holds an agency's key"
-    assert scanned >= 6  # the broker's key, TLS key and cert, pseudonym, registry, root, CA
+    assert scanned >= 6  # its key, TLS key and cert, pseudonym, registry, root, CA
 
 
 def test_the_scan_finds_an_agency_key_where_there_is_one(
