@@ -1,4 +1,5 @@
-"""Recipients' acknowledgements: verified, then written to the audit log as ``acknowledged``.
+"""Recipients' receipts: verified, then written to the audit log (``acknowledged``, ``viewed``,
+``deleted``).
 
 A recipient's inbox signs an acknowledgement (``cairn-ack+jws``) once it has filed a disclosure
 and sends it on ``<prefix>.receipts``. This loop, run inside ``cairn serve``, reads that topic in
@@ -11,6 +12,13 @@ a consumer group (read_committed), and for each acknowledgement:
    earlier one;
 4. publishes the ``acknowledged`` audit event together with the consumer offsets in one Kafka
    transaction, so an acknowledgement is audited exactly once even across crashes.
+
+The same topic carries the agency gateway's other signed receipts (``schemas.receipt``, told
+apart by their ``kind``), verified by steps 1-2 alike: a ``View`` (one of the agency's people or
+case systems opened the disclosure) becomes a ``viewed`` event under the view's own id (each
+view is its own fact; the same view twice in a batch is audited once), a ``Deletion`` (its copy
+deleted, e.g. ``retention-expired``) a ``deleted`` event, once per (referral, agency) in the
+audit log (``broker.audit.store.ONCE_PER_RECIPIENT``).
 
 A record that fails 1-2 in any way (any exception while decoding or verifying it is the
 record's fault, a ``RecursionError`` from a deeply nested header included) is dead-lettered in
@@ -52,10 +60,18 @@ from broker.ops.metrics import Metrics, code
 from broker.state import StateStore
 from broker.trust import TrustStore
 from keys import verify_ack
-from schemas.audit import AuditEvent, acknowledged
+from schemas.audit import AuditEvent, acknowledged, deleted, viewed
 from schemas.decode import decode
 from schemas.errors import InputError
-from schemas.receipt import Acknowledgement, Receipt, RecipientStatus
+from schemas.receipt import (
+    Acknowledgement,
+    AgencyReceipt,
+    Deletion,
+    Receipt,
+    RecipientStatus,
+    View,
+    receipt_of,
+)
 
 __all__ = ["CONSUMER", "GROUP_ID", "ReceiptsLoop", "audit_record"]
 
@@ -142,6 +158,7 @@ class ReceiptsLoop:
         """Audit (or dead-letter) one partition's batch and commit its offsets, atomically."""
         records: list[Record] = []
         acks: list[tuple[str, str]] = []
+        others: set[tuple[str, str, str]] = set()  # (kind, referral or view id, agency) here
         dead: list[str] = []
         registry = self._trust.registry()  # our own registry failing is not the record's fault
         for msg in messages:
@@ -158,6 +175,11 @@ class ReceiptsLoop:
             if not await self._was_queued(*key):
                 records.append(self._dead_letter(msg, "not_queued", {"cairn-referral-id": key[0]}))
                 dead.append("not_queued")
+                continue
+            if not isinstance(ack, Acknowledgement):
+                event = self._other(ack, others)
+                if event is not None:
+                    records.append(audit_record(self._settings.topic_prefix, event))
                 continue
             # 3 a repeat, in this batch or audited before, is committed past, not audited again
             if key in acks or await self._store.acknowledged(*key):
@@ -177,15 +199,32 @@ class ReceiptsLoop:
         for reason in dead:
             if self._metrics is not None:
                 self._metrics.dead_letter(CONSUMER, reason)
-        self.audited += len(acks)
+        self.audited += len(acks) + len(others)
         self.dead_letters += len(dead)
 
-    def _verify(self, msg: Any, registry: Any) -> Acknowledgement:
+    def _other(
+        self, receipt: View | Deletion, seen: set[tuple[str, str, str]]
+    ) -> AuditEvent | None:
+        """The audit event of a view or a deletion; None for a repeat within this batch."""
+        if isinstance(receipt, View):
+            fact = ("viewed", str(receipt.view_id), receipt.agency)
+            event = viewed(receipt)
+        else:
+            fact = ("deleted", str(receipt.referral_id), receipt.agency)
+            event = deleted(receipt)
+        if fact in seen:
+            self.repeats += 1
+            return None
+        seen.add(fact)
+        log.info(f"receipt.{fact[0]}", referral_id=str(receipt.referral_id), agency=fact[2])
+        return event
+
+    def _verify(self, msg: Any, registry: Any) -> AgencyReceipt:
         """Steps 1-2 for one record; raises whatever the record makes them raise."""
         agency = header_map(msg.headers or ()).get("cairn-agency", "")
         # 1 the signature, by the agency the record says sent it
         payload = verify_ack(msg.value, registry, signer=agency, now=self._clock())
-        ack = decode(Acknowledgement, payload)
+        ack: AgencyReceipt = decode(receipt_of(payload), payload)
         # 2 for itself (queued for it: checked by the caller, from our own store)
         if ack.agency != agency:
             raise InputError(

@@ -39,7 +39,7 @@ from schemas.encompass import EncompassHeader
 from schemas.errors import FieldProblem, SchemaError
 from schemas.fields import AgencyId, Frozen
 from schemas.pseudonyms import Pseudonym, subject_pseudonyms
-from schemas.receipt import Acknowledgement, AcknowledgementStatus
+from schemas.receipt import Acknowledgement, AcknowledgementStatus, Deletion, View, ViewerId
 from schemas.referral import FieldGroup, Purpose, Referral
 from schemas.submission import LawfulBasis, Message, groups_carried, lawful_basis_of, recipients_of
 
@@ -54,6 +54,7 @@ __all__ = [
     "acknowledged",
     "agreement_changed",
     "decided",
+    "deleted",
     "delivered",
     "disclosed",
     "key_rotated",
@@ -61,6 +62,7 @@ __all__ = [
     "received",
     "refused",
     "submission_events",
+    "viewed",
 ]
 
 AUDIT_FORMAT: Final = "cairn-audit/1"
@@ -108,6 +110,8 @@ class AuditEventType(StrEnum):
     KEY_ROTATED = "key_rotated"  # a member's keys were replaced
     AGREEMENT_CHANGED = "agreement_changed"  # a sharing agreement came into force or changed
     OVERDUE = "overdue"  # a disclosure was not acknowledged by when it was due
+    VIEWED = "viewed"  # a person or case system of the recipient opened the disclosure
+    DELETED = "deleted"  # the recipient deleted its copy (``reasons``: why, as a code)
 
 
 # Per type: the fields that must be present, and the fields that may be. Anything else must be
@@ -135,6 +139,8 @@ _FIELDS: Final[Mapping[AuditEventType, tuple[frozenset[str], frozenset[str]]]] =
         ("key_rotated", "agency kids", "reasons"),
         ("agreement_changed", "agreement agreement_digest", "purpose reasons"),
         ("overdue", "message_id recipient due_at", "sender purpose reasons"),
+        ("viewed", "message_id recipient viewer", ""),
+        ("deleted", "message_id recipient reasons", ""),
     )
 }
 _ALWAYS: Final = frozenset({"format", "event_id", "type", "at"})
@@ -183,6 +189,9 @@ class AuditEvent(Frozen):
     agreement: Code | None = None
     agreement_digest: Digest | None = Field(default=None, description="SHA-256 of the agreement")
     due_at: AwareDatetime | None = None
+    viewer: ViewerId | None = Field(
+        default=None, description="viewed: staff:<staff id> or client:<API client id>"
+    )
 
     @field_validator("at", "due_at")
     @classmethod
@@ -571,6 +580,29 @@ def acknowledged(
         recipient=ack.agency,
         status=ack.status,
         reasons=ack.reasons,
+    )
+
+
+def viewed(view: View, *, at: datetime | None = None) -> AuditEvent:
+    """A person or case system of the recipient opened one disclosure. The event's id is the
+    view's own, so the same view sent twice is one fact under one id."""
+    return _event(
+        AuditEventType.VIEWED,
+        {"at": at if at is not None else view.viewed_at, "event_id": view.view_id},
+        message_id=view.referral_id,
+        recipient=view.agency,
+        viewer=view.viewer,
+    )
+
+
+def deleted(deletion: Deletion, *, at: datetime | None = None) -> AuditEvent:
+    """The recipient deleted its copy of one disclosure (e.g. ``retention-expired``)."""
+    return _event(
+        AuditEventType.DELETED,
+        {"at": at if at is not None else deletion.deleted_at, "event_id": None},
+        message_id=deletion.referral_id,
+        recipient=deletion.agency,
+        reasons=(deletion.reason,),
     )
 
 

@@ -8,8 +8,9 @@ agencies, statuses and reason codes only.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
@@ -17,14 +18,28 @@ from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 from schemas.fields import AgencyId, Frozen, MessageId, Moment, inconsistent
 
 __all__ = [
+    "RETENTION_EXPIRED",
     "Acknowledgement",
     "AcknowledgementStatus",
+    "AgencyReceipt",
+    "Deletion",
     "Receipt",
     "RecipientReceipt",
     "RecipientStatus",
+    "View",
+    "ViewerId",
+    "receipt_of",
 ]
 
 ReasonCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]
+#: Who looked: ``staff:<staff id>`` (a person of the agency, by their staff number, never a
+#: name or an e-mail address) or ``client:<client id>`` (a case system, by its configured id).
+ViewerId = Annotated[
+    str,
+    StringConstraints(pattern=r"^(?:staff|client):[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
+    Field(description="staff:<staff id> or client:<API client id>; never a name"),
+]
+RETENTION_EXPIRED = "retention-expired"  # a deletion's reason: the agreement's period ran out
 
 
 class RecipientStatus(StrEnum):
@@ -65,3 +80,49 @@ class Acknowledgement(Frozen):
         if self.status is AcknowledgementStatus.REJECTED and not self.reasons:
             raise inconsistent("reasons", "a rejection must give at least one reason code")
         return self
+
+
+class View(Frozen):
+    """A recipient's word that one of its people (or case systems) opened one disclosure.
+
+    Every view is its own fact: ``view_id`` names it, so a view sent twice (a gateway that
+    stopped between sending and noting it sent) is recognisable as one.
+    """
+
+    kind: Literal["viewed"] = "viewed"
+    view_id: UUID
+    referral_id: MessageId
+    agency: AgencyId
+    viewer: ViewerId
+    viewed_at: Moment
+
+
+class Deletion(Frozen):
+    """A recipient's word that it deleted its copy of one disclosure, and why (a code)."""
+
+    kind: Literal["deleted"] = "deleted"
+    referral_id: MessageId
+    agency: AgencyId
+    reason: ReasonCode
+    deleted_at: Moment
+
+
+#: What travels on the receipts topic, each signed by the recipient (``cairn-ack+jws``).
+AgencyReceipt = Acknowledgement | View | Deletion
+
+
+def receipt_of(payload: bytes) -> type[Acknowledgement] | type[View] | type[Deletion]:
+    """Which model a signed receipt's payload is: by its ``kind`` (an acknowledgement has none).
+
+    Only looks; the caller decodes with the model (``schemas.decode.decode``), which refuses
+    whatever does not fit it. A payload that is not a JSON object is left to that decode.
+    """
+    try:
+        kind = json.loads(payload).get("kind") if payload.lstrip()[:1] == b"{" else None
+    except (ValueError, RecursionError):
+        return Acknowledgement
+    if kind == "viewed":
+        return View
+    if kind == "deleted":
+        return Deletion
+    return Acknowledgement

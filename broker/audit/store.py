@@ -12,7 +12,8 @@ backwards past what is stored. (Offsets on a transactional topic are increasing 
 contiguous: commit markers take offsets too. The consumer seeks to ``next_offset``.)
 
 Some facts happen once per (message, recipient) whatever Kafka delivers: a recipient
-acknowledges a disclosure once (``ONCE_PER_RECIPIENT``; views will join it). A second such
+acknowledges a disclosure once, and deletes its copy once (``ONCE_PER_RECIPIENT``; a view is
+its own fact each time, under the view's own id as the event id). A second such
 event, under another offset (the same acknowledgement produced twice, or by two brokers), is
 not a new entry: ``append`` counts it as a duplicate and stores nothing. The index answers
 whether one is already in the log; it is rebuilt from the entries whenever it is in doubt, so
@@ -69,7 +70,7 @@ __all__ = ["ONCE_PER_RECIPIENT", "AppendResult", "AuditLog", "CheckpointPolicy",
 log = structlog.get_logger(__name__)
 
 #: Event types the log keeps once per (message, recipient): a repeat is a counted duplicate.
-ONCE_PER_RECIPIENT: Final = frozenset({AuditEventType.ACKNOWLEDGED})
+ONCE_PER_RECIPIENT: Final = frozenset({AuditEventType.ACKNOWLEDGED, AuditEventType.DELETED})
 
 #: What ``append`` takes: (Kafka offset, event bytes), optionally with the event those bytes
 #: hold, when the caller has already read it with ``AuditEvent.from_canonical``.
