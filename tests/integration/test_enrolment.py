@@ -4,7 +4,8 @@ The administrator creates the federation; the police force and the IDVA service,
 machine (a folder) of its own with its own passphrase, make their keys and send only their
 enrolment requests; the administrator enrols them and publishes the registry; the broker's
 machine holds the broker's store, the pseudonym store and the published files, nothing else.
-Then the police submits a referral and the IDVA service receives, decrypts and verifies it.
+Then the police submits a referral and the IDVA service receives, decrypts and verifies it;
+both rotate their keys by request, and the next referral travels under the new keys.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cryptography import x509
 from adapters.agency import client_for, inbox_for
 from adapters.inbox import Delivery
 from broker.config import Settings
-from broker.kafka.topics import federation_topics
+from broker.kafka.topics import delivery_topic, federation_topics
 from broker.kafka.transport import KafkaTransport, create_topics
 from broker.state import SqliteStore
 from broker.trust import custody_of, member_trust
@@ -31,12 +32,21 @@ from keys import BROKER_ID, server_context
 from keys import custody as names
 from keys.custody import Custody, agency_store
 from keys.development import HUB_STORES
-from keys.enrolment import create_agency, enrol, install_certificate, load_ca
-from keys.federation import Admin, init_hub
+from keys.enrolment import (
+    apply_rotation,
+    create_agency,
+    enrol,
+    install_certificate,
+    load_ca,
+    rotation_request,
+)
+from keys.federation import Admin, init_hub, load_registry
+from keys.jwk import b64url_decode
+from keys.registry import KeyUse
 from keys.store import CA_CERT
 from schemas.federation import AgencyRole, Federation
 from tests.integration.conftest import make_settings
-from tests.kafka_support import LocalKafka
+from tests.kafka_support import LocalKafka, read_committed
 from tests.samples import sample
 
 POLICE = "kelder-police"
@@ -130,24 +140,62 @@ async def test_enrolled_agencies_exchange_a_referral_through_kafka(
     url = str(server.make_url("")).rstrip("/")
     police = _settings(kafka.bootstrap, machines[POLICE], prefix)
     idva = _settings(kafka.bootstrap, machines[IDVA], prefix)
-    data = sample()
-    data["header"]["recipients"] = [IDVA]
-    try:
-        async with client_for(police, POLICE, url) as client:
-            receipt = await client.submit(json.dumps(data).encode())
-        assert {r.agency: r.status.value for r in receipt.recipients} == {IDVA: "queued"}
-    finally:
-        await asyncio.wait_for(server.close(), 30)
-
     received: list[Delivery] = []
 
     async def keep(delivery: Delivery) -> None:
         received.append(delivery)
 
-    deadline = time.monotonic() + 60
-    async with inbox_for(idva, IDVA) as box:
-        while not received and time.monotonic() < deadline:
-            await box.drain(keep, idle_timeout_s=2.0, total_timeout_s=10.0)
-    assert [str(d.disclosure.referral_id) for d in received] == [data["header"]["referral_id"]]
-    assert received[0].disclosure.sender_agency == POLICE
-    assert received[0].disclosure.recipient_agency == IDVA
+    async def exchange() -> Delivery:
+        """The police submits a referral to the IDVA service, which receives it."""
+        data = sample()
+        data["header"]["recipients"] = [IDVA]
+        async with client_for(police, POLICE, url) as client:
+            receipt = await client.submit(json.dumps(data).encode())
+        assert {r.agency: r.status.value for r in receipt.recipients} == {IDVA: "queued"}
+        before = len(received)
+        deadline = time.monotonic() + 60
+        async with inbox_for(idva, IDVA) as box:
+            while len(received) == before and time.monotonic() < deadline:
+                await box.drain(keep, idle_timeout_s=2.0, total_timeout_s=10.0)
+        assert [str(d.disclosure.referral_id) for d in received[before:]] == [
+            data["header"]["referral_id"]
+        ]
+        return received[-1]
+
+    try:
+        first = await exchange()
+        assert first.disclosure.sender_agency == POLICE
+        assert first.disclosure.recipient_agency == IDVA
+
+        # Both agencies rotate: each request goes to the administrator, the new registry to
+        # every machine; the broker and the agencies pick it up without a restart.
+        admin = machines["admin"]
+        office = Admin(admin.store(names.ROOT), admin.passphrase(names.ROOT), admin.public())
+        for agency_id in (POLICE, IDVA):
+            machine = machines[agency_id]
+            registry = load_registry(machine.public(), now=time_now())
+            token = rotation_request(
+                machine.member_store(agency_id),
+                agency_id,
+                machine.passphrase(agency_store(agency_id)),
+                registry,
+                now=time_now(),
+            )
+            apply_rotation(office, token, now=time_now())
+        for name in ("broker", POLICE, IDVA):
+            _publish(admin, machines[name])
+        rotated = load_registry(machines["broker"].public(), now=time_now())
+        new_enc = rotated.member(IDVA).active_key(KeyUse.ENCRYPTION)  # type: ignore[union-attr]
+        assert new_enc is not None
+        second = await exchange()
+        assert second.disclosure.sender_agency == POLICE
+        # The broker encrypted the second disclosure to the IDVA's new key.
+        records = await read_committed(kafka.bootstrap, delivery_topic(prefix, IDVA))
+        kids = {
+            r.key.decode(): json.loads(b64url_decode(r.value.split(b".")[0]))["kid"]
+            for r in records
+        }
+        assert kids[str(second.disclosure.referral_id)] == new_enc.kid
+        assert kids[str(first.disclosure.referral_id)] != new_enc.kid
+    finally:
+        await asyncio.wait_for(server.close(), 30)
