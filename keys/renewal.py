@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -106,7 +107,10 @@ def renew_certificates(
 ) -> list[Credential]:
     """Steps 1 and 2: the CA certificate in ``ca_store`` (also written to each of
     ``publish_to``, the published store of split custody) and every TLS certificate in each
-    of ``holders`` that expire within ``within`` of ``now``. Returns what was renewed."""
+    of ``holders`` that expire within ``within`` of ``now``. Returns what was renewed.
+
+    Only certificates the federation CA issued are renewed: one from an agency's own CA
+    (``trusted_ca`` in agencies.yaml) is that CA's to renew, and is left alone."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise TypeError("now must be timezone-aware")
     life = lifetimes or Lifetimes()
@@ -119,7 +123,7 @@ def renew_certificates(
         for name in certificate_files(holder)
         if name != CA_CERT
         for certificate in (_certificate(holder, name),)
-        if certificate.not_valid_after_utc <= now + within
+        if certificate.not_valid_after_utc <= now + within and _issued_by(certificate, ca)
     ]
     if ca_due or due_leaves:
         ca_key = decrypt_private_key(ca_store.read(CA_KEY), ca_passphrase, name=CA_KEY)
@@ -151,6 +155,15 @@ def renew_certificates(
             kind = CredentialKind.TLS_SERVER if name == SERVER_CERT else CredentialKind.MEMBER_TLS
             renewed.append(certificate_credential(kind, fresh))
     return renewed
+
+
+def _issued_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` (the federation CA's key, under its name) signed ``certificate``."""
+    try:
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def renew(

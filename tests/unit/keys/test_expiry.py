@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from broker.federation import load_federation
 from keys import FileStore, Lifetimes, init_federation, load_registry
@@ -141,6 +145,31 @@ def test_renewal_reissues_the_certificates_due_for_the_same_keys(tmp_path: Path)
     assert renewal.to_rotate == ()
     found, _ = read_credentials(store)
     assert expiring(found, later, WINDOW) == []
+
+
+def test_a_certificate_from_an_agencys_own_ca_is_left_to_that_ca(tmp_path: Path) -> None:
+    """An agency that brings a certificate from its own CA renews it there: refresh re-issues
+    the federation CA's certificates only, and leaves the other as it is."""
+    store = short_lived(tmp_path / "keys")
+    name = client_cert("kelder-police")
+    theirs = cert(store, name)
+    own_key = ec.generate_private_key(ec.SECP256R1())
+    own_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Kelder Police own CA")])
+    own = (
+        x509.CertificateBuilder()
+        .subject_name(theirs.subject)
+        .issuer_name(own_name)
+        .public_key(theirs.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=10))
+        .sign(own_key, hashes.SHA256())
+    )
+    store.write(name, own.public_bytes(Encoding.PEM), private=False)
+    renewal = renew(store, PASSPHRASE, now=NOW + timedelta(days=1), within=WINDOW)
+    assert cert(store, name) == own
+    kinds = [c.kind for c in renewal.renewed]
+    assert kinds.count(CredentialKind.MEMBER_TLS) == len(TLS_CLIENTS) - 1
 
 
 def test_renewal_leaves_what_is_not_due_alone(tmp_path: Path) -> None:
