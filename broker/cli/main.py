@@ -552,9 +552,11 @@ def _attach() -> None:
     from broker.cli.policy import policy
     from broker.cli.schemas import schemas
     from broker.cli.status import status
+    from gateway.cli import gateway
     from keys.cli import agency, federation, keys
 
-    for group in (agency, audit, federation, kafka, keys, nhs, police, policy, schemas, status):
+    groups = (agency, audit, federation, gateway, kafka, keys, nhs, police, policy, schemas, status)
+    for group in groups:
         cli.add_command(group)
 
 

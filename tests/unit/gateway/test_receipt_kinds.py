@@ -17,15 +17,11 @@ from keys import sign_ack
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.receipt import RETENTION_EXPIRED, Deletion, View, receipt_of
 from tests.conftest import FederationKeys
-from tests.unit.broker.test_receipts import (  # noqa: F401 - fixtures
-    TP,
-    Message,
-    ack_message,
-    loop,
-    metrics,
-    queued,
-    store,
-)
+from tests.unit.broker import test_receipts as base
+from tests.unit.broker.test_receipts import TP, Message, ack_message, queued
+
+# The receipts loop's fixtures, as its own tests make them.
+loop, metrics, store = base.loop, base.metrics, base.store
 
 AGENCY = "kelder-idva"
 

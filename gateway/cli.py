@@ -1,0 +1,206 @@
+"""``cairn gateway --as AGENCY``: run the agency's gateway (its store, its consumer, its API).
+
+``build`` wires a ``Gateway`` from the settings (the CLI and the tests use it); ``server_context``
+makes the API's mutual-TLS context; ``serve`` runs both until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import click
+from aiohttp import web
+from cryptography import x509
+from pydantic import ValidationError
+
+from adapters.agency import agency_trust
+from broker.cli.common import settings_or_exit
+from broker.config import Settings
+from broker.trust import TrustStore
+from gateway.api import Callers, create_api
+from gateway.service import Gateway
+from gateway.settings import GatewaySettings
+from gateway.sqlite import SqliteGatewayStore
+from gateway.store import GatewayStore
+from gateway.webhooks import Dispatcher
+from keys.store import AGENCY_CAS, CA_CERT
+from schemas.errors import CairnError
+from schemas.federation import AgencyRole
+
+__all__ = ["Built", "build", "gateway", "open_store", "server_context"]
+
+
+def open_store(settings: Settings, gw: GatewaySettings, agency: str) -> GatewayStore:
+    """PostgreSQL if a URL is configured, else SQLite under the state folder."""
+    url = gw.database()
+    if url is not None:
+        from gateway.postgres import PostgresGatewayStore
+
+        return PostgresGatewayStore(url)
+    path = gw.sqlite_path or settings.state_dir / "gateway" / f"{agency}.sqlite"
+    return SqliteGatewayStore(path)
+
+
+def _issuers(trust: TrustStore, agency: str) -> tuple[x509.Certificate, ...]:
+    found = [x509.load_pem_x509_certificate(trust.store.read(CA_CERT))]
+    own = trust.store.path(f"{AGENCY_CAS}/{agency}.crt")
+    if own.is_file():
+        found.append(x509.load_pem_x509_certificate(own.read_bytes()))
+    return tuple(found)
+
+
+def server_context(gw: GatewaySettings, issuers: tuple[x509.Certificate, ...]) -> ssl.SSLContext:
+    """The API's TLS context: its certificate, client certificates required, verified against
+    the federation CA (and the agency's own CA) and ``client_ca_file``."""
+    if gw.tls_cert_file is None or gw.tls_key_file is None:
+        raise click.ClickException(
+            "the gateway's API needs a server certificate: set CAIRN_GATEWAY_TLS_CERT_FILE and "
+            "CAIRN_GATEWAY_TLS_KEY_FILE"
+        )
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    for issuer in issuers:
+        context.load_verify_locations(cadata=issuer.public_bytes(Encoding.PEM).decode("ascii"))
+    if gw.client_ca_file is not None:
+        context.load_verify_locations(cafile=str(gw.client_ca_file))
+    try:
+        context.load_cert_chain(
+            str(gw.tls_cert_file), str(gw.tls_key_file), password=gw.tls_key_password()
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(
+            f"cannot load the gateway's certificate {gw.tls_cert_file} or its key: {exc}"
+        ) from None
+    return context
+
+
+@dataclass
+class Built:
+    gateway: Gateway
+    api: web.Application
+    ssl: ssl.SSLContext | None
+
+
+def build(
+    settings: Settings,
+    gw: GatewaySettings,
+    agency: str,
+    *,
+    passphrase: bytes | None = None,
+    store: GatewayStore | None = None,
+    webhook_ssl: ssl.SSLContext | None = None,
+    with_tls: bool = True,
+) -> Built:
+    """The gateway of ``agency`` with its API, from the settings."""
+    from broker.federation import load_federation
+
+    federation = load_federation(settings.federation_dir)
+    member = federation.get(agency)
+    if member is None:
+        raise click.ClickException(f"'{agency}' is not an agency of {federation.name}")
+    trust = agency_trust(settings, agency, passphrase=passphrase)
+    trust.decryption_keys()  # fail now if the keys cannot be loaded
+    store = store if store is not None else open_store(settings, gw, agency)
+    dispatcher = None
+    secret = gw.webhook_secret()
+    if gw.webhook_url is not None and secret is not None:
+        ca = webhook_ssl
+        if ca is None and gw.webhook_ca_file is not None:
+            ca = ssl.create_default_context(cafile=str(gw.webhook_ca_file))
+        dispatcher = Dispatcher(
+            store,
+            str(gw.webhook_url),
+            secret,
+            timeout_s=gw.webhook_timeout_s,
+            retry_initial_s=gw.webhook_retry_initial_s,
+            retry_max_s=gw.webhook_retry_max_s,
+            give_up_s=gw.webhook_give_up_s,
+            ssl_context=ca,
+        )
+    service = Gateway(
+        settings,
+        agency,
+        trust,
+        store,
+        dispatcher=dispatcher,
+        retention_every_s=gw.retention_every_s,
+        poll_every_s=gw.poll_every_s,
+    )
+    issuers = _issuers(trust, agency)
+    api = create_api(
+        service,
+        Callers(agency, issuers, dict(gw.case_systems)),
+        health=member.role is AgencyRole.NHS_SAFEGUARDING,
+        limit_max=gw.page_limit_max,
+    )
+    return Built(service, api, server_context(gw, issuers) if with_tls else None)
+
+
+async def serve(built: Built, gw: GatewaySettings) -> None:
+    """Run the gateway and its API until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await built.gateway.store.open()
+    runner = web.AppRunner(built.api, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, gw.host, gw.port, ssl_context=built.ssl)
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else gw.port
+    click.echo(
+        f"gateway for {built.gateway.agency} listening on https://{gw.host}:{port} "
+        f"(started {datetime.now(UTC).isoformat(timespec='seconds')})",
+        err=True,
+    )
+    try:
+        await built.gateway.run(stop)
+    finally:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        await built.gateway.store.close()
+
+
+@click.group(invoke_without_command=True)
+@click.option("--as", "agency", required=True, help="The agency whose gateway this is.")
+@click.pass_context
+def gateway(ctx: click.Context, agency: str) -> None:
+    """Run AGENCY's gateway: its store, its delivery consumer and its HTTPS API (README "Gateway").
+
+    Settings: CAIRN_GATEWAY_* (the API's certificate, the store, webhooks) beside the usual
+    Kafka and key settings.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["gateway_agency"] = agency
+    if ctx.invoked_subcommand is not None:
+        return
+    from broker.logs import configure_logging
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        gw = GatewaySettings()
+    except ValidationError as exc:
+        raise click.ClickException(_settings_problem(exc)) from None
+    try:
+        built = build(settings, gw, agency)
+        asyncio.run(serve(built, gw))
+    except (CairnError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        name = f"CAIRN_GATEWAY_{where.upper()}" if error["loc"] else "CAIRN_GATEWAY_*"
+        lines.append(f"{name}: {error['msg']}")
+    return "invalid gateway settings: " + "; ".join(lines)

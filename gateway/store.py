@@ -1,0 +1,541 @@
+"""The gateway's own store: what this agency received, once per referral id, and what it owes.
+
+One interface, ``GatewayStore``, two implementations held to one contract
+(``tests/contracts/gateway_store.py``): ``gateway.sqlite.SqliteGatewayStore`` (one machine, the
+default, a file under the state folder) and ``gateway.postgres.PostgresGatewayStore`` (a URL).
+Both are the same SQL (``SqlGatewayStore``) run in a worker thread, each call one transaction.
+
+What it keeps, per agency:
+
+- ``disclosures``: each disclosure opened from Kafka, keyed by referral id, with ``seq``, the
+  order in which the store took it (the API's cursor). ``put`` is insert-or-nothing: a record
+  Kafka delivers again is recognised by its referral id and not stored again; nor is one whose
+  copy was deleted (a tombstone stays), so a redelivery never brings a deleted record back.
+- ``outbox``: the signed receipts (acknowledgements, views, deletions) this agency owes the
+  broker, written in the same transaction as the fact they report, and marked sent once Kafka
+  has them, so a stop between the two sends one again (the broker and the audit log know a
+  repeat) and never loses one.
+- ``views``: who opened which disclosure when (a viewer id, never a name).
+- ``webhooks``: one job per disclosure when webhooks are on, created with it: attempts, the next
+  attempt, delivered or given up. Marked delivered only when the receiver answered 2xx.
+
+Times are UTC microseconds since the epoch (an integer in both databases). Every database
+failure becomes ``StateUnavailable`` (an infrastructure error: the consumer reads the record
+again later, the API answers 503).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import binascii
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol, TypeVar
+from uuid import UUID
+
+from schemas.errors import InputError
+
+__all__ = [
+    "Cursor",
+    "GatewayStore",
+    "NewDisclosure",
+    "OutboxItem",
+    "Page",
+    "SqlGatewayStore",
+    "Stored",
+    "Tx",
+    "ViewRecord",
+    "WebhookJob",
+    "decode_cursor",
+    "encode_cursor",
+    "from_us",
+    "to_us",
+]
+
+T = TypeVar("T")
+
+_CURSOR_PREFIX: Final = b"cg1"  # a version tag, so a later cursor form can be told apart
+
+
+def to_us(moment: datetime) -> int:
+    """UTC microseconds since the epoch."""
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+# -- cursors ------------------------------------------------------------------------------------
+
+
+Cursor = int  # the last ``seq`` a client has seen; 0 before the first
+
+
+def encode_cursor(seq: int) -> str:
+    """An opaque, URL-safe token for "after ``seq``"; clients must not look inside it."""
+    return base64.urlsafe_b64encode(_CURSOR_PREFIX + struct.pack(">Q", seq)).rstrip(b"=").decode()
+
+
+def decode_cursor(token: str) -> int:
+    """The ``seq`` of a token from ``encode_cursor``; a typed error for anything else."""
+    bad = InputError("the cursor is not one this gateway gave out", reasons=("bad_cursor",))
+    if len(token) > 32:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise bad from None
+    if len(raw) != len(_CURSOR_PREFIX) + 8 or not raw.startswith(_CURSOR_PREFIX):
+        raise bad
+    seq: int = struct.unpack(">Q", raw[len(_CURSOR_PREFIX) :])[0]
+    if seq >= 2**63:
+        raise bad
+    return seq
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewDisclosure:
+    """A disclosure just opened from Kafka, as the store takes it."""
+
+    referral_id: UUID
+    sender: str
+    purpose: str
+    kind: str  # "referral" or "notification"
+    body: str  # the disclosure's JSON, as opened and verified
+    received_at: datetime
+    delete_after: datetime | None  # None: the retention does not start at receipt
+    source: str  # topic:partition:offset it came from (no personal data)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored disclosure and what this agency has done with it."""
+
+    seq: int
+    referral_id: UUID
+    sender: str
+    purpose: str
+    kind: str
+    body: str
+    received_at: datetime
+    delete_after: datetime | None
+    source: str
+    ack_status: str | None
+    acknowledged_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: tuple[Stored, ...]
+    last_seq: int  # the cursor after these items (the given one if there were none)
+    more: bool  # whether more items follow
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    referral_id: UUID
+    kind: str  # "acknowledged", "viewed", "deleted"
+    token: bytes  # the signed receipt (compact JWS)
+
+
+@dataclass(frozen=True)
+class ViewRecord:
+    view_id: UUID
+    referral_id: UUID
+    viewer: str
+    viewed_at: datetime
+
+
+@dataclass(frozen=True)
+class WebhookJob:
+    referral_id: UUID
+    attempts: int
+    first_at: datetime
+    next_at: datetime
+
+
+class GatewayStore(Protocol):
+    """What the gateway's service (and a web layer) needs of its store."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def put(self, new: NewDisclosure, *, webhook: bool) -> bool:
+        """Store ``new`` unless its referral id is known (stored, or deleted); True if stored.
+        With ``webhook``, a delivery job for it is created in the same transaction."""
+        ...
+
+    async def get(self, referral_id: UUID) -> Stored | None: ...
+
+    async def page(self, after: int, limit: int, *, unacknowledged: bool = False) -> Page:
+        """Up to ``limit`` disclosures stored after cursor ``after``, in the order stored."""
+        ...
+
+    async def search(self, text: str, limit: int) -> tuple[Stored, ...]:
+        """Disclosures whose JSON holds ``text`` (case-insensitive), newest first."""
+        ...
+
+    async def acknowledge(self, referral_id: UUID, status: str, at: datetime, token: bytes) -> bool:
+        """Record the first acknowledgement and queue its signed receipt; False (nothing
+        changed) if it was acknowledged already or is not stored."""
+        ...
+
+    async def record_view(self, view: ViewRecord, token: bytes) -> bool:
+        """Record a view and queue its signed receipt; False if the disclosure is not stored."""
+        ...
+
+    async def views(self, referral_id: UUID) -> tuple[ViewRecord, ...]: ...
+
+    async def expired(self, now: datetime, limit: int) -> tuple[Stored, ...]:
+        """Disclosures whose ``delete_after`` is at or before ``now``, oldest first."""
+        ...
+
+    async def delete(self, referral_id: UUID, at: datetime, reason: str, token: bytes) -> bool:
+        """Delete a disclosure (and its webhook job), keep a tombstone, queue the signed
+        receipt, in one transaction; False if it was not stored."""
+        ...
+
+    async def pending_receipts(self, limit: int) -> tuple[OutboxItem, ...]: ...
+    async def receipts_sent(self, ids: Sequence[int], at: datetime) -> None: ...
+
+    async def due_webhooks(self, now: datetime, limit: int) -> tuple[WebhookJob, ...]: ...
+
+    async def webhook_attempted(
+        self,
+        referral_id: UUID,
+        *,
+        status: int | None,
+        at: datetime,
+        delivered: bool,
+        next_at: datetime | None,
+    ) -> None:
+        """One attempt at ``at`` (``status``: the receiver's answer, None if none): delivered
+        (a 2xx), else tried again at ``next_at``, else (no ``next_at``) given up."""
+        ...
+
+    async def webhook_state(self, referral_id: UUID) -> tuple[int, bool, bool] | None:
+        """(attempts, delivered, given up) of a disclosure's webhook job."""
+        ...
+
+
+# -- one SQL for both databases -------------------------------------------------------------------
+
+
+class Tx(Protocol):
+    """One transaction: ``?`` placeholders, rows as tuples."""
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def count(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+
+_COLUMNS: Final = (
+    "seq, referral_id, sender, purpose, kind, body, received_us, delete_after_us, source, "
+    "ack_status, ack_us"
+)
+
+
+def _stored(row: tuple[Any, ...]) -> Stored:
+    return Stored(
+        seq=int(row[0]),
+        referral_id=UUID(row[1]),
+        sender=row[2],
+        purpose=row[3],
+        kind=row[4],
+        body=row[5],
+        received_at=from_us(int(row[6])),
+        delete_after=None if row[7] is None else from_us(int(row[7])),
+        source=row[8],
+        ack_status=row[9],
+        acknowledged_at=None if row[10] is None else from_us(int(row[10])),
+    )
+
+
+def _like(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class SqlGatewayStore(abc.ABC):
+    """``GatewayStore`` in SQL common to SQLite and PostgreSQL; subclasses run transactions."""
+
+    MAX_LIMIT: Final = 500
+
+    @abc.abstractmethod
+    def _transaction(self, work: Callable[[Tx], T], *, serial: bool = False) -> T:
+        """Run ``work`` in one transaction (blocking); ``serial``: one such at a time across
+        every process sharing the database (seq must commit in the order it is assigned)."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def _do(self, work: Callable[[Tx], T], *, serial: bool = False) -> T:
+        return await asyncio.to_thread(self._transaction, work, serial=serial)
+
+    async def put(self, new: NewDisclosure, *, webhook: bool) -> bool:
+        rid = str(new.referral_id)
+
+        def work(tx: Tx) -> bool:
+            if tx.run("SELECT 1 FROM gw_tombstones WHERE referral_id = ?", (rid,)):
+                return False
+            added = tx.count(
+                "INSERT INTO gw_disclosures (referral_id, sender, purpose, kind, body, "
+                "received_us, delete_after_us, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (referral_id) DO NOTHING",
+                (
+                    rid,
+                    new.sender,
+                    new.purpose,
+                    new.kind,
+                    new.body,
+                    to_us(new.received_at),
+                    None if new.delete_after is None else to_us(new.delete_after),
+                    new.source,
+                ),
+            )
+            if added and webhook:
+                now = to_us(new.received_at)
+                tx.run(
+                    "INSERT INTO gw_webhooks (referral_id, attempts, first_us, next_us) "
+                    "VALUES (?, 0, ?, ?) ON CONFLICT (referral_id) DO NOTHING",
+                    (rid, now, now),
+                )
+            return added > 0
+
+        return await self._do(work, serial=True)
+
+    async def get(self, referral_id: UUID) -> Stored | None:
+        rows = await self._do(
+            lambda tx: tx.run(
+                f"SELECT {_COLUMNS} FROM gw_disclosures WHERE referral_id = ?",  # noqa: S608
+                (str(referral_id),),
+            )
+        )
+        return _stored(rows[0]) if rows else None
+
+    async def page(self, after: int, limit: int, *, unacknowledged: bool = False) -> Page:
+        limit = max(1, min(limit, self.MAX_LIMIT))
+        where = "seq > ?" + (" AND ack_us IS NULL" if unacknowledged else "")
+        rows = await self._do(
+            lambda tx: tx.run(
+                f"SELECT {_COLUMNS} FROM gw_disclosures WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608 - constants and ? marks only
+                (after, limit + 1),
+            )
+        )
+        items = tuple(_stored(r) for r in rows[:limit])
+        return Page(items, items[-1].seq if items else after, len(rows) > limit)
+
+    async def search(self, text: str, limit: int) -> tuple[Stored, ...]:
+        limit = max(1, min(limit, self.MAX_LIMIT))
+        rows = await self._do(
+            lambda tx: tx.run(
+                f"SELECT {_COLUMNS} FROM gw_disclosures WHERE lower(body) LIKE ? ESCAPE '\\' "  # noqa: S608 - constants and ? marks only
+                "ORDER BY seq DESC LIMIT ?",
+                (_like(text), limit),
+            )
+        )
+        return tuple(_stored(r) for r in rows)
+
+    async def acknowledge(self, referral_id: UUID, status: str, at: datetime, token: bytes) -> bool:
+        rid = str(referral_id)
+
+        def work(tx: Tx) -> bool:
+            changed = tx.count(
+                "UPDATE gw_disclosures SET ack_status = ?, ack_us = ? "
+                "WHERE referral_id = ? AND ack_us IS NULL",
+                (status, to_us(at), rid),
+            )
+            if changed:
+                self._queue(tx, rid, "acknowledged", token, at)
+            return changed > 0
+
+        return await self._do(work)
+
+    async def record_view(self, view: ViewRecord, token: bytes) -> bool:
+        rid = str(view.referral_id)
+
+        def work(tx: Tx) -> bool:
+            if not tx.run("SELECT 1 FROM gw_disclosures WHERE referral_id = ?", (rid,)):
+                return False
+            tx.run(
+                "INSERT INTO gw_views (view_id, referral_id, viewer, viewed_us) "
+                "VALUES (?, ?, ?, ?)",
+                (str(view.view_id), rid, view.viewer, to_us(view.viewed_at)),
+            )
+            self._queue(tx, rid, "viewed", token, view.viewed_at)
+            return True
+
+        return await self._do(work)
+
+    async def views(self, referral_id: UUID) -> tuple[ViewRecord, ...]:
+        rows = await self._do(
+            lambda tx: tx.run(
+                "SELECT view_id, referral_id, viewer, viewed_us FROM gw_views "
+                "WHERE referral_id = ? ORDER BY viewed_us, view_id",
+                (str(referral_id),),
+            )
+        )
+        return tuple(ViewRecord(UUID(r[0]), UUID(r[1]), r[2], from_us(int(r[3]))) for r in rows)
+
+    async def expired(self, now: datetime, limit: int) -> tuple[Stored, ...]:
+        rows = await self._do(
+            lambda tx: tx.run(
+                f"SELECT {_COLUMNS} FROM gw_disclosures WHERE delete_after_us <= ? "  # noqa: S608 - constants and ? marks only
+                "ORDER BY delete_after_us, seq LIMIT ?",
+                (to_us(now), max(1, limit)),
+            )
+        )
+        return tuple(_stored(r) for r in rows)
+
+    async def delete(self, referral_id: UUID, at: datetime, reason: str, token: bytes) -> bool:
+        rid = str(referral_id)
+
+        def work(tx: Tx) -> bool:
+            if not tx.count("DELETE FROM gw_disclosures WHERE referral_id = ?", (rid,)):
+                return False
+            tx.run("DELETE FROM gw_webhooks WHERE referral_id = ?", (rid,))
+            tx.run(
+                "INSERT INTO gw_tombstones (referral_id, deleted_us, reason) VALUES (?, ?, ?) "
+                "ON CONFLICT (referral_id) DO NOTHING",
+                (rid, to_us(at), reason),
+            )
+            self._queue(tx, rid, "deleted", token, at)
+            return True
+
+        return await self._do(work)
+
+    @staticmethod
+    def _queue(tx: Tx, rid: str, kind: str, token: bytes, at: datetime) -> None:
+        tx.run(
+            "INSERT INTO gw_outbox (referral_id, kind, token, created_us) VALUES (?, ?, ?, ?)",
+            (rid, kind, token.decode("ascii"), to_us(at)),
+        )
+
+    async def pending_receipts(self, limit: int) -> tuple[OutboxItem, ...]:
+        rows = await self._do(
+            lambda tx: tx.run(
+                "SELECT id, referral_id, kind, token FROM gw_outbox WHERE sent_us IS NULL "
+                "ORDER BY id LIMIT ?",
+                (max(1, limit),),
+            )
+        )
+        return tuple(OutboxItem(int(r[0]), UUID(r[1]), r[2], r[3].encode("ascii")) for r in rows)
+
+    async def receipts_sent(self, ids: Sequence[int], at: datetime) -> None:
+        if not ids:
+            return
+        marks = ", ".join("?" for _ in ids)
+        await self._do(
+            lambda tx: tx.run(
+                f"UPDATE gw_outbox SET sent_us = ? WHERE id IN ({marks})",  # noqa: S608
+                (to_us(at), *ids),
+            )
+        )
+
+    async def due_webhooks(self, now: datetime, limit: int) -> tuple[WebhookJob, ...]:
+        rows = await self._do(
+            lambda tx: tx.run(
+                "SELECT referral_id, attempts, first_us, next_us FROM gw_webhooks "
+                "WHERE delivered_us IS NULL AND given_up_us IS NULL AND next_us <= ? "
+                "ORDER BY next_us LIMIT ?",
+                (to_us(now), max(1, limit)),
+            )
+        )
+        return tuple(
+            WebhookJob(UUID(r[0]), int(r[1]), from_us(int(r[2])), from_us(int(r[3]))) for r in rows
+        )
+
+    async def webhook_attempted(
+        self,
+        referral_id: UUID,
+        *,
+        status: int | None,
+        at: datetime,
+        delivered: bool,
+        next_at: datetime | None,
+    ) -> None:
+        column, value = (
+            ("delivered_us", at)
+            if delivered
+            else ("next_us", next_at)
+            if next_at
+            else ("given_up_us", at)
+        )
+        await self._do(
+            lambda tx: tx.run(
+                f"UPDATE gw_webhooks SET attempts = attempts + 1, last_status = ?, {column} = ? "  # noqa: S608 - constants and ? marks only
+                "WHERE referral_id = ? AND delivered_us IS NULL",
+                (status, to_us(value), str(referral_id)),
+            )
+        )
+
+    async def webhook_state(self, referral_id: UUID) -> tuple[int, bool, bool] | None:
+        rows = await self._do(
+            lambda tx: tx.run(
+                "SELECT attempts, delivered_us, given_up_us FROM gw_webhooks WHERE referral_id = ?",
+                (str(referral_id),),
+            )
+        )
+        if not rows:
+            return None
+        return int(rows[0][0]), rows[0][1] is not None, rows[0][2] is not None
+
+
+#: The tables, in SQL both databases accept; ``{serial}`` is each one's auto-increment key.
+SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS gw_disclosures (
+        seq             {serial},
+        referral_id     TEXT NOT NULL UNIQUE,
+        sender          TEXT NOT NULL,
+        purpose         TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        received_us     BIGINT NOT NULL,
+        delete_after_us BIGINT,
+        source          TEXT NOT NULL,
+        ack_status      TEXT,
+        ack_us          BIGINT
+    )""",
+    "CREATE INDEX IF NOT EXISTS gw_disclosures_expiry ON gw_disclosures (delete_after_us)",
+    """CREATE TABLE IF NOT EXISTS gw_tombstones (
+        referral_id TEXT PRIMARY KEY,
+        deleted_us  BIGINT NOT NULL,
+        reason      TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS gw_views (
+        view_id     TEXT PRIMARY KEY,
+        referral_id TEXT NOT NULL,
+        viewer      TEXT NOT NULL,
+        viewed_us   BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS gw_views_referral ON gw_views (referral_id)",
+    """CREATE TABLE IF NOT EXISTS gw_outbox (
+        id          {serial},
+        referral_id TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        token       TEXT NOT NULL,
+        created_us  BIGINT NOT NULL,
+        sent_us     BIGINT
+    )""",
+    """CREATE TABLE IF NOT EXISTS gw_webhooks (
+        referral_id  TEXT PRIMARY KEY,
+        attempts     INTEGER NOT NULL,
+        first_us     BIGINT NOT NULL,
+        next_us      BIGINT NOT NULL,
+        delivered_us BIGINT,
+        given_up_us  BIGINT,
+        last_status  INTEGER
+    )""",
+)

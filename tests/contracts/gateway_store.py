@@ -1,0 +1,185 @@
+"""The GatewayStore contract, run against SqliteGatewayStore (unit) and PostgresGatewayStore
+(integration). Each check takes ``open_store``: a factory of fresh, unopened stores over the
+same database, so two instances stand for two gateway processes (or one restarted)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4
+
+import pytest
+
+from gateway.store import GatewayStore, NewDisclosure, ViewRecord, decode_cursor, encode_cursor
+from schemas.errors import InputError
+
+StoreFactory = Callable[[], GatewayStore]
+
+T0 = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
+
+
+@contextlib.asynccontextmanager
+async def stores(open_store: StoreFactory, n: int = 1) -> AsyncIterator[list[GatewayStore]]:
+    opened = [open_store() for _ in range(n)]
+    try:
+        for store in opened:
+            await store.open()
+        yield opened
+    finally:
+        for store in opened:
+            await store.close()
+
+
+def rid(n: int) -> UUID:
+    return UUID(f"00000000-0000-4000-8000-{n:012d}")
+
+
+def new(
+    n: int, *, at: datetime = T0, keep: timedelta | None = None, body: str = ""
+) -> NewDisclosure:
+    return NewDisclosure(
+        referral_id=rid(n),
+        sender="kelder-police",
+        purpose="MARAC",
+        kind="referral",
+        body=body or f'{{"referral_id": "{rid(n)}", "n": {n}}}',
+        received_at=at,
+        delete_after=None if keep is None else at + keep,
+        source=f"t.deliver.kelder-idva:0:{n}",
+    )
+
+
+async def a_disclosure_is_stored_once_whoever_delivers_it_again(open_store: StoreFactory) -> None:
+    async with stores(open_store, 2) as (a, b):
+        assert await a.put(new(1), webhook=True) is True
+        assert await a.put(new(1), webhook=True) is False
+        assert await b.put(new(1, body='{"other": 1}'), webhook=True) is False
+        stored = await b.get(rid(1))
+        assert stored is not None
+        assert stored.body == new(1).body
+        page = await b.page(0, 10)
+        assert [s.referral_id for s in page.items] == [rid(1)]
+        assert await a.webhook_state(rid(1)) == (0, False, False)
+        assert await a.get(rid(2)) is None
+
+
+async def pages_follow_the_cursor_in_order_without_gaps(open_store: StoreFactory) -> None:
+    async with stores(open_store) as (store,):
+        for n in range(1, 8):
+            await store.put(new(n), webhook=False)
+        seen: list[UUID] = []
+        cursor = 0
+        for _ in range(10):
+            page = await store.page(cursor, 3)
+            seen.extend(s.referral_id for s in page.items)
+            cursor = page.last_seq
+            if not page.more:
+                break
+        assert seen == [rid(n) for n in range(1, 8)]
+        assert (await store.page(cursor, 3)).items == ()
+        await store.put(new(8), webhook=False)
+        assert [s.referral_id for s in (await store.page(cursor, 3)).items] == [rid(8)]
+
+
+async def acknowledging_is_once_and_queues_its_receipt(open_store: StoreFactory) -> None:
+    async with stores(open_store) as (store,):
+        await store.put(new(1), webhook=False)
+        await store.put(new(2), webhook=False)
+        assert await store.acknowledge(rid(1), "filed", T0, b"tok.en.1") is True
+        assert await store.acknowledge(rid(1), "filed", T0, b"tok.en.2") is False
+        assert await store.acknowledge(rid(9), "filed", T0, b"tok.en.3") is False
+        stored = await store.get(rid(1))
+        assert stored is not None
+        assert stored.ack_status == "filed"
+        assert stored.acknowledged_at == T0
+        new_only = await store.page(0, 10, unacknowledged=True)
+        assert [s.referral_id for s in new_only.items] == [rid(2)]
+        pending = await store.pending_receipts(10)
+        assert [(p.referral_id, p.kind, p.token) for p in pending] == [
+            (rid(1), "acknowledged", b"tok.en.1")
+        ]
+        await store.receipts_sent([pending[0].id], T0)
+        assert await store.pending_receipts(10) == ()
+
+
+async def every_view_is_kept_and_queued(open_store: StoreFactory) -> None:
+    async with stores(open_store) as (store,):
+        await store.put(new(1), webhook=False)
+        views = [
+            ViewRecord(uuid4(), rid(1), f"staff:KP-{n}", T0 + timedelta(seconds=n)) for n in (1, 2)
+        ]
+        for view in views:
+            assert await store.record_view(view, f"view.{view.view_id}.x".encode()) is True
+        missing = ViewRecord(uuid4(), rid(5), "client:case-system", T0)
+        assert await store.record_view(missing, b"a.b.c") is False
+        assert await store.views(rid(1)) == tuple(views)
+        assert [p.kind for p in await store.pending_receipts(10)] == ["viewed", "viewed"]
+
+
+async def a_deleted_disclosure_is_gone_and_never_comes_back(open_store: StoreFactory) -> None:
+    async with stores(open_store) as (store,):
+        await store.put(new(1, keep=timedelta(days=1)), webhook=True)
+        await store.put(new(2, keep=timedelta(days=3)), webhook=False)
+        await store.put(new(3), webhook=False)  # no end known: never expires here
+        due = await store.expired(T0 + timedelta(days=2), 10)
+        assert [s.referral_id for s in due] == [rid(1)]
+        assert await store.delete(rid(1), T0, "retention-expired", b"del.et.e") is True
+        assert await store.delete(rid(1), T0, "retention-expired", b"del.et.e") is False
+        assert await store.get(rid(1)) is None
+        assert await store.webhook_state(rid(1)) is None
+        assert await store.put(new(1), webhook=True) is False  # a redelivery stays deleted
+        assert await store.get(rid(1)) is None
+        assert [p.kind for p in await store.pending_receipts(10)] == ["deleted"]
+        assert [s.referral_id for s in await store.expired(T0 + timedelta(days=9), 10)] == [rid(2)]
+
+
+async def search_finds_text_in_what_was_received(open_store: StoreFactory) -> None:
+    async with stores(open_store) as (store,):
+        await store.put(new(1, body='{"victim": "Jane 100% Example_Person"}'), webhook=False)
+        await store.put(new(2, body='{"victim": "Someone Else"}'), webhook=False)
+        assert [s.referral_id for s in await store.search("jane", 10)] == [rid(1)]
+        assert [s.referral_id for s in await store.search("100%", 10)] == [rid(1)]
+        assert [s.referral_id for s in await store.search("e_p", 10)] == [rid(1)]
+        assert await store.search("%%", 10) == ()  # a literal "%%": in neither
+        assert len(await store.search("e", 10)) == 2
+
+
+async def webhook_jobs_are_retried_until_delivered_across_restarts(
+    open_store: StoreFactory,
+) -> None:
+    async with stores(open_store) as (store,):
+        await store.put(new(1), webhook=True)
+        await store.put(new(2), webhook=True)
+        due = await store.due_webhooks(T0, 10)
+        assert {j.referral_id for j in due} == {rid(1), rid(2)}
+        later = T0 + timedelta(seconds=30)
+        await store.webhook_attempted(rid(1), status=500, at=T0, delivered=False, next_at=later)
+        await store.webhook_attempted(rid(2), status=None, at=T0, delivered=False, next_at=None)
+        assert await store.due_webhooks(T0, 10) == ()
+        assert await store.webhook_state(rid(2)) == (1, False, True)
+    async with stores(open_store) as (again,):
+        (job,) = await again.due_webhooks(later, 10)
+        assert (job.referral_id, job.attempts) == (rid(1), 1)
+        await again.webhook_attempted(rid(1), status=204, at=later, delivered=True, next_at=None)
+        assert await again.webhook_state(rid(1)) == (2, True, False)
+        assert await again.due_webhooks(later + timedelta(days=1), 10) == ()
+
+
+def cursors_are_opaque_and_checked() -> None:
+    for seq in (0, 1, 2**40):
+        assert decode_cursor(encode_cursor(seq)) == seq
+    for bad in ("", "x", "!!!!", encode_cursor(5)[:-2], "A" * 40):
+        with pytest.raises(InputError):
+            decode_cursor(bad)
+
+
+CHECKS = (
+    a_disclosure_is_stored_once_whoever_delivers_it_again,
+    pages_follow_the_cursor_in_order_without_gaps,
+    acknowledging_is_once_and_queues_its_receipt,
+    every_view_is_kept_and_queued,
+    a_deleted_disclosure_is_gone_and_never_comes_back,
+    search_finds_text_in_what_was_received,
+    webhook_jobs_are_retried_until_delivered_across_restarts,
+)

@@ -1,0 +1,334 @@
+"""The agency gateway through the real broker and the real Kafka (issue 15, acceptance 1 and 3).
+
+A record delivered twice (the consumer stopped after storing it and before committing, so it
+restarts and reads it again) is stored and listed once; cursor paging; another agency's client
+certificate refused with a problem; webhooks retried until the receiver answers 2xx and not
+repeated after a gateway restart; a view through the API reaches the audit log as one
+``viewed`` event, and an acknowledgement as one ``acknowledged``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from aiohttp import web
+
+from adapters.inbox import Delivery
+from broker.audit.index import Query
+from broker.config import Settings
+from gateway.service import Gateway
+from gateway.settings import GatewaySettings
+from gateway.sqlite import SqliteGatewayStore
+from gateway.webhooks import verify
+from schemas.audit import AuditEventType
+from schemas.federation import Federation
+from tests.conftest import FederationKeys
+from tests.gateway_support import case_system, running_gateway, server_certificate, session
+from tests.integration.conftest import client, make_settings, running_broker
+from tests.integration.test_consumer_faults import FollowingAuditor
+from tests.kafka_support import LocalKafka
+from tests.samples import sample
+
+AGENCY = "kelder-idva"
+WAIT_S = 60.0
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:g} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def settings(
+    kafka: LocalKafka, federation: Federation, federation_keys: FederationKeys
+) -> Settings:
+    from broker.kafka.topics import federation_topics
+    from broker.kafka.transport import create_topics
+
+    # Short pauses: a consumer that failed restarts within a second.
+    made = make_settings(
+        kafka.bootstrap,
+        federation_keys.root,
+        consumer_retry_initial_s=0.2,
+        consumer_retry_max_s=1.0,
+    )
+    await create_topics(made, federation_topics(federation, made.topic_prefix))
+    return made
+
+
+@pytest.fixture
+async def broker(
+    settings: Settings, federation: Federation, federation_keys: FederationKeys
+) -> AsyncIterator[str]:
+    async with running_broker(settings, federation, federation_keys, consume_receipts=True) as url:
+        yield url
+
+
+@pytest.fixture
+def gw_files(federation_keys: FederationKeys, tmp_path: Path) -> dict[str, Any]:
+    cert, key = server_certificate(federation_keys, tmp_path / "tls", AGENCY)
+    return {"tls_cert_file": cert, "tls_key_file": key, "poll_every_s": 0.1}
+
+
+async def send(keys: FederationKeys, broker: str, n: int = 1) -> list[UUID]:
+    """``n`` referrals from the police to the IDVA service alone; their ids, in order sent."""
+    ids = []
+    async with client(keys, broker) as c:
+        for _ in range(n):
+            data = sample()
+            data["header"]["referral_id"] = str(uuid4())
+            data["header"]["recipients"] = [AGENCY]
+            receipt = await c.submit(json.dumps(data).encode())
+            assert [r.status.value for r in receipt.recipients] == ["queued"]
+            ids.append(receipt.referral_id)
+    return ids
+
+
+async def test_a_record_delivered_twice_is_stored_and_listed_once(
+    settings: Settings,
+    broker: str,
+    federation_keys: FederationKeys,
+    gw_files: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """The consumer stops after the store has the record and before its offset is committed;
+    it restarts, Kafka delivers the record again, the store recognises it: one row, one item."""
+    calls: list[tuple[int, bool]] = []
+
+    async def crash_once(delivery: Delivery, added: bool) -> None:
+        calls.append((delivery.offset, added))
+        if len(calls) == 1:
+            raise RuntimeError("stopped before the commit")
+
+    def prepare(gateway: Gateway) -> None:
+        gateway.after_store = crash_once
+
+    gw = GatewaySettings(**gw_files)
+    store = SqliteGatewayStore(tmp_path / "gw.sqlite")
+    (rid,) = await send(federation_keys, broker)
+    async with running_gateway(
+        settings, gw, AGENCY, federation_keys, store=store, prepare=prepare
+    ) as running:
+        await eventually(lambda: len(calls) >= 2, "the record delivered a second time")
+        first, second = calls[:2]
+        assert first == (second[0], True)  # the same offset: stored the first time
+        assert second[1] is False  # recognised the second time
+        assert running.service.stored == 1
+        page = await store.page(0, 10, unacknowledged=False)
+        assert [s.referral_id for s in page.items] == [rid]
+        async with (
+            session(federation_keys.client_ssl(AGENCY)) as http,
+            http.get(f"{running.url}/v1/disclosures?status=all") as answer,
+        ):
+            assert answer.status == 200
+            listed = await answer.json()
+    assert [item["referral_id"] for item in listed["items"]] == [str(rid)]
+    # A fresh gateway on the same store, same group: the offset was committed after the repeat.
+    async with running_gateway(
+        settings, gw, AGENCY, federation_keys, store=SqliteGatewayStore(tmp_path / "gw.sqlite")
+    ) as again:
+        await asyncio.sleep(3.0)
+        assert again.service.stored == 0
+        assert (await again.service.page(None, 10)).items[0].referral_id == rid
+
+
+async def test_pages_follow_the_cursor_and_other_agencies_are_refused(
+    settings: Settings,
+    broker: str,
+    federation_keys: FederationKeys,
+    gw_files: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """Five disclosures in pages of two (2, 2, 1), in the order stored, then nothing new; a
+    forged cursor is a 400 problem; the housing service's certificate gets a 403 problem; a
+    configured case system's certificate is served."""
+    cms, fingerprint = case_system(federation_keys, tmp_path / "cms", "idva-case-system")
+    gw = GatewaySettings(**gw_files, case_systems={"idva-cms": fingerprint})
+    ids = await send(federation_keys, broker, 5)
+    async with running_gateway(
+        settings, gw, AGENCY, federation_keys, store=SqliteGatewayStore(tmp_path / "gw.sqlite")
+    ) as running:
+        await eventually(lambda: running.service.stored == 5, "five disclosures stored")
+        seen: list[str] = []
+        pages: list[int] = []
+        cursor = None
+        async with session(federation_keys.client_ssl(AGENCY)) as http:
+            for _ in range(5):
+                query = "limit=2" + (f"&after={cursor}" if cursor else "")
+                async with http.get(f"{running.url}/v1/disclosures?{query}") as answer:
+                    assert answer.status == 200
+                    page = await answer.json()
+                seen += [item["referral_id"] for item in page["items"]]
+                pages.append(len(page["items"]))
+                cursor = page["cursor"]
+                if not page["more"]:
+                    break
+            assert pages == [2, 2, 1]
+            assert sorted(seen) == sorted(str(i) for i in ids)
+            assert len(set(seen)) == 5
+            async with http.get(f"{running.url}/v1/disclosures?after={cursor}") as answer:
+                assert (await answer.json())["items"] == []
+            async with http.get(f"{running.url}/v1/disclosures?after=forged") as answer:
+                assert answer.status == 400
+                assert answer.content_type == "application/problem+json"
+                assert (await answer.json())["type"] == "urn:cairn:problem:bad-cursor"
+        async with session(federation_keys.client_ssl("kelder-housing")) as http:
+            for path in ("/v1/disclosures", f"/v1/disclosures/{ids[0]}"):
+                async with http.get(running.url + path) as answer:
+                    assert answer.status == 403
+                    assert answer.content_type == "application/problem+json"
+                    problem = await answer.json()
+                    assert problem["type"] == "urn:cairn:problem:forbidden-client"
+                    assert problem["status"] == 403
+        async with (
+            session(cms) as http,
+            http.get(f"{running.url}/v1/disclosures/{ids[0]}") as answer,
+        ):
+            assert answer.status == 200
+            assert (await answer.json())["referral_id"] == str(ids[0])
+        views = await running.service.views(ids[0])
+        assert [v.viewer for v in views] == ["client:idva-cms"]  # the 403s viewed nothing
+
+
+class Receiver:
+    """A loopback webhook receiver that answers 500 to the first ``failures`` attempts."""
+
+    def __init__(self, secret: bytes, failures: int) -> None:
+        self.secret = secret
+        self.failures = failures
+        self.attempts: list[tuple[str, int, bool]] = []  # (webhook-id, status answered, valid)
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        valid = verify(self.secret, dict(request.headers), body, now=int(time.time()))
+        if not valid:
+            status = 401
+        elif len([a for a in self.attempts if a[2]]) < self.failures:
+            status = 500
+        else:
+            status = 204
+        self.attempts.append((request.headers.get("webhook-id", ""), status, valid))
+        return web.Response(status=status)
+
+    def delivered(self) -> list[str]:
+        return [i for i, status, _ in self.attempts if status == 204]
+
+    async def __aenter__(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+async def test_a_webhook_is_retried_until_2xx_and_not_repeated_after_a_restart(
+    settings: Settings,
+    broker: str,
+    federation_keys: FederationKeys,
+    gw_files: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    secret = b"a webhook secret of the IDVA service's case system"
+    (tmp_path / "secret").write_bytes(secret)
+    async with Receiver(secret, failures=2) as receiver:
+        gw = GatewaySettings(
+            **gw_files,
+            webhook_url=receiver.url,
+            webhook_secret_file=tmp_path / "secret",
+            webhook_retry_initial_s=0.2,
+        )
+        (rid,) = await send(federation_keys, broker)
+        path = tmp_path / "gw.sqlite"
+        async with running_gateway(
+            settings, gw, AGENCY, federation_keys, store=SqliteGatewayStore(path)
+        ) as running:
+            await eventually(lambda: receiver.delivered(), "the webhook delivered")
+            assert [(i, s) for i, s, _ in receiver.attempts] == [
+                (str(rid), 500),
+                (str(rid), 500),
+                (str(rid), 204),
+            ]
+            assert all(valid for *_, valid in receiver.attempts)
+            assert await running.service.store.webhook_state(rid) == (3, True, False)
+        # Restarted on the same store: nothing is delivered again; a new disclosure is, once.
+        async with running_gateway(
+            settings, gw, AGENCY, federation_keys, store=SqliteGatewayStore(path)
+        ):
+            (later,) = await send(federation_keys, broker)
+            await eventually(lambda: str(later) in receiver.delivered(), "the next one")
+            await asyncio.sleep(1.0)
+        assert receiver.delivered() == [str(rid), str(later)]
+        assert [i for i, _, _ in receiver.attempts].count(str(rid)) == 3
+
+
+async def test_a_view_and_an_acknowledgement_through_the_api_are_audited_once_each(
+    settings: Settings,
+    broker: str,
+    federation_keys: FederationKeys,
+    gw_files: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    gw = GatewaySettings(**gw_files)
+    (rid,) = await send(federation_keys, broker)
+    async with (
+        FollowingAuditor(settings, federation_keys, tmp_path / "audit") as auditor,
+        running_gateway(
+            settings, gw, AGENCY, federation_keys, store=SqliteGatewayStore(tmp_path / "gw.sqlite")
+        ) as running,
+    ):
+        await eventually(lambda: running.service.stored == 1, "the disclosure stored")
+        async with session(federation_keys.client_ssl(AGENCY)) as http:
+            async with http.get(f"{running.url}/v1/disclosures/{rid}") as answer:
+                assert answer.status == 200
+                disclosure = await answer.json()
+            assert disclosure["referral_id"] == str(rid)
+            assert disclosure["recipient_agency"] == AGENCY
+            url = f"{running.url}/v1/disclosures/{rid}/acknowledgement"
+            async with http.post(url, json={"status": "filed"}) as answer:
+                assert answer.status == 201
+                assert (await answer.json())["first"] is True
+            async with http.post(url) as answer:
+                assert answer.status == 200
+                assert (await answer.json())["first"] is False
+
+        async def of(kind: AuditEventType) -> list[Any]:
+            return await auditor.call(auditor.log.query, Query(types=(kind,), message_id=rid))
+
+        async def both() -> bool:
+            return bool(await of(AuditEventType.VIEWED)) and bool(
+                await of(AuditEventType.ACKNOWLEDGED)
+            )
+
+        await eventually(both, "viewed and acknowledged in the audit log")
+        await asyncio.sleep(1.0)  # anything repeated would arrive by now
+        viewed = await of(AuditEventType.VIEWED)
+        assert [(e.event.recipient, e.event.viewer) for e in viewed] == [
+            (AGENCY, f"client:{AGENCY}")
+        ]
+        assert len(await of(AuditEventType.ACKNOWLEDGED)) == 1
+        assert running.service.receipts_sent == 2
+        assert await running.service.store.pending_receipts(10) == ()
