@@ -31,7 +31,7 @@ def _lint(root: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the four packages and the contracts, to break without touching the repo."""
+    """A copy of the five packages and the contracts, to break without touching the repo."""
     root = tmp_path_factory.mktemp("tree")
     for package in PACKAGES:
         shutil.copytree(
@@ -115,7 +115,7 @@ def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
 
 
 def test_no_module_imports_itself_through_others() -> None:
-    """No import circles anywhere in the four packages, lazy imports inside functions included."""
+    """No import circles anywhere in the five packages, lazy imports inside functions included."""
     graph = grimp.build_graph(*PACKAGES)
     assert _cycles(graph) == []
 
