@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -23,6 +27,8 @@ from aiohttp import web
 from adapters.inbox import Delivery
 from broker.audit.index import Query
 from broker.config import Settings
+from broker.kafka.consumer import DLQ_CONSUMER, DLQ_REASON, DLQ_TOPIC, dlq_topic
+from broker.kafka.transport import Record
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
@@ -31,9 +37,9 @@ from schemas.audit import AuditEventType
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.gateway_support import case_system, running_gateway, server_certificate, session
-from tests.integration.conftest import client, make_settings, running_broker
-from tests.integration.test_consumer_faults import FollowingAuditor
-from tests.kafka_support import LocalKafka
+from tests.integration.conftest import cairn_env, client, make_settings, running_broker
+from tests.integration.test_consumer_faults import FollowingAuditor, produce
+from tests.kafka_support import LocalKafka, read_committed
 from tests.samples import sample
 
 AGENCY = "kelder-idva"
@@ -332,3 +338,130 @@ async def test_a_view_and_an_acknowledgement_through_the_api_are_audited_once_ea
         assert len(await of(AuditEventType.ACKNOWLEDGED)) == 1
         assert running.service.receipts_sent == 2
         assert await running.service.store.pending_receipts(10) == ()
+
+
+async def test_a_record_it_cannot_open_is_dead_lettered_and_the_next_one_stored(
+    settings: Settings,
+    broker: str,
+    federation_keys: FederationKeys,
+    gw_files: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """A forged record on the agency's topic goes to the dead-letter topic with its reason
+    code and source; the disclosure after it is stored."""
+    topic = f"{settings.topic_prefix}.deliver.{AGENCY}"
+    forged = uuid4()
+    await produce(settings, [Record(topic, str(forged).encode(), b"not a JWE", ())])
+    (rid,) = await send(federation_keys, broker)
+    gw = GatewaySettings(**gw_files)
+    async with running_gateway(
+        settings, gw, AGENCY, federation_keys, store=SqliteGatewayStore(tmp_path / "gw.sqlite")
+    ) as running:
+        await eventually(lambda: running.service.stored == 1, "the real disclosure stored")
+        assert [s.referral_id for s in (await running.service.page(None, 10)).items] == [rid]
+    (dead,) = await read_committed(
+        settings.kafka_bootstrap_servers, dlq_topic(settings.topic_prefix)
+    )
+    headers = dict(dead.headers)
+    assert dead.value == b"not a JWE"
+    assert headers[DLQ_TOPIC] == topic.encode()
+    assert headers[DLQ_CONSUMER] == b"inbox"
+    assert headers[DLQ_REASON]
+
+
+async def test_retention_deletes_the_copy_and_the_deletion_is_audited_once(
+    settings: Settings,
+    broker: str,
+    federation_keys: FederationKeys,
+    tmp_path: Path,
+) -> None:
+    """An Encompass notice (kept a year from receipt) whose year has run out: the sweep
+    deletes it, the API no longer has it, and the audit log holds one ``deleted`` event."""
+    school = "kelder-brook-primary"
+    cert, key = server_certificate(federation_keys, tmp_path / "tls", school)
+    gw = GatewaySettings(tls_cert_file=cert, tls_key_file=key, poll_every_s=0.1)
+    data = sample("encompass-notification.json")
+    rid = uuid4()
+    data["header"]["notification_id"] = str(rid)
+    async with client(federation_keys, broker) as c:
+        await c.submit(json.dumps(data).encode())
+    path = tmp_path / "school.sqlite"
+    async with (
+        FollowingAuditor(settings, federation_keys, tmp_path / "audit") as auditor,
+        running_gateway(
+            settings, gw, school, federation_keys, store=SqliteGatewayStore(path)
+        ) as running,
+    ):
+        await eventually(lambda: running.service.stored == 1, "the notice stored")
+        stored = await running.service.get(rid)
+        assert stored is not None
+        assert stored.delete_after is not None
+        assert stored.delete_after > stored.received_at + timedelta(days=364)
+        assert await running.service.sweep_retention() == 0  # not yet
+        # A year passes for this row (the keys and the registry stay current).
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE gw_disclosures SET delete_after_us = 1")
+        assert await running.service.sweep_retention() == 1
+        async with (
+            session(federation_keys.client_ssl(school)) as http,
+            http.get(f"{running.url}/v1/disclosures/{rid}") as answer,
+        ):
+            assert answer.status == 404
+
+        async def deleted() -> list[Any]:
+            return await auditor.call(
+                auditor.log.query, Query(types=(AuditEventType.DELETED,), message_id=rid)
+            )
+
+        await eventually(deleted, "the deletion in the audit log")
+        await asyncio.sleep(1.0)
+        (entry,) = await deleted()
+        assert (entry.event.recipient, entry.event.reasons) == (school, ("retention-expired",))
+
+
+async def test_cairn_gateway_runs_as_a_command_and_stops_on_sigterm(
+    settings: Settings,
+    broker: str,
+    federation_keys: FederationKeys,
+    gw_files: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """``cairn gateway --as AGENCY`` as an operator starts it: it says where it listens, stores
+    what the agency's topic holds, serves it over mutual TLS, and exits 0 on SIGTERM."""
+    (rid,) = await send(federation_keys, broker)
+    env = cairn_env(
+        settings,
+        federation_keys,
+        tmp_path / "state",
+        CAIRN_GATEWAY_PORT="0",
+        CAIRN_GATEWAY_TLS_CERT_FILE=str(gw_files["tls_cert_file"]),
+        CAIRN_GATEWAY_TLS_KEY_FILE=str(gw_files["tls_key_file"]),
+        CAIRN_LOG_FORMAT="json",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "gateway", "--as", AGENCY,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        url = ""
+        deadline = time.monotonic() + WAIT_S
+        while not url and time.monotonic() < deadline:
+            line = (await asyncio.wait_for(process.stderr.readline(), WAIT_S)).decode()
+            assert line, "the gateway ended before it listened"
+            if "listening on " in line:
+                url = line.split("listening on ")[1].split()[0]
+        assert url.startswith("https://127.0.0.1:")
+        async with session(federation_keys.client_ssl(AGENCY)) as http:
+
+            async def listed() -> bool:
+                async with http.get(f"{url}/v1/disclosures") as answer:
+                    return [i["referral_id"] for i in (await answer.json())["items"]] == [str(rid)]
+
+            await eventually(listed, "the disclosure listed by the command's API")
+        assert (tmp_path / "state" / "gateway" / f"{AGENCY}.sqlite").is_file()
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), WAIT_S)
+    assert code == 0
