@@ -235,7 +235,9 @@ class ReceiptsLoop:
     async def _was_queued(self, referral_id: str, agency: str) -> bool:
         seen = await self._store.lookup(referral_id)
         if seen is None:
-            return False
+            # Claims (and their receipts) are pruned after replay_window_s; the deliveries
+            # stay, so a view or a deletion long after the disclosure still finds it.
+            return await self._store.was_delivered(referral_id, agency)
         receipt = Receipt.model_validate_json(seen.receipt)
         return any(
             r.agency == agency and r.status is RecipientStatus.QUEUED for r in receipt.recipients

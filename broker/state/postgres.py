@@ -417,6 +417,16 @@ class PostgresStore:
             "WHERE due_at IS NOT NULL AND overdue_at IS NULL ORDER BY due_at, referral_id, agency"
         )
 
+    async def was_delivered(self, referral_id: str, agency: str) -> bool:
+        async def work(conn: Conn) -> bool:
+            cursor = await conn.execute(
+                "SELECT 1 FROM deliveries WHERE referral_id = %s AND agency = %s",
+                (referral_id, agency),
+            )
+            return await cursor.fetchone() is not None
+
+        return await self._run(work)
+
     async def deliveries(self) -> list[Delivery]:
         return await self._deliveries("ORDER BY delivered_at, referral_id, agency")
 

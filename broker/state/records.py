@@ -185,6 +185,11 @@ class StateStore(Protocol):
         """Remember committed disclosures in one transaction; a repeat of the same (referral,
         agency) is ignored."""
 
+    async def was_delivered(self, referral_id: str, agency: str) -> bool:
+        """Whether a disclosure of ``referral_id`` to ``agency`` was committed (deliveries are
+        kept when claims are pruned, so a view or deletion a year on still finds it)."""
+        ...
+
     async def open_deliveries(self) -> list[Delivery]:
         """Deliveries with a deadline not marked overdue yet, earliest deadline first."""
         ...

@@ -593,6 +593,16 @@ class SqliteStore:
 
         return await self._run(work)
 
+    async def was_delivered(self, referral_id: str, agency: str) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT 1 FROM deliveries WHERE referral_id = ? AND agency = ?",
+                (referral_id, agency),
+            ).fetchone()
+            return row is not None
+
+        return await self._run(work)
+
     async def open_deliveries(self) -> list[Delivery]:
         return await self._deliveries(
             "WHERE due_at IS NOT NULL AND overdue_at IS NULL ORDER BY due_at, referral_id, agency"

@@ -201,6 +201,9 @@ async def deliveries_keep_their_deadlines_and_are_marked_overdue_once(
         await b.record_deliveries([first])  # a repeat is ignored
         await a.record_deliveries([])
         assert await b.deliveries() == [first, third, second]
+        assert await b.was_delivered(rid(17), "kelder-marac")
+        assert not await b.was_delivered(rid(17), "kelder-idva")
+        assert not await a.was_delivered(rid(20), "kelder-marac")
         assert await b.open_deliveries() == [first, third]
         assert await b.delivery_counts() == {
             ("kelder-police", "kelder-marac", "MARAC"): 2,

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from broker.kafka.consumer import DLQ_REASON
 from broker.kafka.transport import MemoryTransport
 from broker.receipts import ReceiptsLoop
-from broker.state import StateStore
+from broker.state import Delivery, StateStore
 from keys import sign_ack
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.receipt import RETENTION_EXPIRED, Deletion, View, receipt_of
@@ -107,3 +107,35 @@ def test_a_receipt_is_told_by_its_kind() -> None:
     assert receipt_of(b'{"kind": "deleted"}') is Deletion
     assert receipt_of(b'{"referral_id": "x"}').__name__ == "Acknowledgement"
     assert receipt_of(b"[" * 5000).__name__ == "Acknowledgement"  # left to the decode to refuse
+
+
+async def test_a_deletion_a_year_on_is_audited_from_the_deliveries_once_claims_are_pruned(
+    loop: ReceiptsLoop,
+    store: StateStore,
+    transport: MemoryTransport,
+    federation_keys: FederationKeys,
+) -> None:
+    """Claims go after replay_window_s (30 days); an Encompass notice is kept a year: the
+    deletion is still known as the school's, from the deliveries the broker keeps."""
+    rid = uuid4()
+    school = "kelder-brook-primary"
+    then = datetime.now(UTC)
+    await store.record_deliveries([Delivery(str(rid), school, "ENCOMPASS", "kelder-police", then)])
+    assert await store.lookup(str(rid)) is None  # no claim (pruned)
+    gone = Deletion(
+        referral_id=rid, agency=school, reason=RETENTION_EXPIRED, deleted_at=datetime.now(UTC)
+    )
+    elsewhere = Deletion(
+        referral_id=rid, agency=AGENCY, reason=RETENTION_EXPIRED, deleted_at=datetime.now(UTC)
+    )
+    await loop.handle_batch(
+        TP,
+        [
+            signed(federation_keys, gone, 1, rid, school),
+            signed(federation_keys, elsewhere, 2, rid, AGENCY),
+        ],
+    )
+    deletions = [e for e in events(transport) if e.type is AuditEventType.DELETED]
+    assert [(e.recipient, e.message_id) for e in deletions] == [(school, rid)]
+    reasons = [dict(r.headers)[DLQ_REASON] for r in transport.read_committed("unit.dlq")]
+    assert reasons == [b"not_queued"]  # never delivered to the IDVA service
