@@ -204,10 +204,9 @@ async def get_disclosure(request: web.Request) -> web.Response:
         return problem(404, "not-found", "No such disclosure at this gateway")
     if want_fhir:
         from adapters.nhs import disclosure_to_bundle
-        from schemas.disclosure import Disclosure
 
         try:
-            bundle = disclosure_to_bundle(Disclosure.model_validate_json(stored.body))
+            bundle = disclosure_to_bundle(stored.disclosure())
         except ValueError:
             return problem(406, "not-acceptable", "This disclosure has no FHIR form")
         return web.Response(text=json.dumps(bundle), content_type=FHIR)

@@ -53,7 +53,6 @@ from gateway.retention import delete_after
 from gateway.store import GatewayStore, NewDisclosure, Page, Stored, ViewRecord, decode_cursor
 from gateway.webhooks import Dispatcher
 from keys import sign_ack
-from schemas.disclosure import Disclosure
 from schemas.errors import InputError
 from schemas.receipt import (
     RETENTION_EXPIRED,
@@ -190,7 +189,7 @@ class Gateway:
             return None
         if stored.acknowledged_at is not None:
             return stored, False
-        disclosure = Disclosure.model_validate_json(stored.body)
+        disclosure = stored.disclosure()
         if status is AcknowledgementStatus.FILED and not reasons:
             token = self._acknowledger(disclosure)  # exactly what cairn inbox sends
             now = self._clock()

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
 from uuid import UUID
 
+from schemas.disclosure import Disclosure
 from schemas.errors import InputError
 
 __all__ = [
@@ -131,6 +132,10 @@ class Stored:
     source: str
     ack_status: str | None
     acknowledged_at: datetime | None
+
+    def disclosure(self) -> Disclosure:
+        """The disclosure as the broker signed it (parsed from ``body``)."""
+        return Disclosure.model_validate_json(self.body)
 
 
 @dataclass(frozen=True)
