@@ -283,6 +283,11 @@ class Gateway:
                     self._retry.connect_s,
                 )
                 sent.append(item.id)
+        except BaseException:
+            # Kafka failed us: a fresh producer next time (the unsent stay queued in the store).
+            self._producer = None
+            await close(producer)
+            raise
         finally:
             await self.store.receipts_sent(sent, self._clock())
             self.receipts_sent += len(sent)
