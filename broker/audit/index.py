@@ -271,21 +271,25 @@ class Index:
             db.executemany("INSERT INTO basis(code, seq) VALUES (?, ?)", bases)
             db.execute("UPDATE meta SET value = ? WHERE key = 'size'", (str(last + 1),))
 
-    def recorded(self, kind: AuditEventType, message_id: UUID, recipient: str) -> bool:
+    def recorded(
+        self,
+        kind: AuditEventType,
+        message_id: UUID,
+        recipient: str,
+        event_id: UUID | None = None,
+    ) -> bool:
         """Whether the log holds an event of ``kind`` about ``message_id`` for ``recipient``
-        (the store keeps some facts once per recipient); caught up first if behind."""
+        (and with ``event_id``, if given): the store keeps some facts once per recipient, some
+        once per event id; caught up first if behind."""
+        sql = "SELECT 1 FROM entry WHERE message_id = ? AND recipient = ? AND type = ?"
+        params = [str(message_id), recipient, kind.value]
+        if event_id is not None:
+            sql += " AND event_id = ?"
+            params.append(str(event_id))
         try:
             if self.stale:
                 self.catch_up(None)
-            row = (
-                self._require_db()
-                .execute(
-                    "SELECT 1 FROM entry WHERE message_id = ? AND recipient = ? AND type = ? "
-                    "LIMIT 1",
-                    (str(message_id), recipient, kind.value),
-                )
-                .fetchone()
-            )
+            row = self._require_db().execute(sql + " LIMIT 1", params).fetchone()
         except sqlite3.Error as exc:
             # Not knowing is not "no": the batch waits until the index answers again.
             raise AuditUnavailable(f"the audit index cannot answer: {exc}") from None

@@ -12,8 +12,9 @@ backwards past what is stored. (Offsets on a transactional topic are increasing 
 contiguous: commit markers take offsets too. The consumer seeks to ``next_offset``.)
 
 Some facts happen once per (message, recipient) whatever Kafka delivers: a recipient
-acknowledges a disclosure once, and deletes its copy once (``ONCE_PER_RECIPIENT``; a view is
-its own fact each time, under the view's own id as the event id). A second such
+acknowledges a disclosure once, and deletes its copy once (``ONCE_PER_RECIPIENT``); each view
+is its own fact, under the view's own id as the event id, kept once per id (``ONCE_PER_EVENT``:
+a gateway that stopped between sending a view and noting it sent sends it again). A second such
 event, under another offset (the same acknowledgement produced twice, or by two brokers), is
 not a new entry: ``append`` counts it as a duplicate and stores nothing. The index answers
 whether one is already in the log; it is rebuilt from the entries whenever it is in doubt, so
@@ -65,12 +66,24 @@ from keys.jwk import SigningKey
 from schemas.audit import MAX_EVENT_BYTES, AuditEvent, AuditEventType
 from schemas.errors import SchemaError
 
-__all__ = ["ONCE_PER_RECIPIENT", "AppendResult", "AuditLog", "CheckpointPolicy", "Entry", "Record"]
+__all__ = [
+    "ONCE_PER_EVENT",
+    "ONCE_PER_RECIPIENT",
+    "AppendResult",
+    "AuditLog",
+    "CheckpointPolicy",
+    "Entry",
+    "Record",
+]
 
 log = structlog.get_logger(__name__)
 
 #: Event types the log keeps once per (message, recipient): a repeat is a counted duplicate.
 ONCE_PER_RECIPIENT: Final = frozenset({AuditEventType.ACKNOWLEDGED, AuditEventType.DELETED})
+#: Event types the log keeps once per (message, recipient, event id): each is its own fact.
+ONCE_PER_EVENT: Final = frozenset({AuditEventType.VIEWED})
+#: A once-only fact: (type, message, recipient, and the event id for ONCE_PER_EVENT types).
+Fact = tuple[AuditEventType, UUID, str, UUID | None]
 
 #: What ``append`` takes: (Kafka offset, event bytes), optionally with the event those bytes
 #: hold, when the caller has already read it with ``AuditEvent.from_canonical``.
@@ -347,7 +360,7 @@ class AuditLog:
         batch = bytearray()
         new: list[tuple[int, int, bytes, AuditEvent]] = []  # position, offset, leaf, event
         pending: dict[int, bytes] = {}  # offset -> event bytes, for this batch
-        facts: set[tuple[AuditEventType, UUID, str]] = set()  # once-only facts in this batch
+        facts: set[Fact] = set()  # once-only facts in this batch
         last = self.last_offset
         skipped = 0
         duplicates: list[int] = []
@@ -411,11 +424,7 @@ class AuditLog:
         self._index.follow((first + n, o, leaf, e) for n, (_, o, leaf, e) in enumerate(new))
         return AppendResult(len(new), skipped, self.size, tuple(duplicates))
 
-    def _recorded(
-        self,
-        fact: tuple[AuditEventType, UUID, str] | None,
-        batch: set[tuple[AuditEventType, UUID, str]],
-    ) -> bool:
+    def _recorded(self, fact: Fact | None, batch: set[Fact]) -> bool:
         """Whether a once-per-recipient ``fact`` is in this batch or in the log already."""
         if fact is None:
             return False
@@ -499,8 +508,12 @@ def _parsed(record: Record) -> AuditEvent:
     return record[2] if len(record) == 3 else AuditEvent.from_canonical(record[1])
 
 
-def _fact(event: AuditEvent) -> tuple[AuditEventType, UUID, str] | None:
-    """The (type, message, recipient) of a once-per-recipient event; None for any other."""
-    if event.type not in ONCE_PER_RECIPIENT or event.message_id is None or not event.recipient:
+def _fact(event: AuditEvent) -> Fact | None:
+    """The fact a once-only event records (see ``Fact``); None for any other event."""
+    if event.message_id is None or not event.recipient:
         return None
-    return event.type, event.message_id, event.recipient
+    if event.type in ONCE_PER_RECIPIENT:
+        return event.type, event.message_id, event.recipient, None
+    if event.type in ONCE_PER_EVENT:
+        return event.type, event.message_id, event.recipient, event.event_id
+    return None
