@@ -89,10 +89,16 @@ def tls(folder: Path, clients: tuple[str, ...]) -> None:
 
 @kafka.command("acls")
 @click.option("--apply", "apply_now", is_flag=True, help="Create them in Kafka now.")
-def acls(apply_now: bool) -> None:
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Also delete the grants on Cairn's topics, groups and transactional ids that the "
+    "table no longer holds (an agency that left the federation).",
+)
+def acls(apply_now: bool, prune: bool) -> None:
     """Print the ACLs the federation needs (what 'cairn topics create' applies)."""
     from broker.federation import load_federation
-    from broker.kafka.acls import apply_acls, federation_acls
+    from broker.kafka.acls import apply_acls, describe_grant, federation_acls, prune_acls
 
     settings = settings_or_exit()
     try:
@@ -100,9 +106,14 @@ def acls(apply_now: bool) -> None:
         table = federation_acls(federation, settings.topic_prefix, settings.transactional_id)
         for binding in table:
             click.echo(str(binding))
-        if apply_now:
+        if apply_now or prune:
             count = asyncio.run(apply_acls(settings, table))
             click.echo(f"{count} ACLs applied on {settings.kafka_bootstrap_servers}")
+        if prune:
+            removed = asyncio.run(prune_acls(settings, table))
+            for grant in removed:
+                click.echo(f"removed: {describe_grant(grant)}")
+            click.echo(f"{len(removed)} stale ACLs removed")
     except CairnError as exc:
         raise click.ClickException(str(exc)) from None
 

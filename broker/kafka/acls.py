@@ -21,7 +21,10 @@ It is derived from the code that reads and writes each topic:
 
 Every idempotent producer among them also has ``IDEMPOTENT_WRITE`` on the cluster.
 ``apply_acls`` creates the bindings over Kafka's admin API (CreateAcls; creating one that
-exists changes nothing), so running it again is harmless.
+exists changes nothing), so running it again is harmless. ``prune_acls`` deletes the ALLOW
+bindings on Cairn's own resources (the topics under the prefix, the inbox and service groups,
+the broker's transactional ids) that the table no longer holds: those of an agency that left
+the federation. Bindings on anything else are never touched.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, SecurityDisabled
-from aiokafka.protocol.admin import CreateAclsRequest_v1, DescribeAclsRequest
+from aiokafka.protocol.admin import CreateAclsRequest_v1, DeleteAclsRequest, DescribeAclsRequest
 from aiokafka.protocol.api import Request
 
 from broker.config import Settings
@@ -58,8 +61,11 @@ __all__ = [
     "ResourceType",
     "agency_principal",
     "apply_acls",
+    "describe_grant",
     "federation_acls",
     "inbox_group",
+    "prune_acls",
+    "stale_acls",
 ]
 
 # The services' principals: the CN of their certificates (keys.registry BROKER_ID, AUDITOR_ID).
@@ -207,7 +213,7 @@ _ANY: Final = 1  # the ANY value of a resource type, pattern, operation, permiss
 _VISIBLE_POLL_S: Final = 0.1  # seconds between looks for the new ACLs in the broker's view
 
 
-async def _in_force(admin: AIOKafkaAdminClient, node: int) -> set[tuple[Any, ...]]:
+async def _in_force(admin: AIOKafkaAdminClient, node: int) -> set[Grant]:
     """Every ALLOW binding broker ``node``'s authorizer holds now (DescribeAcls)."""
     response: Any = await admin._send_request(  # aiokafka has no public call
         DescribeAclsRequest(_ANY, None, _ANY, None, None, _ANY, _ANY), node
@@ -230,10 +236,7 @@ async def _wait_visible(
     """Return once every broker's authorizer holds every binding. Kafka answers CreateAcls
     when the controller has committed them; each broker applies them a moment later, and a
     client connecting in between would be refused what it is about to be allowed."""
-    wanted = {
-        (b.principal, int(b.resource_type), b.name, int(b.pattern), int(b.operation))
-        for b in bindings
-    }
+    wanted = {_grant(b) for b in bindings}
     deadline = asyncio.get_running_loop().time() + timeout_s
     for broker in admin._client.cluster.brokers():  # aiokafka has no public call
         while not wanted <= await _in_force(admin, broker.nodeId):
@@ -243,6 +246,80 @@ async def _wait_visible(
                     f"within {timeout_s:g} s"
                 )
             await asyncio.sleep(_VISIBLE_POLL_S)
+
+
+Grant = tuple[str, int, str, int, int]  # principal, resource type, name, pattern, operation
+
+
+def _grant(b: AclBinding) -> Grant:
+    return (b.principal, int(b.resource_type), b.name, int(b.pattern), int(b.operation))
+
+
+def describe_grant(grant: Grant) -> str:
+    """One line for a person: who, what, on what."""
+    principal, resource_type, name, pattern, operation = grant
+    kinds = {t.value: t.name.lower() for t in ResourceType}
+    operations = {o.value: o.name for o in Operation}
+    kind = kinds.get(resource_type, f"resource type {resource_type}")
+    op = operations.get(operation, f"operation {operation}")
+    return f"{principal} {op} {kind} {name}{' (prefix)' if pattern == PatternType.PREFIXED else ''}"
+
+
+def _cairns(prefix: str, transactional_id: str, grant: Grant) -> bool:
+    """Whether the resource of ``grant`` is one of Cairn's (see ``prune_acls``)."""
+    _principal, resource_type, name, _pattern, _operation = grant
+    if resource_type == ResourceType.TOPIC:
+        return name.startswith(f"{prefix}.")
+    if resource_type == ResourceType.GROUP:
+        return name.startswith("cairn-inbox-") or name in (RECEIPTS_GROUP, AUDITOR_GROUP)
+    if resource_type == ResourceType.TRANSACTIONAL_ID:
+        return name == transactional_id
+    return False
+
+
+def stale_acls(
+    in_force: set[Grant], table: Sequence[AclBinding], prefix: str, transactional_id: str
+) -> list[Grant]:
+    """The grants in force on Cairn's resources that ``table`` does not hold, sorted."""
+    wanted = {_grant(b) for b in table}
+    return sorted(g for g in in_force - wanted if _cairns(prefix, transactional_id, g))
+
+
+async def prune_acls(settings: Settings, table: Sequence[AclBinding]) -> list[Grant]:
+    """Delete the ALLOW grants on Cairn's resources (``<prefix>.*`` topics, the inbox and
+    service groups, the broker's transactional-id prefix) that ``table`` does not hold; return
+    them. ``TransportError`` if Kafka refuses."""
+    prefix = settings.topic_prefix
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    try:
+        await asyncio.wait_for(admin.start(), settings.kafka_connect_timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        with contextlib.suppress(Exception):
+            await admin.close()
+        raise TransportError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} to prune ACLs"
+        ) from exc
+    try:
+        node = admin._client.get_random_node()  # aiokafka has no public call
+        stale = stale_acls(await _in_force(admin, node), table, prefix, settings.transactional_id)
+        for principal, resource_type, name, pattern, operation in stale:
+            response: Any = await asyncio.wait_for(
+                admin._send_request(
+                    DeleteAclsRequest(
+                        resource_type, name, pattern, principal, "*", operation, ALLOW
+                    )
+                ),
+                settings.kafka_connect_timeout_s,
+            )
+            ((code, message, _matching),) = response.filter_responses
+            if code != 0:
+                raise TransportError(
+                    f"Kafka refused to delete the ACL of {principal} on {name}: "
+                    f"{message or 'no reason given'} (error code {code})"
+                )
+        return stale
+    finally:
+        await admin.close()
 
 
 async def apply_acls(settings: Settings, bindings: Sequence[AclBinding]) -> int:

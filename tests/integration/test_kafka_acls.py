@@ -44,7 +44,13 @@ from aiokafka.protocol.metadata import MetadataRequest
 from adapters.agency import inbox_for
 from adapters.inbox import Delivery
 from broker.config import Settings
-from broker.kafka.acls import AuthorizerMissing, apply_acls, federation_acls, inbox_group
+from broker.kafka.acls import (
+    AuthorizerMissing,
+    apply_acls,
+    federation_acls,
+    inbox_group,
+    prune_acls,
+)
 from broker.kafka.consumer import KafkaNotAuthorized
 from broker.kafka.tls import ListenerTls, ServiceClient, issue_listener_tls
 from broker.kafka.topics import delivery_topic, federation_topics
@@ -456,6 +462,33 @@ async def test_a_scram_user_is_the_same_principal_under_the_same_acls(
     as_b = as_scram(acl_kafka, B, admin, mechanism)
     assert await fetch_error(as_b, a_topic) == TOPIC_AUTHORIZATION_FAILED
     assert await group_error(as_b, inbox_group(A), a_topic) == GROUP_AUTHORIZATION_FAILED
+
+
+async def test_an_agency_that_leaves_loses_its_grants(
+    acl_kafka: AclKafka, federation: Federation
+) -> None:
+    """Pruning against a federation without B deletes B's grants on Cairn's topics and
+    groups (Kafka then refuses B its own former topic) and leaves everyone else's."""
+    admin = await with_acls(acl_kafka, federation)
+    as_a, as_b = acl_kafka.as_principal(A, admin), acl_kafka.as_principal(B, admin)
+    b_topic = delivery_topic(admin.topic_prefix, B)
+    assert await fetch_error(as_b, b_topic) == 0
+    smaller = federation.model_copy(
+        update={"agencies": tuple(a for a in federation.agencies if a.id != B)}
+    )
+    table = federation_acls(smaller, admin.topic_prefix, admin.transactional_id)
+    removed = await prune_acls(admin, table)
+    mine = {g[2] for g in removed if g[0] == f"User:{B}"}
+    assert mine >= {b_topic, inbox_group(B), f"{admin.topic_prefix}.receipts"}
+    # The broker's grants on B's topic and group go too: it no longer delivers there.
+    assert {g[2] for g in removed if g[0] != f"User:{B}"} == {b_topic, inbox_group(B)}
+    for _ in range(50):  # bounded: the broker applies the deletion a moment after
+        if await fetch_error(as_b, b_topic) == TOPIC_AUTHORIZATION_FAILED:
+            break
+        await asyncio.sleep(0.2)
+    assert await fetch_error(as_b, b_topic) == TOPIC_AUTHORIZATION_FAILED
+    assert await fetch_error(as_a, delivery_topic(admin.topic_prefix, A)) == 0
+    assert await prune_acls(admin, table) == []
 
 
 def test_topics_create_applies_the_acls(

@@ -25,8 +25,10 @@ from broker.kafka.acls import (
     PatternType,
     ResourceType,
     agency_principal,
+    describe_grant,
     federation_acls,
     inbox_group,
+    stale_acls,
 )
 from broker.kafka.tls import ServiceClient, issue_listener_tls, member_kafka_tls
 from broker.kafka.topics import delivery_topic, federation_topics
@@ -214,3 +216,33 @@ def test_each_members_kafka_files_come_from_its_own_store(tmp_path: Path) -> Non
     }
     with pytest.raises(KeyStoreError, match=r"cairn-broker\.crt is missing"):
         member_kafka_tls(custody, BROKER_ID, {})
+
+
+def test_pruning_touches_only_cairns_resources_and_keeps_the_table(
+    federation: Federation,
+) -> None:
+    """An agency that left keeps nothing on Cairn's topics and groups; grants on anything
+    else (another application's topic, the cluster) are never Cairn's to delete."""
+    acls = table(federation)
+    gone = "User:kelder-gone"
+    in_force = {
+        (b.principal, int(b.resource_type), b.name, int(b.pattern), int(b.operation)) for b in acls
+    }
+    leftovers = {
+        (gone, int(ResourceType.TOPIC), f"{PREFIX}.deliver.kelder-gone", 3, int(Operation.READ)),
+        (gone, int(ResourceType.GROUP), "cairn-inbox-kelder-gone", 3, int(Operation.READ)),
+        (gone, int(ResourceType.TOPIC), f"{PREFIX}.receipts", 3, int(Operation.WRITE)),
+    }
+    others = {
+        (gone, int(ResourceType.TOPIC), "payroll.events", 3, int(Operation.READ)),
+        (gone, int(ResourceType.CLUSTER), "kafka-cluster", 3, int(Operation.IDEMPOTENT_WRITE)),
+        (gone, int(ResourceType.TOPIC), "cairnx.audit", 3, int(Operation.READ)),
+    }
+    stale = stale_acls(in_force | leftovers | others, acls, PREFIX, TID)
+    assert set(stale) == leftovers
+    assert stale_acls(in_force, acls, PREFIX, TID) == []
+    assert [describe_grant(g) for g in stale] == [
+        f"User:kelder-gone READ topic {PREFIX}.deliver.kelder-gone",
+        f"User:kelder-gone WRITE topic {PREFIX}.receipts",
+        "User:kelder-gone READ group cairn-inbox-kelder-gone",
+    ]
