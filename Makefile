@@ -36,8 +36,13 @@ $(DEV_PASSPHRASE):
 	mkdir -p $(dir $@)
 	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
 
+# The demo's Kafka has a mutual-TLS listener with the standard authorizer beside PLAINTEXT (the
+# operator's door, used only to create the topics and ACLs): its certificate comes from the
+# federation CA, so the federation is made (through enrolment) before Kafka starts.
+DEMO_KAFKA_SSL_PORT ?= $(shell echo $$(( $${CAIRN_KAFKA_PORT:-9092} + 2 )))
 demo: $(STAMP) $(DEV_PASSPHRASE)  ## run the end-to-end demo (starts and stops local Kafka); KEEP=1 keeps it running
-	$(WITH_KAFKA) $(BIN)/cairn demo $(if $(KEEP),--keep)
+	@$(BIN)/cairn keys list >/dev/null 2>&1 || $(BIN)/cairn keys init
+	CAIRN_KAFKA_SSL_PORT=$(DEMO_KAFKA_SSL_PORT) $(WITH_KAFKA) $(BIN)/cairn demo $(if $(KEEP),--keep)
 
 # The browser tests drive Debian's Chromium (never a browser Playwright downloads).
 CHROMIUM := /usr/bin/chromium

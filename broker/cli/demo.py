@@ -36,6 +36,8 @@ from adapters.inbox import Delivery
 from adapters.police import Outgoing, import_export
 from broker.config import Settings
 from broker.federation import load_federation
+from broker.kafka.acls import apply_acls, federation_acls
+from broker.kafka.tls import member_kafka_tls
 from broker.kafka.topics import federation_topics
 from broker.kafka.transport import create_topics
 from broker.trust import custody_of
@@ -46,6 +48,8 @@ from schemas.errors import CairnError
 from schemas.federation import Federation
 from schemas.receipt import Receipt, RecipientStatus
 
+SSL_PORT_ENV = "CAIRN_KAFKA_SSL_PORT"  # kafka-local's mutual-TLS listener, as make demo sets it
+
 __all__ = ["DEFAULT_EXPORT", "run_demo"]
 
 DEFAULT_EXPORT = Path("samples") / "police-export.jsonl"
@@ -55,6 +59,30 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _kafka_tls() -> str | None:
+    """The local Kafka's mutual-TLS listener with the authorizer (``make demo`` starts it with
+    ``CAIRN_KAFKA_SSL_PORT``), or None: then every component uses the PLAINTEXT address."""
+    port = os.environ.get(SSL_PORT_ENV)
+    return f"127.0.0.1:{port}" if port else None
+
+
+def _member_kafka(settings: Settings, member: str, tls: str | None) -> dict[str, str]:
+    """``member``'s own Kafka settings (its certificate and key from its own store) for the
+    TLS listener ``tls``, as setting names; empty without one."""
+    if tls is None:
+        return {}
+    files = member_kafka_tls(custody_of(settings), member, os.environ)
+    return {
+        "kafka_bootstrap_servers": tls,
+        "kafka_security_protocol": "SSL",
+        **{name: str(path) for name, path in files.items()},
+    }
+
+
+def _as_env(values: dict[str, str]) -> dict[str, str]:
+    return {f"CAIRN_{name.upper()}": value for name, value in values.items()}
 
 
 def _step(text: str) -> None:
@@ -80,6 +108,16 @@ def run_demo(
         f"    {sum(v == 'created' for v in result.values())} created, "
         f"{sum(v == 'exists' for v in result.values())} already there"
     )
+    tls = _kafka_tls()
+    if tls is not None:
+        table = federation_acls(federation, settings.topic_prefix, settings.transactional_id)
+        applied = asyncio.run(apply_acls(settings, table))
+        click.echo(
+            f"    {applied} ACLs applied; every component reaches Kafka at {tls} (mutual TLS, "
+            "the standard authorizer) as itself, with its own certificate"
+        )
+    else:
+        click.echo(f"    no TLS listener ({SSL_PORT_ENV} unset): every component uses PLAINTEXT")
 
     path = export or settings.federation_dir / DEFAULT_EXPORT
     _step(f"police adapter reads {path}")
@@ -102,12 +140,15 @@ def run_demo(
             "CAIRN_PASSPHRASE_DIR": str(settings.passphrases_path),
             "CAIRN_AUDITOR_HTTP_PORT": str(audit_port),
             "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
+            **_as_env(_member_kafka(settings, "cairn-auditor", tls)),
         },
         stdin=subprocess.DEVNULL,
     )
     urls: list[str] = []
     try:
-        ok = _run_broker(settings, produced, timeout_s, audit_port=audit_port, keep=keep, urls=urls)
+        ok = _run_broker(
+            settings, produced, timeout_s, audit_port=audit_port, keep=keep, urls=urls, tls=tls
+        )
     finally:
         _step("stopping the auditor (SIGTERM: catch up, sign a final checkpoint)")
         _stop(auditor)
@@ -186,6 +227,7 @@ def _run_broker(
     audit_port: int,
     keep: bool,
     urls: list[str],
+    tls: str | None,
 ) -> bool:
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
@@ -204,6 +246,7 @@ def _run_broker(
         "CAIRN_KEY_DIR": str(settings.keys_path),
         "CAIRN_PASSPHRASE_DIR": str(settings.passphrases_path),
         "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
+        **_as_env(_member_kafka(settings, "cairn-broker", tls)),
     }
     broker = subprocess.Popen(
         [sys.executable, "-m", "broker", "serve"], env=env, stdin=subprocess.DEVNULL
@@ -226,7 +269,7 @@ def _run_broker(
                     expected[r.agency].add(str(outgoing.message_id))
 
         _step("each recipient reads its own topic (read_committed), decrypts and verifies")
-        received = asyncio.run(_receive_all(settings, expected, timeout_s))
+        received = asyncio.run(_receive_all(settings, expected, timeout_s, tls))
         if keep:
             _step("kept running (KEEP=1): press Ctrl-C to stop")
             for line in urls:
@@ -311,7 +354,7 @@ async def _submit_all(settings: Settings, url: str, produced: list[Outgoing]) ->
 
 
 async def _receive_all(
-    settings: Settings, expected: dict[str, set[str]], timeout_s: float
+    settings: Settings, expected: dict[str, set[str]], timeout_s: float, tls: str | None
 ) -> dict[str, set[str]]:
     from broker.cli.common import describe
 
@@ -322,7 +365,11 @@ async def _receive_all(
             click.echo(f"    {describe(delivery)}")
             received[agency].add(str(delivery.disclosure.referral_id))
 
-        async with inbox_for(settings, agency) as box:
+        update = _member_kafka(settings, agency, tls)
+        own = settings.model_copy(
+            update={k: Path(v) if k.endswith("_file") else v for k, v in update.items()}
+        )
+        async with inbox_for(own, agency) as box:
             deadline = time.monotonic() + timeout_s
             while not expected[agency] <= received[agency] and time.monotonic() < deadline:
                 await box.drain(
