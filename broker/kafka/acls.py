@@ -30,7 +30,6 @@ the federation. Bindings on anything else are never touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from broker.config import Settings
 from broker.kafka.consumer import dlq_topic
 from broker.kafka.ledger import ledger_topic
 from broker.kafka.topics import delivery_topic
-from broker.kafka.transport import kafka_options
+from broker.kafka.transport import admin_client
 from schemas.errors import TransportError
 from schemas.federation import Federation
 
@@ -290,16 +289,7 @@ async def prune_acls(settings: Settings, table: Sequence[AclBinding]) -> list[Gr
     service groups, the broker's transactional-id prefix) that ``table`` does not hold; return
     them. ``TransportError`` if Kafka refuses."""
     prefix = settings.topic_prefix
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
-    try:
-        await asyncio.wait_for(admin.start(), settings.kafka_connect_timeout_s)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        with contextlib.suppress(Exception):
-            await admin.close()
-        raise TransportError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} to prune ACLs"
-        ) from exc
-    try:
+    async with admin_client(settings, "prune ACLs") as admin:
         node = admin._client.get_random_node()  # aiokafka has no public call
         stale = stale_acls(await _in_force(admin, node), table, prefix, settings.transactional_id)
         for principal, resource_type, name, pattern, operation in stale:
@@ -318,24 +308,13 @@ async def prune_acls(settings: Settings, table: Sequence[AclBinding]) -> list[Gr
                     f"{message or 'no reason given'} (error code {code})"
                 )
         return stale
-    finally:
-        await admin.close()
 
 
 async def apply_acls(settings: Settings, bindings: Sequence[AclBinding]) -> int:
     """Create every binding in Kafka (those that exist stay as they are); return how many were
     sent. ``TransportError`` if Kafka cannot be reached or refuses one (for instance a cluster
     without an authorizer: ``SECURITY_DISABLED``), naming the binding and Kafka's reason."""
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
-    try:
-        await asyncio.wait_for(admin.start(), settings.kafka_connect_timeout_s)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        with contextlib.suppress(Exception):
-            await admin.close()
-        raise TransportError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} to create ACLs"
-        ) from exc
-    try:
+    async with admin_client(settings, "create ACLs") as admin:
         for start in range(0, len(bindings), _BATCH):
             batch = bindings[start : start + _BATCH]
             try:
@@ -361,5 +340,3 @@ async def apply_acls(settings: Settings, bindings: Sequence[AclBinding]) -> int:
                     )
         await _wait_visible(admin, bindings, settings.kafka_connect_timeout_s)
         return len(bindings)
-    finally:
-        await admin.close()

@@ -16,7 +16,7 @@ import contextlib
 import contextvars
 import enum
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +56,7 @@ __all__ = [
     "OutcomeUnknown",
     "Record",
     "Transport",
+    "admin_client",
     "create_topics",
     "kafka_options",
     "kafka_ssl_context",
@@ -1019,8 +1020,10 @@ class MemoryTransport:
         return list(self.topics.get(topic, []))
 
 
-async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[str, str]:
-    """Create each topic that does not exist yet; return topic -> "created" or "exists"."""
+@contextlib.asynccontextmanager
+async def admin_client(settings: Settings, purpose: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client for the settings' Kafka, closed after; ``TransportError`` naming
+    the servers and ``purpose`` (what it was for: "create topics") if it cannot start."""
     admin = AIOKafkaAdminClient(**kafka_options(settings))
     try:
         await asyncio.wait_for(admin.start(), settings.kafka_connect_timeout_s)
@@ -1028,9 +1031,17 @@ async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[
         with contextlib.suppress(Exception):
             await admin.close()
         raise TransportError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} to create topics"
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} to {purpose}"
         ) from exc
     try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[str, str]:
+    """Create each topic that does not exist yet; return topic -> "created" or "exists"."""
+    async with admin_client(settings, "create topics") as admin:
         existing = set(await admin.list_topics())
         result = {s.name: "exists" for s in specs if s.name in existing}
         missing = [s for s in specs if s.name not in existing]
@@ -1057,8 +1068,6 @@ async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[
                 admin, [s.name for s in missing], settings.kafka_connect_timeout_s
             )
         return result
-    finally:
-        await admin.close()
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
