@@ -204,3 +204,8 @@ def _settings_problem(exc: ValidationError) -> str:
         name = f"CAIRN_GATEWAY_{where.upper()}" if error["loc"] else "CAIRN_GATEWAY_*"
         lines.append(f"{name}: {error['msg']}")
     return "invalid gateway settings: " + "; ".join(lines)
+
+
+from gateway.users import user  # noqa: E402  (cairn gateway --as AGENCY user ...: G2)
+
+gateway.add_command(user)

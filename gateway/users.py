@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlencode
 
+import click
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -46,6 +47,8 @@ __all__ = [
     "Users",
     "totp",
     "totp_uri",
+    "user",
+    "users_path",
 ]
 
 T = TypeVar("T")
@@ -343,3 +346,101 @@ def _matching_step(secret: str, code: str, now: float) -> int | None:
 
 
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+# -- cairn gateway --as AGENCY user add|disable|reset|list ---------------------------------------
+
+
+def users_path(state_dir: Path, agency: str) -> Path:
+    """Where an agency's staff accounts live: beside its gateway store's default SQLite file."""
+    return state_dir / "gateway" / f"{agency}.users.sqlite"
+
+
+def _open_users(ctx: click.Context) -> Users:
+    from pydantic import ValidationError
+
+    from broker.config import Settings
+
+    agency = ctx.find_root().find_object(dict)
+    name = (agency or {}).get("gateway_agency")
+    if not isinstance(name, str):
+        raise click.UsageError("use: cairn gateway --as AGENCY user ...")
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        names = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        raise click.ClickException(f"invalid CAIRN_* settings: {names}") from None
+    return Users(users_path(settings.state_dir, name), name)
+
+
+def _show(enrolment: Enrolment, what: str) -> None:
+    click.echo(
+        f"{what} {enrolment.staff.login} ({enrolment.staff.staff_id}) for {enrolment.staff.agency}."
+    )
+    click.echo("Give these to the person once, by a safe channel; they are not shown again:")
+    click.echo(f"  password: {enrolment.password}")
+    click.echo(f"  TOTP:     {enrolment.otpauth_uri}")
+    click.echo(f"  (secret to type in an authenticator app: {enrolment.totp_secret})")
+
+
+@click.group("user")
+def user() -> None:
+    """Staff accounts of this agency's web inbox (README "Web inbox")."""
+
+
+@user.command("add")
+@click.argument("login")
+@click.pass_context
+def user_add(ctx: click.Context, login: str) -> None:
+    """Add LOGIN; prints a one-time password and TOTP enrolment URI."""
+    users = _open_users(ctx)
+    try:
+        _show(users.add(login), "Added")
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        users.close()
+
+
+@user.command("reset")
+@click.argument("login")
+@click.pass_context
+def user_reset(ctx: click.Context, login: str) -> None:
+    """Give LOGIN a new password and TOTP secret (and re-enable it); prints them once."""
+    users = _open_users(ctx)
+    try:
+        _show(users.reset(login), "Reset")
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        users.close()
+
+
+@user.command("disable")
+@click.argument("login")
+@click.pass_context
+def user_disable(ctx: click.Context, login: str) -> None:
+    """Disable LOGIN: it can no longer log in (a running gateway ends its sessions at the next
+    request)."""
+    users = _open_users(ctx)
+    try:
+        staff = users.disable(login)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        users.close()
+    click.echo(f"Disabled {staff.login} ({staff.staff_id}).")
+
+
+@user.command("list")
+@click.pass_context
+def user_list(ctx: click.Context) -> None:
+    """The accounts, their staff ids and whether they are disabled."""
+    users = _open_users(ctx)
+    try:
+        for staff in users.all():
+            click.echo(
+                f"{staff.staff_id}\t{staff.login}\t{'disabled' if staff.disabled else 'active'}"
+            )
+    finally:
+        users.close()

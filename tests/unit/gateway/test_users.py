@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -161,3 +162,43 @@ def test_disable_refuses_and_reset_replaces_both_factors(users: Users, clock: Cl
         users.reset("nobody")
     with pytest.raises(UserError):
         users.add("two words")
+
+
+def test_the_user_commands_add_reset_disable_and_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import gateway
+    from gateway.users import users_path
+
+    monkeypatch.setenv("CAIRN_STATE_DIR", str(tmp_path))
+    run = CliRunner().invoke
+    added = run(gateway, ["--as", "school", "user", "add", "dsl@school.example"])
+    assert added.exit_code == 0, added.output
+    uri = next(line for line in added.output.splitlines() if "otpauth://" in line).split()[-1]
+    password = next(line for line in added.output.splitlines() if "password:" in line).split()[-1]
+    secret = parse_qs(urlsplit(uri).query)["secret"][0]
+    taken = run(gateway, ["--as", "school", "user", "add", "dsl@school.example"])
+    assert taken.exit_code == 1
+    assert "taken" in taken.output
+    assert "Traceback" not in taken.output
+    users = Users(users_path(tmp_path, "school"), "school")
+    try:
+        assert users.authenticate("dsl@school.example", password, totp(secret, time.time()))
+        assert (
+            run(gateway, ["--as", "school", "user", "disable", "dsl@school.example"]).exit_code == 0
+        )
+        listed = run(gateway, ["--as", "school", "user", "list"])
+        assert "disabled" in listed.output
+        reset = run(gateway, ["--as", "school", "user", "reset", "dsl@school.example"])
+        assert reset.exit_code == 0
+        assert password not in reset.output
+        assert "active" in run(gateway, ["--as", "school", "user", "list"]).output
+        housing = run(gateway, ["--as", "housing", "user", "list"])
+        assert "dsl@" not in housing.output
+        missing = run(gateway, ["--as", "school", "user", "disable", "nobody"])
+        assert missing.exit_code == 1
+        assert "no account" in missing.output
+    finally:
+        users.close()
