@@ -1,0 +1,236 @@
+"""gateway.web.app: the web inbox over a real gateway (its store and signer), in memory.
+
+Login with password and TOTP; wrong password, wrong code, a forged CSRF token and an expired
+session refused; the inbox lists what was received; opening a disclosure records one view by
+the staff id; acknowledging records it once; search posts its words; no page but the
+disclosure page holds the sample's personal data, nor any URL or log line.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
+
+from broker.config import Settings
+from broker.kafka.transport import MemoryTransport
+from gateway.settings import GatewaySettings
+from gateway.sqlite import SqliteGatewayStore
+from gateway.users import Enrolment, Users, totp
+from gateway.web.app import create_web
+from gateway.web.security import COOKIE, CSP, Sessions, WebSettings
+from tests.conftest import FederationKeys
+from tests.gateway_support import running_gateway, server_certificate
+from tests.samples import sample
+from tests.unit.conftest import AgencyClient
+from tests.unit.gateway.test_api import delivered
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Web:
+    client: TestClient[Any, Any]
+    users: Users
+    enrolment: Enrolment
+    ids: list[UUID]
+    service: Any
+    clock: Clock
+
+    async def login(
+        self, password: str | None = None, code: str | None = None
+    ) -> aiohttp.ClientResponse:
+        page = await self.client.get("/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', await page.text())
+        assert token is not None
+        login_cookie = page.cookies["__Host-cairn-login"].value
+        if code is None:
+            self.clock.now += 30  # each code is accepted once: a fresh step
+            code = totp(self.enrolment.totp_secret, self.clock.now)
+        return await self.client.post(
+            "/login",
+            data={
+                "login": self.enrolment.staff.login,
+                "password": self.enrolment.password if password is None else password,
+                "code": code,
+                "csrf": token.group(1),
+            },
+            headers={"Cookie": f"__Host-cairn-login={login_cookie}"},
+            allow_redirects=False,
+        )
+
+    async def session(self) -> tuple[dict[str, str], str]:
+        answer = await self.login()
+        assert answer.status == 303, await answer.text()
+        cookie = {"Cookie": f"{COOKIE}={answer.cookies[COOKIE].value}"}
+        inbox = await self.client.get("/", headers=cookie)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', await inbox.text())
+        assert csrf is not None
+        return cookie, csrf.group(1)
+
+
+@pytest.fixture
+async def web_inbox(
+    settings: Settings,
+    federation_keys: FederationKeys,
+    agency_client: AgencyClient,
+    transport: MemoryTransport,
+    tmp_path: Path,
+) -> AsyncIterator[Web]:
+    cert, key = server_certificate(federation_keys, tmp_path / "tls", "kelder-idva")
+    gw = GatewaySettings(tls_cert_file=cert, tls_key_file=key)
+    store = SqliteGatewayStore(tmp_path / "gw.sqlite")
+    clock = Clock()
+    users = Users(tmp_path / "users.sqlite", "kelder-idva", clock=clock)
+    enrolment = users.add("caseworker@idva.example")
+    sessions = Sessions(WebSettings(session_idle_s=600, session_absolute_s=3600), clock=clock)
+    async with running_gateway(
+        settings, gw, "kelder-idva", federation_keys, store=store, background=False
+    ) as running:
+        deliveries = await delivered(agency_client, transport, federation_keys, "kelder-idva", 2)
+        for delivery in deliveries:
+            await running.service.store_delivery(delivery)
+        app = create_web(running.service, users, sessions=sessions)
+        async with TestClient(TestServer(app), cookie_jar=aiohttp.DummyCookieJar()) as client:
+            yield Web(
+                client,
+                users,
+                enrolment,
+                [d.disclosure.referral_id for d in deliveries],
+                running.service,
+                clock,
+            )
+    users.close()
+
+
+def personal(data: dict[str, Any]) -> list[str]:
+    victim = data["victim"]
+    found = [victim["given_name"], victim["family_name"]]
+    return [v for v in found if v]
+
+
+async def test_login_needs_the_password_and_the_code(web_inbox: Web) -> None:
+    wrong_password = await web_inbox.login(password="not-the-password")  # noqa: S106
+    assert wrong_password.status == 401
+    assert COOKIE not in wrong_password.cookies
+    wrong_code = await web_inbox.login(
+        code="000000"
+        if totp(web_inbox.enrolment.totp_secret, web_inbox.clock.now) != "000000"
+        else "111111"
+    )
+    assert wrong_code.status == 401
+    answer = await web_inbox.login()
+    assert answer.status == 303
+    cookie = answer.headers["Set-Cookie"]
+    for flag in ("HttpOnly", "Secure", "SameSite=Strict", "Path=/"):
+        assert flag in cookie
+    assert answer.headers["Content-Security-Policy"] == CSP
+    assert answer.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_the_login_form_needs_its_own_token(web_inbox: Web) -> None:
+    answer = await web_inbox.client.post(
+        "/login",
+        data={"login": "x", "password": "y", "code": "123456", "csrf": "forged"},
+        headers={"Cookie": "__Host-cairn-login=other"},
+        allow_redirects=False,
+    )
+    assert answer.status == 403
+
+
+async def test_without_a_session_every_page_goes_to_login(web_inbox: Web) -> None:
+    for path in ("/", f"/d/{web_inbox.ids[0]}"):
+        answer = await web_inbox.client.get(path, allow_redirects=False)
+        assert answer.status == 303
+        assert answer.headers["Location"] == "/login"
+    answer = await web_inbox.client.get(
+        "/", headers={"Cookie": f"{COOKIE}=made-up"}, allow_redirects=False
+    )
+    assert answer.status == 303
+
+
+async def test_a_session_expires(web_inbox: Web) -> None:
+    cookie, _ = await web_inbox.session()
+    assert (await web_inbox.client.get("/", headers=cookie, allow_redirects=False)).status == 200
+    web_inbox.clock.now += 601
+    answer = await web_inbox.client.get("/", headers=cookie, allow_redirects=False)
+    assert answer.status == 303
+    assert answer.headers["Location"] == "/login"
+
+
+async def test_a_forged_csrf_token_is_refused_and_nothing_acknowledged(web_inbox: Web) -> None:
+    cookie, csrf = await web_inbox.session()
+    referral = web_inbox.ids[0]
+    forged = await web_inbox.client.post(
+        f"/d/{referral}/ack", data={"csrf": csrf[:-2] + "xx"}, headers=cookie, allow_redirects=False
+    )
+    assert forged.status == 403
+    missing = await web_inbox.client.post(
+        f"/d/{referral}/ack", headers=cookie, allow_redirects=False
+    )
+    assert missing.status == 403
+    assert (await web_inbox.service.get(referral)).acknowledged_at is None
+
+
+async def test_view_and_acknowledge_are_recorded_once_each(web_inbox: Web) -> None:
+    cookie, csrf = await web_inbox.session()
+    referral = web_inbox.ids[0]
+    names = personal(sample())
+    with capture_logs() as logs:
+        inbox = await web_inbox.client.get("/", headers=cookie)
+        listing = await inbox.text()
+        assert f"/d/{referral}" in listing
+        assert (await web_inbox.service.views(referral)) == ()
+        page = await web_inbox.client.get(f"/d/{referral}", headers=cookie)
+        text = await page.text()
+        assert page.status == 200
+        assert page.headers["Cache-Control"] == "no-store"
+        assert "Why you received this" in text
+        assert all(name in text for name in names)
+        views = await web_inbox.service.views(referral)
+        assert [v.viewer for v in views] == [f"staff:{web_inbox.enrolment.staff.staff_id}"]
+        done = await web_inbox.client.post(
+            f"/d/{referral}/ack", data={"csrf": csrf}, headers=cookie, allow_redirects=False
+        )
+        assert done.status == 303
+        again = await web_inbox.client.post(
+            f"/d/{referral}/ack", data={"csrf": csrf}, headers=cookie, allow_redirects=False
+        )
+        assert again.status == 303
+        stored = await web_inbox.service.get(referral)
+        assert stored.acknowledged_at is not None
+        found = await web_inbox.client.post(
+            "/search", data={"q": names[-1], "csrf": csrf}, headers=cookie
+        )
+        results = await found.text()
+        assert f"/d/{referral}" in results
+    for name in names:
+        assert name not in listing
+        assert name not in results
+        assert name not in str(logs)
+        assert name not in str(found.url)
+
+
+async def test_bad_ids_and_bad_searches_are_plain_refusals(web_inbox: Web) -> None:
+    cookie, csrf = await web_inbox.session()
+    for path in ("/d/not-a-uuid", f"/d/{UUID(int=1)}"):
+        answer = await web_inbox.client.get(path, headers=cookie)
+        assert answer.status == 404
+    short = await web_inbox.client.post("/search", data={"q": "x", "csrf": csrf}, headers=cookie)
+    assert short.status == 400
+    assert "Traceback" not in await short.text()
