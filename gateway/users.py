@@ -29,12 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, urlencode
 
 import click
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+if TYPE_CHECKING:
+    from gateway.web.security import WebSettings
 
 __all__ = [
     "TOTP_DIGITS",
@@ -45,6 +48,7 @@ __all__ = [
     "Staff",
     "UserError",
     "Users",
+    "open_users",
     "totp",
     "totp_uri",
     "user",
@@ -349,6 +353,20 @@ _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
 # -- cairn gateway --as AGENCY user add|disable|reset|list ---------------------------------------
+
+
+def open_users(state_dir: Path, agency: str, settings: WebSettings | None = None) -> Users:
+    """The agency's accounts with the login settings (``CAIRN_GATEWAY_WEB_LOGIN_*``)."""
+    from gateway.web.security import WebSettings
+
+    web = settings if settings is not None else WebSettings()
+    return Users(
+        users_path(state_dir, agency),
+        agency,
+        max_failures=web.login_max_failures,
+        lock_s=web.login_lock_s,
+        lock_max_s=web.login_lock_max_s,
+    )
 
 
 def users_path(state_dir: Path, agency: str) -> Path:

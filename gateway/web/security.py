@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "COOKIE",
@@ -50,10 +51,12 @@ SECURITY_HEADERS: dict[str, str] = {
 }
 
 
-class WebSettings(BaseModel):
-    """The web inbox's session and login settings (README "Web inbox" lists them)."""
+class WebSettings(BaseSettings):
+    """The web inbox's session and login settings, ``CAIRN_GATEWAY_WEB_*`` (README "Web inbox")."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CAIRN_GATEWAY_WEB_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     session_idle_s: float = Field(
         default=900.0,

@@ -8,19 +8,22 @@ disclosure page holds the sample's personal data, nor any URL or log line.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from adapters.agency import opener_for
+from adapters.inbox import Delivery
 from broker.config import Settings
 from broker.kafka.transport import MemoryTransport
 from gateway.settings import GatewaySettings
@@ -30,7 +33,7 @@ from gateway.web.app import create_web
 from gateway.web.security import COOKIE, CSP, Sessions, WebSettings
 from tests.conftest import FederationKeys
 from tests.gateway_support import running_gateway, server_certificate
-from tests.samples import sample
+from tests.samples import all_personal_values, sample
 from tests.unit.conftest import AgencyClient
 from tests.unit.gateway.test_api import delivered
 
@@ -234,3 +237,67 @@ async def test_bad_ids_and_bad_searches_are_plain_refusals(web_inbox: Web) -> No
     short = await web_inbox.client.post("/search", data={"q": "x", "csrf": csrf}, headers=cookie)
     assert short.status == 400
     assert "Traceback" not in await short.text()
+
+
+async def test_an_encompass_notice_opens_with_the_no_contact_banner_and_its_deadline(
+    settings: Settings,
+    federation_keys: FederationKeys,
+    agency_client: AgencyClient,
+    transport: MemoryTransport,
+    tmp_path: Path,
+    web_inbox: Web,
+) -> None:
+    school = "kelder-brook-primary"
+    cert, key = server_certificate(federation_keys, tmp_path / "school-tls", school)
+    gw = GatewaySettings(tls_cert_file=cert, tls_key_file=key)
+    data = sample("encompass-notification.json")
+    data["header"]["notification_id"] = str(uuid4())
+    async with running_gateway(
+        settings,
+        gw,
+        school,
+        federation_keys,
+        store=SqliteGatewayStore(tmp_path / "school.sqlite"),
+        background=False,
+    ) as running:
+        async with agency_client("kelder-police") as police:
+            await police.submit(json.dumps(data).encode())
+        opener = opener_for(federation_keys.trust(school), school)
+        (record,) = transport.read_committed(f"unit.deliver.{school}")
+        delivery = Delivery(opener(record.value), record.topic, 0, 0, {})
+        await running.service.store_delivery(delivery)
+        notice = delivery.disclosure.referral_id
+        clock = Clock()
+        users = Users(tmp_path / "school-users.sqlite", school, clock=clock)
+        try:
+            dsl = users.add("dsl@brook.example")
+            app = create_web(running.service, users, sessions=Sessions(WebSettings(), clock=clock))
+            async with TestClient(TestServer(app), cookie_jar=aiohttp.DummyCookieJar()) as client:
+                web = Web(client, users, dsl, [notice], running.service, clock)
+                cookie, _ = await web.session()
+                with capture_logs() as logs:
+                    listing = await (await client.get("/", headers=cookie)).text()
+                    page = await (await client.get(f"/d/{notice}", headers=cookie)).text()
+                assert "Operation Encompass notice" in listing
+                assert "deadline:" in listing
+                assert "none set" not in listing
+                main = page[page.index("<main>") :]
+                assert main.index("do NOT contact the parents") < main.index("Deadline:")
+                assert main.index("Deadline:") < main.index("Why you received this")
+                content = data["content"]
+                child = [content[k] for k in ("child_given_name", "child_family_name")]
+                assert all(v in page for v in child)
+                for value in sorted(all_personal_values()):
+                    assert value not in listing
+                    assert value not in str(logs)
+                # The IDVA service's gateway knows neither the notice nor the school's session.
+                other = await web_inbox.client.get(
+                    f"/d/{notice}", headers=cookie, allow_redirects=False
+                )
+                assert other.status == 303
+                idva_cookie, _ = await web_inbox.session()
+                assert (
+                    await web_inbox.client.get(f"/d/{notice}", headers=idva_cookie)
+                ).status == 404
+        finally:
+            users.close()
