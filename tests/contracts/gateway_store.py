@@ -4,8 +4,7 @@ same database, so two instances stand for two gateway processes (or one restarte
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -13,22 +12,11 @@ import pytest
 
 from gateway.store import GatewayStore, NewDisclosure, ViewRecord, decode_cursor, encode_cursor
 from schemas.errors import InputError
+from tests.contracts.state import stores
 
 StoreFactory = Callable[[], GatewayStore]
 
 T0 = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
-
-
-@contextlib.asynccontextmanager
-async def stores(open_store: StoreFactory, n: int = 1) -> AsyncIterator[list[GatewayStore]]:
-    opened = [open_store() for _ in range(n)]
-    try:
-        for store in opened:
-            await store.open()
-        yield opened
-    finally:
-        for store in opened:
-            await store.close()
 
 
 def rid(n: int) -> UUID:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -24,8 +25,18 @@ LEASE = timedelta(seconds=30)
 A, B, C = "cairn-broker.host-a.0", "cairn-broker.host-b.0", "cairn-broker.host-c.0"
 
 
+class Opens(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Opens)
+
+
 @contextlib.asynccontextmanager
-async def stores(open_store: StoreFactory, n: int = 1) -> AsyncIterator[list[StateStore]]:
+async def stores(open_store: Callable[[], S], n: int = 1) -> AsyncIterator[list[S]]:
+    """``n`` fresh stores from ``open_store``, opened, and closed after (any store with
+    ``open``/``close``: the broker's state stores, the gateway's)."""
     opened = [open_store() for _ in range(n)]
     try:
         for store in opened:
