@@ -1,7 +1,10 @@
-"""``cairn gateway --as AGENCY``: run the agency's gateway (its store, its consumer, its API).
+"""``cairn gateway --as AGENCY``: run the agency's gateway (its store, its consumer, its API and
+its web inbox).
 
 ``build`` wires a ``Gateway`` from the settings (the CLI and the tests use it); ``server_context``
-makes the API's mutual-TLS context; ``serve`` runs both until SIGINT or SIGTERM.
+makes the API's mutual-TLS context, ``web_context`` the web inbox's (server TLS only: people log
+in with a password and a TOTP code, not a client certificate); ``serve`` runs them all until
+SIGINT or SIGTERM, each on its own listener.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import signal
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from ssl import SSLContext
 
 import click
 from aiohttp import web
@@ -20,19 +24,22 @@ from pydantic import ValidationError
 
 from adapters.agency import agency_trust
 from broker.cli.common import settings_or_exit
-from broker.config import Settings
+from broker.config import Settings, read_secret_file
 from broker.trust import TrustStore
 from gateway.api import Callers, create_api
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
 from gateway.store import GatewayStore
+from gateway.users import open_users
+from gateway.web.app import create_web
+from gateway.web.security import WebSettings
 from gateway.webhooks import Dispatcher
 from keys.store import AGENCY_CAS, CA_CERT
 from schemas.errors import CairnError
 from schemas.federation import AgencyRole
 
-__all__ = ["Built", "build", "gateway", "open_store", "server_context"]
+__all__ = ["Built", "build", "gateway", "open_store", "server_context", "web_context"]
 
 
 def open_store(settings: Settings, gw: GatewaySettings, agency: str) -> GatewayStore:
@@ -82,11 +89,41 @@ def server_context(gw: GatewaySettings, issuers: tuple[x509.Certificate, ...]) -
     return context
 
 
+def web_context(gw: GatewaySettings, web_settings: WebSettings) -> ssl.SSLContext:
+    """The web inbox's TLS context: its own certificate if configured, else the API's; no
+    client certificate asked for."""
+    cert, key = web_settings.tls_cert_file, web_settings.tls_key_file
+    password = (
+        read_secret_file("web_tls_key_password_file", web_settings.tls_key_password_file)
+        if web_settings.tls_key_password_file is not None
+        else None
+    )
+    if cert is None or key is None:
+        cert, key, password = gw.tls_cert_file, gw.tls_key_file, gw.tls_key_password()
+    if cert is None or key is None:
+        raise click.ClickException(
+            "the web inbox needs a server certificate: set CAIRN_GATEWAY_WEB_TLS_CERT_FILE and "
+            "CAIRN_GATEWAY_WEB_TLS_KEY_FILE (or the API's), or CAIRN_GATEWAY_WEB_ENABLED=false"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        context.load_cert_chain(str(cert), str(key), password=password)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(
+            f"cannot load the web inbox's certificate {cert} or its key: {exc}"
+        ) from None
+    return context
+
+
 @dataclass
 class Built:
     gateway: Gateway
     api: web.Application
     ssl: ssl.SSLContext | None
+    web: web.Application | None = None  # the web inbox; None when CAIRN_GATEWAY_WEB_ENABLED=false
+    web_ssl: SSLContext | None = None
 
 
 def build(
@@ -98,8 +135,9 @@ def build(
     store: GatewayStore | None = None,
     webhook_ssl: ssl.SSLContext | None = None,
     with_tls: bool = True,
+    web_settings: WebSettings | None = None,
 ) -> Built:
-    """The gateway of ``agency`` with its API, from the settings."""
+    """The gateway of ``agency`` with its API and (unless disabled) its web inbox."""
     from broker.federation import load_federation
 
     federation = load_federation(settings.federation_dir)
@@ -141,31 +179,64 @@ def build(
         health=member.role is AgencyRole.NHS_SAFEGUARDING,
         limit_max=gw.page_limit_max,
     )
-    return Built(service, api, server_context(gw, issuers) if with_tls else None)
+    web_settings = web_settings if web_settings is not None else WebSettings()
+    inbox = None
+    if web_settings.enabled:
+        inbox = create_web(
+            service, open_users(settings.state_dir, agency, web_settings), web_settings
+        )
+    return Built(
+        service,
+        api,
+        server_context(gw, issuers) if with_tls else None,
+        inbox,
+        web_context(gw, web_settings) if with_tls and inbox is not None else None,
+    )
 
 
-async def serve(built: Built, gw: GatewaySettings) -> None:
-    """Run the gateway and its API until SIGINT or SIGTERM."""
+async def _listen(
+    app: web.Application, host: str, port: int, context: ssl.SSLContext | None
+) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)  # no access log: a URL is never logged
+    await runner.setup()
+    await web.TCPSite(runner, host, port, ssl_context=context).start()
+    return runner, (runner.addresses[0][1] if runner.addresses else port)
+
+
+async def serve(built: Built, gw: GatewaySettings, web_settings: WebSettings | None = None) -> None:
+    """Run the gateway, its API and its web inbox until SIGINT or SIGTERM."""
+    web_settings = web_settings if web_settings is not None else WebSettings()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await built.gateway.store.open()
-    runner = web.AppRunner(built.api, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, gw.host, gw.port, ssl_context=built.ssl)
-    await site.start()
-    port = runner.addresses[0][1] if runner.addresses else gw.port
-    click.echo(
-        f"gateway for {built.gateway.agency} listening on https://{gw.host}:{port} "
-        f"(started {datetime.now(UTC).isoformat(timespec='seconds')})",
-        err=True,
-    )
+    runners: list[web.AppRunner] = []
     try:
+        runner, port = await _listen(built.api, gw.host, gw.port, built.ssl)
+        runners.append(runner)
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        click.echo(
+            f"gateway for {built.gateway.agency}: API (mutual TLS) listening on "
+            f"https://{gw.host}:{port} "
+            f"(started {started})",
+            err=True,
+        )
+        if built.web is not None:
+            runner, port = await _listen(
+                built.web, web_settings.host, web_settings.port, built.web_ssl
+            )
+            runners.append(runner)
+            click.echo(
+                f"gateway for {built.gateway.agency}: web inbox listening on "
+                f"https://{web_settings.host}:{port}/",
+                err=True,
+            )
         await built.gateway.run(stop)
     finally:
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
+        for runner in runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
         await built.gateway.store.close()
 
 
@@ -173,10 +244,12 @@ async def serve(built: Built, gw: GatewaySettings) -> None:
 @click.option("--as", "agency", required=True, help="The agency whose gateway this is.")
 @click.pass_context
 def gateway(ctx: click.Context, agency: str) -> None:
-    """Run AGENCY's gateway: its store, its delivery consumer and its HTTPS API (README "Gateway").
+    """Run AGENCY's gateway: its store, its delivery consumer, its HTTPS API for case systems
+    (mutual TLS) and its web inbox for staff (README "Gateway", "Web inbox").
 
-    Settings: CAIRN_GATEWAY_* (the API's certificate, the store, webhooks) beside the usual
-    Kafka and key settings.
+    Settings: CAIRN_GATEWAY_* (the API's address and certificate, the store, webhooks) and
+    CAIRN_GATEWAY_WEB_* (the inbox's address, certificate, sessions) beside the usual Kafka and
+    key settings. Staff accounts: cairn gateway --as AGENCY user --help.
     """
     ctx.ensure_object(dict)
     ctx.obj["gateway_agency"] = agency
@@ -189,19 +262,23 @@ def gateway(ctx: click.Context, agency: str) -> None:
     try:
         gw = GatewaySettings()
     except ValidationError as exc:
-        raise click.ClickException(_settings_problem(exc)) from None
+        raise click.ClickException(_settings_problem(exc, "CAIRN_GATEWAY_")) from None
     try:
-        built = build(settings, gw, agency)
-        asyncio.run(serve(built, gw))
+        web_settings = WebSettings()
+    except ValidationError as exc:
+        raise click.ClickException(_settings_problem(exc, "CAIRN_GATEWAY_WEB_")) from None
+    try:
+        built = build(settings, gw, agency, web_settings=web_settings)
+        asyncio.run(serve(built, gw, web_settings))
     except (CairnError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _settings_problem(exc: ValidationError) -> str:
+def _settings_problem(exc: ValidationError, prefix: str) -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"]) or "settings"
-        name = f"CAIRN_GATEWAY_{where.upper()}" if error["loc"] else "CAIRN_GATEWAY_*"
+        name = f"{prefix}{where.upper()}" if error["loc"] else f"{prefix}*"
         lines.append(f"{name}: {error['msg']}")
     return "invalid gateway settings: " + "; ".join(lines)
 

@@ -19,8 +19,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -58,6 +59,18 @@ class WebSettings(BaseSettings):
         env_prefix="CAIRN_GATEWAY_WEB_", extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
+    enabled: bool = Field(default=True, description="Serve the web inbox (false: the API only)")
+    host: str = Field(default="127.0.0.1", description="Address the web inbox listens on")
+    port: int = Field(default=8447, ge=0, le=65535, description="Its port (0: any free one)")
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="Its PEM certificate chain (default: the API's, CAIRN_GATEWAY_TLS_CERT_FILE)",
+    )
+    tls_key_file: Path | None = Field(default=None, description="Its PEM private key")
+    tls_key_password_file: Path | None = Field(
+        default=None, description="A file holding that key's passphrase, if it has one"
+    )
+
     session_idle_s: float = Field(
         default=900.0,
         gt=0,
@@ -77,6 +90,14 @@ class WebSettings(BaseSettings):
     sessions_max: int = Field(
         default=1000, ge=1, description="Live sessions kept at most (the oldest ends first)"
     )
+
+    @model_validator(mode="after")
+    def _pair(self) -> WebSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "set CAIRN_GATEWAY_WEB_TLS_CERT_FILE and CAIRN_GATEWAY_WEB_TLS_KEY_FILE together"
+            )
+        return self
 
 
 @dataclass

@@ -13,6 +13,7 @@ import asyncio
 import json
 import signal
 import sqlite3
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +34,7 @@ from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
 from gateway.webhooks import verify
+from keys.store import CA_CERT
 from schemas.audit import AuditEventType
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
@@ -426,14 +428,16 @@ async def test_cairn_gateway_runs_as_a_command_and_stops_on_sigterm(
     gw_files: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    """``cairn gateway --as AGENCY`` as an operator starts it: it says where it listens, stores
-    what the agency's topic holds, serves it over mutual TLS, and exits 0 on SIGTERM."""
+    """``cairn gateway --as AGENCY`` as an operator starts it: it says where its API and its web
+    inbox listen, stores what the agency's topic holds, serves it over mutual TLS, shows the
+    web inbox's login page over TLS without a client certificate, and exits 0 on SIGTERM."""
     (rid,) = await send(federation_keys, broker)
     env = cairn_env(
         settings,
         federation_keys,
         tmp_path / "state",
         CAIRN_GATEWAY_PORT="0",
+        CAIRN_GATEWAY_WEB_PORT="0",
         CAIRN_GATEWAY_TLS_CERT_FILE=str(gw_files["tls_cert_file"]),
         CAIRN_GATEWAY_TLS_KEY_FILE=str(gw_files["tls_key_file"]),
         CAIRN_LOG_FORMAT="json",
@@ -444,14 +448,25 @@ async def test_cairn_gateway_runs_as_a_command_and_stops_on_sigterm(
     )  # fmt: skip
     try:
         assert process.stderr is not None
-        url = ""
+        url = inbox = ""
         deadline = time.monotonic() + WAIT_S
-        while not url and time.monotonic() < deadline:
+        while not (url and inbox) and time.monotonic() < deadline:
             line = (await asyncio.wait_for(process.stderr.readline(), WAIT_S)).decode()
             assert line, "the gateway ended before it listened"
             if "listening on " in line:
-                url = line.split("listening on ")[1].split()[0]
+                found = line.split("listening on ")[1].split()[0]
+                if "web inbox" in line:
+                    inbox = found
+                else:
+                    url = found
         assert url.startswith("https://127.0.0.1:")
+        assert inbox.startswith("https://127.0.0.1:")
+        assert inbox != url + "/"
+        # A browser: trusts the federation CA, holds no client certificate.
+        web_ca = ssl.create_default_context(cadata=federation_keys.store.read(CA_CERT).decode())
+        async with session(web_ca) as browser, browser.get(f"{inbox}login") as page:
+            assert page.status == 200
+            assert "Log in" in await page.text()
         async with session(federation_keys.client_ssl(AGENCY)) as http:
 
             async def listed() -> bool:

@@ -99,3 +99,12 @@ def test_headers_forbid_script_framing_and_caching() -> None:
 def test_settings_are_typed(bad: dict[str, float]) -> None:
     with pytest.raises(ValidationError):
         WebSettings.model_validate(bad)
+
+
+def test_the_web_inbox_listens_on_its_own_port_with_a_certificate_pair() -> None:
+    defaults = WebSettings()
+    assert (defaults.enabled, defaults.host, defaults.port) == (True, "127.0.0.1", 8447)
+    with pytest.raises(ValidationError, match="TLS_KEY_FILE together"):
+        WebSettings(tls_cert_file="web.crt")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        WebSettings(port=70000)
