@@ -38,7 +38,7 @@ from gateway.service import Gateway
 from gateway.store import Stored
 from keys.pki import agency_of_certificate
 from schemas.errors import InfrastructureError, InputError
-from schemas.receipt import AcknowledgementStatus
+from schemas.receipt import PERSONAL_STATUSES, AcknowledgementStatus
 
 __all__ = ["PROBLEM", "Callers", "create_api", "summary"]
 
@@ -224,7 +224,9 @@ async def acknowledge(request: web.Request) -> web.Response:
             return problem(413, "too-large", "The acknowledgement body is too large")
         if raw.strip():
             status, reasons = _ack_body(raw)
-    done = await gateway.acknowledge(rid, status=status, reasons=reasons)
+    done = await gateway.acknowledge(
+        rid, status=status, reasons=reasons, by=f"client:{request[_CLIENT_ID]}"
+    )
     if done is None:
         return problem(404, "not-found", "No such disclosure at this gateway")
     stored, first = done
@@ -255,6 +257,8 @@ def _ack_body(raw: bytes) -> tuple[AcknowledgementStatus, tuple[str, ...]]:
         status = AcknowledgementStatus(body.get("status", "filed"))
     except ValueError:
         raise bad from None
+    if status in PERSONAL_STATUSES:
+        raise bad  # a person acknowledges in the web inbox, under their own staff id
     reasons = body.get("reasons", [])
     if (
         not isinstance(reasons, list)

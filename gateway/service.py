@@ -50,11 +50,21 @@ from broker.kafka.topics import delivery_topic
 from broker.kafka.transport import kafka_options
 from broker.trust import TrustStore
 from gateway.retention import delete_after
-from gateway.store import GatewayStore, NewDisclosure, Page, Stored, ViewRecord, decode_cursor
+from gateway.store import (
+    NOTE_MAX_CHARS,
+    Action,
+    GatewayStore,
+    NewDisclosure,
+    Page,
+    Stored,
+    ViewRecord,
+    decode_cursor,
+)
 from gateway.webhooks import Dispatcher
 from keys import sign_ack
 from schemas.errors import InputError
 from schemas.receipt import (
+    PERSONAL_STATUSES,
     RETENTION_EXPIRED,
     Acknowledgement,
     AcknowledgementStatus,
@@ -181,33 +191,56 @@ class Gateway:
         *,
         status: AcknowledgementStatus = AcknowledgementStatus.FILED,
         reasons: Sequence[str] = (),
+        by: str | None = None,
+        note: str = "",
     ) -> tuple[Stored, bool] | None:
         """Acknowledge a stored disclosure; (its record, whether this was the first time), or
-        None if it is not stored. Only the first acknowledgement is signed and sent."""
+        None if it is not stored. Only the first acknowledgement is signed and sent; a person's
+        later "actioned" after "read" is kept in the store with its note (``actions``).
+
+        ``by``: who (``staff:<id>`` for a person, required with "read" and "actioned";
+        ``client:<id>`` for a case system). ``note``: a person's own words, kept here only."""
+        if len(note) > NOTE_MAX_CHARS:
+            raise InputError(
+                f"a note is at most {NOTE_MAX_CHARS} characters", reasons=("note_too_long",)
+            )
+        personal = status in PERSONAL_STATUSES
+        if personal and (by is None or not by.startswith("staff:")):
+            raise InputError(
+                f"a '{status.value}' acknowledgement names the person who gave it",
+                reasons=("bad_acknowledgement",),
+            )
         stored = await self.store.get(referral_id)
         if stored is None:
             return None
+        now = self._clock()
+        action = Action(status.value, by, note, now) if personal and by is not None else None
         if stored.acknowledged_at is not None:
+            if action is not None and status is AcknowledgementStatus.ACTIONED:
+                await self.store.add_action(referral_id, action)
             return stored, False
         disclosure = stored.disclosure()
-        if status is AcknowledgementStatus.FILED and not reasons:
+        if status is AcknowledgementStatus.FILED and not reasons and by is None:
             token = self._acknowledger(disclosure)  # exactly what cairn inbox sends
-            now = self._clock()
         else:
-            now = self._clock()
             ack = Acknowledgement(
                 referral_id=referral_id,
                 agency=self.agency,
                 status=status,
                 reasons=tuple(reasons),
                 acknowledged_at=now,
+                by=by,
             )
             token = sign_ack(
                 ack.model_dump_json().encode(), self.trust.signing_key(), issued_at=now
             )
-        first = await self.store.acknowledge(referral_id, status.value, now, token)
+        first = await self.store.acknowledge(referral_id, status.value, now, token, action=action)
         again = await self.store.get(referral_id)
         return (again or stored), first
+
+    async def actions(self, referral_id: UUID) -> tuple[Action, ...]:
+        """Who at this agency marked the disclosure read or actioned (with their notes)."""
+        return await self.store.actions(referral_id)
 
     # -- background work ----------------------------------------------------------------------
 

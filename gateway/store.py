@@ -16,6 +16,10 @@ What it keeps, per agency:
   has them, so a stop between the two sends one again (the broker and the audit log know a
   repeat) and never loses one.
 - ``views``: who opened which disclosure when (a viewer id, never a name).
+- ``actions``: who at the agency marked a disclosure read or actioned, when, with their note.
+  The note is the agency's own working text: it stays here, never in a receipt, a log line or
+  the audit log. The first acknowledgement is also the signed one the broker audits; a later
+  "actioned" after "read" is kept here only.
 - ``webhooks``: one job per disclosure when webhooks are on, created with it: attempts, the next
   attempt, delivered or given up. Marked delivered only when the receiver answered 2xx.
 
@@ -41,6 +45,8 @@ from schemas.disclosure import Disclosure
 from schemas.errors import InputError
 
 __all__ = [
+    "NOTE_MAX_CHARS",
+    "Action",
     "Cursor",
     "GatewayStore",
     "NewDisclosure",
@@ -58,6 +64,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+NOTE_MAX_CHARS: Final = 2000  # an acknowledgement's note, at most
 
 _CURSOR_PREFIX: Final = b"cg1"  # a version tag, so a later cursor form can be told apart
 
@@ -162,6 +170,16 @@ class ViewRecord:
 
 
 @dataclass(frozen=True)
+class Action:
+    """One person's acknowledgement of a disclosure: "read" or "actioned", with a note."""
+
+    status: str
+    by: str  # staff:<staff id>
+    note: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class WebhookJob:
     referral_id: UUID
     attempts: int
@@ -190,9 +208,27 @@ class GatewayStore(Protocol):
         """Disclosures whose JSON holds ``text`` (case-insensitive), newest first."""
         ...
 
-    async def acknowledge(self, referral_id: UUID, status: str, at: datetime, token: bytes) -> bool:
-        """Record the first acknowledgement and queue its signed receipt; False (nothing
-        changed) if it was acknowledged already or is not stored."""
+    async def acknowledge(
+        self,
+        referral_id: UUID,
+        status: str,
+        at: datetime,
+        token: bytes,
+        *,
+        action: Action | None = None,
+    ) -> bool:
+        """Record the first acknowledgement and queue its signed receipt (and, if a person
+        gave it, their ``action``); False (nothing changed) if it was acknowledged already or
+        is not stored."""
+        ...
+
+    async def add_action(self, referral_id: UUID, action: Action) -> bool:
+        """Record a person's later acknowledgement (kept here only: no receipt); False if the
+        disclosure is not stored or already has an action of that status."""
+        ...
+
+    async def actions(self, referral_id: UUID) -> tuple[Action, ...]:
+        """Who marked the disclosure read or actioned, oldest first."""
         ...
 
     async def record_view(self, view: ViewRecord, token: bytes) -> bool:
@@ -353,7 +389,15 @@ class SqlGatewayStore(abc.ABC):
         )
         return tuple(_stored(r) for r in rows)
 
-    async def acknowledge(self, referral_id: UUID, status: str, at: datetime, token: bytes) -> bool:
+    async def acknowledge(
+        self,
+        referral_id: UUID,
+        status: str,
+        at: datetime,
+        token: bytes,
+        *,
+        action: Action | None = None,
+    ) -> bool:
         rid = str(referral_id)
 
         def work(tx: Tx) -> bool:
@@ -364,9 +408,46 @@ class SqlGatewayStore(abc.ABC):
             )
             if changed:
                 self._queue(tx, rid, "acknowledged", token, at)
+                if action is not None:
+                    self._act(tx, rid, action)
             return changed > 0
 
         return await self._do(work)
+
+    @staticmethod
+    def _act(tx: Tx, rid: str, action: Action) -> bool:
+        if len(action.note) > NOTE_MAX_CHARS:
+            raise InputError(
+                f"a note is at most {NOTE_MAX_CHARS} characters", reasons=("note_too_long",)
+            )
+        return (
+            tx.count(
+                "INSERT INTO gw_actions (referral_id, status, actor, note, at_us) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (referral_id, status) DO NOTHING",
+                (rid, action.status, action.by, action.note, to_us(action.at)),
+            )
+            > 0
+        )
+
+    async def add_action(self, referral_id: UUID, action: Action) -> bool:
+        rid = str(referral_id)
+
+        def work(tx: Tx) -> bool:
+            if not tx.run("SELECT 1 FROM gw_disclosures WHERE referral_id = ?", (rid,)):
+                return False
+            return self._act(tx, rid, action)
+
+        return await self._do(work)
+
+    async def actions(self, referral_id: UUID) -> tuple[Action, ...]:
+        rows = await self._do(
+            lambda tx: tx.run(
+                "SELECT status, actor, note, at_us FROM gw_actions WHERE referral_id = ? "
+                "ORDER BY at_us, status",
+                (str(referral_id),),
+            )
+        )
+        return tuple(Action(r[0], r[1], r[2], from_us(int(r[3]))) for r in rows)
 
     async def record_view(self, view: ViewRecord, token: bytes) -> bool:
         rid = str(view.referral_id)
@@ -411,6 +492,7 @@ class SqlGatewayStore(abc.ABC):
             if not tx.count("DELETE FROM gw_disclosures WHERE referral_id = ?", (rid,)):
                 return False
             tx.run("DELETE FROM gw_webhooks WHERE referral_id = ?", (rid,))
+            tx.run("DELETE FROM gw_actions WHERE referral_id = ?", (rid,))
             tx.run(
                 "INSERT INTO gw_tombstones (referral_id, deleted_us, reason) VALUES (?, ?, ?) "
                 "ON CONFLICT (referral_id) DO NOTHING",
@@ -526,6 +608,14 @@ SCHEMA: Final = (
         viewed_us   BIGINT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS gw_views_referral ON gw_views (referral_id)",
+    """CREATE TABLE IF NOT EXISTS gw_actions (
+        referral_id TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        note        TEXT NOT NULL,
+        at_us       BIGINT NOT NULL,
+        PRIMARY KEY (referral_id, status)
+    )""",
     """CREATE TABLE IF NOT EXISTS gw_outbox (
         id          {serial},
         referral_id TEXT NOT NULL,

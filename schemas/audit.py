@@ -135,7 +135,7 @@ _FIELDS: Final[Mapping[AuditEventType, tuple[frozenset[str], frozenset[str]]]] =
             f"request_id lawful_basis consent_state {_OVERRIDE} rules agreement",
         ),
         ("delivered", "message_id recipient", "sender purpose request_id"),
-        ("acknowledged", "message_id recipient status", "sender purpose reasons"),
+        ("acknowledged", "message_id recipient status", "sender purpose reasons viewer"),
         ("key_rotated", "agency kids", "reasons"),
         ("agreement_changed", "agreement agreement_digest", "purpose reasons"),
         ("overdue", "message_id recipient due_at", "sender purpose reasons"),
@@ -572,7 +572,8 @@ def delivered(
 def acknowledged(
     ack: Acknowledgement, *, at: datetime | None = None, event_id: UUID | None = None
 ) -> AuditEvent:
-    """The recipient's acknowledgement of one disclosure (filed, or rejected with reasons)."""
+    """The recipient's acknowledgement of one disclosure (filed, rejected with reasons, or read
+    or actioned by a person, named in ``viewer`` by staff id)."""
     return _event(
         AuditEventType.ACKNOWLEDGED,
         {"at": at if at is not None else ack.acknowledged_at, "event_id": event_id},
@@ -580,6 +581,7 @@ def acknowledged(
         recipient=ack.agency,
         status=ack.status,
         reasons=ack.reasons,
+        viewer=ack.by,
     )
 
 

@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 from schemas.fields import AgencyId, Frozen, MessageId, Moment, inconsistent
 
 __all__ = [
+    "PERSONAL_STATUSES",
     "RETENTION_EXPIRED",
     "Acknowledgement",
     "AcknowledgementStatus",
@@ -64,16 +65,35 @@ class Receipt(Frozen):
 class AcknowledgementStatus(StrEnum):
     FILED = "filed"  # verified, decrypted and stored in the recipient's own system
     REJECTED = "rejected"  # verified but could not be filed; ``reasons`` say why
+    READ = "read"  # a person of the recipient read it (the gateway's web inbox)
+    ACTIONED = "actioned"  # a person of the recipient read it and acted on it
+
+
+#: The statuses a person gives in the web inbox (``by`` names them); the others are a system's.
+PERSONAL_STATUSES = frozenset({AcknowledgementStatus.READ, AcknowledgementStatus.ACTIONED})
 
 
 class Acknowledgement(Frozen):
-    """A recipient's word that it has processed one disclosure."""
+    """A recipient's word that it has processed one disclosure.
+
+    ``by`` says who, when a person (``staff:<staff id>``) or a named case system
+    (``client:<id>``) did; a note a person adds stays in the recipient's gateway, never here.
+    """
 
     referral_id: MessageId
     agency: AgencyId
     status: AcknowledgementStatus
     reasons: tuple[ReasonCode, ...] = ()
     acknowledged_at: Moment  # a recipient's clock: RFC 3339, in the plausible years
+    by: ViewerId | None = None
+
+    @model_validator(mode="after")
+    def _people_say_who(self) -> Acknowledgement:
+        if self.status in PERSONAL_STATUSES and (
+            self.by is None or not self.by.startswith("staff:")
+        ):
+            raise inconsistent("by", f"a '{self.status.value}' acknowledgement names its staff:id")
+        return self
 
     @model_validator(mode="after")
     def _rejections_say_why(self) -> Acknowledgement:

@@ -2,7 +2,9 @@
 
 Pages: ``/login`` (password and TOTP code), ``/`` (the inbox: overdue, then due soon, then the
 rest, each with its deadline), ``/d/<referral id>`` (one disclosure; opening it records a
-signed ``viewed`` receipt with the staff id), ``POST /d/<id>/ack`` (acknowledge), ``POST
+signed ``viewed`` receipt with the staff id), ``POST /d/<id>/ack`` (mark it "read" or
+"actioned", with an optional note: the first is the signed acknowledgement the broker audits,
+with the staff id; the note stays in the gateway's store), ``POST
 /search`` (the words searched for travel in the body, never the URL), ``POST /logout``.
 
 No personal data in a URL or a log line: a disclosure is addressed by its referral id (a random
@@ -17,7 +19,7 @@ import asyncio
 import hmac
 import html
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,11 +28,12 @@ from uuid import UUID
 import structlog
 from aiohttp import web
 
-from gateway.store import Stored
+from gateway.store import NOTE_MAX_CHARS, Action, Stored
 from gateway.users import LoginRefused, Outcome, Staff, Users
 from gateway.web.security import COOKIE, SECURITY_HEADERS, Sessions, WebSettings, check_csrf
 from schemas.disclosure import Disclosure
 from schemas.errors import CairnError
+from schemas.receipt import AcknowledgementStatus
 
 __all__ = ["Inbox", "create_web"]
 
@@ -54,7 +57,16 @@ class Inbox(Protocol):
     ) -> Any: ...
     async def search(self, text: str, limit: int = 50) -> tuple[Stored, ...]: ...
     async def view(self, referral_id: UUID, viewer: str) -> Stored | None: ...
-    async def acknowledge(self, referral_id: UUID) -> tuple[Stored, bool] | None: ...
+    async def acknowledge(
+        self,
+        referral_id: UUID,
+        *,
+        status: AcknowledgementStatus = ...,
+        reasons: Sequence[str] = (),
+        by: str | None = None,
+        note: str = "",
+    ) -> tuple[Stored, bool] | None: ...
+    async def actions(self, referral_id: UUID) -> tuple[Action, ...]: ...
 
 
 USERS = web.AppKey("users", Users)
@@ -258,7 +270,48 @@ def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", exclude_none=True)
 
 
-def _disclosure_body(stored: Stored, disclosure: Disclosure, csrf: str) -> str:
+_DONE = {"read": "Read", "actioned": "Actioned"}
+
+
+def _acknowledge_section(stored: Stored, actions: Sequence[Action], csrf: str) -> str:
+    """Who marked it read or actioned (with their notes), and the form for what is left: both
+    buttons until someone acknowledges it, then "actioned" until someone has."""
+    done = {a.status for a in actions}
+    history = "".join(
+        f"<li>{_e(_DONE.get(a.status, a.status))} by {_e(a.by)} at "
+        f"{a.at.astimezone(UTC):%d %b %Y %H:%M} UTC"
+        + (f"<blockquote>{_e(a.note)}</blockquote>" if a.note else "")
+        + "</li>"
+        for a in actions
+    )
+    if stored.acknowledged_at is not None and not actions:
+        history = (
+            f"<li>Acknowledged ({_e(stored.ack_status)}) at "
+            f"{stored.acknowledged_at.astimezone(UTC):%d %b %Y %H:%M} UTC</li>"
+        )
+    buttons = []
+    if stored.acknowledged_at is None:
+        buttons.append('<button type="submit" name="status" value="read">Mark as read</button>')
+    if stored.acknowledged_at is None or (stored.ack_status == "read" and "actioned" not in done):
+        buttons.append(
+            '<button type="submit" name="status" value="actioned">Mark as actioned</button>'
+        )
+    form = (
+        f'<form method="post" action="/d/{stored.referral_id}/ack">'
+        f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+        "<p><label>Note (optional; kept in this gateway, not sent to the broker) "
+        f'<textarea name="note" rows="3" maxlength="{NOTE_MAX_CHARS}"></textarea></label></p>'
+        f"<p>{''.join(buttons)}</p></form>"
+        if buttons
+        else ""
+    )
+    listed = f"<ul>{history}</ul>" if history else "<p>Not acknowledged yet.</p>"
+    return f"<section><h2>Acknowledge</h2>{listed}{form}</section>"
+
+
+def _disclosure_body(
+    stored: Stored, disclosure: Disclosure, csrf: str, actions: Sequence[Action] = ()
+) -> str:
     parts: list[str] = []
     note = disclosure.notification
     if note is not None:
@@ -307,18 +360,7 @@ def _disclosure_body(stored: Stored, disclosure: Disclosure, csrf: str) -> str:
     )
     for group, value in content.items():
         parts.append(f"<section><h2>{_e(_label(group))}</h2>{_value(value)}</section>")
-    if stored.acknowledged_at is None:
-        parts.append(
-            '<section><h2>Acknowledge</h2><form method="post" action="/d/'
-            f'{stored.referral_id}/ack"><input type="hidden" name="csrf" value="{_e(csrf)}">'
-            '<button type="submit">I have read this</button></form></section>'
-        )
-    else:
-        parts.append(
-            f"<p>Acknowledged ({_e(stored.ack_status)}) at "
-            f"{stored.acknowledged_at.astimezone(UTC):%d %b %Y %H:%M} UTC.</p>"
-            f""
-        )
+    parts.append(_acknowledge_section(stored, actions, csrf))
     return "".join(parts)
 
 
@@ -337,9 +379,10 @@ async def disclosure_page(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such disclosure")
     log.info("web.viewed", staff_id=staff.staff_id, referral_id=str(referral_id))
     disclosure = stored.disclosure()
+    actions = await request.app[INBOX].actions(referral_id)  # type: ignore[attr-defined]
     return _page(
         _subject(stored, disclosure),
-        _disclosure_body(stored, disclosure, session.csrf),
+        _disclosure_body(stored, disclosure, session.csrf, actions),
         staff=staff,
         csrf=session.csrf,
     )
@@ -347,13 +390,27 @@ async def disclosure_page(request: web.Request) -> web.Response:
 
 async def acknowledge(request: web.Request) -> web.Response:
     staff, session = _session(request)
-    await _form(request, session)
+    form = await _form(request, session)
     referral_id = _referral_id(request)
-    done = await request.app[INBOX].acknowledge(referral_id)  # type: ignore[attr-defined]
+    status, note = form.get("status"), form.get("note", "")
+    if status not in _DONE or not isinstance(note, str) or len(note) > NOTE_MAX_CHARS:
+        raise web.HTTPBadRequest(
+            text=f"choose read or actioned; a note is at most {NOTE_MAX_CHARS} characters"
+        )
+    done = await request.app[INBOX].acknowledge(  # type: ignore[attr-defined]
+        referral_id,
+        status=AcknowledgementStatus(status),
+        by=f"staff:{staff.staff_id}",
+        note=note.strip(),
+    )
     if done is None:
         raise web.HTTPNotFound(text="no such disclosure")
     log.info(
-        "web.acknowledged", staff_id=staff.staff_id, referral_id=str(referral_id), first=done[1]
+        "web.acknowledged",
+        staff_id=staff.staff_id,
+        referral_id=str(referral_id),
+        status=status,
+        first=done[1],
     )
     raise web.HTTPSeeOther(f"/d/{referral_id}")
 

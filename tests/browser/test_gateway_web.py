@@ -114,9 +114,13 @@ async def test_the_dsl_reads_and_acknowledges_the_notice(
     await page.screenshot(path=str(artifacts / "gateway-notice.png"), full_page=True)
     notice = delivery.disclosure.referral_id
     assert [v.viewer for v in await service.views(notice)] == [f"staff:{enrolment.staff.staff_id}"]
-    await page.click("text=I have read this")
-    await page.wait_for_selector("text=Acknowledged")
-    assert (await service.get(notice)).acknowledged_at is not None
+    await page.fill("textarea[name=note]", "Class teacher told")
+    await page.click("text=Mark as read")
+    await page.wait_for_selector("text=Read by")
+    assert (await service.get(notice)).ack_status == "read"
+    await page.click("text=Mark as actioned")
+    await page.wait_for_selector("text=Actioned by")
+    assert [a.status for a in await service.actions(notice)] == ["read", "actioned"]
     content = delivery.disclosure.notification.content
     for value in (content.child_given_name, content.child_family_name):
         assert value not in listing

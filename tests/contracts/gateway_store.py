@@ -10,7 +10,14 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from gateway.store import GatewayStore, NewDisclosure, ViewRecord, decode_cursor, encode_cursor
+from gateway.store import (
+    Action,
+    GatewayStore,
+    NewDisclosure,
+    ViewRecord,
+    decode_cursor,
+    encode_cursor,
+)
 from schemas.errors import InputError
 from tests.contracts.state import stores
 
@@ -154,6 +161,26 @@ async def webhook_jobs_are_retried_until_delivered_across_restarts(
         assert await again.due_webhooks(later + timedelta(days=1), 10) == ()
 
 
+async def a_persons_read_then_actioned_is_kept_with_its_note(open_store: StoreFactory) -> None:
+    """The first acknowledgement carries the person's action (one receipt); a later
+    "actioned" is kept beside it (no receipt), each status once; deletion takes the notes."""
+    read = Action("read", "staff:KS-1", "Told the class teacher", T0)
+    actioned = Action("actioned", "staff:KS-2", "", T0 + timedelta(minutes=5))
+    async with stores(open_store, 2) as (store, other):
+        await store.put(new(1, keep=timedelta(days=1)), webhook=False)
+        assert await store.acknowledge(rid(1), "read", T0, b"ack.read.1", action=read) is True
+        assert await other.acknowledge(rid(1), "actioned", T0, b"ack.x.2", action=actioned) is False
+        assert await other.add_action(rid(1), actioned) is True
+        assert await store.add_action(rid(1), actioned) is False  # each status once
+        assert await store.add_action(rid(7), actioned) is False  # not stored
+        assert await other.actions(rid(1)) == (read, actioned)
+        assert [p.token for p in await store.pending_receipts(10)] == [b"ack.read.1"]
+        with pytest.raises(InputError):
+            await store.add_action(rid(1), Action("other", "staff:KS-3", "x" * 2001, T0))
+        assert await store.delete(rid(1), T0, "retention-expired", b"del.et.e") is True
+        assert await store.actions(rid(1)) == ()
+
+
 def cursors_are_opaque_and_checked() -> None:
     for seq in (0, 1, 2**40):
         assert decode_cursor(encode_cursor(seq)) == seq
@@ -166,6 +193,7 @@ CHECKS = (
     a_disclosure_is_stored_once_whoever_delivers_it_again,
     pages_follow_the_cursor_in_order_without_gaps,
     acknowledging_is_once_and_queues_its_receipt,
+    a_persons_read_then_actioned_is_kept_with_its_note,
     every_view_is_kept_and_queued,
     a_deleted_disclosure_is_gone_and_never_comes_back,
     search_finds_text_in_what_was_received,

@@ -160,7 +160,13 @@ async def test_responses_are_the_documented_ones(
             "POST", f"/v1/disclosures/{ids[1]}/acknowledgement", ack, json=rejected
         )
         assert (status, body["status"]) == (201, "rejected")
-        for bad in ({"status": "rejected"}, {"status": "filed", "note": "x"}, [1], {"status": 1}):
+        for bad in (
+            {"status": "rejected"},
+            {"status": "filed", "note": "x"},
+            [1],
+            {"status": 1},
+            {"status": "read"},  # a person's, in the web inbox under their staff id
+        ):
             status, _ = await call(
                 "POST", f"/v1/disclosures/{ids[2]}/acknowledgement", ack, json=bad
             )

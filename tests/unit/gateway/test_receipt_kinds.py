@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel
+import pytest
+from pydantic import BaseModel, ValidationError
 
 from broker.kafka.consumer import DLQ_REASON
 from broker.kafka.transport import MemoryTransport
@@ -15,7 +16,14 @@ from broker.receipts import ReceiptsLoop
 from broker.state import Delivery, StateStore
 from keys import sign_ack
 from schemas.audit import AuditEvent, AuditEventType
-from schemas.receipt import RETENTION_EXPIRED, Deletion, View, receipt_of
+from schemas.receipt import (
+    RETENTION_EXPIRED,
+    Acknowledgement,
+    AcknowledgementStatus,
+    Deletion,
+    View,
+    receipt_of,
+)
 from tests.conftest import FederationKeys
 from tests.unit.broker import test_receipts as base
 from tests.unit.broker.test_receipts import TP, Message, ack_message, queued
@@ -139,3 +147,54 @@ async def test_a_deletion_a_year_on_is_audited_from_the_deliveries_once_claims_a
     assert [(e.recipient, e.message_id) for e in deletions] == [(school, rid)]
     reasons = [dict(r.headers)[DLQ_REASON] for r in transport.read_committed("unit.dlq")]
     assert reasons == [b"not_queued"]  # never delivered to the IDVA service
+
+
+async def test_a_persons_read_acknowledgement_is_audited_with_their_staff_id_once(
+    loop: ReceiptsLoop,
+    store: StateStore,
+    transport: MemoryTransport,
+    federation_keys: FederationKeys,
+) -> None:
+    """A DSL's "read" (the web inbox) is the acknowledgement: audited with their staff id; a
+    later "actioned" for the same disclosure is a repeat to the broker (kept at the gateway)."""
+    rid = await queued(store)
+    now = datetime.now(UTC)
+    read, actioned = (
+        Acknowledgement(
+            referral_id=rid, agency=AGENCY, status=s, acknowledged_at=now, by="staff:DSL-0042"
+        )
+        for s in (AcknowledgementStatus.READ, AcknowledgementStatus.ACTIONED)
+    )
+    await loop.handle_batch(
+        TP,
+        [
+            signed(federation_keys, read, 1, rid, AGENCY),
+            signed(federation_keys, actioned, 2, rid, AGENCY),
+        ],
+    )
+    acks = [e for e in events(transport) if e.type is AuditEventType.ACKNOWLEDGED]
+    assert [(e.status, e.viewer, e.recipient) for e in acks] == [
+        (AcknowledgementStatus.READ, "staff:DSL-0042", AGENCY)
+    ]
+    assert loop.repeats == 1
+
+
+def test_a_person_acknowledging_is_named_by_staff_id() -> None:
+    now = datetime.now(UTC)
+    for by in (None, "client:case-system-1"):
+        with pytest.raises(ValidationError, match="staff:id"):
+            Acknowledgement(
+                referral_id=uuid4(),
+                agency=AGENCY,
+                status=AcknowledgementStatus.READ,
+                acknowledged_at=now,
+                by=by,
+            )
+    filed = Acknowledgement(
+        referral_id=uuid4(),
+        agency=AGENCY,
+        status=AcknowledgementStatus.FILED,
+        acknowledged_at=now,
+        by="client:case-system-1",
+    )
+    assert filed.by == "client:case-system-1"

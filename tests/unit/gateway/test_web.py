@@ -207,16 +207,37 @@ async def test_view_and_acknowledge_are_recorded_once_each(web_inbox: Web) -> No
         assert all(name in text for name in names)
         views = await web_inbox.service.views(referral)
         assert [v.viewer for v in views] == [f"staff:{web_inbox.enrolment.staff.staff_id}"]
-        done = await web_inbox.client.post(
-            f"/d/{referral}/ack", data={"csrf": csrf}, headers=cookie, allow_redirects=False
-        )
-        assert done.status == 303
-        again = await web_inbox.client.post(
-            f"/d/{referral}/ack", data={"csrf": csrf}, headers=cookie, allow_redirects=False
-        )
-        assert again.status == 303
+        assert "Mark as read" in text
+        assert "Mark as actioned" in text
+        note = "Spoke to the class teacher"
+        for status, words in (("read", note), ("read", "again"), ("actioned", "")):
+            done = await web_inbox.client.post(
+                f"/d/{referral}/ack",
+                data={"csrf": csrf, "status": status, "note": words},
+                headers=cookie,
+                allow_redirects=False,
+            )
+            assert done.status == 303
         stored = await web_inbox.service.get(referral)
         assert stored.acknowledged_at is not None
+        assert stored.ack_status == "read"  # the first acknowledgement is the signed one
+        staff_id = f"staff:{web_inbox.enrolment.staff.staff_id}"
+        actions = await web_inbox.service.actions(referral)
+        assert [(a.status, a.by, a.note) for a in actions] == [
+            ("read", staff_id, note),
+            ("actioned", staff_id, ""),
+        ]
+        owed = await web_inbox.service.store.pending_receipts(10)
+        assert [o.kind for o in owed].count("acknowledged") == 1
+        shown = await (await web_inbox.client.get(f"/d/{referral}", headers=cookie)).text()
+        assert note in shown
+        assert "Mark as" not in shown  # read and actioned: nothing left to do
+        assert note not in str(logs)  # the note stays in the store and on the page
+        for bad in ({"status": "filed"}, {"status": "read", "note": "x" * 2001}, {}):
+            refused = await web_inbox.client.post(
+                f"/d/{referral}/ack", data={"csrf": csrf, **bad}, headers=cookie
+            )
+            assert refused.status == 400
         found = await web_inbox.client.post(
             "/search", data={"q": names[-1], "csrf": csrf}, headers=cookie
         )
