@@ -37,8 +37,10 @@ def seal(
     registry: Registry,
     now: datetime,
     route: Routing | None = None,
+    acknowledge_by: datetime | None = None,
 ) -> Record:
-    """The record that delivers ``message`` to ``decision.recipient``, keyed by its id."""
+    """The record that delivers ``message`` to ``decision.recipient``, keyed by its id;
+    ``acknowledge_by``: the recipient's acknowledgement deadline, told to it in the disclosure."""
     if not decision.allowed:
         raise RuntimeError("seal() called for a refused recipient")
     if (
@@ -64,6 +66,7 @@ def seal(
         retention=decision.retention,
         referral=content if isinstance(content, DisclosedReferral) else None,
         notification=content if isinstance(content, EncompassNotification) else None,
+        acknowledge_by=acknowledge_by,
     )
     sealed = seal_disclosure(
         disclosure.model_dump_json().encode(),

@@ -247,6 +247,7 @@ class Pipeline:
                         registry=registry,
                         now=now,
                         route=route,
+                        acknowledge_by=deadline_for(message, d, self.settings, now),
                     )
                     for d in allowed
                 ]

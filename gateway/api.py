@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from gateway.service import Gateway
-from gateway.store import Stored
+from gateway.store import Stored, deadline_of
 from keys.pki import agency_of_certificate
 from schemas.errors import InfrastructureError, InputError
 from schemas.receipt import PERSONAL_STATUSES, AcknowledgementStatus
@@ -143,6 +143,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def summary(stored: Stored) -> dict[str, Any]:
     """A disclosure's listing entry: ids, codes and times only."""
+    due = deadline_of(stored.disclosure())
     return {
         "referral_id": str(stored.referral_id),
         "sender": stored.sender,
@@ -150,6 +151,7 @@ def summary(stored: Stored) -> dict[str, Any]:
         "kind": stored.kind,
         "received_at": stored.received_at.isoformat(),
         "delete_after": None if stored.delete_after is None else stored.delete_after.isoformat(),
+        "acknowledge_by": None if due is None else due.isoformat(),
         "acknowledged": None
         if stored.acknowledged_at is None
         else {"status": stored.ack_status, "at": stored.acknowledged_at.isoformat()},

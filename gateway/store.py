@@ -57,6 +57,7 @@ __all__ = [
     "Tx",
     "ViewRecord",
     "WebhookJob",
+    "deadline_of",
     "decode_cursor",
     "encode_cursor",
     "from_us",
@@ -144,6 +145,16 @@ class Stored:
     def disclosure(self) -> Disclosure:
         """The disclosure as the broker signed it (parsed from ``body``)."""
         return Disclosure.model_validate_json(self.body)
+
+
+def deadline_of(disclosure: Disclosure) -> datetime | None:
+    """When the recipient should acknowledge it: the broker's ``acknowledge_by``, else (a
+    notice sealed before the broker said so) the Encompass notice's own notify-by time."""
+    if disclosure.acknowledge_by is not None:
+        return disclosure.acknowledge_by
+    if disclosure.notification is not None:
+        return disclosure.notification.header.notify_by
+    return None
 
 
 @dataclass(frozen=True)

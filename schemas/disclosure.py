@@ -547,6 +547,14 @@ class Disclosure(Frozen):
     retention: Retention
     referral: DisclosedReferral | None = None
     notification: EncompassNotification | None = None
+    acknowledge_by: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "When the broker expects this recipient's acknowledgement (the start of the school "
+            "day for an Encompass notice, the MARAC or high-risk IDVA deadline); none: no "
+            "deadline. Past it, unacknowledged, the broker audits it as overdue."
+        ),
+    )
 
     @model_validator(mode="after")
     def _exactly_one_message(self) -> Disclosure:

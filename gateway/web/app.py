@@ -28,7 +28,7 @@ from uuid import UUID
 import structlog
 from aiohttp import web
 
-from gateway.store import NOTE_MAX_CHARS, Action, Stored
+from gateway.store import NOTE_MAX_CHARS, Action, Stored, deadline_of
 from gateway.users import LoginRefused, Outcome, Staff, Users
 from gateway.web.security import COOKIE, SECURITY_HEADERS, Sessions, WebSettings, check_csrf
 from schemas.disclosure import Disclosure
@@ -142,12 +142,6 @@ async def _form(request: web.Request, session: Any) -> Any:
     return form
 
 
-def _due(disclosure: Disclosure) -> datetime | None:
-    if disclosure.notification is not None:
-        return disclosure.notification.header.notify_by
-    return None
-
-
 def _subject(stored: Stored, disclosure: Disclosure) -> str:
     if disclosure.notification is not None:
         return "Operation Encompass notice"
@@ -170,7 +164,7 @@ def _rows(items: Iterable[Stored], now: datetime) -> str:
     keyed = []
     for stored in items:
         disclosure = stored.disclosure()
-        due = _due(disclosure)
+        due = deadline_of(disclosure)
         if stored.acknowledged_at is None and due is not None and due <= now:
             rank, state = 0, ("overdue", "Overdue")
         elif stored.acknowledged_at is None and due is not None and due - now <= DUE_SOON:

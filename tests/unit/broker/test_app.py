@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
 from adapters.client import SubmissionRefused
+from broker.config import Settings
+from broker.envelope import open_record
 from broker.kafka.transport import MemoryTransport
+from tests.conftest import FederationKeys
 from tests.samples import sample, sample_bytes
 from tests.unit.conftest import AgencyClient, captured_logs
 
@@ -215,3 +219,28 @@ async def test_request_id_is_echoed(police_session: aiohttp.ClientSession, broke
     )
     assert response.headers["X-Request-Id"] == "req-123"
     assert (await response.json())["request_id"] == "req-123"
+
+
+async def test_each_disclosure_tells_its_recipient_when_to_acknowledge(
+    agency_client: AgencyClient,
+    transport: MemoryTransport,
+    settings: Settings,
+    federation_keys: FederationKeys,
+) -> None:
+    """The sealed disclosure carries the deadline the broker's overdue sweep holds the
+    recipient to (DESIGN: MARAC and high-risk IDVA deadlines), so the recipient's gateway can
+    show it: the IDVA service's is deadline_idva_high_s after acceptance."""
+    data = sample()
+    assert data["risk"]["level"] == "high"
+    async with agency_client("kelder-police") as client:
+        receipt = await client.submit(json.dumps(data).encode())
+    idva = federation_keys.trust("kelder-idva")
+    disclosure = open_record(
+        transport.topics["unit.deliver.kelder-idva"][0].value,
+        recipient="kelder-idva",
+        keys=idva.decryption_keys(),
+        registry=idva.registry(),
+        now=datetime.now(UTC),
+    )
+    expected = receipt.accepted_at + timedelta(seconds=settings.deadline_idva_high_s)
+    assert disclosure.acknowledge_by == expected

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -28,9 +29,11 @@ from broker.config import Settings
 from broker.kafka.transport import MemoryTransport
 from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
+from gateway.store import deadline_of
 from gateway.users import Enrolment, Users, totp
-from gateway.web.app import create_web
+from gateway.web.app import _rows, create_web
 from gateway.web.security import COOKIE, CSP, Sessions, WebSettings
+from schemas.receipt import AcknowledgementStatus
 from tests.conftest import FederationKeys
 from tests.gateway_support import running_gateway, server_certificate
 from tests.samples import all_personal_values, sample
@@ -322,3 +325,24 @@ async def test_an_encompass_notice_opens_with_the_no_contact_banner_and_its_dead
                 ).status == 404
         finally:
             users.close()
+
+
+async def test_the_inbox_puts_what_is_due_first_by_the_brokers_deadline(web_inbox: Web) -> None:
+    """A high-risk IDVA referral comes with the broker's acknowledgement deadline (24 hours by
+    default): due soon now, overdue once past it, and no longer either once acknowledged."""
+    items = (await web_inbox.service.page(None, 10)).items
+    due = [deadline_of(s.disclosure()) for s in items]
+    assert all(d is not None for d in due)
+    now = datetime.now(UTC)
+    assert _rows(items, now).count(">Due soon<") == 2
+    later = _rows(items, now + timedelta(days=2))
+    assert later.count(">Overdue<") == 2
+    assert f"deadline: {due[0]:%a %d %b %Y %H:%M} UTC" in later  # type: ignore[str-format]
+    staff = f"staff:{web_inbox.enrolment.staff.staff_id}"
+    await web_inbox.service.acknowledge(
+        items[0].referral_id, status=AcknowledgementStatus.READ, by=staff
+    )
+    items = (await web_inbox.service.page(None, 10)).items
+    shown = _rows(items, now + timedelta(days=2))
+    assert shown.count(">Overdue<") == 1
+    assert shown.index(">Overdue<") < shown.index("Acknowledged (read)")
