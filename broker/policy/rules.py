@@ -8,7 +8,7 @@ override reason, MARAC criterion, lawful basis codes, group label), so a sentenc
 hold what the code holds: codes and ids, never personal data. A code with no row gets a generic
 sentence with ``known=False``; a unit test fails on any code the engine emits without a row.
 
-The words the sentences are made of are in ``broker.policy.legal``; what a granted subset
+The words the sentences are made of are in ``schemas.legal``; what a granted subset
 holds is spelt out by ``broker.policy.subsets``; a refusal of a message as a whole is put in
 words by ``broker.policy.refusals``.
 """
@@ -21,7 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from broker.policy.legal import (
+from schemas.consent import ConsentState, OverrideReason
+from schemas.federation import AgencyRole
+from schemas.legal import (
     CRITERION_WORDS,
     GROUP_NAMES,
     LEGAL_CODES,
@@ -31,8 +33,6 @@ from broker.policy.legal import (
     STATE_CITES,
     STATE_WORDS,
 )
-from schemas.consent import ConsentState, OverrideReason
-from schemas.federation import AgencyRole
 from schemas.marac import MaracCriterion
 from schemas.referral import FieldGroup, Purpose
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.policy.agreements import Agreement
-from broker.policy.legal import GROUP_NAMES, SCOPE_WORDS
 from schemas.disclosure import GroupShare
+from schemas.legal import GROUP_NAMES, SCOPE_WORDS
 from schemas.referral import GROUP_MODELS
 
 __all__ = ["ShareText", "explain_share"]

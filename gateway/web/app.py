@@ -31,9 +31,11 @@ from aiohttp import web
 from gateway.store import NOTE_MAX_CHARS, Action, Stored, deadline_of
 from gateway.users import LoginRefused, Outcome, Staff, Users
 from gateway.web.security import COOKIE, SECURITY_HEADERS, Sessions, WebSettings, check_csrf
+from gateway.web.words import group_title, what_was_shared, why_received
 from schemas.disclosure import Disclosure
 from schemas.errors import CairnError
 from schemas.receipt import AcknowledgementStatus
+from schemas.referral import FIELD_GROUPS
 
 __all__ = ["Inbox", "create_web"]
 
@@ -260,8 +262,7 @@ def _value(value: Any) -> str:
     return _e(value)
 
 
-def _dump(model: Any) -> Any:
-    return model.model_dump(mode="json", exclude_none=True)
+_GROUP_OF = {name: group for group, name in FIELD_GROUPS.items()}
 
 
 _DONE = {"read": "Read", "actioned": "Actioned"}
@@ -318,33 +319,9 @@ def _disclosure_body(
             "<p><strong>Deadline:</strong> read before "
             f"{note.header.notify_by.astimezone(UTC):%a %d %b %Y %H:%M} UTC"
             " (the start of the school day)</p>"
-            f""
         )
-    basis = disclosure.lawful_basis.model_dump(mode="json", exclude_none=True)
-    parts.append(
-        "<section><h2>Why you received this</h2><dl>"
-        f"<dt>From</dt><dd>{_e(disclosure.sender_agency)}</dd>"
-        f"<dt>Purpose</dt><dd>{_e(disclosure.purpose.value)}</dd>"
-        f"<dt>Sharing agreement</dt><dd>{_e(disclosure.agreement)}</dd>"
-        f"<dt>Lawful basis</dt><dd>{_value(basis)}</dd>"
-        f"<dt>Consent</dt><dd>{_value(_dump(disclosure.consent_basis))}</dd>"
-        f""
-        f"<dt>Keep for</dt><dd>{_value(_dump(disclosure.retention))}</dd>"
-        f""
-        "</dl></section>"
-    )
-    shared = []
-    for share in disclosure.groups:
-        what = share.subset or "the whole group"
-        withheld = (
-            "<p>Withheld from this share: "
-            + _e(", ".join(share.withheld))
-            + " (the agreement does not let the sender disclose them to you).</p>"
-            if share.withheld
-            else ""
-        )
-        shared.append(f"<li>{_e(share.group.value)}: {_e(what)}{withheld}</li>")
-    parts.append("<section><h2>What was shared</h2><ul>" + "".join(shared) + "</ul></section>")
+    parts.append(why_received(disclosure))
+    parts.append(what_was_shared(disclosure))
     content = (
         note.model_dump(mode="json")
         if note is not None
@@ -352,8 +329,10 @@ def _disclosure_body(
         if disclosure.referral is not None
         else {}
     )
-    for group, value in content.items():
-        parts.append(f"<section><h2>{_e(_label(group))}</h2>{_value(value)}</section>")
+    for name, value in content.items():
+        group = _GROUP_OF.get(name)
+        title = group_title(group) if group is not None and note is None else _label(name)
+        parts.append(f"<section><h2>{_e(title)}</h2>{_value(value)}</section>")
     parts.append(_acknowledge_section(stored, actions, csrf))
     return "".join(parts)
 

@@ -33,7 +33,10 @@ from gateway.store import deadline_of
 from gateway.users import Enrolment, Users, totp
 from gateway.web.app import _rows, create_web
 from gateway.web.security import COOKIE, CSP, Sessions, WebSettings
+from gateway.web.words import group_title, what_was_shared
+from schemas.legal import LEGAL_CODES, PURPOSE_WORDS, STATE_WORDS
 from schemas.receipt import AcknowledgementStatus
+from schemas.referral import FieldGroup
 from tests.conftest import FederationKeys
 from tests.gateway_support import running_gateway, server_certificate
 from tests.samples import all_personal_values, sample
@@ -346,3 +349,30 @@ async def test_the_inbox_puts_what_is_due_first_by_the_brokers_deadline(web_inbo
     shown = _rows(items, now + timedelta(days=2))
     assert shown.count(">Overdue<") == 1
     assert shown.index(">Overdue<") < shown.index("Acknowledged (read)")
+
+
+async def test_a_disclosure_says_why_in_plain_words_with_its_citations(web_inbox: Web) -> None:
+    """The disclosure page gives each legal code as its citation and meaning (not the code),
+    the consent in words, the retention, the deadline, and per field group what was shared
+    and which groups were not."""
+    cookie, _ = await web_inbox.session()
+    referral = web_inbox.ids[0]
+    disclosure = (await web_inbox.service.get(referral)).disclosure()
+    text = await (await web_inbox.client.get(f"/d/{referral}", headers=cookie)).text()
+    why = text[text.index("Why you received this") : text.index("What was shared")]
+    for code in disclosure.lawful_basis.codes:
+        cite, words = LEGAL_CODES[code]
+        assert f"{cite}: {words}" in why
+        assert code not in why
+    assert STATE_WORDS[disclosure.consent_basis.state] in why
+    assert PURPOSE_WORDS[disclosure.purpose] in why
+    assert disclosure.retention.label in why
+    assert "Acknowledge by" in why
+    for share in disclosure.groups:
+        assert f"<strong>{group_title(share.group)}</strong>" in text
+    # A recipient given fewer groups is told which it was not given.
+    fewer = disclosure.model_copy(update={"groups": disclosure.groups[:3]})
+    missing = [g for g in FieldGroup if g not in {s.group for s in fewer.groups}]
+    assert "Not shared with you: " + ", ".join(group_title(g) for g in missing) in (
+        what_was_shared(fewer)
+    )

@@ -11,12 +11,12 @@ import pytest
 from broker.policy.admission import ENCOMPASS_RECIPIENT_ROLES
 from broker.policy.agreements import PurposeTerms
 from broker.policy.decide import Decision
-from broker.policy.legal import LEGAL_CODES
 from broker.policy.rules import RULES, explain, explain_all
 from broker.policy.subsets import explain_share
 from schemas.consent import ConsentState, OverrideReason
 from schemas.disclosure import GroupShare, LawfulBasis
 from schemas.encompass import EncompassNotification
+from schemas.legal import LEGAL_CODES
 from schemas.marac import MaracCriterion
 from schemas.referral import GROUP_MODELS, FieldGroup, Referral
 from schemas.submission import decode_submission
