@@ -15,6 +15,7 @@ import signal
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from ssl import SSLContext
 
 import click
@@ -71,20 +72,25 @@ def server_context(gw: GatewaySettings, issuers: tuple[x509.Certificate, ...]) -
         )
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = _serving(gw.tls_cert_file, gw.tls_key_file, gw.tls_key_password(), "the gateway's")
     context.verify_mode = ssl.CERT_REQUIRED
     for issuer in issuers:
         context.load_verify_locations(cadata=issuer.public_bytes(Encoding.PEM).decode("ascii"))
     if gw.client_ca_file is not None:
         context.load_verify_locations(cafile=str(gw.client_ca_file))
+    return context
+
+
+def _serving(cert: Path, key: Path, password: str | None, whose: str) -> ssl.SSLContext:
+    """A server context (TLS 1.2 at least) holding ``cert`` and ``key``; a one-line error
+    naming the files if they cannot be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(
-            str(gw.tls_cert_file), str(gw.tls_key_file), password=gw.tls_key_password()
-        )
+        context.load_cert_chain(str(cert), str(key), password=password)
     except (OSError, ssl.SSLError) as exc:
         raise click.ClickException(
-            f"cannot load the gateway's certificate {gw.tls_cert_file} or its key: {exc}"
+            f"cannot load {whose} certificate {cert} or its key: {exc}"
         ) from None
     return context
 
@@ -105,15 +111,8 @@ def web_context(gw: GatewaySettings, web_settings: WebSettings) -> ssl.SSLContex
             "the web inbox needs a server certificate: set CAIRN_GATEWAY_WEB_TLS_CERT_FILE and "
             "CAIRN_GATEWAY_WEB_TLS_KEY_FILE (or the API's), or CAIRN_GATEWAY_WEB_ENABLED=false"
         )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = _serving(cert, key, password, "the web inbox's")
     context.verify_mode = ssl.CERT_NONE
-    try:
-        context.load_cert_chain(str(cert), str(key), password=password)
-    except (OSError, ssl.SSLError) as exc:
-        raise click.ClickException(
-            f"cannot load the web inbox's certificate {cert} or its key: {exc}"
-        ) from None
     return context
 
 
