@@ -40,7 +40,7 @@ $(DEV_PASSPHRASE):
 # operator's door, used only to create the topics and ACLs): its certificate comes from the
 # federation CA, so the federation is made (through enrolment) before Kafka starts.
 DEMO_KAFKA_SSL_PORT ?= $(shell echo $$(( $${CAIRN_KAFKA_PORT:-9092} + 2 )))
-demo: $(STAMP) $(DEV_PASSPHRASE)  ## run the end-to-end demo (starts and stops local Kafka); KEEP=1 keeps it running
+demo: $(STAMP) $(DEV_PASSPHRASE)  ## run the end-to-end demo with the school's and the IDVA service's gateways (starts and stops local Kafka); KEEP=1 keeps it running
 	@$(BIN)/cairn keys list >/dev/null 2>&1 || $(BIN)/cairn keys init
 	CAIRN_KAFKA_SSL_PORT=$(DEMO_KAFKA_SSL_PORT) $(WITH_KAFKA) $(BIN)/cairn demo $(if $(KEEP),--keep)
 

@@ -7,29 +7,46 @@ procedure (every agency makes its own keys in its own store and is admitted from
 ``cairn serve`` as its own process (mutual TLS), run the police adapter over the sample export
 (``deploy/federation/samples/police-export.jsonl``) and submit every message it produces, signed,
 as the police force; then each recipient's inbox decrypts and verifies what it consumes and
-prints it; finally the broker is stopped with SIGTERM. Kafka itself is started and stopped by
-``make demo``.
+prints it. Beside them, the school and the IDVA service each run their gateway (``cairn
+gateway --as AGENCY`` as its own process, reading its topic with the agency's own Kafka
+credentials): the demo makes each a staff account (a one-time password and a TOTP secret, as
+``cairn gateway --as AGENCY user add`` does) and a server certificate from the development CA,
+checks through each gateway's API that it stored what was sent to its agency, and prints its
+web inbox's URL and the login. Finally the gateways and the broker are stopped with SIGTERM
+(with ``--keep``, at Ctrl-C). Kafka itself is started and stopped by ``make demo``.
 
 The demo broker keeps its replay memory in a folder of its own per run, so running the demo
-again submits the same (stable) message ids again and they are delivered again.
+again submits the same (stable) message ids again and they are delivered again; the gateways
+likewise get a folder of their own per run (``<state_dir>/gateways-*/<agency>``: the store, the
+staff accounts, the certificate and the log), so each run's inboxes hold that run's
+disclosures and each run prints a fresh login.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import click
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    PrivateFormat,
+)
 
 from adapters.agency import client_for, inbox_for
 from adapters.inbox import Delivery
@@ -41,11 +58,16 @@ from broker.kafka.tls import member_kafka_tls
 from broker.kafka.topics import federation_topics
 from broker.kafka.transport import create_topics
 from broker.trust import custody_of
+from gateway.users import Enrolment, Users, users_path
 from keys import FileStore, client_context
+from keys import custody as stores
 from keys.custody import agency_store
 from keys.development import init_development
+from keys.enrolment import load_ca
+from keys.pki import IssuedCertificate, issue_server_certificate
+from keys.store import CA_CERT
 from schemas.errors import CairnError
-from schemas.federation import Federation
+from schemas.federation import Agency, AgencyRole, Federation
 from schemas.receipt import Receipt, RecipientStatus
 
 SSL_PORT_ENV = "CAIRN_KAFKA_SSL_PORT"  # kafka-local's mutual-TLS listener, as make demo sets it
@@ -55,10 +77,24 @@ __all__ = ["DEFAULT_EXPORT", "run_demo"]
 DEFAULT_EXPORT = Path("samples") / "police-export.jsonl"
 
 
+# Whose gateway the demo runs, and the local part of the staff login it makes there.
+GATEWAYS = ((AgencyRole.SCHOOL, "dsl"), (AgencyRole.IDVA, "caseworker"))
+GATEWAY_CERT_VALIDITY = timedelta(days=30)
+GATEWAY_READY_S = 60.0  # seconds for a gateway process to answer on its API
+GATEWAY_POLL_S = 0.5  # seconds between looks at a gateway's listing
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free_ports(1)[0]
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all bound at once, so never the same twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _kafka_tls() -> str | None:
@@ -147,7 +183,14 @@ def run_demo(
     urls: list[str] = []
     try:
         ok = _run_broker(
-            settings, produced, timeout_s, audit_port=audit_port, keep=keep, urls=urls, tls=tls
+            settings,
+            federation,
+            produced,
+            timeout_s,
+            audit_port=audit_port,
+            keep=keep,
+            urls=urls,
+            tls=tls,
         )
     finally:
         _step("stopping the auditor (SIGTERM: catch up, sign a final checkpoint)")
@@ -176,14 +219,14 @@ def _wait_for_interrupt() -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes], label: str = "") -> None:
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    click.echo(f"    exited with {process.returncode}")
+    click.echo(f"    {label}exited with {process.returncode}")
 
 
 def _audit_summary(settings: Settings) -> bool:
@@ -221,6 +264,7 @@ def _audit_summary(settings: Settings) -> bool:
 
 def _run_broker(
     settings: Settings,
+    federation: Federation,
     produced: list[Outgoing],
     timeout_s: float,
     *,
@@ -251,11 +295,13 @@ def _run_broker(
     broker = subprocess.Popen(
         [sys.executable, "-m", "broker", "serve"], env=env, stdin=subprocess.DEVNULL
     )
+    gateways: list[DemoGateway] = []
     try:
         if not asyncio.run(_wait_ready(settings, url, broker, timeout_s=30.0)):
             click.secho("    the broker did not become ready", fg="red")
             return False
         click.echo("    ready")
+        _start_gateways(settings, federation, tls, gateways)
 
         _step("the police force submits each message, signed with its key")
         receipts = asyncio.run(_submit_all(settings, url, produced))
@@ -270,16 +316,28 @@ def _run_broker(
 
         _step("each recipient reads its own topic (read_committed), decrypts and verifies")
         received = asyncio.run(_receive_all(settings, expected, timeout_s, tls))
+        asyncio.run(_check_gateways(settings, gateways, expected, timeout_s))
+        _show_gateways(settings, gateways, expected, keep=keep)
         if keep:
-            _step("kept running (KEEP=1): press Ctrl-C to stop")
+            _step(
+                "kept running (KEEP=1): the broker, the auditor, the dashboard and the gateways; "
+                "press Ctrl-C to stop"
+            )
             for line in urls:
                 click.echo(f"    {line}")
+            for gw in gateways:
+                click.echo(f"    web inbox of {gw.agency.id}: {gw.web}")
+            sys.stdout.flush()  # all of it is on screen (or in a log) before the wait
             _wait_for_interrupt()
     finally:
+        if gateways:
+            _step("stopping the gateways (SIGTERM)")
+            for gw in gateways:
+                _stop(gw.process, f"{gw.agency.id}: ")
         _step("stopping the broker (SIGTERM: drain, flush)")
         _stop(broker)
 
-    return _summary(produced, receipts, expected, received)
+    return _summary(produced, receipts, expected, received, gateways)
 
 
 def _state_dir(settings: Settings) -> Path:
@@ -387,6 +445,7 @@ def _summary(
     receipts: dict[str, Receipt],
     expected: dict[str, set[str]],
     received: dict[str, set[str]],
+    gateways: list[DemoGateway],
 ) -> bool:
     _step("summary")
     ok = len(receipts) == len(produced)
@@ -405,9 +464,292 @@ def _summary(
     for agency, ids in stray.items():
         if ids:
             click.echo(f"    {agency} also read {len(ids)} earlier message(s) left on its topic")
+    for gw in gateways:
+        sent = len(expected.get(gw.agency.id, set()))
+        stored = gw.failure is None
+        ok = ok and stored
+        click.secho(
+            f"    gateway of {gw.agency.id:22} "
+            + (f"stored {sent} of {sent}" if stored else f"FAILED: {gw.failure}"),
+            fg="green" if stored else "red",
+        )
     click.secho(
-        "demo: OK, every message reached exactly its recipients" if ok else "demo: FAILED",
+        (
+            "demo: OK, every message reached exactly its recipients"
+            + (", and each gateway stored what was sent to its agency" if gateways else "")
+        )
+        if ok
+        else "demo: FAILED",
         fg="green" if ok else "red",
         bold=True,
     )
     return ok
+
+
+# -- the agencies' gateways ------------------------------------------------------------------
+
+
+@dataclass
+class DemoGateway:
+    """One agency's gateway as the demo runs it: its own process, folder and staff account."""
+
+    agency: Agency
+    folder: Path  # its state folder: store, staff accounts, certificate, log
+    api: str  # https://127.0.0.1:PORT (mutual TLS)
+    web: str  # https://127.0.0.1:PORT/ (the web inbox)
+    enrolment: Enrolment
+    process: subprocess.Popen[bytes]
+    held: set[str] = field(default_factory=set)  # referral ids its API lists
+    failure: str | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "gateway.log"
+
+
+def _start_gateways(
+    settings: Settings, federation: Federation, tls: str | None, started: list[DemoGateway]
+) -> None:
+    """Start the gateways of the federation's first school and first IDVA service (appended to
+    ``started`` as each starts, so that the caller stops whatever did) and wait until each
+    answers on its API."""
+    wanted: list[tuple[Agency, str]] = []
+    for role, login in GATEWAYS:
+        first = next((a for a in federation.agencies if a.role is role), None)
+        if first is not None:
+            wanted.append((first, login))
+    if not wanted:
+        return
+    _step("starting a gateway for " + " and ".join(a.id for a, _ in wanted))
+    run = Path(tempfile.mkdtemp(prefix="gateways-", dir=_state_dir(settings)))
+    custody = custody_of(settings)
+    ca = load_ca(custody.store(stores.CA), custody.passphrase(stores.CA))
+    now = datetime.now(UTC)
+    for agency, login in wanted:
+        folder = run / agency.id
+        users = Users(users_path(folder, agency.id), agency.id)  # as 'user add' opens them
+        try:
+            enrolment = users.add(f"{login}@{agency.id}.example")
+        finally:
+            users.close()
+        api_port, web_port = _free_ports(2)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_GATEWAY_")},
+            "CAIRN_STATE_DIR": str(folder),
+            "CAIRN_KEY_DIR": str(settings.keys_path),
+            "CAIRN_PASSPHRASE_DIR": str(settings.passphrases_path),
+            "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
+            "CAIRN_GATEWAY_HOST": "127.0.0.1",
+            "CAIRN_GATEWAY_PORT": str(api_port),
+            "CAIRN_GATEWAY_WEB_HOST": "127.0.0.1",
+            "CAIRN_GATEWAY_WEB_PORT": str(web_port),
+            **_gateway_certificate(ca, federation.name, folder / "tls", agency.id, now),
+            **_as_env(_member_kafka(settings, agency.id, tls)),
+        }
+        with (folder / "gateway.log").open("wb") as log:
+            process = subprocess.Popen(  # noqa: S603  (our own CLI; an id of the federation file)
+                [sys.executable, "-m", "broker", "gateway", "--as", agency.id],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(
+            DemoGateway(
+                agency,
+                folder,
+                f"https://127.0.0.1:{api_port}",
+                f"https://127.0.0.1:{web_port}/",
+                enrolment,
+                process,
+            )
+        )
+    asyncio.run(_wait_gateways(settings, started))
+    for gw in started:
+        if gw.failure is None:
+            click.echo(
+                f"    {gw.agency.id:22} ready: its API at {gw.api}, its web inbox at {gw.web}"
+            )
+        else:
+            _gateway_failed(gw)
+
+
+def _gateway_certificate(
+    ca: IssuedCertificate, federation_name: str, folder: Path, agency: str, now: datetime
+) -> dict[str, str]:
+    """A server certificate for ``agency``'s gateway on 127.0.0.1 from the development CA, its
+    key encrypted under a random password kept beside it (each file 0600), as the gateway's
+    settings. (A real agency's certificate comes from whatever CA its case systems trust.)"""
+    issued = issue_server_certificate(
+        ca,
+        federation_name,
+        now=now,
+        validity=GATEWAY_CERT_VALIDITY,
+        common_name=f"{agency}-gateway",
+        hosts=("127.0.0.1", "localhost"),
+    )
+    password = secrets.token_urlsafe(24)
+    out = FileStore(folder)
+    key = issued.key.private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(password.encode())
+    )
+    out.write("gateway.key", key, private=True)
+    out.write("gateway.key.password", password.encode() + b"\n", private=True)
+    out.write("gateway.crt", issued.certificate_pem(), private=False)
+    return {
+        "CAIRN_GATEWAY_TLS_CERT_FILE": str(out.path("gateway.crt")),
+        "CAIRN_GATEWAY_TLS_KEY_FILE": str(out.path("gateway.key")),
+        "CAIRN_GATEWAY_TLS_KEY_PASSWORD_FILE": str(out.path("gateway.key.password")),
+    }
+
+
+def _agency_tls(settings: Settings, agency: str) -> ssl.SSLContext:
+    """``agency``'s own client context (its certificate names it: its gateway's API serves it)."""
+    custody = custody_of(settings)
+    return client_context(
+        custody.member_store(agency), agency, custody.passphrase(agency_store(agency))
+    )
+
+
+async def _listing(session: aiohttp.ClientSession, api: str) -> set[str]:
+    """The referral ids the gateway's API lists (every page, acknowledged ones included)."""
+    held: set[str] = set()
+    params = {"status": "all", "limit": "100"}
+    for _ in range(1000):  # pages; the demo's gateways hold a handful
+        async with session.get(f"{api}/v1/disclosures", params=params) as response:
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+            page = await response.json()
+        held |= {str(item["referral_id"]) for item in page["items"]}
+        if not page["more"]:
+            break
+        params = {**params, "after": str(page["cursor"])}
+    return held
+
+
+async def _wait_gateways(settings: Settings, gateways: list[DemoGateway]) -> None:
+    """Wait until each gateway lists over its API (as its agency), or mark it failed."""
+
+    async def one(gw: DemoGateway) -> None:
+        connector = aiohttp.TCPConnector(ssl=_agency_tls(settings, gw.agency.id))
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            deadline = time.monotonic() + GATEWAY_READY_S
+            for _ in range(int(GATEWAY_READY_S / 0.3) + 1):
+                if gw.process.poll() is not None:
+                    gw.failure = f"its process exited with {gw.process.returncode}"
+                    return
+                try:
+                    gw.held = await _listing(session, gw.api)
+                    return
+                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                    pass
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.3)
+            gw.failure = f"its API did not answer within {GATEWAY_READY_S:g} s"
+
+    await asyncio.gather(*(one(gw) for gw in gateways))
+
+
+async def _check_gateways(
+    settings: Settings,
+    gateways: list[DemoGateway],
+    expected: dict[str, set[str]],
+    timeout_s: float,
+) -> None:
+    """Wait until each gateway's API lists every disclosure sent to its agency in this run;
+    a gateway that does not within ``timeout_s`` is marked failed, saying how far it got."""
+
+    async def one(gw: DemoGateway) -> None:
+        if gw.failure is not None:
+            return
+        wanted = expected.get(gw.agency.id, set())
+        connector = aiohttp.TCPConnector(ssl=_agency_tls(settings, gw.agency.id))
+        timeout = aiohttp.ClientTimeout(total=5)
+        problem = ""
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            deadline = time.monotonic() + timeout_s
+            for _ in range(int(timeout_s / GATEWAY_POLL_S) + 2):
+                if gw.process.poll() is not None:
+                    gw.failure = f"its process exited with {gw.process.returncode}"
+                    return
+                try:
+                    gw.held = await _listing(session, gw.api)
+                    problem = ""
+                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+                    problem = f"; its API last answered {type(exc).__name__}"
+                if wanted <= gw.held or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(GATEWAY_POLL_S)
+        if not wanted <= gw.held:
+            gw.failure = (
+                f"it stored {len(wanted & gw.held)} of the {len(wanted)} disclosure(s) sent to "
+                f"{gw.agency.id} within {timeout_s:g} s{problem}"
+            )
+
+    _step("each gateway stores what was sent to its agency (checked through its API)")
+    await asyncio.gather(*(one(gw) for gw in gateways))
+    for gw in gateways:
+        if gw.failure is None:
+            n = len(expected.get(gw.agency.id, set()))
+            click.echo(f"    {gw.agency.id:22} stored all {n} sent to it")
+        else:
+            _gateway_failed(gw)
+
+
+def _gateway_failed(gw: DemoGateway) -> None:
+    click.secho(f"    {gw.agency.id:22} gateway FAILED: {gw.failure}", fg="red")
+    with contextlib.suppress(OSError):
+        tail = gw.log.read_text(encoding="utf-8", errors="replace").splitlines()[-10:]
+        for line in tail:
+            click.echo(f"        | {line}")
+    click.echo(f"        (its log: {gw.log})")
+
+
+def _show_gateways(
+    settings: Settings,
+    gateways: list[DemoGateway],
+    expected: dict[str, set[str]],
+    *,
+    keep: bool,
+) -> None:
+    """A short section per gateway: where its web inbox is, how to log in, what it holds."""
+    if not gateways:
+        return
+    ca = custody_of(settings).public().path(CA_CERT)
+    _step(
+        "the gateways' web inboxes"
+        + ("" if keep else " (stopped with the demo; make demo KEEP=1 keeps them running)")
+    )
+    click.echo(
+        "    Development accounts on your own machine, so printed here; a real agency makes\n"
+        "    them with 'cairn gateway --as AGENCY user add LOGIN' and hands them over safely.\n"
+        "    Log in with the login, the password and the 6-digit code of an authenticator app\n"
+        "    given the TOTP URI or secret (or of: .venv/bin/python -c 'import time; from\n"
+        '    gateway.users import totp; print(totp("SECRET", time.time()))\'). Their\n'
+        "    certificates are the development CA's, which a browser does not know, so it warns\n"
+        f"    (the CA certificate: {ca})."
+    )
+    for gw in gateways:
+        e = gw.enrolment
+        sent = expected.get(gw.agency.id, set())
+        earlier = len(gw.held - sent)
+        click.secho(f"    {gw.agency.name} ({gw.agency.id})", bold=True)
+        click.echo(f"      web inbox  {gw.web}")
+        click.echo(
+            f"      API        {gw.api}/v1/disclosures (mutual TLS: the agency's own certificate)"
+        )
+        click.echo(f"      login      {e.staff.login}")
+        click.echo(f"      password   {e.password}  (one-time: shown only here)")
+        click.echo(f"      TOTP       {e.otpauth_uri}")
+        click.echo(f"      secret     {e.totp_secret}")
+        if gw.failure is None:
+            click.echo(
+                f"      holds      {len(gw.held)} disclosure(s): the {len(sent)} sent to it in "
+                "this run"
+                + (f", and {earlier} earlier one(s) left on its topic" if earlier else "")
+            )
+        else:
+            click.secho(f"      FAILED     {gw.failure}", fg="red")
+        click.echo(f"      files      {gw.folder} (store, accounts, certificate, log)")

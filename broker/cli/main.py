@@ -507,12 +507,18 @@ def inbox(
     show_default=True,
     help="Seconds to wait for each recipient.",
 )
-@click.option("--keep", is_flag=True, help="Keep the broker, auditor and dashboard running.")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the broker, the auditor, the dashboard and the gateways running until Ctrl-C.",
+)
 def demo(export: Path | None, timeout_s: float, keep: bool) -> None:
     """Run the scripted scenario: keys, topics, broker, police import, recipients receive.
 
+    The school and the IDVA service each run a gateway (cairn gateway --as AGENCY): the demo
+    prints its web inbox's URL and a one-time development login (password and TOTP secret).
     Needs a running Kafka (make demo starts one). Exits 0 only if every message reached exactly
-    its recipients.
+    its recipients and each gateway stored what was sent to its agency.
     """
     from broker.cli.demo import run_demo
     from broker.logs import configure_logging
