@@ -25,6 +25,8 @@ from broker.config import Settings
 from gateway.cli import Built, build
 from gateway.settings import GatewaySettings
 from gateway.store import GatewayStore
+from gateway.web.app import USERS
+from gateway.web.security import WebSettings
 from keys.enrolment import load_ca
 from keys.pki import issue_client_certificate, issue_server_certificate
 from tests.conftest import FederationKeys
@@ -85,11 +87,15 @@ async def running_gateway(
     store: GatewayStore | None = None,
     background: bool = True,
     prepare: Any = None,
+    web_settings: WebSettings | None = None,
 ) -> AsyncIterator[Running]:
     """``agency``'s gateway: its API on a free loopback port over mutual TLS and, with
     ``background``, its consumer, receipts, webhooks and retention running; ``prepare`` is
-    called with the ``Gateway`` before anything starts (a test sets hooks there)."""
-    built = build(settings, gw, agency, passphrase=keys.passphrase, store=store)
+    called with the ``Gateway`` before anything starts (a test sets hooks there). Its web
+    inbox (``web_settings``) is built, not served: ``serving_web`` serves it."""
+    built = build(
+        settings, gw, agency, passphrase=keys.passphrase, store=store, web_settings=web_settings
+    )
     if prepare is not None:
         prepare(built.gateway)
     await built.gateway.store.open()
@@ -108,6 +114,22 @@ async def running_gateway(
             await asyncio.wait_for(task, 60)
         await runner.cleanup()
         await built.gateway.store.close()
+
+
+@contextlib.asynccontextmanager
+async def serving_web(built: Built) -> AsyncIterator[str]:
+    """The gateway's web inbox on a free loopback port over its own TLS context (no client
+    certificate), as ``cairn gateway`` serves it; yields its URL, closes its accounts after."""
+    if built.web is None or built.web_ssl is None:
+        raise RuntimeError("the web inbox is disabled or has no TLS context")
+    runner = web.AppRunner(built.web, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=built.web_ssl).start()
+        yield f"https://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+        built.web[USERS].close()
 
 
 def session(context: ssl.SSLContext) -> aiohttp.ClientSession:

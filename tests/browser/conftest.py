@@ -143,11 +143,19 @@ class Stack:
 
 
 @pytest.fixture
+def broker_receipts() -> bool:
+    """Whether ``stack``'s broker follows the receipts topic (acknowledgements, views) as
+    ``cairn serve`` does; a module that needs it overrides this fixture."""
+    return False
+
+
+@pytest.fixture
 async def stack(
     kafka: LocalKafka,
     federation: Federation,
     federation_keys: FederationKeys,
     tmp_path: Path,
+    broker_receipts: bool,
 ) -> AsyncIterator[Stack]:
     """The broker (ops view, real Kafka) and the auditor (IG view), wired as in production."""
     settings = make_settings(kafka.bootstrap, federation_keys.root, state_dir=tmp_path / "state")
@@ -168,7 +176,14 @@ async def stack(
     async def auditor_alive() -> bool:
         return not task.done()
 
-    app = create_app(settings, federation, transport, federation_keys.trust(), store=store)
+    app = create_app(
+        settings,
+        federation,
+        transport,
+        federation_keys.trust(),
+        store=store,
+        consume_receipts=broker_receipts,
+    )
     add_ops_routes(
         app,
         StoreOpsSource(
