@@ -22,6 +22,12 @@ What it keeps, per agency:
   "actioned" after "read" is kept here only.
 - ``webhooks``: one job per disclosure when webhooks are on, created with it: attempts, the next
   attempt, delivered or given up. Marked delivered only when the receiver answered 2xx.
+- ``signed``: the broker's compact JWS of each disclosure, as it came out of the JWE (the origin
+  signature an NHS trust's MESH message carries as its Provenance); deleted with the disclosure.
+- ``mesh``: one job per referral when the trust's MESH delivery is on (``adapters.nhs.mesh``),
+  created with it: attempts, the next attempt, when an attempt began (its outcome not yet
+  known), the MESH message id once MESH took it, when MESH said the trust acknowledged it, or
+  given up (with a reason code, never a message).
 
 Times are UTC microseconds since the epoch (an integer in both databases). Every database
 failure becomes ``StateUnavailable`` (an infrastructure error: the consumer reads the record
@@ -49,6 +55,7 @@ __all__ = [
     "Action",
     "Cursor",
     "GatewayStore",
+    "MeshJob",
     "NewDisclosure",
     "OutboxItem",
     "Page",
@@ -124,6 +131,7 @@ class NewDisclosure:
     received_at: datetime
     delete_after: datetime | None  # None: the retention does not start at receipt
     source: str  # topic:partition:offset it came from (no personal data)
+    signed: str = ""  # the broker's compact JWS it was opened from ("" if not known)
 
 
 @dataclass(frozen=True)
@@ -198,15 +206,34 @@ class WebhookJob:
     next_at: datetime
 
 
+@dataclass(frozen=True)
+class MeshJob:
+    """A referral's delivery to the trust's MESH mailbox: not yet sent (``message_id`` None;
+    ``sending_at`` set if an attempt began and its outcome is not known), or sent and waiting
+    for MESH to say the trust acknowledged it."""
+
+    referral_id: UUID
+    attempts: int
+    first_at: datetime
+    next_at: datetime
+    sending_at: datetime | None
+    message_id: str | None
+
+
 class GatewayStore(Protocol):
     """What the gateway's service (and a web layer) needs of its store."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
-    async def put(self, new: NewDisclosure, *, webhook: bool) -> bool:
+    async def put(self, new: NewDisclosure, *, webhook: bool, mesh: bool = False) -> bool:
         """Store ``new`` unless its referral id is known (stored, or deleted); True if stored.
-        With ``webhook``, a delivery job for it is created in the same transaction."""
+        With ``webhook`` (``mesh``), a webhook (MESH) delivery job for it is created in the same
+        transaction."""
+        ...
+
+    async def signed(self, referral_id: UUID) -> str | None:
+        """The broker's JWS a stored disclosure was opened from, if the store has it."""
         ...
 
     async def get(self, referral_id: UUID) -> Stored | None: ...
@@ -279,6 +306,38 @@ class GatewayStore(Protocol):
         """(attempts, delivered, given up) of a disclosure's webhook job."""
         ...
 
+    async def due_mesh(self, now: datetime, limit: int) -> tuple[MeshJob, ...]:
+        """MESH jobs due at ``now`` (to send, or to track), neither acknowledged nor given up."""
+        ...
+
+    async def mesh_sending(self, referral_id: UUID, at: datetime) -> None:
+        """An attempt to send begins at ``at`` (one more attempt; its outcome not yet known)."""
+        ...
+
+    async def mesh_sent(
+        self, referral_id: UUID, message_id: str, *, at: datetime, next_at: datetime
+    ) -> None:
+        """MESH took the message as ``message_id`` (known at ``at``); look at its tracking at
+        ``next_at``."""
+        ...
+
+    async def mesh_later(
+        self, referral_id: UUID, *, at: datetime, next_at: datetime | None, error: str | None
+    ) -> None:
+        """At ``at``: try (send or track) again at ``next_at``, else (None) give up;
+        ``error``: a reason code of what went wrong, None if nothing did (not yet
+        acknowledged)."""
+        ...
+
+    async def mesh_acknowledged(self, referral_id: UUID, at: datetime) -> None:
+        """MESH said the trust acknowledged the message at ``at``: the job is done."""
+        ...
+
+    async def mesh_state(self, referral_id: UUID) -> dict[str, Any] | None:
+        """A MESH job as it stands: attempts, message_id, sent, acknowledged, given_up,
+        last_error (for the operator and the tests)."""
+        ...
+
 
 # -- one SQL for both databases -------------------------------------------------------------------
 
@@ -336,7 +395,7 @@ class SqlGatewayStore(abc.ABC):
     async def _do(self, work: Callable[[Tx], T], *, serial: bool = False) -> T:
         return await asyncio.to_thread(self._transaction, work, serial=serial)
 
-    async def put(self, new: NewDisclosure, *, webhook: bool) -> bool:
+    async def put(self, new: NewDisclosure, *, webhook: bool, mesh: bool = False) -> bool:
         rid = str(new.referral_id)
 
         def work(tx: Tx) -> bool:
@@ -357,16 +416,36 @@ class SqlGatewayStore(abc.ABC):
                     new.source,
                 ),
             )
+            now = to_us(new.received_at)
             if added and webhook:
-                now = to_us(new.received_at)
                 tx.run(
                     "INSERT INTO gw_webhooks (referral_id, attempts, first_us, next_us) "
+                    "VALUES (?, 0, ?, ?) ON CONFLICT (referral_id) DO NOTHING",
+                    (rid, now, now),
+                )
+            if added and new.signed:
+                tx.run(
+                    "INSERT INTO gw_signed (referral_id, jws) VALUES (?, ?) "
+                    "ON CONFLICT (referral_id) DO NOTHING",
+                    (rid, new.signed),
+                )
+            if added and mesh:
+                tx.run(
+                    "INSERT INTO gw_mesh (referral_id, attempts, first_us, next_us) "
                     "VALUES (?, 0, ?, ?) ON CONFLICT (referral_id) DO NOTHING",
                     (rid, now, now),
                 )
             return added > 0
 
         return await self._do(work, serial=True)
+
+    async def signed(self, referral_id: UUID) -> str | None:
+        rows = await self._do(
+            lambda tx: tx.run(
+                "SELECT jws FROM gw_signed WHERE referral_id = ?", (str(referral_id),)
+            )
+        )
+        return str(rows[0][0]) if rows else None
 
     async def get(self, referral_id: UUID) -> Stored | None:
         rows = await self._do(
@@ -503,6 +582,8 @@ class SqlGatewayStore(abc.ABC):
             if not tx.count("DELETE FROM gw_disclosures WHERE referral_id = ?", (rid,)):
                 return False
             tx.run("DELETE FROM gw_webhooks WHERE referral_id = ?", (rid,))
+            tx.run("DELETE FROM gw_mesh WHERE referral_id = ?", (rid,))
+            tx.run("DELETE FROM gw_signed WHERE referral_id = ?", (rid,))
             tx.run("DELETE FROM gw_actions WHERE referral_id = ?", (rid,))
             tx.run(
                 "INSERT INTO gw_tombstones (referral_id, deleted_us, reason) VALUES (?, ?, ?) "
@@ -590,6 +671,87 @@ class SqlGatewayStore(abc.ABC):
             return None
         return int(rows[0][0]), rows[0][1] is not None, rows[0][2] is not None
 
+    async def due_mesh(self, now: datetime, limit: int) -> tuple[MeshJob, ...]:
+        rows = await self._do(
+            lambda tx: tx.run(
+                "SELECT referral_id, attempts, first_us, next_us, sending_us, message_id "
+                "FROM gw_mesh WHERE acked_us IS NULL AND given_up_us IS NULL AND next_us <= ? "
+                "ORDER BY next_us LIMIT ?",
+                (to_us(now), max(1, limit)),
+            )
+        )
+        return tuple(
+            MeshJob(
+                UUID(r[0]),
+                int(r[1]),
+                from_us(int(r[2])),
+                from_us(int(r[3])),
+                None if r[4] is None else from_us(int(r[4])),
+                r[5],
+            )
+            for r in rows
+        )
+
+    async def mesh_sending(self, referral_id: UUID, at: datetime) -> None:
+        await self._do(
+            lambda tx: tx.run(
+                "UPDATE gw_mesh SET attempts = attempts + 1, sending_us = ? "
+                "WHERE referral_id = ? AND message_id IS NULL",
+                (to_us(at), str(referral_id)),
+            )
+        )
+
+    async def mesh_sent(
+        self, referral_id: UUID, message_id: str, *, at: datetime, next_at: datetime
+    ) -> None:
+        await self._do(
+            lambda tx: tx.run(
+                "UPDATE gw_mesh SET message_id = ?, sent_us = ?, next_us = ?, last_error = NULL "
+                "WHERE referral_id = ? AND message_id IS NULL",
+                (message_id, to_us(at), to_us(next_at), str(referral_id)),
+            )
+        )
+
+    async def mesh_later(
+        self, referral_id: UUID, *, at: datetime, next_at: datetime | None, error: str | None
+    ) -> None:
+        rid = str(referral_id)
+        if next_at is None:
+            sql = "UPDATE gw_mesh SET given_up_us = ?, last_error = ? WHERE referral_id = ?"
+            params: tuple[Any, ...] = (to_us(at), error, rid)
+        else:
+            sql = "UPDATE gw_mesh SET next_us = ?, last_error = ? WHERE referral_id = ?"
+            params = (to_us(next_at), error, rid)
+        await self._do(lambda tx: tx.run(sql, params))
+
+    async def mesh_acknowledged(self, referral_id: UUID, at: datetime) -> None:
+        await self._do(
+            lambda tx: tx.run(
+                "UPDATE gw_mesh SET acked_us = ? WHERE referral_id = ? AND acked_us IS NULL",
+                (to_us(at), str(referral_id)),
+            )
+        )
+
+    async def mesh_state(self, referral_id: UUID) -> dict[str, Any] | None:
+        rows = await self._do(
+            lambda tx: tx.run(
+                "SELECT attempts, message_id, sent_us, acked_us, given_up_us, last_error "
+                "FROM gw_mesh WHERE referral_id = ?",
+                (str(referral_id),),
+            )
+        )
+        if not rows:
+            return None
+        attempts, message_id, sent, acked, given_up, error = rows[0]
+        return {
+            "attempts": int(attempts),
+            "message_id": message_id,
+            "sent": sent is not None,
+            "acknowledged": acked is not None,
+            "given_up": given_up is not None,
+            "last_error": error,
+        }
+
 
 #: The tables, in SQL both databases accept; ``{serial}`` is each one's auto-increment key.
 SCHEMA: Final = (
@@ -643,5 +805,21 @@ SCHEMA: Final = (
         delivered_us BIGINT,
         given_up_us  BIGINT,
         last_status  INTEGER
+    )""",
+    """CREATE TABLE IF NOT EXISTS gw_signed (
+        referral_id TEXT PRIMARY KEY,
+        jws         TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS gw_mesh (
+        referral_id TEXT PRIMARY KEY,
+        attempts    INTEGER NOT NULL,
+        first_us    BIGINT NOT NULL,
+        next_us     BIGINT NOT NULL,
+        sending_us  BIGINT,
+        message_id  TEXT,
+        sent_us     BIGINT,
+        acked_us    BIGINT,
+        given_up_us BIGINT,
+        last_error  TEXT
     )""",
 )
