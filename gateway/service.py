@@ -24,6 +24,10 @@ failure with a bounded, doubling pause (``broker.kafka.consumer.follow_until_sto
 - **receipts**: the store's queued receipts go to ``<prefix>.receipts`` (idempotent producer,
   acks=all), each marked sent after Kafka has it.
 - **webhooks**: ``gateway.webhooks.Dispatcher``, when a URL is configured.
+- **mesh**: an NHS trust's MESH delivery (``adapters.nhs.mesh.delivery``), when configured: each
+  stored referral gets a MESH job in the same transaction, and the channel's ``deliver_due``
+  runs beside the webhooks. The broker's JWS of every stored disclosure is kept with it (the
+  origin signature the trust's FHIR message carries as its Provenance).
 - **retention**: a disclosure whose agreement's retention (from receipt) has run out is deleted,
   with a signed ``Deletion`` receipt (``retention-expired``) queued in the same transaction.
 """
@@ -35,15 +39,16 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from uuid import UUID, uuid4
 
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from adapters.agency import acknowledger_for, opener_for
+from adapters.agency import acknowledger_for
 from adapters.inbox import Delivery, Inbox
 from broker.config import Settings
+from broker.envelope import open_record
 from broker.kafka.acls import inbox_group
 from broker.kafka.consumer import Retry, close, dlq_topic, follow_until_stopped, pause
 from broker.kafka.topics import delivery_topic
@@ -61,7 +66,8 @@ from gateway.store import (
     decode_cursor,
 )
 from gateway.webhooks import Dispatcher
-from keys import sign_ack
+from keys import decrypt_for, sign_ack
+from schemas.disclosure import Disclosure
 from schemas.errors import InputError
 from schemas.receipt import (
     PERSONAL_STATUSES,
@@ -72,7 +78,7 @@ from schemas.receipt import (
     View,
 )
 
-__all__ = ["Gateway", "Listing", "group_id"]
+__all__ = ["Channel", "Gateway", "Listing", "group_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +93,42 @@ def _utcnow() -> datetime:
 def group_id(agency: str) -> str:
     """The gateway's consumer group: under the agency's own group prefix (the ACLs allow it)."""
     return f"{inbox_group(agency)}.gateway"
+
+
+class Channel(Protocol):
+    """A delivery channel the gateway runs beside its consumer (the MESH delivery)."""
+
+    async def deliver_due(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+class _Opener:
+    """Opens a delivered record exactly as ``adapters.agency.opener_for`` does, and keeps the
+    broker's JWS from inside it for the handler that follows (``take``): ``open_record`` gives
+    only the verified disclosure, and the inbox hands its handler only that."""
+
+    def __init__(self, trust: TrustStore, agency: str, clock: Clock) -> None:
+        self._trust = trust
+        self._agency = agency
+        self._clock = clock
+        self._last: tuple[UUID, str] | None = None
+
+    def __call__(self, value: bytes) -> Disclosure:
+        self._last = None
+        now = self._clock()
+        keys, registry = self._trust.decryption_keys(), self._trust.registry()
+        disclosure = open_record(
+            value, recipient=self._agency, keys=keys, registry=registry, now=now
+        )
+        # Verified above; decrypting again only reads the JWS the payload came out of.
+        signed = decrypt_for(value, keys, registry, recipient=self._agency, now=now)
+        self._last = (disclosure.referral_id, signed.decode("ascii"))
+        return disclosure
+
+    def take(self, referral_id: UUID) -> str:
+        """The JWS of the record just opened, if it was this referral's ("" otherwise)."""
+        last, self._last = self._last, None
+        return last[1] if last is not None and last[0] == referral_id else ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +161,9 @@ class Gateway:
         self.trust = trust
         self.store = store
         self.dispatcher = dispatcher
+        #: The trust's MESH delivery, if configured (set before ``run``: it is built over this
+        #: gateway, whose ``acknowledge`` it calls when MESH says the trust acknowledged).
+        self.mesh: Channel | None = None
         self._clock = clock
         self._kafka = kafka if kafka is not None else kafka_options(settings)
         self._retry = Retry.from_settings(settings)
@@ -126,6 +171,7 @@ class Gateway:
         self._poll_every_s = poll_every_s
         self._acknowledger = acknowledger_for(trust, agency, clock=clock)
         self._producer: AIOKafkaProducer | None = None
+        self._opener = _Opener(trust, agency, clock)
         self.receipts_topic = f"{settings.topic_prefix}.receipts"
         self.stored = 0  # disclosures stored by this process
         self.repeats = 0  # deliveries it recognised as already stored (or deleted)
@@ -250,7 +296,7 @@ class Gateway:
             agency=self.agency,
             topic=delivery_topic(self.settings.topic_prefix, self.agency),
             dlq_topic=dlq_topic(self.settings.topic_prefix),
-            open_value=opener_for(self.trust, self.agency, clock=self._clock),
+            open_value=self._opener,
             group_id=group_id(self.agency),
             retry=self._retry,
         )
@@ -267,8 +313,13 @@ class Gateway:
             received_at=received,
             delete_after=delete_after(disclosure.retention, received),
             source=f"{delivery.topic}:{delivery.partition}:{delivery.offset}",
+            signed=self._opener.take(disclosure.referral_id),
         )
-        added = await self.store.put(new, webhook=self.dispatcher is not None)
+        added = await self.store.put(
+            new,
+            webhook=self.dispatcher is not None,
+            mesh=self.mesh is not None and disclosure.referral is not None,
+        )
         if added:
             self.stored += 1
             log.info("gateway.stored", referral_id=str(new.referral_id), agency=self.agency)
@@ -407,6 +458,15 @@ class Gateway:
                     name="gateway-webhooks",
                 )
             )
+        if self.mesh is not None:
+            tasks.append(
+                asyncio.create_task(
+                    self._every(
+                        stop, self._poll_every_s, self.mesh.deliver_due, "gateway.mesh_failed"
+                    ),
+                    name="gateway-mesh",
+                )
+            )
         try:
             await stop.wait()
             # The consumer may be inside a drain: end it (what it stored but did not commit is
@@ -425,3 +485,5 @@ class Gateway:
                 await close(producer)
             if self.dispatcher is not None:
                 await self.dispatcher.close()
+            if self.mesh is not None:
+                await self.mesh.close()
