@@ -18,6 +18,7 @@ from broker.trust import TrustStore
 from keys import FileStore, client_context, init_federation, server_context
 from schemas.federation import Federation
 from tests.kafka_support import LocalKafka
+from tests.mesh_support import LocalMesh, mesh_folder
 from tests.pg_support import LocalPostgres
 from tests.samples import FEDERATION_DIR
 
@@ -99,3 +100,19 @@ def pg_url(postgres: LocalPostgres) -> Iterator[str]:
     yield postgres.url(name)
     with psycopg.connect(postgres.url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture
+def mesh() -> Iterator[LocalMesh]:
+    """NHS England's mesh-sandbox (tests/mesh_support.py) on a free loopback port with full
+    MESH authentication, fresh for each test, stopped and deleted after it. If it cannot start,
+    the test fails (make venv installs it)."""
+    sandbox = LocalMesh(mesh_folder())
+    try:
+        sandbox.start()
+    except Exception as exc:
+        pytest.fail(f"mesh-sandbox could not start: {exc}")
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()

@@ -1,0 +1,168 @@
+"""NHS England's ``mesh-sandbox`` (a local MESH server) run for the tests, unchanged.
+
+``LocalMesh`` starts ``uvicorn mesh_sandbox.api:app`` as a process of its own on 127.0.0.1 and a
+free port, with full MESH authentication (``AUTH_MODE=full``: the HMAC token of mailbox,
+password and a random shared secret, checked on every request) and the file store on a
+throwaway folder whose sub-folders are the mailboxes (the sandbox gives such mailboxes the
+password ``password``). It waits (bounded) until ``/health`` answers and fails, never skips,
+if the sandbox cannot start; ``stop`` ends it and deletes the folder.
+
+The sandbox speaks plain HTTP on the loopback: mutual TLS is what a real MESH adds, and the
+bridge's settings take its client certificate (CAIRN_MESH_CLIENT_CERT_FILE/_KEY_FILE).
+
+Mailboxes: ``TRUST_SYSTEM`` is the trust's integration engine (the tests drive it with NHS's
+``mesh-client``), ``BRIDGE`` the trust's Cairn mailbox the bridge reads, ``OTHER`` a third party.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh_client import MeshClient
+
+from tests.pg_support import free_port
+from tests.samples import REPO
+
+TRUST_SYSTEM = "X26KELDER1"  # the trust's own system (its integration engine)
+BRIDGE = "X26CAIRN01"  # the trust's Cairn mailbox: the bridge reads it and sends from it
+OTHER = "X26OTHER01"  # a mailbox of somebody else
+MAILBOXES = (TRUST_SYSTEM, BRIDGE, OTHER)
+PASSWORD = "password"  # what mesh-sandbox gives every mailbox it finds as a folder
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class LocalMesh:
+    """One running mesh-sandbox and where its secrets are."""
+
+    folder: Path
+    port: int = 0
+    shared_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def password_file(self) -> Path:
+        return self.folder / "secrets" / "mesh-password"
+
+    @property
+    def shared_secret_file(self) -> Path:
+        return self.folder / "secrets" / "mesh-shared-secret"
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "sandbox.log"
+
+    def start(self) -> None:
+        store = self.folder / "mailboxes"
+        for mailbox in MAILBOXES:
+            (store / mailbox / "in").mkdir(parents=True, exist_ok=True)
+        self.password_file.parent.mkdir(mode=0o700, exist_ok=True)
+        self.password_file.write_text(PASSWORD + "\n")
+        self.shared_secret_file.write_text(self.shared_secret + "\n")
+        self.password_file.chmod(0o600)
+        self.shared_secret_file.chmod(0o600)
+        self.port = free_port()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.folder),
+            "ENV": "local",
+            "AUTH_MODE": "full",
+            "STORE_MODE": "file",
+            "MAILBOXES_DATA_DIR": str(store),
+            "SHARED_KEY": self.shared_secret,
+        }
+        argv = [
+            *(sys.executable, "-m", "uvicorn", "mesh_sandbox.api:app"),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"),
+        ]
+        with self.log_file.open("wb") as log:
+            self.process = subprocess.Popen(
+                argv, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for _ in range(int(START_TIMEOUT_S / 0.1) + 1):
+            if self.process.poll() is not None:
+                break
+            if self._healthy():
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.stop(keep_folder=True)
+        raise RuntimeError(
+            f"mesh-sandbox did not start on 127.0.0.1:{self.port} within {START_TIMEOUT_S:.0f} s "
+            f"(is it installed? make venv installs it): {self.log_file.read_text()[-2000:]}"
+        )
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def client(self, mailbox: str = TRUST_SYSTEM) -> MeshClient:
+        """NHS's mesh-client logged in to ``mailbox`` (the trust's system by default)."""
+        return MeshClient(
+            self.url,
+            mailbox,
+            PASSWORD,
+            shared_key=self.shared_secret.encode(),
+            max_retries=0,
+            timeout=10,
+        )
+
+    def env(self, mailbox: str = BRIDGE, trust_mailbox: str = TRUST_SYSTEM) -> dict[str, str]:
+        """The ``CAIRN_MESH_*`` settings of a bridge on ``mailbox``."""
+        return {
+            "CAIRN_MESH_URL": self.url,
+            "CAIRN_MESH_MAILBOX": mailbox,
+            "CAIRN_MESH_PASSWORD_FILE": str(self.password_file),
+            "CAIRN_MESH_SHARED_SECRET_FILE": str(self.shared_secret_file),
+            "CAIRN_MESH_TRUST_MAILBOX": trust_mailbox,
+        }
+
+    def stop(self, *, keep_folder: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+        if not keep_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def mesh_folder() -> Path:
+    """A fresh folder for one sandbox, under ``$CAIRN_STATE_DIR`` or the repo's ``.cairn``."""
+    parent = Path(os.environ.get("CAIRN_STATE_DIR") or REPO / ".cairn")
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="mesh-sandbox-", dir=parent))
+
+
+@contextlib.contextmanager
+def running_mesh() -> Iterator[LocalMesh]:
+    mesh = LocalMesh(mesh_folder())
+    mesh.start()
+    try:
+        yield mesh
+    finally:
+        mesh.stop()
