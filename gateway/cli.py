@@ -24,6 +24,7 @@ from cryptography import x509
 from pydantic import ValidationError
 
 from adapters.agency import agency_trust
+from adapters.nhs.mesh.settings import MeshSettings
 from broker.cli.common import settings_or_exit
 from broker.config import Settings, read_secret_file
 from broker.trust import TrustStore
@@ -33,7 +34,7 @@ from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
 from gateway.store import GatewayStore
 from gateway.users import open_users
-from gateway.web.app import create_web
+from gateway.web.app import USERS, create_web
 from gateway.web.security import WebSettings
 from gateway.webhooks import Dispatcher
 from keys.store import AGENCY_CAS, CA_CERT
@@ -135,8 +136,11 @@ def build(
     webhook_ssl: ssl.SSLContext | None = None,
     with_tls: bool = True,
     web_settings: WebSettings | None = None,
+    mesh: MeshSettings | None = None,
 ) -> Built:
-    """The gateway of ``agency`` with its API and (unless disabled) its web inbox."""
+    """The gateway of ``agency`` with its API and (unless disabled) its web inbox; with
+    ``mesh`` naming a trust mailbox (CAIRN_MESH_URL, CAIRN_MESH_TRUST_MAILBOX), each referral
+    it stores is also delivered into that MESH mailbox (``adapters.nhs.mesh.disclosures``)."""
     from broker.federation import load_federation
 
     federation = load_federation(settings.federation_dir)
@@ -171,6 +175,10 @@ def build(
         retention_every_s=gw.retention_every_s,
         poll_every_s=gw.poll_every_s,
     )
+    if mesh is not None and mesh.configured and mesh.trust_mailbox is not None:
+        from adapters.nhs.mesh.disclosures import attach
+
+        attach(service, mesh)
     issuers = _issuers(trust, agency)
     api = create_api(
         service,
@@ -236,6 +244,8 @@ async def serve(built: Built, gw: GatewaySettings, web_settings: WebSettings | N
         for runner in runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
+        if built.web is not None:
+            built.web[USERS].close()
         await built.gateway.store.close()
 
 
@@ -267,7 +277,11 @@ def gateway(ctx: click.Context, agency: str) -> None:
     except ValidationError as exc:
         raise click.ClickException(_settings_problem(exc, "CAIRN_GATEWAY_WEB_")) from None
     try:
-        built = build(settings, gw, agency, web_settings=web_settings)
+        mesh = MeshSettings()
+    except ValidationError as exc:
+        raise click.ClickException(_settings_problem(exc, "CAIRN_MESH_")) from None
+    try:
+        built = build(settings, gw, agency, web_settings=web_settings, mesh=mesh)
         asyncio.run(serve(built, gw, web_settings))
     except (CairnError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

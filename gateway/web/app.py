@@ -58,6 +58,7 @@ class Inbox(Protocol):
         self, cursor: str | None, limit: int, *, unacknowledged: bool = False
     ) -> Any: ...
     async def search(self, text: str, limit: int = 50) -> tuple[Stored, ...]: ...
+    async def get(self, referral_id: UUID) -> Stored | None: ...
     async def view(self, referral_id: UUID, viewer: str) -> Stored | None: ...
     async def acknowledge(
         self,
@@ -123,11 +124,15 @@ def _kind(request: web.Request) -> str:
     return route.canonical if route is not None else "unknown"
 
 
-def _session(request: web.Request) -> tuple[Staff, Any]:
+def _session(request: web.Request, *, returning: bool = False) -> tuple[Staff, Any]:
+    """The request's session and staff, or a redirect to /login. The mark of a just-made
+    acknowledgement lasts only to the next request (``returning``: the page it redirects to)."""
     sessions = request.app[SESSIONS]
     session = sessions.get(request.cookies.get(COOKIE))
     if session is None:
         raise web.HTTPSeeOther("/login")
+    if not returning:
+        session.acknowledged = ""
     staff = request.app[USERS].get(session.staff_id)
     if staff is None or staff.disabled:
         sessions.end_staff(session.staff_id)
@@ -345,12 +350,19 @@ def _referral_id(request: web.Request) -> UUID:
 
 
 async def disclosure_page(request: web.Request) -> web.Response:
-    staff, session = _session(request)
+    staff, session = _session(request, returning=True)
     referral_id = _referral_id(request)
-    stored = await request.app[INBOX].view(referral_id, f"staff:{staff.staff_id}")  # type: ignore[attr-defined]
+    inbox = request.app[INBOX]
+    if session.acknowledged == str(referral_id):
+        # Back from this session's own acknowledgement (its redirect): the same opening.
+        session.acknowledged = ""
+        stored = await inbox.get(referral_id)  # type: ignore[attr-defined]
+    else:
+        stored = await inbox.view(referral_id, f"staff:{staff.staff_id}")  # type: ignore[attr-defined]
+        if stored is not None:
+            log.info("web.viewed", staff_id=staff.staff_id, referral_id=str(referral_id))
     if stored is None:
         raise web.HTTPNotFound(text="no such disclosure")
-    log.info("web.viewed", staff_id=staff.staff_id, referral_id=str(referral_id))
     disclosure = stored.disclosure()
     actions = await request.app[INBOX].actions(referral_id)  # type: ignore[attr-defined]
     return _page(
@@ -378,6 +390,7 @@ async def acknowledge(request: web.Request) -> web.Response:
     )
     if done is None:
         raise web.HTTPNotFound(text="no such disclosure")
+    session.acknowledged = str(referral_id)
     log.info(
         "web.acknowledged",
         staff_id=staff.staff_id,

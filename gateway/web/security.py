@@ -107,6 +107,9 @@ class Session:
     started_s: float
     seen_s: float
     id: str = field(repr=False, default="")
+    #: The referral id this session has just acknowledged: the page the acknowledgement
+    #: redirects to shows it again without recording another view (it was not opened again).
+    acknowledged: str = ""
 
 
 class Sessions:

@@ -238,6 +238,11 @@ async def test_view_and_acknowledge_are_recorded_once_each(web_inbox: Web) -> No
         shown = await (await web_inbox.client.get(f"/d/{referral}", headers=cookie)).text()
         assert note in shown
         assert "Mark as" not in shown  # read and actioned: nothing left to do
+        # The page an acknowledgement redirects to is the same opening: no second view. The
+        # next opening is a view again.
+        assert len(await web_inbox.service.views(referral)) == 1
+        await web_inbox.client.get(f"/d/{referral}", headers=cookie)
+        assert len(await web_inbox.service.views(referral)) == 2
         assert note not in str(logs)  # the note stays in the store and on the page
         for bad in ({"status": "filed"}, {"status": "read", "note": "x" * 2001}, {}):
             refused = await web_inbox.client.post(
