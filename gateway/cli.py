@@ -258,7 +258,8 @@ def gateway(ctx: click.Context, agency: str) -> None:
 
     Settings: CAIRN_GATEWAY_* (the API's address and certificate, the store, webhooks) and
     CAIRN_GATEWAY_WEB_* (the inbox's address, certificate, sessions) beside the usual Kafka and
-    key settings. Staff accounts: cairn gateway --as AGENCY user --help.
+    key settings; an NHS trust's CAIRN_MESH_* deliver its referrals into its MESH mailbox.
+    Staff accounts: cairn gateway --as AGENCY user --help.
     """
     ctx.ensure_object(dict)
     ctx.obj["gateway_agency"] = agency

@@ -1,13 +1,22 @@
 """The gateway store's MESH jobs and kept JWS (SQLite): created with the referral, survive a
-restart, move from sending to sent to acknowledged, and go with a deleted disclosure."""
+restart, move from sending to sent to acknowledged, and go with a deleted disclosure; and
+``cairn gateway`` gets its MESH channel from the CAIRN_MESH_* settings."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from adapters.nhs.mesh.disclosures import DisclosureDelivery
+from adapters.nhs.mesh.settings import DISCLOSURE_WORKFLOW, MeshSettings
+from broker.config import Settings
+from gateway.cli import build
+from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
+from gateway.web.security import WebSettings
+from tests.conftest import FederationKeys
 from tests.contracts.gateway_store import T0, new, rid
 
 
@@ -73,3 +82,40 @@ async def test_a_given_up_job_is_not_due_and_a_deletion_takes_job_and_jws(tmp_pa
     assert await store.mesh_state(rid(1)) is None
     assert await store.signed(rid(1)) is None
     await store.close()
+
+
+async def test_cairn_gateway_delivers_into_mesh_only_with_a_trust_mailbox(
+    settings: Settings, federation_keys: FederationKeys, tmp_path: Path
+) -> None:
+    """build() with CAIRN_MESH_URL and CAIRN_MESH_TRUST_MAILBOX gives the gateway its MESH
+    channel (the bridge's mailbox to the trust's, the disclosure workflow); without the trust
+    mailbox, or without MESH, it has none."""
+    (tmp_path / "password").write_text("password\n")
+    (tmp_path / "secret").write_text("a shared secret\n")
+    mesh = {
+        "url": "http://127.0.0.1:9",
+        "mailbox": "X26CAIRN01",
+        "password_file": tmp_path / "password",
+        "shared_secret_file": tmp_path / "secret",
+    }
+    gw = GatewaySettings(sqlite_path=tmp_path / "gw.sqlite")
+
+    def built(**given: Any) -> Any:
+        return build(
+            settings,
+            gw,
+            "kelder-nhs",
+            passphrase=federation_keys.passphrase,
+            with_tls=False,
+            web_settings=WebSettings(enabled=False),
+            **given,
+        ).gateway.mesh
+
+    channel = built(mesh=MeshSettings(**mesh, trust_mailbox="X26KELDER1"))
+    assert isinstance(channel, DisclosureDelivery)
+    assert (channel.sender_mailbox, channel.trust_mailbox) == ("X26CAIRN01", "X26KELDER1")
+    assert channel.workflow_id == DISCLOSURE_WORKFLOW
+    await channel.close()
+    assert built(mesh=MeshSettings(**mesh)) is None
+    assert built(mesh=MeshSettings()) is None
+    assert built() is None
