@@ -11,7 +11,7 @@ bundle is in the line, and there is never a traceback. A refusal by the broker i
 from __future__ import annotations
 
 import asyncio
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from pathlib import Path
 from typing import NoReturn
 
@@ -99,3 +99,76 @@ async def _submit(session: AbstractAsyncContextManager[Submitter], referral: Ref
     async with session as client:
         receipt = await client.submit(referral)
     return receipt.model_dump_json(indent=2)
+
+
+@nhs.command("mesh")
+@click.option("--as", "agency", required=True, help="The NHS trust whose MESH mailbox this is.")
+@broker_url_option
+@click.option("--once", is_flag=True, help="One pass over the mailbox, then exit.")
+def mesh(agency: str, broker_url: str, once: bool) -> None:
+    """Run the trust's MESH bridge: referrals from its MESH mailbox to Cairn (CAIRN_MESH_*).
+
+    Polls CAIRN_MESH_MAILBOX every CAIRN_MESH_POLL_EVERY_S for FHIR referral messages under
+    CAIRN_MESH_REFERRAL_WORKFLOW, submits each as AGENCY and answers the sender's mailbox with
+    the receipt or the refusal. SIGTERM or Ctrl-C stops it after the current message.
+    """
+    from pydantic import ValidationError
+
+    from adapters.nhs.mesh.settings import MeshSettings
+    from broker.cli.common import settings_or_exit
+
+    settings = settings_or_exit()
+    try:
+        mesh_settings = MeshSettings()
+    except ValidationError as exc:
+        raise click.UsageError(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from None
+    if not mesh_settings.configured:
+        raise click.UsageError("CAIRN_MESH_URL is not set: there is no MESH mailbox to poll")
+    factory = _client_factory()
+    try:
+        asyncio.run(_run_mesh(settings.state_dir, mesh_settings, agency, broker_url, factory, once))
+    except (ValueError, CairnError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _run_mesh(
+    state_dir: Path,
+    mesh_settings: object,
+    agency: str,
+    broker_url: str,
+    factory: ClientFactory,
+    once: bool,
+) -> None:
+    import signal
+
+    from adapters.nhs.mesh.bridge import Ledger, ReferralBridge
+    from adapters.nhs.mesh.client import MeshError, MeshMailbox
+    from adapters.nhs.mesh.settings import MeshSettings
+
+    assert isinstance(mesh_settings, MeshSettings)
+    bridge = ReferralBridge(
+        MeshMailbox(mesh_settings),
+        mesh_settings,
+        agency=agency,
+        submitter=lambda: factory(agency, broker_url),
+        ledger=Ledger(state_dir / "mesh" / f"{agency}.sqlite"),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    click.echo(f"MESH bridge for {agency}: polling mailbox {mesh_settings.mailbox}", err=True)
+    try:
+        while not stop.is_set():
+            try:
+                await bridge.deliver_due()
+            except MeshError as exc:
+                click.echo(f"MESH: {exc}; retrying in {mesh_settings.poll_every_s} s", err=True)
+            if once:
+                break
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), mesh_settings.poll_every_s)
+    finally:
+        await bridge.close()

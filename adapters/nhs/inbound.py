@@ -144,9 +144,15 @@ def _precheck(bundle: Mapping[str, Any]) -> None:
             (FieldProblem(f"{ROOT}.entry", "a referral bundle needs entries"),),
         )
     problems = []
+    # A FHIR message (Bundle.type 'message', as MESH carries it) starts with its MessageHeader;
+    # the header is the envelope's, not the referral's, and is checked by whoever reads the
+    # message (adapters.nhs.mesh.referrals). Anywhere else a MessageHeader is refused.
+    message = bundle.get("type") == "message"
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if message and i == 0 and kind == "MessageHeader":
+            continue
         if not isinstance(kind, str) or kind not in MAPPED_RESOURCES:
             problems.append(
                 FieldProblem(
