@@ -134,3 +134,45 @@ async def serving_web(built: Built) -> AsyncIterator[str]:
 
 def session(context: ssl.SSLContext) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+
+
+def browser_context(keys: FederationKeys) -> ssl.SSLContext:
+    """A browser's TLS: it trusts the federation CA (which issued the test servers'
+    certificates) and holds no client certificate."""
+    from keys.store import CA_CERT
+
+    return ssl.create_default_context(cadata=keys.store.read(CA_CERT).decode())
+
+
+async def web_login(context: ssl.SSLContext, url: str, enrolment: Any) -> dict[str, str]:
+    """Log in to the web inbox at ``url`` as a browser would (the login form's token and
+    cookie, the password and a TOTP code); the session cookie header."""
+    import re
+    import time
+
+    from gateway.users import totp
+    from gateway.web.app import LOGIN_COOKIE
+    from gateway.web.security import COOKIE
+
+    jar = aiohttp.DummyCookieJar()
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=context), cookie_jar=jar
+    ) as http:
+        async with http.get(f"{url}/login") as page:
+            token = re.search(r'name="csrf" value="([^"]+)"', await page.text())
+            assert token is not None
+            login_cookie = page.cookies[LOGIN_COOKIE].value
+        form = {
+            "login": enrolment.staff.login,
+            "password": enrolment.password,
+            "code": totp(enrolment.totp_secret, time.time()),
+            "csrf": token.group(1),
+        }
+        async with http.post(
+            f"{url}/login",
+            data=form,
+            headers={"Cookie": f"{LOGIN_COOKIE}={login_cookie}"},
+            allow_redirects=False,
+        ) as answer:
+            assert answer.status == 303, await answer.text()
+            return {"Cookie": f"{COOKIE}={answer.cookies[COOKIE].value}"}

@@ -33,12 +33,21 @@ from broker.kafka.transport import Record
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
+from gateway.web.app import USERS
 from gateway.webhooks import verify
 from keys.store import CA_CERT
 from schemas.audit import AuditEventType
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
-from tests.gateway_support import case_system, running_gateway, server_certificate, session
+from tests.gateway_support import (
+    browser_context,
+    case_system,
+    running_gateway,
+    server_certificate,
+    serving_web,
+    session,
+    web_login,
+)
 from tests.integration.conftest import cairn_env, client, make_settings, running_broker
 from tests.integration.test_consumer_faults import FollowingAuditor, produce
 from tests.kafka_support import LocalKafka, read_committed
@@ -115,7 +124,8 @@ async def test_a_record_delivered_twice_is_stored_and_listed_once(
     tmp_path: Path,
 ) -> None:
     """The consumer stops after the store has the record and before its offset is committed;
-    it restarts, Kafka delivers the record again, the store recognises it: one row, one item."""
+    it restarts, Kafka delivers the record again, the store recognises it: one row, one item
+    in the API, one row in the web inbox."""
     calls: list[tuple[int, bool]] = []
 
     async def crash_once(delivery: Delivery, added: bool) -> None:
@@ -145,6 +155,16 @@ async def test_a_record_delivered_twice_is_stored_and_listed_once(
         ):
             assert answer.status == 200
             listed = await answer.json()
+        # ... and once in the web inbox its people see.
+        enrolment = running.built.web[USERS].add(f"caseworker-{uuid4().hex[:8]}@idva.example")
+        browser_ssl = ssl.create_default_context(
+            cadata=federation_keys.store.read(CA_CERT).decode()
+        )
+        async with serving_web(running.built) as inbox:
+            cookie = await web_login(browser_ssl, inbox, enrolment)
+            async with session(browser_ssl) as http, http.get(f"{inbox}/", headers=cookie) as page:
+                assert page.status == 200
+                assert (await page.text()).count(f'href="/d/{rid}"') == 1
     assert [item["referral_id"] for item in listed["items"]] == [str(rid)]
     # A fresh gateway on the same store, same group: the offset was committed after the repeat.
     async with running_gateway(
@@ -462,9 +482,10 @@ async def test_cairn_gateway_runs_as_a_command_and_stops_on_sigterm(
         assert url.startswith("https://127.0.0.1:")
         assert inbox.startswith("https://127.0.0.1:")
         assert inbox != url + "/"
-        # A browser: trusts the federation CA, holds no client certificate.
-        web_ca = ssl.create_default_context(cadata=federation_keys.store.read(CA_CERT).decode())
-        async with session(web_ca) as browser, browser.get(f"{inbox}login") as page:
+        async with (
+            session(browser_context(federation_keys)) as browser,
+            browser.get(f"{inbox}login") as page,
+        ):
             assert page.status == 200
             assert "Log in" in await page.text()
         async with session(federation_keys.client_ssl(AGENCY)) as http:
