@@ -23,6 +23,7 @@ from uuid import UUID
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from structlog.testing import capture_logs
 
 from adapters.nhs.mesh.disclosures import ACKNOWLEDGED_BY, DisclosureDelivery, attach
 from adapters.nhs.mesh.settings import DISCLOSURE_WORKFLOW, MeshSettings
@@ -161,71 +162,90 @@ async def test_a_disclosure_reaches_the_trust_mailbox_as_fhir_and_its_mesh_ack_i
             prepare=attaching(bridge_settings(mesh), channels),
         ) as running,
     ):
-        (delivery,) = channels
-        await eventually(lambda: delivery.sent == 1, "the disclosure sent into MESH")
-        ((message_id, local_id, body),) = await asyncio.to_thread(in_trust_mailbox, mesh)
-        assert local_id == str(rid)
-
-        # The trust's system reads a FHIR message that fhir.resources validates ...
-        message = json.loads(body)
-        Bundle.model_validate(message)
-        assert message["type"] == "message"
-        kinds = [e["resource"]["resourceType"] for e in message["entry"]]
-        assert kinds[0] == "MessageHeader"
-        assert {"Patient", "ServiceRequest", "Consent", "Provenance"} <= set(kinds)
-        header = message["entry"][0]["resource"]
-        assert header["destination"][0]["receiver"]["identifier"]["value"] == TRUST
-        assert header["sender"]["identifier"]["value"] == "kelder-police"
-        patient = next(
-            e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "Patient"
-        )
-        assert patient["identifier"][0]["value"] == source["victim"]["nhs_number"]
-
-        # ... whose Provenance is the broker's signature over exactly what the gateway stored.
-        registry = federation_keys.trust(TRUST).registry()
-        payload = verify_signed(
-            broker_signature(message),
-            registry,
-            signer=BROKER_ID,
-            typ=DISCLOSURE_TYP,
-            now=datetime.now(UTC),
-        )
-        signed = Disclosure.model_validate_json(payload)
-        assert (signed.referral_id, signed.recipient_agency) == (rid, TRUST)
-        stored = await running.service.get(rid)
-        assert stored is not None
-        assert stored.disclosure() == signed
-        assert stored.acknowledged_at is None  # not before the trust said so in MESH
-
-        # The trust's system acknowledges the message in MESH; the gateway acknowledges it.
-        await asyncio.to_thread(acknowledge_in_mesh, mesh, message_id)
-        await eventually(lambda: delivery.acknowledged == 1, "MESH's acknowledgement seen")
-        again = await running.service.get(rid)
-        assert again is not None
-        assert again.ack_status == "filed"
-        state = await running.service.store.mesh_state(rid)
-        assert state is not None
-        assert (state["message_id"], state["acknowledged"], state["attempts"]) == (
-            message_id,
-            True,
-            1,
-        )
-
-        async def acknowledged() -> list[Any]:
-            return await auditor.call(
-                auditor.log.query, Query(types=(AuditEventType.ACKNOWLEDGED,), message_id=rid)
+        with capture_logs() as logs:
+            await deliver_and_acknowledge(
+                running, channels, auditor, mesh, federation_keys, rid, source
             )
+    # Neither the gateway's log lines nor the audit event carry anything personal.
+    text = json.dumps(logs, default=str)
+    assert any(e["event"] == "gateway.mesh_acknowledged" for e in logs)
+    assert not any(value in text for value in personal_values(source))
 
-        await eventually(acknowledged, "the acknowledgement in the audit log")
-        assert running.service.receipts_sent == 1  # the one acknowledgement, sent once
-        (entry,) = await acknowledged()
-        assert (entry.event.recipient, entry.event.viewer) == (TRUST, ACKNOWLEDGED_BY)
-        assert entry.event.status is not None
-        assert entry.event.status.value == "filed"
-        assert await running.service.store.pending_receipts(10) == ()
-        # The MESH metadata and the audit event carry no personal data.
-        text = json.dumps(entry.event.model_dump(mode="json"))
-        assert not any(value in text for value in personal_values(source))
+
+async def deliver_and_acknowledge(
+    running: Any,
+    channels: list[DisclosureDelivery],
+    auditor: Any,
+    mesh: LocalMesh,
+    federation_keys: FederationKeys,
+    rid: UUID,
+    source: dict[str, Any],
+) -> None:
+    """Through MESH and back, as the test above says."""
+    (delivery,) = channels
+    await eventually(lambda: delivery.sent == 1, "the disclosure sent into MESH")
+    ((message_id, local_id, body),) = await asyncio.to_thread(in_trust_mailbox, mesh)
+    assert local_id == str(rid)
+
+    # The trust's system reads a FHIR message that fhir.resources validates ...
+    message = json.loads(body)
+    Bundle.model_validate(message)
+    assert message["type"] == "message"
+    kinds = [e["resource"]["resourceType"] for e in message["entry"]]
+    assert kinds[0] == "MessageHeader"
+    assert {"Patient", "ServiceRequest", "Consent", "Provenance"} <= set(kinds)
+    header = message["entry"][0]["resource"]
+    assert header["destination"][0]["receiver"]["identifier"]["value"] == TRUST
+    assert header["sender"]["identifier"]["value"] == "kelder-police"
+    patient = next(
+        e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    assert patient["identifier"][0]["value"] == source["victim"]["nhs_number"]
+
+    # ... whose Provenance is the broker's signature over exactly what the gateway stored.
+    registry = federation_keys.trust(TRUST).registry()
+    payload = verify_signed(
+        broker_signature(message),
+        registry,
+        signer=BROKER_ID,
+        typ=DISCLOSURE_TYP,
+        now=datetime.now(UTC),
+    )
+    signed = Disclosure.model_validate_json(payload)
+    assert (signed.referral_id, signed.recipient_agency) == (rid, TRUST)
+    stored = await running.service.get(rid)
+    assert stored is not None
+    assert stored.disclosure() == signed
+    assert stored.acknowledged_at is None  # not before the trust said so in MESH
+
+    # The trust's system acknowledges the message in MESH; the gateway acknowledges it.
+    await asyncio.to_thread(acknowledge_in_mesh, mesh, message_id)
+    await eventually(lambda: delivery.acknowledged == 1, "MESH's acknowledgement seen")
+    again = await running.service.get(rid)
+    assert again is not None
+    assert again.ack_status == "filed"
+    state = await running.service.store.mesh_state(rid)
+    assert state is not None
+    assert (state["message_id"], state["acknowledged"], state["attempts"]) == (
+        message_id,
+        True,
+        1,
+    )
+
+    async def acknowledged() -> list[Any]:
+        return await auditor.call(
+            auditor.log.query, Query(types=(AuditEventType.ACKNOWLEDGED,), message_id=rid)
+        )
+
+    await eventually(acknowledged, "the acknowledgement in the audit log")
+    await eventually(lambda: running.service.receipts_sent == 1, "the one receipt counted")
+    (entry,) = await acknowledged()
+    assert (entry.event.recipient, entry.event.viewer) == (TRUST, ACKNOWLEDGED_BY)
+    assert entry.event.status is not None
+    assert entry.event.status.value == "filed"
+    assert await running.service.store.pending_receipts(10) == ()
+    text = json.dumps(entry.event.model_dump(mode="json"))
+    assert not any(value in text for value in personal_values(source))
 
 
 async def test_restarts_before_and_after_mesh_took_it_send_the_disclosure_once(
