@@ -30,6 +30,7 @@ from adapters.nhs.mesh.settings import DISCLOSURE_WORKFLOW, MeshSettings
 from adapters.nhs.message import broker_signature
 from broker.audit.index import Query
 from broker.config import Settings
+from gateway.postgres import PostgresGatewayStore
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
@@ -45,6 +46,7 @@ from tests.integration.test_consumer_faults import FollowingAuditor
 from tests.kafka_support import LocalKafka
 from tests.mesh_support import BRIDGE, TRUST_SYSTEM, LocalMesh
 from tests.samples import personal_values
+from tests.unit.gateway.test_mesh_jobs import given_up_and_deleted, jobs_survive_a_restart
 from tests.unit.policy.cases import referral
 
 TRUST = "kelder-nhs"
@@ -321,3 +323,10 @@ async def test_restarts_before_and_after_mesh_took_it_send_the_disclosure_once(
         assert len(await acknowledged()) == 1
     # Nothing left for the trust's system: the one message was acknowledged and MESH has no other.
     assert await asyncio.to_thread(in_trust_mailbox, mesh) == []
+
+
+async def test_the_mesh_jobs_keep_their_state_in_postgresql(pg_url: str) -> None:
+    """The MESH jobs and kept JWS behave in a PostgreSQL gateway store as in SQLite: made with
+    the referral, kept across a restart, given up for good, deleted with the disclosure."""
+    await jobs_survive_a_restart(lambda: PostgresGatewayStore(pg_url))
+    await given_up_and_deleted(lambda: PostgresGatewayStore(pg_url))

@@ -4,6 +4,7 @@ restart, move from sending to sent to acknowledged, and go with a deleted disclo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -15,9 +16,12 @@ from broker.config import Settings
 from gateway.cli import build
 from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
+from gateway.store import GatewayStore
 from gateway.web.security import WebSettings
 from tests.conftest import FederationKeys
 from tests.contracts.gateway_store import T0, new, rid
+
+StoreFactory = Callable[[], GatewayStore]
 
 
 async def test_a_mesh_job_is_made_with_the_referral_and_kept_across_a_restart(
@@ -25,8 +29,17 @@ async def test_a_mesh_job_is_made_with_the_referral_and_kept_across_a_restart(
 ) -> None:
     """put(mesh=True) makes one due job and keeps the JWS; a second store on the same file sees
     the attempt begun, then the message id, then the acknowledgement; nothing is due after."""
-    path = tmp_path / "gw.sqlite"
-    store = SqliteGatewayStore(path)
+    await jobs_survive_a_restart(lambda: SqliteGatewayStore(tmp_path / "gw.sqlite"))
+
+
+async def test_a_given_up_job_is_not_due_and_a_deletion_takes_job_and_jws(tmp_path: Path) -> None:
+    """A job given up with a reason code is never due again; deleting the disclosure deletes
+    its job and its JWS with it."""
+    await given_up_and_deleted(lambda: SqliteGatewayStore(tmp_path / "gw.sqlite"))
+
+
+async def jobs_survive_a_restart(open_store: StoreFactory) -> None:
+    store = open_store()
     await store.open()
     assert await store.put(replace(new(1), signed="h.p.s"), webhook=False, mesh=True)
     assert not await store.put(replace(new(1), signed="other"), webhook=False, mesh=True)
@@ -43,7 +56,7 @@ async def test_a_mesh_job_is_made_with_the_referral_and_kept_across_a_restart(
     await store.mesh_sending(rid(1), T0)
     await store.close()
 
-    again = SqliteGatewayStore(path)
+    again = open_store()
     await again.open()
     (job,) = await again.due_mesh(T0, 10)
     assert (job.attempts, job.sending_at, job.message_id) == (1, T0, None)  # outcome unknown
@@ -67,10 +80,8 @@ async def test_a_mesh_job_is_made_with_the_referral_and_kept_across_a_restart(
     await again.close()
 
 
-async def test_a_given_up_job_is_not_due_and_a_deletion_takes_job_and_jws(tmp_path: Path) -> None:
-    """A job given up with a reason code is never due again; deleting the disclosure deletes
-    its job and its JWS with it."""
-    store = SqliteGatewayStore(tmp_path / "gw.sqlite")
+async def given_up_and_deleted(open_store: StoreFactory) -> None:
+    store = open_store()
     await store.open()
     await store.put(replace(new(1), signed="h.p.s"), webhook=False, mesh=True)
     await store.mesh_later(rid(1), at=T0, next_at=None, error="mesh_undeliverable")
