@@ -17,6 +17,7 @@ Mailboxes: ``TRUST_SYSTEM`` is the trust's integration engine (the tests drive i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -29,11 +30,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mesh_client import MeshClient
 
+from adapters.nhs.mesh.referrals import REFERRAL_EVENT
+from adapters.nhs.message import MESSAGE_EVENT_SYSTEM, mesh_endpoint
 from tests.pg_support import free_port
-from tests.samples import REPO
+from tests.samples import REPO, SAMPLES
 
 TRUST_SYSTEM = "X26KELDER1"  # the trust's own system (its integration engine)
 BRIDGE = "X26CAIRN01"  # the trust's Cairn mailbox: the bridge reads it and sends from it
@@ -41,6 +45,7 @@ OTHER = "X26OTHER01"  # a mailbox of somebody else
 MAILBOXES = (TRUST_SYSTEM, BRIDGE, OTHER)
 PASSWORD = "password"  # what mesh-sandbox gives every mailbox it finds as a folder
 START_TIMEOUT_S = 30.0
+HEADER_ID = "0e1c7d64-8a8e-4a55-9d6e-8f7c2b1d3a40"  # the sample message's MessageHeader id
 
 
 @dataclass
@@ -166,3 +171,22 @@ def running_mesh() -> Iterator[LocalMesh]:
         yield mesh
     finally:
         mesh.stop()
+
+
+def referral_message() -> dict[str, Any]:
+    """The medium-risk FHIR sample as the trust's system sends it: a FHIR message."""
+    bundle: dict[str, Any] = json.loads(
+        (SAMPLES / "nhs-referral-medium-risk.fhir.json").read_text(encoding="utf-8")
+    )
+    request = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "ServiceRequest")
+    bundle["type"] = "message"
+    header = {
+        "resourceType": "MessageHeader",
+        "id": HEADER_ID,
+        "eventCoding": {"system": MESSAGE_EVENT_SYSTEM, "code": REFERRAL_EVENT},
+        "source": {"endpoint": mesh_endpoint(TRUST_SYSTEM)},
+        "destination": [{"endpoint": mesh_endpoint(BRIDGE)}],
+        "focus": [{"reference": request["fullUrl"]}],
+    }
+    bundle["entry"].insert(0, {"fullUrl": f"urn:uuid:{HEADER_ID}", "resource": header})
+    return bundle

@@ -52,32 +52,11 @@ from schemas.federation import Federation
 from tests.conftest import FederationKeys
 from tests.integration.conftest import cairn_env, client, running_broker
 from tests.kafka_support import read_committed_many
-from tests.mesh_support import BRIDGE, TRUST_SYSTEM, LocalMesh
-from tests.samples import SAMPLES
+from tests.mesh_support import BRIDGE, HEADER_ID, TRUST_SYSTEM, LocalMesh, referral_message
 
 TRUST = "kelder-nhs"
 RECIPIENT = "kelder-idva"
-HEADER_ID = "0e1c7d64-8a8e-4a55-9d6e-8f7c2b1d3a40"
 WAIT_S = 60.0
-
-
-def referral_message() -> dict[str, Any]:
-    """The medium-risk FHIR sample as the trust's system sends it: a FHIR message."""
-    bundle: dict[str, Any] = json.loads(
-        (SAMPLES / "nhs-referral-medium-risk.fhir.json").read_text(encoding="utf-8")
-    )
-    request = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "ServiceRequest")
-    bundle["type"] = "message"
-    header = {
-        "resourceType": "MessageHeader",
-        "id": HEADER_ID,
-        "eventCoding": {"system": MESSAGE_EVENT_SYSTEM, "code": REFERRAL_EVENT},
-        "source": {"endpoint": mesh_endpoint(TRUST_SYSTEM)},
-        "destination": [{"endpoint": mesh_endpoint(BRIDGE)}],
-        "focus": [{"reference": request["fullUrl"]}],
-    }
-    bundle["entry"].insert(0, {"fullUrl": f"urn:uuid:{HEADER_ID}", "resource": header})
-    return bundle
 
 
 def personal_values(message: dict[str, Any]) -> list[str]:
