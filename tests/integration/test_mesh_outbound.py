@@ -358,6 +358,9 @@ async def test_bridge_killed_after_submitting_delivers_once_and_acknowledges_aft
         assert second.returncode == 0, output.decode()[-2000:]
     assert waiting(mesh) == [], "acknowledged after the restart"
     assert await on_topic(kafka_settings, RECIPIENT, rid) == 1, "delivered exactly once"
+    logs = log.read_text() + output.decode()
+    assert "mesh.referral_submitted" in logs
+    assert not [v for v in personal_values(referral_message()) if v in logs], "no personal data"
     ((_, local_id, reply),) = replies(mesh)
     assert local_id == message_id
     header, outcome = outcome_of(reply)
