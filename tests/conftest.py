@@ -116,3 +116,18 @@ def mesh() -> Iterator[LocalMesh]:
         yield sandbox
     finally:
         sandbox.stop()
+
+
+@pytest.fixture
+def mesh_tls() -> Iterator[LocalMesh]:
+    """The same mesh-sandbox over https with a client certificate required (mutual TLS, as a
+    real MESH), its throwaway CA and certificates in its folder."""
+    sandbox = LocalMesh(mesh_folder(), tls=True)
+    try:
+        sandbox.start()
+    except Exception as exc:
+        pytest.fail(f"mesh-sandbox could not start over TLS: {exc}")
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()

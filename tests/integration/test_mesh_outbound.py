@@ -35,7 +35,7 @@ from fhir.resources.R4B.bundle import Bundle
 from adapters.agency import Submitter
 from adapters.client import ReferralClient
 from adapters.nhs.mesh.bridge import PAUSE_FILE_ENV, Ledger, ReferralBridge
-from adapters.nhs.mesh.client import FHIR_JSON, MeshMailbox
+from adapters.nhs.mesh.client import FHIR_JSON, MeshError, MeshMailbox
 from adapters.nhs.mesh.referrals import (
     GAVE_UP,
     NOT_A_MESSAGE,
@@ -366,3 +366,32 @@ async def test_bridge_killed_after_submitting_delivers_once_and_acknowledges_aft
     header, outcome = outcome_of(reply)
     assert header["response"]["code"] == "ok"
     assert outcome["issue"][0]["details"]["coding"][0]["code"] == f"urn:uuid:{rid}"
+
+
+# --- mutual TLS, as a real MESH: the client certificate settings are used -----------------------
+
+
+async def test_the_bridge_reaches_mesh_over_mutual_tls_with_its_client_certificate(
+    mesh_tls: LocalMesh,
+    kafka_settings: Settings,
+    federation: Federation,
+    federation_keys: FederationKeys,
+    tmp_path: Path,
+) -> None:
+    message_id = send(mesh_tls, json.dumps(referral_message()).encode())
+    anonymous = MeshMailbox(mesh_settings(mesh_tls, client_cert_file=None, client_key_file=None))
+    try:
+        with pytest.raises(MeshError, match="unreachable"):
+            await anonymous.list()  # no client certificate: the TLS handshake is refused
+    finally:
+        anonymous.close()
+    async with running_broker(kafka_settings, federation, federation_keys) as url:
+        with bridge_for(
+            mesh_tls, lambda: client(federation_keys, url, TRUST), tmp_path / "ledger.sqlite"
+        ) as bridge:
+            assert await bridge.deliver_due() == 1
+    assert await on_topic(kafka_settings, RECIPIENT, referral_id_of(BRIDGE, message_id)) == 1
+    assert waiting(mesh_tls) == []
+    ((_, local_id, reply),) = replies(mesh_tls)
+    assert local_id == message_id
+    assert outcome_of(reply)[0]["response"]["code"] == "ok"
