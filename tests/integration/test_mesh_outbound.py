@@ -302,6 +302,9 @@ async def test_an_unreachable_broker_leaves_the_message_in_mesh_until_the_give_u
         assert replies(mesh) == []
         now[0] += timedelta(hours=1)
         assert await bridge.deliver_due() == 1
+        now[0] += timedelta(days=61)
+        assert await bridge.deliver_due() == 0
+        assert bridge.ledger.prune(now[0] + timedelta(days=365)) == 0, "forgotten after 60 days"
     assert waiting(mesh) == []
     ((_, local_id, reply),) = replies(mesh)
     assert local_id == message_id

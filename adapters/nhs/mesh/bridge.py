@@ -22,7 +22,9 @@ keeps each message's first sight, attempts, receipt and reply. A bridge killed a
 202 but before the receipt was recorded resubmits the same referral (the same id and the same
 bytes: the broker answers with the original receipt and sends nothing again); one killed after
 sending the reply but before the acknowledgement only acknowledges. Log lines carry MESH message
-ids, referral ids and counts, never a value of a bundle.
+ids, referral ids and counts, never a value of a bundle. A reply MESH will not take is retried
+on later passes until the give-up age, then the message is acknowledged unanswered; settled
+messages are forgotten by the ledger 60 days (or the give-up age, if longer) after first sight.
 
 Test-only fault injection: with ``CAIRN_TEST_MESH_PAUSE_FILE`` set, the bridge writes that file
 after the broker's 202 and before recording or acknowledging anything, then waits (up to 60 s)
@@ -67,6 +69,7 @@ __all__ = ["PAUSE_FILE_ENV", "Ledger", "ReferralBridge"]
 log = structlog.get_logger("cairn.mesh")
 Clock = Callable[[], datetime]
 PAUSE_FILE_ENV = "CAIRN_TEST_MESH_PAUSE_FILE"
+_KEEP = timedelta(days=60)  # how long the ledger remembers a settled message
 
 #: Where in a referral bundle each top-level field of a Cairn referral comes from, so that a
 #: broker refusal naming a referral field points the trust at a resource of its message.
@@ -149,6 +152,13 @@ class Ledger:
             ),
         )
 
+    def prune(self, before: datetime) -> int:
+        """Forget the settled messages first seen before ``before``; how many."""
+        cursor = self._db.execute(
+            "DELETE FROM mesh_outbound WHERE done = 1 AND first_seen < ?", (before.isoformat(),)
+        )
+        return cursor.rowcount
+
     def close(self) -> None:
         self._db.close()
 
@@ -177,6 +187,9 @@ class ReferralBridge:
 
     async def deliver_due(self) -> int:
         """One pass over the mailbox; how many messages were settled (acknowledged)."""
+        # MESH keeps a message at most days; a settled one's row is kept well past that, then
+        # forgotten, so the ledger does not grow without end.
+        self.ledger.prune(self._clock() - max(_KEEP, timedelta(seconds=self.settings.give_up_s)))
         ids = await self.mesh.list(self.settings.referral_workflow, self.settings.batch_max)
         settled = 0
         for message_id in ids:
@@ -305,13 +318,21 @@ class ReferralBridge:
         self, entry: Entry, message: MeshMessage, reply: dict[str, Any], what: str
     ) -> int:
         if message.sender:
-            entry.reply_id = await self.mesh.send(
-                message.sender,
-                json.dumps(reply).encode(),
-                self.settings.receipt_workflow,
-                local_id=message.message_id,
-                subject=what,
-            )
+            try:
+                entry.reply_id = await self.mesh.send(
+                    message.sender,
+                    json.dumps(reply).encode(),
+                    self.settings.receipt_workflow,
+                    local_id=message.message_id,
+                    subject=what,
+                )
+            except MeshError:
+                # MESH will not take the reply (the sender's mailbox gone?): retried on later
+                # passes, and past the give-up age the message is acknowledged unanswered.
+                if self._clock() - entry.first_seen < timedelta(seconds=self.settings.give_up_s):
+                    raise
+                log.warning("mesh.reply_given_up", message_id=message.message_id)
+                entry.reply_id = ""
         else:
             entry.reply_id = ""  # nobody to answer: the message is still acknowledged
         self.ledger.update(entry)
