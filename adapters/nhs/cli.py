@@ -110,7 +110,7 @@ def mesh(agency: str, broker_url: str, once: bool) -> None:
 
     Polls CAIRN_MESH_MAILBOX every CAIRN_MESH_POLL_EVERY_S for FHIR referral messages under
     CAIRN_MESH_REFERRAL_WORKFLOW, submits each as AGENCY and answers the sender's mailbox with
-    the receipt or the refusal. SIGTERM or Ctrl-C stops it after the current message.
+    the receipt or the refusal. SIGTERM or Ctrl-C stops it after the current pass.
     """
     from pydantic import ValidationError
 
