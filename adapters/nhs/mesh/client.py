@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import mesh_client
 import requests
 from mesh_client import MeshClient
 
@@ -79,6 +80,10 @@ class MeshMailbox:
             raise MeshError(f"MESH answered HTTP {status} to {call.__name__}") from None
         except requests.RequestException as exc:
             raise MeshError(f"MESH unreachable ({type(exc).__name__}) in {call.__name__}") from None
+        except mesh_client.MeshError:
+            # mesh-client's own refusal (e.g. a send MESH answered 403): its text may hold
+            # the server's body, so only the call is named.
+            raise MeshError(f"MESH refused {call.__name__}") from None
 
     async def handshake(self) -> None:
         await self._run(self._client.handshake)

@@ -141,3 +141,22 @@ def test_receipt_and_refusal_messages_are_valid_fhir() -> None:
     Bundle.model_validate(reply)
     issues = reply["entry"][1]["resource"]["issue"]
     assert [i.get("expression") for i in issues] == [["Bundle.type"], None]
+
+
+async def test_mesh_clients_own_refusal_is_our_mesh_error_without_its_text(tmp_path: Path) -> None:
+    """mesh-client raises its own MeshError when MESH refuses (a 403 on a send, say), with the
+    server's words in it: the bridge sees one error class, naming only the call."""
+    import mesh_client
+
+    from adapters.nhs.mesh.client import MeshError, MeshMailbox
+
+    mailbox = MeshMailbox(MeshSettings(url="https://mesh.example", **secrets(tmp_path)))
+
+    def send_message() -> None:
+        raise mesh_client.MeshError("403 server text with a name in it")
+
+    try:
+        with pytest.raises(MeshError, match=r"^MESH refused send_message$"):
+            await mailbox._run(send_message)
+    finally:
+        mailbox.close()
