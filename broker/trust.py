@@ -14,7 +14,9 @@ then refuses to work (503) rather than trust it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -182,12 +184,19 @@ def _read_serial(path: Path | None) -> int:
 
 def _write_serial(path: Path, serial: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(f"{serial}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    # A temp file of its own: brokers sharing a state folder may write it at the same moment
+    # (one fixed temp name let one broker's rename take the other's file away).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(f"{serial}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def custody_of(settings: Settings) -> Custody:
