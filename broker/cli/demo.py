@@ -12,20 +12,28 @@ gateway --as AGENCY`` as its own process, reading its topic with the agency's ow
 credentials): the demo makes each a staff account (a one-time password and a TOTP secret, as
 ``cairn gateway --as AGENCY user add`` does) and a server certificate from the development CA,
 checks through each gateway's API that it stored what was sent to its agency, and prints its
-web inbox's URL and the login. Finally the gateways and the broker are stopped with SIGTERM
-(with ``--keep``, at Ctrl-C). Kafka itself is started and stopped by ``make demo``.
+web inbox's URL and the login. The NHS trust sends one referral through MESH: the demo starts
+NHS England's mesh-sandbox (``adapters.nhs.mesh.sandbox``) and the trust's bridge (``cairn nhs
+mesh --as TRUST`` as its own process), sends the sample FHIR referral message from the trust
+system's mailbox with NHS's mesh-client, waits for the receipt in that mailbox and counts the
+referral among its recipients' expected disclosures. Finally the bridge, the sandbox, the
+gateways and the broker are stopped (with ``--keep``, at Ctrl-C). Kafka itself is started and
+stopped by ``make demo``.
 
 The demo broker keeps its replay memory in a folder of its own per run, so running the demo
 again submits the same (stable) message ids again and they are delivered again; the gateways
 likewise get a folder of their own per run (``<state_dir>/gateways-*/<agency>``: the store, the
 staff accounts, the certificate and the log), so each run's inboxes hold that run's
-disclosures and each run prints a fresh login.
+disclosures and each run prints a fresh login. The bridge's log and ledger stay in
+``<state_dir>/mesh-*``; the sandbox's mailboxes (they hold the referral as sent) are deleted
+when it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -39,6 +47,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import click
@@ -50,6 +59,10 @@ from cryptography.hazmat.primitives.serialization import (
 
 from adapters.agency import client_for, inbox_for
 from adapters.inbox import Delivery
+from adapters.nhs.mesh.client import FHIR_JSON
+from adapters.nhs.mesh.referrals import referral_id_of
+from adapters.nhs.mesh.sandbox import BRIDGE, TRUST_SYSTEM, MeshSandbox, referral_message
+from adapters.nhs.mesh.settings import RECEIPT_WORKFLOW, REFERRAL_WORKFLOW
 from adapters.police import Outgoing, import_export
 from broker.config import Settings
 from broker.federation import load_federation
@@ -70,6 +83,9 @@ from schemas.errors import CairnError
 from schemas.federation import Agency, AgencyRole, Federation
 from schemas.receipt import Receipt, RecipientStatus
 
+if TYPE_CHECKING:
+    from mesh_client import MeshClient
+
 SSL_PORT_ENV = "CAIRN_KAFKA_SSL_PORT"  # kafka-local's mutual-TLS listener, as make demo sets it
 
 __all__ = ["DEFAULT_EXPORT", "run_demo"]
@@ -82,6 +98,10 @@ GATEWAYS = ((AgencyRole.SCHOOL, "dsl"), (AgencyRole.IDVA, "caseworker"))
 GATEWAY_CERT_VALIDITY = timedelta(days=30)
 GATEWAY_READY_S = 60.0  # seconds for a gateway process to answer on its API
 GATEWAY_POLL_S = 0.5  # seconds between looks at a gateway's listing
+# The referral the NHS trust's system sends through MESH, and how often the demo (as that
+# system) and the bridge look at their mailboxes.
+MESH_SAMPLE = Path("samples") / "nhs-referral-medium-risk.fhir.json"
+MESH_POLL_S = 0.5  # seconds
 
 
 def _free_port() -> int:
@@ -296,6 +316,7 @@ def _run_broker(
         [sys.executable, "-m", "broker", "serve"], env=env, stdin=subprocess.DEVNULL
     )
     gateways: list[DemoGateway] = []
+    mesh: DemoMesh | None = None
     try:
         if not asyncio.run(_wait_ready(settings, url, broker, timeout_s=30.0)):
             click.secho("    the broker did not become ready", fg="red")
@@ -314,6 +335,13 @@ def _run_broker(
                 if r.status is RecipientStatus.QUEUED:
                     expected[r.agency].add(str(outgoing.message_id))
 
+        mesh = _start_mesh(settings, federation, url)
+        if mesh is not None:
+            _mesh_referral(mesh, settings.federation_dir / MESH_SAMPLE, timeout_s)
+            for agency, status in mesh.recipients:
+                if status == RecipientStatus.QUEUED.value and mesh.referral_id is not None:
+                    expected[agency].add(mesh.referral_id)
+
         _step("each recipient reads its own topic (read_committed), decrypts and verifies")
         received = asyncio.run(_receive_all(settings, expected, timeout_s, tls))
         asyncio.run(_check_gateways(settings, gateways, expected, timeout_s))
@@ -327,9 +355,15 @@ def _run_broker(
                 click.echo(f"    {line}")
             for gw in gateways:
                 click.echo(f"    web inbox of {gw.agency.id}: {gw.web}")
+            if mesh is not None:
+                click.echo(f"    MESH sandbox of {mesh.trust}: {mesh.sandbox.url}")
             sys.stdout.flush()  # all of it is on screen (or in a log) before the wait
             _wait_for_interrupt()
     finally:
+        if mesh is not None:
+            _step("stopping the MESH bridge (SIGTERM) and the MESH sandbox")
+            _stop(mesh.bridge, f"{mesh.trust} MESH bridge: ")
+            mesh.sandbox.stop()  # and deletes its mailboxes (they hold the referral)
         if gateways:
             _step("stopping the gateways (SIGTERM)")
             for gw in gateways:
@@ -337,7 +371,7 @@ def _run_broker(
         _step("stopping the broker (SIGTERM: drain, flush)")
         _stop(broker)
 
-    return _summary(produced, receipts, expected, received, gateways)
+    return _summary(produced, receipts, expected, received, gateways, mesh)
 
 
 def _state_dir(settings: Settings) -> Path:
@@ -446,6 +480,7 @@ def _summary(
     expected: dict[str, set[str]],
     received: dict[str, set[str]],
     gateways: list[DemoGateway],
+    mesh: DemoMesh | None,
 ) -> bool:
     _step("summary")
     ok = len(receipts) == len(produced)
@@ -458,6 +493,20 @@ def _summary(
             ok = ok and got
             click.secho(
                 f"    line {o.row}  {o.purpose.value:9}  {agency:22} {mark}",
+                fg="green" if got else "red",
+            )
+    if mesh is not None:
+        queued = [a for a, status in mesh.recipients if status == RecipientStatus.QUEUED.value]
+        if mesh.failure is not None or not queued:
+            ok = False
+            click.secho(
+                f"    NHS trust via MESH  FAILED: {mesh.failure or 'nothing sent'}", fg="red"
+            )
+        for agency in queued:
+            got = mesh.referral_id in received.get(agency, set())
+            ok = ok and got
+            click.secho(
+                f"    NHS trust via MESH  {agency:22} {'received' if got else 'MISSING'}",
                 fg="green" if got else "red",
             )
     stray = {a: ids - expected.get(a, set()) for a, ids in received.items()}
@@ -477,6 +526,7 @@ def _summary(
         (
             "demo: OK, every message reached exactly its recipients"
             + (", and each gateway stored what was sent to its agency" if gateways else "")
+            + (", the NHS trust's referral through MESH included" if mesh else "")
         )
         if ok
         else "demo: FAILED",
@@ -753,3 +803,149 @@ def _show_gateways(
         else:
             click.secho(f"      FAILED     {gw.failure}", fg="red")
         click.echo(f"      files      {gw.folder} (store, accounts, certificate, log)")
+
+
+# -- the NHS trust's MESH mailbox ------------------------------------------------------------
+
+
+@dataclass
+class DemoMesh:
+    """The NHS trust's MESH as the demo runs it: mesh-sandbox, the trust's bridge (``cairn nhs
+    mesh``, its own process) and what came of the one referral its system sends."""
+
+    trust: str
+    sandbox: MeshSandbox
+    bridge: subprocess.Popen[bytes]
+    log: Path  # the bridge's (its ledger is beside it; the sandbox's folder goes when it stops)
+    message_id: str | None = None  # MESH's id of the referral message
+    referral_id: str | None = None  # the Cairn referral id the bridge makes of it
+    outcome: str | None = None  # the receipt's MessageHeader.response.code ("ok")
+    recipients: list[tuple[str, str]] = field(default_factory=list)  # (agency, status)
+    failure: str | None = None
+
+
+def _start_mesh(settings: Settings, federation: Federation, url: str) -> DemoMesh | None:
+    """Start mesh-sandbox and the bridge of the federation's first NHS trust (None without
+    one); a sandbox that does not start raises ``click.ClickException``."""
+    trust = next((a for a in federation.agencies if a.role is AgencyRole.NHS_SAFEGUARDING), None)
+    if trust is None:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="mesh-", dir=_state_dir(settings)))
+    sandbox = MeshSandbox(folder / "sandbox")
+    _step(f"starting NHS England's mesh-sandbox and the MESH bridge of {trust.id}")
+    try:
+        sandbox.start()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_MESH_")},
+        "CAIRN_STATE_DIR": str(folder / "bridge"),
+        "CAIRN_KEY_DIR": str(settings.keys_path),
+        "CAIRN_PASSPHRASE_DIR": str(settings.passphrases_path),
+        "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
+        "CAIRN_MESH_POLL_EVERY_S": str(MESH_POLL_S),
+        **sandbox.env(BRIDGE, TRUST_SYSTEM),
+    }
+    log = folder / "bridge.log"
+    with log.open("wb") as out:
+        bridge = subprocess.Popen(  # noqa: S603  (our own CLI; an id of the federation file)
+            [sys.executable, "-m", "broker", "nhs", "mesh", "--as", trust.id, "--broker", url],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    mesh = DemoMesh(trust.id, sandbox, bridge, log)
+    click.echo(
+        f"    mesh-sandbox on {sandbox.url}: the trust's system's mailbox {TRUST_SYSTEM}, its "
+        f"Cairn mailbox {BRIDGE} (read by 'cairn nhs mesh --as {trust.id}', log {log})"
+    )
+    return mesh
+
+
+def _mesh_referral(mesh: DemoMesh, sample: Path, timeout_s: float) -> None:
+    """As the trust's system: send the sample referral to the Cairn mailbox with NHS's
+    mesh-client, then wait (at most ``timeout_s``) for the bridge's reply in its own mailbox
+    and read the receipt (or refusal) from it. Prints no value of the referral."""
+    import requests
+    from mesh_client import MeshError
+
+    _step(f"NHS trust via MESH: {mesh.trust}'s system sends one FHIR referral message")
+    body = json.dumps(referral_message(sample)).encode()
+    try:
+        with mesh.sandbox.client(TRUST_SYSTEM) as system:
+            mesh.message_id = str(
+                system.send_message(
+                    BRIDGE, body, workflow_id=REFERRAL_WORKFLOW, content_type=FHIR_JSON
+                )
+            )
+            mesh.referral_id = str(referral_id_of(BRIDGE, mesh.message_id))
+            reply = _await_reply(mesh, system, timeout_s)
+    except (requests.RequestException, MeshError, ValueError) as exc:
+        mesh.failure = f"MESH answered {type(exc).__name__}"
+        reply = None
+    if reply is not None:
+        _read_reply(mesh, reply)
+    click.echo(f"    MESH message id  {mesh.message_id}")
+    click.echo(f"    referral id      {mesh.referral_id}")
+    if mesh.failure is None:
+        click.echo(f"    receipt          {mesh.outcome} (in {TRUST_SYSTEM}, {RECEIPT_WORKFLOW})")
+        for agency, status in mesh.recipients:
+            click.echo(f"        {agency:22} {status}")
+    else:
+        click.secho(f"    FAILED: {mesh.failure}", fg="red")
+        with contextlib.suppress(OSError):
+            for line in mesh.log.read_text(encoding="utf-8", errors="replace").splitlines()[-10:]:
+                click.echo(f"        | {line}")
+        click.echo(f"        (the bridge's log: {mesh.log})")
+
+
+def _await_reply(mesh: DemoMesh, system: MeshClient, timeout_s: float) -> dict[str, Any] | None:
+    """The bridge's reply to the referral from the trust system's inbox (acknowledged there),
+    or None (``mesh.failure`` says why) if none came within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / MESH_POLL_S) + 2):
+        for message_id in system.list_messages():
+            message = system.retrieve_message(message_id)
+            try:
+                mine = (message.workflow_id, message.local_id) == (
+                    RECEIPT_WORKFLOW,
+                    mesh.message_id,
+                )
+                body = message.read()
+            finally:
+                message.close()  # type: ignore[no-untyped-call]  # mesh-client leaves it unannotated
+            system.acknowledge_message(message_id)
+            if mine:
+                reply: dict[str, Any] = json.loads(body)
+                return reply
+        if mesh.bridge.poll() is not None:
+            mesh.failure = f"the bridge exited with {mesh.bridge.returncode}"
+            return None
+        if time.monotonic() > deadline:
+            break
+        time.sleep(MESH_POLL_S)
+    mesh.failure = f"no receipt in {TRUST_SYSTEM} within {timeout_s:g} s"
+    return None
+
+
+def _read_reply(mesh: DemoMesh, reply: dict[str, Any]) -> None:
+    """The outcome and the recipients' statuses from the reply (a FHIR message: MessageHeader,
+    then an OperationOutcome whose first issue is the referral and each further one
+    ``AGENCY: STATUS (reasons)``); a refusal becomes ``mesh.failure`` with its problems' titles."""
+    try:
+        header, outcome = (e["resource"] for e in reply["entry"])
+        mesh.outcome = str(header["response"]["code"])
+        issues = list(outcome["issue"])
+    except (KeyError, TypeError, ValueError):
+        mesh.failure = "the reply in the trust's mailbox is not a receipt"
+        return
+    if mesh.outcome != "ok":
+        titles = "; ".join(str(i.get("details", {}).get("text", "")) for i in issues)
+        mesh.failure = f"the referral was refused ({mesh.outcome}): {titles}"
+        return
+    for issue in issues[1:]:
+        agency, _, rest = str(issue.get("details", {}).get("text", "")).partition(": ")
+        mesh.recipients.append((agency, rest.split(" ")[0]))
+    if not mesh.recipients:
+        mesh.failure = "the receipt names no recipient"

@@ -1,6 +1,7 @@
 """'cairn demo --keep' (make demo KEEP=1): the school's and the IDVA service's gateways store
-what was sent to their agencies, stay up with a login that works until the demo is stopped,
-and are gone after it."""
+what was sent to their agencies, the NHS trust's referral sent through MESH among them, stay up
+with a login that works until the demo is stopped, and are gone after it, as are the MESH
+sandbox and the trust's bridge."""
 
 from __future__ import annotations
 
@@ -132,13 +133,23 @@ def test_kept_demo_serves_each_gateway_with_a_working_login_until_stopped(
 ) -> None:
     """Kept running, each gateway holds what was sent to its agency; the school's DSL logs in
     with the printed password and a code of the printed TOTP secret and sees its two
-    Encompass notices, the IDVA caseworker the service's four referrals; at SIGTERM the demo
-    stops every gateway, exits 0, and their logs hold no sample personal data."""
+    Encompass notices, the IDVA caseworker the service's five referrals (four from the police,
+    one the NHS trust sent through MESH, whose receipt came back to the trust's mailbox); at
+    SIGTERM the demo stops every gateway, the MESH bridge and the sandbox, exits 0, and their
+    logs hold no sample personal data."""
     process, lines, seen, state = kept_demo
     output = read_until(lines, seen, KEPT, START_S)
     ca = ssl.create_default_context(cafile=str(federation_keys.store.path("tls/ca.crt")))
     school, idva = section(output, "kelder-brook-primary"), section(output, "kelder-idva")
-    assert (school["holds"], idva["holds"]) == ("2", "4")
+    assert (school["holds"], idva["holds"]) == ("2", "5")
+    mesh = output[output.index("NHS trust via MESH: kelder-nhs") :]
+    referral = re.search(r"referral id +([0-9a-f-]{36})\n", mesh)
+    assert referral is not None
+    assert re.search(r"MESH message id +\S+\n", mesh)
+    assert re.search(r"receipt +ok ", mesh)
+    assert re.search(r"kelder-idva +queued", mesh)
+    sandbox = re.search(r"mesh-sandbox on (http://127\.0\.0\.1:\d+)", output)
+    assert sandbox is not None
 
     opener, inbox = log_in(school, ca)
     notices = sorted(set(re.findall(r'href="/d/([0-9a-f-]{36})"', inbox)))
@@ -146,7 +157,9 @@ def test_kept_demo_serves_each_gateway_with_a_working_login_until_stopped(
     with opener.open(school["web inbox"] + "d/" + notices[0], timeout=10) as response:
         assert "do not contact the parents" in response.read().decode().lower()
     _, inbox = log_in(idva, ca)
-    assert len(set(re.findall(r'href="/d/([0-9a-f-]{36})"', inbox))) == 4
+    referrals = set(re.findall(r'href="/d/([0-9a-f-]{36})"', inbox))
+    assert len(referrals) == 5
+    assert referral.group(1) in referrals
 
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=STOP_S)
@@ -155,12 +168,18 @@ def test_kept_demo_serves_each_gateway_with_a_working_login_until_stopped(
     assert "demo: OK" in output
     assert "kelder-brook-primary: exited with 0" in output
     assert "kelder-idva: exited with 0" in output
+    assert "kelder-nhs MESH bridge: exited with 0" in output
+    assert re.search(r"NHS trust via MESH +kelder-idva +received", output)
+    assert refused(sandbox.group(1))  # the sandbox is gone, and its mailboxes with it
+    assert list(state.glob("mesh-*/sandbox")) == []
     assert refused(school["web inbox"])  # the gateways are gone
     assert refused(idva["web inbox"])
     logs = list(state.glob("gateways-*/*/gateway.log"))
     assert len(logs) == 2
-    for log in logs:
+    assert all(b"web inbox listening on" in log.read_bytes() for log in logs)
+    (bridge_log,) = state.glob("mesh-*/bridge.log")
+    assert b"MESH bridge for kelder-nhs" in bridge_log.read_bytes()
+    for log in [*logs, bridge_log]:
         text = log.read_bytes()
-        assert b"web inbox listening on" in text
         leaks = sorted({p.decode() for p in needles() if p in text})
         assert leaks == [], f"personal data in {log.name}: {leaks}"
