@@ -517,8 +517,10 @@ def demo(export: Path | None, timeout_s: float, keep: bool) -> None:
 
     The school and the IDVA service each run a gateway (cairn gateway --as AGENCY): the demo
     prints its web inbox's URL and a one-time development login (password and TOTP secret).
-    Needs a running Kafka (make demo starts one). Exits 0 only if every message reached exactly
-    its recipients and each gateway stored what was sent to its agency.
+    An NHS trust sends one referral through MESH (NHS England's mesh-sandbox and cairn nhs
+    mesh). Needs a running Kafka (make demo starts one). Exits 0 only if every message reached
+    exactly its recipients, each gateway stored what was sent to its agency and the trust's
+    receipt came back through MESH.
     """
     from broker.cli.demo import run_demo
     from broker.logs import configure_logging
