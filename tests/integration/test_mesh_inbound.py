@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,12 @@ from gateway.sqlite import SqliteGatewayStore
 from keys import BROKER_ID, DISCLOSURE_TYP, verify_signed
 from schemas.audit import AuditEventType
 from schemas.disclosure import Disclosure
-from schemas.federation import Federation
 from schemas.receipt import RecipientStatus
 from tests.conftest import FederationKeys
 from tests.gateway_support import running_gateway, server_certificate
-from tests.integration.conftest import client, make_settings, running_broker
+from tests.integration import test_gateway as base
+from tests.integration.conftest import client
 from tests.integration.test_consumer_faults import FollowingAuditor
-from tests.kafka_support import LocalKafka
 from tests.mesh_support import BRIDGE, TRUST_SYSTEM, LocalMesh
 from tests.samples import personal_values
 from tests.unit.gateway.test_mesh_jobs import given_up_and_deleted, jobs_survive_a_restart
@@ -66,29 +65,8 @@ async def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAI
         await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-async def settings(
-    kafka: LocalKafka, federation: Federation, federation_keys: FederationKeys
-) -> Settings:
-    from broker.kafka.topics import federation_topics
-    from broker.kafka.transport import create_topics
-
-    made = make_settings(
-        kafka.bootstrap,
-        federation_keys.root,
-        consumer_retry_initial_s=0.2,
-        consumer_retry_max_s=1.0,
-    )
-    await create_topics(made, federation_topics(federation, made.topic_prefix))
-    return made
-
-
-@pytest.fixture
-async def broker(
-    settings: Settings, federation: Federation, federation_keys: FederationKeys
-) -> AsyncIterator[str]:
-    async with running_broker(settings, federation, federation_keys, consume_receipts=True) as url:
-        yield url
+# The broker and its settings, as the gateway's own integration tests make them.
+settings, broker = base.settings, base.broker
 
 
 @pytest.fixture
