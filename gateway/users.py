@@ -18,6 +18,7 @@ remembered, so a code seen over a shoulder cannot be replayed in the same 30 sec
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -25,7 +26,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -374,7 +375,10 @@ def users_path(state_dir: Path, agency: str) -> Path:
     return state_dir / "gateway" / f"{agency}.users.sqlite"
 
 
-def _open_users(ctx: click.Context) -> Users:
+@contextlib.contextmanager
+def _accounts(ctx: click.Context) -> Iterator[Users]:
+    """The ``--as`` agency's accounts for one command: a bad operation is a one-line error, and
+    the file is closed after."""
     from pydantic import ValidationError
 
     from broker.config import Settings
@@ -384,11 +388,16 @@ def _open_users(ctx: click.Context) -> Users:
     if not isinstance(name, str):
         raise click.UsageError("use: cairn gateway --as AGENCY user ...")
     try:
-        settings = Settings()
+        users = open_users(Settings().state_dir, name)  # with the CAIRN_GATEWAY_WEB_* login lock
     except ValidationError as exc:
         names = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
         raise click.ClickException(f"invalid CAIRN_* settings: {names}") from None
-    return Users(users_path(settings.state_dir, name), name)
+    try:
+        yield users
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        users.close()
 
 
 def _show(enrolment: Enrolment, what: str) -> None:
@@ -411,13 +420,8 @@ def user() -> None:
 @click.pass_context
 def user_add(ctx: click.Context, login: str) -> None:
     """Add LOGIN; prints a one-time password and TOTP enrolment URI."""
-    users = _open_users(ctx)
-    try:
+    with _accounts(ctx) as users:
         _show(users.add(login), "Added")
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        users.close()
 
 
 @user.command("reset")
@@ -425,13 +429,8 @@ def user_add(ctx: click.Context, login: str) -> None:
 @click.pass_context
 def user_reset(ctx: click.Context, login: str) -> None:
     """Give LOGIN a new password and TOTP secret (and re-enable it); prints them once."""
-    users = _open_users(ctx)
-    try:
+    with _accounts(ctx) as users:
         _show(users.reset(login), "Reset")
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        users.close()
 
 
 @user.command("disable")
@@ -440,13 +439,8 @@ def user_reset(ctx: click.Context, login: str) -> None:
 def user_disable(ctx: click.Context, login: str) -> None:
     """Disable LOGIN: it can no longer log in (a running gateway ends its sessions at the next
     request)."""
-    users = _open_users(ctx)
-    try:
+    with _accounts(ctx) as users:
         staff = users.disable(login)
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        users.close()
     click.echo(f"Disabled {staff.login} ({staff.staff_id}).")
 
 
@@ -454,11 +448,8 @@ def user_disable(ctx: click.Context, login: str) -> None:
 @click.pass_context
 def user_list(ctx: click.Context) -> None:
     """The accounts, their staff ids and whether they are disabled."""
-    users = _open_users(ctx)
-    try:
+    with _accounts(ctx) as users:
         for staff in users.all():
             click.echo(
                 f"{staff.staff_id}\t{staff.login}\t{'disabled' if staff.disabled else 'active'}"
             )
-    finally:
-        users.close()
