@@ -53,6 +53,16 @@ $(CHROMIUM):
 	  echo "the browser tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
 	fi
 
+# The alert rules (deploy/prometheus) are checked and unit-tested with promtool from Debian's
+# prometheus package (tests/unit/ops/test_alert_rules.py); the package's own server is not used.
+PROMTOOL := /usr/bin/promtool
+$(PROMTOOL):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	else \
+	  echo "the alert-rule tests need Debian's prometheus (promtool): sudo apt-get install prometheus" >&2; exit 1; \
+	fi
+
 # The shared-state tests run PostgreSQL from Debian's package (tests/pg_support.py starts a
 # throwaway cluster of its own; the package's own cluster is never used).
 PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
@@ -65,7 +75,7 @@ postgresql:
 	  fi; \
 	fi
 
-test: $(STAMP) $(CHROMIUM) postgresql  ## run the whole suite, Kafka, browser and PostgreSQL tests included (starts and stops local Kafka)
+test: $(STAMP) $(CHROMIUM) $(PROMTOOL) postgresql  ## run the whole suite, Kafka, browser, PostgreSQL and alert-rule tests included (starts and stops local Kafka)
 	$(WITH_KAFKA) $(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)  ## unit tests only: no Kafka, seconds
