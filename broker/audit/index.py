@@ -11,6 +11,7 @@ index recorded at append time as a witness (``recorded_leaves``).
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ class Index:
                 self.stale = True
             return IndexRepair(0, False)
         try:
-            self._db = sqlite3.connect(path)
+            self._db = _connect(path)
             self._db.execute("PRAGMA journal_mode=WAL")
             # The index is derived data: losing its last transactions costs a catch-up, never
             # the log, so it need not sync on every commit.
@@ -170,7 +171,7 @@ class Index:
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.directory / (INDEX_FILE + suffix)).unlink()
-            self._db = sqlite3.connect(path)
+            self._db = _connect(path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self.rebuild(progress)
             return IndexRepair(0, True)
@@ -311,6 +312,17 @@ class Index:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """The index database, its file 0600 like the entries it is derived from (it names agencies,
+    purposes and pseudonyms); SQLite gives its -wal and -shm files the same mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an index made before this rule was 0644
+    finally:
+        os.close(fd)
+    return sqlite3.connect(path)
 
 
 def _readonly_uri(path: Path) -> str:

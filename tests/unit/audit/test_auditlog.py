@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sqlite3
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -52,6 +53,20 @@ def test_appended_events_survive_reopening(tmp_path: Path, feed: Feed) -> None:
         assert [e.data for e in log.entries()] == [event for _, event in feed[:10]]
         assert log.root() == root
         assert log.next_offset == feed[9][0] + 1
+
+
+def test_the_index_is_as_private_as_the_entries(tmp_path: Path, feed: Feed) -> None:
+    """index.sqlite (agencies, purposes, pseudonyms) and its WAL files are 0600 like the
+    entries, also when an index made earlier with a wider mode is reopened."""
+    with AuditLog.open(tmp_path) as log:
+        log.append(feed[:3])
+    (tmp_path / INDEX_FILE).chmod(0o644)
+    with AuditLog.open(tmp_path) as log:
+        log.append(feed[3:5])
+        files = [p for p in tmp_path.iterdir() if p.name.startswith(INDEX_FILE)]
+        assert len(files) >= 2  # the database and its write-ahead log at least
+        for path in [*files, tmp_path / "entries.log"]:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
 
 
 def test_redelivered_offsets_are_skipped_once_stored(tmp_path: Path, feed: Feed) -> None:
