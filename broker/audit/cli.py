@@ -32,6 +32,7 @@ from broker.audit.checkpoint import Checkpoint, NoteVerifier
 from broker.audit.errors import AuditBusy
 from broker.audit.files import DEFAULT_ORIGIN, ENTRIES_FILE, Progress
 from broker.audit.index import Query
+from broker.audit.proofs import checkpoint_for, consistency_document, inclusion_document
 from broker.audit.pseudonym import load_pseudonym_secret
 from broker.audit.report import disclosure_report, report_csv, report_json
 from broker.audit.store import AuditLog
@@ -398,14 +399,6 @@ def _overrider(event: AuditEvent) -> str:
     return f"by {event.override_by_role}/{event.override_by_id} under {event.override_paragraph}"
 
 
-def _checkpoint_for(log: AuditLog, size: int) -> bytes | None:
-    for note in reversed(log.checkpoints):
-        split = note.rfind(b"\n\n")
-        if Checkpoint.parse(note[: split + 1]).size == size:
-            return note
-    return None
-
-
 def _latest_size(log: AuditLog) -> int:
     note = log.latest_checkpoint()
     if note is None:
@@ -414,10 +407,6 @@ def _latest_size(log: AuditLog) -> int:
             "give --size to prove against the unsigned current tree"
         )
     return Checkpoint.parse(note[: note.rfind(b"\n\n") + 1]).size
-
-
-def _b64(hashes: list[bytes]) -> list[str]:
-    return [base64.b64encode(h).decode("ascii") for h in hashes]
 
 
 @audit.command("prove")
@@ -436,8 +425,11 @@ def prove_command(
 ) -> None:
     """Print an RFC 9162 inclusion proof (--index) or consistency proof (--from) as JSON.
 
+    The members are RFC 9162's (leaf_index, tree_size, inclusion_path; tree_size_1/2,
+    root_hash_1/2, consistency_path), the same as the auditor API's, plus the logged entry.
     Any RFC 9162 / Certificate Transparency verifier can check the output against the
-    signed checkpoint printed with it.
+    signed checkpoint printed with it; an inclusion proof to a checkpoint also comes as
+    C2SP tlog-proof text (tlog_proof).
     """
     if (index is None) == (first is None):
         raise click.UsageError("give --index for an inclusion proof or --from for consistency")
@@ -449,34 +441,29 @@ def prove_command(
             if index >= at:
                 raise click.ClickException(f"entry {index} is not in the tree of size {at}")
             entry = log.entry(index)
-            document: dict[str, Any] = {
-                "type": "inclusion",
-                "leaf_index": index,
-                "tree_size": at,
-                "entry": entry.data.decode("utf-8"),
-                "leaf_hash": _b64([entry.leaf_hash])[0],
-                "proof": _b64(log.inclusion_proof(index, at)),
-                "root_hash": _b64([log.root(at)])[0],
-            }
+            document = inclusion_document(
+                index=index,
+                size=at,
+                leaf=entry.leaf_hash,
+                root_hash=log.root(at),
+                path=log.inclusion_proof(index, at),
+                checkpoint=checkpoint_for(log.checkpoints, at),
+                entry=entry.data,
+            )
         else:
             assert first is not None
             if first > at:
                 raise click.ClickException(f"--from {first} is after --size {at}")
-            document = {
-                "type": "consistency",
-                "first_size": first,
-                "second_size": at,
-                "first_root": _b64([log.root(first)])[0],
-                "second_root": _b64([log.root(at)])[0],
-                "proof": _b64(log.consistency_proof(first, at)),
-                "first_checkpoint": _note(_checkpoint_for(log, first)),
-            }
-        document["checkpoint"] = _note(_checkpoint_for(log, at))
+            document = consistency_document(
+                size_1=first,
+                size_2=at,
+                root_hash_1=log.root(first),
+                root_hash_2=log.root(at),
+                path=log.consistency_proof(first, at),
+                checkpoint_1=checkpoint_for(log.checkpoints, first),
+                checkpoint_2=checkpoint_for(log.checkpoints, at),
+            )
     click.echo(json.dumps(document, indent=2))
-
-
-def _note(note: bytes | None) -> str | None:
-    return None if note is None else note.decode("utf-8")
 
 
 @audit.command("export")

@@ -29,6 +29,11 @@ HTTP, over mutual TLS, for the auditor's certificate only (IG tools present it):
                                                        (role, staff id), why, on what paragraph
     GET  /v1/audit/proof/inclusion?index=&size=        RFC 9162 §2.1.3 inclusion proof
     GET  /v1/audit/proof/consistency?first=&second=    RFC 9162 §2.1.4 consistency proof
+                                                       (both JSON in the shape of
+                                                       broker.audit.proofs, the same as
+                                                       ``cairn audit prove``: RFC 9162 §4
+                                                       names, the signed checkpoint, and
+                                                       for inclusion C2SP tlog-proof text)
     POST /v1/audit/subject                             every event about a person, given their
                                                        identifiers in a JSON body (never in a URL)
 
@@ -39,7 +44,6 @@ appends block on fsync.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 from collections.abc import Callable, Mapping
@@ -58,6 +62,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from broker.audit.checkpoint import NoteVerifier
 from broker.audit.files import DEFAULT_ORIGIN
 from broker.audit.index import Query
+from broker.audit.proofs import checkpoint_for, consistency_document, inclusion_document
 from broker.audit.report import override_report
 from broker.audit.store import AuditLog, CheckpointPolicy, Entry
 from broker.audit.verify import verify
@@ -310,10 +315,6 @@ def _int(request: web.Request, name: str, default: int | None = None) -> int:
     return value
 
 
-def _b64(hashes: list[bytes]) -> list[str]:
-    return [base64.b64encode(h).decode() for h in hashes]
-
-
 def _entries(entries: list[Entry]) -> web.Response:
     return web.json_response(
         {
@@ -409,18 +410,18 @@ async def inclusion(request: web.Request) -> web.Response:
         raise SchemaError(
             "need index < size <= the tree size", (FieldProblem("index", "out of range"),)
         )
-    proof = await auditor.call(auditor.log.inclusion_proof, index, size)
-    entry = await auditor.call(auditor.log.entry, index)
-    root = await auditor.call(auditor.log.root, size)
-    return web.json_response(
-        {
-            "index": index,
-            "size": size,
-            "leaf_hash": _b64([entry.leaf_hash])[0],
-            "root_hash": _b64([root])[0],
-            "proof": _b64(proof),
-        }
+    log = auditor.log
+    document = await auditor.call(
+        lambda: inclusion_document(
+            index=index,
+            size=size,
+            leaf=log.entry(index).leaf_hash,
+            root_hash=log.root(size),
+            path=log.inclusion_proof(index, size),
+            checkpoint=checkpoint_for(log.checkpoints, size),
+        )
     )
+    return web.json_response(document)
 
 
 async def consistency(request: web.Request) -> web.Response:
@@ -431,16 +432,19 @@ async def consistency(request: web.Request) -> web.Response:
         raise SchemaError(
             "need 0 < first <= second <= the tree size", (FieldProblem("first", "out of range"),)
         )
-    proof = await auditor.call(auditor.log.consistency_proof, first, second)
-    return web.json_response(
-        {
-            "first": first,
-            "second": second,
-            "first_root": _b64([await auditor.call(auditor.log.root, first)])[0],
-            "second_root": _b64([await auditor.call(auditor.log.root, second)])[0],
-            "proof": _b64(proof),
-        }
+    log = auditor.log
+    document = await auditor.call(
+        lambda: consistency_document(
+            size_1=first,
+            size_2=second,
+            root_hash_1=log.root(first),
+            root_hash_2=log.root(second),
+            path=log.consistency_proof(first, second),
+            checkpoint_1=checkpoint_for(log.checkpoints, first),
+            checkpoint_2=checkpoint_for(log.checkpoints, second),
+        )
     )
+    return web.json_response(document)
 
 
 async def subject(request: web.Request) -> web.Response:

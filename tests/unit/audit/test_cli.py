@@ -21,6 +21,7 @@ from broker.audit.checkpoint import NoteVerifier, verify_checkpoint
 from broker.audit.cli import audit
 from broker.audit.files import ENTRIES_FILE
 from broker.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from broker.audit.proofs import verify_tlog_proof
 from broker.audit.pseudonym import load_pseudonym_secret
 from broker.audit.store import AuditLog
 from broker.policy.decide import Decision
@@ -183,9 +184,17 @@ def test_prove_inclusion_output_verifies_against_the_signed_checkpoint(
         7,
         head.size,
         leaf_hash(proof["entry"].encode()),
-        [base64.b64decode(p) for p in proof["proof"]],
+        [base64.b64decode(p) for p in proof["inclusion_path"]],
         head.root_hash,
     )
+    # The same proof as C2SP tlog-proof text, to the same checkpoint.
+    proven = verify_tlog_proof(
+        proof["tlog_proof"].encode(),
+        proof["entry"].encode(),
+        [NoteVerifier.from_vkey(setup.vkey)],
+        head.origin,
+    )
+    assert proven == head
 
 
 def test_prove_consistency_output_verifies(run: CliRunnerCall, setup: Setup) -> None:
@@ -194,12 +203,15 @@ def test_prove_consistency_output_verifies(run: CliRunnerCall, setup: Setup) -> 
     assert result.exit_code == 0, result.output
     proof = json.loads(result.stdout)
     verifiers = [NoteVerifier.from_vkey(setup.vkey)]
-    first = verify_checkpoint(proof["first_checkpoint"].encode(), verifiers)
-    second = verify_checkpoint(proof["checkpoint"].encode(), verifiers)
+    first = verify_checkpoint(proof["checkpoint_1"].encode(), verifiers)
+    second = verify_checkpoint(proof["checkpoint_2"].encode(), verifiers)
+    assert (proof["tree_size_1"], proof["tree_size_2"]) == (first.size, second.size)
+    assert base64.b64decode(proof["root_hash_1"]) == first.root_hash
+    assert base64.b64decode(proof["root_hash_2"]) == second.root_hash
     verify_consistency(
         first.size,
         second.size,
-        [base64.b64decode(p) for p in proof["proof"]],
+        [base64.b64decode(p) for p in proof["consistency_path"]],
         first.root_hash,
         second.root_hash,
     )
