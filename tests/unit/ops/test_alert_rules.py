@@ -1,5 +1,5 @@
-"""The Prometheus alert rules in deploy/prometheus are valid, do what their tests say, and only
-name metrics Cairn exports.
+"""The Prometheus alert rules in deploy/prometheus and the Grafana dashboard in deploy/grafana are
+valid, the rules do what their tests say, and both only name metrics Cairn exports.
 
 ``promtool`` comes from Debian's prometheus package (``make test`` installs it, as it does
 chromium); without it these tests fail rather than skip, because an alert file nobody checked
@@ -8,6 +8,7 @@ is an alert that may never fire.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -90,3 +91,44 @@ def test_every_alert_is_tested() -> None:
         for case in test.get("alert_rule_test", ())
     }
     assert alerts == tested
+
+
+DASHBOARD = RULES_DIR.parent / "grafana" / "cairn-dashboard.json"
+
+
+def _dashboard_exprs() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [target["expr"] for panel in panels for target in panel["targets"]]
+
+
+def test_the_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses every dashboard query (as recording rules), so none shows 'bad query'."""
+    exprs = _dashboard_exprs()
+    assert exprs
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"cairn:dashboard_{i}", "expr": e} for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(rules))
+    result = subprocess.run(
+        [_promtool(), "check", "rules", "dashboard.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dashboard_shows_only_metrics_cairn_exports() -> None:
+    exported = _exported()
+    for expr in _dashboard_exprs():
+        used = {n.removesuffix("_bucket") for n in re.findall(r"\bcairn_[a-z_]+", expr)}
+        assert used, expr
+        assert used <= exported, (expr, used - exported)
