@@ -32,7 +32,7 @@ from broker.trust import TrustStore
 from keys import Registry, verify_referral
 from keys import VerificationError as KeyVerificationError
 from keys.jose import HeaderBounds
-from schemas.audit import submission_events
+from schemas.audit import disclosure_digest_of, submission_events
 from schemas.encompass import EncompassNotification
 from schemas.errors import (
     ReplayError,
@@ -266,6 +266,11 @@ class Pipeline:
             secret=self.trust.pseudonym_secret(),
             at=now,
             request_id=request_id,
+            # Each disclosed event names the SHA-256 of the JWE bytes its recipient is sent.
+            disclosure_digests={
+                d.recipient: disclosure_digest_of(r.value)
+                for d, r in zip(allowed, records, strict=True)
+            },
         )
         records += [audit_record(self.settings.topic_prefix, e) for e in events]
         receipt = Receipt(

@@ -127,7 +127,7 @@ _FIELDS: Final[Mapping[AuditEventType, tuple[frozenset[str], frozenset[str]]]] =
         (
             "disclosed",
             f"{_MESSAGE} recipient lawful_basis consent_state field_groups subjects",
-            f"request_id {_OVERRIDE} reasons rules agreement due_at",
+            f"request_id {_OVERRIDE} reasons rules agreement due_at disclosure_digest",
         ),
         (
             "refused",
@@ -188,6 +188,13 @@ class AuditEvent(Frozen):
     kids: tuple[Kid, ...] = ()
     agreement: Code | None = None
     agreement_digest: Digest | None = Field(default=None, description="SHA-256 of the agreement")
+    disclosure_digest: Digest | None = Field(
+        default=None,
+        description=(
+            "disclosed: SHA-256 of the compact JWE exactly as delivered (the record value "
+            "on the recipient's deliver topic), lower-case hex; absent in older events"
+        ),
+    )
     due_at: AwareDatetime | None = None
     viewer: ViewerId | None = Field(
         default=None, description="viewed: staff:<staff id> or client:<API client id>"
@@ -428,9 +435,13 @@ def disclosed(
     rules: Sequence[str] = (),
     agreement: str | None = None,
     due_at: datetime | None = None,
+    disclosure_digest: str | None = None,
     **when: Unpack[Asked],
 ) -> AuditEvent:
     """``recipient`` is sent ``field_groups`` of ``message`` (labels such as 'G4.basic' too).
+
+    ``disclosure_digest``: SHA-256 (lower-case hex) of the compact JWE bytes exactly as
+    delivered, binding this event to the one ciphertext the recipient received.
 
     The lawful basis and consent are the ones the policy relied on when given, else the ones
     the message names. Raises ``SchemaError`` (naming ``consent``) when there are none: such a
@@ -459,6 +470,7 @@ def disclosed(
         rules=tuple(rules),
         agreement=agreement,
         due_at=due_at,
+        disclosure_digest=disclosure_digest,
     )
 
 
@@ -496,6 +508,7 @@ def submission_events(
     at: datetime,
     request_id: str | None = None,
     field_groups: Mapping[str, Sequence[FieldGroup | str]] | None = None,
+    disclosure_digests: Mapping[str, str] | None = None,
 ) -> tuple[AuditEvent, ...]:
     """Every event of one submission, in order: received, decided, then one per recipient.
 
@@ -505,7 +518,8 @@ def submission_events(
     ``.override_paragraph``),
     ``rules``, ``agreement`` and ``deadline``; a decision without them (the policy before
     sharing agreements) discloses every group the message carries, on the basis it names.
-    ``field_groups`` overrides the groups per recipient.
+    ``field_groups`` overrides the groups per recipient. ``disclosure_digests``: per
+    recipient, SHA-256 (hex) of the compact JWE as delivered (``disclosure_digest_of``).
     """
     subjects = subject_pseudonyms(message, secret)  # once: every event of it names them
     events = [
@@ -544,10 +558,16 @@ def submission_events(
                 override_paragraph=getattr(consent, "override_paragraph", None),
                 reasons=d.reasons,
                 due_at=getattr(d, "deadline", None),
+                disclosure_digest=(disclosure_digests or {}).get(d.recipient),
                 **common,
             )
         )
     return tuple(events)
+
+
+def disclosure_digest_of(jwe: bytes) -> str:
+    """SHA-256 of the compact JWE bytes exactly as delivered, as lower-case hex (``Digest``)."""
+    return hashlib.sha256(jwe).hexdigest()
 
 
 def delivered(
