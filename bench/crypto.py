@@ -3,7 +3,7 @@
 One process, one in-memory federation (``keys.init_federation`` over a ``MemoryStore``), one
 synthetic JSON disclosure of ``--payload-bytes``. Two Cairn paths are measured:
 
-- ``cairn seal``: ``keys.seal_disclosure``: the broker's compact JWS (EdDSA) inside a compact
+- ``cairn seal``: ``keys.seal_disclosure``: the broker's compact JWS (Ed25519) inside a compact
   JWE (ECDH-ES+A256KW, A256GCM) to the recipient's registered X25519 key;
 - ``cairn open``: ``keys.open_disclosure``: decrypt with the recipient's key, then verify the
   broker's JWS against the registry.

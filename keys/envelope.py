@@ -2,7 +2,7 @@
 
 The formats are those of docs/architecture.md#security-envelope.
 
-A sender signs its referral as a compact JWS (EdDSA, ``typ`` ``cairn-referral+jws``). The broker
+A sender signs its referral as a compact JWS (Ed25519, ``typ`` ``cairn-referral+jws``). The broker
 signs each disclosure with its own key (``typ`` ``cairn-disclosure+jws``) and encrypts that JWS
 to the recipient's active X25519 key as a compact JWE (ECDH-ES+A256KW, A256GCM, ``cty`` JOSE).
 A recipient opens the JWE with whichever of its private keys the header's kid names, then

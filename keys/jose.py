@@ -1,11 +1,13 @@
 """JWS and JWE compact serialisation, pinned to the federation's algorithms, registry-agnostic.
 
 The algorithms are fixed (docs/architecture.md#security-envelope): signatures are EdDSA over Ed25519
-(RFC 8037), encryption is ECDH-ES+A256KW over X25519 with A256GCM content encryption. This module
-does the JOSE work with joserfc (on pyca/cryptography) and adds what a generic library cannot know:
-the size limit, the exact algorithms, the explicit ``typ`` of each kind of message (RFC 8725 §3.11),
-and which key a ``kid`` names, through a resolver the caller supplies. Callers that know the
-registry live in ``keys.envelope``; this module never decides whether a key is trusted.
+keys (RFC 8037), named ``Ed25519`` on output (RFC 9864's fully specified name; RFC 8037's ``EdDSA``
+is still accepted on input), encryption is ECDH-ES+A256KW over X25519 with A256GCM content
+encryption. This module does the JOSE work with joserfc (on pyca/cryptography) and adds what a
+generic library cannot know: the size limit, the exact algorithms, the explicit ``typ`` of each
+kind of message (RFC 8725 §3.11), and which key a ``kid`` names, through a resolver the caller
+supplies. Callers that know the registry live in ``keys.envelope``; this module never decides
+whether a key is trusted.
 
 Every failure, whatever the library raised, leaves as one ``VerificationError``.
 
@@ -46,6 +48,7 @@ __all__ = [
     "CONTENT_ENCRYPTION",
     "DEFAULT_BOUNDS",
     "KEY_AGREEMENT",
+    "LEGACY_SIGNATURE_ALGORITHM",
     "MAX_TOKEN_BYTES",
     "SIGNATURE_ALGORITHM",
     "HeaderBounds",
@@ -56,10 +59,13 @@ __all__ = [
     "verify_compact",
 ]
 
-SIGNATURE_ALGORITHM: Final = "EdDSA"
-# RFC 9864 renames EdDSA-over-Ed25519 to "Ed25519"; a third party on a newer library may send
-# that. Both names mean the same algorithm here because the key is always an Ed25519 key.
-_ACCEPTED_SIGNATURE_ALGORITHMS: Final = frozenset({SIGNATURE_ALGORITHM, "Ed25519"})
+# RFC 9864 §2.2: "Ed25519", the fully specified name of EdDSA over Ed25519, is what we emit.
+SIGNATURE_ALGORITHM: Final = "Ed25519"
+# RFC 8037's polymorphic "EdDSA" (deprecated by RFC 9864 §4.1) is still accepted from a third party
+# on an older library: both names mean the same algorithm here because every signing key in the
+# registry is an Ed25519 key, so the curve EdDSA leaves open is never in doubt.
+LEGACY_SIGNATURE_ALGORITHM: Final = "EdDSA"
+_ACCEPTED_SIGNATURE_ALGORITHMS: Final = frozenset({SIGNATURE_ALGORITHM, LEGACY_SIGNATURE_ALGORITHM})
 KEY_AGREEMENT: Final = "ECDH-ES+A256KW"
 CONTENT_ENCRYPTION: Final = "A256GCM"
 MAX_TOKEN_BYTES: Final = 4_194_304  # bytes: a 1 MiB referral, signed, then encrypted, fits
@@ -89,12 +95,12 @@ DEFAULT_BOUNDS: Final = HeaderBounds()
 
 
 class _JWSRegistry(jws.JWSRegistry):
-    """joserfc's JWS registry limited to our algorithms, without the RFC 9864 warning.
+    """joserfc's JWS registry limited to our two names for Ed25519, without the RFC 9864 warning.
 
-    joserfc warns on every use of "EdDSA" because RFC 9864 deprecates the name for being
-    ambiguous about the curve. The design names EdDSA, every JOSE library in use verifies it,
-    and Cairn only ever pairs it with an Ed25519 key, so the ambiguity cannot arise; a
-    warning per message would only be noise (and an error under the test suite).
+    We sign under "Ed25519" (RFC 9864 §2.2). joserfc warns whenever "EdDSA" is used because
+    RFC 9864 §4.1 deprecates that name for leaving the curve open; we still accept it on input
+    from older libraries, and Cairn only ever pairs it with an Ed25519 key, so the ambiguity
+    cannot arise; a warning per such message would only be noise (and an error under the tests).
     """
 
     def get_alg(self, name: str) -> JWSAlgModel:
@@ -229,7 +235,7 @@ def read_header(
 
 
 def sign_compact(payload: bytes, key: SigningKey, *, typ: str, iat: int | None = None) -> bytes:
-    """A compact JWS of ``payload``: EdDSA, with the signer's kid and the message type.
+    """A compact JWS of ``payload``: alg ``Ed25519`` (RFC 9864), the signer's kid, the message type.
 
     ``iat`` (seconds since the epoch) goes into the protected header, where the signature
     covers it (RFC 7519 §5.3 lets claims be replicated as header parameters).
@@ -264,7 +270,7 @@ def verify_compact(
         raise VerificationError(Reason.UNSIGNED, "the token carries no signature")
     if alg not in _ACCEPTED_SIGNATURE_ALGORITHMS:
         raise VerificationError(
-            Reason.ALGORITHM, f"signature algorithm {alg!r} is not allowed; use EdDSA (Ed25519)"
+            Reason.ALGORITHM, f"signature algorithm {alg!r} is not allowed; use Ed25519 (or EdDSA)"
         )
     # 3. Explicit typing (RFC 8725 §3.11): a token of one kind never passes as another.
     if header.get("typ") != typ:

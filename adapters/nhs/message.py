@@ -5,7 +5,7 @@ first entry is a ``MessageHeader`` (event ``safeguarding-disclosure``, from the 
 through Cairn to the trust, its focus the ``ServiceRequest``), then the resources
 ``disclosure_to_bundle`` maps (the same entries, the same name-based fullUrls), then a
 ``Provenance`` of them all whose ``signature`` is the broker's origin signature: the compact JWS
-the broker signed over the disclosure (``cairn-disclosure+jws``, EdDSA), exactly as the gateway
+the broker signed over the disclosure (``cairn-disclosure+jws``, Ed25519), exactly as the gateway
 received it inside the JWE. A trust that wants to check its data against the broker needs only
 that JWS and the broker's public key from the signed federation registry, with any JOSE library
 (``broker_signature`` takes it back out of a message).

@@ -45,8 +45,28 @@ def sealed(kelder: Kelder) -> bytes:
 def test_a_signed_referral_verifies(kelder: Kelder) -> None:
     """The sender's JWS verifies against the registry and yields the exact payload."""
     token = sign_referral(REFERRAL, kelder.police)
-    assert header_of(token) == {"alg": "EdDSA", "kid": kelder.police.kid, "typ": REFERRAL_TYP}
+    assert header_of(token) == {"alg": "Ed25519", "kid": kelder.police.kid, "typ": REFERRAL_TYP}
     assert verify_referral(token, kelder.registry, sender="kelder-police", now=NOW) == REFERRAL
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "Ed25519"])
+def test_a_referral_under_either_name_of_the_algorithm_verifies(kelder: Kelder, alg: str) -> None:
+    """RFC 9864's Ed25519 is what we emit; RFC 8037's EdDSA from an older library still verifies."""
+    header = {"alg": alg, "kid": kelder.police.kid, "typ": REFERRAL_TYP}
+    signing_input = b".".join(
+        [b64url_encode(json.dumps(header).encode()).encode(), b64url_encode(REFERRAL).encode()]
+    )
+    signature = kelder.police.private_key.sign(signing_input)
+    token = signing_input + b"." + b64url_encode(signature).encode()
+    assert verify_referral(token, kelder.registry, sender="kelder-police", now=NOW) == REFERRAL
+
+
+def test_registry_signing_jwks_name_the_rfc_9864_algorithm(kelder: Kelder) -> None:
+    """A signing key's JWK says alg Ed25519 (RFC 9864 §2.2); an encryption key's ECDH-ES+A256KW."""
+    police = kelder.registry.member("kelder-police")
+    assert police is not None
+    algs = {key.use.value: key.as_jwk()["alg"] for key in police.keys}
+    assert algs == {"sig": "Ed25519", "enc": "ECDH-ES+A256KW"}
 
 
 def test_a_referral_signed_by_another_agency_is_refused(kelder: Kelder) -> None:
@@ -91,7 +111,7 @@ def test_the_typ_header_keeps_kinds_apart(kelder: Kelder) -> None:
 
 @pytest.mark.parametrize("alg", ["HS256", "ES256", "RS256", "Ed448"])
 def test_other_signature_algorithms_are_refused(kelder: Kelder, alg: str) -> None:
-    """Only EdDSA is accepted; an alg swap is refused before any key is used."""
+    """Only Ed25519 (or EdDSA) is accepted; an alg swap is refused before any key is used."""
     token = _with_header(sign_referral(REFERRAL, kelder.police), alg=alg)
     assert (
         refusal(verify_referral, token, kelder.registry, sender="kelder-police", now=NOW)

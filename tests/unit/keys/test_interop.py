@@ -57,7 +57,7 @@ def test_jwcrypto_opens_and_verifies_our_disclosure(kelder: Kelder) -> None:
     inner = jwcrypto_jws.JWS()
     inner.deserialize(outer.payload.decode())
     inner.verify(_their_public(_registered(kelder.registry, BROKER_ID, KeyUse.SIGNING)))
-    assert inner.jose_header == {"alg": "EdDSA", "kid": kelder.broker.kid, "typ": DISCLOSURE_TYP}
+    assert inner.jose_header == {"alg": "Ed25519", "kid": kelder.broker.kid, "typ": DISCLOSURE_TYP}
     assert inner.payload == DISCLOSURE
 
 
@@ -66,7 +66,7 @@ def test_we_open_a_disclosure_made_by_jwcrypto(kelder: Kelder) -> None:
     signed = jwcrypto_jws.JWS(DISCLOSURE)
     signed.add_signature(
         _their_private(kelder.broker),
-        protected={"alg": "EdDSA", "kid": kelder.broker.kid, "typ": DISCLOSURE_TYP},
+        protected={"alg": "Ed25519", "kid": kelder.broker.kid, "typ": DISCLOSURE_TYP},
     )
     recipient = _registered(kelder.registry, "kelder-nhs", KeyUse.ENCRYPTION)
     sealed = jwcrypto_jwe.JWE(
