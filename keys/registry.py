@@ -4,7 +4,7 @@ The registry is the one document every component trusts keys from
 (docs/architecture.md#security-envelope), in the manner of X-Road's signed global configuration: the
 members (agencies, the broker, the auditor), their roles, and their public keys as JWKs with RFC
 7638 kids, validity windows and status (active, retired, revoked). It is signed by the federation
-root key as a compact JWS (EdDSA) and carries ``issued_at``, ``expires_at`` and a ``serial``, so a
+root key as a compact JWS (Ed25519) and carries ``issued_at``, ``expires_at`` and a ``serial``, so a
 component can refuse one that is unsigned, tampered with, stale, or older than one it has already
 seen.
 
@@ -337,7 +337,7 @@ def verify_registry_signature(token: bytes | str, root_key: Ed25519PublicKey) ->
             )
         return root_key
 
-    # 3. The signature (EdDSA, typ cairn-registry+jws).
+    # 3. The signature (Ed25519, or legacy EdDSA; typ cairn-registry+jws).
     payload = verify_compact(raw, key_for, typ=REGISTRY_TYP, max_bytes=MAX_REGISTRY_BYTES)
     # 4. The signed bytes are a valid registry document.
     try:
