@@ -9,6 +9,7 @@ printed as one line saying what to do, never as a traceback; a refused request c
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from keys.federation import (
     revoke_key,
     rotate,
 )
+from keys.jwks import jwk_set
 from keys.registry import (
     AUDITOR_ID,
     BROKER_ID,
@@ -566,6 +568,20 @@ def list_keys() -> None:
         registry = verify_registry_signature(token, root)
         click.echo(f"warning: {exc}", err=True)
     _show(registry, now)
+
+
+@keys.command("jwks")
+@_clean_errors
+def jwks_cmd() -> None:
+    """Print the registry's keys as a JWK Set (RFC 7517 §5), as JSON on stdout.
+
+    For any JOSE library: look up a token's kid in "keys". Revoked keys are left out; each key
+    carries its member, role, status and validity window as cairn_* members (keys/jwks.py).
+    The registry's signature and expiry are checked first; needs no passphrase.
+    """
+    store = _custody().public()
+    registry = verify_registry(store.read(REGISTRY), read_root_key(store), now=_now())
+    click.echo(json.dumps(jwk_set(registry), indent=2))
 
 
 @keys.command("rotate")
