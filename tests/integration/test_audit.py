@@ -30,6 +30,7 @@ from broker.audit.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
 from broker.audit.errors import AuditUnavailable
 from broker.audit.files import DEFAULT_ORIGIN
 from broker.audit.merkle import InvalidProof, leaf_hash, verify_consistency, verify_inclusion
+from broker.audit.proofs import verify_tlog_proof
 from broker.audit.service import Auditor, auditor_app
 from broker.audit.store import AuditLog, CheckpointPolicy
 from broker.config import Settings
@@ -542,19 +543,31 @@ async def test_audit_api_proves_entries_to_the_auditor_certificate_only(
                         index,
                         size,
                         leaf_hash(value),
-                        [b64(p) for p in proof["proof"]],
+                        [b64(p) for p in proof["inclusion_path"]],
                         checkpoint.root_hash,
                     )
+                    assert (proof["leaf_index"], proof["tree_size"]) == (index, size)
+                    assert proof["checkpoint"] == signed.decode()
+                    # The same proof as C2SP tlog-proof text, checked from the Kafka record.
+                    proven = verify_tlog_proof(
+                        proof["tlog_proof"].encode(),
+                        value,
+                        auditor_verifiers(federation_keys),
+                        DEFAULT_ORIGIN,
+                    )
+                    assert proven == checkpoint
                 first = await get("/proof/inclusion", index=0)
-                assert first["size"] == size
+                assert first["tree_size"] == size
 
                 # Consistency: the one-leaf tree (the first record's hash) grew into the
                 # signed tree.
                 proof = await get("/proof/consistency", first=1)
-                assert (proof["first"], proof["second"]) == (1, size)
-                assert b64(proof["first_root"]) == leaf_hash(records[0][1])
-                assert b64(proof["second_root"]) == checkpoint.root_hash
-                path = [b64(p) for p in proof["proof"]]
+                assert proof["type"] == "consistency"
+                assert (proof["tree_size_1"], proof["tree_size_2"]) == (1, size)
+                assert b64(proof["root_hash_1"]) == leaf_hash(records[0][1])
+                assert b64(proof["root_hash_2"]) == checkpoint.root_hash
+                assert proof["checkpoint_2"] == signed.decode()
+                path = [b64(p) for p in proof["consistency_path"]]
                 verify_consistency(1, size, path, leaf_hash(records[0][1]), checkpoint.root_hash)
                 with pytest.raises(InvalidProof):  # the check is not vacuous
                     verify_consistency(
