@@ -4,6 +4,7 @@ POST /v1/referrals   submit a referral; 202 + receipt once Kafka has committed e
 GET  /healthz        the process is alive
 GET  /readyz         200 only while Kafka is reachable, else 503
 GET  /metrics        Prometheus metrics (codes and counts only), for any federation certificate
+GET  /openapi.json   this API's OpenAPI 3.1 document (broker/web/openapi.json)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from broker.web.middleware import (
     read_body,
     tls_agency,
 )
+from broker.web.openapi import openapi_route
 from broker.web.server import start_server
 from schemas.errors import (
     CairnError,
@@ -201,6 +203,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/openapi.json", openapi_route("broker.web"))  # broker/web/openapi.json
     if dashboard:
         from broker.web.dashboard import StoreOpsSource, add_ops_routes, dlq_counter
 
