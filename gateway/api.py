@@ -1,4 +1,4 @@
-"""The gateway's HTTP API for case systems, over mutual TLS (``gateway/openapi.yaml``).
+"""The gateway's HTTP API for case systems, over mutual TLS (``gateway/openapi.json``).
 
 Who may call: a client whose verified certificate names this agency (issued by the federation
 CA, or by the agency's own CA that the federation trusts for it), or a case system whose
@@ -13,7 +13,9 @@ Routes (``/v1``):
   application/fhir+json`` or ``?format=fhir``: an HL7 FHIR R4 Bundle, for a health recipient);
   each fetch is a view on the record (``client:<id>``);
 - ``POST /v1/disclosures/{referral_id}/acknowledgement``: acknowledge it (signed with the
-  agency's key and sent to the broker); a repeat answers with the first.
+  agency's key and sent to the broker); a repeat answers with the first;
+- ``GET /openapi.json``: the API's OpenAPI 3.1 document (``gateway/openapi.json``, generated
+  by ``gateway.openapi``).
 
 Every error is an RFC 9457 problem (``application/problem+json``) with a ``urn:cairn:problem:``
 type; no personal data in a URL, a log line or an error.
@@ -26,6 +28,7 @@ import json
 import re
 import ssl
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any, Final
 from uuid import UUID
 
@@ -277,6 +280,12 @@ def _ack_body(raw: bytes) -> tuple[AcknowledgementStatus, tuple[str, ...]]:
 
 _LIMIT: Final = web.AppKey("limit_max", int)
 _HEALTH: Final = web.AppKey("health", bool)
+_DOCUMENT: Final = web.AppKey("openapi", bytes)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """This API's OpenAPI 3.1 document (``gateway/openapi.json``), to the callers it serves."""
+    return web.Response(body=request.app[_DOCUMENT], content_type="application/json")
 
 
 def create_api(
@@ -293,4 +302,6 @@ def create_api(
     app.router.add_get("/v1/disclosures", list_disclosures)
     app.router.add_get("/v1/disclosures/{referral_id}", get_disclosure)
     app.router.add_post("/v1/disclosures/{referral_id}/acknowledgement", acknowledge)
+    app[_DOCUMENT] = resources.files("gateway").joinpath("openapi.json").read_bytes()
+    app.router.add_get("/openapi.json", openapi)
     return app
