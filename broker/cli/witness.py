@@ -1,0 +1,117 @@
+"""``cairn witness``: run a C2SP tlog-witness (https://c2sp.org/tlog-witness) over HTTPS.
+
+``cairn witness keygen`` writes a witness key (Ed25519, PKCS#8 PEM, mode 0600) and prints its
+cosignature/v1 verifier key (type 0x04); ``cairn witness vkey`` prints it again;
+``cairn witness serve`` answers ``POST /add-checkpoint`` for the logs given by their checkpoint
+verifier keys (``--log``, the vkey's name being the log's origin), with server TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+
+import click
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from broker.audit.checkpoint import NoteVerifier
+from broker.audit.cosign import CosignerVerifier
+from broker.audit.witness import Witness, witness_app
+from keys.errors import VerificationError
+
+__all__ = ["witness"]
+
+
+def _load_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise click.ClickException(f"cannot read the witness key {path}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise click.ClickException(f"the witness key {path} is not an Ed25519 key")
+    return key
+
+
+@click.group()
+def witness() -> None:
+    """A C2SP tlog-witness: cosign checkpoints that extend the last one it saw."""
+
+
+@witness.command()
+@click.option("--key", "key_path", type=click.Path(path_type=Path), required=True)
+@click.option("--name", required=True, help="The witness name, e.g. witness.example.org/w1.")
+def keygen(key_path: Path, name: str) -> None:
+    """Write a new witness key (0600) to --key and print its verifier key."""
+    key = Ed25519PrivateKey.generate()
+    try:
+        verifier = CosignerVerifier(name, key.public_key())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {key_path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    click.echo(verifier.vkey())
+
+
+@witness.command()
+@click.option("--key", "key_path", type=click.Path(path_type=Path), required=True)
+@click.option("--name", required=True)
+def vkey(key_path: Path, name: str) -> None:
+    """Print the cosignature/v1 verifier key of the witness key at --key."""
+    try:
+        click.echo(CosignerVerifier(name, _load_key(key_path).public_key()).vkey())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@witness.command()
+@click.option("--key", "key_path", type=click.Path(path_type=Path), required=True)
+@click.option("--name", required=True)
+@click.option("--state", "state_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--log", "logs", multiple=True, required=True, help="A log's checkpoint vkey.")
+@click.option("--tls-cert", type=click.Path(path_type=Path), required=True)
+@click.option("--tls-key", type=click.Path(path_type=Path), required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8443, show_default=True)
+def serve(
+    key_path: Path,
+    name: str,
+    state_dir: Path,
+    logs: tuple[str, ...],
+    tls_cert: Path,
+    tls_key: Path,
+    host: str,
+    port: int,
+) -> None:
+    """Serve POST /add-checkpoint over HTTPS until interrupted."""
+    key = _load_key(key_path)
+    trusted: dict[str, list[NoteVerifier]] = {}
+    for text in logs:
+        try:
+            verifier = NoteVerifier.from_vkey(text)
+        except VerificationError as exc:
+            raise click.ClickException(f"--log is not a checkpoint verifier key: {exc}") from None
+        trusted.setdefault(verifier.name, []).append(verifier)
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(tls_cert, tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(f"cannot load the TLS certificate and key: {exc}") from None
+    try:
+        app = witness_app(Witness(state_dir, name, key, trusted))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    web.run_app(app, host=host, port=port, ssl_context=context, print=None)
