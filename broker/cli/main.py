@@ -560,11 +560,12 @@ def _attach() -> None:
     from broker.cli.policy import policy
     from broker.cli.schemas import schemas
     from broker.cli.status import status
+    from broker.cli.witness import witness
     from gateway.cli import gateway
     from keys.cli import agency, federation, keys
 
     groups = (agency, audit, federation, gateway, kafka, keys, nhs, police, policy, schemas, status)
-    for group in groups:
+    for group in (*groups, witness):
         cli.add_command(group)
 
 
