@@ -1,0 +1,282 @@
+"""Evidence packs (cairn-evidence/1): built from a real audit log and real federation keys,
+verified from the federation root public key alone, and each kind of tampering named."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from broker.audit.checkpoint import sign_note
+from broker.audit.evidence import (
+    EVIDENCE_FORMAT,
+    EvidenceError,
+    Tampered,
+    build_pack,
+    logged,
+    verify_pack,
+)
+from broker.audit.store import AuditLog
+from broker.policy.decide import Decision
+from keys.envelope import DISCLOSURE_TYP, seal_disclosure
+from keys.federation import init_federation, load_signing_key, read_root_key
+from keys.jose import sign_compact
+from keys.jwk import SigningKey
+from keys.registry import AUDITOR_ID, BROKER_ID, Registry, sign_registry
+from keys.store import REGISTRY, MemoryStore
+from schemas.audit import acknowledged, disclosure_digest_of, submission_events
+from schemas.receipt import Acknowledgement, AcknowledgementStatus
+from schemas.referral import Referral
+from tests.samples import sample
+from tests.unit.audit.conftest import SECRET
+from tests.unit.keys.conftest import PASSPHRASE, SMALL
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+RECIPIENT = "test-idva"
+
+
+@dataclass(frozen=True)
+class World:
+    root: Ed25519PublicKey
+    registry: Registry
+    registry_jws: bytes
+    broker: SigningKey
+    auditor: SigningKey
+    log: AuditLog
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[MemoryStore, Registry]:
+    store = MemoryStore()
+    return store, init_federation(store, SMALL, PASSPHRASE, now=NOW)
+
+
+@pytest.fixture
+def world(tmp_path: Path, keys: tuple[MemoryStore, Registry]) -> Any:
+    store, registry = keys
+    log = AuditLog.open(tmp_path / "audit")
+    yield World(
+        root=read_root_key(store),
+        registry=registry,
+        registry_jws=store.read(REGISTRY),
+        broker=load_signing_key(store, BROKER_ID, PASSPHRASE, registry, now=NOW),
+        auditor=load_signing_key(store, AUDITOR_ID, PASSPHRASE, registry, now=NOW),
+        log=log,
+    )
+    log.close()
+
+
+def _referral() -> Referral:
+    data = sample()
+    data["header"]["sender_agency"] = "test-police"
+    data["header"]["recipients"] = [RECIPIENT]
+    return Referral.model_validate(data)
+
+
+@dataclass(frozen=True)
+class Made:
+    pack: bytes
+    jwe: bytes
+    jws: bytes
+
+
+def make(w: World, *, with_ack: bool = True, with_jws: bool = True) -> Made:
+    """A disclosure sealed to the recipient, its events logged and checkpointed, the pack."""
+    referral = _referral()
+    disclosure = {
+        "referral_id": str(referral.header.referral_id),
+        "sender_agency": "test-police",
+        "recipient_agency": RECIPIENT,
+    }
+    # The disclosure's payload is not what is under test; a broker-signed JSON of the ids.
+    payload = json.dumps(disclosure).encode()
+    jwe = seal_disclosure(payload, w.broker, w.registry, recipient=RECIPIENT, now=NOW)
+    jws = sign_compact(payload, w.broker, typ=DISCLOSURE_TYP)
+    events = submission_events(
+        referral,
+        [Decision(RECIPIENT, allowed=True, reasons=("rule:1",))],
+        secret=SECRET,
+        at=NOW,
+        disclosure_digests={RECIPIENT: disclosure_digest_of(jwe)},
+    )
+    ack = acknowledged(
+        Acknowledgement(
+            referral_id=referral.header.referral_id,
+            agency=RECIPIENT,
+            status=AcknowledgementStatus.FILED,
+            acknowledged_at=NOW,
+        ),
+        at=NOW,
+    )
+    canon = [e.canonical() for e in (*events, ack)]
+    w.log.append(list(enumerate(canon)))
+    note = w.log.sign_checkpoint(w.auditor)
+    disclosed_at = 2  # received, decided, disclosed
+    ack_at = len(canon) - 1
+    return Made(
+        build_pack(
+            origin=w.log.origin,
+            registry_jws=w.registry_jws,
+            jwe=jwe,
+            jws=jws if with_jws else None,
+            disclosed=logged(canon[disclosed_at], disclosed_at, w.log.inclusion_proof(2), note),
+            acknowledged=logged(canon[ack_at], ack_at, w.log.inclusion_proof(ack_at), note)
+            if with_ack
+            else None,
+        ),
+        jwe,
+        jws,
+    )
+
+
+def edited(pack: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
+    doc = json.loads(pack)
+    change(doc)
+    return json.dumps(doc).encode()
+
+
+def kind_of(pack: bytes, root: Ed25519PublicKey) -> Tampered:
+    with pytest.raises(EvidenceError) as info:
+        verify_pack(pack, root)
+    return info.value.kind
+
+
+def test_a_pack_verifies_from_the_root_key_alone_and_says_what_it_proves(world: World) -> None:
+    made = make(world)
+    doc = json.loads(made.pack)
+    assert doc["format"] == EVIDENCE_FORMAT
+    assert doc["jwe"].encode() == made.jwe
+    report = verify_pack(made.pack, world.root)
+    assert report.recipient == RECIPIENT
+    assert report.referral_id == json.loads(doc["disclosed"]["event"])["message_id"]
+    assert report.disclosure_digest == disclosure_digest_of(made.jwe)
+    assert (report.log_index, report.checkpoint_size) == (2, 4)
+    assert report.jws_checked
+    assert report.acknowledged == "filed"
+    words = " ".join(report.statement)
+    assert "federation root signed registry" in words
+    assert "entry 2" in words
+    assert disclosure_digest_of(made.jwe) in words
+    assert "acknowledgement" in words
+
+
+def test_the_optional_parts_may_be_left_out(world: World) -> None:
+    report = verify_pack(make(world, with_ack=False, with_jws=False).pack, world.root)
+    assert not report.jws_checked
+    assert report.acknowledged is None
+
+
+def _event_field(name: str, value: str) -> Callable[[dict[str, Any]], None]:
+    def change(doc: dict[str, Any]) -> None:
+        event = json.loads(doc["disclosed"]["event"])
+        event[name] = value
+        doc["disclosed"]["event"] = json.dumps(event, sort_keys=True, separators=(",", ":"))
+
+    return change
+
+
+def _flip_proof_line(prefix: str) -> Callable[[dict[str, Any]], None]:
+    def change(doc: dict[str, Any]) -> None:
+        head, sep, note = doc["disclosed"]["proof"].partition("\n\n")
+        lines = head.split("\n")
+        i = next(n for n, line in enumerate(lines) if line.startswith("index "))
+        if prefix == "index":
+            lines[i] = "index 1"
+        else:
+            i += 1  # the first hash of the inclusion path
+            raw = bytearray(base64.b64decode(lines[i]))
+            raw[0] ^= 1
+            lines[i] = base64.b64encode(bytes(raw)).decode()
+        doc["disclosed"]["proof"] = "\n".join(lines) + sep + note
+
+    return change
+
+
+def _resign_checkpoint(doc: dict[str, Any]) -> None:
+    """The same checkpoint body, signed by a key the registry does not list."""
+    head, sep, note = doc["disclosed"]["proof"].partition("\n\n")
+    body = note.partition("\n\n")[0] + "\n"
+    forged = sign_note(body.encode(), doc["origin"], Ed25519PrivateKey.generate())
+    doc["disclosed"]["proof"] = head + sep + forged.decode()
+
+
+@pytest.mark.parametrize(
+    ("change", "kind"),
+    [
+        # event: a changed field, re-canonicalised, is no longer the logged entry
+        (_event_field("recipient", "test-nhs"), Tampered.PROOF),
+        # event: bytes not in canonical form
+        (lambda d: d["disclosed"].update(event=d["disclosed"]["event"] + " "), Tampered.EVENT),
+        # event: the digest swapped for another
+        (_event_field("disclosure_digest", "0" * 64), Tampered.PROOF),
+        # proof: a path hash or the index altered
+        (_flip_proof_line("hash"), Tampered.PROOF),
+        (_flip_proof_line("index"), Tampered.PROOF),
+        (lambda d: d["disclosed"].update(proof="not a proof\n\nx\n"), Tampered.PROOF),
+        # checkpoint: signed by another key, or the origin claimed is another log's
+        (_resign_checkpoint, Tampered.CHECKPOINT),
+        (lambda d: d.update(origin="elsewhere.example/log"), Tampered.CHECKPOINT),
+        # disclosure: another JWE, or a JWS the broker did not sign
+        (
+            lambda d: d.update(jwe=d["jwe"][:-2] + ("AA" if d["jwe"][-2:] != "AA" else "BB")),
+            Tampered.DISCLOSURE,
+        ),
+        (
+            lambda d: d.update(jws=d["jws"][:-2] + ("AA" if d["jws"][-2:] != "AA" else "BB")),
+            Tampered.DISCLOSURE,
+        ),
+        # key/registry: a registry byte altered
+        (
+            lambda d: d.update(
+                registry=d["registry"][:-2] + ("AA" if d["registry"][-2:] != "AA" else "BB")
+            ),
+            Tampered.REGISTRY,
+        ),
+        # the acknowledgement moved under the disclosed event's name
+        (lambda d: d.update(disclosed=d["acknowledged"]), Tampered.EVENT),
+        (lambda d: d.update(format="cairn-evidence/2"), Tampered.MALFORMED),
+    ],
+    ids=[
+        "event-field",
+        "event-not-canonical",
+        "event-digest",
+        "proof-path",
+        "proof-index",
+        "proof-malformed",
+        "checkpoint-signer",
+        "checkpoint-origin",
+        "disclosure-jwe",
+        "disclosure-jws",
+        "registry-bytes",
+        "event-type",
+        "format",
+    ],
+)
+def test_each_tampering_is_refused_and_named(
+    world: World, change: Callable[[dict[str, Any]], None], kind: Tampered
+) -> None:
+    pack = make(world).pack
+    assert kind_of(edited(pack, change), world.root) is kind
+
+
+def test_a_registry_signed_by_another_root_is_refused_as_registry(world: World) -> None:
+    other = SigningKey(Ed25519PrivateKey.generate())
+    made = make(world).pack
+    pack = edited(
+        made,
+        lambda d: d.update(registry=sign_registry(world.registry, other).decode()),
+    )
+    assert kind_of(pack, world.root) is Tampered.REGISTRY
+    # The pack is also refused under a root that is not the federation's.
+    assert kind_of(made, other.private_key.public_key()) is Tampered.REGISTRY
+
+
+def test_not_json_is_malformed(world: World) -> None:
+    assert kind_of(b"\xff not json", world.root) is Tampered.MALFORMED
