@@ -43,11 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.checkpoint import MAX_NOTE_BYTES, Checkpoint, NoteVerifier, verify_checkpoint
-from broker.audit.cosign import CosignerVerifier, cosign
+from broker.audit.cosign import CosignerVerifier, add_cosignatures, cosign, verify_cosignatures
 from broker.audit.merkle import HASH_SIZE, InvalidProof, verify_consistency
 from broker.web.problems import http_problem, problem_response
 from keys.errors import Reason, VerificationError
@@ -58,8 +59,10 @@ __all__ = [
     "MAX_PROOF_LINES",
     "SIZE_MEDIA_TYPE",
     "Witness",
+    "WitnessEndpoint",
     "WitnessRefusal",
     "WitnessState",
+    "collect_cosignatures",
     "witness_app",
 ]
 
@@ -261,3 +264,68 @@ def _refused(refusal: WitnessRefusal) -> web.Response:
     return problem_response(
         refusal.status, http_problem(refusal.status, refusal.slug, title, refusal.detail)
     )
+
+
+@dataclass(frozen=True)
+class WitnessEndpoint:
+    """A witness the log submits to: its submission prefix URL and its verifier key."""
+
+    url: str  # the submission prefix, e.g. https://witness.example/  (add-checkpoint appended)
+    verifier: CosignerVerifier
+
+
+async def collect_cosignatures(
+    session: aiohttp.ClientSession,
+    note: bytes,
+    size: int,
+    proof_from: Callable[[int], Sequence[bytes]],
+    witnesses: Sequence[WitnessEndpoint],
+    *,
+    old_sizes: Mapping[str, int] | None = None,
+    timeout_s: float = 10.0,
+) -> tuple[bytes, dict[str, str]]:
+    """The log side of tlog-witness: submit ``note`` to each witness, keep verified cosignatures.
+
+    ``proof_from(old)`` gives the consistency proof from ``old`` to ``size``. A witness that
+    answers 409 with its size (``text/x.tlog.size``) is asked once more from that size. Returns
+    the note with every verified cosignature added, and per witness URL the reason it gave none.
+    """
+    cosigned = note
+    failures: dict[str, str] = {}
+    for endpoint in witnesses:
+        old = (old_sizes or {}).get(endpoint.url, 0)
+        url = endpoint.url.rstrip("/") + "/add-checkpoint"
+        for attempt in range(2):  # bounded: the first try, and one retry at the witness's size
+            if old > size:
+                failures[endpoint.url] = f"the witness holds size {old}, above {size}"
+                break
+            proof = b"".join(base64.b64encode(p) + b"\n" for p in proof_from(old) if old)
+            body = b"old " + str(old).encode() + b"\n" + proof + b"\n" + note
+            try:
+                async with session.post(
+                    url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                ) as response:
+                    payload = await response.content.read(MAX_NOTE_BYTES + 1)
+                    status, media = response.status, response.content_type
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failures[endpoint.url] = f"unreachable: {type(exc).__name__}"
+                break
+            if status == 409 and media == SIZE_MEDIA_TYPE and attempt == 0:
+                held = payload.decode("ascii", "replace").strip()
+                if not held.isdigit():
+                    failures[endpoint.url] = "a 409 without a valid size"
+                    break
+                old = int(held)
+                continue
+            if status != 200:
+                failures[endpoint.url] = f"refused with HTTP {status}"
+                break
+            try:
+                candidate = add_cosignatures(cosigned, payload)
+                verify_cosignatures(add_cosignatures(note, payload), [endpoint.verifier])
+            except VerificationError as exc:
+                failures[endpoint.url] = f"its answer is not a valid cosignature: {exc.reason}"
+                break
+            cosigned = candidate
+            break
+    return cosigned, failures

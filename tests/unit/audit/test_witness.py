@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -13,7 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.audit.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
 from broker.audit.cosign import add_cosignatures, verify_cosignatures
 from broker.audit.merkle import Tree, leaf_hash
-from broker.audit.witness import SIZE_MEDIA_TYPE, Witness, WitnessRefusal, witness_app
+from broker.audit.witness import (
+    SIZE_MEDIA_TYPE,
+    Witness,
+    WitnessEndpoint,
+    WitnessRefusal,
+    collect_cosignatures,
+    witness_app,
+)
 
 ORIGIN = "auditor.cairn.example/log"
 LOG_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -137,3 +145,37 @@ def test_direct_stale_size(tmp_path: Path, old: int) -> None:
     with pytest.raises(WitnessRefusal) as refused:
         witness.add_checkpoint(_body(old, [], _note(_tree(3), 3)))
     assert (refused.value.status, refused.value.size) == (409, 0)
+
+
+async def test_collect_cosignatures_from_two_witnesses(tmp_path: Path) -> None:
+    witnesses = [_witness(tmp_path, "w1.example", 7), _witness(tmp_path, "w2.example", 9)]
+    clients = [await _client(w) for w in witnesses]
+    tree = _tree(8)
+    endpoints = [
+        WitnessEndpoint(str(c.make_url("/")), w.verifier)
+        for c, w in zip(clients, witnesses, strict=True)
+    ]
+    wrong = WitnessEndpoint(str(clients[0].make_url("/")), witnesses[1].verifier)
+    dead = WitnessEndpoint("http://127.0.0.1:9/", witnesses[0].verifier)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for size in (3, 8):  # at 8 each witness answers 409 with 3 first, then cosigns
+                note = _note(tree, size)
+                cosigned, failures = await collect_cosignatures(
+                    session,
+                    note,
+                    size,
+                    lambda old, s=size: tree.consistency_proof(old, s),
+                    endpoints,
+                )
+                assert failures == {}
+                found = verify_cosignatures(cosigned, [w.verifier for w in witnesses])
+                assert sorted(c.name for c in found) == ["w1.example", "w2.example"]
+            _, failures = await collect_cosignatures(
+                session, note, 8, lambda old: tree.consistency_proof(old, 8), [wrong, dead]
+            )
+            assert failures[wrong.url].endswith("unknown_key")
+            assert failures[dead.url].startswith("unreachable")
+    finally:
+        for client in clients:
+            await client.close()
