@@ -1,6 +1,7 @@
 """``cairn witness``: run a C2SP tlog-witness (https://c2sp.org/tlog-witness) over HTTPS.
 
-``cairn witness keygen`` writes a witness key (Ed25519, PKCS#8 PEM, mode 0600) and prints its
+``cairn witness keygen`` writes a witness key (Ed25519, PKCS#8 PEM, mode 0600, encrypted under
+``CAIRN_WITNESS_PASSPHRASE`` from the environment when it is set) and prints its
 cosignature/v1 verifier key (type 0x04); ``cairn witness vkey`` prints it again;
 ``cairn witness serve`` answers ``POST /add-checkpoint`` for the logs given by their checkpoint
 verifier keys (``--log``, the vkey's name being the log's origin), with server TLS.
@@ -16,7 +17,9 @@ import click
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
     Encoding,
+    KeySerializationEncryption,
     NoEncryption,
     PrivateFormat,
     load_pem_private_key,
@@ -30,9 +33,17 @@ from keys.errors import VerificationError
 __all__ = ["witness"]
 
 
+PASSPHRASE_ENV = "CAIRN_WITNESS_PASSPHRASE"  # noqa: S105 (a variable name; never an argument)
+
+
+def _passphrase() -> bytes | None:
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode("utf-8") if value else None
+
+
 def _load_key(path: Path) -> Ed25519PrivateKey:
     try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
+        key = load_pem_private_key(path.read_bytes(), password=_passphrase())
     except (OSError, ValueError, TypeError) as exc:
         raise click.ClickException(f"cannot read the witness key {path}: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -55,7 +66,11 @@ def keygen(key_path: Path, name: str) -> None:
         verifier = CosignerVerifier(name, key.public_key())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    passphrase = _passphrase()
+    encryption: KeySerializationEncryption = (
+        BestAvailableEncryption(passphrase) if passphrase else NoEncryption()
+    )
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption)
     try:
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:

@@ -82,6 +82,24 @@ def test_keygen_and_vkey(tmp_path: Path) -> None:
     assert "cannot read the witness key" in bad.output
 
 
+def test_keygen_encrypts_under_the_passphrase(tmp_path: Path) -> None:
+    runner = CliRunner()
+    key = tmp_path / "w.pem"
+    env = {"CAIRN_WITNESS_PASSPHRASE": "correct horse"}
+    made = runner.invoke(cli, ["witness", "keygen", "--key", str(key), "--name", NAME], env=env)
+    assert made.exit_code == 0, made.output
+    assert b"ENCRYPTED PRIVATE KEY" in key.read_bytes()
+    shown = runner.invoke(cli, ["witness", "vkey", "--key", str(key), "--name", NAME], env=env)
+    assert shown.output.strip() == made.output.strip()
+    wrong = runner.invoke(
+        cli,
+        ["witness", "vkey", "--key", str(key), "--name", NAME],
+        env={"CAIRN_WITNESS_PASSPHRASE": "wrong"},
+    )
+    assert wrong.exit_code != 0
+    assert "cannot read the witness key" in wrong.output
+
+
 async def test_serve_over_tls(tmp_path: Path) -> None:
     log_key = Ed25519PrivateKey.generate()
     log_vkey = NoteVerifier(ORIGIN, log_key.public_key()).vkey()
