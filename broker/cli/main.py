@@ -271,13 +271,16 @@ def auditor() -> None:
     """Run the auditor: append cairn.audit to the verifiable log, sign checkpoints, serve proofs.
 
     A process of its own (its own key and files; the broker cannot rewrite the log). The audit
-    API listens on CAIRN_AUDITOR_HTTP_PORT over mutual TLS for the auditor's certificate only.
-    Stops on SIGTERM after catching up and signing a final checkpoint.
+    API listens on CAIRN_AUDITOR_HTTP_PORT over TLS for the auditor's certificate only, but for
+    the public C2SP tlog-tiles paths (/v1/audit/log/checkpoint, /v1/audit/log/tile/<L>/...,
+    /v1/audit/verifier-key), which hold no personal data and need no client certificate; entry
+    bundles stay behind the auditor's certificate. Stops on SIGTERM after catching up and
+    signing a final checkpoint.
     """
-    from broker.audit.service import Auditor, auditor_app
+    from broker.audit.service import Auditor, auditor_app, tls_context
     from broker.ops.credentials import CredentialWatch, ServerCertificate
     from broker.web.app import serve as serve_app
-    from keys import AUDITOR_ID, server_context
+    from keys import AUDITOR_ID
 
     settings = _settings()
     _logging(settings)
@@ -289,7 +292,9 @@ def auditor() -> None:
         trust.pseudonym_secret()
         worker = Auditor(settings, trust)
         await worker.open()
-        context = server_context(store, passphrase)
+        # A client certificate is optional at TLS level: the tiles paths are public; the
+        # auditor_only middleware requires the auditor's certificate for everything else.
+        context = tls_context(store, passphrase)
         # The auditor's API serves the same TLS certificate: warned about and reloaded alike.
         watch = CredentialWatch.for_settings(
             store,
