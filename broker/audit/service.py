@@ -37,6 +37,21 @@ HTTP, over mutual TLS, for the auditor's certificate only (IG tools present it):
     POST /v1/audit/subject                             every event about a person, given their
                                                        identifiers in a JSON body (never in a URL)
 
+The log in the C2SP tlog-tiles layout (``broker.audit.tiles``), under ``/v1/audit/log``:
+
+    GET  /v1/audit/log/checkpoint                      latest signed checkpoint (public)
+    GET  /v1/audit/log/tile/<L>/<N>[.p/<W>]            hash tiles (public)
+    GET  /v1/audit/log/tile/entries/<N>[.p/<W>]        entry bundles (auditor's certificate)
+    GET  /v1/audit/verifier-key                        the checkpoint verifier key(s), C2SP
+                                                       signed-note ``name+hash+base64`` (public)
+
+The public paths hold no personal data (a checkpoint is an origin, a size and a root hash; a
+hash tile is SHA-256 hashes of events; the key is a public key), so any tiles client or witness
+may read them without a client certificate: the TLS context asks for a certificate but does
+not require one (``tls_context``), and ``auditor_only`` lets only those handlers through
+without the auditor's. The events themselves (entry bundles and every other path) stay behind
+the auditor's certificate.
+
 Every log operation runs on one dedicated thread: the store is not thread-safe, and its
 appends block on fsync.
 """
@@ -46,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -59,12 +75,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.audit.checkpoint import NoteVerifier
+from broker.audit.checkpoint import Checkpoint, NoteVerifier
 from broker.audit.files import DEFAULT_ORIGIN
 from broker.audit.index import Query
 from broker.audit.proofs import checkpoint_for, consistency_document, inclusion_document
 from broker.audit.report import override_report
 from broker.audit.store import AuditLog, CheckpointPolicy, Entry
+from broker.audit.tiles import (
+    EntryTooLarge,
+    TileNotFound,
+    bundle_range,
+    cache_control,
+    encode_bundle,
+    hash_tile,
+    parse_tile_path,
+)
 from broker.audit.verify import verify
 from broker.config import Settings
 from broker.kafka.consumer import (
@@ -82,16 +107,17 @@ from broker.ops.metrics import Metrics
 from broker.trust import TrustStore
 from broker.web.middleware import TLS_AGENCY, problems_middleware
 from broker.web.pages import json_page, static_file, static_route
-from keys import AUDITOR_ID, peer_agency
+from keys import AUDITOR_ID, peer_agency, server_context
 from keys.errors import VerificationError as KeyVerificationError
 from keys.registry import KeyStatus, KeyUse
+from keys.store import PathStore
 from schemas.audit import AuditEvent
 from schemas.consent import OverrideReason
 from schemas.errors import AuthenticationError, FieldProblem, SchemaError
 from schemas.pseudonyms import person_pseudonyms
 from schemas.referral import Purpose
 
-__all__ = ["CONSUMER", "GROUP_ID", "Auditor", "add_ig_routes", "auditor_app"]
+__all__ = ["CONSUMER", "GROUP_ID", "Auditor", "add_ig_routes", "auditor_app", "tls_context"]
 
 log = structlog.get_logger(__name__)
 
@@ -279,9 +305,29 @@ class Auditor:
 AUDITOR = web.AppKey("auditor", Auditor)
 
 
+def tls_context(store: PathStore, passphrase: bytes) -> ssl.SSLContext:
+    """The auditor's server context: a client certificate is asked for and verified when
+    presented, but not required, so the public tiles paths are readable by any tiles client;
+    ``auditor_only`` requires the auditor's certificate everywhere else."""
+    context = server_context(store, passphrase)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
 @web.middleware
 async def auditor_only(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Only the auditor's client certificate may read the log (IG tools present it)."""
+    """Only the auditor's client certificate may read the log (IG tools present it), except
+    the public handlers (checkpoint, hash tiles, verifier key), chosen by the matched route
+    rather than the path text."""
+    if request.match_info.handler in _PUBLIC:
+        response: web.StreamResponse = await handler(request)
+        return response
+    _require_auditor(request)
+    response = await handler(request)
+    return response
+
+
+def _require_auditor(request: web.Request) -> None:
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     if ssl_object is None:
         raise AuthenticationError("the audit API is served over mutual TLS only")
@@ -294,8 +340,6 @@ async def auditor_only(request: web.Request, handler: Any) -> web.StreamResponse
         raise AuthenticationError(
             f"'{agency}' may not read the audit log; present the auditor's certificate"
         )
-    response: web.StreamResponse = await handler(request)
-    return response
 
 
 def _int(request: web.Request, name: str, default: int | None = None) -> int:
@@ -480,6 +524,62 @@ async def subject(request: web.Request) -> web.Response:
     return _entries(await auditor.call(auditor.log.query, Query(subjects=tuple(pseudonyms))))
 
 
+# --- HTTP: the C2SP tlog-tiles layout (public but for entry bundles) ------------------------
+
+
+def _checkpoint_size(note: bytes) -> int:
+    return Checkpoint.parse(note[: note.rfind(b"\n\n") + 1]).size
+
+
+async def log_checkpoint(request: web.Request) -> web.Response:
+    """tlog-tiles ``<prefix>/checkpoint``: the latest signed checkpoint, never cached long."""
+    response = await checkpoint(request)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+async def tile(request: web.Request) -> web.Response:
+    """A hash tile (public) or an entry bundle (the auditor's certificate only), cut at the
+    latest checkpoint's size so every tile served matches a signed tree head."""
+    coord = parse_tile_path("tile/" + request.match_info["tail"])
+    if coord.level is None:
+        _require_auditor(request)
+    auditor = request.app[AUDITOR]
+
+    def build() -> bytes:
+        note = auditor.log.latest_checkpoint()
+        if note is None:
+            raise TileNotFound("no checkpoint has been signed yet")
+        size = _checkpoint_size(note)
+        if coord.level is not None:
+            return hash_tile(auditor.log.tree, size, coord)
+        return encode_bundle(auditor.log.entry(i).data for i in bundle_range(size, coord))
+
+    try:
+        body = await auditor.call(build)
+    except TileNotFound as exc:
+        raise web.HTTPNotFound(text=str(exc)) from None
+    except EntryTooLarge as exc:  # the log's fault, not the client's: that bundle cannot exist
+        raise web.HTTPNotFound(text=str(exc)) from None
+    return web.Response(
+        body=body,
+        content_type="application/octet-stream",
+        headers={"Cache-Control": cache_control(coord)},
+    )
+
+
+async def verifier_key(request: web.Request) -> web.Response:
+    """The checkpoint verifier keys (C2SP signed-note ``name+hash+base64``), one a line."""
+    verifiers = _verifiers(request.app[AUDITOR])
+    if not verifiers:
+        raise web.HTTPNotFound(text="the registry lists no auditor signing key")
+    text = "".join(v.vkey() + "\n" for v in verifiers)
+    return web.Response(text=text, content_type="text/plain", headers={"Cache-Control": "no-cache"})
+
+
+_PUBLIC: Final = frozenset({log_checkpoint, tile, verifier_key})
+
+
 # --- HTTP: the IG view --------------------------------------------------------------
 
 
@@ -540,6 +640,9 @@ def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application
     app.router.add_get("/v1/audit/proof/inclusion", inclusion)
     app.router.add_get("/v1/audit/proof/consistency", consistency)
     app.router.add_post("/v1/audit/subject", subject)
+    app.router.add_get("/v1/audit/log/checkpoint", log_checkpoint)
+    app.router.add_get("/v1/audit/log/tile/{tail:.+}", tile)
+    app.router.add_get("/v1/audit/verifier-key", verifier_key)
     if dashboard:
         add_ig_routes(app, auditor)
     return app
