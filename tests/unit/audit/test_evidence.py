@@ -280,3 +280,24 @@ def test_a_registry_signed_by_another_root_is_refused_as_registry(world: World) 
 
 def test_not_json_is_malformed(world: World) -> None:
     assert kind_of(b"\xff not json", world.root) is Tampered.MALFORMED
+
+
+def test_the_standard_tools_check_in_docs_evidence_md_passes(world: World, tmp_path: Path) -> None:
+    """The Python snippet of docs/evidence.md (standard library only) accepts a real pack,
+    and refuses it when the event is altered."""
+    text = (Path(__file__).parents[3] / "docs" / "evidence.md").read_text()
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    pack = make(world).pack
+    (tmp_path / "pack.json").write_bytes(pack)
+    import os
+
+    here = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(snippet, "docs/evidence.md", "exec"), {})  # noqa: S102
+        tampered = edited(pack, _event_field("recipient", "test-nhs"))
+        (tmp_path / "pack.json").write_bytes(tampered)
+        with pytest.raises(AssertionError):
+            exec(compile(snippet, "docs/evidence.md", "exec"), {})  # noqa: S102
+    finally:
+        os.chdir(here)
