@@ -561,6 +561,7 @@ def _attach() -> None:
     from adapters.nhs.cli import nhs
     from adapters.police.cli import police
     from broker.audit.cli import audit
+    from broker.cli.evidence import evidence
     from broker.cli.kafka import kafka
     from broker.cli.policy import policy
     from broker.cli.schemas import schemas
@@ -570,7 +571,7 @@ def _attach() -> None:
     from keys.cli import agency, federation, keys
 
     groups = (agency, audit, federation, gateway, kafka, keys, nhs, police, policy, schemas, status)
-    for group in (*groups, witness):
+    for group in (*groups, evidence, witness):
         cli.add_command(group)
 
 
