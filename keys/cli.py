@@ -15,7 +15,10 @@ from pathlib import Path
 
 import click
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from broker.audit.checkpoint import NoteVerifier
+from broker.audit.files import DEFAULT_ORIGIN
 from broker.cli.common import clean_errors as _clean_errors
 from broker.cli.common import settings_or_exit as _settings
 from broker.config import Settings
@@ -56,6 +59,8 @@ from keys.registry import (
     AUDITOR_ID,
     BROKER_ID,
     KeyStatus,
+    KeyUse,
+    RegisteredKey,
     Registry,
     verify_registry,
     verify_registry_signature,
@@ -136,6 +141,20 @@ def _show(registry: Registry, now: datetime) -> None:
                 f"  {key.use.value:3}  {key.kid}  valid {_when(key.not_before)} to "
                 f"{_when(key.not_after)}  {state}"
             )
+            vkey = _checkpoint_vkey(member.id, key)
+            if vkey is not None:
+                click.echo(f"       checkpoint verifier key: {vkey}")
+
+
+def _checkpoint_vkey(member: str, key: RegisteredKey) -> str | None:
+    """The auditor's signing key as a C2SP signed-note verifier key (``name+hash+base64``) for
+    the log origin: what tiles clients and witnesses verify checkpoints with."""
+    public = key.jwk.public_key()
+    if member != AUDITOR_ID or key.use is not KeyUse.SIGNING or key.status is KeyStatus.REVOKED:
+        return None
+    if not isinstance(public, Ed25519PublicKey):
+        return None
+    return NoteVerifier(DEFAULT_ORIGIN, public).vkey()
 
 
 def _new_keys(registry: Registry, member: str) -> None:
@@ -552,6 +571,9 @@ def init() -> None:
 @_clean_errors
 def list_keys() -> None:
     """Show the registry: every member, its keys, their validity and status.
+
+    Under the auditor's signing keys, the checkpoint verifier key (C2SP signed-note
+    ``name+hash+base64``, the log origin as the name), as served at /v1/audit/verifier-key.
 
     Needs no passphrase: the registry is public, and its signature is checked.
     """

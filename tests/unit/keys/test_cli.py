@@ -3,6 +3,7 @@ lifecycle, and the enrolment procedure between machines (separate folders here).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from broker.audit.files import DEFAULT_ORIGIN
 from keys.cli import agency, federation, keys
 from keys.pki import issue_ca, issue_client_certificate_for
 from tests.samples import FEDERATION_DIR
@@ -89,6 +91,21 @@ def test_init_list_rotate_revoke(env: dict[str, str], tmp_path: Path) -> None:
     assert listed.exit_code == 0, listed.output
     assert "kelder-police (police)" in listed.output
     assert "cairn-broker (broker)" in listed.output
+    # The auditor's checkpoint key as a C2SP signed-note verifier key, name+hash+base64.
+    vkeys, member = [], ""
+    for line in listed.output.splitlines():
+        if not line.startswith(" "):
+            member = line.split(" (")[0]
+        elif "checkpoint verifier key:" in line:
+            vkeys.append((member, line.split(": ", 1)[1]))
+    assert [m for m, _ in vkeys] == ["cairn-auditor"], listed.output
+    vkey = vkeys[0][1]
+    name, key_hash, key_b64 = vkey.split("+", 2)
+    raw = base64.b64decode(key_b64, validate=True)
+    assert name == DEFAULT_ORIGIN
+    assert raw[0] == 0x01
+    assert len(raw) == 33
+    assert hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4].hex() == key_hash
 
     rotated = _run(["rotate", "--agency", "kelder-police"], env)
     assert rotated.exit_code == 0, rotated.output
