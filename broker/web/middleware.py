@@ -118,6 +118,8 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status, "http-error")
         body = http_problem(exc.status, slug, exc.reason, exc.text or exc.reason)
         response = problem_response(exc.status, body, request_id=request_id)
+        if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 lists the methods it takes
+            response.headers["Allow"] = exc.headers["Allow"]
     except asyncio.CancelledError:
         raise
     except Exception:
