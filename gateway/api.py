@@ -131,7 +131,10 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         kinds = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
-        return problem(exc.status, kinds.get(exc.status, "bad-request"), exc.reason)
+        answer = problem(exc.status, kinds.get(exc.status, "bad-request"), exc.reason)
+        if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 lists the methods it takes
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except InputError as exc:
         return problem(
             400, (exc.reasons or ("bad-request",))[0].replace("_", "-"), "Bad request", str(exc)
