@@ -19,7 +19,7 @@ ifeq ($(origin CAIRN_KEY_PASSPHRASE),undefined)
 export CAIRN_KEY_PASSPHRASE_FILE ?= $(DEV_PASSPHRASE)
 endif
 
-.PHONY: help venv demo postgresql test test-unit test-integration lint bench-throughput bench-soak bench-crypto bench-audit kafka-start kafka-stop kafka-status clean
+.PHONY: help venv demo postgresql go test test-unit test-integration lint bench-throughput bench-soak bench-crypto bench-audit kafka-start kafka-stop kafka-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -75,7 +75,14 @@ postgresql:
 	  fi; \
 	fi
 
-test: $(STAMP) $(CHROMIUM) $(PROMTOOL) postgresql  ## run the whole suite, Kafka, browser, PostgreSQL and alert-rule tests included (starts and stops local Kafka)
+# The Go interop tests (tests/interop/go*) read our output with Go's own x/mod code; modules go
+# to .cairn/go, pinned by each program's committed go.sum (tests/go_support.py).
+GO := $(or $(shell command -v go 2>/dev/null),$(wildcard /usr/local/go/bin/go))
+go:  ## fetch the Go interop tests' modules into .cairn/go (needs the Go toolchain)
+	@if [ -z "$(GO)" ]; then echo "the Go interop tests need the Go toolchain: https://go.dev/dl/" >&2; exit 1; fi
+	cd tests/interop/go && GOPATH=$(CURDIR)/.cairn/go GOMODCACHE=$(CURDIR)/.cairn/go/mod GOFLAGS=-mod=readonly GOTOOLCHAIN=local $(GO) mod download
+
+test: $(STAMP) $(CHROMIUM) $(PROMTOOL) postgresql go  ## run the whole suite, Kafka, browser, PostgreSQL and alert-rule tests included (starts and stops local Kafka)
 	$(WITH_KAFKA) $(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)  ## unit tests only: no Kafka, seconds
