@@ -9,8 +9,10 @@ from typing import Any, Final
 
 import click
 
+import broker.audit
 import broker.web
 import gateway
+from broker.audit.openapi import auditor_document
 from broker.cli.common import folder_option
 from broker.web.openapi import DOCUMENT_NAME, broker_document
 from gateway.openapi import gateway_document
@@ -22,6 +24,7 @@ __all__ = ["OPENAPI_DOCUMENTS", "openapi_documents", "schemas"]
 #: Each checked-in OpenAPI document and the function that builds it from the code.
 OPENAPI_DOCUMENTS: Final[dict[Path, Callable[[], dict[str, Any]]]] = {
     Path(broker.web.__file__).with_name(DOCUMENT_NAME): broker_document,
+    Path(broker.audit.__file__).with_name(DOCUMENT_NAME): auditor_document,
     Path(gateway.__file__).with_name(DOCUMENT_NAME): gateway_document,
 }
 
