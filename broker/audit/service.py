@@ -44,6 +44,8 @@ The log in the C2SP tlog-tiles layout (``broker.audit.tiles``), under ``/v1/audi
     GET  /v1/audit/log/tile/entries/<N>[.p/<W>]        entry bundles (auditor's certificate)
     GET  /v1/audit/verifier-key                        the checkpoint verifier key(s), C2SP
                                                        signed-note ``name+hash+base64`` (public)
+    GET  /openapi.json                                 this API's OpenAPI 3.1 document
+                                                       (broker/audit/openapi.json)
 
 The public paths hold no personal data (a checkpoint is an origin, a size and a root hash; a
 hash tile is SHA-256 hashes of events; the key is a public key), so any tiles client or witness
@@ -106,6 +108,7 @@ from broker.kafka.transport import kafka_options
 from broker.ops.metrics import Metrics
 from broker.trust import TrustStore
 from broker.web.middleware import TLS_AGENCY, problems_middleware
+from broker.web.openapi import openapi_route
 from broker.web.pages import json_page, static_file, static_route
 from keys import AUDITOR_ID, peer_agency, server_context
 from keys.errors import VerificationError as KeyVerificationError
@@ -643,6 +646,7 @@ def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application
     app.router.add_get("/v1/audit/log/checkpoint", log_checkpoint)
     app.router.add_get("/v1/audit/log/tile/{tail:.+}", tile)
     app.router.add_get("/v1/audit/verifier-key", verifier_key)
+    app.router.add_get("/openapi.json", openapi_route("broker.audit"))  # auditor's cert only
     if dashboard:
         add_ig_routes(app, auditor)
     return app
