@@ -415,6 +415,8 @@ def _query(request: web.Request) -> Query:
     q = request.query
     purpose = _choice(q, "purpose", Purpose)
     reason = _choice(q, "override_reason", OverrideReason)
+    if q.get("override", "true") not in ("true", "false"):
+        raise SchemaError("'override' is true or false", (FieldProblem("override", "not a code"),))
     override = {"true": True, "false": False}.get(q.get("override", ""))
     return Query(
         agency=q.get("agency"),
@@ -510,6 +512,17 @@ async def subject(request: web.Request) -> web.Response:
             "unknown identifier fields",
             tuple(FieldProblem(k, "not an identifier") for k in unknown),
         )
+    aliases = body.get("aliases") or []
+    wrong = [
+        k for k in sorted(allowed - {"aliases"}) if not isinstance(body.get(k, ""), str | None)
+    ]
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        wrong.append("aliases")
+    if wrong:  # a number, an object: refused by name, never echoed
+        raise SchemaError(
+            "identifiers are strings, aliases a list of strings",
+            tuple(FieldProblem(k, "wrong type") for k in wrong),
+        )
     try:
         dob = date.fromisoformat(body["date_of_birth"]) if body.get("date_of_birth") else None
         pseudonyms = person_pseudonyms(
@@ -518,7 +531,7 @@ async def subject(request: web.Request) -> web.Response:
             given_name=body.get("given_name"),
             family_name=body.get("family_name"),
             date_of_birth=dob,
-            aliases=tuple(body.get("aliases") or ()),
+            aliases=tuple(aliases),
         )
     except (ValueError, TypeError) as exc:
         raise SchemaError(f"the identifiers are not usable: {exc}") from None
