@@ -9,11 +9,16 @@ headers and body as the document states them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
+from aiohttp import web
 from requests.adapters import HTTPAdapter
 from schemathesis.checks import CheckFunction, not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -24,6 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
     unsupported_method,
 )
+
+T = TypeVar("T")
 
 #: What each generated call must pass.
 CHECKS: list[CheckFunction] = [
@@ -56,3 +63,45 @@ def tls_session(context: ssl.SSLContext, ca_file: Path) -> requests.Session:
     session.mount("https://", _Context(context))
     session.verify = str(ca_file)
     return session
+
+
+class LoopThread:
+    """An asyncio event loop on a thread of its own, for an in-process server that a
+    synchronous client (schemathesis, requests) calls: ``run`` waits for a coroutine there,
+    ``enter`` keeps an async context manager open there until ``close``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._stack = contextlib.AsyncExitStack()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def enter(self, manager: contextlib.AbstractAsyncContextManager[T]) -> T:
+        return self.run(self._stack.enter_async_context(manager))
+
+    def defer(self, close: Callable[[], Awaitable[object]]) -> None:
+        """Have ``close`` awaited there at ``close()``, after what was entered later."""
+        self._stack.push_async_callback(close)
+
+    def close(self) -> None:
+        try:
+            self.run(self._stack.aclose())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(30)
+            self.loop.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, context: ssl.SSLContext) -> AsyncIterator[str]:
+    """``app`` on a free loopback port over ``context``; yields its URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+        yield f"https://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
