@@ -36,7 +36,9 @@ from schemas.referral import Purpose
 
 __all__ = ["auditor_document"]
 
-_PUBLIC: Final = [{}]  # OpenAPI 3.1 §4.8.30: an empty requirement, no credentials needed
+_PUBLIC: Final[list[dict[str, list[str]]]] = [
+    {}
+]  # OpenAPI 3.1 §4.8.30: an empty requirement, no credentials needed
 _BASE64_HASH: Final = {
     "type": "string",
     "contentEncoding": "base64",
