@@ -35,11 +35,16 @@ __all__ = [
     "MAX_SIGNATURES",
     "Checkpoint",
     "NoteVerifier",
+    "b64decode_strict",
     "key_id",
+    "note_key_id",
     "open_note",
+    "parse_signature_lines",
+    "parse_vkey",
     "sign_checkpoint",
     "sign_note",
     "verify_checkpoint",
+    "vkey_text",
 ]
 
 ED25519: Final = 0x01  # signed-note signature type byte for Ed25519
@@ -65,14 +70,19 @@ def _raw(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def key_id(name: str, public_key: Ed25519PublicKey) -> bytes:
-    """The 4-byte key ID: SHA-256(key name || 0x0A || 0x01 || public key)[:4]."""
+def note_key_id(name: str, type_byte: int, public_key: Ed25519PublicKey) -> bytes:
+    """signed-note "Signatures": SHA-256(key name || 0x0A || type byte || public key)[:4]."""
     _check_key_name(name)
-    material = name.encode("utf-8") + b"\n" + bytes([ED25519]) + _raw(public_key)
+    material = name.encode("utf-8") + b"\n" + bytes([type_byte]) + _raw(public_key)
     return hashlib.sha256(material).digest()[:_KEY_ID_BYTES]
 
 
-def _b64decode(text: str) -> bytes:
+def key_id(name: str, public_key: Ed25519PublicKey) -> bytes:
+    """The 4-byte key ID: SHA-256(key name || 0x0A || 0x01 || public key)[:4]."""
+    return note_key_id(name, ED25519, public_key)
+
+
+def b64decode_strict(text: str) -> bytes:
     """Strict standard base64 (RFC 4648 §4): padded, and re-encoding gives the same text."""
     try:
         raw = base64.b64decode(text, validate=True)
@@ -81,6 +91,48 @@ def _b64decode(text: str) -> bytes:
     if base64.b64encode(raw).decode("ascii") != text:
         raise _malformed("not canonical base64")
     return raw
+
+
+def vkey_text(name: str, kid: bytes, type_byte: int, public_key: Ed25519PublicKey) -> str:
+    """A signed-note verifier key: ``name+hex(key ID)+base64(type byte || key)``."""
+    material = base64.b64encode(bytes([type_byte]) + _raw(public_key)).decode("ascii")
+    return f"{name}+{kid.hex()}+{material}"
+
+
+def parse_vkey(vkey: str, type_byte: int, kind: str) -> tuple[str, str, Ed25519PublicKey]:
+    """The name, hex key ID and Ed25519 key of a verifier key of ``type_byte`` (the caller
+    checks the key ID, which depends on the type); ``kind`` names the key in errors."""
+    name, sep, rest = vkey.partition("+")
+    hex_id, sep2, material = rest.partition("+")
+    if not sep or not sep2 or re.fullmatch(r"[0-9a-f]{8}", hex_id) is None:
+        raise _malformed("a verifier key is name+hex(key id)+base64(key)")
+    raw = b64decode_strict(material)
+    if len(raw) != 33 or raw[0] != type_byte:
+        raise _malformed(f"{kind} is Ed25519 (type 0x{type_byte:02x})")
+    try:
+        _check_key_name(name)
+    except ValueError:
+        raise _malformed("the verifier key name is not a valid note key name") from None
+    return name, hex_id, Ed25519PublicKey.from_public_bytes(raw[1:])
+
+
+def parse_signature_lines(lines: Sequence[str]) -> list[tuple[str, bytes, bytes]]:
+    """signed-note signature lines (without newlines) as (key name, key ID, rest of the blob).
+
+    Strict: every line is ``— <name> <canonical base64>`` with a blob longer than a key ID.
+    """
+    if len(lines) > MAX_SIGNATURES:
+        raise _malformed(f"a note carries at most {MAX_SIGNATURES} signatures")
+    out: list[tuple[str, bytes, bytes]] = []
+    for line in lines:
+        match = _SIG_LINE.match(line)
+        if match is None or "+" in match.group(1):
+            raise _malformed("a signature line is '— <key name> <base64 signature>'")
+        blob = b64decode_strict(match.group(2))
+        if len(blob) <= _KEY_ID_BYTES:
+            raise _malformed("a signature is a key ID and the signature bytes")
+        out.append((match.group(1), blob[:_KEY_ID_BYTES], blob[_KEY_ID_BYTES:]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -96,23 +148,13 @@ class NoteVerifier:
 
     def vkey(self) -> str:
         """The verifier key in the Go ``note`` format: ``name+hex(key ID)+base64(0x01||key)``."""
-        material = base64.b64encode(bytes([ED25519]) + _raw(self.public_key)).decode("ascii")
-        return f"{self.name}+{self.key_id.hex()}+{material}"
+        return vkey_text(self.name, self.key_id, ED25519, self.public_key)
 
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
         """Parse a verifier key written by ``vkey`` or by Go's ``note.NewVerifier`` format."""
-        name, sep, rest = vkey.partition("+")
-        hex_id, sep2, material = rest.partition("+")
-        if not sep or not sep2 or re.fullmatch(r"[0-9a-f]{8}", hex_id) is None:
-            raise _malformed("a verifier key is name+hex(key id)+base64(key)")
-        raw = _b64decode(material)
-        if len(raw) != 33 or raw[0] != ED25519:
-            raise _malformed("only Ed25519 verifier keys (type 0x01) are used")
-        try:
-            verifier = cls(name, Ed25519PublicKey.from_public_bytes(raw[1:]))
-        except ValueError:
-            raise _malformed("the verifier key name is not a valid note key name") from None
+        name, hex_id, public_key = parse_vkey(vkey, ED25519, "a checkpoint verifier key")
+        verifier = cls(name, public_key)
         if verifier.key_id.hex() != hex_id:
             raise _malformed("the verifier key's id does not match its name and key")
         return verifier
@@ -157,19 +199,8 @@ def open_note(note: bytes, verifiers: Sequence[NoteVerifier]) -> tuple[bytes, No
     if split < 0 or not decoded.endswith("\n"):
         raise _malformed("a signed note is text, a blank line, then signature lines")
     text = decoded[: split + 1]
-    lines = decoded[split + 2 : -1].split("\n")
-    if len(lines) > MAX_SIGNATURES:
-        raise _malformed(f"a note carries at most {MAX_SIGNATURES} signatures")
     # 4. Each line: em dash, space, key name, space, base64(key ID || signature).
-    signatures: list[tuple[str, bytes, bytes]] = []
-    for line in lines:
-        match = _SIG_LINE.match(line)
-        if match is None or "+" in match.group(1):
-            raise _malformed("a signature line is '— <key name> <base64 signature>'")
-        blob = _b64decode(match.group(2))
-        if len(blob) <= _KEY_ID_BYTES:
-            raise _malformed("a signature is a key ID and the signature bytes")
-        signatures.append((match.group(1), blob[:_KEY_ID_BYTES], blob[_KEY_ID_BYTES:]))
+    signatures = parse_signature_lines(decoded[split + 2 : -1].split("\n"))
     # 5. Verify every signature whose key name and ID match a trusted key; ignore the rest.
     signed_by: NoteVerifier | None = None
     for name, kid, signature in signatures:
@@ -243,7 +274,7 @@ class Checkpoint:
         origin, size, root_b64, *extensions = lines
         if _SIZE.match(size) is None:
             raise _malformed("the tree size is a decimal number without leading zeros")
-        root_hash = _b64decode(root_b64)
+        root_hash = b64decode_strict(root_b64)
         if len(root_hash) != HASH_SIZE:
             raise _malformed(f"the root hash is {HASH_SIZE} bytes")
         return cls(origin, int(size), root_hash, tuple(extensions))

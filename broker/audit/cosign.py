@@ -20,9 +20,6 @@ Pure: bytes and keys in, verified objects out. Every refusal is one
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
-import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,9 +27,14 @@ from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from broker.audit.checkpoint import MAX_NOTE_BYTES, MAX_SIGNATURES
+from broker.audit.checkpoint import (
+    MAX_NOTE_BYTES,
+    note_key_id,
+    parse_signature_lines,
+    parse_vkey,
+    vkey_text,
+)
 from keys.errors import Reason, VerificationError
 from keys.jwk import SigningKey
 
@@ -52,7 +54,6 @@ __all__ = [
 COSIGNATURE_V1: Final = 0x04  # signed-note signature type byte for Ed25519 cosignature/v1
 MAX_TIMESTAMP: Final = 2**63 - 1  # tlog-cosignature: the timestamp MUST NOT exceed this
 _DASH: Final = "\N{EM DASH} "
-_SIG_LINE: Final = re.compile(r"^\N{EM DASH} (\S+) (\S+)$")
 _KEY_ID_BYTES: Final = 4
 _TIMESTAMP_BYTES: Final = 8
 _SIGNATURE_BYTES: Final = 64
@@ -63,31 +64,9 @@ def _malformed(message: str) -> VerificationError:
     return VerificationError(Reason.MALFORMED, message)
 
 
-def _check_name(name: str) -> None:
-    if not name or "+" in name or any(c.isspace() for c in name):
-        raise ValueError("a note key name is non-empty, without spaces or '+'")
-
-
-def _raw(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def _b64decode(text: str) -> bytes:
-    """Strict standard base64 (RFC 4648 §4): padded, and re-encoding gives the same text."""
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise _malformed("not valid base64") from None
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise _malformed("not canonical base64")
-    return raw
-
-
 def cosigner_key_id(name: str, public_key: Ed25519PublicKey) -> bytes:
     """tlog-cosignature "Format": SHA-256(name || 0x0A || 0x04 || public key)[:4]."""
-    _check_name(name)
-    material = name.encode("utf-8") + b"\n" + bytes([COSIGNATURE_V1]) + _raw(public_key)
-    return hashlib.sha256(material).digest()[:_KEY_ID_BYTES]
+    return note_key_id(name, COSIGNATURE_V1, public_key)
 
 
 def _check_text(text: bytes) -> None:
@@ -117,23 +96,13 @@ class CosignerVerifier:
 
     def vkey(self) -> str:
         """The signed-note verifier key: ``name+hex(key ID)+base64(0x04 || key)``."""
-        material = base64.b64encode(bytes([COSIGNATURE_V1]) + _raw(self.public_key))
-        return f"{self.name}+{self.key_id.hex()}+{material.decode('ascii')}"
+        return vkey_text(self.name, self.key_id, COSIGNATURE_V1, self.public_key)
 
     @classmethod
     def from_vkey(cls, vkey: str) -> CosignerVerifier:
         """Parse a witness verifier key (type byte 0x04), checking its key ID."""
-        name, sep, rest = vkey.partition("+")
-        hex_id, sep2, material = rest.partition("+")
-        if not sep or not sep2 or re.fullmatch(r"[0-9a-f]{8}", hex_id) is None:
-            raise _malformed("a verifier key is name+hex(key id)+base64(key)")
-        raw = _b64decode(material)
-        if len(raw) != 33 or raw[0] != COSIGNATURE_V1:
-            raise _malformed("a witness verifier key is Ed25519 cosignature/v1 (type 0x04)")
-        try:
-            verifier = cls(name, Ed25519PublicKey.from_public_bytes(raw[1:]))
-        except ValueError:
-            raise _malformed("the verifier key name is not a valid note key name") from None
+        name, hex_id, public_key = parse_vkey(vkey, COSIGNATURE_V1, "a witness verifier key")
+        verifier = cls(name, public_key)
         if verifier.key_id.hex() != hex_id:
             raise _malformed("the verifier key's id does not match its name and key")
         return verifier
@@ -154,7 +123,6 @@ def cosign(text: bytes, name: str, key: SigningKey | Ed25519PrivateKey, now: int
     ``text`` is the checkpoint note body (no signature lines); ``now`` is POSIX seconds.
     """
     _check_text(text)
-    _check_name(name)
     private = key.private_key if isinstance(key, SigningKey) else key
     signature = private.sign(cosigned_message(text, now))
     blob = cosigner_key_id(name, private.public_key()) + struct.pack(">Q", now) + signature
@@ -174,19 +142,7 @@ def parse_cosignature_lines(lines: bytes) -> list[tuple[str, bytes, bytes]]:
         raise _malformed("signature lines are UTF-8") from None
     if not decoded.endswith("\n") or any(ord(c) < 0x20 and c != "\n" for c in decoded):
         raise _malformed("signature lines end with a newline and hold no control characters")
-    out: list[tuple[str, bytes, bytes]] = []
-    split = decoded[:-1].split("\n")
-    if len(split) > MAX_SIGNATURES:
-        raise _malformed(f"a note carries at most {MAX_SIGNATURES} signatures")
-    for line in split:
-        match = _SIG_LINE.match(line)
-        if match is None or "+" in match.group(1):
-            raise _malformed("a signature line is '— <key name> <base64 signature>'")
-        blob = _b64decode(match.group(2))
-        if len(blob) <= _KEY_ID_BYTES:
-            raise _malformed("a signature is a key ID and the signature bytes")
-        out.append((match.group(1), blob[:_KEY_ID_BYTES], blob[_KEY_ID_BYTES:]))
-    return out
+    return parse_signature_lines(decoded[:-1].split("\n"))
 
 
 def _split_note(note: bytes) -> tuple[bytes, bytes]:

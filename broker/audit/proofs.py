@@ -26,13 +26,18 @@ path does not lead from the entry to the checkpoint's root.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from broker.audit.checkpoint import MAX_NOTE_BYTES, Checkpoint, NoteVerifier, verify_checkpoint
+from broker.audit.checkpoint import (
+    MAX_NOTE_BYTES,
+    Checkpoint,
+    NoteVerifier,
+    b64decode_strict,
+    verify_checkpoint,
+)
 from broker.audit.merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from keys.errors import Reason, VerificationError
 
@@ -62,17 +67,6 @@ def _b64(hashes: Sequence[bytes]) -> list[str]:
 
 def _malformed(message: str) -> VerificationError:
     return VerificationError(Reason.MALFORMED, message)
-
-
-def _b64decode(text: str) -> bytes:
-    """Strict standard base64 (RFC 4648 §4): padded, canonical."""
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise _malformed("not valid base64") from None
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise _malformed("not canonical base64")
-    return raw
 
 
 def _note_size(note: bytes) -> int:
@@ -201,7 +195,7 @@ def parse_tlog_proof(data: bytes) -> TlogProof:
     # 2. The optional extra line.
     extra: bytes | None = None
     if rest and rest[0].startswith("extra "):
-        extra = _b64decode(rest[0][len("extra ") :])
+        extra = b64decode_strict(rest[0][len("extra ") :])
         if len(extra) > MAX_EXTRA_BYTES:
             raise _malformed(f"the extra data is at most {MAX_EXTRA_BYTES} bytes")
         rest = rest[1:]
@@ -218,7 +212,7 @@ def parse_tlog_proof(data: bytes) -> TlogProof:
         raise _malformed(f"an inclusion path is at most {MAX_PATH} hashes")
     path: list[bytes] = []
     for line in hashes:
-        value = _b64decode(line)
+        value = b64decode_strict(line)
         if len(value) != HASH_SIZE:
             raise _malformed(f"an inclusion path hash is {HASH_SIZE} bytes")
         path.append(value)
