@@ -30,16 +30,19 @@ RFC 9457 problems.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
+import inspect
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
@@ -58,11 +61,16 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_PROOF_LINES",
     "SIZE_MEDIA_TYPE",
+    "ProofFrom",
     "Witness",
     "WitnessEndpoint",
+    "WitnessOutcome",
     "WitnessRefusal",
+    "WitnessResult",
     "WitnessState",
     "collect_cosignatures",
+    "cosign_with",
+    "submit_checkpoint",
     "witness_app",
 ]
 
@@ -241,9 +249,10 @@ def witness_app(witness: Witness) -> web.Application:
             return _refused(WitnessRefusal(413, "witness-too-large", "the body is too large"))
         try:
             body = await request.read()
-            return web.Response(
-                body=witness.add_checkpoint(body), content_type="text/plain", charset="utf-8"
-            )
+            # The check ends with fsyncs (state, evidence): on a thread, never on the loop.
+            # Witness.add_checkpoint holds its own lock, so concurrent submissions stay atomic.
+            line = await asyncio.to_thread(witness.add_checkpoint, body)
+            return web.Response(body=line, content_type="text/plain", charset="utf-8")
         except web.HTTPRequestEntityTooLarge:
             return _refused(WitnessRefusal(413, "witness-too-large", "the body is too large"))
         except WitnessRefusal as refusal:
@@ -273,59 +282,175 @@ class WitnessEndpoint:
     url: str  # the submission prefix, e.g. https://witness.example/  (add-checkpoint appended)
     verifier: CosignerVerifier
 
+    @property
+    def name(self) -> str:
+        """The witness's name, as in its cosignature lines and its verifier key."""
+        return self.verifier.name
+
+
+class WitnessResult(StrEnum):
+    """What one witness did with one submission (a code: logs and metric labels)."""
+
+    COSIGNED = "cosigned"  # 200 with a cosignature that verifies against its key
+    UNREACHABLE = "unreachable"  # no answer in time (down, refused connection, TLS failed)
+    FORK = "fork"  # it holds another tree of this log: 409 for the same size, 422, or ahead
+    REFUSED = "refused"  # any other refusal (unknown log, bad signature, its own 5xx)
+    INVALID = "invalid"  # a 200 whose body is not a valid cosignature by that witness
+
+
+@dataclass(frozen=True)
+class WitnessOutcome:
+    """One witness's answer to one checkpoint: the result, why, and the size it holds."""
+
+    endpoint: WitnessEndpoint
+    result: WitnessResult
+    detail: str  # codes and numbers only: no body text of the witness's is echoed
+    held_size: int | None = None  # the size it last cosigned, when it said so (or now cosigned)
+    cosignature: bytes = b""  # the verified cosignature line(s), for COSIGNED
+
+
+# The tlog-witness answers that mean the witness holds a tree of this log that the
+# submitted one does not extend (tlog-witness "add-checkpoint": 409 for a root hash that
+# differs at the same size, 422 for a consistency proof that does not verify).
+_FORK_STATUSES: Final = frozenset({409, 422})
+
+ProofFrom = Callable[[int], Sequence[bytes] | Awaitable[Sequence[bytes]]]
+
+
+async def _proof(proof_from: ProofFrom, old: int) -> Sequence[bytes]:
+    proof = proof_from(old)
+    if inspect.isawaitable(proof):
+        return await proof
+    return proof
+
+
+async def submit_checkpoint(
+    session: aiohttp.ClientSession,
+    note: bytes,
+    size: int,
+    proof_from: ProofFrom,
+    endpoint: WitnessEndpoint,
+    *,
+    old: int = 0,
+    timeout_s: float = 10.0,
+) -> WitnessOutcome:
+    """The log side of tlog-witness "add-checkpoint" for one witness (bounded: two requests).
+
+    ``old`` is the size the log believes the witness last cosigned; ``proof_from(old)`` gives
+    the RFC 9162 consistency proof from ``old`` to ``size`` (a plain or an async function: the
+    auditor takes it on its log's thread). A 409 ``text/x.tlog.size`` is retried once from the
+    size the witness names; a named size above ``size`` is a fork (the witness was shown a
+    larger tree of this log), as are another 409 and a 422. Each request is bounded by
+    ``timeout_s``.
+    """
+    url = endpoint.url.rstrip("/") + "/add-checkpoint"
+    for attempt in range(2):  # bounded: the first try, and one retry at the witness's size
+        if old > size:
+            return WitnessOutcome(
+                endpoint,
+                WitnessResult.FORK,
+                f"the witness holds size {old}, above this checkpoint's {size}: it was shown "
+                "a larger tree of this log",
+                old,
+            )
+        proof = (
+            b"".join(base64.b64encode(p) + b"\n" for p in await _proof(proof_from, old))
+            if old
+            else b""
+        )
+        body = b"old " + str(old).encode() + b"\n" + proof + b"\n" + note
+        try:
+            async with session.post(
+                url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                payload = await response.content.read(MAX_NOTE_BYTES + 1)
+                status, media = response.status, response.content_type
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return WitnessOutcome(endpoint, WitnessResult.UNREACHABLE, type(exc).__name__)
+        if status == 409 and media == SIZE_MEDIA_TYPE:
+            held = payload.decode("ascii", "replace").strip()
+            if not held.isdigit() or len(held) > 20:
+                return WitnessOutcome(endpoint, WitnessResult.REFUSED, "a 409 without a valid size")
+            if attempt == 0:
+                old = int(held)
+                continue
+            return WitnessOutcome(
+                endpoint,
+                WitnessResult.REFUSED,
+                f"the witness moved to size {held} while we submitted",
+                int(held),
+            )
+        if status in _FORK_STATUSES:
+            what = "another root hash" if status == 409 else "no consistency from its tree"
+            return WitnessOutcome(
+                endpoint,
+                WitnessResult.FORK,
+                f"HTTP {status} from size {old} to {size}: the witness holds {what}",
+                old,
+            )
+        if status != 200:
+            return WitnessOutcome(endpoint, WitnessResult.REFUSED, f"HTTP {status}")
+        try:
+            verify_cosignatures(add_cosignatures(note, payload), [endpoint.verifier])
+        except VerificationError as exc:
+            return WitnessOutcome(
+                endpoint, WitnessResult.INVALID, f"not a valid cosignature: {exc.reason}"
+            )
+        return WitnessOutcome(endpoint, WitnessResult.COSIGNED, "cosigned", size, payload)
+    raise RuntimeError("unreachable: the loop returns on its second pass")  # pragma: no cover
+
+
+async def cosign_with(
+    session: aiohttp.ClientSession,
+    note: bytes,
+    size: int,
+    proof_from: ProofFrom,
+    witnesses: Sequence[WitnessEndpoint],
+    *,
+    old_sizes: Mapping[str, int] | None = None,
+    timeout_s: float = 10.0,
+) -> tuple[bytes, list[WitnessOutcome]]:
+    """Submit ``note`` to every witness at once; the note with every verified cosignature
+    added (in the witnesses' order), and each witness's outcome. ``old_sizes`` is by URL."""
+    outcomes = await asyncio.gather(
+        *(
+            submit_checkpoint(
+                session,
+                note,
+                size,
+                proof_from,
+                endpoint,
+                old=(old_sizes or {}).get(endpoint.url, 0),
+                timeout_s=timeout_s,
+            )
+            for endpoint in witnesses
+        )
+    )
+    cosigned = note
+    for outcome in outcomes:
+        if outcome.result is WitnessResult.COSIGNED:
+            cosigned = add_cosignatures(cosigned, outcome.cosignature)
+    return cosigned, list(outcomes)
+
 
 async def collect_cosignatures(
     session: aiohttp.ClientSession,
     note: bytes,
     size: int,
-    proof_from: Callable[[int], Sequence[bytes]],
+    proof_from: ProofFrom,
     witnesses: Sequence[WitnessEndpoint],
     *,
     old_sizes: Mapping[str, int] | None = None,
     timeout_s: float = 10.0,
 ) -> tuple[bytes, dict[str, str]]:
-    """The log side of tlog-witness: submit ``note`` to each witness, keep verified cosignatures.
-
-    ``proof_from(old)`` gives the consistency proof from ``old`` to ``size``. A witness that
-    answers 409 with its size (``text/x.tlog.size``) is asked once more from that size. Returns
-    the note with every verified cosignature added, and per witness URL the reason it gave none.
-    """
-    cosigned = note
-    failures: dict[str, str] = {}
-    for endpoint in witnesses:
-        old = (old_sizes or {}).get(endpoint.url, 0)
-        url = endpoint.url.rstrip("/") + "/add-checkpoint"
-        for attempt in range(2):  # bounded: the first try, and one retry at the witness's size
-            if old > size:
-                failures[endpoint.url] = f"the witness holds size {old}, above {size}"
-                break
-            proof = b"".join(base64.b64encode(p) + b"\n" for p in proof_from(old) if old)
-            body = b"old " + str(old).encode() + b"\n" + proof + b"\n" + note
-            try:
-                async with session.post(
-                    url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
-                ) as response:
-                    payload = await response.content.read(MAX_NOTE_BYTES + 1)
-                    status, media = response.status, response.content_type
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                failures[endpoint.url] = f"unreachable: {type(exc).__name__}"
-                break
-            if status == 409 and media == SIZE_MEDIA_TYPE and attempt == 0:
-                held = payload.decode("ascii", "replace").strip()
-                if not held.isdigit():
-                    failures[endpoint.url] = "a 409 without a valid size"
-                    break
-                old = int(held)
-                continue
-            if status != 200:
-                failures[endpoint.url] = f"refused with HTTP {status}"
-                break
-            try:
-                candidate = add_cosignatures(cosigned, payload)
-                verify_cosignatures(add_cosignatures(note, payload), [endpoint.verifier])
-            except VerificationError as exc:
-                failures[endpoint.url] = f"its answer is not a valid cosignature: {exc.reason}"
-                break
-            cosigned = candidate
-            break
+    """``cosign_with``, summed up: the cosigned note, and per witness URL the reason it gave
+    no cosignature (``<result>: <detail>``, e.g. ``unreachable: ClientConnectorError``)."""
+    cosigned, outcomes = await cosign_with(
+        session, note, size, proof_from, witnesses, old_sizes=old_sizes, timeout_s=timeout_s
+    )
+    failures = {
+        o.endpoint.url: f"{o.result.value}: {o.detail}"
+        for o in outcomes
+        if o.result is not WitnessResult.COSIGNED
+    }
     return cosigned, failures
