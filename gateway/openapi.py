@@ -16,12 +16,12 @@ from gateway.api import _MAX_ACK_BYTES, FHIR
 from gateway.settings import GatewaySettings
 from schemas.disclosure import Disclosure
 from schemas.openapi import (
-    OPENAPI_VERSION,
     ProblemType,
     model_components,
     problem_components,
     problem_responses,
     ref,
+    service_document,
 )
 from schemas.receipt import PERSONAL_STATUSES, AcknowledgementStatus
 
@@ -347,33 +347,21 @@ def gateway_document() -> dict[str, Any]:
         **model_components([Disclosure], mode="validation"),
         **problem_components(GATEWAY_PROBLEMS.values()),
     }
-    return {
-        "openapi": OPENAPI_VERSION,
-        "info": {
-            "title": "Cairn agency gateway",
-            "version": "1.0",
-            "summary": "What one agency received through Cairn, for its case systems.",
-            "description": (
-                "Served by `cairn gateway --as AGENCY` on the agency's own machine, over mutual "
-                "TLS only: a client certificate naming this agency (from the federation CA or "
-                "the agency's own CA), or a case system's certificate configured by its SHA-256 "
-                "(CAIRN_GATEWAY_CASE_SYSTEMS). Any other certificate is refused 403. Every "
-                "error is an RFC 9457 problem (application/problem+json) whose `type` is one of "
-                "the `urn:cairn:problem:` types under components.schemas (`problem.<slug>`). "
-                "Generated from the code by `cairn schemas openapi`."
-            ),
-        },
-        "servers": [{"url": f"https://127.0.0.1:{port}"}],
-        "security": [{"mutualTLS": []}],
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "mutualTLS": {
-                    "type": "mutualTLS",
-                    "description": "A client certificate of this agency or of one of its "
-                    "configured case systems.",
-                }
-            },
-            "schemas": schemas,
-        },
-    }
+    return service_document(
+        title="Cairn agency gateway",
+        summary="What one agency received through Cairn, for its case systems.",
+        description=(
+            "Served by `cairn gateway --as AGENCY` on the agency's own machine, over mutual "
+            "TLS only: a client certificate naming this agency (from the federation CA or "
+            "the agency's own CA), or a case system's certificate configured by its SHA-256 "
+            "(CAIRN_GATEWAY_CASE_SYSTEMS). Any other certificate is refused 403. Every "
+            "error is an RFC 9457 problem (application/problem+json) whose `type` is one of "
+            "the `urn:cairn:problem:` types under components.schemas (`problem.<slug>`). "
+            "Generated from the code by `cairn schemas openapi`."
+        ),
+        port=port,
+        client_certificate="A client certificate of this agency or of one of its "
+        "configured case systems.",
+        paths=paths,
+        schemas=schemas,
+    )

@@ -35,6 +35,8 @@ __all__ = [
     "problem_responses",
     "ref",
     "render",
+    "response",
+    "service_document",
     "write_document",
 ]
 
@@ -183,6 +185,49 @@ def model_components(
     response is serialised, a request body validated)."""
     _, top = models_json_schema([(m, mode) for m in models], ref_template=_COMPONENTS + "{model}")
     return {name: schema for name, schema in top.get("$defs", {}).items()}
+
+
+def response(
+    description: str,
+    schema: Mapping[str, Any] | None = None,
+    *,
+    media: str = "application/json",
+    headers: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A Response Object (OpenAPI 3.1 §4.8.17): ``media`` content of ``schema`` (a string when
+    not given), with ``headers``."""
+    out: dict[str, Any] = {"description": description}
+    if headers:
+        out["headers"] = dict(headers)
+    out["content"] = {media: {"schema": dict(schema) if schema is not None else {"type": "string"}}}
+    return out
+
+
+def service_document(
+    *,
+    title: str,
+    summary: str,
+    description: str,
+    port: int,
+    client_certificate: str,
+    paths: Mapping[str, Any],
+    schemas: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One service's OpenAPI 3.1 document: served on loopback ``port`` over mutual TLS (the
+    ``mutualTLS`` security scheme, OpenAPI 3.1 §4.8.27, described by ``client_certificate``)."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": title, "version": "1.0", "summary": summary, "description": description},
+        "servers": [{"url": f"https://127.0.0.1:{port}"}],
+        "security": [{"mutualTLS": []}],
+        "paths": dict(paths),
+        "components": {
+            "securitySchemes": {
+                "mutualTLS": {"type": "mutualTLS", "description": client_certificate}
+            },
+            "schemas": dict(schemas),
+        },
+    }
 
 
 def render(document: Mapping[str, Any]) -> str:

@@ -26,11 +26,12 @@ from broker.web.openapi import REQUEST_ID_HEADER, REQUEST_ID_MEMBER, service_pro
 from schemas.audit import AuditEvent
 from schemas.consent import OverrideReason
 from schemas.openapi import (
-    OPENAPI_VERSION,
     model_components,
     problem_components,
     problem_responses,
     ref,
+    response,
+    service_document,
 )
 from schemas.referral import Purpose
 
@@ -108,19 +109,11 @@ def _size(name: str, description: str, *, required: bool) -> dict[str, Any]:
 
 
 def _text(media: str, description: str, **headers: Any) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": {**REQUEST_ID_HEADER, **headers},
-        "content": {media: {"schema": {"type": "string"}}},
-    }
+    return response(description, media=media, headers={**REQUEST_ID_HEADER, **headers})
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": dict(REQUEST_ID_HEADER),
-        "content": {"application/json": {"schema": schema}},
-    }
+    return response(description, schema, headers=REQUEST_ID_HEADER)
 
 
 def auditor_document() -> dict[str, Any]:
@@ -456,33 +449,21 @@ def auditor_document() -> dict[str, Any]:
         **problem_components(types.values(), always=REQUEST_ID_MEMBER),
     }
     port = Settings.model_fields["auditor_http_port"].default
-    return {
-        "openapi": OPENAPI_VERSION,
-        "info": {
-            "title": "Cairn auditor",
-            "version": "1.0",
-            "summary": "The verifiable audit log: checkpoints, tiles, proofs and IG queries.",
-            "description": (
-                "Served by `cairn auditor` over TLS. The checkpoint, the hash tiles and the "
-                "verifier key are public (they hold no personal data): any tiles client or "
-                "witness reads them without a client certificate. Everything else, the events "
-                "(entries, entry bundles, subject and override queries) and this document, is "
-                "for the auditor's client certificate only (IG tools present it); any other "
-                "gets 403. Every error is an RFC 9457 problem (application/problem+json) whose "
-                "`type` is one of the `urn:cairn:problem:` types under components.schemas "
-                "(`problem.<slug>`). Generated from the code by `cairn schemas openapi`."
-            ),
-        },
-        "servers": [{"url": f"https://127.0.0.1:{port}"}],
-        "security": [{"mutualTLS": []}],
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "mutualTLS": {
-                    "type": "mutualTLS",
-                    "description": "The auditor's client certificate (federation CA).",
-                }
-            },
-            "schemas": schemas,
-        },
-    }
+    return service_document(
+        title="Cairn auditor",
+        summary="The verifiable audit log: checkpoints, tiles, proofs and IG queries.",
+        description=(
+            "Served by `cairn auditor` over TLS. The checkpoint, the hash tiles and the "
+            "verifier key are public (they hold no personal data): any tiles client or "
+            "witness reads them without a client certificate. Everything else, the events "
+            "(entries, entry bundles, subject and override queries) and this document, is "
+            "for the auditor's client certificate only (IG tools present it); any other "
+            "gets 403. Every error is an RFC 9457 problem (application/problem+json) whose "
+            "`type` is one of the `urn:cairn:problem:` types under components.schemas "
+            "(`problem.<slug>`). Generated from the code by `cairn schemas openapi`."
+        ),
+        port=port,
+        client_certificate="The auditor's client certificate (federation CA).",
+        paths=paths,
+        schemas=schemas,
+    )

@@ -26,12 +26,13 @@ from broker.web.middleware import REQUEST_ID_FORM
 from broker.web.problems import PROBLEM_TYPES, REASON_TYPES
 from schemas.errors import InputError
 from schemas.openapi import (
-    OPENAPI_VERSION,
     ProblemType,
     model_components,
     problem_components,
     problem_responses,
     ref,
+    response,
+    service_document,
 )
 from schemas.receipt import Receipt
 
@@ -181,11 +182,7 @@ _AUTHENTICATED: Final = ("unauthenticated",)
 
 
 def _json(schema: Mapping[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": dict(REQUEST_ID_HEADER),
-        "content": {"application/json": {"schema": dict(schema)}},
-    }
+    return response(description, schema, headers=REQUEST_ID_HEADER)
 
 
 def _ops_schema() -> dict[str, Any]:
@@ -496,39 +493,27 @@ def broker_document() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-    return {
-        "openapi": OPENAPI_VERSION,
-        "info": {
-            "title": "Cairn broker",
-            "version": "1.0",
-            "summary": "Signed safeguarding referrals in; receipts and RFC 9457 problems out.",
-            "description": (
-                "Served by `cairn serve` over mutual TLS only: a client certificate issued by "
-                "the federation CA, naming an agency of the registry (or the auditor, for "
-                "/metrics and the ops view). Every error is an RFC 9457 problem "
-                "(application/problem+json) whose `type` is one of the `urn:cairn:problem:` "
-                "types under components.schemas (`problem.<slug>`); each response lists the "
-                "types it can carry. Generated from the code by `cairn schemas openapi`."
-            ),
+    return service_document(
+        title="Cairn broker",
+        summary="Signed safeguarding referrals in; receipts and RFC 9457 problems out.",
+        description=(
+            "Served by `cairn serve` over mutual TLS only: a client certificate issued by "
+            "the federation CA, naming an agency of the registry (or the auditor, for "
+            "/metrics and the ops view). Every error is an RFC 9457 problem "
+            "(application/problem+json) whose `type` is one of the `urn:cairn:problem:` "
+            "types under components.schemas (`problem.<slug>`); each response lists the "
+            "types it can carry. Generated from the code by `cairn schemas openapi`."
+        ),
+        port=port,
+        client_certificate="A client certificate issued by the federation CA.",
+        paths=paths,
+        schemas={
+            **model_components([Receipt]),
+            "Readiness": readiness,
+            "OpsSnapshot": _ops_schema(),
+            **problem_components(types.values(), always=REQUEST_ID_MEMBER),
         },
-        "servers": [{"url": f"https://127.0.0.1:{port}"}],
-        "security": [{"mutualTLS": []}],
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "mutualTLS": {
-                    "type": "mutualTLS",
-                    "description": "A client certificate issued by the federation CA.",
-                }
-            },
-            "schemas": {
-                **model_components([Receipt]),
-                "Readiness": readiness,
-                "OpsSnapshot": _ops_schema(),
-                **problem_components(types.values(), always=REQUEST_ID_MEMBER),
-            },
-        },
-    }
+    )
 
 
 def openapi_route(package: str) -> Callable[[web.Request], Awaitable[web.Response]]:
