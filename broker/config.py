@@ -6,11 +6,15 @@ exists. Every limit is a named, typed setting with its unit in the name or the c
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +27,7 @@ __all__ = [
     "KAFKA_SECURITY_PROTOCOLS",
     "REPO_ROOT",
     "Settings",
+    "WitnessSetting",
     "config_file",
     "read_secret_file",
 ]
@@ -72,6 +77,60 @@ def read_secret_file(field_name: str, path: Path) -> str:
     if not text:
         raise ValueError(f"{_variable(field_name)}: {path} is empty")
     return text
+
+
+_WITNESS_VKEY: Final = re.compile(r"^[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]{44}$")
+_LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "::1")
+
+
+class WitnessSetting(BaseModel):
+    """One witness of the auditor's log: its verifier key and where to submit checkpoints.
+
+    ``vkey`` is its C2SP signed-note verifier key for cosignature/v1 (``name+hex(key id)+
+    base64(0x04 || Ed25519 key)``, as ``cairn witness vkey`` prints it; the auditor checks
+    the key id when it starts); ``url`` is its tlog-witness submission prefix
+    (``<url>/add-checkpoint``), https, or http to the loopback only.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vkey: str = Field(max_length=200)
+    url: str = Field(max_length=2000)
+
+    @field_validator("vkey")
+    @classmethod
+    def _vkey(cls, value: str) -> str:
+        material = value.split("+", 2)[-1]
+        if _WITNESS_VKEY.fullmatch(value) is None or not _cosigner_material(material):
+            raise ValueError(
+                "a witness vkey is name+hex(key id)+base64(0x04 || key), as 'cairn witness "
+                "vkey' prints it"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parsed = urlsplit(value)
+        loopback = parsed.scheme == "http" and parsed.hostname in _LOOPBACK_HOSTS
+        if not (parsed.scheme == "https" or loopback) or not parsed.hostname:
+            raise ValueError("a witness url is https://host[:port][/prefix] (http: loopback only)")
+        if parsed.query or parsed.fragment:
+            raise ValueError("a witness url is a prefix: no query or fragment")
+        return value
+
+    @property
+    def name(self) -> str:
+        """The witness's name (its cosignature lines carry it)."""
+        return self.vkey.split("+", 1)[0]
+
+
+def _cosigner_material(text: str) -> bool:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == 33 and raw[0] == 0x04 and base64.b64encode(raw).decode() == text
 
 
 def config_file() -> Path | None:
@@ -199,6 +258,25 @@ class Settings(BaseSettings):
     auditor_http_port: int = Field(default=8444, ge=0, le=65535)
     checkpoint_every_entries: int = Field(default=1000, ge=1)  # leaves between checkpoints
     checkpoint_every_s: float = Field(default=10.0, gt=0)  # seconds between checkpoints
+    # Witnesses (issue 17): C2SP tlog-witness servers the auditor submits each checkpoint to
+    auditor_witnesses: tuple[WitnessSetting, ...] = Field(
+        default=(),
+        max_length=16,
+        description="The witnesses that cosign the auditor's checkpoints, each its "
+        "cosignature/v1 verifier key and submission URL; in the environment a JSON list, "
+        '[{"vkey": "...", "url": "https://..."}] [default: none, checkpoints are not cosigned]',
+    )
+    auditor_witness_quorum: int = Field(
+        default=1, ge=1, le=16
+    )  # witnesses whose cosignatures make a checkpoint witnessed (below it: a warning)
+    auditor_witness_timeout_s: float = Field(
+        default=5.0, gt=0, le=120
+    )  # seconds for each request to a witness; a witness down costs at most twice this
+    auditor_witness_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that issued the witnesses' TLS certificates "
+        "[default: the system's trust store]",
+    )
 
     # Delivery deadlines (Operation Encompass: the start of the next school day, from the policy)
     deadline_marac_s: int = Field(default=86_400, ge=1)  # seconds to acknowledge MARAC
@@ -493,6 +571,24 @@ class Settings(BaseSettings):
                 f"max_signature_age_s plus max_clock_skew_s ({usable}): a referral id forgotten "
                 "while its signature is still accepted could be replayed"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _witnesses_hang_together(self) -> Settings:
+        witnesses = self.auditor_witnesses
+        for what, values in (
+            ("name", [w.name for w in witnesses]),
+            ("url", [w.url.rstrip("/") for w in witnesses]),
+        ):
+            if len(values) != len(set(values)):
+                raise ValueError(f"CAIRN_AUDITOR_WITNESSES: two witnesses have the same {what}")
+        if witnesses and self.auditor_witness_quorum > len(witnesses):
+            raise ValueError(
+                f"auditor_witness_quorum ({self.auditor_witness_quorum}) is more than the "
+                f"{len(witnesses)} witnesses configured: no checkpoint could reach it"
+            )
+        if self.auditor_witness_ca_file is not None:
+            _readable("auditor_witness_ca_file", self.auditor_witness_ca_file)
         return self
 
     @property
