@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,7 +43,7 @@ from schemas.errors import (
 from schemas.federation import Federation
 from schemas.receipt import Receipt, RecipientReceipt, RecipientStatus
 from schemas.referral import Referral
-from schemas.submission import check_not_future, decode_submission
+from schemas.submission import check_not_future, decode_submission, submission_digest
 
 __all__ = ["Outcome", "Pipeline"]
 
@@ -116,7 +115,9 @@ class Pipeline:
         #   whether it is new, published (an identical resubmission gets its first receipt),
         #   being published by another broker (wait for it), or left unsettled by a broker that
         #   died or lost Kafka's answer (settle it against Kafka's ledger, broker.kafka.ledger).
-        digest = hashlib.sha256(payload).hexdigest()
+        #   "Identical" is the content (schemas.submission.submission_digest), never the JWS:
+        #   the same referral signed again later (another iat, another signature) is a retry.
+        digest = submission_digest(message)
         lock, users = self._locks.get(referral_id, (asyncio.Lock(), 0))
         self._locks[referral_id] = (lock, users + 1)
         try:
@@ -345,7 +346,7 @@ class _Submission:
     registry: Registry
     request_id: str
     now: datetime
-    digest: str  # sha256 of the signed referral's payload
+    digest: str  # schemas.submission.submission_digest: the message's content, not its JWS
 
     @property
     def referral_id(self) -> str:
@@ -353,9 +354,17 @@ class _Submission:
 
 
 def _reused(referral_id: str) -> ReplayError:
+    # Said to an integrator whose system re-sent an id it sent before: the usual cause is a
+    # source record changed since, or content built from the clock. A new id would make a
+    # second referral about the same incident, so the message never advises one.
     return ReplayError(
-        f"referral id {referral_id} was already used for a different "
-        "referral; give a new referral a new id"
+        f"referral id {referral_id} was accepted before with different content, and one id "
+        "cannot carry two versions of a referral; nothing was sent now. If this is a resend of "
+        "that referral, it must carry exactly what was first sent: check whether the source "
+        "record (or what your system builds from it, such as a time of sending) has changed "
+        "since, and tell the recipients of a correction through the partnership's agreed "
+        "contact. If it is another referral, your system has given it an id already used: "
+        "check how it makes ids"
     )
 
 

@@ -4,6 +4,11 @@ The two travel to the same broker, so an ingest endpoint that takes both decodes
 ``Submission``. The kind is told by the body's shape (a notification has ``content``, a referral
 has ``victim``), so neither message needs a field that exists only to say what it is.
 
+What makes two submissions *the same* message is their content, ``submission_digest``: the
+validated message in RFC 8785 canonical form, so a sender that signs the same referral again (a
+new JWS ``iat``, a new signature, its JSON written in another key order) is recognised as
+resubmitting it, and one that changes any field under the same id is not.
+
 What every submission names, whatever its kind, is read here too: its recipients, the legal
 footing it claims (``lawful_basis_of``) and the field groups it fills in (``groups_carried``).
 
@@ -15,9 +20,11 @@ refused.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Final
 
+import rfc8785
 from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
 from schemas.consent import (
@@ -44,6 +51,7 @@ __all__ = [
     "groups_carried",
     "lawful_basis_of",
     "recipients_of",
+    "submission_digest",
 ]
 
 Message = Referral | EncompassNotification
@@ -97,6 +105,21 @@ def decode_submission(
             "fix the named fields and submit again",
             problems,
         ) from None
+
+
+def submission_digest(message: Message) -> str:
+    """SHA-256 (hex) of ``message``'s content: what the broker's idempotency by id compares.
+
+    The content is the validated model as JSON (``model_dump(mode="json")``: every field, an
+    optional one left out the same as given as its default) in RFC 8785 canonical form (sorted
+    keys, no white space, one spelling per string), so it is what the message says and not how
+    its JSON was written. The signature and its protected header (``iat``, ``kid``) are not part
+    of it: signing the same referral again later is the same referral. Times are compared as
+    written with their offset (``09:00Z`` and ``10:00+01:00`` are different content, since the
+    recipient would be shown different text).
+    """
+    content = rfc8785.dumps(message.model_dump(mode="json"))
+    return hashlib.sha256(content).hexdigest()
 
 
 # The furthest-ahead time zone: a date has begun somewhere once UTC+14 has reached it.

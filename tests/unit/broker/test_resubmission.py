@@ -1,0 +1,79 @@
+"""A resubmitted referral is recognised by its content, not by its signature or its JSON spelling.
+
+The broker's idempotency compares ``schemas.submission.submission_digest``: the same referral
+signed again later, or written with another key order, white space or its defaults spelled out,
+gets the first receipt and sends nothing; the same id with any field changed is a 409 that says
+what is not allowed and what to check, and never advises a new id.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from schemas.submission import decode_submission, submission_digest
+from tests.samples import sample
+from tests.unit.conftest import Broker, assert_refused, captured_logs
+
+
+def respelled(data: dict[str, Any]) -> bytes:
+    """The same referral as another system might write it: keys sorted, indented, defaults
+    given explicitly."""
+    again = json.loads(json.dumps(data))
+    again["header"].setdefault("marac_reference", None)
+    again["header"].setdefault("classification", "OFFICIAL-SENSITIVE")
+    return json.dumps(again, sort_keys=True, indent=3).encode()
+
+
+def test_digest_is_the_content_whatever_the_spelling() -> None:
+    """Key order, white space and a default spelled out do not change the digest; a field does."""
+    data = sample()
+    plain = decode_submission(json.dumps(data).encode())
+    assert submission_digest(decode_submission(respelled(data))) == submission_digest(plain)
+    changed = json.loads(json.dumps(data))
+    changed["incident"]["location"] = "elsewhere"
+    assert submission_digest(decode_submission(json.dumps(changed).encode())) != (
+        submission_digest(plain)
+    )
+
+
+async def test_the_same_referral_signed_later_and_spelled_otherwise_is_a_resubmission(
+    broker: Broker,
+) -> None:
+    """Signed a minute later (another iat) with its JSON respelled: 200, the first receipt, and
+    nothing published."""
+    data = sample()
+    first = await broker.submit("kelder-police", data)
+    assert first.status == 202
+    published = broker.transport.published
+    later = broker.clock() + timedelta(minutes=1)
+    token = broker.sign("kelder-police", respelled(data), clock=lambda: later)
+    again = await broker.post("kelder-police", token)
+    assert again.status == 200
+    assert again.body == first.body
+    assert broker.transport.published == published
+
+
+async def test_same_id_other_content_is_refused_without_advising_a_new_id(
+    broker: Broker,
+) -> None:
+    """One field changed under a used id: 409 replay-conflict, logged as refused, nothing sent;
+    the text says the id cannot carry other content and to check the source record, never to
+    mint a new id, and repeats no value of the referral."""
+    first = sample()
+    assert (await broker.submit("kelder-police", first)).status == 202
+    published = broker.transport.published
+    second = sample()
+    second["header"]["referral_id"] = first["header"]["referral_id"]
+    second["incident"]["summary"] = "A summary edited in the source system after sending."
+    with captured_logs() as logs:
+        reply = await broker.submit("kelder-police", second)
+    assert_refused(reply, logs, status=409, problem="replay-conflict", referral=second)
+    assert broker.transport.published == published
+    detail = reply.body["detail"]
+    assert "different content" in detail
+    assert "source record" in detail
+    assert "new id" not in detail
+    assert reply.body["title"] == "Referral id already used with other content"
+    assert "edited in the source" not in json.dumps(reply.body)
