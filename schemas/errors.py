@@ -145,7 +145,7 @@ class SenderMismatch(AuthenticationError):
 
 
 class ReplayError(InputError):
-    """A referral id was used before for a different referral."""
+    """A referral id was accepted before with other content (the same id, a different message)."""
 
 
 class VerificationError(InputError):

@@ -72,7 +72,7 @@ PROBLEM_TYPES: tuple[tuple[type[CairnError], int, str, str], ...] = (
     (UnknownSender, 403, "unknown-sender", "The sending agency is not in the registry"),
     (SenderMismatch, 403, "sender-mismatch", "Sender does not match the TLS identity"),
     (AuthenticationError, 403, "unauthenticated", "The sender is not authenticated"),
-    (ReplayError, 409, "replay-conflict", "Referral id already used for another referral"),
+    (ReplayError, 409, "replay-conflict", "Referral id already used with other content"),
     (UnknownAgency, 422, "unknown-agency", "Agency not in the federation"),
     (PolicyRefusal, 422, "policy-refusal", "No lawful basis to share this referral"),
     (SchemaError, 422, "invalid-referral", "The referral is not valid"),
