@@ -5,7 +5,9 @@ psycopg 3 with a small connection pool, the same SQL as SQLite (``gateway.store`
 one transaction. ``put`` takes a transaction-scoped advisory lock first, so disclosures commit
 in the order of their ``seq`` and a client paging with a cursor never skips one that commits
 late. Every failure becomes ``StateUnavailable`` naming the database as user@host:port/db,
-never its password (``broker.state.postgres.describe_url``).
+never its password (``broker.state.postgres.describe_url``). Opening a database an older
+version made adds the columns it lacks (``gateway.store.ADDED_COLUMNS``, under the same
+advisory lock as the schema).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import psycopg
 import psycopg_pool
 
 from broker.state.postgres import describe_url
-from gateway.store import SCHEMA, SqlGatewayStore, Tx
+from gateway.store import ADDED_COLUMNS, SCHEMA, SqlGatewayStore, Tx
 from schemas.errors import StateUnavailable
 
 __all__ = ["PostgresGatewayStore"]
@@ -76,6 +78,8 @@ class PostgresGatewayStore(SqlGatewayStore):
                     tx.run(
                         statement.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
                     )
+                for table, column, kind in ADDED_COLUMNS:  # a database an older version made
+                    tx.run(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
             self._transaction(schema, serial=True)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:

@@ -2,7 +2,8 @@
 
 One connection, used by one worker thread at a time (a lock), each call one ``BEGIN
 IMMEDIATE`` transaction; WAL and ``synchronous=FULL``, so a stored disclosure is on disk before
-its Kafka offset is committed. The file holds what the agency received, in the clear: it is
+its Kafka offset is committed. Opening a file an older version made adds the columns it lacks
+(``gateway.store.ADDED_COLUMNS``). The file holds what the agency received, in the clear: it is
 created 0600 in a 0700 folder, on the agency's own machine.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.store import SCHEMA, SqlGatewayStore, Tx
+from gateway.store import ADDED_COLUMNS, SCHEMA, SqlGatewayStore, Tx
 from schemas.errors import StateUnavailable
 
 __all__ = ["SqliteGatewayStore"]
@@ -61,6 +62,10 @@ class SqliteGatewayStore(SqlGatewayStore):
             conn.execute("BEGIN IMMEDIATE")
             for statement in SCHEMA:
                 conn.execute(statement.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+            for table, column, kind in ADDED_COLUMNS:  # a file an older version created
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             conn.execute("COMMIT")
         except (OSError, sqlite3.Error) as exc:
             raise StateUnavailable(

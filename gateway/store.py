@@ -22,8 +22,12 @@ What it keeps, per agency:
   "actioned" after "read" is kept here only.
 - ``webhooks``: one job per disclosure when webhooks are on, created with it: attempts, the next
   attempt, delivered or given up. Marked delivered only when the receiver answered 2xx.
-- ``signed``: the broker's compact JWS of each disclosure, as it came out of the JWE (the origin
-  signature an NHS trust's MESH message carries as its Provenance); deleted with the disclosure.
+- ``signed``: the disclosure exactly as delivered, for evidence (``cairn evidence``,
+  docs/evidence.md): the broker's compact JWS as it came out of the JWE (the origin signature an
+  NHS trust's MESH message carries as its Provenance), the compact JWE bytes of the Kafka record
+  it was opened from, and the signed acknowledgement receipt (compact JWS) this agency sent the
+  broker as its first acknowledgement (the outbox's copy is only kept until sent). Deleted with
+  the disclosure: the JWE is ciphertext, but still the agency's record of it.
 - ``mesh``: one job per referral when the trust's MESH delivery is on (``adapters.nhs.mesh``),
   created with it: attempts, the next attempt, when an attempt began (its outcome not yet
   known), the MESH message id once MESH took it, when MESH said the trust acknowledged it, or
@@ -54,6 +58,7 @@ __all__ = [
     "NOTE_MAX_CHARS",
     "Action",
     "Cursor",
+    "Delivered",
     "GatewayStore",
     "MeshJob",
     "NewDisclosure",
@@ -132,6 +137,18 @@ class NewDisclosure:
     delete_after: datetime | None  # None: the retention does not start at receipt
     source: str  # topic:partition:offset it came from (no personal data)
     signed: str = ""  # the broker's compact JWS it was opened from ("" if not known)
+    delivered: str = ""  # the compact JWE of the Kafka record, as delivered ("" if not known)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What a recipient can show of one disclosure (``cairn evidence``): the compact JWE it
+    received, the broker's JWS inside it, and its own signed first acknowledgement, each as the
+    exact compact serialization (None where the store does not have it)."""
+
+    jwe: str | None
+    jws: str | None
+    ack: str | None
 
 
 @dataclass(frozen=True)
@@ -236,6 +253,11 @@ class GatewayStore(Protocol):
         """The broker's JWS a stored disclosure was opened from, if the store has it."""
         ...
 
+    async def delivered(self, referral_id: UUID) -> Delivered | None:
+        """The JWE, JWS and signed acknowledgement kept of a stored disclosure; None if it is
+        not stored (or was deleted)."""
+        ...
+
     async def get(self, referral_id: UUID) -> Stored | None: ...
 
     async def page(self, after: int, limit: int, *, unacknowledged: bool = False) -> Page:
@@ -255,9 +277,9 @@ class GatewayStore(Protocol):
         *,
         action: Action | None = None,
     ) -> bool:
-        """Record the first acknowledgement and queue its signed receipt (and, if a person
-        gave it, their ``action``); False (nothing changed) if it was acknowledged already or
-        is not stored."""
+        """Record the first acknowledgement, queue its signed receipt and keep a copy of it
+        (``delivered``), and, if a person gave it, their ``action``; False (nothing changed) if
+        it was acknowledged already or is not stored."""
         ...
 
     async def add_action(self, referral_id: UUID, action: Action) -> bool:
@@ -423,11 +445,11 @@ class SqlGatewayStore(abc.ABC):
                     "VALUES (?, 0, ?, ?) ON CONFLICT (referral_id) DO NOTHING",
                     (rid, now, now),
                 )
-            if added and new.signed:
+            if added and (new.signed or new.delivered):
                 tx.run(
-                    "INSERT INTO gw_signed (referral_id, jws) VALUES (?, ?) "
+                    "INSERT INTO gw_signed (referral_id, jws, jwe) VALUES (?, ?, ?) "
                     "ON CONFLICT (referral_id) DO NOTHING",
-                    (rid, new.signed),
+                    (rid, new.signed, new.delivered or None),
                 )
             if added and mesh:
                 tx.run(
@@ -445,7 +467,21 @@ class SqlGatewayStore(abc.ABC):
                 "SELECT jws FROM gw_signed WHERE referral_id = ?", (str(referral_id),)
             )
         )
-        return str(rows[0][0]) if rows else None
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
+    async def delivered(self, referral_id: UUID) -> Delivered | None:
+        rid = str(referral_id)
+
+        def work(tx: Tx) -> Delivered | None:
+            if not tx.run("SELECT 1 FROM gw_disclosures WHERE referral_id = ?", (rid,)):
+                return None
+            rows = tx.run("SELECT jwe, jws, ack FROM gw_signed WHERE referral_id = ?", (rid,))
+            if not rows:
+                return Delivered(None, None, None)
+            jwe, jws, ack = rows[0]
+            return Delivered(jwe or None, jws or None, ack or None)
+
+        return await self._do(work)
 
     async def get(self, referral_id: UUID) -> Stored | None:
         rows = await self._do(
@@ -498,6 +534,13 @@ class SqlGatewayStore(abc.ABC):
             )
             if changed:
                 self._queue(tx, rid, "acknowledged", token, at)
+                # The outbox marks it sent and may be cleared; the evidence keeps this copy.
+                tx.run(
+                    "INSERT INTO gw_signed (referral_id, jws, ack) VALUES (?, '', ?) "
+                    "ON CONFLICT (referral_id) DO UPDATE SET ack = excluded.ack "
+                    "WHERE gw_signed.ack IS NULL",
+                    (rid, token.decode("ascii")),
+                )
                 if action is not None:
                     self._act(tx, rid, action)
             return changed > 0
@@ -808,7 +851,9 @@ SCHEMA: Final = (
     )""",
     """CREATE TABLE IF NOT EXISTS gw_signed (
         referral_id TEXT PRIMARY KEY,
-        jws         TEXT NOT NULL
+        jws         TEXT NOT NULL,
+        jwe         TEXT,
+        ack         TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS gw_mesh (
         referral_id TEXT PRIMARY KEY,
@@ -822,4 +867,13 @@ SCHEMA: Final = (
         given_up_us BIGINT,
         last_error  TEXT
     )""",
+)
+
+
+#: Columns added after a table was first created: (table, column, type). A store opening an
+#: older database adds each one it lacks (``ALTER TABLE ... ADD COLUMN``, nullable, so every
+#: existing row stays valid: a disclosure stored before has no JWE or acknowledgement copy).
+ADDED_COLUMNS: Final = (
+    ("gw_signed", "jwe", "TEXT"),
+    ("gw_signed", "ack", "TEXT"),
 )

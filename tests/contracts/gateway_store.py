@@ -5,6 +5,7 @@ same database, so two instances stand for two gateway processes (or one restarte
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -181,6 +182,41 @@ async def a_persons_read_then_actioned_is_kept_with_its_note(open_store: StoreFa
         assert await store.actions(rid(1)) == ()
 
 
+async def the_disclosure_as_delivered_and_the_signed_ack_are_kept_until_deleted(
+    open_store: StoreFactory,
+) -> None:
+    """The JWE as delivered, the JWS inside it and the first signed acknowledgement (a copy:
+    the outbox's goes once sent), read by another process; deleting the disclosure deletes
+    every copy, and a redelivery brings none back."""
+    kept = replace(new(1), signed="h.jws.s", delivered="h.k.i.c.t")
+    async with stores(open_store, 2) as (store, other):
+        assert await store.put(kept, webhook=False) is True
+        assert await store.put(new(2), webhook=False) is True  # nothing known of its envelope
+        got = await other.delivered(rid(1))
+        assert got is not None
+        assert (got.jwe, got.jws, got.ack) == ("h.k.i.c.t", "h.jws.s", None)
+        assert await other.signed(rid(1)) == "h.jws.s"
+        assert await store.acknowledge(rid(1), "filed", T0, b"ack.first.1") is True
+        assert await store.acknowledge(rid(1), "read", T0, b"ack.later.2") is False
+        assert await store.acknowledge(rid(2), "filed", T0, b"ack.two.2") is True
+        (first, second) = await store.pending_receipts(10)
+        await store.receipts_sent([first.id, second.id], T0)
+        got = await other.delivered(rid(1))
+        assert got is not None
+        assert (got.jwe, got.jws, got.ack) == ("h.k.i.c.t", "h.jws.s", "ack.first.1")
+        two = await other.delivered(rid(2))
+        assert two is not None
+        assert (two.jwe, two.jws, two.ack) == (None, None, "ack.two.2")
+        assert await other.signed(rid(2)) is None
+        assert await other.delivered(rid(9)) is None
+        for n in (1, 2):
+            assert await store.delete(rid(n), T0, "retention-expired", b"del.et.e") is True
+            assert await other.delivered(rid(n)) is None
+            assert await other.signed(rid(n)) is None
+        assert await store.put(kept, webhook=False) is False
+        assert await other.delivered(rid(1)) is None
+
+
 def cursors_are_opaque_and_checked() -> None:
     for seq in (0, 1, 2**40):
         assert decode_cursor(encode_cursor(seq)) == seq
@@ -198,4 +234,35 @@ CHECKS = (
     a_deleted_disclosure_is_gone_and_never_comes_back,
     search_finds_text_in_what_was_received,
     webhook_jobs_are_retried_until_delivered_across_restarts,
+    the_disclosure_as_delivered_and_the_signed_ack_are_kept_until_deleted,
 )
+
+#: The ``gw_signed`` table as versions before the JWE and acknowledgement copies made it: a
+#: store opening such a database adds the columns and keeps the rows (each backend's test
+#: creates it in its own database, then runs ``an_older_database_is_upgraded``).
+OLD_SIGNED_TABLE = "CREATE TABLE gw_signed (referral_id TEXT PRIMARY KEY, jws TEXT NOT NULL)"
+OLD_SIGNED_ROW = ("INSERT INTO gw_signed (referral_id, jws) VALUES (?, ?)", (str(rid(1)), "o.l.d"))
+
+
+async def an_older_database_is_upgraded(open_store: StoreFactory) -> None:
+    """After ``OLD_SIGNED_TABLE`` and ``OLD_SIGNED_ROW``: the old row reads as before, with no
+    JWE or acknowledgement copy, and new disclosures keep theirs."""
+    async with stores(open_store) as (store,):
+        await store.put(new(1), webhook=False)  # its gw_signed row is the old one
+        assert await store.signed(rid(1)) == "o.l.d"
+        old = await store.delivered(rid(1))
+        assert old is not None
+        assert (old.jwe, old.jws, old.ack) == (None, "o.l.d", None)
+        assert await store.acknowledge(rid(1), "filed", T0, b"ack.old.1") is True
+        old = await store.delivered(rid(1))
+        assert old is not None
+        assert old.ack == "ack.old.1"
+        kept = replace(new(2), signed="n.e.w", delivered="a.b.c.d.e")
+        await store.put(kept, webhook=False)
+        fresh = await store.delivered(rid(2))
+        assert fresh is not None
+        assert (fresh.jwe, fresh.jws) == ("a.b.c.d.e", "n.e.w")
+    async with stores(open_store) as (again,):  # opening an upgraded database changes nothing
+        again_old = await again.delivered(rid(1))
+        assert again_old is not None
+        assert again_old.ack == "ack.old.1"

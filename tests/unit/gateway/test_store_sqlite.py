@@ -4,6 +4,7 @@ tests/integration/test_gateway_store_postgres.py)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,3 +35,13 @@ async def test_the_store_file_is_private(tmp_path: Path) -> None:
     await store.close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+async def test_an_older_store_file_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "gateway" / "old.sqlite"
+    path.parent.mkdir(mode=0o700)
+    with sqlite3.connect(path) as conn:
+        conn.execute(contract.OLD_SIGNED_TABLE)
+        conn.execute(*contract.OLD_SIGNED_ROW)
+    conn.close()
+    await contract.an_older_database_is_upgraded(lambda: SqliteGatewayStore(path))
