@@ -15,9 +15,13 @@ standard tools alone (docs/evidence.md):
     recipient's ``cairn.deliver`` topic, as ASCII.
 ``jws`` (optional)
     The broker-signed disclosure the recipient decrypted from it (compact JWS).
+``ack`` (optional)
+    The recipient's signed acknowledgement receipt (compact JWS, ``typ`` ``cairn-ack+jws``) as
+    its gateway sent it to the broker, kept by the gateway (``gateway.store.Delivered``).
 ``disclosed``, ``acknowledged`` (optional)
     Each ``{"event": <the event's RFC 8785 canonical bytes as UTF-8 text>,
-    "proof": <its c2sp.org/tlog-proof@v1 text>}``.
+    "proof": <its c2sp.org/tlog-proof@v1 text>}``. The proof's checkpoint is the cosigned one
+    (C2SP tlog-cosignature lines after the log's signature) when the log has it.
 
 ``verify(pack, root_public_key)`` needs nothing but the pack and the federation root's public
 key. What it proves, when it passes: the root signed a registry naming the auditor's keys; an
@@ -26,8 +30,12 @@ under that checkpoint (RFC 9162 §2.1.3.2); the event's ``disclosure_digest`` is
 the JWE in the pack, so that ciphertext, and no other, is the one the event records as sent to
 the recipient. With ``jws``: a broker key the registry trusted when the event happened signed
 a disclosure of the same referral to the same recipient (that it is the JWE's plaintext is
-something only the recipient's private key can show). With ``acknowledged``: the recipient's
-acknowledgement of the same referral is in the log too.
+something only the recipient's private key can show). With ``ack``: the recipient, with a key
+the registry lists for it, signed an acknowledgement of the same referral. With
+``acknowledged``: the recipient's acknowledgement of the same referral is in the log too (of
+the same status as ``ack``, when both are there). Cosignatures on the checkpoint by witnesses
+the registry lists (role ``witness``, cosignature/v1) are verified and counted; a checkpoint no
+listed witness cosigned still verifies, and the report says it is not cosigned.
 
 Pure: no files, network or clock (the caller reads the log and the JWE).
 """
@@ -37,16 +45,19 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
+from broker.audit.cosign import Cosignature, CosignerVerifier, verify_cosignatures
 from broker.audit.merkle import InvalidProof, leaf_hash, verify_inclusion
 from broker.audit.proofs import TlogProof, parse_tlog_proof, tlog_proof
-from keys.envelope import DISCLOSURE_TYP
-from keys.jose import verify_compact
+from keys.envelope import ACK_TYP, DISCLOSURE_TYP
+from keys.errors import Reason
+from keys.jose import MAX_TOKEN_BYTES, read_header, verify_compact
 from keys.registry import (
     AUDITOR_ID,
     BROKER_ID,
@@ -57,20 +68,26 @@ from keys.registry import (
 )
 from schemas.audit import AuditEvent, AuditEventType, disclosure_digest_of
 from schemas.errors import SchemaError, VerificationError
+from schemas.receipt import Acknowledgement
 
 __all__ = [
     "EVIDENCE_FORMAT",
     "MAX_PACK_BYTES",
+    "WITNESS_ROLE",
     "EvidenceError",
     "EvidenceReport",
     "Tampered",
     "build_pack",
     "logged",
+    "registry_witnesses",
     "verify_pack",
 ]
 
 EVIDENCE_FORMAT: Final = "cairn-evidence/1"
 MAX_PACK_BYTES: Final = 4 * 1024 * 1024
+#: The registry role of a witness whose cosignatures (cosignature/v1) a pack's checkpoint may
+#: carry (keys.registry.ServiceRole once the registry lists witnesses).
+WITNESS_ROLE: Final = "witness"
 
 
 class Tampered(StrEnum):
@@ -81,7 +98,10 @@ class Tampered(StrEnum):
     CHECKPOINT = "checkpoint"  # the checkpoint is not signed by an auditor key, or wrong origin
     PROOF = "proof"  # the tlog-proof is malformed, or its path does not lead to the checkpoint
     EVENT = "event"  # an event is not a canonical audit event of the type and referral claimed
-    DISCLOSURE = "disclosure"  # the JWE (or JWS) is not the one the disclosed event records
+    DISCLOSURE = "disclosure"  # the JWE is not the one the disclosed event records
+    JWS = "jws"  # the JWS is not a disclosure of that referral to that recipient the broker signed
+    ACKNOWLEDGEMENT = "acknowledgement"  # the ack is not the recipient's signed ack of it
+    COSIGNATURE = "cosignature"  # a cosignature by a witness the registry lists does not verify
 
 
 class EvidenceError(VerificationError):
@@ -103,7 +123,9 @@ class EvidenceReport:
     log_index: int
     checkpoint_size: int
     jws_checked: bool
-    acknowledged: str | None  # the acknowledgement status, when the pack has one
+    acknowledged: str | None  # the logged acknowledgement's status, when the pack has one
+    ack_checked: str | None  # the signed acknowledgement's status, when the pack has one
+    cosigned_by: tuple[str, ...]  # the witnesses (registry names) that cosigned the checkpoint
     statement: tuple[str, ...]
 
 
@@ -122,6 +144,7 @@ def build_pack(
     jwe: bytes,
     disclosed: dict[str, str],
     jws: bytes | None = None,
+    ack: bytes | None = None,
     acknowledged: dict[str, str] | None = None,
 ) -> bytes:
     """The ``cairn-evidence/1`` document (UTF-8 JSON, sorted keys, a final newline)."""
@@ -134,6 +157,8 @@ def build_pack(
     }
     if jws is not None:
         pack["jws"] = jws.decode("ascii").strip()
+    if ack is not None:
+        pack["ack"] = ack.decode("ascii").strip()
     if acknowledged is not None:
         pack["acknowledged"] = acknowledged
     return (json.dumps(pack, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
@@ -161,6 +186,48 @@ def _auditor_verifiers(registry: Registry, origin: str) -> list[NoteVerifier]:
     if not found:
         raise EvidenceError(Tampered.REGISTRY, f"the registry lists no key for {AUDITOR_ID}")
     return found
+
+
+def registry_witnesses(registry: Registry) -> list[CosignerVerifier]:
+    """The witnesses the registry lists (role ``witness``): a cosignature/v1 verifier for each
+    signing key not revoked, named by the key's (or member's) ``vkey`` when the registry gives
+    one, else by the member id. None listed: an empty list (a checkpoint cannot be cosigned)."""
+    found: list[CosignerVerifier] = []
+    for member in registry.members:
+        if str(getattr(member.role, "value", member.role)) != WITNESS_ROLE:
+            continue
+        for k in member.keys:
+            if k.use is not KeyUse.SIGNING or k.status is KeyStatus.REVOKED:
+                continue
+            vkey = getattr(k, "vkey", None) or getattr(member, "vkey", None)
+            try:
+                if isinstance(vkey, str):
+                    found.append(CosignerVerifier.from_vkey(vkey))
+                    continue
+            except VerificationError as exc:
+                raise EvidenceError(
+                    Tampered.REGISTRY, f"the registry's witness {member.id} has a bad vkey ({exc})"
+                ) from None
+            public = k.jwk.public_key()
+            if isinstance(public, Ed25519PublicKey):
+                found.append(CosignerVerifier(member.id, public))
+    return found
+
+
+def _cosigned(note: bytes, witnesses: list[CosignerVerifier], name: str) -> list[Cosignature]:
+    """The verified cosignatures on the checkpoint of ``name``'s proof by listed witnesses."""
+    if not witnesses:
+        return []
+    try:
+        return verify_cosignatures(note, witnesses)
+    except VerificationError as exc:
+        if getattr(exc, "reason", None) is Reason.UNKNOWN_KEY:
+            return []  # no listed witness cosigned it: not cosigned, not tampered
+        raise EvidenceError(
+            Tampered.COSIGNATURE,
+            f"a witness cosignature on the checkpoint of the {name} event's proof does not "
+            f"verify ({exc})",
+        ) from None
 
 
 def _proven(
@@ -212,6 +279,7 @@ def verify_pack(pack: bytes, root_public_key: Ed25519PublicKey) -> EvidenceRepor
         raise EvidenceError(Tampered.MALFORMED, f"the format is not {EVIDENCE_FORMAT}")
     origin, registry_jws, jwe = _text(doc, "origin"), _text(doc, "registry"), _text(doc, "jwe")
     jws = _text(doc, "jws") if doc.get("jws") is not None else None
+    ack_jws = _text(doc, "ack") if doc.get("ack") is not None else None
     # 1. The registry, signed by the federation root: the trust anchor for every key below.
     try:
         registry = verify_registry_signature(registry_jws.encode("ascii"), root_public_key)
@@ -220,8 +288,11 @@ def verify_pack(pack: bytes, root_public_key: Ed25519PublicKey) -> EvidenceRepor
             Tampered.REGISTRY, f"the registry is not signed by this federation root ({exc})"
         ) from None
     verifiers = _auditor_verifiers(registry, origin)
-    # 2. The disclosed event, in the log under a checkpoint an auditor key signed.
+    witnesses = registry_witnesses(registry)
+    # 2. The disclosed event, in the log under a checkpoint an auditor key signed, and the
+    #    cosignatures on it by the witnesses the registry lists (C2SP tlog-cosignature).
     event, proof, checkpoint = _proven(doc.get("disclosed"), "disclosed", verifiers, origin)
+    cosigned = _cosigned(proof.checkpoint, witnesses, "disclosed")
     if event.type is not AuditEventType.DISCLOSED or event.recipient is None:
         raise EvidenceError(Tampered.EVENT, "the disclosed part holds no 'disclosed' event")
     if event.disclosure_digest is None:
@@ -237,10 +308,13 @@ def verify_pack(pack: bytes, root_public_key: Ed25519PublicKey) -> EvidenceRepor
     # 4. Optionally the decrypted JWS: a broker key trusted when the event happened signed it.
     if jws is not None:
         _check_jws(jws, registry, event)
-    # 5. Optionally the acknowledgement of the same disclosure, in the log too.
+    # 5. Optionally the recipient's signed acknowledgement: its key, this referral.
+    signed_status = _check_ack(ack_jws, registry, event) if ack_jws is not None else None
+    # 6. Optionally the acknowledgement of the same disclosure, in the log too.
     ack_status = None
     if doc.get("acknowledged") is not None:
-        ack, _, _ = _proven(doc["acknowledged"], "acknowledged", verifiers, origin)
+        ack, ack_proof, _ = _proven(doc["acknowledged"], "acknowledged", verifiers, origin)
+        _cosigned(ack_proof.checkpoint, witnesses, "acknowledged")
         same = (ack.message_id, ack.recipient) == (event.message_id, event.recipient)
         if ack.type is not AuditEventType.ACKNOWLEDGED or not same or ack.status is None:
             raise EvidenceError(
@@ -248,12 +322,24 @@ def verify_pack(pack: bytes, root_public_key: Ed25519PublicKey) -> EvidenceRepor
                 "the acknowledged part is not an acknowledgement of this disclosure",
             )
         ack_status = ack.status.value
+        if signed_status is not None and signed_status != ack_status:
+            raise EvidenceError(
+                Tampered.ACKNOWLEDGEMENT,
+                f"the signed acknowledgement says {signed_status}, the logged one {ack_status}",
+            )
     at = event.at.isoformat()
     statement = [
         f"The federation root signed registry serial {registry.serial}, which lists the "
         f"auditor's checkpoint keys and the broker's signing keys.",
         f"An auditor key signed a checkpoint of log {origin} of {checkpoint.size} entries; the "
         f"'disclosed' event is entry {proof.index} of it (RFC 9162 inclusion proof).",
+        (
+            f"{len(cosigned)} witness(es) the registry lists cosigned that checkpoint "
+            f"({', '.join(c.name for c in cosigned)}), so the auditor cannot show another log "
+            "of that size to anyone who checks with them."
+            if cosigned
+            else "That checkpoint is not cosigned by any witness the registry lists."
+        ),
         f"That event records that referral {event.message_id} was disclosed to "
         f"{event.recipient} at {at}, and that the disclosure sent was the JWE with SHA-256 "
         f"{event.disclosure_digest}: the JWE in this pack.",
@@ -263,6 +349,11 @@ def verify_pack(pack: bytes, root_public_key: Ed25519PublicKey) -> EvidenceRepor
             "The JWS in this pack is a disclosure of that referral to that recipient, signed "
             "by a broker key the registry trusted then (only the recipient's key can show "
             "it is the JWE's plaintext)."
+        )
+    if signed_status is not None:
+        statement.append(
+            f"{event.recipient} signed an acknowledgement of that referral ({signed_status}) "
+            "with a key the registry lists for it: the receipt in this pack."
         )
     if ack_status is not None:
         statement.append(
@@ -277,6 +368,8 @@ def verify_pack(pack: bytes, root_public_key: Ed25519PublicKey) -> EvidenceRepor
         checkpoint_size=checkpoint.size,
         jws_checked=jws is not None,
         acknowledged=ack_status,
+        ack_checked=signed_status,
+        cosigned_by=tuple(c.name for c in cosigned),
         statement=tuple(statement),
     )
 
@@ -289,7 +382,7 @@ def _check_jws(jws: str, registry: Registry, event: AuditEvent) -> None:
         payload = verify_compact(jws.encode("ascii"), key_for, typ=DISCLOSURE_TYP)
     except (VerificationError, UnicodeEncodeError) as exc:
         raise EvidenceError(
-            Tampered.DISCLOSURE, f"the JWS is not a disclosure the broker signed ({exc})"
+            Tampered.JWS, f"the JWS is not a disclosure the broker signed ({exc})"
         ) from None
     # Only the ids that bind it to the event are read (schemas/disclosure.py names them).
     try:
@@ -297,9 +390,47 @@ def _check_jws(jws: str, registry: Registry, event: AuditEvent) -> None:
         ids = (str(named["referral_id"]), str(named["recipient_agency"]))
     except (ValueError, KeyError, TypeError):
         raise EvidenceError(
-            Tampered.DISCLOSURE, "the JWS payload is not a disclosure naming its referral"
+            Tampered.JWS, "the JWS payload is not a disclosure naming its referral"
         ) from None
     if ids != (str(event.message_id), event.recipient):
         raise EvidenceError(
-            Tampered.DISCLOSURE, "the JWS discloses another referral or to another recipient"
+            Tampered.JWS, "the JWS discloses another referral or to another recipient"
         )
+
+
+def _check_ack(token: str, registry: Registry, event: AuditEvent) -> str:
+    """The status of the recipient's signed acknowledgement of ``event``'s referral."""
+    recipient = str(event.recipient)
+    try:
+        raw = token.encode("ascii")
+        header = read_header(raw, jwe_token=False, max_bytes=MAX_TOKEN_BYTES)
+        # The key must be one the registry trusted when the recipient signed (its iat, which
+        # the signature covers), else when the disclosure happened.
+        iat = header.get("iat")
+        when = (
+            datetime.fromtimestamp(iat, UTC)
+            if isinstance(iat, int) and 0 <= iat < 2**40
+            else event.at
+        )
+
+        def key_for(kid: str) -> Ed25519PublicKey:
+            return registry.verification_key(recipient, kid, now=when)
+
+        payload = verify_compact(raw, key_for, typ=ACK_TYP)
+    except (VerificationError, UnicodeEncodeError) as exc:
+        raise EvidenceError(
+            Tampered.ACKNOWLEDGEMENT,
+            f"the ack is not an acknowledgement {recipient} signed ({exc})",
+        ) from None
+    try:
+        ack = Acknowledgement.model_validate_json(payload)
+    except ValueError:
+        raise EvidenceError(
+            Tampered.ACKNOWLEDGEMENT, "the signed ack's payload is not an acknowledgement"
+        ) from None
+    if (str(ack.referral_id), ack.agency) != (str(event.message_id), recipient):
+        raise EvidenceError(
+            Tampered.ACKNOWLEDGEMENT,
+            "the signed ack acknowledges another referral, or is another agency's",
+        )
+    return ack.status.value

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from broker.audit import evidence
 from broker.audit.checkpoint import sign_note
+from broker.audit.cosign import CosignerVerifier, add_cosignatures, cosign
 from broker.audit.evidence import (
     EVIDENCE_FORMAT,
     EvidenceError,
@@ -25,7 +27,7 @@ from broker.audit.evidence import (
 )
 from broker.audit.store import AuditLog
 from broker.policy.decide import Decision
-from keys.envelope import DISCLOSURE_TYP, seal_disclosure
+from keys.envelope import DISCLOSURE_TYP, seal_disclosure, sign_ack
 from keys.federation import init_federation, load_signing_key, read_root_key
 from keys.jose import sign_compact
 from keys.jwk import SigningKey
@@ -49,6 +51,7 @@ class World:
     registry_jws: bytes
     broker: SigningKey
     auditor: SigningKey
+    recipient: SigningKey
     log: AuditLog
 
 
@@ -68,6 +71,7 @@ def world(tmp_path: Path, keys: tuple[MemoryStore, Registry]) -> Any:
         registry_jws=store.read(REGISTRY),
         broker=load_signing_key(store, BROKER_ID, PASSPHRASE, registry, now=NOW),
         auditor=load_signing_key(store, AUDITOR_ID, PASSPHRASE, registry, now=NOW),
+        recipient=load_signing_key(store, RECIPIENT, PASSPHRASE, registry, now=NOW),
         log=log,
     )
     log.close()
@@ -85,9 +89,17 @@ class Made:
     pack: bytes
     jwe: bytes
     jws: bytes
+    ack: bytes
 
 
-def make(w: World, *, with_ack: bool = True, with_jws: bool = True) -> Made:
+def make(
+    w: World,
+    *,
+    with_ack: bool = True,
+    with_jws: bool = True,
+    with_signed_ack: bool = True,
+    cosign: Callable[[bytes], bytes] | None = None,
+) -> Made:
     """A disclosure sealed to the recipient, its events logged and checkpointed, the pack."""
     referral = _referral()
     disclosure = {
@@ -106,18 +118,19 @@ def make(w: World, *, with_ack: bool = True, with_jws: bool = True) -> Made:
         at=NOW,
         disclosure_digests={RECIPIENT: disclosure_digest_of(jwe)},
     )
-    ack = acknowledged(
-        Acknowledgement(
-            referral_id=referral.header.referral_id,
-            agency=RECIPIENT,
-            status=AcknowledgementStatus.FILED,
-            acknowledged_at=NOW,
-        ),
-        at=NOW,
+    receipt = Acknowledgement(
+        referral_id=referral.header.referral_id,
+        agency=RECIPIENT,
+        status=AcknowledgementStatus.FILED,
+        acknowledged_at=NOW,
     )
+    signed_ack = sign_ack(receipt.model_dump_json().encode(), w.recipient, issued_at=NOW)
+    ack = acknowledged(receipt, at=NOW)
     canon = [e.canonical() for e in (*events, ack)]
     w.log.append(list(enumerate(canon)))
     note = w.log.sign_checkpoint(w.auditor)
+    if cosign is not None:
+        note = cosign(note)
     disclosed_at = 2  # received, decided, disclosed
     ack_at = len(canon) - 1
     return Made(
@@ -126,6 +139,7 @@ def make(w: World, *, with_ack: bool = True, with_jws: bool = True) -> Made:
             registry_jws=w.registry_jws,
             jwe=jwe,
             jws=jws if with_jws else None,
+            ack=signed_ack if with_signed_ack else None,
             disclosed=logged(canon[disclosed_at], disclosed_at, w.log.inclusion_proof(2), note),
             acknowledged=logged(canon[ack_at], ack_at, w.log.inclusion_proof(ack_at), note)
             if with_ack
@@ -133,6 +147,7 @@ def make(w: World, *, with_ack: bool = True, with_jws: bool = True) -> Made:
         ),
         jwe,
         jws,
+        signed_ack,
     )
 
 
@@ -160,7 +175,11 @@ def test_a_pack_verifies_from_the_root_key_alone_and_says_what_it_proves(world: 
     assert (report.log_index, report.checkpoint_size) == (2, 4)
     assert report.jws_checked
     assert report.acknowledged == "filed"
+    assert report.ack_checked == "filed"
+    assert report.cosigned_by == ()
     words = " ".join(report.statement)
+    assert "not cosigned" in words
+    assert f"{RECIPIENT} signed an acknowledgement" in words
     assert "federation root signed registry" in words
     assert "entry 2" in words
     assert disclosure_digest_of(made.jwe) in words
@@ -168,9 +187,11 @@ def test_a_pack_verifies_from_the_root_key_alone_and_says_what_it_proves(world: 
 
 
 def test_the_optional_parts_may_be_left_out(world: World) -> None:
-    report = verify_pack(make(world, with_ack=False, with_jws=False).pack, world.root)
+    made = make(world, with_ack=False, with_jws=False, with_signed_ack=False)
+    report = verify_pack(made.pack, world.root)
     assert not report.jws_checked
     assert report.acknowledged is None
+    assert report.ack_checked is None
 
 
 def _event_field(name: str, value: str) -> Callable[[dict[str, Any]], None]:
@@ -230,8 +251,16 @@ def _resign_checkpoint(doc: dict[str, Any]) -> None:
         ),
         (
             lambda d: d.update(jws=d["jws"][:-2] + ("AA" if d["jws"][-2:] != "AA" else "BB")),
-            Tampered.DISCLOSURE,
+            Tampered.JWS,
         ),
+        # the JWS swapped for the (validly signed) ack: not a disclosure of the broker's
+        (lambda d: d.update(jws=d["ack"]), Tampered.JWS),
+        # ack: a signature byte altered, or a disclosure JWS given as the ack
+        (
+            lambda d: d.update(ack=d["ack"][:-2] + ("AA" if d["ack"][-2:] != "AA" else "BB")),
+            Tampered.ACKNOWLEDGEMENT,
+        ),
+        (lambda d: d.update(ack=d["jws"]), Tampered.ACKNOWLEDGEMENT),
         # key/registry: a registry byte altered
         (
             lambda d: d.update(
@@ -253,7 +282,10 @@ def _resign_checkpoint(doc: dict[str, Any]) -> None:
         "checkpoint-signer",
         "checkpoint-origin",
         "disclosure-jwe",
-        "disclosure-jws",
+        "jws-bytes",
+        "jws-is-the-ack",
+        "ack-bytes",
+        "ack-is-the-jws",
         "registry-bytes",
         "event-type",
         "format",
@@ -276,6 +308,77 @@ def test_a_registry_signed_by_another_root_is_refused_as_registry(world: World) 
     assert kind_of(pack, world.root) is Tampered.REGISTRY
     # The pack is also refused under a root that is not the federation's.
     assert kind_of(made, other.private_key.public_key()) is Tampered.REGISTRY
+
+
+def test_an_ack_signed_by_another_agency_or_of_another_status_is_refused(
+    world: World, keys: tuple[MemoryStore, Registry]
+) -> None:
+    made = make(world)
+    doc = json.loads(made.pack)
+    referral_id = json.loads(doc["disclosed"]["event"])["message_id"]
+    police = load_signing_key(keys[0], "test-police", PASSPHRASE, keys[1], now=NOW)
+    receipt = Acknowledgement(
+        referral_id=referral_id,
+        agency=RECIPIENT,
+        status=AcknowledgementStatus.FILED,
+        acknowledged_at=NOW,
+    )
+    forged = sign_ack(receipt.model_dump_json().encode(), police, issued_at=NOW)
+    pack = edited(made.pack, lambda d: d.update(ack=forged.decode()))
+    assert kind_of(pack, world.root) is Tampered.ACKNOWLEDGEMENT
+    rejected = receipt.model_copy(
+        update={"status": AcknowledgementStatus.REJECTED, "reasons": ("bad_format",)}
+    )
+    other = sign_ack(rejected.model_dump_json().encode(), world.recipient, issued_at=NOW)
+    pack = edited(made.pack, lambda d: d.update(ack=other.decode()))
+    with pytest.raises(EvidenceError) as info:
+        verify_pack(pack, world.root)
+    assert info.value.kind is Tampered.ACKNOWLEDGEMENT
+    assert "says rejected, the logged one filed" in str(info.value)
+
+
+def _witness(name: str) -> tuple[Ed25519PrivateKey, CosignerVerifier]:
+    key = Ed25519PrivateKey.generate()
+    return key, CosignerVerifier(name, key.public_key())
+
+
+def test_cosignatures_by_the_registrys_witnesses_are_counted_and_checked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint cosigned (C2SP tlog-cosignature) by two listed witnesses: the report names
+    both; an altered cosignature is refused as cosignature; one by a witness the registry does
+    not list is ignored (the pack verifies, not cosigned)."""
+    (k1, w1), (k2, w2) = _witness("witness.one.example"), _witness("witness.two.example")
+    _, stranger = _witness("witness.stranger.example")
+
+    def by(*signers: tuple[Ed25519PrivateKey, str]) -> Callable[[bytes], bytes]:
+        def cosigned(note: bytes) -> bytes:
+            body = note[: note.rfind(b"\n\n") + 1]
+            lines = b"".join(cosign(body, name, key, 1_700_000_000) for key, name in signers)
+            return add_cosignatures(note, lines)
+
+        return cosigned
+
+    monkeypatch.setattr(evidence, "registry_witnesses", lambda _registry: [w1, w2])
+    made = make(world, cosign=by((k1, w1.name), (k2, w2.name)))
+    report = verify_pack(made.pack, world.root)
+    assert report.cosigned_by == (w1.name, w2.name)
+    assert "2 witness(es) the registry lists cosigned that checkpoint" in " ".join(report.statement)
+
+    def flip_cosignature(doc: dict[str, Any]) -> None:
+        proof = doc["disclosed"]["proof"]
+        line = next(x for x in proof.split("\n") if x.startswith("\u2014 " + w2.name))
+        name, blob = line.rsplit(" ", 1)
+        raw = bytearray(base64.b64decode(blob))
+        raw[-1] ^= 1
+        doc["disclosed"]["proof"] = proof.replace(
+            line, f"{name} {base64.b64encode(bytes(raw)).decode()}"
+        )
+
+    assert kind_of(edited(made.pack, flip_cosignature), world.root) is Tampered.COSIGNATURE
+    # Listed: only a witness that did not cosign; the two that did are strangers to it.
+    monkeypatch.setattr(evidence, "registry_witnesses", lambda _registry: [stranger])
+    assert verify_pack(made.pack, world.root).cosigned_by == ()
 
 
 def test_not_json_is_malformed(world: World) -> None:
