@@ -11,6 +11,11 @@ Files, in one folder (``<state_dir>/audit``):
   checkpoint the auditor signed (``broker.audit.checkpoint``), fsynced.
 - ``checkpoint``: the latest signed note alone, replaced atomically (temp file, fsync,
   ``os.replace``), for serving.
+- ``cosigned.log``: the same header, then ``length u32 | CRC-32 u32 | cosigned note`` each
+  time witnesses' cosignatures (C2SP tlog-cosignature) are added to one of the checkpoints:
+  the checkpoint's signed note with the cosignature lines after the log's own, fsynced; the
+  last record for a tree size holds every cosignature collected for it. Made with the first
+  cosignature; a log without witnesses has none.
 - ``index.sqlite``: the query index (``broker.audit.index``). Derived: it is recreated from the
   entries file whenever it is behind, ahead or foreign.
 
@@ -37,6 +42,7 @@ from keys.errors import VerificationError as KeyVerificationError
 
 __all__ = [
     "CHECKPOINTS_FILE",
+    "COSIGNED_FILE",
     "DEFAULT_ORIGIN",
     "ENTRIES_FILE",
     "INDEX_FILE",
@@ -48,12 +54,14 @@ __all__ = [
 ENTRIES_FILE: Final = "entries.log"
 CHECKPOINTS_FILE: Final = "checkpoints.log"
 LATEST_FILE: Final = "checkpoint"
+COSIGNED_FILE: Final = "cosigned.log"
 INDEX_FILE: Final = "index.sqlite"
 #: The log's name in its checkpoints, and the auditor's key name in their signature lines.
 DEFAULT_ORIGIN: Final = "cairn.local/audit"
 
 ENTRIES_MAGIC: Final = b"CAIRN-AE"  # audit entries, format 1
 CHECKPOINTS_MAGIC: Final = b"CAIRN-AC"  # audit checkpoints, format 1
+COSIGNED_MAGIC: Final = b"CAIRN-AW"  # cosigned checkpoints (witnessed), format 1
 LOG_ID_BYTES: Final = 16
 FILE_HEADER: Final = struct.Struct(">8s16s")
 ENTRY_HEADER: Final = struct.Struct(">IQQI")  # length, sequence, Kafka offset, CRC-32

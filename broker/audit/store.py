@@ -20,6 +20,12 @@ not a new entry: ``append`` counts it as a duplicate and stores nothing. The ind
 whether one is already in the log; it is rebuilt from the entries whenever it is in doubt, so
 the answer is the entries' own.
 
+Witnesses' cosignatures (C2SP tlog-cosignature) are kept beside the checkpoints, in
+``cosigned.log``: ``add_cosignatures`` takes a cosigned note only if its text is a checkpoint
+this log signed and every line beyond the log's own signature is a cosignature that verifies
+against a configured witness (else ``keys.errors.VerificationError``, nothing written);
+``cosigned_checkpoint`` gives the note with every cosignature collected for a size.
+
 Errors (``broker.audit.errors``): ``TamperDetected`` (the files contradict themselves or their
 signatures: refuse, tell the operator) is a ``VerificationError``; ``AuditUnavailable`` (the
 disk failed, or another process holds the log) is an ``InfrastructureError``: nothing was
@@ -33,7 +39,7 @@ import contextlib
 import os
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -42,15 +48,27 @@ from uuid import UUID
 import structlog
 
 from broker.audit.checkpoint import Checkpoint, sign_checkpoint
+from broker.audit.cosign import (
+    CosignerVerifier,
+    add_cosignatures,
+    parse_cosignature_lines,
+    verify_cosignatures,
+)
 from broker.audit.errors import AuditUnavailable, TamperDetected
 from broker.audit.files import (
+    COSIGNED_FILE,
+    COSIGNED_MAGIC,
     DEFAULT_ORIGIN,
     ENTRY_HEADER,
+    FILE_HEADER,
     LATEST_FILE,
     Disk,
     Progress,
     entry_record,
+    mapped,
+    note_frames,
     note_record,
+    torn,
 )
 from broker.audit.index import Index, Query, Row
 from broker.audit.merkle import Tree, leaf_hash
@@ -62,6 +80,8 @@ from broker.audit.recovery import (
     scan_checkpoints,
     scan_entries,
 )
+from keys.errors import Reason
+from keys.errors import VerificationError as NoteRefused
 from keys.jwk import SigningKey
 from schemas.audit import MAX_EVENT_BYTES, AuditEvent, AuditEventType
 from schemas.errors import SchemaError
@@ -163,6 +183,11 @@ class AuditLog:
         self._positions = array("Q")  # where each record starts
         self._notes: list[bytes] = []
         self._checkpoints: list[Checkpoint] = []
+        self._signed_at: dict[int, int] = {}  # tree size -> its checkpoint's place in _notes
+        self.witnesses: tuple[CosignerVerifier, ...] = ()  # whose cosignatures are accepted
+        self._cw_fd = -1  # cosigned.log, once it exists
+        self._cw_end = 0
+        self._cosigned: dict[int, bytes] = {}  # tree size -> its note with every cosignature
         self._last_checkpoint_at = time.monotonic()
         self._index = Index(directory, readonly=readonly, size=lambda: self.size, rows=self._rows)
         self._broken: str | None = None
@@ -179,11 +204,13 @@ class AuditLog:
         disk: Disk | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
         progress: Progress | None = None,
+        witnesses: Sequence[CosignerVerifier] = (),
     ) -> AuditLog:
         """Open (creating if need be) the log in ``directory``, recovering from a crash.
 
         ``readonly`` opens without writing anything: for the CLI while the auditor runs. It
         ignores a tail being written, and uses the index as the auditor left it.
+        ``witnesses`` are the cosigners whose cosignatures ``add_cosignatures`` accepts.
         """
         lock_fd = None if readonly else lock(directory)
         store = cls(
@@ -194,10 +221,12 @@ class AuditLog:
             lock_fd=lock_fd,
             max_event_bytes=max_event_bytes,
         )
+        store.witnesses = tuple(witnesses)
         try:
             store._open_files()
             store._load_entries(progress)
             store._load_checkpoints()
+            store._load_cosigned()
             store._open_index(progress)
         except OSError as exc:
             store.close()
@@ -242,12 +271,52 @@ class AuditLog:
         self._cp_end = found.end
         self._notes = found.notes
         self._checkpoints = found.checkpoints
+        self._signed_at = {c.size: i for i, c in enumerate(self._checkpoints)}
         if found.truncated:
             self.recovery = replace(self.recovery, truncated_checkpoint_bytes=found.truncated)
         if not self.readonly and restore_latest(
             self.directory, self.latest_checkpoint(), self._disk
         ):
             self.recovery = replace(self.recovery, restored_latest=True)
+
+    def _load_cosigned(self) -> None:
+        """Read ``cosigned.log`` (if any), cutting off a torn tail; every record must be a
+        checkpoint this log signed, with cosignature lines after the log's own."""
+        path = self.directory / COSIGNED_FILE
+        if not path.exists():
+            return
+        self._cw_fd = os.open(path, os.O_RDONLY if self.readonly else os.O_RDWR)
+        with mapped(self._cw_fd) as buf:
+            if len(buf) < FILE_HEADER.size:
+                raise TamperDetected(f"{COSIGNED_FILE} has no header: not an audit log file")
+            magic, log_id = FILE_HEADER.unpack_from(buf, 0)
+            if magic != COSIGNED_MAGIC or bytes(log_id) != self._log_id:
+                raise TamperDetected(f"{COSIGNED_FILE} belongs to another audit log")
+            end = FILE_HEADER.size
+            for n, frame in enumerate(note_frames(buf, end)):
+                if frame.status != "ok":
+                    if not torn(frame, buf):
+                        raise TamperDetected(
+                            f"record {n} of {COSIGNED_FILE} is damaged and valid data follows "
+                            "it; run 'cairn audit verify'"
+                        )
+                    if not self.readonly:
+                        self._disk.step("cosigned.truncate")
+                        self._disk.truncate(self._cw_fd, frame.pos)
+                    break
+                note = bytes(buf[frame.body : frame.end])
+                try:
+                    size, _ours = self._own_checkpoint(_text_of(note))
+                except NoteRefused:
+                    if self.readonly:
+                        break  # cosigned by the running auditor after we read its checkpoints
+                    raise TamperDetected(
+                        f"record {n} of {COSIGNED_FILE} is not a checkpoint this log signed; "
+                        "run 'cairn audit verify'"
+                    ) from None
+                self._cosigned[size] = note
+                end = frame.end
+        self._cw_end = end
 
     # -- the index --
 
@@ -330,6 +399,108 @@ class AuditLog:
     def latest_checkpoint(self) -> bytes | None:
         """The newest signed checkpoint note, to serve and publish."""
         return self._notes[-1] if self._notes else None
+
+    # -- witnesses' cosignatures --
+
+    def cosigned_checkpoint(self, size: int | None = None) -> bytes | None:
+        """The note of the checkpoint for ``size`` with every cosignature collected for it,
+        or the latest cosigned checkpoint (``size`` None); None if it has none."""
+        if size is None:
+            return self._cosigned[max(self._cosigned)] if self._cosigned else None
+        return self._cosigned.get(size)
+
+    def published_checkpoint(self) -> bytes | None:
+        """The newest checkpoint with the cosignatures collected for it so far (its bare
+        signed note while it has none): what the tlog-tiles checkpoint serves."""
+        if not self._checkpoints:
+            return None
+        return self._cosigned.get(self._checkpoints[-1].size, self._notes[-1])
+
+    def cosigned_size(self, witness: CosignerVerifier) -> int:
+        """The largest tree size ``witness`` has cosigned in this log (0 if none)."""
+        for size in sorted(self._cosigned, reverse=True):
+            _text, block = _split(self._cosigned[size])
+            if any(
+                (name, kid) == (witness.name, witness.key_id)
+                for name, kid, _ in parse_cosignature_lines(block)
+            ):
+                return size
+        return 0
+
+    def _own_checkpoint(self, text: bytes) -> tuple[int, bytes]:
+        """The size and signed note of the checkpoint whose body is ``text``, if we signed it."""
+        try:
+            size = Checkpoint.parse(text).size
+        except NoteRefused:
+            raise NoteRefused(Reason.MALFORMED, "the note is not a checkpoint") from None
+        at = self._signed_at.get(size)
+        if at is None or _text_of(self._notes[at]) != text:
+            raise NoteRefused(
+                Reason.MALFORMED,
+                f"the note is not a checkpoint this log signed (origin {self.origin}, size "
+                f"{size}): another log's, or a fork of this one",
+            )
+        return size, self._notes[at]
+
+    def add_cosignatures(
+        self, note: bytes, witnesses: Sequence[CosignerVerifier] | None = None
+    ) -> bytes:
+        """Keep the cosignatures in ``note`` (a checkpoint of this log, cosigned) durably.
+
+        Accepted only if the note's text is a checkpoint this log signed, and every signature
+        line beyond the log's own is a cosignature (C2SP tlog-cosignature, cosignature/v1)
+        that verifies against one of ``witnesses`` (default: the log's configured
+        ``witnesses``); else ``keys.errors.VerificationError`` and nothing is written. One
+        cosignature per witness key and size is kept (the first). Returns the checkpoint's
+        note with every cosignature kept for its size.
+        """
+        self._writable()
+        trusted = tuple(self.witnesses if witnesses is None else witnesses)
+        text, block = _split(note)
+        size, ours = self._own_checkpoint(text)
+        own_lines = set(_split(ours)[1].splitlines(keepends=True))
+        lines = [line for line in block.splitlines(keepends=True) if line not in own_lines]
+        if not lines:
+            raise NoteRefused(Reason.UNKNOWN_KEY, "the note carries no cosignature")
+        base = self._cosigned.get(size, ours)
+        have = {(name, kid) for name, kid, _ in parse_cosignature_lines(_split(base)[1])}
+        fresh: list[bytes] = []
+        for line in lines:
+            # 1. Each line alone is a cosignature by a configured witness, and verifies.
+            found = verify_cosignatures(text + b"\n" + line, trusted)
+            # 2. One per witness key: a later cosignature of the same size adds nothing.
+            key = (found[0].name, found[0].key_id)
+            if key not in have:
+                have.add(key)
+                fresh.append(line)
+        if not fresh:
+            return base
+        merged = add_cosignatures(base, b"".join(fresh))
+        self._write_cosigned(merged)
+        self._cosigned[size] = merged
+        return merged
+
+    def _write_cosigned(self, note: bytes) -> None:
+        if self._cw_fd < 0:
+            path = self.directory / COSIGNED_FILE
+            try:
+                self._disk.step("cosigned.create")
+                self._disk.replace(FILE_HEADER.pack(COSIGNED_MAGIC, self._log_id), path)
+                self._cw_fd = os.open(path, os.O_RDWR)
+            except OSError as exc:
+                raise AuditUnavailable(f"cannot create {COSIGNED_FILE}: {exc.strerror}") from None
+            self._cw_end = FILE_HEADER.size
+        record = note_record(note)
+        try:
+            self._disk.step("cosigned.write")
+            self._disk.write(self._cw_fd, record, self._cw_end)
+            self._disk.step("cosigned.fsync")
+            self._disk.fsync(self._cw_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._disk.truncate(self._cw_fd, self._cw_end)
+            raise AuditUnavailable(f"cannot write cosignatures: {exc.strerror}") from None
+        self._cw_end += len(record)
 
     # -- appending --
 
@@ -474,6 +645,7 @@ class AuditLog:
         self._cp_end += len(record)
         self._notes.append(note)
         self._checkpoints.append(checkpoint)
+        self._signed_at[checkpoint.size] = len(self._notes) - 1
         self._last_checkpoint_at = time.monotonic() if now is None else now
         try:
             self._disk.step("latest.write")
@@ -490,10 +662,10 @@ class AuditLog:
         return [self.entry(seq) for seq in self._index.select(query) if seq < self.size]
 
     def close(self) -> None:
-        for fd in (self._fd, self._cp_fd, self._lock_fd):
+        for fd in (self._fd, self._cp_fd, self._cw_fd, self._lock_fd):
             if fd is not None and fd >= 0:
                 os.close(fd)
-        self._fd = self._cp_fd = -1
+        self._fd = self._cp_fd = self._cw_fd = -1
         self._lock_fd = None
         self._index.close()
 
@@ -502,6 +674,18 @@ class AuditLog:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _split(note: bytes) -> tuple[bytes, bytes]:
+    """A signed note's text (with its final newline) and its signature lines."""
+    at = note.rfind(b"\n\n")
+    if at < 0 or not note.endswith(b"\n"):
+        raise NoteRefused(Reason.MALFORMED, "a signed note is text, a blank line, signatures")
+    return note[: at + 1], note[at + 2 :]
+
+
+def _text_of(note: bytes) -> bytes:
+    return _split(note)[0]
 
 
 def _parsed(record: Record) -> AuditEvent:
