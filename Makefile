@@ -77,13 +77,18 @@ postgresql:
 
 # The Go interop tests (tests/interop/go*) read our output with Go's own x/mod code; modules go
 # to .cairn/go, pinned by each program's committed go.sum (tests/go_support.py).
-# The Go interop tests use the machine's Go if there is one, else a pinned toolchain fetched
-# once from the Go module proxy (the zip `go` itself downloads when it switches toolchains),
-# checked against its SHA-256 and unpacked under .cairn/ (tests/go_support.py looks there too).
-GO_TOOLCHAIN := v0.0.1-go1.23.4.linux-amd64
-GO_TOOLCHAIN_SHA256 := e1e33fbe9bdeed9d1eec878f90eaf9a1dc856b9197d89e6745373b8c61a57c87
+# The Go interop tests use the machine's Go if there is one at least GO_MIN (the go directive
+# of tests/interop/go/go.mod: transparency-dev's tessera and formats need Go 1.25), else a
+# pinned toolchain fetched once from the Go module proxy (the zip `go` itself downloads when it
+# switches toolchains), checked against its SHA-256 and unpacked under .cairn/
+# (tests/go_support.py chooses the same way).
+GO_MIN := go1.25
+GO_TOOLCHAIN := v0.0.1-go1.26.8.linux-amd64
+GO_TOOLCHAIN_SHA256 := 30c2b1bf7dcc88d3eb0a1364e47ddd9128edb3110a30e8a0ef61cd5856b31de7
 GO_LOCAL := $(CURDIR)/.cairn/go-toolchain/golang.org/toolchain@$(GO_TOOLCHAIN)/bin/go
-GO := $(or $(shell command -v go 2>/dev/null),$(wildcard /usr/local/go/bin/go),$(GO_LOCAL))
+GO_MACHINE := $(or $(shell command -v go 2>/dev/null),$(wildcard /usr/local/go/bin/go))
+GO_RECENT := $(shell v=$$($(GO_MACHINE) env GOVERSION 2>/dev/null) && [ "$$(printf '%s\n' $(GO_MIN) $$v | sort -V | head -n1)" = $(GO_MIN) ] && echo $(GO_MACHINE))
+GO := $(or $(GO_RECENT),$(GO_LOCAL))
 $(GO_LOCAL):
 	@echo "fetching the Go toolchain ($(GO_TOOLCHAIN)) from proxy.golang.org for the interop tests"
 	mkdir -p $(CURDIR)/.cairn/go-toolchain
