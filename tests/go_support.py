@@ -4,6 +4,7 @@ output with Go's own golang.org/x/mod code. No Go toolchain is a failure, never 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -11,23 +12,40 @@ from pathlib import Path
 
 from tests.samples import REPO
 
-GO_TIMEOUT_S = 300.0  # seconds: the first run downloads golang.org/x/mod and compiles
-#: The toolchain `make go` fetches when the machine has no Go (the Makefile's GO_TOOLCHAIN).
-GO_TOOLCHAIN = "v0.0.1-go1.23.4.linux-amd64"
+GO_TIMEOUT_S = 300.0  # seconds: the first run downloads the modules and compiles
+#: The toolchain `make go` fetches when the machine has no Go as recent as GO_MIN (the
+#: Makefile's GO_TOOLCHAIN and GO_MIN; GO_MIN is tests/interop/go/go.mod's go directive).
+GO_TOOLCHAIN = "v0.0.1-go1.26.8.linux-amd64"
+GO_MIN = (1, 25)
 
 
+def _recent(go: Path) -> bool:
+    """Whether ``go`` is a Go toolchain at least GO_MIN (``go env GOVERSION``: go1.N[.P])."""
+    try:
+        version = subprocess.run(
+            [str(go), "env", "GOVERSION"],
+            env={**os.environ, "GOTOOLCHAIN": "local"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        major, minor = version.removeprefix("go").split(".")[:2]
+        return (int(major), int(minor)) >= GO_MIN
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return False
+
+
+@functools.cache
 def go_binary() -> str:
+    """The machine's Go if recent enough, else the one `make go` fetched; none fails."""
     fetched = REPO / ".cairn" / "go-toolchain" / "golang.org" / f"toolchain@{GO_TOOLCHAIN}"
-    found = next(
-        (
-            str(p)
-            for p in (Path(shutil.which("go") or "/usr/local/go/bin/go"), fetched / "bin" / "go")
-            if p.is_file()
-        ),
-        "go",
+    machine = Path(shutil.which("go") or "/usr/local/go/bin/go")
+    found = next((p for p in (machine, fetched / "bin" / "go") if p.is_file() and _recent(p)), None)
+    assert found is not None, (
+        f"a Go toolchain of at least go{GO_MIN[0]}.{GO_MIN[1]} is required (make go fetches one)"
     )
-    assert Path(found).is_file(), "the Go toolchain is required (make go fetches one)"
-    return found
+    return str(found)
 
 
 def go_env() -> dict[str, str]:
@@ -40,6 +58,21 @@ def go_env() -> dict[str, str]:
         "GOFLAGS": "-mod=readonly",
         "GOTOOLCHAIN": "local",
     }
+
+
+def go_build(program: Path, package: str, out: Path) -> Path:
+    """``go build`` of ``./package`` in the module ``program`` into the binary ``out``."""
+    result = subprocess.run(
+        [go_binary(), "build", "-o", str(out), f"./{package}"],
+        cwd=program,
+        env=go_env(),
+        capture_output=True,
+        text=True,
+        timeout=GO_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, f"go build ./{package}: {result.stderr}"
+    return out
 
 
 def go_run(program: Path, *args: str) -> subprocess.CompletedProcess[str]:
