@@ -27,7 +27,8 @@ failure with a bounded, doubling pause (``broker.kafka.consumer.follow_until_sto
 - **mesh**: an NHS trust's MESH delivery (``adapters.nhs.mesh.delivery``), when configured: each
   stored referral gets a MESH job in the same transaction, and the channel's ``deliver_due``
   runs beside the webhooks. The broker's JWS of every stored disclosure is kept with it (the
-  origin signature the trust's FHIR message carries as its Provenance).
+  origin signature the trust's FHIR message carries as its Provenance), and so are the JWE as
+  delivered and the signed first acknowledgement, for evidence (``cairn evidence delivered``).
 - **retention**: a disclosure whose agreement's retention (from receipt) has run out is deleted,
   with a signed ``Deletion`` receipt (``retention-expired``) queued in the same transaction.
 """
@@ -104,14 +105,15 @@ class Channel(Protocol):
 
 class _Opener:
     """Opens a delivered record exactly as ``adapters.agency.opener_for`` does, and keeps the
-    broker's JWS from inside it for the handler that follows (``take``): ``open_record`` gives
-    only the verified disclosure, and the inbox hands its handler only that."""
+    record's compact JWE as delivered and the broker's JWS from inside it for the handler that
+    follows (``take``): ``open_record`` gives only the verified disclosure, and the inbox hands
+    its handler only that."""
 
     def __init__(self, trust: TrustStore, agency: str, clock: Clock) -> None:
         self._trust = trust
         self._agency = agency
         self._clock = clock
-        self._last: tuple[UUID, str] | None = None
+        self._last: tuple[UUID, str, str] | None = None
 
     def __call__(self, value: bytes) -> Disclosure:
         self._last = None
@@ -122,13 +124,14 @@ class _Opener:
         )
         # Verified above; decrypting again only reads the JWS the payload came out of.
         signed = decrypt_for(value, keys, registry, recipient=self._agency, now=now)
-        self._last = (disclosure.referral_id, signed.decode("ascii"))
+        self._last = (disclosure.referral_id, signed.decode("ascii"), value.decode("ascii"))
         return disclosure
 
-    def take(self, referral_id: UUID) -> str:
-        """The JWS of the record just opened, if it was this referral's ("" otherwise)."""
+    def take(self, referral_id: UUID) -> tuple[str, str]:
+        """The JWS and the JWE of the record just opened, if it was this referral's ("" and ""
+        otherwise)."""
         last, self._last = self._last, None
-        return last[1] if last is not None and last[0] == referral_id else ""
+        return (last[1], last[2]) if last is not None and last[0] == referral_id else ("", "")
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,7 @@ class Gateway:
     async def store_delivery(self, delivery: Delivery) -> None:
         disclosure = delivery.disclosure
         received = self._clock()
+        jws, jwe = self._opener.take(disclosure.referral_id)
         new = NewDisclosure(
             referral_id=disclosure.referral_id,
             sender=disclosure.sender_agency,
@@ -313,7 +317,8 @@ class Gateway:
             received_at=received,
             delete_after=delete_after(disclosure.retention, received),
             source=f"{delivery.topic}:{delivery.partition}:{delivery.offset}",
-            signed=self._opener.take(disclosure.referral_id),
+            signed=jws,
+            delivered=jwe,
         )
         added = await self.store.put(
             new,

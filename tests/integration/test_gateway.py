@@ -17,7 +17,7 @@ import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -35,9 +35,11 @@ from gateway.settings import GatewaySettings
 from gateway.sqlite import SqliteGatewayStore
 from gateway.web.app import USERS
 from gateway.webhooks import verify
+from keys import verify_ack
 from keys.store import CA_CERT
-from schemas.audit import AuditEventType
+from schemas.audit import AuditEventType, disclosure_digest_of
 from schemas.federation import Federation
+from schemas.receipt import Acknowledgement
 from tests.conftest import FederationKeys
 from tests.gateway_support import (
     browser_context,
@@ -360,6 +362,20 @@ async def test_a_view_and_an_acknowledgement_through_the_api_are_audited_once_ea
         assert len(await of(AuditEventType.ACKNOWLEDGED)) == 1
         assert running.service.receipts_sent == 2
         assert await running.service.store.pending_receipts(10) == ()
+        # For evidence the store kept the JWE exactly as delivered (the bytes the disclosed
+        # event's digest names), the JWS inside it, and the signed first acknowledgement.
+        kept = await running.service.store.delivered(rid)
+        assert kept is not None
+        assert kept.jwe is not None
+        assert kept.ack is not None
+        (disclosed,) = await of(AuditEventType.DISCLOSED)
+        assert disclosed.event.disclosure_digest == disclosure_digest_of(kept.jwe.encode())
+        assert kept.jws == await running.service.store.signed(rid)
+        registry = federation_keys.trust().registry()
+        ack = Acknowledgement.model_validate_json(
+            verify_ack(kept.ack, registry, signer=AGENCY, now=datetime.now(UTC))
+        )
+        assert (ack.referral_id, ack.agency, ack.status.value) == (rid, AGENCY, "filed")
 
 
 async def test_a_record_it_cannot_open_is_dead_lettered_and_the_next_one_stored(
