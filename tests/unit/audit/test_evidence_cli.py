@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,15 +10,21 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from broker.audit.store import AuditLog
 from broker.cli.evidence import evidence
 from broker.policy.decide import Decision
-from keys.envelope import seal_disclosure
+from gateway.sqlite import SqliteGatewayStore
+from gateway.store import NewDisclosure
+from keys.envelope import DISCLOSURE_TYP, seal_disclosure, sign_ack
 from keys.federation import init_federation, load_registry, load_signing_key
+from keys.jose import sign_compact
 from keys.registry import AUDITOR_ID, BROKER_ID
-from keys.store import FileStore
-from schemas.audit import disclosure_digest_of, submission_events
+from keys.store import ROOT_PUBLIC, FileStore
+from schemas.audit import acknowledged, disclosure_digest_of, submission_events
+from schemas.receipt import Acknowledgement, AcknowledgementStatus
 from schemas.referral import Referral
 from tests.samples import sample
 from tests.unit.audit.conftest import SECRET
@@ -32,6 +39,8 @@ class Setup:
     state: Path
     jwe: Path
     referral_id: str
+    gateway_db: Path  # the recipient's gateway store, holding the disclosure as delivered
+    ack: bytes  # the recipient's signed acknowledgement it keeps
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +66,45 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
         at=now,
         disclosure_digests={RECIPIENT: disclosure_digest_of(jwe)},
     )
+    receipt = Acknowledgement(
+        referral_id=referral.header.referral_id,
+        agency=RECIPIENT,
+        status=AcknowledgementStatus.FILED,
+        acknowledged_at=now,
+    )
+    recipient = load_signing_key(store, RECIPIENT, PASSPHRASE.encode(), registry, now=now)
+    ack = sign_ack(receipt.model_dump_json().encode(), recipient, issued_at=now)
+    logged_events = [*events, acknowledged(receipt, at=now)]
     with AuditLog.open(state / "audit") as log:
-        log.append([(i, e.canonical()) for i, e in enumerate(events)])
+        log.append([(i, e.canonical()) for i, e in enumerate(logged_events)])
         log.sign_checkpoint(auditor)
     (state / "d.jwe").write_bytes(jwe + b"\n")
-    return Setup(state, state / "d.jwe", rid)
+    jws = sign_compact(payload, broker, typ=DISCLOSURE_TYP)
+    gateway_db = state / "gateway" / f"{RECIPIENT}.sqlite"
+
+    async def receive() -> None:
+        gw = SqliteGatewayStore(gateway_db)
+        await gw.open()
+        try:
+            kept = NewDisclosure(
+                referral_id=referral.header.referral_id,
+                sender="test-police",
+                purpose="MARAC",
+                kind="referral",
+                body=payload.decode(),
+                received_at=now,
+                delete_after=None,
+                source="t.deliver.test-idva:0:0",
+                signed=jws.decode(),
+                delivered=jwe.decode(),
+            )
+            assert await gw.put(kept, webhook=False)
+            assert await gw.acknowledge(referral.header.referral_id, "filed", now, ack)
+        finally:
+            await gw.close()
+
+    asyncio.run(receive())
+    return Setup(state, state / "d.jwe", rid, gateway_db, ack)
 
 
 @pytest.fixture
@@ -110,3 +153,113 @@ def test_export_of_an_unknown_disclosure_is_a_one_line_error(setup: Setup) -> No
     )
     assert result.exit_code == 1
     assert "no disclosed event of referral" in result.output
+
+
+@pytest.mark.usefixtures("run")
+def test_the_recipient_then_the_auditor_make_the_pack_from_the_gateway_store(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Step 1 (the recipient): its gateway store's JWE, JWS and signed ack; step 2 (the
+    auditor): the pack with the logged events; verified, the ack and its event named."""
+    part = tmp_path / "delivered.json"
+    ids = ["--referral", setup.referral_id]
+    result = call(
+        "delivered", *ids, "--as", RECIPIENT, "--gateway-db", str(setup.gateway_db), "-o", str(part)
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(part.read_bytes())
+    assert doc["format"] == "cairn-delivered/1"
+    assert doc["jwe"].encode() == setup.jwe.read_bytes().strip()
+    assert doc["ack"].encode() == setup.ack
+    assert "jws" not in doc  # the disclosure's content only with --with-jws
+    pack = tmp_path / "pack.json"
+    result = call(
+        "export", *ids, "--recipient", RECIPIENT, "--delivered", str(part), "-o", str(pack)
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(pack.read_bytes())["ack"].encode() == setup.ack
+    result = call("verify", str(pack))
+    assert result.exit_code == 0, result.output
+    assert f"{RECIPIENT} signed an acknowledgement of that referral (filed)" in result.stdout
+    assert f"The log also holds {RECIPIENT}'s acknowledgement of it (filed)." in result.stdout
+    assert "not cosigned" in result.stdout
+    # In one step, from the gateway store on this machine, with the JWS.
+    one = tmp_path / "one.json"
+    result = call(
+        "export",
+        *ids,
+        "--recipient",
+        RECIPIENT,
+        "--gateway-db",
+        str(setup.gateway_db),
+        "--with-jws",
+        "-o",
+        str(one),
+    )
+    assert result.exit_code == 0, result.output
+    assert "jws" in json.loads(one.read_bytes())
+    result = call("verify", str(one))
+    assert result.exit_code == 0, result.output
+    assert "signed by a broker key the registry trusted then" in result.stdout
+
+
+@pytest.mark.usefixtures("run")
+def test_verify_with_an_explicit_root_key_file(setup: Setup, tmp_path: Path) -> None:
+    """--root-key: the root's JWK (the key store's root.jwk) or its PEM; another root's key
+    refuses the pack as registry, in one line."""
+    pack = tmp_path / "pack.json"
+    args = ["--referral", setup.referral_id, "--recipient", RECIPIENT, "--jwe", str(setup.jwe)]
+    assert call("export", *args, "-o", str(pack)).exit_code == 0
+    jwk = setup.state / "keys" / ROOT_PUBLIC
+    result = call("verify", str(pack), "--root-key", str(jwk))
+    assert result.exit_code == 0, result.output
+    assert "Checked from the federation root key" in result.stdout
+    from keys.jwk import public_key_from_jwk
+
+    pem = tmp_path / "root.pem"
+    pem.write_bytes(
+        public_key_from_jwk(json.loads(jwk.read_bytes())).public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert call("verify", str(pack), "--root-key", str(pem)).exit_code == 0
+    other = tmp_path / "other.pem"
+    other.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    result = call("verify", str(pack), "--root-key", str(other))
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: the evidence does not verify: registry:")
+    assert len(result.output.strip().splitlines()) == 1
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a key")
+    result = call("verify", str(pack), "--root-key", str(bad))
+    assert result.exit_code == 1
+    assert "neither an Ed25519 public JWK nor a PEM public key" in result.output
+
+
+@pytest.mark.usefixtures("run")
+def test_export_takes_exactly_one_source_of_the_disclosure(setup: Setup, tmp_path: Path) -> None:
+    ids = ["--referral", setup.referral_id, "--recipient", RECIPIENT]
+    result = call("export", *ids)
+    assert result.exit_code == 2
+    assert "exactly one of --delivered, --jwe or --gateway-db" in result.output
+    both = call("export", *ids, "--jwe", str(setup.jwe), "--gateway-db", str(setup.gateway_db))
+    assert both.exit_code == 2
+    missing = call("export", *ids, "--gateway-db", str(tmp_path / "none.sqlite"))
+    assert missing.exit_code == 1
+    assert "no gateway store at" in missing.output
+    assert not (tmp_path / "none.sqlite").exists()
+    other = call(
+        "delivered",
+        "--referral",
+        "00000000-0000-4000-8000-000000000000",
+        "--as",
+        RECIPIENT,
+        "--gateway-db",
+        str(setup.gateway_db),
+    )
+    assert other.exit_code == 1
+    assert "holds no disclosure of referral" in other.output
