@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
-from broker.audit.files import CHECKPOINTS_FILE
+from broker.audit.files import CHECKPOINTS_FILE, WITNESS_STATUS_FILE
 from broker.config import Settings
 from broker.ingest import Pipeline
 from broker.kafka.transport import KafkaTransport, Transport
@@ -175,6 +175,7 @@ def create_app(
     if metrics is None:
         metrics = Metrics()
     metrics.checkpoint_file = settings.state_dir / "audit" / CHECKPOINTS_FILE
+    metrics.witness_file = settings.state_dir / "audit" / WITNESS_STATUS_FILE
     calendar_watch = CalendarWatch(calendar, clock, settings.calendar_warn_days)
     metrics.calendar_watch = calendar_watch
     credential_watch = CredentialWatch.for_settings(
