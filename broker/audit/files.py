@@ -47,6 +47,7 @@ __all__ = [
     "ENTRIES_FILE",
     "INDEX_FILE",
     "LATEST_FILE",
+    "WITNESS_STATUS_FILE",
     "Disk",
     "Progress",
 ]
@@ -55,6 +56,9 @@ ENTRIES_FILE: Final = "entries.log"
 CHECKPOINTS_FILE: Final = "checkpoints.log"
 LATEST_FILE: Final = "checkpoint"
 COSIGNED_FILE: Final = "cosigned.log"
+#: The auditor's report of its witnesses' last answers and the forks they reported (JSON,
+#: replaced whole after each checkpoint's collection; not part of the log: nothing verifies it).
+WITNESS_STATUS_FILE: Final = "witnesses.json"
 INDEX_FILE: Final = "index.sqlite"
 #: The log's name in its checkpoints, and the auditor's key name in their signature lines.
 DEFAULT_ORIGIN: Final = "cairn.local/audit"

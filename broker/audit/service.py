@@ -12,6 +12,19 @@ duplicate. Every ``every_entries`` leaves or ``every_s`` seconds it signs a chec
 signed note) and publishes it to ``cairn.checkpoints`` (a checkpoint Kafka does not take is
 still in the log's files; the next one supersedes it).
 
+Witnesses (``broker.audit.witness``, C2SP tlog-witness): with ``auditor_witnesses`` set, each
+new checkpoint is submitted to every witness at once, with the RFC 9162 consistency proof from
+the size that witness last cosigned (taken on the log's thread); the cosignatures that verify
+against the configured keys are kept in the log (``AuditLog.add_cosignatures``), and the
+cosigned note is what ``cairn.checkpoints`` and the public tlog-tiles checkpoint get. A witness
+down or slow costs at most two requests of ``auditor_witness_timeout_s`` and is tried again at
+the next checkpoint; checkpoints never wait for it beyond that. A witness that holds another
+tree of this log (tlog-witness 409 for the same size, 422, or a size above ours) is a fork: it
+is logged as ``auditor.witness_fork`` (error; the witness, sizes and the code, nothing else),
+counted (``forks``, ``cairn_audit_witness_results{result="fork"}``), and kept in the status
+file ``witnesses.json`` beside the log (``WITNESS_STATUS_FILE``), which the broker's
+``/metrics`` reads (``cairn_audit_witness_forks``) and operators can read directly.
+
 A record that is not a canonical audit event is that record's fault: it is dead-lettered
 (``broker.kafka.consumer``), counted and skipped, and the events behind it are appended. A
 second acknowledgement of the same disclosure by the same agency is a counted duplicate, not a
@@ -39,7 +52,8 @@ HTTP, over mutual TLS, for the auditor's certificate only (IG tools present it):
 
 The log in the C2SP tlog-tiles layout (``broker.audit.tiles``), under ``/v1/audit/log``:
 
-    GET  /v1/audit/log/checkpoint                      latest signed checkpoint (public)
+    GET  /v1/audit/log/checkpoint                      latest signed checkpoint with the
+                                                       witnesses' cosignatures so far (public)
     GET  /v1/audit/log/tile/<L>/<N>[.p/<W>]            hash tiles (public)
     GET  /v1/audit/log/tile/entries/<N>[.p/<W>]        entry bundles (auditor's certificate)
     GET  /v1/audit/verifier-key                        the checkpoint verifier key(s), C2SP
@@ -64,13 +78,15 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import aiohttp
 import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -78,7 +94,8 @@ from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.checkpoint import Checkpoint, NoteVerifier
-from broker.audit.files import DEFAULT_ORIGIN
+from broker.audit.cosign import CosignerVerifier
+from broker.audit.files import DEFAULT_ORIGIN, WITNESS_STATUS_FILE, Disk
 from broker.audit.index import Query
 from broker.audit.proofs import checkpoint_for, consistency_document, inclusion_document
 from broker.audit.report import override_report
@@ -93,6 +110,7 @@ from broker.audit.tiles import (
     parse_tile_path,
 )
 from broker.audit.verify import verify
+from broker.audit.witness import WitnessEndpoint, WitnessOutcome, WitnessResult, cosign_with
 from broker.config import Settings
 from broker.kafka.consumer import (
     Backoff,
@@ -120,12 +138,36 @@ from schemas.errors import AuthenticationError, FieldProblem, SchemaError
 from schemas.pseudonyms import person_pseudonyms
 from schemas.referral import Purpose
 
-__all__ = ["CONSUMER", "GROUP_ID", "Auditor", "add_ig_routes", "auditor_app", "tls_context"]
+__all__ = [
+    "CONSUMER",
+    "GROUP_ID",
+    "WITNESS_STATUS_FILE",
+    "Auditor",
+    "add_ig_routes",
+    "auditor_app",
+    "tls_context",
+    "witness_endpoints",
+]
 
 log = structlog.get_logger(__name__)
 
 CONSUMER: Final = "auditor"  # the consumer's name on its dead letters and in the metric
 GROUP_ID: Final = "cairn-auditor"  # remembers what was examined; the log says what is stored
+
+
+def witness_endpoints(settings: Settings) -> list[WitnessEndpoint]:
+    """The configured witnesses; ``keys.errors.VerificationError`` for a vkey whose key id
+    does not match its name and key (the settings check only its form)."""
+    endpoints = []
+    for n, w in enumerate(settings.auditor_witnesses):
+        try:
+            endpoints.append(WitnessEndpoint(w.url, CosignerVerifier.from_vkey(w.vkey)))
+        except KeyVerificationError as exc:
+            raise KeyVerificationError(
+                exc.reason, f"CAIRN_AUDITOR_WITNESSES[{n}] ({w.name}): {exc}"
+            ) from None
+    return endpoints
+
 
 T = TypeVar("T")
 
@@ -142,6 +184,7 @@ class Auditor:
         policy: CheckpointPolicy | None = None,
         origin: str = DEFAULT_ORIGIN,
         metrics: Metrics | None = None,
+        witnesses: Sequence[WitnessEndpoint] | None = None,
     ) -> None:
         self.settings = settings
         self.trust = trust
@@ -160,6 +203,12 @@ class Auditor:
         self.dead_letters = 0
         self.duplicates = 0
         self.reconnections = 0
+        self.witnesses = tuple(witness_endpoints(settings) if witnesses is None else witnesses)
+        self._witness_sizes: dict[str, int] = {}  # by URL: the size each last cosigned
+        self._session: aiohttp.ClientSession | None = None
+        self.witness_status: dict[str, dict[str, Any]] = {}  # by witness name: its last answer
+        self.forks = 0  # fork reports from witnesses, over the log's life (witnesses.json)
+        self.last_fork: dict[str, Any] | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the log's own thread."""
@@ -172,10 +221,26 @@ class Auditor:
         return self._log
 
     async def open(self) -> None:
-        self._log = await self.call(lambda: AuditLog.open(self.directory, origin=self.origin))
-        log.info("auditor.opened", size=self._log.size, next_offset=self._log.next_offset)
+        verifiers = [w.verifier for w in self.witnesses]
+        self._log = await self.call(
+            lambda: AuditLog.open(self.directory, origin=self.origin, witnesses=verifiers)
+        )
+        opened = self._log
+        self._witness_sizes = {
+            w.url: await self.call(opened.cosigned_size, w.verifier) for w in self.witnesses
+        }
+        await self.call(self._load_witness_status)
+        log.info(
+            "auditor.opened",
+            size=self._log.size,
+            next_offset=self._log.next_offset,
+            witnesses=len(self.witnesses),
+        )
 
     async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._log is not None:
             await self.call(self._log.close)
             self._log = None
@@ -286,11 +351,14 @@ class Auditor:
                 self.metrics.dead_letter(CONSUMER, reason)
 
     async def checkpoint(self, producer: AIOKafkaProducer | None = None) -> bytes:
-        """Sign a checkpoint of the log as it is now, and publish it if given a producer."""
+        """Sign a checkpoint of the log as it is now, have the witnesses cosign it (if any are
+        configured), and publish it, cosigned as far as it got, if given a producer."""
         key = self.trust.signing_key()
         note = await self.call(self.log.sign_checkpoint, key)
         self.appended_since_checkpoint = 0
         log.info("auditor.checkpoint", size=self.log.size)
+        if self.witnesses:
+            note = await self.collect_cosignatures(note)
         if producer is not None:
             try:
                 await asyncio.wait_for(
@@ -301,6 +369,123 @@ class Auditor:
                 # Signed and in the files already; the next checkpoint supersedes this one.
                 log.warning("auditor.checkpoint_unpublished", error=type(exc).__name__)
         return note
+
+    # -- witnesses --
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            cafile = self.settings.auditor_witness_ca_file
+            context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context, limit=2 * len(self.witnesses)),
+                trust_env=False,
+            )
+        return self._session
+
+    async def collect_cosignatures(self, note: bytes) -> bytes:
+        """Submit ``note`` (a checkpoint just signed) to the witnesses that have not cosigned
+        its size yet; keep what verifies; report each answer. Returns the note with every
+        cosignature the log holds for its size (``note`` itself if none)."""
+        size = _checkpoint_size(note)
+        have = await self.call(self.log.cosigned_checkpoint, size)
+        pending = [w for w in self.witnesses if self._witness_sizes.get(w.url) != size or not have]
+        if pending:
+            opened = self.log
+
+            async def proof_from(old: int) -> list[bytes]:
+                return await self.call(opened.consistency_proof, old, size)
+
+            cosigned, outcomes = await cosign_with(
+                self._http(),
+                note,
+                size,
+                proof_from,
+                pending,
+                old_sizes=self._witness_sizes,
+                timeout_s=self.settings.auditor_witness_timeout_s,
+            )
+            for outcome in outcomes:
+                self._witness_answered(outcome, size)
+            if cosigned != note:
+                try:
+                    have = await self.call(self.log.add_cosignatures, cosigned)
+                except KeyVerificationError as exc:  # cosign_with verified each: a bug if so
+                    log.error("auditor.cosignatures_refused", size=size, reason=exc.reason)
+            await self.call(self._save_witness_status, size)
+        cosigners = len(self.witnesses) - sum(
+            1 for w in self.witnesses if self._witness_sizes.get(w.url) != size
+        )
+        if cosigners < self.settings.auditor_witness_quorum:
+            log.warning(
+                "auditor.witness_quorum_missed",
+                size=size,
+                cosigned=cosigners,
+                quorum=self.settings.auditor_witness_quorum,
+            )
+        return have or note
+
+    def _witness_answered(self, outcome: WitnessOutcome, size: int) -> None:
+        endpoint, result = outcome.endpoint, outcome.result
+        if result is WitnessResult.COSIGNED:
+            self._witness_sizes[endpoint.url] = size
+        elif outcome.held_size is not None and result is not WitnessResult.FORK:
+            self._witness_sizes[endpoint.url] = outcome.held_size
+        status = {
+            "url": endpoint.url,
+            "result": result.value,
+            "detail": outcome.detail,
+            "checkpoint_size": size,
+            "witness_size": outcome.held_size,
+            "at": int(time.time()),
+        }
+        self.witness_status[endpoint.name] = status
+        if self.metrics is not None:
+            self.metrics.witness_result(endpoint.name, result.value)
+        if result is WitnessResult.COSIGNED:
+            log.info("auditor.cosigned", witness=endpoint.name, size=size)
+        elif result is WitnessResult.FORK:
+            self.forks += 1
+            self.last_fork = {"witness": endpoint.name, **status}
+            log.error(
+                "auditor.witness_fork",
+                witness=endpoint.name,
+                size=size,
+                witness_size=outcome.held_size,
+                detail=outcome.detail,
+                forks=self.forks,
+            )
+        else:
+            log.warning(
+                "auditor.witness_failed",
+                witness=endpoint.name,
+                size=size,
+                result=result.value,
+                detail=outcome.detail,
+            )
+
+    def _load_witness_status(self) -> None:
+        try:
+            doc = json.loads((self.directory / WITNESS_STATUS_FILE).read_bytes())
+            self.forks = int(doc.get("forks", 0))
+            self.last_fork = doc.get("last_fork")
+        except (OSError, ValueError, TypeError, AttributeError):
+            return  # no status yet (or unreadable: it is a report, not the log; rewritten)
+
+    def _save_witness_status(self, size: int) -> None:
+        doc = {
+            "checkpoint_size": size,
+            "quorum": self.settings.auditor_witness_quorum,
+            "cosigned_size": {w.name: self._witness_sizes.get(w.url, 0) for w in self.witnesses},
+            "witnesses": self.witness_status,
+            "forks": self.forks,
+            "last_fork": self.last_fork,
+        }
+        data = json.dumps(doc, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+        try:
+            Disk().replace(data, self.directory / WITNESS_STATUS_FILE)
+        except OSError as exc:
+            log.warning("auditor.witness_status_not_written", error=exc.strerror)
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -548,10 +733,16 @@ def _checkpoint_size(note: bytes) -> int:
 
 
 async def log_checkpoint(request: web.Request) -> web.Response:
-    """tlog-tiles ``<prefix>/checkpoint``: the latest signed checkpoint, never cached long."""
-    response = await checkpoint(request)
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    """tlog-tiles ``<prefix>/checkpoint``: the latest signed checkpoint with the witnesses'
+    cosignatures collected so far (C2SP tlog-cosignature: the same text, more signature
+    lines; a client ignores the lines of keys it does not know), never cached long."""
+    auditor = request.app[AUDITOR]
+    note = await auditor.call(auditor.log.published_checkpoint)
+    if note is None:
+        raise web.HTTPNotFound(text="no checkpoint has been signed yet")
+    return web.Response(
+        body=note, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-cache"}
+    )
 
 
 async def tile(request: web.Request) -> web.Response:

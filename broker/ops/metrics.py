@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import sqlite3
 import time
@@ -84,6 +85,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STAGES = ("verify", "validate", "decide", "seal", "publish")
 # Seconds: a submission is tens of milliseconds when healthy, up to publish_timeout_s when not.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
+_MAX_STATUS_BYTES = 1_048_576  # bytes of the auditor's witness status file read when scraped
 _CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
@@ -190,8 +192,16 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.witness_results = Counter(
+            "cairn_audit_witness_results",
+            "Checkpoints submitted to a witness (C2SP tlog-witness), by witness name and result "
+            "(cosigned, unreachable, fork, refused, invalid)",
+            ["witness", "result"],
+            registry=r,
+        )
         self.probe: KafkaProbe | None = None
         self.checkpoint_file: Path | None = None
+        self.witness_file: Path | None = None  # the auditor's witnesses.json, read when scraped
         self.calendar_watch: CalendarWatch | None = None
         self.credential_watch: CredentialWatch | None = None
         r.register(_OpsCollector(self))
@@ -205,6 +215,21 @@ class Metrics:
             # prometheus-client leaves this constructor unannotated
             MultiProcessCollector(self.exposed, folder)  # type: ignore[no-untyped-call]
             self.exposed.register(_OpsCollector(self))  # once: these figures are not counts
+
+    def witness_result(self, witness: str, result: str) -> None:
+        """Count one witness's answer to one checkpoint (``broker.audit.service``)."""
+        self.witness_results.labels(witness=code(witness), result=code(result)).inc()
+
+    def witness_status(self) -> dict[str, Any] | None:
+        """The auditor's witness status file (``witnesses.json``), if there is one to read."""
+        if self.witness_file is None:
+            return None
+        try:
+            with self.witness_file.open("rb") as fh:
+                doc = json.loads(fh.read(_MAX_STATUS_BYTES))
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def dead_letter(self, consumer: str, reason: str) -> None:
         """Count one dead letter (``broker.kafka.consumer.CountDeadLetter``)."""
@@ -265,6 +290,7 @@ class _OpsCollector(Collector):
             for credential, seconds in credentials.seconds_left():
                 expiry.add_metric([credential.kind.value, code(credential.subject)], seconds)
             yield expiry
+        yield from _witness_gauges(self._metrics.witness_status())
         age = self._metrics.checkpoint_age_s()
         if age is not None:
             g = GaugeMetricFamily(
@@ -305,6 +331,31 @@ class _OpsCollector(Collector):
             )
             d.add_metric([], figures.dlq_offsets)
             yield d
+
+
+def _witness_gauges(status: dict[str, Any] | None) -> Iterator[Metric]:
+    """The auditor's witnesses as gauges: forks reported, and each witness's cosigned size."""
+    if status is None:
+        return
+    forks = GaugeMetricFamily(
+        "cairn_audit_witness_forks",
+        "Forks the auditor's witnesses reported (another tree of the log for the same size, "
+        "or no consistency from what they hold), over the log's life; anything above 0 is an "
+        "incident",
+    )
+    forks.add_metric([], float(status.get("forks", 0) or 0))
+    yield forks
+    sizes = status.get("cosigned_size")
+    if isinstance(sizes, dict):
+        g = GaugeMetricFamily(
+            "cairn_audit_witness_cosigned_size",
+            "The largest tree size each witness has cosigned",
+            labels=["witness"],
+        )
+        for name, size in sorted(sizes.items()):
+            if isinstance(size, int):
+                g.add_metric([code(name)], float(size))
+        yield g
 
 
 # Seconds between looks at the calendar: the log line is written at most once a local day, so
