@@ -4,17 +4,20 @@
 ``CAIRN_WITNESS_PASSPHRASE`` from the environment when it is set) and prints its
 cosignature/v1 verifier key (type 0x04); ``cairn witness vkey`` prints it again;
 ``cairn witness serve`` answers ``POST /add-checkpoint`` for the logs given by their checkpoint
-verifier keys (``--log``, the vkey's name being the log's origin), with server TLS.
+verifier keys (``--log``, the vkey's name being the log's origin), with server TLS, through the
+same bounded server as the broker and the auditor (``broker.web.server``: handshake, header,
+keep-alive and body-rate timeouts and connection limits from the ``CAIRN_HTTP_*`` settings; the
+body is limited to one submission, ``broker.audit.witness.MAX_BODY_BYTES``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from pathlib import Path
 
 import click
-from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
@@ -28,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
 from broker.audit.checkpoint import NoteVerifier
 from broker.audit.cosign import CosignerVerifier
 from broker.audit.witness import Witness, witness_app
+from broker.cli.common import settings_or_exit
 from keys.errors import VerificationError
 
 __all__ = ["witness"]
@@ -129,4 +133,12 @@ def serve(
         app = witness_app(Witness(state_dir, name, key, trusted))
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    web.run_app(app, host=host, port=port, ssl_context=context, print=None)
+    from broker.logs import configure_logging
+    from broker.web.app import serve as serve_app
+
+    settings = settings_or_exit().model_copy(update={"http_host": host, "http_port": port})
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        asyncio.run(serve_app(app, settings, context))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
