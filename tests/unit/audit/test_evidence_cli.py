@@ -26,6 +26,7 @@ from keys.store import ROOT_PUBLIC, FileStore
 from schemas.audit import acknowledged, disclosure_digest_of, submission_events
 from schemas.receipt import Acknowledgement, AcknowledgementStatus
 from schemas.referral import Referral
+from tests.evidence_support import check_every_tampering
 from tests.samples import sample
 from tests.unit.audit.conftest import SECRET
 from tests.unit.keys.conftest import SMALL
@@ -263,3 +264,14 @@ def test_export_takes_exactly_one_source_of_the_disclosure(setup: Setup, tmp_pat
     )
     assert other.exit_code == 1
     assert "holds no disclosure of referral" in other.output
+
+
+@pytest.mark.usefixtures("run")
+def test_every_tampering_of_a_pack_is_named_by_the_cli_in_one_line(
+    setup: Setup, tmp_path: Path
+) -> None:
+    pack = tmp_path / "made.json"
+    ids = ["--referral", setup.referral_id, "--recipient", RECIPIENT]
+    result = call("export", *ids, "--gateway-db", str(setup.gateway_db), "-o", str(pack))
+    assert result.exit_code == 0, result.output
+    check_every_tampering(pack.read_bytes(), setup.state / "keys" / ROOT_PUBLIC, tmp_path)
