@@ -16,7 +16,7 @@ from typing import Protocol
 
 import click
 
-from adapters.client import ReferralClient
+from adapters.client import ReferralClient, Submitted
 from adapters.inbox import Inbox, Progress
 from broker.config import Settings
 from broker.envelope import open_record
@@ -143,6 +143,10 @@ class Submitter(Protocol):
     """What an import command needs of ``adapters.client.ReferralClient``."""
 
     async def submit(self, referral: Referral | EncompassNotification | bytes) -> Receipt: ...
+
+    async def send(self, referral: Referral | EncompassNotification | bytes) -> Submitted:
+        """The receipt and whether the broker had it before (the import commands use this)."""
+        ...
 
 
 #: (sending agency id, broker URL) -> a client signing as that agency, used as ``async with``.

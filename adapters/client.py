@@ -4,6 +4,11 @@ The adapter signs the referral JSON as a compact JWS with its agency's signing k
 ``iat`` header is the time of this submission) and posts it as ``application/jose`` with its TLS
 client certificate. Problem details from the broker come back as ``SubmissionRefused`` (the
 input must change) or ``TransportError`` (nothing was sent; the same submission may be retried).
+
+``send`` says as well whether the broker had accepted the same referral before (HTTP 200: its
+original receipt, and nothing was sent again) or accepted it now (202), which is what lets an
+import be run again safely: what went the first time is reported as already sent, with the
+receipt it got then.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +28,7 @@ from schemas.errors import InputError, TransportError
 from schemas.receipt import Receipt
 from schemas.referral import Referral
 
-__all__ = ["ReferralClient", "SubmissionRefused"]
+__all__ = ["ReferralClient", "SubmissionRefused", "Submitted"]
 
 
 class SubmissionRefused(InputError):
@@ -32,6 +38,16 @@ class SubmissionRefused(InputError):
         super().__init__(f"{status} {problem.get('title', 'refused')}: {problem.get('detail', '')}")
         self.status = status
         self.problem = problem
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The broker's answer to an accepted submission."""
+
+    receipt: Receipt
+    #: True when the broker had accepted this same referral (same id, same content) before:
+    #: ``receipt`` is the original one and nothing was sent now (HTTP 200, not 202).
+    already_sent: bool
 
 
 class ReferralClient:
@@ -71,10 +87,17 @@ class ReferralClient:
 
     async def submit(self, referral: Referral | EncompassNotification | bytes) -> Receipt:
         """Sign and submit; return the receipt, raise SubmissionRefused or TransportError."""
-        return await self.post_raw(self.sign(referral), content_type="application/jose")
+        return (await self.send(referral)).receipt
+
+    async def send(self, referral: Referral | EncompassNotification | bytes) -> Submitted:
+        """Sign and submit; the receipt and whether it was sent before (see ``Submitted``)."""
+        return await self._post(self.sign(referral), content_type="application/jose")
 
     async def post_raw(self, body: bytes, *, content_type: str) -> Receipt:
         """Post ``body`` as it is (tests use it to send what a real adapter never would)."""
+        return (await self._post(body, content_type=content_type)).receipt
+
+    async def _post(self, body: bytes, *, content_type: str) -> Submitted:
         if self._session is None:
             raise RuntimeError("use ReferralClient as 'async with'")
         try:
@@ -90,7 +113,7 @@ class ReferralClient:
                 f"cannot reach the broker at {self._base_url}: {type(exc).__name__}"
             ) from exc
         if status in (200, 202):
-            return Receipt.model_validate_json(text)
+            return Submitted(Receipt.model_validate_json(text), already_sent=status == 200)
         try:
             problem = json.loads(text)
         except json.JSONDecodeError:

@@ -6,6 +6,11 @@ record, so one line, whatever is wrong with it (not UTF-8, not JSON, nested too 
 JSON type, a date outside the window, a mapping or referral rule). A file that cannot be read
 (missing, a directory, over ``MAX_BUNDLE_BYTES``) is ``FILE: (file): REASON``. No value from the
 bundle is in the line, and there is never a traceback. A refusal by the broker is one line too.
+
+``nhs import`` is safe to run again on the same bundle (after a lost answer, a crash, or just
+twice): the referral is made from the bundle alone (its id, its ``authoredOn`` as created-at),
+so the broker recognises it, sends nothing again and answers with its original receipt, which
+is printed under ``already sent``.
 """
 
 from __future__ import annotations
@@ -50,7 +55,10 @@ def nhs() -> None:
 def import_(bundle: Path, broker_url: str, dry_run: bool) -> None:
     """Map BUNDLE (a FHIR R4 Bundle, JSON) to a Cairn referral and submit it.
 
-    A bundle that is refused is one line on stderr, FILE: FHIRPATH: REASON; exits 1.
+    Prints "sent" and the broker's receipt (JSON). A bundle that is refused is one line on
+    stderr, FILE: FHIRPATH: REASON; exits 1. Safe to run again on the same BUNDLE: a referral
+    the broker accepted before is not sent again; it prints "already sent" and the original
+    receipt.
     """
     name = click.format_filename(bundle)
     try:
@@ -97,8 +105,16 @@ def _refused(line: str) -> NoReturn:
 
 async def _submit(session: AbstractAsyncContextManager[Submitter], referral: Referral) -> str:
     async with session as client:
-        receipt = await client.submit(referral)
-    return receipt.model_dump_json(indent=2)
+        sent = await client.send(referral)
+    receipt = sent.receipt
+    if sent.already_sent:
+        said = (
+            f"already sent: the broker accepted referral {receipt.referral_id} at "
+            f"{receipt.accepted_at.isoformat()} and sent nothing again; its original receipt:"
+        )
+    else:
+        said = f"sent: referral {receipt.referral_id} accepted; the broker's receipt:"
+    return f"{said}\n{receipt.model_dump_json(indent=2)}"
 
 
 @nhs.command("mesh")

@@ -10,8 +10,15 @@ The good lines of an export with bad ones are still submitted (and the summary s
 partial import; the exit status is 1). That is the contract ``referrals`` is built on, and the
 safer one here: holding back every other victim's referral, and Operation Encompass notices
 due before the next school day, because one line has a typo delays protection for people the
-bad line says nothing about, while message ids derived from the export make importing the
+bad line says nothing about, while messages made from the export alone make importing the
 corrected file again send each message once.
+
+Importing an export again is safe, and is how an interrupted import is finished: every message
+is made from its line alone (``adapters.police.referrals``), so the broker recognises what it
+accepted before and answers with the original receipt without sending anything; the table says
+``already sent`` for those, with the time of the original receipt, and ``queued`` for what
+went now (a line cut short after its first messages is completed, and no recipient gets any
+message twice).
 """
 
 from __future__ import annotations
@@ -85,16 +92,21 @@ def load_federation_dir(directory: Path) -> Federation:
 def import_(file: Path, broker_url: str, federation_dir: Path, dry_run: bool) -> None:
     """Import FILE (JSON lines, one incident a line) and submit what each incident calls for.
 
-    Prints one line per message, with the line of FILE it came from, and one line on stderr per
-    bad line of FILE: FILE:LINE: FIELD: REASON. The good lines are still submitted (a partial
-    import, said in the summary). Exits 1 when any line had a problem or any submission was
-    refused.
+    Prints one line per message (the line of FILE it came from, its purpose, its id, its
+    recipient and the result), and one line on stderr per bad line of FILE:
+    FILE:LINE: FIELD: REASON. The good lines are still submitted (a partial import, said in the
+    summary). Exits 1 when any line had a problem or any submission was refused or failed.
+
+    Safe to run again on the same FILE, e.g. after an interrupted import: a message the broker
+    accepted before is not sent again and shows as "already sent" with the time of its
+    original receipt; the rest are sent.
     """
     federation = load_federation_dir(federation_dir)
     name = click.format_filename(file)
     try:
         with open_for_import(file) as fh:
             lines = _ExportLines(fh)
+            # The clock only bounds the export's times; no message holds it.
             produced, errors = import_export(lines, federation, datetime.now(UTC))
         if not lines.content:
             raise FileRefused("empty: no incidents to import")
@@ -108,7 +120,7 @@ def import_(file: Path, broker_url: str, federation_dir: Path, dry_run: bool) ->
     else:
         results = asyncio.run(_submit(_client_factory(), broker_url, produced))
     click.echo(render_table(produced, errors, results, dry_run=dry_run))
-    failed = bool(errors) or any(not r.startswith(("queued", "ready")) for r in results.values())
+    failed = bool(errors) or any(not r.startswith(_OK) for r in results.values())
     if failed:
         raise SystemExit(1)
 
@@ -148,17 +160,27 @@ async def _submit(
     return results
 
 
+#: The start of a result that counts as done: sent now, sent by an earlier import, or checked.
+_OK = ("queued", "already sent", "ready")
+
+
 async def _submit_one(client: Submitter, item: Outgoing) -> str:
-    """Submit one message; say what happened in a few words (ids and codes only)."""
+    """Submit one message; say what happened in a few words (ids, codes and times only)."""
     # The client posts bytes as they are (signed); a notification is not a Referral model.
     body = item.message if isinstance(item.message, Referral) else item.message.model_dump_json()
     try:
-        receipt = await client.submit(body if isinstance(body, Referral) else body.encode())
+        sent = await client.send(body if isinstance(body, Referral) else body.encode())
     except SubmissionRefused as exc:
         return f"refused: {exc}"
     except TransportError as exc:
         return f"failed: {exc}"
+    receipt = sent.receipt
+    if receipt.referral_id != item.message_id:
+        return f"failed: the broker's receipt names another message ({receipt.referral_id})"
     statuses = ", ".join(f"{r.agency} {r.status.value}" for r in receipt.recipients)
+    if sent.already_sent:
+        # The broker's original receipt: this message went in an earlier import.
+        return f"already sent (receipt of {receipt.accepted_at.isoformat()}: {statuses})"
     return f"queued ({statuses})" if statuses else "queued"
 
 
@@ -174,17 +196,31 @@ def render_table(
     The problems themselves are on stderr, one line per bad line of the export.
     """
     rows = [
-        (str(o.row), o.purpose.value, ", ".join(o.recipients), results.get(o.message_id, ""))
+        (
+            str(o.row),
+            o.purpose.value,
+            str(o.message_id),
+            ", ".join(o.recipients),
+            results.get(o.message_id, ""),
+        )
         for o in sorted(produced, key=lambda o: o.row)
     ]
-    header = ("line", "message", "recipient", "result")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    header = ("line", "message", "id", "recipient", "result")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     lines = [
-        f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}"
+        f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  "
+        f"{r[4]}"
         for r in [header, *rows]
     ]
-    ok = sum(1 for o in produced if results.get(o.message_id, "").startswith(("queued", "ready")))
+    said = [results.get(o.message_id, "") for o in produced]
+    ok = sum(1 for r in said if r.startswith(_OK))
     summary = f"{ok} of {len(produced)} message(s) ok, {len(errors)} problem(s)"
+    before = sum(1 for r in said if r.startswith("already sent"))
+    if before:
+        summary += (
+            f"; {before} of them already sent by an earlier import (the broker's original "
+            "receipts; nothing was sent again)"
+        )
     if errors:
         summary += f" on {len({e.row for e in errors})} line(s), each reported on stderr"
     if errors and produced:

@@ -15,6 +15,7 @@ force did not record, and a date in 9999 is refused before any arithmetic on it.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -177,6 +178,12 @@ class IncidentRecord(Frozen):
     occurrence_reference: Code
     officer: Code = Field(description="Attending officer's collar number")
     occurred_at: Moment
+    recorded_at: Moment | None = Field(
+        default=None,
+        description="When the force's system recorded the occurrence as exported (its last "
+        "change): the referrals' and notices' created-at. Not given: occurred_at. Never the "
+        "time of the import, so importing the same export again makes the same messages",
+    )
     location: ShortText
     attended: Flag = Field(
         description="Police attended; recorded in the referral's G5. Operation Encompass does "
@@ -216,11 +223,19 @@ class IncidentRecord(Frozen):
         ids = [p.person_id for p in self.persons]
         if len(set(ids)) != len(ids):
             raise inconsistent("persons", "person_id values must be unique within a line")
+        if self.recorded_at is not None and self.recorded_at < self.occurred_at:
+            raise inconsistent("recorded_at", "is before occurred_at: check the export's times")
         known = {a.address_id for a in self.addresses}
         for i, person in enumerate(self.persons):
             if person.address_id is not None and person.address_id not in known:
                 raise inconsistent(f"persons.{i}.address_id", "no address with this id")
         return self
+
+    @property
+    def created_at(self) -> datetime:
+        """The time the messages made from this line say they were created: from the line
+        itself (``recorded_at``, else ``occurred_at``), never from a clock."""
+        return self.recorded_at if self.recorded_at is not None else self.occurred_at
 
     @property
     def victim(self) -> ExportPerson:

@@ -26,9 +26,15 @@ s49A duty does not depend on the adult's consent). Lines are read within the bou
 a line outside them is that line's problem like any other, and so is whatever a model raises
 while the line's messages are built. No reason repeats a value of the line.
 
-Message ids are derived from the force, occurrence reference and purpose (and child), so
-importing the same export twice yields the same ids and the broker's idempotency by id keeps
-each referral single.
+Importing the same export again makes the same messages, byte for byte, so that the broker
+recognises each as one it has (``schemas.submission.submission_digest``), answers with its
+original receipt and sends nothing again, and a line half-sent before (its MARAC and IDVA
+referrals went, its Encompass notice did not) is completed by the next import. So every value
+a message holds comes from the line: message ids are name-based UUIDs of the force, occurrence
+reference and purpose (and child), and the created-at is the line's own ``recorded_at`` (else
+``occurred_at``), never the time of the import. ``now`` only bounds the line's times: one
+later than ``now`` (beyond the broker's default clock skew) is refused as that line's problem,
+naming the field, since the broker would refuse its messages.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -102,6 +108,9 @@ _POLICE_BASIS: dict[str, Any] = {
 # in the export, reported rather than guessed. Younger, no school means no roll: a three-year-old
 # at home is nobody's pupil, while one in a school's nursery class has that school recorded.
 _COMPULSORY_SCHOOL_AGE = 5
+# The broker's default max_clock_skew_s: a line's time this far past our clock is refused here,
+# naming the export's field, rather than by the broker naming the referral's.
+_CLOCK_SKEW: Final = timedelta(seconds=60)
 # What a problem with the referral as a whole (the consent record above all) holds back.
 _HELD_BACK = "MARAC and IDVA referrals not made"
 
@@ -257,10 +266,15 @@ def _messages(
     force = federation.get(record.force)
     if force is None or force.role is not AgencyRole.POLICE:
         raise _RowProblems([("force", "not a police force of this federation")])
+    if record.created_at > now + _CLOCK_SKEW:
+        field = "recorded_at" if record.recorded_at is not None else "occurred_at"
+        raise _RowProblems(
+            [(field, "is later than this machine's clock: check the export's times and clock")]
+        )
     out: list[Referral | EncompassNotification] = []
     problems = list(held_back)
     try:
-        base: Referral | None = referral_from_record(record, now)
+        base: Referral | None = referral_from_record(record)
     except _RowProblems as exc:
         # The adult referrals cannot be made; the children's notices do not depend on them.
         base = None
@@ -275,7 +289,7 @@ def _messages(
         out.extend(_adult_referrals(base, record, federation, problems))
     for person in record.persons:
         if person.role is PersonRole.CHILD:
-            note, problem = _notification(record, person, federation, now)
+            note, problem = _notification(record, person, federation)
             if note is not None:
                 out.append(note)
             if problem is not None:
@@ -340,7 +354,6 @@ def _notification(
     record: IncidentRecord,
     person: ExportPerson,
     federation: Federation,
-    now: datetime,
 ) -> tuple[EncompassNotification | None, tuple[str, str] | None]:
     """The notice about one linked child, from the child's and the incident's facts alone.
 
@@ -398,7 +411,7 @@ def _notification(
             sender_agency=record.force,
             sender_officer=record.officer,
             recipient=recipient,
-            created_at=now,
+            created_at=record.created_at,
             # The statutory deadline runs from the incident, not from when the export was
             # read: a notice made late is due at once and shows as overdue, never re-dated.
             notify_by=next_school_day_start(record.occurred_at),
@@ -416,13 +429,15 @@ def _notification(
 # --- the full referral -----------------------------------------------------------------------
 
 
-def referral_from_record(record: IncidentRecord, now: datetime) -> Referral:
+def referral_from_record(record: IncidentRecord) -> Referral:
     """The whole referral the record supports, addressed (provisionally) to nobody but MARAC.
+
+    Made from the record alone (no clock): the same record always makes the same referral.
 
     Raises ``_RowProblems`` with paths into the export line when the record's facts do not make
     a valid referral (e.g. the risk level disagrees with the DASH answers).
     """
-    data = _referral_data(record, now)
+    data = _referral_data(record)
     try:
         return Referral.model_validate(data)
     except ValidationError as exc:
@@ -431,7 +446,7 @@ def referral_from_record(record: IncidentRecord, now: datetime) -> Referral:
         ) from None
 
 
-def _referral_data(record: IncidentRecord, now: datetime) -> dict[str, Any]:
+def _referral_data(record: IncidentRecord) -> dict[str, Any]:
     victim = record.victim
     suspect = record.suspect
     children = [p for p in record.persons if p.role is PersonRole.CHILD]
@@ -445,7 +460,7 @@ def _referral_data(record: IncidentRecord, now: datetime) -> dict[str, Any]:
             "recipients": ("unaddressed",),
             "purpose": Purpose.MARAC,
             "police_reference": record.occurrence_reference,
-            "created_at": now,
+            "created_at": record.created_at,
         },
         "victim": {
             "given_name": victim.given_name,
@@ -579,6 +594,8 @@ def _export_path(record: IncidentRecord, path: str) -> str:
         return rest or "occurred_at"
     if head == "consent":
         return _join("sharing", rest)
+    if path == "header.created_at":
+        return "recorded_at" if record.recorded_at is not None else "occurred_at"
     return path
 
 

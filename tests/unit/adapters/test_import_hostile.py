@@ -435,6 +435,7 @@ def test_good_lines_of_a_partial_import_are_submitted(monkeypatch: pytest.Monkey
     from contextlib import asynccontextmanager
     from uuid import UUID
 
+    from adapters.client import Submitted
     from adapters.police.cli import police as police_group
     from schemas.receipt import Receipt
 
@@ -448,6 +449,9 @@ def test_good_lines_of_a_partial_import_are_submitted(monkeypatch: pytest.Monkey
                 accepted_at=datetime(2026, 11, 26, 9, 0, tzinfo=UTC),
                 recipients=(),
             )
+
+        async def send(self, message: object) -> Submitted:
+            return Submitted(await self.submit(message), already_sent=False)
 
     @asynccontextmanager
     async def factory(agency: str, url: str) -> AsyncIterator[Client]:
@@ -780,6 +784,8 @@ def test_a_bundle_the_broker_refuses_is_one_line_naming_its_fields() -> None:
                     ],
                 },
             )
+
+        send = submit
 
     @asynccontextmanager
     async def factory(agency: str, url: str) -> AsyncIterator[Client]:

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from fhir.resources.R4B.bundle import Bundle
 
+from adapters.client import Submitted
 from adapters.nhs import bundle_to_referral, disclosure_to_bundle, parse_bundle, referral_to_bundle
 from adapters.nhs.cli import nhs
 from adapters.nhs.codes import NHS_NUMBER_SYSTEM
@@ -223,13 +224,14 @@ def test_cli_import_dry_run_and_submit() -> None:
     sent: list[Referral | bytes] = []
 
     class Client:
-        async def submit(self, referral: Referral | bytes) -> Receipt:
+        async def send(self, referral: Referral | bytes) -> Submitted:
             sent.append(referral)
-            return Receipt(
+            receipt = Receipt(
                 referral_id=UUID("3a7d9c10-5e2b-4f8a-8c61-2b9e4d7f0a21"),
                 accepted_at=datetime(2026, 11, 20, 16, 31, tzinfo=UTC),
                 recipients=(),
             )
+            return Submitted(receipt, already_sent=len(sent) > 1)
 
     @asynccontextmanager
     async def factory(agency: str, url: str) -> AsyncIterator[Client]:
@@ -240,6 +242,15 @@ def test_cli_import_dry_run_and_submit() -> None:
     assert result.exit_code == 0, result.output
     assert len(sent) == 1
     assert isinstance(sent[0], Referral)
+    assert "sent: referral 3a7d9c10-5e2b-4f8a-8c61-2b9e4d7f0a21 accepted" in result.output
+    # The broker's 200 for the same referral again: said as already sent, with the original.
+    again = runner.invoke(nhs, ["import", str(path)], obj={"client_factory": factory})
+    assert again.exit_code == 0, again.output
+    assert (
+        "already sent: the broker accepted referral 3a7d9c10-5e2b-4f8a-8c61-2b9e4d7f0a21 at "
+        "2026-11-20T16:31:00+00:00 and sent nothing again" in again.output
+    )
+    assert sent[0] == sent[1]  # made from the bundle alone: the same referral both times
 
 
 def test_cli_import_reports_fhir_paths(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from adapters.client import SubmissionRefused
+from adapters.client import SubmissionRefused, Submitted
 from adapters.police import Outgoing, RowError, import_export
 from adapters.police.cli import police
 from schemas.consent import Consent
@@ -122,6 +122,58 @@ def test_message_ids_are_stable_across_imports() -> None:
     second, _ = run("police-export.jsonl")
     assert [o.message_id for o in first] == [o.message_id for o in second]
     assert len({o.message_id for o in first}) == len(first)
+
+
+def test_the_same_export_makes_the_same_messages_whatever_the_clock() -> None:
+    """Imported days apart, every message is the same bytes: nothing in it comes from the clock,
+    so the broker sees a resubmission, not another referral under a used id."""
+    lines = (SAMPLES / "police-export.jsonl").read_text(encoding="utf-8").splitlines()
+    first, _ = import_export(lines, federation(), NOW)
+    later, _ = import_export(lines, federation(), NOW + timedelta(days=3, seconds=7))
+    assert [o.message.model_dump_json() for o in first] == [
+        o.message.model_dump_json() for o in later
+    ]
+    for o in first:  # without recorded_at, the line's occurred_at is the created-at
+        occurred = sample_line(o.row)["occurred_at"]
+        assert o.message.header.created_at == datetime.fromisoformat(occurred)
+
+
+def test_recorded_at_is_the_created_at_of_every_message() -> None:
+    """A line's recorded_at dates its referrals and its notices alike."""
+    line = {**sample_line(1), "recorded_at": "2026-11-26T07:45:00+00:00"}
+    produced, errors = import_export([json.dumps(line)], federation(), NOW)
+    assert errors == []
+    assert {o.message.header.created_at for o in produced} == {
+        datetime(2026, 11, 26, 7, 45, tzinfo=UTC)
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"recorded_at": "2026-11-25T20:00:00+00:00"}, "recorded_at", "is before occurred_at"),
+        ({"recorded_at": "2026-11-26T09:05:00+00:00"}, "recorded_at", "later than this machine"),
+        ({"occurred_at": "2026-11-26T09:05:00+00:00"}, "occurred_at", "later than this machine"),
+    ],
+)
+def test_a_line_dated_impossibly_is_refused_at_its_field(
+    change: dict[str, str], field: str, reason: str
+) -> None:
+    """recorded_at before the incident, or a time past the clock (beyond a minute's skew), is
+    the line's problem naming the export field; nothing of the line is made."""
+    line = {**sample_line(1), **change}
+    produced, errors = import_export([json.dumps(line)], federation(), NOW)
+    assert produced == []
+    assert [(e.row, e.field) for e in errors] == [(1, field)]
+    assert reason in errors[0].reason
+
+
+def test_a_minute_of_clock_skew_is_allowed() -> None:
+    """A line recorded under a minute ahead of the importing machine's clock still imports."""
+    line = {**sample_line(1), "recorded_at": "2026-11-26T09:00:50+00:00"}
+    produced, errors = import_export([json.dumps(line)], federation(), NOW)
+    assert errors == []
+    assert produced
 
 
 def _child(pid: str, dob: str, **extra: Any) -> dict[str, Any]:
@@ -398,6 +450,44 @@ class FakeClient:
             ),
         )
 
+    async def send(self, referral: Referral | bytes) -> Submitted:
+        return Submitted(await self.submit(referral), already_sent=False)
+
+
+class RememberingBroker:
+    """Answers as the broker does: the first submission of an id is queued (202), the same
+    content again gets the original receipt (200), other content under the id a 409."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, tuple[bytes, Receipt]] = {}
+        self.clock = NOW
+        self.accepted = 0
+
+    async def submit(self, referral: Referral | bytes) -> Receipt:
+        return (await self.send(referral)).receipt
+
+    async def send(self, referral: Referral | bytes) -> Submitted:
+        body = referral.model_dump_json().encode() if isinstance(referral, Referral) else referral
+        data = json.loads(body)
+        header = data["header"]
+        message_id = header.get("referral_id") or header["notification_id"]
+        recipients = header.get("recipients") or [header["recipient"]]
+        if message_id in self.kept:
+            first, receipt = self.kept[message_id]
+            if first != body:
+                raise SubmissionRefused(409, {"title": "replay-conflict", "detail": "content"})
+            return Submitted(receipt, already_sent=True)
+        receipt = Receipt(
+            referral_id=message_id,
+            accepted_at=self.clock,
+            recipients=tuple(
+                RecipientReceipt(agency=a, status=RecipientStatus.QUEUED) for a in recipients
+            ),
+        )
+        self.kept[message_id] = (body, receipt)
+        self.accepted += 1
+        return Submitted(receipt, already_sent=False)
+
 
 def test_cli_submits_each_message_and_reports_each_result() -> None:
     """'police import' submits every message through the client and prints each outcome."""
@@ -434,3 +524,29 @@ def test_cli_without_credentials_refuses_to_submit() -> None:
     )
     assert result.exit_code == 1
     assert "--dry-run" in result.output
+
+
+def test_importing_the_same_export_again_prints_the_original_receipts() -> None:
+    """The second import of an export, a day later, sends nothing new: each message is 'already
+    sent' with the time of its first receipt and its id, the summary says so, and it exits 0."""
+    broker = RememberingBroker()
+
+    @asynccontextmanager
+    async def factory(agency: str, url: str) -> AsyncIterator[RememberingBroker]:
+        yield broker
+
+    args = ["import", "--federation-dir", str(FEDERATION_DIR), str(SAMPLES / "police-export.jsonl")]
+    first = CliRunner().invoke(police, args, obj={"client_factory": factory})
+    assert first.exit_code == 0, first.output
+    assert first.output.count("  queued (kelder-") == 10
+    assert broker.accepted == 10
+    broker.clock = NOW + timedelta(days=1)
+    again = CliRunner().invoke(police, args, obj={"client_factory": factory})
+    assert again.exit_code == 0, again.output
+    assert broker.accepted == 10  # nothing was accepted anew
+    assert again.output.count(f"already sent (receipt of {NOW.isoformat()}: kelder-") == 10
+    for message_id in broker.kept:
+        assert message_id in again.output
+    assert "10 of 10 message(s) ok" in again.output
+    assert "10 of them already sent by an earlier import" in again.output
+    assert "refused" not in again.output
