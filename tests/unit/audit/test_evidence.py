@@ -32,7 +32,7 @@ from keys.federation import init_federation, load_signing_key, read_root_key
 from keys.jose import sign_compact
 from keys.jwk import SigningKey
 from keys.registry import AUDITOR_ID, BROKER_ID, Registry, sign_registry
-from keys.store import REGISTRY, MemoryStore
+from keys.store import REGISTRY, ROOT_PUBLIC, MemoryStore
 from schemas.audit import acknowledged, disclosure_digest_of, submission_events
 from schemas.receipt import Acknowledgement, AcknowledgementStatus
 from schemas.referral import Referral
@@ -404,3 +404,47 @@ def test_the_standard_tools_check_in_docs_evidence_md_passes(world: World, tmp_p
             exec(compile(snippet, "docs/evidence.md", "exec"), {})  # noqa: S102
     finally:
         os.chdir(here)
+
+
+def _snippet(n: int) -> str:
+    text = (Path(__file__).parents[3] / "docs" / "evidence.md").read_text()
+    return text.split("```python\n")[n].split("```", 1)[0]
+
+
+def test_the_jose_check_in_docs_evidence_md_passes_with_jwcrypto(
+    world: World,
+    keys: tuple[MemoryStore, Registry],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The JOSE block of docs/evidence.md (jwcrypto and pyca/cryptography, none of our code)
+    accepts a real pack with its signed ack and JWS, and refuses it when the ack, the JWS,
+    the registry or the checkpoint signature is altered."""
+    snippet = compile(_snippet(2), "docs/evidence.md", "exec")
+    (tmp_path / "root.jwk").write_bytes(keys[0].read(ROOT_PUBLIC))
+    monkeypatch.chdir(tmp_path)
+    pack = make(world).pack
+    (tmp_path / "pack.json").write_bytes(pack)
+    exec(snippet, {})  # noqa: S102
+
+    def flip_signature(doc: dict[str, Any]) -> None:
+        head, sep, note = doc["disclosed"]["proof"].partition("\n\n")
+        text, _, line = note.partition("\n\n")
+        name, blob = line.strip().split(" ", 1)[1].split(" ")
+        raw = bytearray(base64.b64decode(blob))
+        raw[-1] ^= 1
+        changed = f"{text}\n\n\u2014 {name} {base64.b64encode(bytes(raw)).decode()}\n"
+        doc["disclosed"]["proof"] = head + sep + changed
+
+    for change in (
+        lambda d: d.update(ack=d["ack"][:-2] + ("AA" if d["ack"][-2:] != "AA" else "BB")),
+        lambda d: d.update(jws=d["jws"][:-2] + ("AA" if d["jws"][-2:] != "AA" else "BB")),
+        lambda d: d.update(jws=d["ack"]),
+        lambda d: d.update(
+            registry=d["registry"][:-2] + ("AA" if d["registry"][-2:] != "AA" else "BB")
+        ),
+        flip_signature,
+    ):
+        (tmp_path / "pack.json").write_bytes(edited(pack, change))
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever jwcrypto or an assert raises
+            exec(snippet, {})  # noqa: S102
