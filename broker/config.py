@@ -26,6 +26,7 @@ __all__ = [
     "KAFKA_SASL_MECHANISMS",
     "KAFKA_SECURITY_PROTOCOLS",
     "REPO_ROOT",
+    "ConfigFileMissing",
     "Settings",
     "WitnessSetting",
     "config_file",
@@ -133,11 +134,21 @@ def _cosigner_material(text: str) -> bool:
     return len(raw) == 33 and raw[0] == 0x04 and base64.b64encode(raw).decode() == text
 
 
-def config_file() -> Path | None:
-    """The TOML file in force, if any."""
+class ConfigFileMissing(ValueError):
+    """``CAIRN_CONFIG`` names a file that does not exist (a typo must not fall back silently
+    to the defaults, which suit only the development federation)."""
+
+
+def config_file(*, must_exist: bool = True) -> Path | None:
+    """The TOML file in force, if any: ``$CAIRN_CONFIG``, else ``./cairn.toml`` if it exists.
+    ``ConfigFileMissing`` if ``$CAIRN_CONFIG`` names no file (unless not ``must_exist``)."""
     explicit = os.environ.get("CAIRN_CONFIG")
     if explicit:
-        return Path(explicit)
+        path = Path(explicit)
+        if must_exist and not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ConfigFileMissing(f"CAIRN_CONFIG names {path}, which {what}")
+        return path
     local = Path("cairn.toml")
     return local if local.is_file() else None
 

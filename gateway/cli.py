@@ -21,11 +21,10 @@ from ssl import SSLContext
 import click
 from aiohttp import web
 from cryptography import x509
-from pydantic import ValidationError
 
 from adapters.agency import agency_trust
 from adapters.nhs.mesh.settings import MeshSettings
-from broker.cli.common import settings_or_exit
+from broker.cli.common import load_settings, settings_or_exit
 from broker.config import Settings, read_secret_file
 from broker.trust import TrustStore
 from gateway.api import Callers, create_api
@@ -269,32 +268,14 @@ def gateway(ctx: click.Context, agency: str) -> None:
 
     settings = settings_or_exit()
     configure_logging(settings.log_format, settings.log_level)
-    try:
-        gw = GatewaySettings()
-    except ValidationError as exc:
-        raise click.ClickException(_settings_problem(exc, "CAIRN_GATEWAY_")) from None
-    try:
-        web_settings = WebSettings()
-    except ValidationError as exc:
-        raise click.ClickException(_settings_problem(exc, "CAIRN_GATEWAY_WEB_")) from None
-    try:
-        mesh = MeshSettings()
-    except ValidationError as exc:
-        raise click.ClickException(_settings_problem(exc, "CAIRN_MESH_")) from None
+    gw = load_settings(GatewaySettings)
+    web_settings = load_settings(WebSettings)
+    mesh = load_settings(MeshSettings)
     try:
         built = build(settings, gw, agency, web_settings=web_settings, mesh=mesh)
         asyncio.run(serve(built, gw, web_settings))
     except (CairnError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _settings_problem(exc: ValidationError, prefix: str) -> str:
-    lines = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "settings"
-        name = f"{prefix}{where.upper()}" if error["loc"] else f"{prefix}*"
-        lines.append(f"{name}: {error['msg']}")
-    return "invalid gateway settings: " + "; ".join(lines)
 
 
 from gateway.users import user  # noqa: E402  (cairn gateway --as AGENCY user ...: G2)

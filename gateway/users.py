@@ -379,19 +379,16 @@ def users_path(state_dir: Path, agency: str) -> Path:
 def _accounts(ctx: click.Context) -> Iterator[Users]:
     """The ``--as`` agency's accounts for one command: a bad operation is a one-line error, and
     the file is closed after."""
-    from pydantic import ValidationError
-
+    from broker.cli.common import load_settings
     from broker.config import Settings
+    from gateway.web.security import WebSettings
 
     agency = ctx.find_root().find_object(dict)
     name = (agency or {}).get("gateway_agency")
     if not isinstance(name, str):
         raise click.UsageError("use: cairn gateway --as AGENCY user ...")
-    try:
-        users = open_users(Settings().state_dir, name)  # with the CAIRN_GATEWAY_WEB_* login lock
-    except ValidationError as exc:
-        names = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
-        raise click.ClickException(f"invalid CAIRN_* settings: {names}") from None
+    # with the CAIRN_GATEWAY_WEB_* login lock
+    users = open_users(load_settings(Settings).state_dir, name, load_settings(WebSettings))
     try:
         yield users
     except UserError as exc:

@@ -8,14 +8,17 @@ and ``schemas`` (an import contract in pyproject.toml keeps it so).
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
 import click
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
-from broker.config import Settings
+from broker.config import Settings, config_file
 from schemas.errors import CairnError
 
 __all__ = [
@@ -24,11 +27,14 @@ __all__ = [
     "clean_errors",
     "describe",
     "folder_option",
+    "load_settings",
+    "settings_error",
     "settings_or_exit",
 ]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+S = TypeVar("S", bound=BaseSettings)
 
 #: Where a development broker listens (``cairn serve`` with the default configuration).
 DEFAULT_BROKER_URL: Final = "https://127.0.0.1:8443"
@@ -44,12 +50,55 @@ broker_url_option: Final = click.option(
 )
 
 
+def _problem(message: str) -> str:
+    # pydantic prefixes a validator's own ValueError; the message after it is ours.
+    return message.removeprefix("Value error, ")
+
+
+def settings_error(exc: Exception, cls: type[BaseSettings] = Settings) -> str:
+    """What is wrong with the configuration, in the operator's terms: one line per fault, each
+    naming the environment variable (and the TOML key, when a file is in force), never the
+    value given (it may be a password) nor a link to a library's documentation."""
+    path = config_file(must_exist=False) if issubclass(cls, Settings) else None  # TOML: Settings
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        return f"{path} is not valid TOML: {exc}"
+    if isinstance(exc, OSError):
+        return f"cannot read the configuration file {path}: {exc.strerror}"
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        name = loc[0] if loc else ""
+        if error["type"] == "extra_forbidden":
+            where = f"in {path}" if path is not None else "given"
+            lines.append(f"{name} ({where}) is not a setting; see the README's settings table")
+            continue
+        if name not in cls.model_fields:  # a model-wide check: its message names the settings
+            lines.append(_problem(error["msg"]))
+            continue
+        variable = (prefix + name).upper()
+        also = f" (or {name} in {path})" if path is not None else ""
+        detail = ".".join(loc[1:])
+        lines.append(f"{variable}{also}{' ' + detail if detail else ''}: {_problem(error['msg'])}")
+    return "; ".join(lines)
+
+
+def load_settings(cls: type[S]) -> S:
+    """``cls()`` (environment over the TOML file over defaults), or a ``click.ClickException``
+    saying what is wrong with the configuration (``settings_error``)."""
+    try:
+        return cls()
+    except (ValidationError, tomllib.TOMLDecodeError, OSError, ValueError, CairnError) as exc:
+        raise click.ClickException(
+            f"configuration is not valid: {settings_error(exc, cls)}"
+        ) from None
+
+
 def settings_or_exit() -> Settings:
     """The effective settings, or a one-line usage error naming what is wrong with them."""
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic ValidationError, TOML errors: all configuration faults
-        raise click.ClickException(f"configuration is not valid: {exc}") from None
+    return load_settings(Settings)
 
 
 def clean_errors(fn: Callable[P, T]) -> Callable[P, T]:

@@ -8,6 +8,7 @@ import os
 import signal
 import ssl
 import sys
+import tomllib
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from functools import wraps
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
-from broker.cli.common import describe
+from broker.cli.common import describe, settings_error
 from broker.cli.common import settings_or_exit as _settings
-from broker.config import Settings
+from broker.config import ConfigFileMissing, Settings
 from schemas.errors import CairnError
 from schemas.federation import Federation
 
@@ -580,4 +582,9 @@ _attach()
 
 @wraps(cli)
 def main() -> None:
-    cli(prog_name="cairn")
+    try:
+        cli(prog_name="cairn")
+    except (ValidationError, tomllib.TOMLDecodeError, ConfigFileMissing) as exc:
+        # A command that read its settings itself: the same one line as settings_or_exit.
+        click.echo(f"Error: configuration is not valid: {settings_error(exc)}", err=True)
+        sys.exit(1)

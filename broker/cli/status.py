@@ -16,6 +16,8 @@ the key store's public files (``keys.expiry``; no passphrase needed). Each one e
 from __future__ import annotations
 
 import asyncio
+import ssl
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,14 +28,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from broker.cli.common import settings_or_exit
 from broker.config import Settings
 from broker.state import StateStore, store_for
 from keys.expiry import read_key_folder
-from schemas.errors import StateUnavailable
+from schemas.errors import CairnError, StateUnavailable
 
 __all__ = [
     "Status",
     "credential_warnings",
+    "down",
     "parse_metrics",
     "read_key_store",
     "read_store",
@@ -208,18 +212,23 @@ def render(view: Status, console: Console) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-async def _fetch(settings: Settings, agency: str, url: str) -> tuple[str | None, dict[str, Any]]:
-    import aiohttp
-
+def _client_context(settings: Settings, agency: str) -> ssl.SSLContext:
     from broker.trust import custody_of
     from keys import client_context
     from keys.custody import store_of
 
     # The member's own store (over the published one) and its passphrase (keys.custody).
     custody = custody_of(settings)
-    context = client_context(
+    return client_context(
         custody.member_store(agency), agency, custody.passphrase(store_of(agency))
     )
+
+
+async def _fetch(
+    settings: Settings, context: ssl.SSLContext, url: str
+) -> tuple[str | None, dict[str, Any]]:
+    import aiohttp
+
     timeout = aiohttp.ClientTimeout(total=settings.readiness_timeout_s * 3)
     connector = aiohttp.TCPConnector(ssl=context)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -230,6 +239,52 @@ async def _fetch(settings: Settings, agency: str, url: str) -> tuple[str | None,
     return text, ready
 
 
+async def _auditor(settings: Settings, context: ssl.SSLContext, url: str) -> str:
+    """The auditor's own answer: its latest checkpoint's tree size (the public tlog-tiles
+    checkpoint route), or why it gave none."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=settings.readiness_timeout_s * 3)
+    connector = aiohttp.TCPConnector(ssl=context)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        session.get(f"{url}/v1/audit/log/checkpoint") as response,
+    ):
+        if response.status == 404:
+            return "answering (no checkpoint signed yet)"
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+        lines = (await response.text()).split("\n")
+    size = lines[1] if len(lines) > 1 and lines[1].isdigit() else "?"
+    return f"answering (checkpoint of {size} entries)"
+
+
+def _why(exc: BaseException) -> str:
+    """An operator's reason: a Cairn error's own message (written to say how to fix it, and
+    free of personal data), else the exception's kind."""
+    if isinstance(exc, CairnError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return type(exc).__name__
+
+
+def down(view: Status, *, offline: bool) -> list[str]:
+    """The checks that make ``cairn status`` exit non-zero: the broker not ready, Kafka not
+    reachable, the auditor not answering (online), the state store unreadable (always)."""
+    failing = []
+    if not offline:
+        if view.health.get("broker") != "ready":
+            failing.append("broker")
+        if view.health.get("kafka") != "reachable":
+            failing.append("kafka")
+        if not view.health.get("auditor", "").startswith("answering"):
+            failing.append("auditor")
+    if view.health.get("state store read") != "read":
+        failing.append("state store")
+    return failing
+
+
 @click.command("status")
 @click.option(
     "--as",
@@ -238,29 +293,55 @@ async def _fetch(settings: Settings, agency: str, url: str) -> tuple[str | None,
     show_default=True,
     help="Whose certificate to present to the broker",
 )
-@click.option("--url", default=None, help="Broker URL [default: https://HTTP_HOST:HTTP_PORT]")
+@click.option(
+    "--url",
+    envvar="CAIRN_BROKER_URL",
+    default=None,
+    help="Broker URL (or CAIRN_BROKER_URL) [default: https://HTTP_HOST:HTTP_PORT]",
+)
+@click.option(
+    "--auditor-url",
+    envvar="CAIRN_AUDITOR_URL",
+    default=None,
+    help="Auditor URL (or CAIRN_AUDITOR_URL) [default: https://HTTP_HOST:AUDITOR_HTTP_PORT]",
+)
 @click.option(
     "--offline",
     is_flag=True,
     help="Read the state store and the key store's public files only; do not call the broker",
 )
-def status(agency: str, url: str | None, offline: bool) -> None:
+def status(agency: str, url: str | None, auditor_url: str | None, offline: bool) -> None:
     """Flows sender → recipient, overdue disclosures, health and credential expiry, as tables
     (codes and ids only); a warning line for each credential expiring within
-    credential_warn_days."""
-    settings = Settings()
+    credential_warn_days.
+
+    Exit status: 0 when the broker is ready, Kafka reachable, the auditor answering and the
+    state store readable (with --offline: the store alone); 1 when any of them is not, after
+    the tables, with a last line naming them."""
+    settings = settings_or_exit()
     view = Status(warn_days=settings.credential_warn_days)
     if not offline:
-        base = url or f"https://{settings.http_host}:{settings.http_port}"
+        base = (url or f"https://{settings.http_host}:{settings.http_port}").rstrip("/")
+        audit = auditor_url or f"https://{settings.http_host}:{settings.auditor_http_port}"
         try:
-            text, ready = asyncio.run(_fetch(settings, agency, base))
-        except Exception as exc:  # unreachable broker, bad credentials: say so, show the store
-            view.health["broker"] = f"unreachable ({type(exc).__name__})"
+            context = _client_context(settings, agency)
+        except CairnError as exc:  # no passphrase, no store: the message says how to fix it
+            view.health["broker"] = view.health["auditor"] = f"not asked: {exc}"
         else:
-            view.health["broker"] = str(ready.get("status", "unknown"))
-            view.health["kafka"] = str(ready.get("kafka", "unknown"))
-            if text is not None:
-                parse_metrics(text, view)
+            try:
+                text, ready = asyncio.run(_fetch(settings, context, base))
+            except Exception as exc:  # unreachable broker, bad credentials: say so, go on
+                view.health["broker"] = f"unreachable ({_why(exc)})"
+            else:
+                view.health["broker"] = str(ready.get("status", "unknown"))
+                view.health["kafka"] = str(ready.get("kafka", "unknown"))
+                if text is not None:
+                    parse_metrics(text, view)
+            try:
+                view.health["auditor"] = asyncio.run(_auditor(settings, context, audit))
+            except Exception as exc:
+                view.health["auditor"] = f"unreachable ({_why(exc)})"
+        view.health.setdefault("kafka", "unknown (the broker did not answer)")
     try:
         store = store_for(settings, read_only=True)
     except StateUnavailable as exc:  # a malformed CAIRN_DATABASE_URL: say so, show the rest
@@ -279,3 +360,7 @@ def status(agency: str, url: str | None, offline: bool) -> None:
             root_kid=settings.registry_root_kid,
         )
     render(view, Console())
+    failing = down(view, offline=offline)
+    if failing:
+        click.echo(f"status: not healthy: {', '.join(failing)} (see the Health table)", err=True)
+        sys.exit(1)

@@ -124,3 +124,39 @@ def test_send_refuses_an_invalid_file_naming_the_field(env: dict[str, str], tmp_
     assert result.returncode == 1
     assert "header.purpose" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_exits_zero_only_while_broker_kafka_and_auditor_answer(
+    env: dict[str, str], served: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    """'cairn status' against a real broker, Kafka and auditor: 0 while all answer; 1 naming
+    the auditor once it is stopped (issue 18)."""
+    env = {**env, "CAIRN_AUDITOR_HTTP_PORT": str(free_port())}
+    auditor = subprocess.Popen(
+        [*CAIRN, "auditor"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        result = cairn(env, "status")
+        while result.returncode != 0 and time.monotonic() < deadline:
+            if auditor.poll() is not None:
+                pytest.fail(f"cairn auditor stopped: {auditor.communicate()[1][-2000:]}")
+            time.sleep(1)
+            result = cairn(env, "status")
+        assert result.returncode == 0, result.stdout + result.stderr
+        flat = " ".join(result.stdout.split())
+        assert "broker │ ready" in flat
+        assert "kafka │ reachable" in flat
+        assert "auditor │ answering" in flat
+    finally:
+        auditor.send_signal(signal.SIGTERM)
+        auditor.communicate(timeout=60)
+    stopped = cairn(env, "status")
+    assert stopped.returncode == 1
+    assert "status: not healthy: auditor" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
