@@ -32,9 +32,10 @@ from typing import Final
 
 from keys.registry import KeyStatus, Registry
 
-__all__ = ["EXTRA_MEMBER_PREFIX", "jwk_set"]
+__all__ = ["EXTRA_MEMBER_PREFIX", "JWK_SET_MEDIA_TYPE", "jwk_set"]
 
 EXTRA_MEMBER_PREFIX: Final = "cairn_"
+JWK_SET_MEDIA_TYPE: Final = "application/jwk-set+json"  # RFC 7517 §8.5.1
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -58,15 +58,17 @@ The log in the C2SP tlog-tiles layout (``broker.audit.tiles``), under ``/v1/audi
     GET  /v1/audit/log/tile/entries/<N>[.p/<W>]        entry bundles (auditor's certificate)
     GET  /v1/audit/verifier-key                        the checkpoint verifier key(s), C2SP
                                                        signed-note ``name+hash+base64`` (public)
+    GET  /v1/audit/jwks                                the registry's keys as a JWK Set, RFC
+                                                       7517 §5 (``keys.jwks``; public)
     GET  /openapi.json                                 this API's OpenAPI 3.1 document
                                                        (broker/audit/openapi.json)
 
 The public paths hold no personal data (a checkpoint is an origin, a size and a root hash; a
-hash tile is SHA-256 hashes of events; the key is a public key), so any tiles client or witness
-may read them without a client certificate: the TLS context asks for a certificate but does
-not require one (``tls_context``), and ``auditor_only`` lets only those handlers through
-without the auditor's. The events themselves (entry bundles and every other path) stay behind
-the auditor's certificate.
+hash tile is SHA-256 hashes of events; the keys are public keys and member ids), so any tiles
+client, witness or JOSE library may read them without a client certificate: the TLS context
+asks for a certificate but does not require one (``tls_context``), and ``auditor_only`` lets
+only those handlers through without the auditor's. The events themselves (entry bundles and
+every other path) stay behind the auditor's certificate.
 
 Every log operation runs on one dedicated thread: the store is not thread-safe, and its
 appends block on fsync.
@@ -130,6 +132,7 @@ from broker.web.openapi import openapi_route
 from broker.web.pages import json_page, static_file, static_route
 from keys import AUDITOR_ID, peer_agency, server_context
 from keys.errors import VerificationError as KeyVerificationError
+from keys.jwks import JWK_SET_MEDIA_TYPE, jwk_set
 from keys.registry import KeyStatus, KeyUse
 from keys.store import PathStore
 from schemas.audit import AuditEvent
@@ -505,8 +508,8 @@ def tls_context(store: PathStore, passphrase: bytes) -> ssl.SSLContext:
 @web.middleware
 async def auditor_only(request: web.Request, handler: Any) -> web.StreamResponse:
     """Only the auditor's client certificate may read the log (IG tools present it), except
-    the public handlers (checkpoint, hash tiles, verifier key), chosen by the matched route
-    rather than the path text."""
+    the public handlers (checkpoint, hash tiles, verifier key, JWK Set), chosen by the matched
+    route rather than the path text."""
     if request.match_info.handler in _PUBLIC:
         response: web.StreamResponse = await handler(request)
         return response
@@ -784,7 +787,19 @@ async def verifier_key(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", headers={"Cache-Control": "no-cache"})
 
 
-_PUBLIC: Final = frozenset({log_checkpoint, tile, verifier_key})
+async def jwks(request: web.Request) -> web.Response:
+    """The verified registry's public keys as a JWK Set (RFC 7517 §5, ``keys.jwks``), revoked
+    ones left out, as ``application/jwk-set+json`` (RFC 7517 §8.5.1): public keys and member
+    ids only, so any party (an adapter, a court checking an evidence pack) may fetch it."""
+    document = jwk_set(request.app[AUDITOR].trust.registry())  # RegistryUntrusted: a 503
+    return web.Response(
+        text=json.dumps(document),
+        content_type=JWK_SET_MEDIA_TYPE,
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+_PUBLIC: Final = frozenset({log_checkpoint, tile, verifier_key, jwks})
 
 
 # --- HTTP: the IG view --------------------------------------------------------------
@@ -850,6 +865,7 @@ def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application
     app.router.add_get("/v1/audit/log/checkpoint", log_checkpoint)
     app.router.add_get("/v1/audit/log/tile/{tail:.+}", tile)
     app.router.add_get("/v1/audit/verifier-key", verifier_key)
+    app.router.add_get("/v1/audit/jwks", jwks)
     app.router.add_get("/openapi.json", openapi_route("broker.audit"))  # auditor's cert only
     if dashboard:
         add_ig_routes(app, auditor)
