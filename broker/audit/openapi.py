@@ -7,9 +7,9 @@ audit event's schema is the pydantic model's, the override rows' the report's da
 proofs are ``broker.audit.proofs``' one JSON shape (RFC 9162 §4 names); the problem types are
 the broker's (``broker.web.openapi.service_problem_types``: the same middleware answers).
 
-The checkpoint, the hash tiles and the verifier key are public (``security: [{}]``: no client
-certificate needed); every other operation, this document included, is for the auditor's
-certificate only.
+The checkpoint, the hash tiles, the verifier key and the JWK Set are public (``security:
+[{}]``: no client certificate needed); every other operation, this document included, is for
+the auditor's certificate only.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from broker.audit.report import OverrideRow
 from broker.audit.service import _IG_FILES
 from broker.config import Settings
 from broker.web.openapi import REQUEST_ID_HEADER, REQUEST_ID_MEMBER, service_problem_types
+from keys.jwks import JWK_SET_MEDIA_TYPE
 from schemas.audit import AuditEvent
 from schemas.consent import OverrideReason
 from schemas.openapi import (
@@ -49,6 +50,57 @@ _BASE64_HASH: Final = {
 _NOTE: Final = {
     "type": ["string", "null"],
     "description": "The checkpoint for that size as a C2SP signed note, if one was signed.",
+}
+
+
+_TIME: Final = {"type": "string", "format": "date-time"}
+#: ``keys.jwks.jwk_set``: OKP keys (RFC 8037 §2) with kid, use, alg and Cairn's members.
+_JWK_SET: Final = {
+    "type": "object",
+    "required": ["keys", "cairn_federation", "cairn_registry_serial"],
+    "properties": {
+        "keys": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "kty",
+                    "crv",
+                    "x",
+                    "kid",
+                    "use",
+                    "alg",
+                    "cairn_member",
+                    "cairn_role",
+                    "cairn_status",
+                    "cairn_not_before",
+                    "cairn_not_after",
+                ],
+                "properties": {
+                    "kty": {"const": "OKP"},
+                    "crv": {"enum": ["Ed25519", "X25519"]},
+                    "x": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
+                    "kid": {
+                        "type": "string",
+                        "pattern": "^[A-Za-z0-9_-]{43}$",
+                        "description": "The key's RFC 7638 SHA-256 thumbprint.",
+                    },
+                    "use": {"enum": ["sig", "enc"]},
+                    "alg": {"enum": ["Ed25519", "ECDH-ES+A256KW"]},
+                    "cairn_member": {"type": "string"},
+                    "cairn_role": {"type": "string"},
+                    "cairn_status": {"enum": ["active", "retired"]},
+                    "cairn_not_before": _TIME,
+                    "cairn_not_after": _TIME,
+                    "cairn_retired_at": _TIME,
+                },
+                "additionalProperties": False,
+            },
+        },
+        "cairn_federation": {"type": "string"},
+        "cairn_registry_serial": {"type": "integer", "minimum": 1},
+    },
+    "additionalProperties": False,
 }
 
 
@@ -258,6 +310,22 @@ def auditor_document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/audit/jwks": {
+            "get": {
+                "operationId": "jwks",
+                "summary": "The federation registry's public keys as a JWK Set (RFC 7517 §5; "
+                "keys.jwks), revoked keys left out. Public.",
+                "security": _PUBLIC,
+                "responses": {
+                    "200": {
+                        "description": "The JWK Set.",
+                        "headers": {**REQUEST_ID_HEADER, **no_cache},
+                        "content": {JWK_SET_MEDIA_TYPE: {"schema": ref("JwkSet")}},
+                    },
+                    **problems("registry-untrusted", public=True),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -316,6 +384,7 @@ def auditor_document() -> dict[str, Any]:
         },
     }
     schemas: dict[str, Any] = {
+        "JwkSet": _JWK_SET,
         "Entries": {
             "type": "object",
             "required": ["entries"],
