@@ -288,7 +288,7 @@ def export_command(
     The disclosure as delivered comes from exactly one of --delivered (the recipient's file),
     --jwe (with --jws and --ack if held) or --gateway-db (a gateway store on this machine).
     The disclosed event (and the acknowledgement, if logged) come with their C2SP tlog-proofs
-    to the latest signed checkpoint that covers them, the cosigned one when the log has it.
+    to the latest signed checkpoint, or the latest cosigned one that covers them.
     """
     sources = [s for s in (delivered_file, jwe_file, gateway_db) if s is not None]
     if len(sources) != 1:
@@ -341,8 +341,9 @@ def _note_size(note: bytes) -> int:
 
 def _logged(folder: Path, origin: str, referral: UUID, recipient: str) -> dict[str, dict[str, str]]:
     """The disclosed and acknowledged events of ``referral`` to ``recipient``, each with its
-    tlog-proof to one checkpoint: the cosigned one (``AuditLog.cosigned_checkpoint``, when the
-    log keeps cosignatures) if it covers the disclosed event, else the latest signed one."""
+    tlog-proof to one checkpoint: the latest one's cosigned note, else the latest cosigned
+    checkpoint (``AuditLog.cosigned_checkpoint``) if it covers the disclosed event, else the
+    latest signed one."""
     types = (AuditEventType.DISCLOSED, AuditEventType.ACKNOWLEDGED)
     with AuditLog.open(folder, origin=origin, readonly=True) as log:
         latest = log.latest_checkpoint()
@@ -354,11 +355,13 @@ def _logged(folder: Path, origin: str, referral: UUID, recipient: str) -> dict[s
             if json.loads(entry.data).get("message_id") == str(referral)
         ]
         disclosed = [e.index for e in entries if json.loads(e.data)["type"] == "disclosed"]
-        cosigned_of = getattr(log, "cosigned_checkpoint", None)
         note = latest
-        if callable(cosigned_of) and disclosed:
-            for candidate in (cosigned_of(_note_size(latest)), cosigned_of()):
-                if isinstance(candidate, bytes) and _note_size(candidate) > disclosed[0]:
+        if disclosed:
+            for candidate in (
+                log.cosigned_checkpoint(_note_size(latest)),
+                log.cosigned_checkpoint(),
+            ):
+                if candidate is not None and _note_size(candidate) > disclosed[0]:
                     note = candidate
                     break
         size = _note_size(note)

@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from broker.audit.cosign import CosignerVerifier, add_cosignatures, cosign
 from broker.audit.store import AuditLog
 from broker.cli.evidence import evidence
 from broker.policy.decide import Decision
@@ -33,6 +34,7 @@ from tests.unit.keys.conftest import SMALL
 
 PASSPHRASE = "evidence cli test passphrase 0123456789"
 RECIPIENT = "test-idva"
+WITNESS = "witness.test.example"
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     logged_events = [*events, acknowledged(receipt, at=now)]
     with AuditLog.open(state / "audit") as log:
         log.append([(i, e.canonical()) for i, e in enumerate(logged_events)])
-        log.sign_checkpoint(auditor)
+        note = log.sign_checkpoint(auditor)
+        # One witness cosigned it (C2SP tlog-cosignature); the log keeps the cosigned note.
+        witness = Ed25519PrivateKey.generate()
+        body = note[: note.rfind(b"\n\n") + 1]
+        line = cosign(body, WITNESS, witness, int(now.timestamp()))
+        log.add_cosignatures(
+            add_cosignatures(note, line), [CosignerVerifier(WITNESS, witness.public_key())]
+        )
     (state / "d.jwe").write_bytes(jwe + b"\n")
     jws = sign_compact(payload, broker, typ=DISCLOSURE_TYP)
     gateway_db = state / "gateway" / f"{RECIPIENT}.sqlite"
@@ -178,7 +187,12 @@ def test_the_recipient_then_the_auditor_make_the_pack_from_the_gateway_store(
         "export", *ids, "--recipient", RECIPIENT, "--delivered", str(part), "-o", str(pack)
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(pack.read_bytes())["ack"].encode() == setup.ack
+    made = json.loads(pack.read_bytes())
+    assert made["ack"].encode() == setup.ack
+    # The proofs lead to the cosigned checkpoint the log keeps (the registry lists no witness
+    # here, so verify says it is not cosigned by one it lists).
+    assert f"\u2014 {WITNESS} " in made["disclosed"]["proof"]
+    assert f"\u2014 {WITNESS} " in made["acknowledged"]["proof"]
     result = call("verify", str(pack))
     assert result.exit_code == 0, result.output
     assert f"{RECIPIENT} signed an acknowledgement of that referral (filed)" in result.stdout
