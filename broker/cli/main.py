@@ -275,9 +275,9 @@ def auditor() -> None:
     A process of its own (its own key and files; the broker cannot rewrite the log). The audit
     API listens on CAIRN_AUDITOR_HTTP_PORT over TLS for the auditor's certificate only, but for
     the public C2SP tlog-tiles paths (/v1/audit/log/checkpoint, /v1/audit/log/tile/<L>/...,
-    /v1/audit/verifier-key), which hold no personal data and need no client certificate; entry
-    bundles stay behind the auditor's certificate. Stops on SIGTERM after catching up and
-    signing a final checkpoint.
+    /v1/audit/verifier-key) and the registry's JWK Set (/v1/audit/jwks), which hold no personal
+    data and need no client certificate; entry bundles stay behind the auditor's certificate.
+    Stops on SIGTERM after catching up and signing a final checkpoint.
     """
     from broker.audit.service import Auditor, auditor_app, tls_context
     from broker.ops.credentials import CredentialWatch, ServerCertificate
