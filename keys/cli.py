@@ -599,7 +599,8 @@ def jwks_cmd() -> None:
 
     For any JOSE library: look up a token's kid in "keys". Revoked keys are left out; each key
     carries its member, role, status and validity window as cairn_* members (keys/jwks.py).
-    The registry's signature and expiry are checked first; needs no passphrase.
+    The registry's signature and expiry are checked first; needs no passphrase. The auditor
+    serves the same document to anyone at GET /v1/audit/jwks (docs/wire.md).
     """
     store = _custody().public()
     registry = verify_registry(store.read(REGISTRY), read_root_key(store), now=_now())
