@@ -178,7 +178,8 @@ _gateway_db = click.option(
     "gateway_db",
     metavar="PATH|URL",
     help="The gateway's store: its SQLite file or PostgreSQL URL [default (delivered): the "
-    "store 'cairn gateway --as AGENCY' uses].",
+    "store 'cairn gateway --as AGENCY' uses, e.g. from CAIRN_GATEWAY_DATABASE_URL_FILE, which "
+    "keeps a password off the command line].",
 )
 _with_jws = click.option(
     "--with-jws",
@@ -288,7 +289,7 @@ def export_command(
     The disclosure as delivered comes from exactly one of --delivered (the recipient's file),
     --jwe (with --jws and --ack if held) or --gateway-db (a gateway store on this machine).
     The disclosed event (and the acknowledgement, if logged) come with their C2SP tlog-proofs
-    to the latest signed checkpoint, or the latest cosigned one that covers them.
+    to the latest checkpoint (its cosigned note when witnesses cosigned it).
     """
     sources = [s for s in (delivered_file, jwe_file, gateway_db) if s is not None]
     if len(sources) != 1:
