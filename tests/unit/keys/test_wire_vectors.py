@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from jwcrypto import jwe as jwcrypto_jwe
+from jwcrypto import jwk as jwcrypto_jwk
+from jwcrypto import jws as jwcrypto_jws
 
 from keys import store as key_store
 from keys.errors import Reason, VerificationError
 from keys.jose import decrypt_compact, encrypt_compact, read_header, verify_compact
-from keys.jwk import b64url_decode, kid_of, public_key_from_jwk
+from keys.jwk import b64url_decode, b64url_encode, kid_of, public_key_from_jwk
 from schemas.decode import decode
 from schemas.disclosure import Disclosure
 from schemas.receipt import Acknowledgement
@@ -158,3 +161,118 @@ def test_the_vector_keys_are_marked_and_shaped_so_no_key_store_reads_them() -> N
     for path in VECTORS.iterdir():
         assert path.name not in {Path(n).name for n in store_names}
         assert path.suffix not in {".key", ".pem", ".crt", ".jwk"}
+
+
+def _their_key(kid: str, *, private: bool) -> jwcrypto_jwk.JWK:
+    """jwcrypto's key from the vector file (the private one, or only its public members)."""
+    jwk = next(k for k in KEYS if k["kid"] == kid)
+    members = ("kty", "crv", "x", "d") if private else ("kty", "crv", "x")
+    return jwcrypto_jwk.JWK(**{n: jwk[n] for n in members})
+
+
+def _signed_by_them(header: dict[str, Any]) -> str:
+    """A JWS of the vector referral that jwcrypto signs under ``header``, as sent."""
+    signed = jwcrypto_jws.JWS(_file("referral.payload.json"))
+    signed.add_signature(
+        _their_key(MANIFEST["referral"]["signer_kid"], private=True),
+        protected=json.dumps(header),
+    )
+    return str(signed.serialize(compact=True))
+
+
+def _sealed_by_them(header: dict[str, Any]) -> str:
+    recipient = MANIFEST["disclosure"]["jwe"]["recipient_kid"]
+    sealed = jwcrypto_jwe.JWE(_file("disclosure.jws"), protected=json.dumps(header))
+    sealed.add_recipient(_their_key(recipient, private=False))
+    return str(sealed.serialize(compact=True))
+
+
+_REFERRAL_HEADER: Final = {
+    "alg": "Ed25519",
+    "kid": MANIFEST["referral"]["signer_kid"],
+    "typ": "cairn-referral+jws",
+    "iat": MANIFEST["referral"]["protected"]["iat"],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({"alg": "EdDSA"}, None),  # RFC 8037's name, still accepted
+        ({"cty": "json", "jku": "https://example.invalid/k", "x5t": "AAAA"}, None),  # ignored
+        ({"foo": 1}, Reason.MALFORMED),  # an unregistered member
+        ({"enc": "A256GCM"}, Reason.MALFORMED),  # a JWE member in a JWS
+        ({"crit": ["b64"], "b64": False}, Reason.MALFORMED),  # RFC 7797: no extension
+        ({"x5c": 5}, Reason.MALFORMED),  # a registered member, wrongly typed
+        ({"iat": 1795684560.5}, Reason.IAT_INVALID),
+        ({"iat": "1795684560"}, Reason.IAT_INVALID),
+        ({"iat": True}, Reason.IAT_INVALID),
+        ({"typ": "CAIRN-REFERRAL+JWS"}, Reason.WRONG_TYPE),  # exact, case-sensitive
+        ({"typ": "cairn-disclosure+jws"}, Reason.WRONG_TYPE),
+        ({"alg": "ES256"}, Reason.ALGORITHM),
+        ({"kid": 7}, Reason.MALFORMED),
+    ],
+)
+def test_the_jws_profile_docs_wire_md_states(
+    change: dict[str, Any], refused: Reason | None
+) -> None:
+    """Each JWS header rule of docs/wire.md §3, as keys.jose enforces it on a token another
+    library signed: what is accepted is accepted, what is refused is refused for that reason."""
+    header = {**_REFERRAL_HEADER, **change}
+    # jwcrypto will sign neither ES256 with an Ed25519 key nor an unencoded (b64 false)
+    # payload in compact form: there the header alone, before any signature, is refused.
+    unsignable = header["alg"] == "ES256" or "crit" in header
+    token = _with_header(_file("referral.jws"), header) if unsignable else _signed_by_them(header)
+    verifier = _verifier(MANIFEST["referral"]["signer_kid"])
+    if refused is None:
+        assert verify_compact(token, verifier, typ="cairn-referral+jws") == _file(
+            "referral.payload.json"
+        )
+        return
+    with pytest.raises(VerificationError) as caught:
+        verify_compact(token, verifier, typ="cairn-referral+jws")
+    assert caught.value.reason is refused
+
+
+def _with_header(token: bytes, header: dict[str, Any]) -> bytes:
+    """``token`` with its protected header replaced (the signature no longer matches)."""
+    parts = token.split(b".")
+    parts[0] = b64url_encode(json.dumps(header).encode()).encode()
+    return b".".join(parts)
+
+
+_JWE_HEADER: Final = {
+    "alg": "ECDH-ES+A256KW",
+    "enc": "A256GCM",
+    "kid": MANIFEST["disclosure"]["jwe"]["recipient_kid"],
+    "cty": "JOSE",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({}, None),
+        ({"cty": None}, None),  # cty is sent, not required
+        ({"apu": "QQ", "apv": "Qg"}, None),  # not sent by Cairn, used if present
+        ({"zip": "DEF"}, Reason.ALGORITHM),
+        ({"enc": "A128GCM"}, Reason.ALGORITHM),
+        ({"alg": "ECDH-ES"}, Reason.ALGORITHM),
+        ({"foo": 1}, Reason.DECRYPTION_FAILED),  # an unregistered member
+        ({"kid": "x" * 43}, Reason.WRONG_RECIPIENT),
+    ],
+)
+def test_the_jwe_profile_docs_wire_md_states(
+    change: dict[str, Any], refused: Reason | None
+) -> None:
+    """Each JWE header rule of docs/wire.md §5, as keys.jose enforces it on a JWE another
+    library made: accepted ones open to the broker's JWS, refused ones for that reason."""
+    header = {k: v for k, v in {**_JWE_HEADER, **change}.items() if v is not None}
+    token = _sealed_by_them(header)
+    key_for = _decrypter(MANIFEST["disclosure"]["jwe"]["recipient_kid"])
+    if refused is None:
+        assert decrypt_compact(token, key_for) == _file("disclosure.jws")
+        return
+    with pytest.raises(VerificationError) as caught:
+        decrypt_compact(token, key_for)
+    assert caught.value.reason is refused
