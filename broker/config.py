@@ -193,8 +193,8 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = Field(
         default=None, description="SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_SSL or SASL_PLAINTEXT)"
     )
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_username: str | None = None  # the SCRAM user (with kafka_sasl_mechanism)
+    kafka_sasl_password: SecretStr | None = None  # its password (prefer the _file form)
     kafka_sasl_password_file: Path | None = Field(
         default=None, description="A file holding kafka_sasl_password (set one of the two)"
     )
@@ -250,8 +250,8 @@ class Settings(BaseSettings):
     )  # replicas
 
     # HTTP
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8443, ge=0, le=65535)
+    http_host: str = "127.0.0.1"  # the address cairn serve (and the auditor) listen on
+    http_port: int = Field(default=8443, ge=0, le=65535)  # the broker's HTTPS port (0: any)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)  # seconds to drain on SIGTERM
 
     # Signatures and replay
@@ -266,7 +266,7 @@ class Settings(BaseSettings):
     )
 
     # Auditor
-    auditor_http_port: int = Field(default=8444, ge=0, le=65535)
+    auditor_http_port: int = Field(default=8444, ge=0, le=65535)  # the auditor's HTTPS port
     checkpoint_every_entries: int = Field(default=1000, ge=1)  # leaves between checkpoints
     checkpoint_every_s: float = Field(default=10.0, gt=0)  # seconds between checkpoints
     # Witnesses (issue 17): C2SP tlog-witness servers the auditor submits each checkpoint to
@@ -413,7 +413,7 @@ class Settings(BaseSettings):
     )  # seconds a SQLite writer waits for another process's write lock; then a 503
 
     # Files
-    state_dir: Path = REPO_ROOT / ".cairn"
+    state_dir: Path = REPO_ROOT / ".cairn"  # logs, state store, audit log, local Kafka data
     key_dir: Path | None = Field(
         default=None,
         description="Key stores folder, one sub-folder per store (public, root, ca, pseudonym, "
@@ -430,11 +430,19 @@ class Settings(BaseSettings):
         description="The published registry, root public key and CA certificate, as the "
         "federation administrator publishes them [default: <key_dir>/public]",
     )
-    federation_dir: Path = REPO_ROOT / "deploy" / "federation"
+    federation_dir: Path = REPO_ROOT / "deploy" / "federation"  # the federation definition
 
     # Logging
-    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
-    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    log_format: str = Field(
+        default="auto",
+        pattern="^(auto|json|console)$",
+        description="json (one object a line) or console; auto: console on a terminal, else json",
+    )
+    log_level: str = Field(
+        default="info",
+        pattern="^(debug|info|warning|error)$",
+        description="The least severe level logged: debug, info, warning or error",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -14,12 +14,16 @@ import broker.web
 import gateway
 from broker.audit.openapi import auditor_document
 from broker.cli.common import folder_option
+from broker.cli.settings_doc import reference, replaced
+from broker.config import REPO_ROOT
 from broker.web.openapi import DOCUMENT_NAME, broker_document
 from gateway.openapi import gateway_document
 from schemas.export import JSON_DIR, drifted, write_json_schemas
 from schemas.openapi import document_drifted, write_document
 
 __all__ = ["OPENAPI_DOCUMENTS", "openapi_documents", "schemas"]
+
+README: Final = REPO_ROOT / "README.md"
 
 #: Each checked-in OpenAPI document and the function that builds it from the code.
 OPENAPI_DOCUMENTS: Final[dict[Path, Callable[[], dict[str, Any]]]] = {
@@ -74,3 +78,33 @@ def openapi(check: bool) -> None:
     for path, document in documents.items():
         write_document(path, document)
         click.echo(f"wrote {path}")
+
+
+@schemas.command("settings")
+@click.option(
+    "--readme",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=README,
+    show_default=True,
+    help="The README whose settings section to write.",
+)
+@click.option("--check", is_flag=True, help="Write nothing; fail if the section is out of date.")
+def settings(readme: Path, check: bool) -> None:
+    """Write the README's settings reference (every CAIRN_* variable, its default and what it
+    does) from the settings models, or with --check report whether it differs from them."""
+    try:
+        text = readme.read_text(encoding="utf-8")
+        updated = replaced(text, reference())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot update {readme}: {exc}") from None
+    if check:
+        if updated != text:
+            raise click.ClickException(
+                f"out of date: the settings section of {readme}; run 'cairn schemas settings' "
+                "and commit"
+            )
+        click.echo(f"the settings section of {readme} is up to date")
+        return
+    if updated != text:
+        readme.write_text(updated, encoding="utf-8")
+    click.echo(f"wrote the settings section of {readme}")
