@@ -97,8 +97,12 @@ $(GO_LOCAL):
 	$(PYTHON) -c "import zipfile, sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" $(CURDIR)/.cairn/go-toolchain/toolchain.zip $(CURDIR)/.cairn/go-toolchain
 	chmod -R u+x $(dir $@) $(dir $@)../pkg/tool
 	rm $(CURDIR)/.cairn/go-toolchain/toolchain.zip
-go: $(GO)  ## fetch the Go interop tests' modules into .cairn/go (the machine's Go, or a pinned toolchain from the module proxy)
-	cd tests/interop/go && GOPATH=$(CURDIR)/.cairn/go GOMODCACHE=$(CURDIR)/.cairn/go/mod GOFLAGS=-mod=readonly GOTOOLCHAIN=local $(GO) mod download
+GO_ENV := GOPATH=$(CURDIR)/.cairn/go GOMODCACHE=$(CURDIR)/.cairn/go/mod GOCACHE=$(CURDIR)/.cairn/go/build GOFLAGS=-mod=readonly GOTOOLCHAIN=local
+go: $(GO)  ## fetch the Go interop tests' modules into .cairn/go (the machine's Go, or a pinned toolchain from the module proxy); build transparency-dev's omniwitness once
+	cd tests/interop/go && $(GO_ENV) $(GO) mod download
+	cd tests/interop/go-witness && $(GO_ENV) $(GO) mod download
+	@echo "building transparency-dev's omniwitness into the Go build cache (the first time: several minutes)"
+	cd tests/interop/go-witness && $(GO_ENV) $(GO) build -o /dev/null github.com/transparency-dev/witness/cmd/omniwitness
 
 test: $(STAMP) $(CHROMIUM) $(PROMTOOL) postgresql go  ## run the whole suite, Kafka, browser, PostgreSQL and alert-rule tests included (starts and stops local Kafka)
 	$(WITH_KAFKA) $(BIN)/pytest $(PYTEST_ARGS)
