@@ -217,7 +217,7 @@ def reference() -> str:
     out = [BEGIN, ""]
     for cls in settings_models():
         prefix = str(cls.model_config.get("env_prefix", ""))
-        title = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+        title = (cls.__doc__ or cls.__name__).strip().splitlines()[0].replace("``", "`")
         out += [f"**`{prefix}*`** ({cls.__module__}.{cls.__name__}): {title}", ""]
         out += ["| variable | default | what |", "| --- | --- | --- |"]
         group = ""
