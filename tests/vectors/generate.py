@@ -62,7 +62,13 @@ from keys.jose import (
 from keys.jwk import SigningKey, b64url_decode, b64url_encode, kid_of, public_jwk
 from keys.registry import BROKER_ID, CLOCK_SKEW
 from schemas.disclosure import DisclosedReferral, Disclosure
-from schemas.receipt import Acknowledgement, AcknowledgementStatus
+from schemas.receipt import (
+    Acknowledgement,
+    AcknowledgementStatus,
+    Receipt,
+    RecipientReceipt,
+    RecipientStatus,
+)
 from schemas.referral import Referral
 
 __all__ = ["DOC", "VECTORS", "Vectors", "build", "check", "main", "render_doc"]
@@ -143,8 +149,9 @@ class _Keys:
         }
 
 
-def _payloads() -> tuple[Referral, bytes, bytes, bytes]:
-    """The referral, and the exact bytes signed: referral, IDVA's disclosure, its receipt."""
+def _payloads() -> tuple[Referral, bytes, bytes, bytes, bytes]:
+    """The referral; the exact bytes signed (referral, IDVA's disclosure, its acknowledgement);
+    and the broker's receipt (the HTTP 202 body, unsigned) for that referral."""
     referral = Referral.model_validate(json.loads(SAMPLE.read_bytes()))
     # The disclosure the broker would make for the IDVA service: the real policy engine on the
     # development federation's agreements, at the referral's own time.
@@ -181,11 +188,24 @@ def _payloads() -> tuple[Referral, bytes, bytes, bytes]:
         status=AcknowledgementStatus.FILED,
         acknowledged_at=ACK_AT,
     )
+    receipt = Receipt(
+        referral_id=referral.header.referral_id,
+        accepted_at=REFERRAL_IAT,
+        recipients=tuple(
+            RecipientReceipt(
+                agency=d.recipient,
+                status=RecipientStatus.QUEUED if d.allowed else RecipientStatus.REFUSED,
+                reasons=d.reasons,
+            )
+            for d in decisions
+        ),
+    )
     return (
         referral,
         referral.model_dump_json().encode(),
         disclosure.model_dump_json().encode(),
         ack.model_dump_json().encode(),
+        receipt.model_dump_json().encode(),
     )
 
 
@@ -243,7 +263,7 @@ def _decoded(token: bytes) -> list[Any]:
 def build() -> Vectors:
     """Every file of tests/vectors/ but this script and README.md, by name, as bytes."""
     keys = _Keys()
-    referral, referral_payload, disclosure_payload, ack_payload = _payloads()
+    referral, referral_payload, disclosure_payload, ack_payload, receipt = _payloads()
     iat = int(REFERRAL_IAT.timestamp())
     referral_jws = sign_compact(
         referral_payload, SigningKey(keys.sender), typ=REFERRAL_TYP, iat=iat
@@ -315,6 +335,11 @@ def build() -> Vectors:
             "signer_kid": kid_of(keys.recipient_sig.public_key()),
             "iat_rfc3339": ACK_AT.isoformat().replace("+00:00", "Z"),
         },
+        "receipt": {
+            "file": "receipt.json",
+            "what": "the broker's HTTP 202 body for referral.jws (JSON, unsigned: the mutual "
+            "TLS connection authenticates it)",
+        },
     }
     assert iv == manifest["disclosure"]["jwe"]["iv_b64"]
     return {
@@ -327,6 +352,7 @@ def build() -> Vectors:
         "disclosure.jwe": disclosure_jwe,
         "ack.payload.json": ack_payload,
         "ack.jws": ack_jws,
+        "receipt.json": receipt,
     }
 
 

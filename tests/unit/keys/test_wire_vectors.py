@@ -21,7 +21,7 @@ from keys.jose import decrypt_compact, encrypt_compact, read_header, verify_comp
 from keys.jwk import b64url_decode, b64url_encode, kid_of, public_key_from_jwk
 from schemas.decode import decode
 from schemas.disclosure import Disclosure
-from schemas.receipt import Acknowledgement
+from schemas.receipt import Acknowledgement, Receipt, RecipientStatus
 from schemas.submission import decode_submission
 from tests.vectors.generate import VECTORS, check
 
@@ -105,6 +105,14 @@ def test_our_code_verifies_the_acknowledgement() -> None:
     payload = verify_compact(_file("ack.jws"), _verifier(vector["signer_kid"]), typ="cairn-ack+jws")
     ack = decode(Acknowledgement, payload)
     assert ack.agency == vector["signer"]
+
+
+def test_the_receipt_is_a_valid_receipt_naming_each_recipient() -> None:
+    """receipt.json is the broker's Receipt for the referral: IDVA queued among its recipients."""
+    receipt = decode(Receipt, _file("receipt.json"))
+    assert str(receipt.referral_id) == MANIFEST["referral"]["referral_id"]
+    queued = {r.agency for r in receipt.recipients if r.status is RecipientStatus.QUEUED}
+    assert MANIFEST["disclosure"]["jwe"]["recipient"] in queued
 
 
 def test_the_vector_jwe_header_is_the_one_encrypt_compact_emits() -> None:
