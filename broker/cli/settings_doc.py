@@ -217,7 +217,8 @@ def reference() -> str:
     out = [BEGIN, ""]
     for cls in settings_models():
         prefix = str(cls.model_config.get("env_prefix", ""))
-        title = (cls.__doc__ or cls.__name__).strip().splitlines()[0].replace("``", "`")
+        paragraph = inspect.cleandoc(cls.__doc__ or cls.__name__).split("\n\n")[0]
+        title = " ".join(paragraph.split()).replace("``", "`")
         out += [f"**`{prefix}*`** ({cls.__module__}.{cls.__name__}): {title}", ""]
         out += ["| variable | default | what |", "| --- | --- | --- |"]
         group = ""
