@@ -60,18 +60,19 @@ def go_env() -> dict[str, str]:
     }
 
 
-def go_build(program: Path, package: str, out: Path) -> Path:
-    """``go build`` of ``./package`` in the module ``program`` into the binary ``out``."""
+def go_build(program: Path, package: str, out: Path, *, timeout_s: float = GO_TIMEOUT_S) -> Path:
+    """``go build`` of ``package`` (``./cmd`` or an import path) in the module ``program``
+    into the binary ``out``; a failure fails the test with Go's message."""
     result = subprocess.run(
-        [go_binary(), "build", "-o", str(out), f"./{package}"],
+        [go_binary(), "build", "-o", str(out), package],
         cwd=program,
         env=go_env(),
         capture_output=True,
         text=True,
-        timeout=GO_TIMEOUT_S,
+        timeout=timeout_s,
         check=False,
     )
-    assert result.returncode == 0, f"go build ./{package}: {result.stderr}"
+    assert result.returncode == 0, f"go build {package}: {result.stderr}"
     return out
 
 

@@ -36,7 +36,7 @@ NOW = 1_796_000_000  # the witnesses' clock: POSIX seconds
 
 @pytest.fixture(scope="module")
 def cosig(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return go_build(PROGRAM, "cosig", tmp_path_factory.mktemp("go") / "cosig")
+    return go_build(PROGRAM, "./cosig", tmp_path_factory.mktemp("go") / "cosig")
 
 
 def _go(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -116,7 +116,7 @@ async def live(federation_keys: FederationKeys, tmp_path: Path) -> AsyncIterator
     """An auditor over TLS whose log was checkpointed at FIRST entries (that checkpoint fetched
     over HTTP by the Go client and kept) and then at all of them."""
     binary = await asyncio.wait_for(
-        asyncio.to_thread(go_build, PROGRAM, "httptiles", tmp_path / "httptiles"), GO_TIMEOUT_S
+        asyncio.to_thread(go_build, PROGRAM, "./httptiles", tmp_path / "httptiles"), GO_TIMEOUT_S
     )
     store = federation_keys.store
     key = tmp_path / "auditor.key"  # the Go client's copy, unencrypted, in this test's folder
