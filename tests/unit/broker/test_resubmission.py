@@ -12,6 +12,8 @@ import json
 from datetime import timedelta
 from typing import Any
 
+from adapters.client import ReferralClient
+from schemas.referral import Referral
 from schemas.submission import decode_submission, submission_digest
 from tests.samples import sample
 from tests.unit.conftest import Broker, assert_refused, captured_logs
@@ -77,3 +79,20 @@ async def test_same_id_other_content_is_refused_without_advising_a_new_id(
     assert "new id" not in detail
     assert reply.body["title"] == "Referral id already used with other content"
     assert "edited in the source" not in json.dumps(reply.body)
+
+
+async def test_the_client_tells_a_first_acceptance_from_an_earlier_one(broker: Broker) -> None:
+    """ReferralClient.send: the broker's 202 is already_sent False, its 200 for the same
+    referral again True with the very same receipt."""
+    client = ReferralClient(
+        broker.url,
+        ssl_context=broker.keys.client_ssl("kelder-police"),
+        signing_key=broker.keys.trust("kelder-police").signing_key(),
+        clock=broker.clock,
+    )
+    referral = Referral.model_validate(sample())
+    async with client:
+        first = await client.send(referral)
+        again = await client.send(referral)
+    assert (first.already_sent, again.already_sent) == (False, True)
+    assert again.receipt == first.receipt
