@@ -1,6 +1,8 @@
-"""Running the Go interop programs under tests/interop/: the toolchain, with its module cache
-under .cairn/go and the committed go.sum only (GOFLAGS=-mod=readonly), so a test checks our
-output with Go's own golang.org/x/mod code. No Go toolchain is a failure, never a skip."""
+"""Running the Go interop programs under tests/interop/ (go: x/mod, tessera and formats clients;
+go-witness: transparency-dev's omniwitness): the toolchain (the machine's Go if at least
+GO_MIN, else the one `make go` fetches), with the module and build caches under .cairn/go and
+the committed go.sum only (GOFLAGS=-mod=readonly), so a test checks our output with Go code
+that shares none with ours. No Go toolchain is a failure, never a skip."""
 
 from __future__ import annotations
 
