@@ -67,7 +67,7 @@ class Claim:
 class LedgerEntry:
     """What the ledger keeps per published referral: no personal data, ids and codes only."""
 
-    digest: str  # sha256 of the signed referral's payload
+    digest: str  # schemas.submission.submission_digest: the referral's content, hex
     receipt: str  # the receipt JSON the sender got
 
     def encode(self) -> bytes:

@@ -44,7 +44,7 @@ def utc(moment: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class Seen:
-    digest: str  # SHA-256 of the exact signed referral, hex
+    digest: str  # schemas.submission.submission_digest: the referral's content, hex
     receipt: str  # the receipt JSON as first returned
 
 
