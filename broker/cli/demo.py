@@ -16,9 +16,15 @@ web inbox's URL and the login. The NHS trust sends one referral through MESH: th
 NHS England's mesh-sandbox (``adapters.nhs.mesh.sandbox``) and the trust's bridge (``cairn nhs
 mesh --as TRUST`` as its own process), sends the sample FHIR referral message from the trust
 system's mailbox with NHS's mesh-client, waits for the receipt in that mailbox and counts the
-referral among its recipients' expected disclosures. Finally the bridge, the sandbox, the
-gateways and the broker are stopped (with ``--keep``, at Ctrl-C). Kafka itself is started and
-stopped by ``make demo``.
+referral among its recipients' expected disclosures. The IDVA service acknowledges one
+disclosure through its gateway's API (a signed receipt, audited as ``acknowledged``). Then the
+bridge, the sandbox, the gateways and the broker are stopped (with ``--keep``, at Ctrl-C), the
+auditor signs its final checkpoint and the log is verified. Last, the evidence step: ``cairn
+evidence export`` makes the pack of that disclosure from the auditor's log and the IDVA
+gateway's store (the JWE as delivered, its signed acknowledgement), ``cairn evidence verify``
+checks it from the federation root key alone and prints what it proves, and a copy with one
+JWE character changed is refused, naming what was altered (docs/evidence.md). Kafka itself is
+started and stopped by ``make demo``.
 
 The demo broker keeps its replay memory in a folder of its own per run, so running the demo
 again submits the same (stable) message ids again and they are delivered again; the gateways
@@ -78,7 +84,7 @@ from keys.custody import agency_store
 from keys.development import init_development
 from keys.enrolment import load_ca
 from keys.pki import IssuedCertificate, issue_server_certificate
-from keys.store import CA_CERT
+from keys.store import CA_CERT, ROOT_PUBLIC
 from schemas.errors import CairnError
 from schemas.federation import Agency, AgencyRole, Federation
 from schemas.receipt import Receipt, RecipientStatus
@@ -201,6 +207,7 @@ def run_demo(
         stdin=subprocess.DEVNULL,
     )
     urls: list[str] = []
+    chosen: list[Evidence] = []
     try:
         ok = _run_broker(
             settings,
@@ -211,11 +218,14 @@ def run_demo(
             keep=keep,
             urls=urls,
             tls=tls,
+            evidence=chosen,
         )
     finally:
         _step("stopping the auditor (SIGTERM: catch up, sign a final checkpoint)")
         _stop(auditor)
     ok = _audit_summary(settings) and ok
+    if chosen:
+        ok = _evidence_step(settings, chosen[0]) and ok
     _step("dashboard" + ("" if keep else " (stopped with the demo; make demo KEEP=1 keeps it)"))
     for url in urls:
         click.echo(f"    {url}")
@@ -292,6 +302,7 @@ def _run_broker(
     keep: bool,
     urls: list[str],
     tls: str | None,
+    evidence: list[Evidence],
 ) -> bool:
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
@@ -346,6 +357,9 @@ def _run_broker(
         received = asyncio.run(_receive_all(settings, expected, timeout_s, tls))
         asyncio.run(_check_gateways(settings, gateways, expected, timeout_s))
         _show_gateways(settings, gateways, expected, keep=keep)
+        chosen = asyncio.run(_acknowledge_one(settings, gateways, expected, audit_port))
+        if chosen is not None:
+            evidence.append(chosen)
         if keep:
             _step(
                 "kept running (KEEP=1): the broker, the auditor, the dashboard and the gateways; "
@@ -803,6 +817,143 @@ def _show_gateways(
         else:
             click.secho(f"      FAILED     {gw.failure}", fg="red")
         click.echo(f"      files      {gw.folder} (store, accounts, certificate, log)")
+
+
+# -- the evidence pack --------------------------------------------------------------------------
+
+
+EVIDENCE_ACK_S = 30.0  # seconds for the acknowledgement to reach the audit log
+EVIDENCE_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The disclosure the demo makes an evidence pack of: to whom, and where its gateway keeps
+    it (the store of ``cairn gateway --as AGENCY`` under the gateway's folder)."""
+
+    agency: str
+    referral_id: str
+    gateway_db: Path
+    folder: Path
+
+
+async def _acknowledge_one(
+    settings: Settings,
+    gateways: list[DemoGateway],
+    expected: dict[str, set[str]],
+    audit_port: int,
+) -> Evidence | None:
+    """The IDVA service (else the first gateway that stored everything) acknowledges one
+    disclosure it holds through its API, and the demo waits (bounded) until the auditor logged
+    the acknowledgement, so the evidence pack can show it; None if no gateway holds one."""
+    from keys.custody import store_of
+    from keys.registry import AUDITOR_ID
+
+    ready = [gw for gw in gateways if gw.failure is None and expected.get(gw.agency.id)]
+    ready.sort(key=lambda gw: gw.agency.role is not AgencyRole.IDVA)
+    if not ready:
+        return None
+    gw = ready[0]
+    referral = sorted(expected[gw.agency.id] & gw.held)[0]
+    _step(f"{gw.agency.id} acknowledges disclosure {referral} through its gateway's API")
+    connector = aiohttp.TCPConnector(ssl=_agency_tls(settings, gw.agency.id))
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        url = f"{gw.api}/v1/disclosures/{referral}/acknowledgement"
+        async with session.post(url, json={"status": "filed"}) as response:
+            click.echo(f"    {response.status}: signed, queued for the broker")
+    custody = custody_of(settings)
+    auditor = client_context(
+        custody.member_store(AUDITOR_ID), AUDITOR_ID, custody.passphrase(store_of(AUDITOR_ID))
+    )
+    audit = f"https://127.0.0.1:{audit_port}/v1/audit/entries"
+    params = {"recipient": gw.agency.id}
+    connector = aiohttp.TCPConnector(ssl=auditor)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        deadline = time.monotonic() + EVIDENCE_ACK_S
+        for _ in range(int(EVIDENCE_ACK_S / EVIDENCE_POLL_S) + 1):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                async with session.get(audit, params=params) as response:
+                    found = (await response.json())["entries"]
+                if any(
+                    e["event"].get("type") == "acknowledged"
+                    and e["event"].get("message_id") == referral
+                    for e in found
+                ):
+                    click.echo("    the auditor logged it (acknowledged)")
+                    break
+            if time.monotonic() > deadline:
+                click.echo("    not in the audit log yet: the pack shows the signed receipt only")
+                break
+            await asyncio.sleep(EVIDENCE_POLL_S)
+    return Evidence(
+        gw.agency.id, referral, gw.folder / "gateway" / f"{gw.agency.id}.sqlite", gw.folder
+    )
+
+
+def _evidence_step(settings: Settings, chosen: Evidence) -> bool:
+    """Export the evidence pack of ``chosen`` (the auditor's log and the recipient's gateway
+    store, on this one machine), verify it from the root public key file alone and print what
+    it proves; then show a copy with one JWE character changed refused, naming the part."""
+    pack = chosen.folder / f"evidence-{chosen.referral_id}.json"
+    root = custody_of(settings).public().path(ROOT_PUBLIC)
+    env = {
+        **os.environ,
+        "CAIRN_STATE_DIR": str(settings.state_dir),
+        "CAIRN_KEY_DIR": str(settings.keys_path),
+        "CAIRN_PASSPHRASE_DIR": str(settings.passphrases_path),
+    }
+
+    def cairn(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603  (our own CLI, fixed argv)
+            [sys.executable, "-m", "broker", "evidence", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    _step(f"evidence pack of the disclosure of {chosen.referral_id} to {chosen.agency}")
+    export = cairn(
+        "export",
+        "--referral",
+        chosen.referral_id,
+        "--recipient",
+        chosen.agency,
+        "--gateway-db",
+        str(chosen.gateway_db),
+        "--dir",
+        str(settings.state_dir / "audit"),
+        "-o",
+        str(pack),
+    )
+    if export.returncode != 0:
+        click.secho(f"evidence export: FAILED ({export.stderr.strip()})", fg="red", bold=True)
+        return False
+    click.echo(f"    cairn evidence export ... -o {pack}")
+    click.echo(f"    cairn evidence verify {pack.name} --root-key {root}:")
+    verify = cairn("verify", str(pack), "--root-key", str(root))
+    for line in verify.stdout.splitlines():
+        click.echo(f"      {line}")
+    ok = verify.returncode == 0
+    tampered = pack.with_name(f"tampered-{pack.name}")
+    doc = json.loads(pack.read_bytes())
+    doc["jwe"] = doc["jwe"][:-1] + ("A" if doc["jwe"][-1] != "A" else "B")
+    tampered.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    refused = cairn("verify", str(tampered), "--root-key", str(root))
+    click.echo("    the same pack with one JWE character changed:")
+    click.echo(f"      {(refused.stderr or refused.stdout).strip()}")
+    ok = ok and refused.returncode != 0
+    click.secho(
+        f"evidence verify: {'OK' if ok else 'FAILED'} (the pack proves the disclosure; the "
+        "altered copy is refused)"
+        if ok
+        else f"evidence verify: FAILED ({verify.stderr.strip()})",
+        fg="green" if ok else "red",
+        bold=True,
+    )
+    return ok
 
 
 # -- the NHS trust's MESH mailbox ------------------------------------------------------------

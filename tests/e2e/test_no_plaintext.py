@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from keys.store import ROOT_PUBLIC
 from tests.conftest import FederationKeys
+from tests.evidence_support import check_every_tampering
 from tests.kafka_support import LocalKafka, read_committed, topics_with_prefix
 from tests.samples import REPO, all_personal_values
 
@@ -149,3 +151,27 @@ def test_cairn_status_after_a_demo_run_shows_flows_and_no_personal_data(
     assert "kelder-police" in status.stdout
     leaks = sorted({p.decode() for p in needles() if p in status.stdout.encode()})
     assert leaks == [], f"personal data in cairn status: {leaks}"
+
+
+def test_demo_ends_with_an_evidence_pack_that_verifies_and_names_each_tampering(
+    demo_run: DemoRun, federation_keys: FederationKeys, tmp_path: Path
+) -> None:
+    """'cairn demo' ends with the evidence step: the pack of the disclosure the IDVA service
+    acknowledged, exported from the auditor's log and the gateway's store, verified from the
+    root key file alone, the words printed; the pack holds no personal data in the clear (the
+    JWE is ciphertext, the JWS left out); each way of tampering with it is named
+    (tests/evidence_support.py)."""
+    out = demo_run.stdout
+    assert "evidence verify: OK" in out
+    assert "was disclosed to kelder-idva" in out
+    assert "kelder-idva signed an acknowledgement of that referral (filed)" in out
+    assert "The log also holds kelder-idva's acknowledgement of it (filed)." in out
+    assert "the evidence does not verify: disclosure:" in out  # the altered copy, refused
+    (pack,) = demo_run.state.glob("gateways-*/kelder-idva/evidence-*.json")
+    data = pack.read_bytes()
+    doc = json.loads(data)
+    assert {"jwe", "ack", "disclosed", "acknowledged", "registry"} <= doc.keys()
+    assert "jws" not in doc
+    leaks = sorted({p.decode() for p in needles() if p in data})
+    assert leaks == [], f"personal data in the evidence pack: {leaks}"
+    check_every_tampering(data, federation_keys.root / ROOT_PUBLIC, tmp_path)
