@@ -253,6 +253,15 @@ def _seal_fixed(plaintext: bytes, keys: _Keys) -> bytes:
     return jwe.encrypt_compact(header, plaintext, public, registry=registry).encode("ascii")
 
 
+def _sign_legacy(payload: bytes, key: Ed25519PrivateKey, header: Mapping[str, Any]) -> bytes:
+    """A compact JWS under RFC 8037's ``EdDSA``, which Cairn accepts but never emits (RFC 9864
+    §4.1 deprecates the name): RFC 7515 §5.1 by hand, since ``keys.jose`` signs ``Ed25519``."""
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    signing_input = f"{b64url_encode(encoded)}.{b64url_encode(payload)}"
+    signature = key.sign(signing_input.encode("ascii"))
+    return f"{signing_input}.{b64url_encode(signature)}".encode("ascii")
+
+
 def _decoded(token: bytes) -> list[Any]:
     """Each segment of a compact token: JSON for the header, else its base64url text."""
     parts = token.decode("ascii").split(".")
@@ -267,6 +276,16 @@ def build() -> Vectors:
     iat = int(REFERRAL_IAT.timestamp())
     referral_jws = sign_compact(
         referral_payload, SigningKey(keys.sender), typ=REFERRAL_TYP, iat=iat
+    )
+    legacy_jws = _sign_legacy(
+        referral_payload,
+        keys.sender,
+        {
+            "alg": LEGACY_SIGNATURE_ALGORITHM,
+            "kid": kid_of(keys.sender.public_key()),
+            "typ": REFERRAL_TYP,
+            "iat": iat,
+        },
     )
     disclosure_jws = sign_compact(disclosure_payload, SigningKey(keys.broker), typ=DISCLOSURE_TYP)
     disclosure_jwe = _seal_fixed(disclosure_jws, keys)
@@ -305,6 +324,15 @@ def build() -> Vectors:
             "signer_kid": kid_of(keys.sender.public_key()),
             "iat_rfc3339": REFERRAL_IAT.isoformat().replace("+00:00", "Z"),
             "referral_id": str(referral.header.referral_id),
+        },
+        "referral_eddsa": {
+            **jws_entry(
+                "referral-eddsa.jws", legacy_jws, "referral.payload.json", referral_payload
+            ),
+            "signer": SENDER,
+            "signer_kid": kid_of(keys.sender.public_key()),
+            "what": "the same referral under RFC 8037's alg name EdDSA, as an older library "
+            "signs it: accepted on input, never emitted",
         },
         "disclosure": {
             "jws": {
@@ -347,6 +375,7 @@ def build() -> Vectors:
         "manifest.json": _json(manifest),
         "referral.payload.json": referral_payload,
         "referral.jws": referral_jws,
+        "referral-eddsa.jws": legacy_jws,
         "disclosure.payload.json": disclosure_payload,
         "disclosure.jws": disclosure_jws,
         "disclosure.jwe": disclosure_jwe,

@@ -87,6 +87,16 @@ def test_our_code_verifies_the_signed_referral_and_reads_a_valid_referral() -> N
     assert str(referral.header.referral_id) == vector["referral_id"]
 
 
+def test_our_code_accepts_the_referral_signed_under_the_legacy_alg_name() -> None:
+    """referral-eddsa.jws (alg EdDSA, RFC 8037) verifies as the Ed25519 one does."""
+    vector = MANIFEST["referral_eddsa"]
+    assert vector["protected"]["alg"] == "EdDSA"
+    payload = verify_compact(
+        _file("referral-eddsa.jws"), _verifier(vector["signer_kid"]), typ="cairn-referral+jws"
+    )
+    assert payload == _file("referral.payload.json")
+
+
 def test_our_code_opens_the_sealed_disclosure_and_verifies_the_broker_inside() -> None:
     """keys.jose decrypts disclosure.jwe with the recipient's vector key to disclosure.jws,
     which verifies under the broker's key and holds a disclosure for that recipient."""
