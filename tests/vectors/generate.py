@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -160,7 +161,7 @@ def _payloads() -> tuple[Referral, bytes, bytes, bytes, bytes]:
         load_federation(FEDERATION_DIR),
         agreements=load_agreements(FEDERATION_DIR / "agreements"),
         now=referral.header.created_at,
-        max_recipients=Settings().max_recipients,
+        max_recipients=_default("max_recipients"),
     )
     decision = next(d for d in decisions if d.recipient == RECIPIENT)
     if not decision.allowed or decision.agreement is None or decision.lawful_basis is None:
@@ -411,9 +412,15 @@ def _problems_table() -> str:
     return "\n".join(rows)
 
 
+def _default(name: str) -> Any:
+    """A setting's default as the code declares it: never the environment's ``CAIRN_*`` value
+    or a configuration file, so that the vectors and tables are the same on every machine."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
+
+
 def _limits_table() -> str:
     """The limits a submission meets, with their defaults (``broker.config.Settings``)."""
-    defaults = Settings()
+    defaults = SimpleNamespace(**{name: _default(name) for name in Settings.model_fields})
     bounds = HeaderBounds()
     rows = [
         "| limit | default | setting (`CAIRN_…`) | refused as |",
