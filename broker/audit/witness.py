@@ -265,9 +265,12 @@ def witness_app(witness: Witness) -> web.Application:
 
 def _refused(refusal: WitnessRefusal) -> web.Response:
     if refusal.size is not None:
+        # tlog-witness: the size body, not a problem, with a Content-Type of exactly
+        # text/x.tlog.size (bytes, so aiohttp adds no charset parameter: transparency-dev's
+        # witness client compares the whole header and would read the 409 as a fork).
         return web.Response(
-            status=409, text=f"{refusal.size}\n", content_type=SIZE_MEDIA_TYPE
-        )  # tlog-witness: the size body, not a problem
+            status=409, body=f"{refusal.size}\n".encode("ascii"), content_type=SIZE_MEDIA_TYPE
+        )
     titles = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict"}
     title = titles.get(refusal.status, "Refused")
     return problem_response(
