@@ -21,10 +21,10 @@ refused.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Final
 
-import rfc8785
 from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
 from schemas.consent import (
@@ -118,8 +118,23 @@ def submission_digest(message: Message) -> str:
     written with their offset (``09:00Z`` and ``10:00+01:00`` are different content, since the
     recipient would be shown different text).
     """
-    content = rfc8785.dumps(message.model_dump(mode="json"))
-    return hashlib.sha256(content).hexdigest()
+    return hashlib.sha256(_canonical(message.model_dump(mode="json"))).hexdigest()
+
+
+def _canonical(content: dict[str, Any]) -> bytes:
+    """``rfc8785.dumps(content)``, four times faster, for a referral's or a notice's content.
+
+    Equal because of what the two models hold: objects whose keys are ASCII field names or
+    codes, strings, booleans, nulls and integers within 2^53 (``schemas.fields.Integer`` fields
+    are bounded), never a float. For such a document RFC 8785 is sorted keys (UTF-16 and code
+    point order agree on ASCII), no white space, integers as written, and ECMAScript string
+    escaping, which is what ``json.dumps`` does with ``ensure_ascii=False`` (both escape ``"``,
+    ``\\`` and control characters only: ``\\b \\t \\n \\f \\r`` by name, the rest as lower-case
+    ``\\u00xx``). ``tests/unit/broker/test_resubmission.py`` checks the two agree on every
+    sample message and on text full of escapes.
+    """
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
 
 
 # The furthest-ahead time zone: a date has begun somewhere once UTC+14 has reached it.
