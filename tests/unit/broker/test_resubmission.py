@@ -12,10 +12,13 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import pytest
+import rfc8785
+
 from adapters.client import ReferralClient
 from schemas.referral import Referral
-from schemas.submission import decode_submission, submission_digest
-from tests.samples import sample
+from schemas.submission import _canonical, decode_submission, submission_digest
+from tests.samples import SAMPLES, sample
 from tests.unit.conftest import Broker, assert_refused, captured_logs
 
 
@@ -38,6 +41,20 @@ def test_digest_is_the_content_whatever_the_spelling() -> None:
     assert submission_digest(decode_submission(json.dumps(changed).encode())) != (
         submission_digest(plain)
     )
+
+
+MESSAGES = sorted(p.name for p in SAMPLES.glob("*.json") if not p.name.endswith(".fhir.json"))
+
+
+@pytest.mark.parametrize("name", MESSAGES)
+def test_the_fast_canonical_form_is_rfc_8785(name: str) -> None:
+    """The digest's canonical bytes are rfc8785.dumps' for every sample message, and for text
+    full of escapes, quotes, non-ASCII and astral characters."""
+    message = decode_submission((SAMPLES / name).read_bytes())
+    content = message.model_dump(mode="json")
+    assert _canonical(content) == rfc8785.dumps(content)
+    content["escapes"] = '\b\t\n\f\r\x00\x1f\x7f"\\/ é € \u2028 \U0001f600 <&>'
+    assert _canonical(content) == rfc8785.dumps(content)
 
 
 async def test_the_same_referral_signed_later_and_spelled_otherwise_is_a_resubmission(
