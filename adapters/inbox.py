@@ -109,6 +109,7 @@ class Inbox:
         self._producer: AIOKafkaProducer | None = None
         self._entered = False
         self._ever_connected = False
+        self._committed: dict[TopicPartition, int] = {}  # what this consumer committed last
         self.dead_letters: Counter[str] = Counter()  # reason code -> records dead-lettered
         self.reconnections = 0
 
@@ -153,6 +154,7 @@ class Inbox:
             await close(producer)
             raise
         self._consumer, self._producer = consumer, producer
+        self._committed.clear()
 
     async def _disconnect(self) -> None:
         consumer, producer = self._consumer, self._producer
@@ -272,7 +274,8 @@ class Inbox:
         return handled
 
     async def _step(self, consumer: AIOKafkaConsumer, handler: Handler, room: int | None) -> int:
-        """Fetch once and handle what came, committing exactly what was handled."""
+        """Fetch once and handle what came, committing exactly what was handled; after an
+        empty fetch, commit past the transaction markers read (``_commit_position``)."""
         batches = await consumer.getmany(timeout_ms=500, max_records=100)
         done: dict[TopicPartition, int] = {}
         handled = 0
@@ -280,6 +283,9 @@ class Inbox:
             for tp, messages in batches.items():
                 for msg in messages:
                     if room is not None and handled >= room:
+                        # Fetched, not handled: read it again next time (the position had
+                        # moved past it, and a later commit of the position would skip it).
+                        consumer.seek(tp, msg.offset)
                         break
                     await self._handle_one(msg, handler)
                     done[tp] = msg.offset + 1
@@ -288,7 +294,31 @@ class Inbox:
             # One commit per batch, covering exactly the records already handled.
             if done:
                 await asyncio.wait_for(consumer.commit(done), self._retry.connect_s)
+                self._committed.update(done)
+        if not batches:
+            await self._commit_position(consumer)
         return handled
+
+    async def _commit_position(self, consumer: AIOKafkaConsumer) -> None:
+        """Caught up: commit the position where it is past the last commit.
+
+        With ``read_committed`` each transaction ends with a commit marker that takes an
+        offset of its own (KIP-98) but is never handed to a consumer, so committing "last
+        record + 1" leaves a caught-up group one offset behind the end and its lag at 1. After
+        an empty fetch every offset below the position was handled (and committed) or is a
+        marker or an aborted record, so the position itself may be committed: lag 0.
+        """
+        ahead: dict[TopicPartition, int] = {}
+        for tp in consumer.assignment():
+            position = await asyncio.wait_for(consumer.position(tp), self._retry.connect_s)
+            if tp not in self._committed:
+                known = await asyncio.wait_for(consumer.committed(tp), self._retry.connect_s)
+                self._committed[tp] = known if known is not None else -1
+            if position > self._committed[tp]:
+                ahead[tp] = position
+        if ahead:
+            await asyncio.wait_for(consumer.commit(ahead), self._retry.connect_s)
+            self._committed.update(ahead)
 
     async def _handle_one(self, msg: Any, handler: Handler) -> None:
         headers = header_map(msg.headers or ())

@@ -7,9 +7,14 @@ import json
 
 import aiohttp
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.agency import inbox_for
 from adapters.client import SubmissionRefused
+from adapters.inbox import Delivery
+from broker.config import Settings
 from tests.conftest import FederationKeys
 from tests.integration.conftest import client
 from tests.samples import all_personal_values, sample
@@ -76,3 +81,47 @@ async def test_scripted_flow_gives_exact_counts_labels_and_lag(
     assert lag["kelder-idva"] >= 2  # two records, plus transaction markers
     personal = {v for v in all_personal_values() if len(v) >= 3}
     assert [v for v in personal if v in text] == []
+
+
+async def test_a_caught_up_inbox_shows_lag_zero(
+    broker_url: str, kafka_settings: Settings, federation_keys: FederationKeys
+) -> None:
+    """Each referral is a Kafka transaction whose commit marker takes an offset; an inbox that
+    has handled everything commits past the markers, so Kafka's own figure (committed offset
+    against the end) and the broker's cairn_consumer_lag are 0, not 1 (issue 18)."""
+    async with client(federation_keys, broker_url) as c:
+        for _ in range(3):
+            await c.submit(json.dumps(sample()).encode())
+    handled: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        handled.append(str(delivery.disclosure.referral_id))
+
+    passphrase = federation_keys.passphrase
+    async with inbox_for(kafka_settings, "kelder-idva", passphrase=passphrase) as inbox:
+        await inbox.drain(handler, idle_timeout_s=2, total_timeout_s=60)
+    assert len(handled) == 3
+    topic = TopicPartition(f"{kafka_settings.topic_prefix}.deliver.kelder-idva", 0)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.kafka_bootstrap_servers)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_settings.kafka_bootstrap_servers, isolation_level="read_committed"
+    )
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets("cairn-inbox-kelder-idva")
+        end = (await consumer.end_offsets([topic]))[topic]
+    finally:
+        await consumer.stop()
+        await admin.close()
+    assert end > 3  # three records and the commit marker(s) of their transaction(s)
+    assert committed[topic].offset == end
+    lag: dict[str, float] = {}
+    for _ in range(100):  # the broker's probe refreshes in the background (ops_refresh_s)
+        got = parse(await scrape(federation_keys, broker_url))
+        lag = {labels["agency"]: v for labels, v in got.get("cairn_consumer_lag", [])}
+        if lag.get("kelder-idva") == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert lag["kelder-idva"] == 0
+    assert lag["kelder-marac"] > 0  # nobody read the MARAC coordinator's: records and markers

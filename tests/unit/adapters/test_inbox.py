@@ -69,6 +69,12 @@ class Consumer:
     async def position(self, _tp: TopicPartition) -> int:
         return self.at
 
+    async def committed(self, _tp: TopicPartition) -> int | None:
+        return self.at if self.commits else None
+
+    def seek(self, _tp: TopicPartition, offset: int) -> None:
+        self.at = offset
+
 
 class Producer:
     def __init__(self) -> None:
