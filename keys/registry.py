@@ -2,7 +2,8 @@
 
 The registry is the one document every component trusts keys from
 (docs/architecture.md#security-envelope), in the manner of X-Road's signed global configuration: the
-members (agencies, the broker, the auditor), their roles, and their public keys as JWKs with RFC
+members (agencies, the broker, the auditor, the witnesses that cosign the auditor's checkpoints),
+their roles, and their public keys as JWKs with RFC
 7638 kids, validity windows and status (active, retired, revoked). It is signed by the federation
 root key as a compact JWS (Ed25519) and carries ``issued_at``, ``expires_at`` and a ``serial``, so a
 component can refuse one that is unsigned, tampered with, stale, or older than one it has already
@@ -14,7 +15,11 @@ exists has been validated; one that came from bytes has also had its signature c
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import hashlib
+import re
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Final, Literal
@@ -51,6 +56,8 @@ __all__ = [
     "RegisteredKey",
     "Registry",
     "ServiceRole",
+    "cosigner_vkey",
+    "parse_cosigner_vkey",
     "sign_registry",
     "verify_registry",
     "verify_registry_signature",
@@ -88,6 +95,45 @@ class ServiceRole(StrEnum):
 
     BROKER = "broker"  # signs every disclosure
     AUDITOR = "auditor"  # signs audit-log checkpoints
+    WITNESS = "witness"  # cosigns the auditor's checkpoints (C2SP tlog-witness, cosignature/v1)
+
+
+#: C2SP signed-note verifier key of a witness: name+hex(key id)+base64(0x04 || Ed25519 key).
+_VKEY: Final = re.compile(r"^([!-*,-~]{1,128})\+([0-9a-f]{8})\+([A-Za-z0-9+/]{44})$")
+_COSIGNATURE_V1: Final = 0x04  # C2SP tlog-cosignature: the signed-note key type of cosignature/v1
+
+
+def cosigner_vkey(name: str, public_key: Ed25519PublicKey) -> str:
+    """The C2SP signed-note verifier key of witness ``name``'s cosignature/v1 key (the same as
+    ``broker.audit.cosign.CosignerVerifier.vkey``): key id SHA-256(name || 0x0A || 0x04 ||
+    key)[:4]."""
+    raw = bytes([_COSIGNATURE_V1]) + public_key.public_bytes_raw()
+    kid = hashlib.sha256(name.encode("utf-8") + b"\n" + raw).digest()[:4]
+    return f"{name}+{kid.hex()}+{base64.b64encode(raw).decode('ascii')}"
+
+
+def _vkey_key(vkey: str) -> bytes:
+    """The raw Ed25519 key a witness vkey names, after checking its form and key id."""
+    match = _VKEY.fullmatch(vkey)
+    if match is None:
+        raise ValueError("a witness vkey is name+hex(key id)+base64(0x04 || Ed25519 key)")
+    try:
+        raw = base64.b64decode(match.group(3), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a witness vkey's key is base64") from None
+    if len(raw) != 33 or raw[0] != _COSIGNATURE_V1:
+        raise ValueError("a witness vkey is of type 0x04 (cosignature/v1) with an Ed25519 key")
+    kid = hashlib.sha256(match.group(1).encode("utf-8") + b"\n" + raw).digest()[:4]
+    if kid.hex() != match.group(2):
+        raise ValueError("the witness vkey's key id does not match its name and key")
+    return raw[1:]
+
+
+def parse_cosigner_vkey(vkey: str) -> tuple[str, Ed25519PublicKey]:
+    """The witness name and Ed25519 key of a cosignature/v1 verifier key (ValueError if it is
+    not one, or its key id does not match)."""
+    raw = _vkey_key(vkey)
+    return vkey.split("+", 1)[0], Ed25519PublicKey.from_public_bytes(raw)
 
 
 _CURVE_FOR_USE: Final = {KeyUse.SIGNING: "Ed25519", KeyUse.ENCRYPTION: "X25519"}
@@ -132,11 +178,26 @@ class RegisteredKey(Frozen):
     status: KeyStatus
     retired_at: AwareDatetime | None = None
     revoked_at: AwareDatetime | None = None
+    # A witness's signing key as its C2SP signed-note verifier key (cosignature/v1), so a third
+    # party verifies cosigned checkpoints with the registry alone; left out when not set, so
+    # every other key serialises (and is signed) exactly as before.
+    vkey: str | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        max_length=200,
+        description="A witness's key as a C2SP cosignature/v1 verifier key "
+        "(name+hex(key id)+base64(0x04 || key)): the same key as jwk",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RegisteredKey:
         if self.kid != thumbprint(self.jwk.model_dump()):
             raise ValueError("kid is not the RFC 7638 thumbprint of the key")
+        if self.vkey is not None:
+            if self.use is not KeyUse.SIGNING:
+                raise ValueError("only a signing key has a witness vkey")
+            if _vkey_key(self.vkey) != self.jwk.public_key().public_bytes_raw():
+                raise ValueError("the witness vkey names another key than jwk")
         if self.jwk.crv != _CURVE_FOR_USE[self.use]:
             raise ValueError(f"a '{self.use.value}' key must be on {_CURVE_FOR_USE[self.use]}")
         if self.not_before >= self.not_after:
@@ -169,6 +230,10 @@ class Member(Frozen):
 
     @model_validator(mode="after")
     def _one_active_key_per_use(self) -> Member:
+        witness = self.role is ServiceRole.WITNESS
+        for key in self.keys:
+            if witness != (key.vkey is not None) and key.use is KeyUse.SIGNING:
+                raise ValueError("a witness's signing keys, and only a witness's, have a vkey")
         for use in KeyUse:
             active = [k for k in self.keys if k.use is use and k.status is KeyStatus.ACTIVE]
             if len(active) > 1:
