@@ -43,6 +43,7 @@ from keys.registry import (
     RegisteredKey,
     Registry,
     ServiceRole,
+    parse_cosigner_vkey,
     sign_registry,
     verify_registry,
     verify_registry_signature,
@@ -54,6 +55,7 @@ from schemas.federation import AgencyRole, Federation
 __all__ = [
     "Admin",
     "Lifetimes",
+    "admit_witness",
     "init_federation",
     "init_hub",
     "load_decryption_keys",
@@ -67,6 +69,7 @@ __all__ = [
     "revoke_key",
     "rotate",
     "rotated_member",
+    "witness_member",
 ]
 
 _BROKER_NAME: Final = "Cairn broker"
@@ -218,8 +221,12 @@ def init_hub(
     *,
     now: datetime,
     lifetimes: Lifetimes | None = None,
+    witnesses: tuple[Member, ...] = (),
 ) -> Registry:
     """Create the federation's own keys in separate stores, and registry serial 1 in ``public``.
+
+    ``witnesses`` (``witness_member``) are listed from serial 1 too: the witnesses that cosign
+    the auditor's checkpoints, whose private keys are on their own machines.
 
     ``stores`` maps each of the custody stores root, ca, pseudonym, broker and auditor
     (``keys.custody``) to the store and its passphrase; each must be empty, and so must the
@@ -312,7 +319,7 @@ def init_hub(
         issued_at=now,
         expires_at=now + life.registry,
         retired_grace_s=int(life.retired_grace.total_seconds()),
-        members=members,
+        members=(*members, *witnesses),
     )
     public.write(layout.REGISTRY, sign_registry(registry, root), private=False)
     return registry
@@ -471,6 +478,11 @@ class Admin:
 
 def rotated_member(member: Member, fresh: tuple[RegisteredKey, ...], now: datetime) -> Member:
     """``member`` with its active keys retired at ``now`` and ``fresh`` as its new keys."""
+    if member.role is ServiceRole.WITNESS and any(k.vkey is None for k in fresh):
+        raise KeyStoreError(
+            f"{member.id} is a witness: it makes its own new key ('cairn witness keygen') and "
+            "the administrator lists it (keys.federation.admit_witness)"
+        )
     retired = tuple(
         _changed(k, status=KeyStatus.RETIRED, retired_at=now) if k.status is KeyStatus.ACTIVE else k
         for k in member.keys
@@ -502,6 +514,65 @@ def revoke_key(
         Member(id=m.id, name=m.name, role=m.role, keys=keys) if m.id == member_id else m
         for m in registry.members
     )
+    return admin.publish(root, registry, members, now, life)
+
+
+def witness_member(
+    member_id: str, name: str, vkey: str, *, now: datetime, lifetimes: Lifetimes | None = None
+) -> Member:
+    """The registry entry of witness ``member_id`` with the key of its cosignature/v1
+    verifier key ``vkey`` (KeyStoreError if ``vkey`` is not one)."""
+    life = lifetimes or Lifetimes()
+    try:
+        _cosigner, public = parse_cosigner_vkey(vkey)
+    except ValueError as exc:
+        raise KeyStoreError(f"not a witness verifier key: {exc}") from None
+    key = RegisteredKey(
+        kid=kid_of(public),
+        use=KeyUse.SIGNING,
+        jwk=PublicJwk.of(public),
+        not_before=now,
+        not_after=now + life.key,
+        status=KeyStatus.ACTIVE,
+        vkey=vkey,
+    )
+    return Member(id=member_id, name=name, role=ServiceRole.WITNESS, keys=(key,))
+
+
+def admit_witness(
+    admin: Admin,
+    member_id: str,
+    name: str,
+    vkey: str,
+    *,
+    now: datetime,
+    lifetimes: Lifetimes | None = None,
+) -> Registry:
+    """List witness ``member_id`` (display ``name``) with the key of its cosignature/v1
+    verifier key ``vkey`` (as ``cairn witness vkey`` prints it; the witness keeps its private
+    key on its own machine) and publish the next registry serial. A witness already listed
+    gets the new key, its previous active one retired (honoured for the grace period)."""
+    _aware(now)
+    life = lifetimes or Lifetimes()
+    (entry,) = witness_member(member_id, name, vkey, now=now, lifetimes=life).keys
+    root, registry = admin.open()
+    if registry.owner_of(entry.kid) is not None:
+        raise KeyStoreError(f"key {entry.kid} is in the registry already")
+    current = registry.member(member_id)
+    if current is None:
+        member = Member(id=member_id, name=name, role=ServiceRole.WITNESS, keys=(entry,))
+        members = (*registry.members, member)
+    else:
+        if current.role is not ServiceRole.WITNESS:
+            raise KeyStoreError(f"{member_id} is a member of the federation but not a witness")
+        old = tuple(
+            _changed(k, status=KeyStatus.RETIRED, retired_at=now)
+            if k.status is KeyStatus.ACTIVE
+            else k
+            for k in current.keys
+        )
+        member = Member(id=member_id, name=name, role=ServiceRole.WITNESS, keys=(*old, entry))
+        members = tuple(member if m.id == member_id else m for m in registry.members)
     return admin.publish(root, registry, members, now, life)
 
 
