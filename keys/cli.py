@@ -144,6 +144,8 @@ def _show(registry: Registry, now: datetime) -> None:
             vkey = _checkpoint_vkey(member.id, key)
             if vkey is not None:
                 click.echo(f"       checkpoint verifier key: {vkey}")
+            if key.vkey is not None and key.status is not KeyStatus.REVOKED:
+                click.echo(f"       cosignature verifier key: {key.vkey}")
 
 
 def _checkpoint_vkey(member: str, key: RegisteredKey) -> str | None:
@@ -573,7 +575,9 @@ def list_keys() -> None:
     """Show the registry: every member, its keys, their validity and status.
 
     Under the auditor's signing keys, the checkpoint verifier key (C2SP signed-note
-    ``name+hash+base64``, the log origin as the name), as served at /v1/audit/verifier-key.
+    ``name+hash+base64``, the log origin as the name), as served at /v1/audit/verifier-key;
+    under each witness's, its cosignature/v1 verifier key (C2SP tlog-cosignature), the form
+    CAIRN_AUDITOR_WITNESSES and any signed-note verifier take.
 
     Needs no passphrase: the registry is public, and its signature is checked.
     """

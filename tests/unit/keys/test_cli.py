@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from broker.audit.cosign import CosignerVerifier
 from broker.audit.files import DEFAULT_ORIGIN
 from keys.cli import agency, federation, keys
 from keys.pki import issue_ca, issue_client_certificate_for
@@ -79,7 +80,7 @@ def test_init_list_rotate_revoke(env: dict[str, str], tmp_path: Path) -> None:
     created = _run(["init"], env)
     assert created.exit_code == 0, created.output
     assert "8 agencies enrolled" in created.output
-    assert "10 members, registry serial 9" in created.output
+    assert "12 members, registry serial 9" in created.output
     state = tmp_path / "state"
     assert (state / "keys" / "public" / "registry.jws").is_file()
     assert not (state / "keys" / "registry.jws").exists()
@@ -91,6 +92,20 @@ def test_init_list_rotate_revoke(env: dict[str, str], tmp_path: Path) -> None:
     assert listed.exit_code == 0, listed.output
     assert "kelder-police (police)" in listed.output
     assert "cairn-broker (broker)" in listed.output
+    # The development witnesses, each with its cosignature/v1 verifier key (C2SP).
+    cosigners = [
+        line.split(": ", 1)[1]
+        for line in listed.output.splitlines()
+        if "cosignature verifier key:" in line
+    ]
+    assert "witness-north (witness)" in listed.output
+    assert "witness-south (witness)" in listed.output
+    assert [v.split("+")[0] for v in cosigners] == [
+        "witness-north.cairn.local",
+        "witness-south.cairn.local",
+    ]
+    for vkey in cosigners:
+        assert CosignerVerifier.from_vkey(vkey).vkey() == vkey
     # The auditor's checkpoint key as a C2SP signed-note verifier key, name+hash+base64.
     vkeys, member = [], ""
     for line in listed.output.splitlines():
