@@ -17,7 +17,9 @@ RFC 7517 §4 allows further members, which JOSE libraries ignore; we add, under 
 - ``cairn_status``: ``active`` or ``retired`` (a retired key still verifies and opens for the
   registry's grace period, then never);
 - ``cairn_not_before`` / ``cairn_not_after``: the key's validity window, RFC 3339 UTC;
-- ``cairn_retired_at``: when a retired key was retired (only on retired keys).
+- ``cairn_retired_at``: when a retired key was retired (only on retired keys);
+- ``cairn_vkey``: a witness's key as its C2SP cosignature/v1 verifier key, with the name its
+  cosignatures carry (only on witnesses' keys).
 
 Revoked keys are left out: nothing signed or sealed under one may be accepted, so a JWK Set
 that lists it could only mislead. The Set as a whole carries ``cairn_federation`` and
@@ -59,6 +61,8 @@ def jwk_set(registry: Registry) -> dict[str, object]:
             }
             if key.retired_at is not None:
                 entry["cairn_retired_at"] = _rfc3339(key.retired_at)
+            if key.vkey is not None:
+                entry["cairn_vkey"] = key.vkey
             keys.append(entry)
     return {
         "keys": keys,
