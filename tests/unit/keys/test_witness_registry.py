@@ -74,9 +74,10 @@ def test_admitting_a_witness_lists_it_signed_in_the_jwk_set_and_rotates_it(fresh
     keys = document["keys"]
     assert isinstance(keys, list)
     entries = [e for e in keys if e["cairn_member"] == "witness-a"]
-    assert [(e["cairn_role"], e["use"], e["alg"]) for e in entries] == [
-        ("witness", "sig", "Ed25519")
+    assert [(e["cairn_role"], e["use"], e["alg"], e["cairn_vkey"]) for e in entries] == [
+        ("witness", "sig", "Ed25519", vkey)
     ]
+    assert all("cairn_vkey" not in e for e in keys if e["cairn_member"] != "witness-a")
     with pytest.raises(KeyStoreError, match="already"):
         admit_witness(admin, "witness-b", "Witness B", vkey, now=NOW)
     with pytest.raises(KeyStoreError, match="not a witness verifier key"):
