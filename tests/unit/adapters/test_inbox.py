@@ -294,3 +294,49 @@ def test_cairn_inbox_waits_for_kafka_saying_so_and_ctrl_c_stops_it_cleanly(
     assert f"waiting for Kafka at 127.0.0.1:{port}, retrying in 0.5s" in output
     assert "Traceback" not in output
     assert proc.returncode != 0
+
+
+class MarkedConsumer(Consumer):
+    """After its batches, the position is past a transaction marker: at ``end``."""
+
+    def __init__(self, batches: list[list[Message] | BaseException], end: int = 0) -> None:
+        super().__init__(batches, end)
+        self.seeks: list[int] = []
+
+    async def position(self, _tp: TopicPartition) -> int:
+        return self.at if self.batches else max(self.at, self.end)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append(offset)
+        super().seek(tp, offset)
+
+
+async def test_caught_up_it_commits_past_the_transaction_marker() -> None:
+    """Records at 0..2, the commit marker at 3: handled, then committed to 4 (lag 0)."""
+    consumer = MarkedConsumer([[m(b"a", 0), m(b"b", 1), m(b"c", 2)]], end=4)
+    inbox = FakeInbox([consumer], open_value=opener({}))
+
+    async def handler(_delivery: Delivery) -> None:
+        pass
+
+    async with inbox:
+        assert await inbox.drain(handler, idle_timeout_s=0.1, total_timeout_s=5) == 3
+    assert consumer.commits[0] == {TP: 3}
+    assert consumer.commits[1] == {TP: 4}
+    assert len(consumer.commits) == 2  # once: the position does not move again
+
+
+async def test_records_fetched_beyond_max_are_read_again_never_committed_past() -> None:
+    """--max 2 of a batch of 3: the third is sought back to, so no later commit skips it."""
+    consumer = MarkedConsumer([[m(b"a", 0), m(b"b", 1), m(b"c", 2)]], end=4)
+    inbox = FakeInbox([consumer], open_value=opener({}))
+    handled: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        handled.append(delivery.disclosure.value)  # type: ignore[attr-defined]
+
+    async with inbox:
+        assert await inbox.drain(handler, max_messages=2, total_timeout_s=5) == 2
+    assert handled == [b"a", b"b"]
+    assert consumer.commits == [{TP: 2}]
+    assert consumer.seeks == [2]  # the position is back at the record not handled
