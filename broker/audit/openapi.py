@@ -93,6 +93,10 @@ _JWK_SET: Final = {
                     "cairn_not_before": _TIME,
                     "cairn_not_after": _TIME,
                     "cairn_retired_at": _TIME,
+                    "cairn_vkey": {
+                        "type": "string",
+                        "description": "A witness's key as its C2SP cosignature/v1 verifier key.",
+                    },
                 },
                 "additionalProperties": False,
             },
