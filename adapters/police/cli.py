@@ -178,10 +178,9 @@ async def _submit_one(client: Submitter, item: Outgoing) -> str:
     if receipt.referral_id != item.message_id:
         return f"failed: the broker's receipt names another message ({receipt.referral_id})"
     statuses = ", ".join(f"{r.agency} {r.status.value}" for r in receipt.recipients)
-    if sent.already_sent:
-        # The broker's original receipt: this message went in an earlier import.
-        return f"already sent (receipt of {receipt.accepted_at.isoformat()}: {statuses})"
-    return f"queued ({statuses})" if statuses else "queued"
+    said = f"receipt of {receipt.accepted_at.isoformat()}: {statuses}"
+    # Already sent: the broker's original receipt, for a message an earlier import sent.
+    return f"already sent ({said})" if sent.already_sent else f"queued ({said})"
 
 
 def render_table(

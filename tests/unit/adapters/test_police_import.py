@@ -511,7 +511,7 @@ def test_cli_submits_each_message_and_reports_each_result() -> None:
         obj={"client_factory": factory},
     )
     assert len(client.sent) == 10
-    assert result.output.count("queued (kelder-") == 7
+    assert result.output.count(f"queued (receipt of {NOW.isoformat()}: kelder-") == 7
     assert result.output.count("refused: 400 schema") == 3
     assert result.exit_code == 1  # the refusals are failures the operator must see
 
@@ -538,7 +538,7 @@ def test_importing_the_same_export_again_prints_the_original_receipts() -> None:
     args = ["import", "--federation-dir", str(FEDERATION_DIR), str(SAMPLES / "police-export.jsonl")]
     first = CliRunner().invoke(police, args, obj={"client_factory": factory})
     assert first.exit_code == 0, first.output
-    assert first.output.count("  queued (kelder-") == 10
+    assert first.output.count(f"  queued (receipt of {NOW.isoformat()}: kelder-") == 10
     assert broker.accepted == 10
     broker.clock = NOW + timedelta(days=1)
     again = CliRunner().invoke(police, args, obj={"client_factory": factory})
