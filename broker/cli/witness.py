@@ -126,7 +126,8 @@ def serve(
     try:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(tls_cert, tls_key)
+        # An encrypted TLS key is read under the same passphrase as the witness key.
+        context.load_cert_chain(tls_cert, tls_key, password=_passphrase())
     except (OSError, ssl.SSLError) as exc:
         raise click.ClickException(f"cannot load the TLS certificate and key: {exc}") from None
     try:
