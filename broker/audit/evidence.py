@@ -64,6 +64,7 @@ from keys.registry import (
     KeyStatus,
     KeyUse,
     Registry,
+    ServiceRole,
     verify_registry_signature,
 )
 from schemas.audit import AuditEvent, AuditEventType, disclosure_digest_of
@@ -86,8 +87,8 @@ __all__ = [
 EVIDENCE_FORMAT: Final = "cairn-evidence/1"
 MAX_PACK_BYTES: Final = 4 * 1024 * 1024
 #: The registry role of a witness whose cosignatures (cosignature/v1) a pack's checkpoint may
-#: carry (keys.registry.ServiceRole once the registry lists witnesses).
-WITNESS_ROLE: Final = "witness"
+#: carry.
+WITNESS_ROLE: Final = ServiceRole.WITNESS.value
 
 
 class Tampered(StrEnum):
@@ -189,28 +190,23 @@ def _auditor_verifiers(registry: Registry, origin: str) -> list[NoteVerifier]:
 
 
 def registry_witnesses(registry: Registry) -> list[CosignerVerifier]:
-    """The witnesses the registry lists (role ``witness``): a cosignature/v1 verifier for each
-    signing key not revoked, named by the key's (or member's) ``vkey`` when the registry gives
-    one, else by the member id. None listed: an empty list (a checkpoint cannot be cosigned)."""
+    """The witnesses the registry lists (``ServiceRole.WITNESS``): the cosignature/v1 verifier
+    of each signing key not revoked (retired ones still verify older cosignatures), from the
+    C2SP verifier key the registry gives with it (``RegisteredKey.vkey``). None listed: an
+    empty list (a checkpoint cannot be cosigned)."""
     found: list[CosignerVerifier] = []
     for member in registry.members:
-        if str(getattr(member.role, "value", member.role)) != WITNESS_ROLE:
+        if member.role is not ServiceRole.WITNESS:
             continue
         for k in member.keys:
-            if k.use is not KeyUse.SIGNING or k.status is KeyStatus.REVOKED:
+            if k.use is not KeyUse.SIGNING or k.status is KeyStatus.REVOKED or k.vkey is None:
                 continue
-            vkey = getattr(k, "vkey", None) or getattr(member, "vkey", None)
             try:
-                if isinstance(vkey, str):
-                    found.append(CosignerVerifier.from_vkey(vkey))
-                    continue
+                found.append(CosignerVerifier.from_vkey(k.vkey))
             except VerificationError as exc:
                 raise EvidenceError(
                     Tampered.REGISTRY, f"the registry's witness {member.id} has a bad vkey ({exc})"
                 ) from None
-            public = k.jwk.public_key()
-            if isinstance(public, Ed25519PublicKey):
-                found.append(CosignerVerifier(member.id, public))
     return found
 
 

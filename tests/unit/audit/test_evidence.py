@@ -28,10 +28,17 @@ from broker.audit.evidence import (
 from broker.audit.store import AuditLog
 from broker.policy.decide import Decision
 from keys.envelope import DISCLOSURE_TYP, seal_disclosure, sign_ack
-from keys.federation import init_federation, load_signing_key, read_root_key
+from keys.federation import (
+    Admin,
+    admit_witness,
+    init_federation,
+    load_registry,
+    load_signing_key,
+    read_root_key,
+)
 from keys.jose import sign_compact
 from keys.jwk import SigningKey
-from keys.registry import AUDITOR_ID, BROKER_ID, Registry, sign_registry
+from keys.registry import AUDITOR_ID, BROKER_ID, Registry, cosigner_vkey, sign_registry
 from keys.store import REGISTRY, ROOT_PUBLIC, MemoryStore
 from schemas.audit import acknowledged, disclosure_digest_of, submission_events
 from schemas.receipt import Acknowledgement, AcknowledgementStatus
@@ -448,3 +455,51 @@ def test_the_jose_check_in_docs_evidence_md_passes_with_jwcrypto(
         (tmp_path / "pack.json").write_bytes(edited(pack, change))
         with pytest.raises(Exception):  # noqa: B017, PT011 - whatever jwcrypto or an assert raises
             exec(snippet, {})  # noqa: S102
+
+
+def test_the_witnesses_the_registry_lists_are_the_ones_counted(
+    tmp_path: Path, keys: tuple[MemoryStore, Registry]
+) -> None:
+    """No monkeypatching: two witnesses admitted to a real registry (admit_witness, their
+    cosignature/v1 vkeys) cosign; the pack says two cosigned, naming them; a third witness's
+    line, not listed, is ignored."""
+    store = MemoryStore()  # a copy: the module's federation keeps its registry
+    store.files = dict(keys[0].files)
+    admin = Admin.single(store, PASSPHRASE)
+    signers = []
+    for n in (1, 2):
+        key = Ed25519PrivateKey.generate()
+        name = f"witness-{n}.test.example"
+        admit_witness(
+            admin,
+            f"test-witness-{n}",
+            f"Witness {n}",
+            cosigner_vkey(name, key.public_key()),
+            now=NOW,
+        )
+        signers.append((key, name))
+    registry = load_registry(store, now=NOW)
+    assert [w.name for w in evidence.registry_witnesses(registry)] == [n for _, n in signers]
+    log = AuditLog.open(tmp_path / "audit")
+    try:
+        world = World(
+            root=read_root_key(store),
+            registry=registry,
+            registry_jws=store.read(REGISTRY),
+            broker=load_signing_key(store, BROKER_ID, PASSPHRASE, registry, now=NOW),
+            auditor=load_signing_key(store, AUDITOR_ID, PASSPHRASE, registry, now=NOW),
+            recipient=load_signing_key(store, RECIPIENT, PASSPHRASE, registry, now=NOW),
+            log=log,
+        )
+        stranger = (Ed25519PrivateKey.generate(), "witness-3.test.example")
+
+        def cosigned(note: bytes) -> bytes:
+            body = note[: note.rfind(b"\n\n") + 1]
+            lines = b"".join(cosign(body, n, k, 1_700_000_000) for k, n in (*signers, stranger))
+            return add_cosignatures(note, lines)
+
+        report = verify_pack(make(world, cosign=cosigned).pack, world.root)
+    finally:
+        log.close()
+    assert report.cosigned_by == ("witness-1.test.example", "witness-2.test.example")
+    assert any("2 witness(es) the registry lists cosigned" in line for line in report.statement)
