@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 __all__ = [
+    "INSTALLED_FEDERATION_DIR",
     "KAFKA_SASL_MECHANISMS",
     "KAFKA_SECURITY_PROTOCOLS",
     "REPO_ROOT",
@@ -30,10 +31,37 @@ __all__ = [
     "Settings",
     "WitnessSetting",
     "config_file",
+    "default_federation_dir",
+    "default_state_dir",
     "read_secret_file",
+    "source_checkout",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Where an installed Cairn reads its federation definition unless CAIRN_FEDERATION_DIR says.
+INSTALLED_FEDERATION_DIR: Final = Path("/etc/cairn/federation")
+
+
+def source_checkout(root: Path | None = None) -> bool:
+    """Whether Cairn runs from its source tree (``make demo``, ``make test``) rather than an
+    installed package, whose parent folder is site-packages and no place for state."""
+    root = REPO_ROOT if root is None else root
+    return (root / "pyproject.toml").is_file() and (root / "deploy" / "federation").is_dir()
+
+
+def default_state_dir() -> Path:
+    """``<repo>/.cairn`` in a source checkout, else ``$XDG_STATE_HOME/cairn`` (by default
+    ``~/.local/state/cairn``), never the package's own folder."""
+    if source_checkout():
+        return REPO_ROOT / ".cairn"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cairn"
+
+
+def default_federation_dir() -> Path:
+    """``<repo>/deploy/federation`` (the development federation) in a source checkout; an
+    installed Cairn ships no federation and looks in /etc/cairn/federation."""
+    return REPO_ROOT / "deploy" / "federation" if source_checkout() else INSTALLED_FEDERATION_DIR
 
 
 KAFKA_SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -413,7 +441,11 @@ class Settings(BaseSettings):
     )  # seconds a SQLite writer waits for another process's write lock; then a 503
 
     # Files
-    state_dir: Path = REPO_ROOT / ".cairn"  # logs, state store, audit log, local Kafka data
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Logs, the state store, the audit log, local Kafka data [default: "
+        "<repo>/.cairn in a source checkout, else $XDG_STATE_HOME/cairn, ~/.local/state/cairn]",
+    )
     key_dir: Path | None = Field(
         default=None,
         description="Key stores folder, one sub-folder per store (public, root, ca, pseudonym, "
@@ -430,7 +462,12 @@ class Settings(BaseSettings):
         description="The published registry, root public key and CA certificate, as the "
         "federation administrator publishes them [default: <key_dir>/public]",
     )
-    federation_dir: Path = REPO_ROOT / "deploy" / "federation"  # the federation definition
+    federation_dir: Path = Field(
+        default_factory=default_federation_dir,
+        description="The federation definition: agencies.yaml, agreements/, "
+        "school-calendar.yaml [default: <repo>/deploy/federation in a source checkout, else "
+        "/etc/cairn/federation]",
+    )
 
     # Logging
     log_format: str = Field(
