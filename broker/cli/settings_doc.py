@@ -209,7 +209,8 @@ def kafka_local_variables(script: Path = KAFKA_LOCAL) -> list[tuple[str, str, st
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Table-cell text: pipes escaped, and ``<`` so that ``<repo>`` is not read as HTML."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
 
 
 def reference() -> str:
@@ -226,7 +227,8 @@ def reference() -> str:
             if s.group and s.group != group:
                 group = s.group
                 out.append(f"| **{_cell(group)}** | | |")
-            out.append(f"| `{s.variable}` | `{_cell(s.default)}` | {_cell(s.what)} |")
+            default = s.default.replace("|", "\\|")
+            out.append(f"| `{s.variable}` | `{default}` | {_cell(s.what)} |")
         out.append("")
     out += ["**Read directly** (not through a settings model):", ""]
     out += ["| variable | default | what |", "| --- | --- | --- |"]
@@ -235,7 +237,7 @@ def reference() -> str:
     out += ["", "**Local Kafka** (read by `deploy/kafka/kafka-local`, its header):", ""]
     out += ["| variable | default | what |", "| --- | --- | --- |"]
     for variable, default, what in kafka_local_variables():
-        out.append(f"| `{variable}` | `{_cell(default)}` | {_cell(what)} |")
+        out.append(f"| `{variable}` | `{default}` | {_cell(what)} |")
     out += ["", END]
     return "\n".join(out)
 
