@@ -9,7 +9,9 @@ never reach the exposition, whatever a call site passes.
 Kafka figures (consumer lag per delivery topic, the auditor's lag, dead letters) come from
 ``KafkaProbe``: refreshed in the background at most every ``ops_refresh_s`` seconds and within a
 bounded time, so ``/metrics`` answers from the cache and never waits on Kafka. The age of the
-auditor's latest checkpoint is read from its file's modification time when scraped.
+auditor's latest checkpoint is read from its file's modification time when scraped, and the
+auditor's witness status (``witnesses.json``: forks reported, each witness's cosigned size)
+from that file, as ``cairn_audit_witness_forks`` and ``cairn_audit_witness_cosigned_size``.
 
 ``CalendarWatch`` keeps an eye on the school calendar's horizon: the gauge
 ``cairn_school_calendar_days_left`` (days until the last configured term ends, read when scraped;
@@ -627,6 +629,7 @@ async def ops_snapshot(
             "consumer_lag": dict(figures.consumer_lag) if figures and figures.ok else {},
             "auditor_lag": figures.auditor_lag if figures and figures.ok else None,
             "auditor_checkpoint_age_s": metrics.checkpoint_age_s(),
+            "auditor_witness_forks": (metrics.witness_status() or {}).get("forks"),
         },
         "at": (clock() if clock is not None else datetime.now().astimezone()).isoformat(),
     }
