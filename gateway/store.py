@@ -11,10 +11,10 @@ What it keeps, per agency:
   order in which the store took it (the API's cursor). ``put`` is insert-or-nothing: a record
   Kafka delivers again is recognised by its referral id and not stored again; nor is one whose
   copy was deleted (a tombstone stays), so a redelivery never brings a deleted record back.
-- ``outbox``: the signed receipts (acknowledgements, views, deletions) this agency owes the
-  broker, written in the same transaction as the fact they report, and marked sent once Kafka
-  has them, so a stop between the two sends one again (the broker and the audit log know a
-  repeat) and never loses one.
+- ``outbox``: the signed receipts (deliveries, acknowledgements, views, deletions) this agency
+  owes the broker, written in the same transaction as the fact they report (a delivery: as the
+  disclosure is first stored), and marked sent once Kafka has them, so a stop between the two
+  sends one again (the broker and the audit log know a repeat) and never loses one.
 - ``views``: who opened which disclosure when (a viewer id, never a name).
 - ``actions``: who at the agency marked a disclosure read or actioned, when, with their note.
   The note is the agency's own working text: it stays here, never in a receipt, a log line or
@@ -138,6 +138,9 @@ class NewDisclosure:
     source: str  # topic:partition:offset it came from (no personal data)
     signed: str = ""  # the broker's compact JWS it was opened from ("" if not known)
     delivered: str = ""  # the compact JWE of the Kafka record, as delivered ("" if not known)
+    #: The signed ``schemas.receipt.Delivery`` (compact JWS) queued in the outbox, in the same
+    #: transaction, when the disclosure is first stored (b"": none).
+    receipt: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -451,6 +454,8 @@ class SqlGatewayStore(abc.ABC):
                     "ON CONFLICT (referral_id) DO NOTHING",
                     (rid, new.signed, new.delivered or None),
                 )
+            if added and new.receipt:
+                self._queue(tx, rid, "delivered", new.receipt, new.received_at)
             if added and mesh:
                 tx.run(
                     "INSERT INTO gw_mesh (referral_id, attempts, first_us, next_us) "
