@@ -282,6 +282,18 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8443, ge=0, le=65535)  # the broker's HTTPS port (0: any)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)  # seconds to drain on SIGTERM
 
+    # Plain-HTTP health port (issue 18): GET /livez and GET /readyz only, codes only, no TLS,
+    # for an orchestrator's probes (deploy/k8s); each process reads it from its own environment
+    health_host: str = "127.0.0.1"  # the address the health port listens on (0.0.0.0 in a pod)
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Plain-HTTP port of the process reading it (cairn serve, cairn auditor, "
+        "cairn gateway, cairn witness serve) serving only GET /livez and GET /readyz, codes "
+        "only; unset: no health port (0: any free one)",
+    )
+
     # Signatures and replay
     max_signature_age_s: int = Field(default=300, ge=1)  # seconds a signed referral stays usable
     max_clock_skew_s: int = Field(default=60, ge=0)  # seconds a sender's clock may run ahead
