@@ -10,6 +10,7 @@ import base64
 import binascii
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -24,6 +25,8 @@ from pydantic_settings import (
 
 __all__ = [
     "INSTALLED_FEDERATION_DIR",
+    "KAFKA_BOOTSTRAP_ENV",
+    "KAFKA_PORT_ENV",
     "KAFKA_SASL_MECHANISMS",
     "KAFKA_SECURITY_PROTOCOLS",
     "REPO_ROOT",
@@ -33,6 +36,9 @@ __all__ = [
     "config_file",
     "default_federation_dir",
     "default_state_dir",
+    "https_url",
+    "kafka_origin",
+    "local_kafka_bootstrap",
     "read_secret_file",
     "source_checkout",
 ]
@@ -162,6 +168,71 @@ def _cosigner_material(text: str) -> bool:
     return len(raw) == 33 and raw[0] == 0x04 and base64.b64encode(raw).decode() == text
 
 
+def https_url(host: str, port: int) -> str:
+    """``https://host:port`` for a client on this host: a wildcard listening address (0.0.0.0,
+    ::) is reached at 127.0.0.1, an IPv6 address is bracketed (RFC 3986 section 3.2.2)."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104  (a listening wildcard, read as loopback)
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
+#: The variable ``deploy/kafka/kafka-local`` takes the local Kafka's client port from.
+KAFKA_PORT_ENV: Final = "CAIRN_KAFKA_PORT"
+KAFKA_BOOTSTRAP_ENV: Final = "CAIRN_KAFKA_BOOTSTRAP_SERVERS"
+
+
+def local_kafka_bootstrap(environ: Mapping[str, str] | None = None) -> str | None:
+    """``127.0.0.1:$CAIRN_KAFKA_PORT``, the local Kafka ``deploy/kafka/kafka-local`` runs
+    (node 1 of a cluster: any one node bootstraps a client), or None if the variable is unset
+    or not a port number."""
+    value = (os.environ if environ is None else environ).get(KAFKA_PORT_ENV, "").strip()
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        return None
+    return f"127.0.0.1:{int(value)}"
+
+
+class _LocalKafkaPort(PydanticBaseSettingsSource):
+    """The lowest source: with CAIRN_KAFKA_PORT set and kafka_bootstrap_servers given nowhere
+    else, Kafka is the local one on that port, so the port that started local Kafka and the
+    address the commands use cannot silently disagree (an explicit bootstrap always wins)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # pragma: no cover  (__call__ does the work)
+
+    def __call__(self) -> dict[str, Any]:
+        local = local_kafka_bootstrap()
+        return {} if local is None else {"kafka_bootstrap_servers": local}
+
+
+def kafka_origin(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """Where ``settings.kafka_bootstrap_servers`` came from, and a warning if CAIRN_KAFKA_PORT
+    (the local Kafka) names a port the bootstrap servers do not list ('' if none)."""
+    env = os.environ if environ is None else environ
+    servers = settings.kafka_bootstrap_servers
+    local = local_kafka_bootstrap(env)
+    if KAFKA_BOOTSTRAP_ENV in env:
+        origin = KAFKA_BOOTSTRAP_ENV
+    elif "kafka_bootstrap_servers" not in settings.model_fields_set:
+        origin = "the default"
+    elif local is not None and servers == local:
+        origin = f"from {KAFKA_PORT_ENV}"
+    else:
+        origin = "the configuration file"
+    warning = ""
+    if local is not None and origin != f"from {KAFKA_PORT_ENV}":
+        ports = {s.strip().rsplit(":", 1)[-1] for s in servers.split(",")}
+        # the local Kafka's other listeners (mutual TLS, SASL) are the same Kafka
+        others = {env.get("CAIRN_KAFKA_SSL_PORT", ""), env.get("CAIRN_KAFKA_SASL_PORT", "")}
+        if not ports & ({local.rsplit(":", 1)[1]} | others - {""}):
+            warning = (
+                f"{KAFKA_PORT_ENV}={env[KAFKA_PORT_ENV].strip()} (the local Kafka) is not among "
+                f"them: {origin} wins; unset one of the two if that is not meant"
+            )
+    return origin, warning
+
+
 class ConfigFileMissing(ValueError):
     """``CAIRN_CONFIG`` names a file that does not exist (a typo must not fall back silently
     to the defaults, which suit only the development federation)."""
@@ -192,7 +263,10 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", description="Comma-separated host:port list of any Kafka cluster"
+        default="127.0.0.1:9092",
+        description="Comma-separated host:port list of any Kafka cluster [default: "
+        "127.0.0.1:$CAIRN_KAFKA_PORT when that is set (the local Kafka deploy/kafka/kafka-local "
+        "runs), else 127.0.0.1:9092]; every command that uses Kafka prints the servers it uses",
     )
     # Kafka credentials (issue 14): mutual TLS and/or SASL SCRAM, secrets read from files.
     # Checked when the settings load (_kafka_credentials): a wrong one names its variable.
@@ -280,6 +354,13 @@ class Settings(BaseSettings):
     # HTTP
     http_host: str = "127.0.0.1"  # the address cairn serve (and the auditor) listen on
     http_port: int = Field(default=8443, ge=0, le=65535)  # the broker's HTTPS port (0: any)
+    broker_url: str | None = Field(
+        default=None,
+        description="The broker's base URL for every command that calls it (`cairn send`, "
+        "`cairn status`, the adapters' `--broker`, `cairn nhs mesh`) [default: "
+        "https://HTTP_HOST:HTTP_PORT, the address `cairn serve` binds, 0.0.0.0 or :: read as "
+        "127.0.0.1]",
+    )
     shutdown_timeout_s: float = Field(default=20.0, gt=0)  # seconds to drain on SIGTERM
 
     # Plain-HTTP health port (issue 18): GET /livez and GET /readyz only, codes only, no TLS,
@@ -506,7 +587,24 @@ class Settings(BaseSettings):
         path = config_file()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        sources.append(_LocalKafkaPort(settings_cls))  # below all: only when nothing else says
         return tuple(sources)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError(
+                "must be the broker's https://HOST[:PORT] base URL (mutual TLS), no path"
+            )
+        try:
+            parts.port  # noqa: B018  (a port out of range raises)
+        except ValueError:
+            raise ValueError("its port is not a port number") from None
+        return value.rstrip("/")
 
     @field_validator("kafka_security_protocol")
     @classmethod
@@ -666,6 +764,17 @@ class Settings(BaseSettings):
         if self.topic_min_insync_replicas is not None:
             return self.topic_min_insync_replicas
         return max(1, self.topic_replication_factor - 1)
+
+    @property
+    def served_url(self) -> str:
+        """Where ``cairn serve`` with these settings is reached from this host:
+        https://HTTP_HOST:HTTP_PORT, a wildcard host (0.0.0.0, ::) read as 127.0.0.1."""
+        return https_url(self.http_host, self.http_port)
+
+    @property
+    def broker_client_url(self) -> str:
+        """The broker every command that calls it uses: CAIRN_BROKER_URL, else ``served_url``."""
+        return self.broker_url if self.broker_url is not None else self.served_url
 
     @property
     def keys_path(self) -> Path:

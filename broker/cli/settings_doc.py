@@ -2,10 +2,10 @@
 
 Every ``CAIRN_*`` variable a user can set is either a field of one of the settings models
 (``broker.config.Settings``, the gateway's, its web inbox's and the MESH bridge's) or one of
-the few variables read directly (``OTHER_VARIABLES``: passphrases, the config file, the URLs
-the commands call). The reference is a Markdown table per model, between two marker comments
-in README.md, so ``--check`` (and a unit test) fails when a setting is added, renamed, or its
-default or description changes without the README following.
+the few variables read directly (``OTHER_VARIABLES``: passphrases, the config file, the
+auditor's URL ``cairn status`` calls). The reference is a Markdown table per model, between two
+marker comments in README.md, so ``--check`` (and a unit test) fails when a setting is added,
+renamed, or its default or description changes without the README following.
 
 A field's words are its ``description``, else the comment written beside it in the model's
 source (the house style for unit-bearing limits: ``# seconds ...``); the group headings are the
@@ -61,11 +61,6 @@ OTHER_VARIABLES: Final = (
     ),
     ("CAIRN_KEY_PASSPHRASE_FILE", "unset", "A file holding that passphrase (set one of the two)"),
     ("CAIRN_WITNESS_PASSPHRASE", "unset", "Passphrase of a witness's key (`cairn witness`)"),
-    (
-        "CAIRN_BROKER_URL",
-        "https://HTTP_HOST:HTTP_PORT",
-        "The broker the commands that call it use (`cairn status`, the adapters' `--broker`)",
-    ),
     ("CAIRN_AUDITOR_URL", "https://HTTP_HOST:AUDITOR_HTTP_PORT", "The auditor `cairn status` asks"),
     (
         "CAIRN_KAFKA_SSL_PORT",
