@@ -16,6 +16,8 @@ from broker.config import Settings
 from broker.state.postgres import PostgresStore, describe_url
 from broker.state.records import (
     FACT_TYPES,
+    OVERDUE_LATE,
+    OVERDUE_NEVER,
     Claimed,
     ClaimState,
     Delivery,
@@ -30,6 +32,8 @@ from schemas.errors import StateUnavailable
 __all__ = [
     "FACT_TYPES",
     "LEGACY_FILE",
+    "OVERDUE_LATE",
+    "OVERDUE_NEVER",
     "STATE_FILE",
     "ClaimState",
     "Claimed",

@@ -13,6 +13,7 @@ database as user@host:port/db: the password never reaches a message or a log lin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -22,6 +23,8 @@ import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 
 from broker.state.records import (
+    OVERDUE_LATE,
+    OVERDUE_NEVER,
     Claimed,
     ClaimState,
     Delivery,
@@ -97,6 +100,11 @@ _SCHEMA: Final = (
 )
 
 _DELIVERY_COLUMNS: Final = "referral_id, agency, purpose, sender, delivered_at, due_at, overdue_at"
+# An overdue delivery and when it was acknowledged (late), if it was.
+_OVERDUE_COLUMNS: Final = (
+    "d.referral_id, d.agency, d.purpose, d.sender, d.delivered_at, d.due_at, d.overdue_at, "
+    "a.acked_at"
+)
 _CLAIM_TRIES: Final = 5  # a row can vanish between our insert and our read (release): read again
 
 
@@ -430,12 +438,45 @@ class PostgresStore:
     async def deliveries(self) -> list[Delivery]:
         return await self._deliveries("ORDER BY delivered_at, referral_id, agency")
 
-    async def overdue(self, limit: int = 100) -> list[Delivery]:
-        return await self._deliveries(
-            "WHERE overdue_at IS NOT NULL ORDER BY overdue_at DESC, referral_id DESC, agency DESC "
-            "LIMIT %s",
-            (limit,),
+    async def delivery(self, referral_id: str, agency: str) -> Delivery | None:
+        found = await self._deliveries(
+            "WHERE referral_id = %s AND agency = %s", (referral_id, agency)
         )
+        return found[0] if found else None
+
+    async def overdue(self, limit: int = 100) -> list[Delivery]:
+        query = (
+            f"SELECT {_OVERDUE_COLUMNS} FROM deliveries d LEFT JOIN acks a "  # noqa: S608
+            "ON a.referral_id = d.referral_id AND a.agency = d.agency "
+            "WHERE d.overdue_at IS NOT NULL "
+            "ORDER BY d.overdue_at DESC, d.referral_id DESC, d.agency DESC LIMIT %s"
+        )
+
+        async def work(conn: Conn) -> list[Delivery]:
+            cursor = await conn.execute(query.encode(), (limit,))
+            return [
+                dataclasses.replace(
+                    _delivery(r), acknowledged_at=None if r[7] is None else utc(r[7])
+                )
+                for r in await cursor.fetchall()
+            ]
+
+        return await self._run(work)
+
+    async def overdue_counts(self) -> dict[tuple[str, str, str], int]:
+        async def work(conn: Conn) -> dict[tuple[str, str, str], int]:
+            cursor = await conn.execute(
+                "SELECT d.purpose, d.agency, a.acked_at IS NOT NULL, COUNT(*) "
+                "FROM deliveries d LEFT JOIN acks a "
+                "ON a.referral_id = d.referral_id AND a.agency = d.agency "
+                "WHERE d.overdue_at IS NOT NULL GROUP BY 1, 2, 3"
+            )
+            return {
+                (r[0], r[1], OVERDUE_LATE if r[2] else OVERDUE_NEVER): int(r[3])
+                for r in await cursor.fetchall()
+            }
+
+        return await self._run(work)
 
     async def delivery_counts(self) -> dict[tuple[str, str, str], int]:
         async def work(conn: Conn) -> dict[tuple[str, str, str], int]:

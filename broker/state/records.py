@@ -20,6 +20,8 @@ from typing import Protocol
 
 __all__ = [
     "FACT_TYPES",
+    "OVERDUE_LATE",
+    "OVERDUE_NEVER",
     "ClaimState",
     "Claimed",
     "Delivery",
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 FACT_TYPES = ("disclosed", "refused", "acknowledged")  # the audit event types the ops view counts
+OVERDUE_LATE = "late"  # an overdue delivery the recipient acknowledged after its deadline
+OVERDUE_NEVER = "never"  # an overdue delivery not acknowledged (yet)
 
 Published = tuple[str, str, str]  # (referral_id, digest, receipt JSON) of a committed referral
 
@@ -77,6 +81,8 @@ class Delivery:
     delivered_at: datetime
     due_at: datetime | None = None  # None: this purpose sets no acknowledgement deadline
     overdue_at: datetime | None = None  # when the sweep found it overdue (once)
+    # ``StateStore.overdue`` only: when the recipient acknowledged it after all (late), if it has
+    acknowledged_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -202,8 +208,20 @@ class StateStore(Protocol):
         """Deliveries per (sender, recipient, purpose)."""
         ...
 
+    async def delivery(self, referral_id: str, agency: str) -> Delivery | None:
+        """The delivery of ``referral_id`` to ``agency``, if it was committed."""
+        ...
+
     async def overdue(self, limit: int = 100) -> list[Delivery]:
-        """Deliveries marked overdue, newest first."""
+        """Deliveries marked overdue, newest first, each with ``acknowledged_at`` set if the
+        recipient acknowledged it late."""
+        ...
+
+    async def overdue_counts(self) -> dict[tuple[str, str, str], int]:
+        """Deliveries marked overdue per (purpose, recipient, acknowledged), where acknowledged
+        is ``OVERDUE_LATE`` (acknowledged after its deadline) or ``OVERDUE_NEVER`` (not yet).
+        The one count of overdue disclosures: ``/metrics``, ``/ui/`` and ``cairn status`` all
+        show this, and it matches the ``overdue`` audit events (``broker.ops.overdue``)."""
         ...
 
     async def mark_overdue(self, referral_id: str, agency: str, at: datetime) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from broker.state.records import (
+    OVERDUE_LATE,
+    OVERDUE_NEVER,
     Claimed,
     ClaimState,
     Delivery,
@@ -118,6 +121,11 @@ _LEGACY_IMPORT: Final = (
 
 _BATCH_MAX: Final = 256  # group-committed writes per transaction at most
 _DELIVERY_COLUMNS: Final = "referral_id, agency, purpose, sender, delivered_at, due_at, overdue_at"
+# An overdue delivery and when it was acknowledged (late), if it was.
+_OVERDUE_COLUMNS: Final = (
+    "d.referral_id, d.agency, d.purpose, d.sender, d.delivered_at, d.due_at, d.overdue_at, "
+    "a.acked_at"
+)
 _CHUNK: Final = 500  # ids per IN (...) list, well inside SQLite's bound on parameters
 
 
@@ -611,12 +619,40 @@ class SqliteStore:
     async def deliveries(self) -> list[Delivery]:
         return await self._deliveries("ORDER BY delivered_at, referral_id, agency")
 
-    async def overdue(self, limit: int = 100) -> list[Delivery]:
-        return await self._deliveries(
-            "WHERE overdue_at IS NOT NULL ORDER BY overdue_at DESC, referral_id DESC, agency DESC "
-            "LIMIT ?",
-            (limit,),
+    async def delivery(self, referral_id: str, agency: str) -> Delivery | None:
+        found = await self._deliveries(
+            "WHERE referral_id = ? AND agency = ?", (referral_id, agency)
         )
+        return found[0] if found else None
+
+    async def overdue(self, limit: int = 100) -> list[Delivery]:
+        def work(db: sqlite3.Connection) -> list[Delivery]:
+            rows = db.execute(
+                f"SELECT {_OVERDUE_COLUMNS} FROM deliveries d LEFT JOIN acks a "  # noqa: S608
+                "ON a.referral_id = d.referral_id AND a.agency = d.agency "
+                "WHERE d.overdue_at IS NOT NULL "
+                "ORDER BY d.overdue_at DESC, d.referral_id DESC, d.agency DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [
+                dataclasses.replace(_delivery(r), acknowledged_at=_opt_moment(r[7])) for r in rows
+            ]
+
+        return await self._run(work)
+
+    async def overdue_counts(self) -> dict[tuple[str, str, str], int]:
+        def work(db: sqlite3.Connection) -> dict[tuple[str, str, str], int]:
+            rows = db.execute(
+                "SELECT d.purpose, d.agency, a.acked_at IS NOT NULL, COUNT(*) "
+                "FROM deliveries d LEFT JOIN acks a "
+                "ON a.referral_id = d.referral_id AND a.agency = d.agency "
+                "WHERE d.overdue_at IS NOT NULL GROUP BY 1, 2, 3"
+            ).fetchall()
+            return {
+                (r[0], r[1], OVERDUE_LATE if r[2] else OVERDUE_NEVER): int(r[3]) for r in rows
+            }
+
+        return await self._run(work)
 
     async def delivery_counts(self) -> dict[tuple[str, str, str], int]:
         def work(db: sqlite3.Connection) -> dict[tuple[str, str, str], int]:

@@ -16,7 +16,15 @@ from typing import Protocol, TypeVar
 
 import pytest
 
-from broker.state import ClaimState, Delivery, Fact, Seen, StateStore
+from broker.state import (
+    OVERDUE_LATE,
+    OVERDUE_NEVER,
+    ClaimState,
+    Delivery,
+    Fact,
+    Seen,
+    StateStore,
+)
 
 StoreFactory = Callable[[], StateStore]
 
@@ -229,6 +237,37 @@ async def deliveries_keep_their_deadlines_and_are_marked_overdue_once(
         assert [d.referral_id for d in marked] == [rid(19), rid(17)]
         assert marked[1].overdue_at == late
         assert [d.referral_id for d in await a.overdue(1)] == [rid(19)]
+
+
+async def overdue_deliveries_are_counted_late_or_never_and_found_one_by_one(
+    open_store: StoreFactory,
+) -> None:
+    """``overdue_counts`` splits the deliveries marked overdue by whether the recipient has
+    acknowledged them since (late) or not (never); ``overdue`` lists each with the time of
+    its late acknowledgement; ``delivery`` finds one delivery. A delivery acknowledged but
+    never marked overdue (in time) is in neither."""
+    due = T0 + timedelta(hours=1)
+    marac = [
+        Delivery(rid(n), "kelder-marac", "MARAC", "kelder-police", T0, due) for n in (40, 41, 42)
+    ]
+    idva = Delivery(rid(43), "kelder-idva", "IDVA", "kelder-police", T0, due)
+    async with stores(open_store, 2) as (a, b):
+        assert await a.overdue_counts() == {}
+        await a.record_deliveries([*marac, idva])
+        assert await b.delivery(rid(40), "kelder-marac") == marac[0]
+        assert await b.delivery(rid(40), "kelder-idva") is None
+        await a.remember_ack(rid(40), "kelder-marac", due - timedelta(minutes=5))  # in time
+        for d in (marac[1], marac[2], idva):
+            assert await a.mark_overdue(d.referral_id, d.agency, due)
+        late = due + timedelta(minutes=30)
+        await b.remember_ack(rid(41), "kelder-marac", late)
+        assert await b.overdue_counts() == {
+            ("MARAC", "kelder-marac", OVERDUE_LATE): 1,
+            ("MARAC", "kelder-marac", OVERDUE_NEVER): 1,
+            ("IDVA", "kelder-idva", OVERDUE_NEVER): 1,
+        }
+        listed = {d.referral_id: d.acknowledged_at for d in await a.overdue()}
+        assert listed == {rid(41): late, rid(42): None, rid(43): None}
 
 
 async def flow_facts_are_read_by_window_newest_first_with_their_acknowledgement(

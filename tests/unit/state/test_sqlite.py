@@ -38,6 +38,7 @@ CONTRACT = [
     contract.heartbeats_name_the_holder_and_its_last_beat,
     contract.prune_forgets_what_is_older_than_the_window,
     contract.an_acknowledgement_is_remembered_once,
+    contract.overdue_deliveries_are_counted_late_or_never_and_found_one_by_one,
     contract.deliveries_keep_their_deadlines_and_are_marked_overdue_once,
     contract.flow_facts_are_read_by_window_newest_first_with_their_acknowledgement,
     contract.times_come_back_timezone_aware_in_utc,
