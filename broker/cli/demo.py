@@ -19,11 +19,14 @@ system's mailbox with NHS's mesh-client, waits for the receipt in that mailbox a
 referral among its recipients' expected disclosures. The IDVA service acknowledges one
 disclosure through its gateway's API (a signed receipt, audited as ``acknowledged``). Then the
 bridge, the sandbox, the gateways and the broker are stopped (with ``--keep``, at Ctrl-C), the
-auditor signs its final checkpoint and the log is verified. Last, the evidence step: ``cairn
-evidence export`` makes the pack of that disclosure from the auditor's log and the IDVA
+auditor signs its final checkpoint and the log is verified. When the key store holds the
+development witnesses (``keys.development.DEV_WITNESSES``; ``cairn keys init`` makes them), each
+runs as ``cairn witness serve`` over TLS from before the auditor starts until after it stops,
+and the auditor submits every checkpoint to both (C2SP tlog-witness). Last, the evidence step:
+``cairn evidence export`` makes the pack of that disclosure from the auditor's log and the IDVA
 gateway's store (the JWE as delivered, its signed acknowledgement), ``cairn evidence verify``
-checks it from the federation root key alone and prints what it proves, and a copy with one
-JWE character changed is refused, naming what was altered (docs/evidence.md). Kafka itself is
+checks it from the federation root key alone and prints what it proves, and a copy with one JWE
+character changed is refused, naming what was altered (docs/evidence.md). Kafka itself is
 started and stopped by ``make demo``.
 
 The demo broker keeps its replay memory in a folder of its own per run, so running the demo
@@ -57,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
     Encoding,
@@ -191,6 +195,7 @@ def run_demo(
     if not produced:
         return False
 
+    witnesses = _start_witnesses(settings)
     audit_port = _free_port()
     _step(f"starting the auditor (audit API on https://127.0.0.1:{audit_port})")
     auditor = subprocess.Popen(  # our own CLI, fixed argv
@@ -203,6 +208,7 @@ def run_demo(
             "CAIRN_AUDITOR_HTTP_PORT": str(audit_port),
             "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
             **_as_env(_member_kafka(settings, "cairn-auditor", tls)),
+            **_witness_env(settings, witnesses),
         },
         stdin=subprocess.DEVNULL,
     )
@@ -223,6 +229,8 @@ def run_demo(
     finally:
         _step("stopping the auditor (SIGTERM: catch up, sign a final checkpoint)")
         _stop(auditor)
+        for w in witnesses:
+            _stop(w.process, f"witness {w.member_id}: ")
     ok = _audit_summary(settings) and ok
     if chosen:
         ok = _evidence_step(settings, chosen[0]) and ok
@@ -266,10 +274,10 @@ def _audit_summary(settings: Settings) -> bool:
     directory = settings.state_dir / "audit"
     log = AuditLog.open(directory, readonly=True)
     try:
-        note = log.latest_checkpoint()
+        note = log.published_checkpoint()  # with the witnesses' cosignatures, if collected
     finally:
         log.close()
-    _step("latest signed checkpoint (C2SP signed note)")
+    _step("latest signed checkpoint (C2SP signed note, and the witnesses' cosignatures)")
     click.echo("    " + (note.decode().replace("\n", "\n    ") if note else "(none)"))
     verify = subprocess.run(  # noqa: S603  (our own CLI, fixed argv)
         [sys.executable, "-m", "broker", "audit", "--dir", str(directory), "verify"],
@@ -817,6 +825,103 @@ def _show_gateways(
         else:
             click.secho(f"      FAILED     {gw.failure}", fg="red")
         click.echo(f"      files      {gw.folder} (store, accounts, certificate, log)")
+
+
+# -- the witnesses -------------------------------------------------------------------------------
+
+WITNESS_READY_S = 30.0  # seconds for a witness to listen
+
+
+@dataclass
+class DemoWitness:
+    """A development witness (``keys.development.DEV_WITNESSES``) as the demo runs it: ``cairn
+    witness serve`` over TLS on a free port, cosigning the auditor's checkpoints."""
+
+    member_id: str
+    vkey: str  # its cosignature/v1 verifier key, as the registry lists it
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def _start_witnesses(settings: Settings) -> list[DemoWitness]:
+    """Start the development witnesses the key store holds and the registry lists (none for a
+    federation made without them: the checkpoints are then not cosigned)."""
+    from broker.audit.checkpoint import NoteVerifier
+    from broker.audit.files import DEFAULT_ORIGIN
+    from keys.development import DEV_WITNESSES, WITNESS_KEY, witness_store
+    from keys.federation import load_registry
+    from keys.registry import AUDITOR_ID, KeyUse
+    from keys.store import SERVER_CERT, SERVER_KEY
+
+    custody = custody_of(settings)
+    registry = load_registry(
+        custody.public(), now=datetime.now(UTC), root_kid=settings.registry_root_kid
+    )
+    auditor = registry.member(AUDITOR_ID)
+    log_key = auditor.active_key(KeyUse.SIGNING) if auditor is not None else None
+    wanted = []
+    for member_id, _display, name in DEV_WITNESSES:
+        member = registry.member(member_id)
+        active = member.active_key(KeyUse.SIGNING) if member is not None else None
+        store = custody.store(witness_store(member_id))
+        if active is None or active.vkey is None or not store.exists(WITNESS_KEY):
+            continue
+        wanted.append((member_id, name, active.vkey, store))
+    if not wanted or log_key is None:
+        _step("no development witnesses in the key store: the checkpoints are not cosigned")
+        return []
+    public = log_key.jwk.public_key()
+    if not isinstance(public, Ed25519PublicKey):
+        return []
+    log_vkey = NoteVerifier(DEFAULT_ORIGIN, public).vkey()
+    _step(
+        "starting the witnesses "
+        + " and ".join(m for m, _, _, _ in wanted)
+        + " (C2SP tlog-witness: each cosigns every checkpoint consistent with the last it saw)"
+    )
+    run = Path(tempfile.mkdtemp(prefix="witnesses-", dir=_state_dir(settings)))
+    started: list[DemoWitness] = []
+    for member_id, name, vkey, store in wanted:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "CAIRN_WITNESS_PASSPHRASE": custody.passphrase(witness_store(member_id)).decode(),
+            "CAIRN_LOG_LEVEL": os.environ.get("CAIRN_LOG_LEVEL", "warning"),
+        }
+        with (run / f"{member_id}.log").open("wb") as log:
+            process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed argv)
+                [sys.executable, "-m", "broker", "witness", "serve",
+                 "--key", str(store.path(WITNESS_KEY)), "--name", name,
+                 "--state", str(run / member_id), "--log", log_vkey,
+                 "--tls-cert", str(store.path(SERVER_CERT)),
+                 "--tls-key", str(store.path(SERVER_KEY)), "--port", str(port)],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        started.append(DemoWitness(member_id, vkey, f"https://127.0.0.1:{port}/", process))
+    deadline = time.monotonic() + WITNESS_READY_S
+    for w in started:
+        port = int(w.url.rsplit(":", 1)[1].rstrip("/"))
+        for _ in range(int(WITNESS_READY_S / 0.2) + 1):
+            if w.process.poll() is not None or time.monotonic() > deadline:
+                break
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.2)
+        state = "listening" if w.process.poll() is None else f"exited ({w.process.returncode})"
+        click.echo(f"    {w.member_id:22} {state} on {w.url}")
+    return started
+
+
+def _witness_env(settings: Settings, witnesses: list[DemoWitness]) -> dict[str, str]:
+    """The auditor's settings for ``witnesses`` (their TLS certificates are the federation
+    CA's)."""
+    if not witnesses:
+        return {}
+    listed = [{"vkey": w.vkey, "url": w.url} for w in witnesses]
+    return {
+        "CAIRN_AUDITOR_WITNESSES": json.dumps(listed),
+        "CAIRN_AUDITOR_WITNESS_CA_FILE": str(custody_of(settings).public().path(CA_CERT)),
+    }
 
 
 # -- the evidence pack --------------------------------------------------------------------------
