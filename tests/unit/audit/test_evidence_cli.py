@@ -289,3 +289,18 @@ def test_every_tampering_of_a_pack_is_named_by_the_cli_in_one_line(
     result = call("export", *ids, "--gateway-db", str(setup.gateway_db), "-o", str(pack))
     assert result.exit_code == 0, result.output
     check_every_tampering(pack.read_bytes(), setup.state / "keys" / ROOT_PUBLIC, tmp_path)
+
+
+@pytest.mark.usefixtures("run")
+def test_delivered_reads_the_store_the_gateway_uses_by_default(
+    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --gateway-db: the store 'cairn gateway --as AGENCY' opens under its settings
+    (here SQLite at <state_dir>/gateway/<agency>.sqlite)."""
+    monkeypatch.delenv("CAIRN_GATEWAY_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CAIRN_GATEWAY_DATABASE_URL_FILE", raising=False)
+    monkeypatch.delenv("CAIRN_GATEWAY_SQLITE_PATH", raising=False)
+    out = tmp_path / "delivered.json"
+    result = call("delivered", "--referral", setup.referral_id, "--as", RECIPIENT, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_bytes())["ack"].encode() == setup.ack
