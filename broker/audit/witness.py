@@ -51,7 +51,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.checkpoint import MAX_NOTE_BYTES, Checkpoint, NoteVerifier, verify_checkpoint
-from broker.audit.cosign import CosignerVerifier, add_cosignatures, cosign, verify_cosignatures
+from broker.audit.cosign import (
+    CosignerVerifier,
+    add_cosignatures,
+    cosign,
+    parse_cosignature_lines,
+    verify_cosignatures,
+)
 from broker.audit.merkle import HASH_SIZE, InvalidProof, verify_consistency
 from broker.web.problems import http_problem, problem_response
 from keys.errors import Reason, VerificationError
@@ -327,6 +333,16 @@ async def _proof(proof_from: ProofFrom, old: int) -> Sequence[bytes]:
     return proof
 
 
+def _own_line(payload: bytes, verifier: CosignerVerifier) -> bytes:
+    """The one signature line of ``payload`` by ``verifier``'s name and key id: a witness may
+    answer with more lines (tlog-witness allows other cosignatures), which are not ours to keep."""
+    for line in payload.splitlines(keepends=True):
+        ((name, kid, _rest),) = parse_cosignature_lines(line)
+        if (name, kid) == (verifier.name, verifier.key_id):
+            return line
+    raise VerificationError(Reason.UNKNOWN_KEY, f"no cosignature by {verifier.name}")
+
+
 async def submit_checkpoint(
     session: aiohttp.ClientSession,
     note: bytes,
@@ -394,12 +410,13 @@ async def submit_checkpoint(
         if status != 200:
             return WitnessOutcome(endpoint, WitnessResult.REFUSED, f"HTTP {status}")
         try:
-            verify_cosignatures(add_cosignatures(note, payload), [endpoint.verifier])
+            line = _own_line(payload, endpoint.verifier)
+            verify_cosignatures(add_cosignatures(note, line), [endpoint.verifier])
         except VerificationError as exc:
             return WitnessOutcome(
                 endpoint, WitnessResult.INVALID, f"not a valid cosignature: {exc.reason}"
             )
-        return WitnessOutcome(endpoint, WitnessResult.COSIGNED, "cosigned", size, payload)
+        return WitnessOutcome(endpoint, WitnessResult.COSIGNED, "cosigned", size, line)
     raise RuntimeError("unreachable: the loop returns on its second pass")  # pragma: no cover
 
 

@@ -6,17 +6,25 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.testing import capture_logs
 
 from broker.audit.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
-from broker.audit.cosign import verify_cosignatures
+from broker.audit.cosign import add_cosignatures, cosign, verify_cosignatures
 from broker.audit.files import DEFAULT_ORIGIN, WITNESS_STATUS_FILE
 from broker.audit.merkle import Tree, leaf_hash
 from broker.audit.service import Auditor, auditor_app
-from broker.audit.witness import Witness, witness_app
+from broker.audit.witness import (
+    Witness,
+    WitnessEndpoint,
+    WitnessResult,
+    submit_checkpoint,
+    witness_app,
+)
 from broker.config import Settings, WitnessSetting
 from broker.ops.metrics import Metrics, ops_snapshot
 from keys import AUDITOR_ID
@@ -184,3 +192,38 @@ def test_the_witness_gauges_are_read_from_the_status_file(tmp_path: Path) -> Non
     assert b'cairn_audit_witness_cosigned_size{witness="w1.test"} 12.0' in text
     metrics.witness_file.write_text("not json")
     assert b"cairn_audit_witness_forks" not in metrics.render()
+
+
+async def test_only_the_witnesss_own_line_is_kept_from_its_answer(
+    federation_keys: FederationKeys, tmp_path: Path
+) -> None:
+    """A witness answering its cosignature and a line by some other key: its own line is
+    taken, the other is not (it could not be verified, and would spoil the stored note)."""
+    witness = _witness(tmp_path, "w1.test", 7, federation_keys)
+    stranger = Ed25519PrivateKey.from_private_bytes(b"\x0b" * 32)
+
+    async def add_checkpoint(request: web.Request) -> web.Response:
+        body = await request.read()
+        line = witness.add_checkpoint(body)
+        note = body[body.index(b"\n\n") + 2 :]
+        extra = cosign(note[: note.rfind(b"\n\n") + 1], "stranger.test", stranger, 1)
+        return web.Response(body=line + extra, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_post("/add-checkpoint", add_checkpoint)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    key = federation_keys.trust(AUDITOR_ID).signing_key()
+    tree = Tree.of(leaf_hash(b"%d" % i) for i in range(5))
+    note = sign_checkpoint(Checkpoint(DEFAULT_ORIGIN, 5, tree.root()), DEFAULT_ORIGIN, key)
+    endpoint = WitnessEndpoint(str(server.make_url("/")), witness.verifier)
+    try:
+        async with aiohttp.ClientSession() as session:
+            outcome = await submit_checkpoint(session, note, 5, tree.consistency_proof, endpoint)
+    finally:
+        await server.close()
+    assert outcome.result is WitnessResult.COSIGNED
+    assert outcome.cosignature.count(b"\n") == 1
+    assert b"stranger.test" not in outcome.cosignature
+    found = verify_cosignatures(add_cosignatures(note, outcome.cosignature), [witness.verifier])
+    assert [c.name for c in found] == ["w1.test"]
