@@ -13,7 +13,13 @@ from typing import Any
 
 import structlog
 
-__all__ = ["PERSONAL_KEYS", "configure_logging", "drop_personal_data"]
+__all__ = [
+    "PERSONAL_KEYS",
+    "RETRIABLE_COORDINATOR_ERRORS",
+    "RetriableKafkaNoise",
+    "configure_logging",
+    "drop_personal_data",
+]
 
 # Keys that could carry personal data if a call site got it wrong. Matched on any part of a
 # snake_case key, so "victim_name" and "address_lines" are caught too.
@@ -58,6 +64,36 @@ def drop_personal_data(
     return event_dict
 
 
+#: Kafka protocol error codes a group coordinator answers while it is starting or moving:
+#: COORDINATOR_LOAD_IN_PROGRESS (14), COORDINATOR_NOT_AVAILABLE (15), NOT_COORDINATOR (16).
+#: All three are retriable (the Kafka protocol guide's error codes); aiokafka retries them
+#: itself, yet logs each at ERROR, which on a fresh Kafka (``make demo``, before
+#: __consumer_offsets exists) reads as a failure that is not one.
+RETRIABLE_COORDINATOR_ERRORS = frozenset({14, 15, 16})
+
+
+class RetriableKafkaNoise(logging.Filter):
+    """Demote to DEBUG aiokafka's records about a group coordinator not ready yet (an error
+    among their arguments with a code in ``RETRIABLE_COORDINATOR_ERRORS``), and keep them
+    only if DEBUG is logged. Nothing else is touched: a Kafka that cannot be reached still
+    shows aiokafka's connection errors and Cairn's own (``/readyz``, ``kafka: unreachable``,
+    a publish's 503), and a coordinator that never comes is a consumer that never starts,
+    reported by the command that waited for it."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__("aiokafka")
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka") or record.levelno <= logging.DEBUG:
+            return True
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        if not any(getattr(a, "errno", None) in RETRIABLE_COORDINATOR_ERRORS for a in args):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.level <= logging.DEBUG
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog and route the standard library's logging (aiokafka, aiohttp) to it."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -88,6 +124,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         )
     )
+    handler.addFilter(RetriableKafkaNoise(numeric))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Third-party libraries are chatty at INFO; their warnings still come through.

@@ -8,25 +8,30 @@ and ``schemas`` (an import contract in pyproject.toml keeps it so).
 
 from __future__ import annotations
 
+import socket
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import wraps
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from broker.config import Settings, config_file
+from broker.config import Settings, config_file, kafka_origin
 from schemas.errors import CairnError
 
 __all__ = [
-    "DEFAULT_BROKER_URL",
+    "announce_serve",
+    "broker_url_mismatch",
     "broker_url_option",
     "clean_errors",
     "describe",
+    "echo_kafka",
     "folder_option",
+    "kafka_line",
     "load_settings",
     "settings_error",
     "settings_or_exit",
@@ -36,18 +41,76 @@ P = ParamSpec("P")
 T = TypeVar("T")
 S = TypeVar("S", bound=BaseSettings)
 
-#: Where a development broker listens (``cairn serve`` with the default configuration).
-DEFAULT_BROKER_URL: Final = "https://127.0.0.1:8443"
 
-#: ``--broker URL`` (or CAIRN_BROKER_URL) for an agency adapter's command that submits.
+def _broker_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    if value is not None:
+        return value.rstrip("/")
+    return settings_or_exit().broker_client_url
+
+
+#: ``--broker URL`` for a command that calls the broker; without it, the ``broker_url``
+#: setting (CAIRN_BROKER_URL), else https://HTTP_HOST:HTTP_PORT, where ``cairn serve`` listens.
 broker_url_option: Final = click.option(
     "--broker",
     "broker_url",
-    envvar="CAIRN_BROKER_URL",
-    default=DEFAULT_BROKER_URL,
-    show_default=True,
-    help="Broker base URL.",
+    default=None,
+    callback=_broker_url,
+    metavar="URL",
+    help="Broker base URL [default: CAIRN_BROKER_URL, else https://HTTP_HOST:HTTP_PORT, "
+    "where cairn serve listens].",
 )
+
+
+def kafka_line(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What ``echo_kafka`` prints: the Kafka in use and where that came from, and a warning
+    line when CAIRN_KAFKA_PORT (the local Kafka) is not among the servers named."""
+    origin, warning = kafka_origin(settings, environ)
+    lines = [
+        f"Kafka: {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}; "
+        f"{origin if origin.startswith('from') else 'from ' + origin})"
+    ]
+    return [*lines, f"warning: {warning}"] if warning else lines
+
+
+def broker_url_mismatch(settings: Settings, hostname: str | None = None) -> str:
+    """A warning when CAIRN_BROKER_URL names this host (loopback, its name, HTTP_HOST) on a
+    port other than HTTP_PORT, so the commands would call another broker than this one; ''
+    otherwise (another host's URL is a deliberate choice, and port 0 is chosen at bind)."""
+    if settings.broker_url is None or settings.http_port == 0:
+        return ""
+    parts = urlsplit(settings.broker_url)
+    here = {"127.0.0.1", "localhost", "::1", settings.http_host.lower()}
+    here.add((hostname if hostname is not None else socket.gethostname()).lower())
+    if settings.http_host in ("0.0.0.0", "::"):  # noqa: S104  (the wildcard: any local name)
+        here.add("0.0.0.0")  # noqa: S104
+    port = parts.port or 443
+    if (parts.hostname or "").lower() not in here or port == settings.http_port:
+        return ""
+    return (
+        f"CAIRN_BROKER_URL ({settings.broker_url}) names this host on port {port}, but this "
+        f"broker listens on {settings.http_port} (CAIRN_HTTP_PORT): the commands would call "
+        "another broker"
+    )
+
+
+def announce_serve(settings: Settings, what: str = "cairn serve") -> None:
+    """Say on stderr where ``cairn serve`` listens and which Kafka it uses, and warn when
+    CAIRN_BROKER_URL points the commands elsewhere on this host."""
+    where = settings.served_url
+    if settings.http_port == 0:
+        where += " (port 0: the port chosen is logged as broker.listening)"
+    click.echo(f"{what}: listening on {where}", err=True)
+    echo_kafka(settings)
+    if warning := broker_url_mismatch(settings):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
+def echo_kafka(settings: Settings) -> None:
+    """Say on stderr (stdout stays the command's output) which Kafka this command uses."""
+    first, *rest = kafka_line(settings)
+    click.echo(first, err=True)
+    for line in rest:
+        click.secho(line, fg="yellow", err=True)
 
 
 def _problem(message: str) -> str:

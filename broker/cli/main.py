@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from broker.cli.common import describe, settings_error
+from broker.cli.common import (
+    announce_serve,
+    broker_url_option,
+    describe,
+    echo_kafka,
+    settings_error,
+)
 from broker.cli.common import settings_or_exit as _settings
 from broker.config import ConfigFileMissing, Settings
 from schemas.errors import CairnError
@@ -147,6 +153,7 @@ def serve(
             raise click.UsageError("--worker-index is for 'cairn serve --workers' only")
         _serve_worker(settings, worker_index, listen_fd, control_fd)
         return
+    announce_serve(settings)  # the URL the commands reach it at (CAIRN_BROKER_URL), its Kafka
     count = workers if workers is not None else settings.broker_workers
     if count == 1:
         _run(_serve_one(settings))
@@ -286,6 +293,7 @@ def auditor() -> None:
 
     settings = _settings()
     _logging(settings)
+    echo_kafka(settings)  # the Kafka it reads cairn.audit from
 
     async def main() -> None:
         store, passphrase = _own_store(settings, AUDITOR_ID)
@@ -353,6 +361,7 @@ def topics_create(acl_mode: str) -> None:
     from broker.kafka.transport import create_topics
 
     settings = _settings()
+    echo_kafka(settings)
     federation = _federation(settings)
     specs = federation_topics(
         federation,
@@ -382,8 +391,8 @@ def topics_create(acl_mode: str) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--as", "agency", required=True, help="The sending agency's id.")
-@click.option("--broker", "broker_url", help="Broker base URL [default: from config].")
-def send(file: Path, agency: str, broker_url: str | None) -> None:
+@broker_url_option
+def send(file: Path, agency: str, broker_url: str) -> None:
     """Submit the referral in FILE (JSON) as AGENCY and print the receipt."""
     from adapters.agency import client_for
     from schemas.decode import decode
@@ -401,10 +410,9 @@ def send(file: Path, agency: str, broker_url: str | None) -> None:
             f"{file} names '{referral.header.sender_agency}' as sender, but you are sending as "
             f"'{agency}'"
         )
-    url = broker_url or default_broker_url(settings)
 
     async def go() -> str:
-        async with client_for(settings, agency, url) as client:
+        async with client_for(settings, agency, broker_url) as client:
             receipt = await client.submit(referral)
         return receipt.model_dump_json(indent=2)
 
@@ -413,11 +421,6 @@ def send(file: Path, agency: str, broker_url: str | None) -> None:
     except CairnError as exc:
         _print_problems(exc)
         raise click.ClickException(str(exc)) from None
-
-
-def default_broker_url(settings: Settings) -> str:
-    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host  # noqa: S104
-    return f"https://{host}:{settings.http_port}"
 
 
 def _print_problems(exc: CairnError) -> None:
@@ -472,6 +475,7 @@ def inbox(
     federation = _federation(settings)
     if federation.get(agency) is None:
         raise click.ClickException(f"'{agency}' is not an agency of {federation.name}")
+    echo_kafka(settings)
 
     fmt = "json" if as_json else fmt
 

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.cli.common import settings_or_exit
-from broker.config import Settings
+from broker.config import Settings, https_url
 from broker.state import StateStore, store_for
 from keys.expiry import read_key_folder
 from schemas.errors import CairnError, StateUnavailable
@@ -295,9 +295,8 @@ def down(view: Status, *, offline: bool) -> list[str]:
 )
 @click.option(
     "--url",
-    envvar="CAIRN_BROKER_URL",
     default=None,
-    help="Broker URL (or CAIRN_BROKER_URL) [default: https://HTTP_HOST:HTTP_PORT]",
+    help="Broker URL [default: CAIRN_BROKER_URL, else https://HTTP_HOST:HTTP_PORT]",
 )
 @click.option(
     "--auditor-url",
@@ -321,8 +320,8 @@ def status(agency: str, url: str | None, auditor_url: str | None, offline: bool)
     settings = settings_or_exit()
     view = Status(warn_days=settings.credential_warn_days)
     if not offline:
-        base = (url or f"https://{settings.http_host}:{settings.http_port}").rstrip("/")
-        audit = auditor_url or f"https://{settings.http_host}:{settings.auditor_http_port}"
+        base = (url or settings.broker_client_url).rstrip("/")  # CAIRN_BROKER_URL, else served
+        audit = auditor_url or https_url(settings.http_host, settings.auditor_http_port)
         try:
             context = _client_context(settings, agency)
         except CairnError as exc:  # no passphrase, no store: the message says how to fix it
