@@ -29,6 +29,7 @@ from keys.custody import store_of
 from schemas.disclosure import Disclosure
 from schemas.encompass import EncompassNotification
 from schemas.receipt import Acknowledgement, AcknowledgementStatus, Receipt
+from schemas.receipt import Delivery as DeliveryReceipt
 from schemas.referral import Referral
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "agency_trust",
     "cli_client_factory",
     "client_for",
+    "delivery_receipt_for",
     "inbox_for",
     "opener_for",
 ]
@@ -112,6 +114,22 @@ def acknowledger_for(
     return acknowledge
 
 
+def delivery_receipt_for(
+    trust: TrustStore, agency: str, *, clock: Clock = _utcnow
+) -> Callable[[Disclosure], bytes]:
+    """Sign a ``Delivery`` receipt: ``agency`` has durably stored a disclosure (``cairn-ack+jws``,
+    as an acknowledgement is signed; the broker audits it as ``delivered``)."""
+
+    def confirm(disclosure: Disclosure) -> bytes:
+        now = clock()
+        receipt = DeliveryReceipt(
+            referral_id=disclosure.referral_id, agency=agency, delivered_at=now
+        )
+        return sign_ack(receipt.model_dump_json().encode(), trust.signing_key(), issued_at=now)
+
+    return confirm
+
+
 def inbox_for(
     settings: Settings,
     agency: str,
@@ -132,6 +150,7 @@ def inbox_for(
         dlq_topic=dlq_topic(settings.topic_prefix),
         open_value=opener_for(trust, agency, clock=clock),
         acknowledge=acknowledger_for(trust, agency, clock=clock),
+        confirm_delivery=delivery_receipt_for(trust, agency, clock=clock),
         receipts_topic=f"{settings.topic_prefix}.receipts",
         group_id=group_id,
         retry=Retry.from_settings(settings),

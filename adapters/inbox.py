@@ -9,9 +9,10 @@ is copied to the dead-letter topic with its ids and a reason code (``broker.kafk
 counted, then committed: never dropped silently, never acted on, never blocking the records
 behind it.
 
-Once the handler has filed a disclosure, the inbox sends the broker a signed acknowledgement on
-the receipts topic (before committing the offset, so an acknowledgement is never lost; the
-broker ignores a repeated one). That acknowledgement closes the loop in the audit trail and
+Once the handler has filed a disclosure, the inbox sends the broker, on the receipts topic, a
+signed ``Delivery`` receipt (``confirm_delivery``: the broker audits it as ``delivered``) and a
+signed acknowledgement, both before committing the offset, so neither is ever lost (the broker
+and the audit log know a repeat). That acknowledgement closes the loop in the audit trail and
 stops the disclosure's delivery deadline.
 
 Kafka need not be up. The inbox connects when it first drains, and whenever Kafka goes away (an
@@ -84,6 +85,7 @@ class Inbox:
         open_value: Opener,
         acknowledge: Acknowledger | None = None,
         receipts_topic: str | None = None,
+        confirm_delivery: Acknowledger | None = None,
         group_id: str | None = None,
         connect_timeout_s: float = 10.0,
         retry: Retry | None = None,
@@ -97,7 +99,10 @@ class Inbox:
         self._open = open_value
         if (acknowledge is None) != (receipts_topic is None):
             raise TypeError("give both acknowledge and receipts_topic, or neither")
+        if confirm_delivery is not None and receipts_topic is None:
+            raise TypeError("confirm_delivery goes with acknowledge and receipts_topic")
         self._acknowledge = acknowledge
+        self._confirm_delivery = confirm_delivery  # -> a signed Delivery receipt
         self.receipts_topic = receipts_topic
         self.acknowledged = 0
         self.group_id = group_id or f"cairn-inbox-{agency}"
@@ -331,18 +336,24 @@ class Inbox:
             return
         await handler(Delivery(disclosure, msg.topic, msg.partition, msg.offset, headers))
         if self._acknowledge is not None and self.receipts_topic is not None:
-            assert self._producer is not None
-            rid = str(disclosure.referral_id).encode()
-            await asyncio.wait_for(
-                self._producer.send_and_wait(
-                    self.receipts_topic,
-                    self._acknowledge(disclosure),
-                    key=rid,
-                    headers=[("cairn-referral-id", rid), ("cairn-agency", self.agency.encode())],
-                ),
-                self._retry.connect_s,
-            )
+            signers = (self._confirm_delivery, self._acknowledge)
+            for sign in (s for s in signers if s is not None):
+                await self._send_receipt(disclosure, sign(disclosure))
             self.acknowledged += 1
+
+    async def _send_receipt(self, disclosure: Disclosure, token: bytes) -> None:
+        assert self._producer is not None
+        assert self.receipts_topic is not None
+        rid = str(disclosure.referral_id).encode()
+        await asyncio.wait_for(
+            self._producer.send_and_wait(
+                self.receipts_topic,
+                token,
+                key=rid,
+                headers=[("cairn-referral-id", rid), ("cairn-agency", self.agency.encode())],
+            ),
+            self._retry.connect_s,
+        )
 
     async def _dead_letter(self, msg: Any, reason: str) -> None:
         assert self._producer is not None

@@ -1,5 +1,5 @@
-"""Recipients' receipts: verified, then written to the audit log (``acknowledged``, ``viewed``,
-``deleted``).
+"""Recipients' receipts: verified, then written to the audit log (``delivered``,
+``acknowledged``, ``viewed``, ``deleted``).
 
 A recipient's inbox signs an acknowledgement (``cairn-ack+jws``) once it has filed a disclosure
 and sends it on ``<prefix>.receipts``. This loop, run inside ``cairn serve``, reads that topic in
@@ -14,7 +14,10 @@ a consumer group (read_committed), and for each acknowledgement:
    transaction, so an acknowledgement is audited exactly once even across crashes.
 
 The same topic carries the agency gateway's other signed receipts (``schemas.receipt``, told
-apart by their ``kind``), verified by steps 1-2 alike: a ``View`` (one of the agency's people or
+apart by their ``kind``), verified by steps 1-2 alike: a ``Delivery`` (the recipient's gateway
+durably stored the disclosure, or ``cairn inbox``'s handler returned) becomes a ``delivered``
+event, under an id derived from (referral, agency) (``schemas.audit.delivery_receipted``), once
+per (referral, agency) in a batch; a ``View`` (one of the agency's people or
 case systems opened the disclosure) becomes a ``viewed`` event under the view's own id (each
 view is its own fact; the same view twice in a batch is audited once), a ``Deletion`` (its copy
 deleted, e.g. ``retention-expired``) a ``deleted`` event, once per (referral, agency) in the
@@ -60,13 +63,14 @@ from broker.ops.metrics import Metrics, code
 from broker.state import StateStore
 from broker.trust import TrustStore
 from keys import verify_ack
-from schemas.audit import AuditEvent, acknowledged, deleted, viewed
+from schemas.audit import AuditEvent, acknowledged, deleted, delivery_receipted, viewed
 from schemas.decode import decode
 from schemas.errors import InputError
 from schemas.receipt import (
     Acknowledgement,
     AgencyReceipt,
     Deletion,
+    Delivery,
     Receipt,
     RecipientStatus,
     View,
@@ -203,12 +207,16 @@ class ReceiptsLoop:
         self.dead_letters += len(dead)
 
     def _other(
-        self, receipt: View | Deletion, seen: set[tuple[str, str, str]]
+        self, receipt: Delivery | View | Deletion, seen: set[tuple[str, str, str]]
     ) -> AuditEvent | None:
-        """The audit event of a view or a deletion; None for a repeat within this batch."""
+        """The audit event of a delivery, a view or a deletion; None for a repeat within this
+        batch."""
         if isinstance(receipt, View):
             fact = ("viewed", str(receipt.view_id), receipt.agency)
             event = viewed(receipt)
+        elif isinstance(receipt, Delivery):
+            fact = ("delivered", str(receipt.referral_id), receipt.agency)
+            event = delivery_receipted(receipt)
         else:
             fact = ("deleted", str(receipt.referral_id), receipt.agency)
             event = deleted(receipt)

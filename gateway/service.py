@@ -19,7 +19,9 @@ failure with a bounded, doubling pause (``broker.kafka.consumer.follow_until_sto
 - **consume**: ``adapters.inbox.Inbox`` (read committed, the agency's own Kafka credentials and
   keys; what it cannot open is dead-lettered with a reason code) hands each opened disclosure
   to ``store_delivery``, and commits its offset only after that returns, so only after the
-  store has it. A redelivered record (a consumer restarted before its commit) is recognised by
+  store has it. With the disclosure the store queues, in the same transaction, a signed
+  ``Delivery`` receipt (``adapters.agency.delivery_receipt_for``), which the broker audits as
+  ``delivered``. A redelivered record (a consumer restarted before its commit) is recognised by
   its referral id and not stored twice.
 - **receipts**: the store's queued receipts go to ``<prefix>.receipts`` (idempotent producer,
   acks=all), each marked sent after Kafka has it.
@@ -46,7 +48,7 @@ from uuid import UUID, uuid4
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from adapters.agency import acknowledger_for
+from adapters.agency import acknowledger_for, delivery_receipt_for
 from adapters.inbox import Delivery, Inbox
 from broker.config import Settings
 from broker.envelope import open_record
@@ -173,6 +175,7 @@ class Gateway:
         self._retention_every_s = retention_every_s
         self._poll_every_s = poll_every_s
         self._acknowledger = acknowledger_for(trust, agency, clock=clock)
+        self._delivery_receipt = delivery_receipt_for(trust, agency, clock=clock)
         self._producer: AIOKafkaProducer | None = None
         self._opener = _Opener(trust, agency, clock)
         self.receipts_topic = f"{settings.topic_prefix}.receipts"
@@ -319,6 +322,7 @@ class Gateway:
             source=f"{delivery.topic}:{delivery.partition}:{delivery.offset}",
             signed=jws,
             delivered=jwe,
+            receipt=self._delivery_receipt(disclosure),
         )
         added = await self.store.put(
             new,

@@ -39,12 +39,20 @@ from schemas.encompass import EncompassHeader
 from schemas.errors import FieldProblem, SchemaError
 from schemas.fields import AgencyId, Frozen
 from schemas.pseudonyms import Pseudonym, subject_pseudonyms
-from schemas.receipt import Acknowledgement, AcknowledgementStatus, Deletion, View, ViewerId
+from schemas.receipt import (
+    Acknowledgement,
+    AcknowledgementStatus,
+    Deletion,
+    Delivery,
+    View,
+    ViewerId,
+)
 from schemas.referral import FieldGroup, Purpose, Referral
 from schemas.submission import LawfulBasis, Message, groups_carried, lawful_basis_of, recipients_of
 
 __all__ = [
     "AUDIT_FORMAT",
+    "DELIVERED_NAMESPACE",
     "LAWFUL_BASIS_CODES",
     "MAX_EVENT_BYTES",
     "AuditEvent",
@@ -56,6 +64,7 @@ __all__ = [
     "decided",
     "deleted",
     "delivered",
+    "delivery_receipted",
     "disclosed",
     "key_rotated",
     "overdue",
@@ -105,7 +114,7 @@ class AuditEventType(StrEnum):
     DECIDED = "decided"  # the policy decided, for every intended recipient at once
     DISCLOSED = "disclosed"  # one recipient is sent the field groups its agreement allows
     REFUSED = "refused"  # one recipient is sent nothing; ``reasons`` say why
-    DELIVERED = "delivered"  # the disclosure is committed to the recipient's topic
+    DELIVERED = "delivered"  # the recipient's gateway (or inbox) durably stored the disclosure
     ACKNOWLEDGED = "acknowledged"  # the recipient filed (or rejected) the disclosure
     KEY_ROTATED = "key_rotated"  # a member's keys were replaced
     AGREEMENT_CHANGED = "agreement_changed"  # a sharing agreement came into force or changed
@@ -578,7 +587,8 @@ def delivered(
     purpose: Purpose | None = None,
     **when: Unpack[Asked],
 ) -> AuditEvent:
-    """The disclosure to ``recipient`` is committed to its delivery topic."""
+    """The disclosure ``message_id`` is durably stored by ``recipient`` (see
+    ``delivery_receipted``, which the broker uses for the recipient's signed ``Delivery``)."""
     return _event(
         AuditEventType.DELIVERED,
         when,
@@ -586,6 +596,22 @@ def delivered(
         recipient=recipient,
         sender=sender,
         purpose=purpose,
+    )
+
+
+#: The namespace of a ``delivered`` event's id (RFC 9562 section 5.5, UUIDv5 over
+#: ``<referral id>:<agency>``): the same delivery receipt sent twice gives the same event id.
+DELIVERED_NAMESPACE: Final = uuid.UUID("6f1d3c1e-5a0b-4c5e-9d1e-2b7a4c8e0d51")
+
+
+def delivery_receipted(receipt: Delivery, *, at: datetime | None = None) -> AuditEvent:
+    """The recipient's signed word that it durably stored one disclosure. The event's id is
+    derived from (referral, agency), so a receipt its gateway sent again is one fact, one id."""
+    return delivered(
+        receipt.referral_id,
+        recipient=receipt.agency,
+        at=at if at is not None else receipt.delivered_at,
+        event_id=uuid.uuid5(DELIVERED_NAMESPACE, f"{receipt.referral_id}:{receipt.agency}"),
     )
 
 

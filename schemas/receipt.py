@@ -1,8 +1,9 @@
 """Receipts: what the broker tells a sender, and what a recipient tells the broker back.
 
 The broker returns a ``Receipt`` once every disclosure of a submission is durably queued (or
-refused by policy); a recipient adapter sends an ``Acknowledgement`` once it has filed a
-disclosure, which closes the loop for the audit trail. Neither carries personal data: ids,
+refused by policy); a recipient sends a ``Delivery`` once it has durably stored a disclosure
+(its gateway's store, or ``cairn inbox``'s handler) and an ``Acknowledgement`` once it has
+filed it, which closes the loop for the audit trail. Neither carries personal data: ids,
 agencies, statuses and reason codes only.
 """
 
@@ -24,6 +25,7 @@ __all__ = [
     "AcknowledgementStatus",
     "AgencyReceipt",
     "Deletion",
+    "Delivery",
     "Receipt",
     "RecipientReceipt",
     "RecipientStatus",
@@ -117,6 +119,20 @@ class View(Frozen):
     viewed_at: Moment
 
 
+class Delivery(Frozen):
+    """A recipient's word that it has durably stored one disclosure (its gateway committed it
+    to its store, or ``cairn inbox``'s handler returned): before anyone has read or filed it.
+
+    Sent once per disclosure by the recipient; the broker audits it as ``delivered``, once per
+    (referral, agency).
+    """
+
+    kind: Literal["delivered"] = "delivered"
+    referral_id: MessageId
+    agency: AgencyId
+    delivered_at: Moment  # the recipient's clock: when it had the disclosure stored
+
+
 class Deletion(Frozen):
     """A recipient's word that it deleted its copy of one disclosure, and why (a code)."""
 
@@ -128,10 +144,12 @@ class Deletion(Frozen):
 
 
 #: What travels on the receipts topic, each signed by the recipient (``cairn-ack+jws``).
-AgencyReceipt = Acknowledgement | View | Deletion
+AgencyReceipt = Acknowledgement | Delivery | View | Deletion
 
 
-def receipt_of(payload: bytes) -> type[Acknowledgement] | type[View] | type[Deletion]:
+def receipt_of(
+    payload: bytes,
+) -> type[Acknowledgement] | type[Delivery] | type[View] | type[Deletion]:
     """Which model a signed receipt's payload is: by its ``kind`` (an acknowledgement has none).
 
     Only looks; the caller decodes with the model (``schemas.decode.decode``), which refuses
@@ -145,4 +163,6 @@ def receipt_of(payload: bytes) -> type[Acknowledgement] | type[View] | type[Dele
         return View
     if kind == "deleted":
         return Deletion
+    if kind == "delivered":
+        return Delivery
     return Acknowledgement
