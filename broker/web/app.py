@@ -53,7 +53,7 @@ from schemas.errors import (
 )
 from schemas.federation import Federation
 
-__all__ = ["METRICS", "STORE", "create_app", "read_body", "serve"]
+__all__ = ["METRICS", "STORE", "create_app", "read_body", "readiness", "serve"]
 
 log = structlog.get_logger(__name__)
 
@@ -105,9 +105,16 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready only while Kafka takes our transactions, the registry is trusted and our signing
     key is usable. ``kafka`` is ``reachable``, ``unreachable``, or ``failing``: Kafka answers
     but the last publish failed and no probe transaction has succeeded since."""
-    health = await request.app[TRANSPORT].health()
+    ready, body = await readiness(request.app)
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def readiness(app: web.Application) -> tuple[bool, dict[str, str]]:
+    """The broker's readiness, as /readyz and the plain-HTTP health port (broker.web.health)
+    report it: whether it is ready, and the codes of its checks."""
+    health = await app[TRANSPORT].health()
     kafka = health == "ok"
-    trust = request.app[PIPELINE].trust
+    trust = app[PIPELINE].trust
     registry = signing = False
     try:
         trust.registry()
@@ -123,13 +130,15 @@ async def readyz(request: web.Request) -> web.Response:
         "registry": "trusted" if registry else "untrusted",
         "signing_key": "usable" if signing else "unusable",
     }
-    return web.json_response(body, status=200 if ready else 503)
+    return ready, body
 
 
 async def metrics_page(request: web.Request) -> web.Response:
     """Prometheus text exposition; any certificate of the federation (agency or auditor)."""
     tls_agency(request)
-    body = request.app[METRICS].render()
+    metrics = request.app[METRICS]
+    await metrics.read_state(request.app[STORE])  # overdue: the store's figure, every broker's
+    body = metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
