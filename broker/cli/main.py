@@ -142,6 +142,8 @@ def serve(
     <passphrase_dir>/<store> or CAIRN_KEY_PASSPHRASE[_FILE]. Each broker process takes a
     transactional id of its own, <CAIRN_TRANSACTIONAL_ID>.<host>.<slot>, with the lowest slot
     no running broker on this host holds, so brokers side by side never fence each other.
+    With CAIRN_HEALTH_PORT set it also answers GET /livez and GET /readyz over plain HTTP
+    there (codes only; with --workers, the first worker).
     """
     if worker_index is not None:
         # A terminal's Ctrl-C reaches every process of the group: the supervisor decides.
@@ -230,14 +232,17 @@ def _instance_settings(settings: Settings, worker: int | None) -> tuple[Instance
 
 
 async def _serve_one(settings: Settings) -> None:
+    from broker.web.app import readiness
     from broker.web.app import serve as serve_app
+    from broker.web.health import health_port
 
     instance, settings = _instance_settings(settings, None)
     with instance:
         built = await _broker_app(settings, check_only=False)
         assert built is not None
         app, context = built
-        await serve_app(app, settings, context)
+        async with health_port(settings, lambda: readiness(app)):  # CAIRN_HEALTH_PORT
+            await serve_app(app, settings, context)
 
 
 def _serve_worker(
@@ -248,6 +253,8 @@ def _serve_worker(
     import structlog
 
     from broker.ops.metrics import Metrics
+    from broker.web.app import readiness
+    from broker.web.health import health_port
     from broker.web.workers import label_logs, run_worker
 
     label_logs(index)
@@ -270,7 +277,11 @@ def _serve_worker(
             built = await _broker_app(settings, metrics, check_only=False, worker=index)
             assert built is not None
             app, context = built
-            await run_worker(app, settings, context, sockets, control)
+            # The first worker alone opens the health port (CAIRN_HEALTH_PORT): one port, and
+            # an orchestrator scales pods, not workers (README "Deploying").
+            health = settings if index == 0 else settings.model_copy(update={"health_port": None})
+            async with health_port(health, lambda: readiness(app)):
+                await run_worker(app, settings, context, sockets, control)
 
     _run(main())
 
@@ -284,11 +295,14 @@ def auditor() -> None:
     the public C2SP tlog-tiles paths (/v1/audit/log/checkpoint, /v1/audit/log/tile/<L>/...,
     /v1/audit/verifier-key) and the registry's JWK Set (/v1/audit/jwks), which hold no personal
     data and need no client certificate; entry bundles stay behind the auditor's certificate.
-    Stops on SIGTERM after catching up and signing a final checkpoint.
+    Stops on SIGTERM after catching up and signing a final checkpoint. With CAIRN_HEALTH_PORT
+    set it also answers GET /livez and GET /readyz (Kafka, registry, signing key) over plain
+    HTTP there.
     """
     from broker.audit.service import Auditor, auditor_app, tls_context
     from broker.ops.credentials import CredentialWatch, ServerCertificate
     from broker.web.app import serve as serve_app
+    from broker.web.health import health_port, service_readiness
     from keys import AUDITOR_ID
 
     settings = _settings()
@@ -318,7 +332,8 @@ def auditor() -> None:
         watching = asyncio.create_task(watch.run(stop))
         http = settings.model_copy(update={"http_port": settings.auditor_http_port})
         try:
-            await serve_app(auditor_app(worker, dashboard=True), http, context)
+            async with health_port(settings, service_readiness(settings, trust)):
+                await serve_app(auditor_app(worker, dashboard=True), http, context)
         finally:
             stop.set()
             await asyncio.wait_for(task, settings.shutdown_timeout_s + 15)
