@@ -218,7 +218,15 @@ async def serve(built: Built, gw: GatewaySettings, web_settings: WebSettings | N
         loop.add_signal_handler(sig, stop.set)
     await built.gateway.store.open()
     runners: list[web.AppRunner] = []
+    # CAIRN_HEALTH_PORT: GET /livez and GET /readyz (Kafka, registry, decryption keys), plain
+    # HTTP through the broker's bounded server; the API and the web inbox are unchanged.
+    from broker.web.health import service_readiness, start_health
+
+    settings = built.gateway.settings
+    ready = service_readiness(settings, built.gateway.trust, key="decryption")
+    health = None
     try:
+        health = await start_health(settings, ready)
         runner, port = await _listen(built.api, gw.host, gw.port, built.ssl)
         runners.append(runner)
         started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -240,6 +248,8 @@ async def serve(built: Built, gw: GatewaySettings, web_settings: WebSettings | N
             )
         await built.gateway.run(stop)
     finally:
+        if health is not None:
+            await health.close()
         for runner in runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
@@ -258,6 +268,7 @@ def gateway(ctx: click.Context, agency: str) -> None:
     Settings: CAIRN_GATEWAY_* (the API's address and certificate, the store, webhooks) and
     CAIRN_GATEWAY_WEB_* (the inbox's address, certificate, sessions) beside the usual Kafka and
     key settings; an NHS trust's CAIRN_MESH_* deliver its referrals into its MESH mailbox.
+    With CAIRN_HEALTH_PORT set it also answers GET /livez and GET /readyz over plain HTTP.
     Staff accounts: cairn gateway --as AGENCY user --help.
     """
     ctx.ensure_object(dict)

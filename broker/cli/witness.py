@@ -7,7 +7,9 @@ cosignature/v1 verifier key (type 0x04); ``cairn witness vkey`` prints it again;
 verifier keys (``--log``, the vkey's name being the log's origin), with server TLS, through the
 same bounded server as the broker and the auditor (``broker.web.server``: handshake, header,
 keep-alive and body-rate timeouts and connection limits from the ``CAIRN_HTTP_*`` settings; the
-body is limited to one submission, ``broker.audit.witness.MAX_BODY_BYTES``).
+body is limited to one submission, ``broker.audit.witness.MAX_BODY_BYTES``); with
+``CAIRN_HEALTH_PORT`` set, also ``GET /livez`` and ``GET /readyz`` over plain HTTP
+(``broker.web.health``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from broker.audit.cosign import CosignerVerifier
 from broker.audit.witness import Witness, witness_app
 from broker.cli.common import settings_or_exit
 from keys.errors import VerificationError
+from schemas.errors import CairnError
 
 __all__ = ["witness"]
 
@@ -114,7 +117,9 @@ def serve(
     host: str,
     port: int,
 ) -> None:
-    """Serve POST /add-checkpoint over HTTPS until interrupted."""
+    """Serve POST /add-checkpoint over HTTPS until interrupted.
+
+    With CAIRN_HEALTH_PORT set, also GET /livez and GET /readyz over plain HTTP there."""
     key = _load_key(key_path)
     trusted: dict[str, list[NoteVerifier]] = {}
     for text in logs:
@@ -136,10 +141,23 @@ def serve(
         raise click.ClickException(str(exc)) from None
     from broker.logs import configure_logging
     from broker.web.app import serve as serve_app
+    from broker.web.health import health_port
 
     settings = settings_or_exit().model_copy(update={"http_host": host, "http_port": port})
     configure_logging(settings.log_format, settings.log_level)
+
+    async def ready() -> tuple[bool, dict[str, str]]:
+        # The key is loaded; what can stop a cosignature now is a state folder it cannot write.
+        writable = os.access(state_dir, os.W_OK)
+        return writable, {"state": "writable" if writable else "unwritable"}
+
+    async def run() -> None:
+        async with health_port(settings, ready):  # CAIRN_HEALTH_PORT: /livez, /readyz
+            await serve_app(app, settings, context)
+
     try:
-        asyncio.run(serve_app(app, settings, context))
+        asyncio.run(run())
+    except CairnError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
