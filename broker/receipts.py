@@ -11,7 +11,10 @@ a consumer group (read_committed), and for each acknowledgement:
 3. ignores a repeat (same referral, same agency), in the same batch or remembered from an
    earlier one;
 4. publishes the ``acknowledged`` audit event together with the consumer offsets in one Kafka
-   transaction, so an acknowledgement is audited exactly once even across crashes.
+   transaction, so an acknowledgement is audited exactly once even across crashes; one taken
+   after the disclosure's deadline also gets an ``overdue`` event saying it came late
+   (``acknowledged_at``), in that same transaction, and the delivery is marked overdue
+   (``broker.ops.overdue`` reports the ones never acknowledged).
 
 The same topic carries the agency gateway's other signed receipts (``schemas.receipt``, told
 apart by their ``kind``), verified by steps 1-2 alike: a ``Delivery`` (the recipient's gateway
@@ -38,6 +41,7 @@ agency) whatever several brokers or Kafka redeliver (``broker.audit.store``).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
@@ -60,10 +64,11 @@ from broker.kafka.consumer import (
 )
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
 from broker.ops.metrics import Metrics, code
+from broker.state import Delivery as StateDelivery
 from broker.state import StateStore
 from broker.trust import TrustStore
 from keys import verify_ack
-from schemas.audit import AuditEvent, acknowledged, deleted, delivery_receipted, viewed
+from schemas.audit import AuditEvent, acknowledged, deleted, delivery_receipted, overdue, viewed
 from schemas.decode import decode
 from schemas.errors import InputError
 from schemas.receipt import (
@@ -76,6 +81,7 @@ from schemas.receipt import (
     View,
     receipt_of,
 )
+from schemas.referral import Purpose
 
 __all__ = ["CONSUMER", "GROUP_ID", "ReceiptsLoop", "audit_record"]
 
@@ -164,6 +170,8 @@ class ReceiptsLoop:
         acks: list[tuple[str, str]] = []
         others: set[tuple[str, str, str]] = set()  # (kind, referral or view id, agency) here
         dead: list[str] = []
+        late: list[StateDelivery] = []  # acknowledged after their deadline (see _late)
+        now = self._clock()  # when the broker takes these acknowledgements
         registry = self._trust.registry()  # our own registry failing is not the record's fault
         for msg in messages:
             try:
@@ -193,18 +201,45 @@ class ReceiptsLoop:
             log.info("receipt.acknowledged", referral_id=key[0], agency=key[1])
             records.append(audit_record(self._settings.topic_prefix, acknowledged(ack)))
             acks.append(key)
+            overdue_now = await self._late(*key, now)
+            if overdue_now is not None:
+                records.append(audit_record(self._settings.topic_prefix, overdue_now[1]))
+                late.append(overdue_now[0])
         consumed = Consumed(GROUP_ID, {tp: messages[-1].offset + 1})
         await self._transport.publish(records, consumed)
-        now = self._clock()
         for referral_id, agency in acks:
             await self._store.remember_ack(referral_id, agency, now)
             if self._metrics is not None:
                 self._metrics.acknowledged.labels(recipient=code(agency)).inc()
+        for d in late:  # overdue now if the sweep had not found it yet (it reports it no more)
+            await self._store.mark_overdue(d.referral_id, d.agency, now)
+            log.warning("delivery.acknowledged_late", referral_id=d.referral_id, recipient=d.agency)
         for reason in dead:
             if self._metrics is not None:
                 self._metrics.dead_letter(CONSUMER, reason)
         self.audited += len(acks) + len(others)
         self.dead_letters += len(dead)
+
+    async def _late(
+        self, referral_id: str, agency: str, now: datetime
+    ) -> tuple[StateDelivery, AuditEvent] | None:
+        """An acknowledgement taken at ``now`` after the delivery's deadline: the delivery and
+        its ``overdue`` event saying it was acknowledged late (``schemas.audit.overdue``), audited
+        with the ``acknowledged`` event, whether or not the sweep has reported it overdue yet
+        (``broker.ops.overdue``). None when it is in time or has no deadline."""
+        d = await self._store.delivery(referral_id, agency)
+        if d is None or d.due_at is None or now <= d.due_at:
+            return None
+        event = overdue(
+            uuid.UUID(referral_id),
+            recipient=agency,
+            due_at=d.due_at,
+            at=now,
+            sender=d.sender,
+            purpose=Purpose(d.purpose),
+            acknowledged_at=now,
+        )
+        return d, event
 
     def _other(
         self, receipt: Delivery | View | Deletion, seen: set[tuple[str, str, str]]

@@ -55,6 +55,8 @@ __all__ = [
     "DELIVERED_NAMESPACE",
     "LAWFUL_BASIS_CODES",
     "MAX_EVENT_BYTES",
+    "OVERDUE_ACKNOWLEDGED_LATE",
+    "OVERDUE_NOT_ACKNOWLEDGED",
     "AuditEvent",
     "AuditEventType",
     "DecisionView",
@@ -147,7 +149,7 @@ _FIELDS: Final[Mapping[AuditEventType, tuple[frozenset[str], frozenset[str]]]] =
         ("acknowledged", "message_id recipient status", "sender purpose reasons viewer"),
         ("key_rotated", "agency kids", "reasons"),
         ("agreement_changed", "agreement agreement_digest", "purpose reasons"),
-        ("overdue", "message_id recipient due_at", "sender purpose reasons"),
+        ("overdue", "message_id recipient due_at", "sender purpose reasons acknowledged_at"),
         ("viewed", "message_id recipient viewer", ""),
         ("deleted", "message_id recipient reasons", ""),
     )
@@ -205,11 +207,19 @@ class AuditEvent(Frozen):
         ),
     )
     due_at: AwareDatetime | None = None
+    acknowledged_at: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "overdue: when the recipient acknowledged the disclosure after its deadline (reason "
+            "acknowledged-late); absent: not acknowledged when the event was written (reason "
+            "not-acknowledged), and in older events"
+        ),
+    )
     viewer: ViewerId | None = Field(
         default=None, description="viewed: staff:<staff id> or client:<API client id>"
     )
 
-    @field_validator("at", "due_at")
+    @field_validator("at", "due_at", "acknowledged_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         # One zone for every event, so equal instants give equal bytes.
@@ -683,6 +693,12 @@ def agreement_changed(
     )
 
 
+#: An ``overdue`` event's reason: not acknowledged when the event was written.
+OVERDUE_NOT_ACKNOWLEDGED: Final = "not-acknowledged"
+#: An ``overdue`` event's reason: acknowledged after the deadline (``acknowledged_at`` says when).
+OVERDUE_ACKNOWLEDGED_LATE: Final = "acknowledged-late"
+
+
 def overdue(
     message_id: UUID,
     *,
@@ -690,10 +706,16 @@ def overdue(
     due_at: datetime,
     sender: str | None = None,
     purpose: Purpose | None = None,
-    reasons: Sequence[str] = (),
+    reasons: Sequence[str] | None = None,
+    acknowledged_at: datetime | None = None,
     **when: Unpack[At],
 ) -> AuditEvent:
-    """``recipient`` had not acknowledged ``message_id`` by ``due_at``."""
+    """``recipient`` had not acknowledged ``message_id`` by ``due_at``: not at all when the event
+    is written (reason ``OVERDUE_NOT_ACKNOWLEDGED``), or, with ``acknowledged_at``, late, at that
+    time (reason ``OVERDUE_ACKNOWLEDGED_LATE``), unless ``reasons`` are given."""
+    if reasons is None:
+        late = acknowledged_at is not None
+        reasons = (OVERDUE_ACKNOWLEDGED_LATE if late else OVERDUE_NOT_ACKNOWLEDGED,)
     return _event(
         AuditEventType.OVERDUE,
         when,
@@ -703,4 +725,5 @@ def overdue(
         sender=sender,
         purpose=purpose,
         reasons=tuple(reasons),
+        acknowledged_at=acknowledged_at,
     )

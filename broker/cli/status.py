@@ -2,10 +2,15 @@
 the credentials that expire soon.
 
 Reads the broker's ``GET /metrics`` and ``GET /readyz`` over mutual TLS with an agency's (or
-the auditor's) certificate, and the overdue list from the brokers' state store (read-only: the
-SQLite file under the state folder, or the PostgreSQL database ``CAIRN_DATABASE_URL`` names,
-shown as user@host:port/db, never with its password); with ``--offline`` it reads the store
-alone. Prints codes, ids and counts only: the metrics and the store hold no personal data.
+the auditor's) certificate, and the flows and the overdue disclosures from the brokers' state
+store (read-only: the SQLite file under the state folder, or the PostgreSQL database
+``CAIRN_DATABASE_URL`` names, shown as user@host:port/db, never with its password); with
+``--offline`` it reads the store alone. Prints codes, ids and counts only: the metrics and the
+store hold no personal data.
+
+The flows (disclosures per sender, recipient and purpose) and the overdue count are the store's
+(``delivery_counts``, ``overdue_counts``), never one broker process's counters: every broker's,
+the same after a restart, and the same overdue figure as ``/metrics`` and the ops view.
 
 Credential expiry (the registry, the CA, TLS certificates, active keys) comes from the broker's
 ``cairn_credential_expiry_seconds`` gauge, or, offline or when the broker does not answer, from
@@ -30,7 +35,7 @@ from rich.table import Table
 
 from broker.cli.common import settings_or_exit
 from broker.config import Settings, https_url
-from broker.state import StateStore, store_for
+from broker.state import OVERDUE_LATE, StateStore, store_for
 from keys.expiry import read_key_folder
 from schemas.errors import CairnError, StateUnavailable
 
@@ -38,6 +43,7 @@ __all__ = [
     "Status",
     "credential_warnings",
     "down",
+    "overdue_figures",
     "parse_metrics",
     "read_key_store",
     "read_store",
@@ -62,7 +68,10 @@ class Status:
 
     flows: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (from, to, purpose)
     refused: dict[str, int] = field(default_factory=dict)  # reason -> submissions
-    overdue: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    # (overdue at, referral id, purpose, recipient, due at, acknowledged), newest first
+    overdue: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
+    # (purpose, recipient, late|never) -> overdue disclosures (StateStore.overdue_counts)
+    overdue_counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     health: dict[str, str] = field(default_factory=dict)
     # (kind, subject) -> seconds until it expires (negative: expired)
     credentials: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -95,18 +104,22 @@ def parse_metrics(text: str, into: Status) -> Status:
 
 
 async def read_store(store: StateStore, into: Status, *, limit: int = 50) -> Status:
-    """Overdue deliveries, newest first, and the flows if /metrics gave none, from the state
-    store; the health table names the store and whether it could be read."""
+    """The flows, the overdue count and the newest ``limit`` overdue deliveries, from the
+    state store (the flows replace any from /metrics: one process's counters start again at a
+    restart, the store's do not); the health table names the store and whether it could be
+    read."""
     into.health["state store"] = store.describe()
     try:
         overdue = await store.overdue(limit)
-        if not into.flows:
-            into.flows.update(await store.delivery_counts())
+        counts = await store.overdue_counts()
+        flows = await store.delivery_counts()
     except StateUnavailable as exc:
         into.health["state store read"] = f"unreadable: {exc}"
         return into
     finally:
         await store.close()
+    into.flows = dict(flows)
+    into.overdue_counts = dict(counts)
     into.overdue = [
         (
             d.overdue_at.isoformat() if d.overdue_at else "",
@@ -114,11 +127,19 @@ async def read_store(store: StateStore, into: Status, *, limit: int = 50) -> Sta
             d.purpose,
             d.agency,
             d.due_at.isoformat() if d.due_at else "",
+            f"late, {d.acknowledged_at.isoformat()}" if d.acknowledged_at else "not yet",
         )
         for d in overdue
     ]
     into.health["state store read"] = "read"
     return into
+
+
+def overdue_figures(view: Status) -> tuple[int, int]:
+    """How many disclosures are overdue, and how many of them were acknowledged late."""
+    total = sum(view.overdue_counts.values())
+    late = sum(n for (_p, _r, acked), n in view.overdue_counts.items() if acked == OVERDUE_LATE)
+    return total, late
 
 
 def read_key_store(
@@ -183,8 +204,9 @@ def render(view: Status, console: Console) -> None:
         for reason, n in sorted(view.refused.items()):
             refused.add_row(reason, str(n))
         console.print(refused)
-    overdue = Table(title="Overdue disclosures (newest first)")
-    for col in ("overdue at", "referral id", "purpose", "recipient", "due at"):
+    total, late = overdue_figures(view)
+    overdue = Table(title=f"Overdue disclosures: {total} ({late} acknowledged late), newest first")
+    for col in ("overdue at", "referral id", "purpose", "recipient", "due at", "acknowledged"):
         overdue.add_column(col)
     for row in view.overdue:
         overdue.add_row(*row)

@@ -33,6 +33,13 @@ to ``Metrics`` must name its ``multiprocess_mode``.
 certificate or an active key expires (negative once it has), from the key store's files as
 last read, computed when scraped; a deployment figure like the calendar's, added once.
 
+Overdue disclosures are the state store's figure, read at each scrape (``read_state``, which
+``GET /metrics`` awaits before rendering): ``cairn_disclosures_overdue{purpose,recipient,
+acknowledged}``, the deliveries the overdue sweep marked, ``acknowledged`` ``late`` or
+``never`` (``StateStore.overdue_counts``): the same count the ops view and ``cairn status``
+show, for every broker and across restarts. ``cairn_overdue_disclosures_total`` only counts
+what this process's sweep found (for an alert's ``increase()``).
+
 ``CountingTransport`` wraps any transport to count produce errors and retries.
 ``ops_snapshot`` gives the same picture as a JSON-ready dict for the dashboard and
 ``cairn status``.
@@ -66,8 +73,8 @@ from broker.kafka.topics import delivery_topic
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
 from broker.ops.credentials import CredentialWatch
 from broker.policy.calendar import CONSERVATIVE_RULE, SchoolCalendar
-from broker.state import StateStore
-from schemas.errors import TransportError
+from broker.state import OVERDUE_LATE, StateStore
+from schemas.errors import StateUnavailable, TransportError
 
 __all__ = [
     "CONTENT_TYPE",
@@ -201,6 +208,9 @@ class Metrics:
             ["witness", "result"],
             registry=r,
         )
+        # (purpose, recipient, late|never) -> overdue deliveries, as the store said at the
+        # last read_state; None: not read, or the store did not answer
+        self.overdue_now: dict[tuple[str, str, str], int] | None = None
         self.probe: KafkaProbe | None = None
         self.checkpoint_file: Path | None = None
         self.witness_file: Path | None = None  # the auditor's witnesses.json, read when scraped
@@ -217,6 +227,15 @@ class Metrics:
             # prometheus-client leaves this constructor unannotated
             MultiProcessCollector(self.exposed, folder)  # type: ignore[no-untyped-call]
             self.exposed.register(_OpsCollector(self))  # once: these figures are not counts
+
+    async def read_state(self, store: StateStore) -> None:
+        """Read the store's overdue counts for the next render (``GET /metrics`` calls this
+        first); a store that does not answer leaves the gauge out, it never fails a scrape."""
+        try:
+            self.overdue_now = await store.overdue_counts()
+        except StateUnavailable as exc:
+            log.warning("ops.state_unreadable", error=type(exc).__name__)
+            self.overdue_now = None
 
     def witness_result(self, witness: str, result: str) -> None:
         """Count one witness's answer to one checkpoint (``broker.audit.service``)."""
@@ -293,6 +312,17 @@ class _OpsCollector(Collector):
                 expiry.add_metric([credential.kind.value, code(credential.subject)], seconds)
             yield expiry
         yield from _witness_gauges(self._metrics.witness_status())
+        overdue = self._metrics.overdue_now
+        if overdue is not None:
+            g = GaugeMetricFamily(
+                "cairn_disclosures_overdue",
+                "Disclosures not acknowledged by their deadline (the state store's, every "
+                "broker's), by purpose, recipient agency and acknowledged (late, or never yet)",
+                labels=["purpose", "recipient", "acknowledged"],
+            )
+            for (purpose, recipient, acked), n in sorted(overdue.items()):
+                g.add_metric([code(purpose), code(recipient), code(acked)], float(n))
+            yield g
         age = self._metrics.checkpoint_age_s()
         if age is not None:
             g = GaugeMetricFamily(
@@ -588,14 +618,23 @@ async def ops_snapshot(
 ) -> dict[str, Any]:
     """The ops picture as JSON-ready codes, ids and numbers (no personal data).
 
-    ``flows``: sender → recipient per purpose with disclosure counts; ``refused``: per reason;
-    ``overdue``: newest first (from the state store, if given); ``health``: Kafka, the lag
-    probe, the auditor.
+    ``flows``: sender → recipient per purpose with disclosure counts (the state store's, which
+    every broker shares and which outlives a restart, if given; else this process's counters);
+    ``refused``: per reason; ``overdue``: newest first, each with ``acknowledged_at`` (late) or
+    null, and ``overdue_total`` / ``overdue_late`` (the store's ``overdue_counts``, the figure
+    ``/metrics`` shows); ``health``: Kafka, the lag probe, the auditor.
     """
     flows = [
         {"sender": s, "recipient": r, "purpose": p, "count": int(v)}
         for (s, r, p), v in _samples(metrics, "cairn_disclosures_total", 3)
     ]
+    counts: dict[tuple[str, str, str], int] = {}
+    if store is not None:
+        flows = [
+            {"sender": s, "recipient": r, "purpose": p, "count": n}
+            for (s, r, p), n in sorted((await store.delivery_counts()).items())
+        ]
+        counts = await store.overdue_counts()
     refused = {
         labels[0]: int(v) for labels, v in _samples(metrics, "cairn_referrals_refused_total", 1)
     }
@@ -610,6 +649,7 @@ async def ops_snapshot(
                 "sender": d.sender,
                 "due_at": d.due_at.isoformat() if d.due_at else None,
                 "overdue_at": d.overdue_at.isoformat() if d.overdue_at else None,
+                "acknowledged_at": d.acknowledged_at.isoformat() if d.acknowledged_at else None,
             }
             for d in await store.overdue(overdue_limit)
         ]
@@ -620,6 +660,8 @@ async def ops_snapshot(
         "refused": refused,
         "flows": flows,
         "overdue": overdue,
+        "overdue_total": sum(counts.values()),
+        "overdue_late": sum(n for (_p, _r, acked), n in counts.items() if acked == OVERDUE_LATE),
         "dlq": figures.dlq_offsets if figures is not None and figures.ok else None,
         "health": {
             "kafka": None

@@ -5,7 +5,20 @@
 receipts loop: every ``overdue_sweep_every_s`` seconds it publishes one ``overdue`` audit event
 per (referral, recipient) past its deadline, marks the delivery so it is reported once, logs
 ``delivery.overdue`` (the line an alerting system matches) and counts it in
-``cairn_overdue_disclosures_total``.
+``cairn_overdue_disclosures_total`` (found by this process: an alert's ``increase()``).
+
+Each event says whether the disclosure was acknowledged late or not at all (``schemas.audit
+.overdue``): reason ``not-acknowledged`` when none had come when the sweep found it, reason
+``acknowledged-late`` with ``acknowledged_at`` when one had come after the deadline. An
+acknowledgement that comes after a disclosure was reported ``not-acknowledged`` gets its own
+``acknowledged-late`` event from the receipts loop, in the same Kafka transaction as the
+``acknowledged`` event (``broker.receipts``).
+
+How many disclosures are overdue is one figure, the state store's (``StateStore.overdue_counts``:
+the deliveries marked here, late or never by the acknowledgements store): ``/metrics``
+(``cairn_disclosures_overdue``), the ops view and ``cairn status`` all read it, and the audit
+log agrees (one (referral, recipient) per overdue event, late where an ``acknowledged-late``
+event exists).
 
 One broker of the deployment sweeps at a time, whichever holds the store's ``overdue-sweep``
 lease (``StateStore.lease``, renewed each round, free again ``3 x overdue_sweep_every_s`` after
@@ -29,15 +42,15 @@ from broker.kafka.transport import Transport
 from broker.ops.metrics import Metrics
 from broker.receipts import audit_record
 from broker.state import Delivery, StateStore
-from schemas.audit import overdue
+from schemas.audit import OVERDUE_NOT_ACKNOWLEDGED, AuditEvent, overdue
 from schemas.errors import CairnError
 from schemas.referral import Purpose
 
-__all__ = ["NOT_ACKNOWLEDGED", "OverdueSweep", "due_overdue"]
+__all__ = ["NOT_ACKNOWLEDGED", "OverdueSweep", "due_overdue", "overdue_event"]
 
 log = structlog.get_logger(__name__)
 
-NOT_ACKNOWLEDGED = "not-acknowledged"  # the overdue event's reason code
+NOT_ACKNOWLEDGED = OVERDUE_NOT_ACKNOWLEDGED  # the overdue event's reason code, when never acked
 SWEEP_LEASE = "overdue-sweep"  # the store lease whose holder sweeps and prunes
 
 
@@ -60,6 +73,22 @@ def due_overdue(
             continue
         out.append(d)
     return out
+
+
+def overdue_event(
+    delivery: Delivery, now: datetime, acknowledged_at: datetime | None = None
+) -> AuditEvent:
+    """The ``overdue`` event of ``delivery`` at ``now``: acknowledged late at
+    ``acknowledged_at``, or (None) not acknowledged."""
+    return overdue(
+        uuid.UUID(delivery.referral_id),
+        recipient=delivery.agency,
+        due_at=delivery.due_at or now,
+        at=now,
+        sender=delivery.sender,
+        purpose=Purpose(delivery.purpose),
+        acknowledged_at=acknowledged_at,
+    )
 
 
 class OverdueSweep:
@@ -91,15 +120,7 @@ class OverdueSweep:
         records = [
             audit_record(
                 self._settings.topic_prefix,
-                overdue(
-                    uuid.UUID(d.referral_id),
-                    recipient=d.agency,
-                    due_at=d.due_at or now,
-                    at=now,
-                    sender=d.sender,
-                    purpose=Purpose(d.purpose),
-                    reasons=(NOT_ACKNOWLEDGED,),
-                ),
+                overdue_event(d, now, acks.get((d.referral_id, d.agency))),
             )
             for d in found
         ]
@@ -118,6 +139,7 @@ class OverdueSweep:
                 recipient=d.agency,
                 purpose=d.purpose,
                 due_at=d.due_at.isoformat() if d.due_at else None,
+                acknowledged="late" if (d.referral_id, d.agency) in acks else "never",
             )
         return reported
 

@@ -648,9 +648,7 @@ class SqliteStore:
                 "ON a.referral_id = d.referral_id AND a.agency = d.agency "
                 "WHERE d.overdue_at IS NOT NULL GROUP BY 1, 2, 3"
             ).fetchall()
-            return {
-                (r[0], r[1], OVERDUE_LATE if r[2] else OVERDUE_NEVER): int(r[3]) for r in rows
-            }
+            return {(r[0], r[1], OVERDUE_LATE if r[2] else OVERDUE_NEVER): int(r[3]) for r in rows}
 
         return await self._run(work)
 

@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from broker.config import Settings
 from broker.kafka.ledger import Claim
 from broker.kafka.transport import Consumed, Record, Transport, kafka_options
-from broker.state import Fact, StateStore
+from broker.state import OVERDUE_LATE, Fact, StateStore
 from broker.web.middleware import tls_agency
 from broker.web.pages import json_page, static_file, static_route
 from schemas.audit import AuditEvent, AuditEventType
@@ -68,7 +68,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_WINDOW_S: Final = 86_400  # seconds: the ops view's window unless the page asks
 MAX_WINDOW_S: Final = 30 * 86_400  # seconds
 MAX_FACTS_READ: Final = 100_000  # flow facts one snapshot reads, the newest first
-OVERDUE_SHOWN: Final = 200  # overdue items listed, newest first
+OVERDUE_SHOWN: Final = 200  # overdue items listed, the newest found first
 
 # The audit events the ops view counts, and their cairn-event-type header values.
 _COUNTED: Final = (AuditEventType.DISCLOSED, AuditEventType.REFUSED, AuditEventType.ACKNOWLEDGED)
@@ -186,8 +186,12 @@ class StoreOpsSource:
 
         ``flows``: one row per (sender, recipient, purpose) with ``disclosed`` and ``refused``
         counts in the window and ``per_hour`` (disclosed per hour). ``agencies``: per recipient,
-        disclosures not yet acknowledged and the age of the oldest (the lag). ``overdue``:
-        disclosures past their ``due_at`` and still unacknowledged, newest due first.
+        disclosures not yet acknowledged and the age of the oldest (the lag). ``overdue``: the
+        disclosures the overdue sweep found not acknowledged by their deadline, the newest found
+        first (at most ``OVERDUE_SHOWN``), each with ``acknowledged_at`` (acknowledged late) or
+        null (never yet); ``overdue_total`` and ``overdue_late`` count all of them, whatever the
+        window: the state store's ``overdue_counts``, the figure ``/metrics`` and ``cairn
+        status`` show and the ``overdue`` audit events record.
         ``credentials``: the registry, CA, certificates and keys expiring within
         ``credential_warn_days`` (kind, subject, expires_at, seconds_left), soonest first.
         """
@@ -196,7 +200,6 @@ class StoreOpsSource:
         hours = window.total_seconds() / 3600
         flows: dict[tuple[str, str, str], dict[str, int]] = {}
         pending: dict[str, list[datetime]] = {}
-        overdue: list[dict[str, Any]] = []
         disclosed = AuditEventType.DISCLOSED.value
         for fact in await self.store.facts(since, MAX_FACTS_READ):
             key = (fact.sender or "?", fact.recipient, fact.purpose or "?")
@@ -205,18 +208,20 @@ class StoreOpsSource:
             if fact.type != disclosed or fact.acknowledged:
                 continue
             pending.setdefault(fact.recipient, []).append(fact.at)
-            if fact.due_at is not None and fact.due_at < now:
-                overdue.append(
-                    {
-                        "message_id": fact.message_id,
-                        "purpose": fact.purpose,
-                        "sender": fact.sender,
-                        "recipient": fact.recipient,
-                        "due_at": fact.due_at.isoformat(),
-                        "overdue_s": int((now - fact.due_at).total_seconds()),
-                    }
-                )
-        overdue.sort(key=lambda o: (o["due_at"], o["message_id"]), reverse=True)
+        # Overdue: what the sweep marked in the store (never this view's own reckoning).
+        counts = await self.store.overdue_counts()
+        overdue = [
+            {
+                "message_id": d.referral_id,
+                "purpose": d.purpose,
+                "sender": d.sender,
+                "recipient": d.agency,
+                "due_at": (d.due_at or d.delivered_at).isoformat(),
+                "overdue_s": int((now - (d.due_at or d.delivered_at)).total_seconds()),
+                "acknowledged_at": d.acknowledged_at.isoformat() if d.acknowledged_at else None,
+            }
+            for d in await self.store.overdue(OVERDUE_SHOWN)
+        ]
         recipients = sorted({k[1] for k in flows} | set(pending))
         return {
             "generated_at": now.isoformat(),
@@ -243,8 +248,9 @@ class StoreOpsSource:
                 }
                 for agency in recipients
             ],
-            "overdue": overdue[:OVERDUE_SHOWN],
-            "overdue_total": len(overdue),
+            "overdue": overdue,
+            "overdue_total": sum(counts.values()),
+            "overdue_late": sum(n for (_p, _r, a), n in counts.items() if a == OVERDUE_LATE),
             "dlq": await self._dlq(),
             "quarantine": None,  # quarantine happens in the recipients' inboxes, not here
             "health": await self._health(),

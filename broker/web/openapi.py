@@ -201,6 +201,7 @@ def _ops_schema() -> dict[str, Any]:
             "agencies",
             "overdue",
             "overdue_total",
+            "overdue_late",
             "dlq",
             "quarantine",
             "health",
@@ -256,6 +257,7 @@ def _ops_schema() -> dict[str, Any]:
                         "recipient",
                         "due_at",
                         "overdue_s",
+                        "acknowledged_at",
                     ],
                     "properties": {
                         "message_id": {"type": "string"},
@@ -264,11 +266,28 @@ def _ops_schema() -> dict[str, Any]:
                         "recipient": {"type": "string"},
                         "due_at": {"type": "string", "format": "date-time"},
                         "overdue_s": {"type": "integer"},
+                        "acknowledged_at": {
+                            "type": ["string", "null"],
+                            "format": "date-time",
+                            "description": "When it was acknowledged after its deadline; "
+                            "null: not acknowledged yet.",
+                        },
                     },
                     "additionalProperties": False,
                 },
             },
-            "overdue_total": {"type": "integer", "minimum": 0},
+            "overdue_total": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Disclosures not acknowledged by their deadline (the overdue "
+                "sweep's, in the state store), late ones included; the same count as /metrics' "
+                "cairn_disclosures_overdue.",
+            },
+            "overdue_late": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Of overdue_total, those acknowledged after their deadline.",
+            },
             "dlq": {
                 "type": ["integer", "null"],
                 "description": "Records on the DLQ topic; null if Kafka did not say in time.",

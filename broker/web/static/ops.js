@@ -95,7 +95,7 @@ function normalise(data) {
   }));
   const overdue = (data.overdue || []).map((o) => ({
     message_id: o.message_id ?? o.referral_id, purpose: o.purpose, recipient: o.recipient,
-    due_at: o.due_at, overdue_s: o.overdue_s ?? null,
+    due_at: o.due_at, overdue_s: o.overdue_s ?? null, acknowledged_at: o.acknowledged_at ?? null,
   }));
   const health = {};
   for (const [k, v] of Object.entries(data.health || {})) {
@@ -105,6 +105,7 @@ function normalise(data) {
   return {
     generated_at: data.generated_at ?? data.at, flows, overdue, health,
     agencies: data.agencies || [], overdue_total: data.overdue_total ?? overdue.length,
+    overdue_late: data.overdue_late ?? overdue.filter((o) => o.acknowledged_at).length,
     dlq: data.dlq ?? null, quarantine: data.quarantine ?? null,
     credentials: data.credentials || [],
   };
@@ -131,9 +132,12 @@ function render(raw) {
   fill("lag", data.agencies.map((a) => [
     [a.agency], [a.unacknowledged, "num"], [duration(a.oldest_unacknowledged_s), "num"],
   ]));
-  document.getElementById("overdue-total").textContent = data.overdue_total;
+  // The store's count (the figure /metrics and cairn status show), late ones included.
+  document.getElementById("overdue-total").textContent =
+    `${data.overdue_total} (${data.overdue_late} acknowledged late)`;
   fill("overdue", data.overdue.map((o) => [
     [o.message_id], [o.purpose], [o.recipient], [o.due_at], [duration(o.overdue_s), "num"],
+    [o.acknowledged_at ? `late, ${o.acknowledged_at}` : "not yet"],
   ]));
   document.getElementById("credentials-total").textContent = data.credentials.length;
   fill("credentials", data.credentials.map((c) => [

@@ -15,7 +15,8 @@ from broker.kafka.transport import MemoryTransport
 from broker.ops.metrics import Metrics
 from broker.ops.overdue import NOT_ACKNOWLEDGED, OverdueSweep, due_overdue
 from broker.policy.deadlines import deadline_for
-from broker.state import Delivery, SqliteStore
+from broker.state import OVERDUE_LATE, Delivery, SqliteStore
+from schemas.audit import OVERDUE_ACKNOWLEDGED_LATE
 from schemas.errors import TransportError
 from tests.unit.conftest import Clock
 from tests.unit.policy.cases import notification, one, referral
@@ -123,6 +124,7 @@ async def test_unacknowledged_encompass_becomes_overdue_at_school_start_once(
             "recipient": SCHOOL,
             "purpose": "ENCOMPASS",
             "due_at": "2026-11-26T08:30:00+00:00",
+            "acknowledged": "never",
         }
     ]
     labels = {"purpose": "ENCOMPASS", "recipient": SCHOOL}
@@ -141,6 +143,27 @@ async def test_acknowledged_before_school_start_is_never_reported(settings: Sett
     assert sweep._transport.published == 0  # type: ignore[attr-defined]
     assert await store.overdue() == []
     assert metrics.registry.get_sample_value("cairn_overdue_disclosures_total") is None
+
+
+async def test_acknowledged_late_before_the_sweep_is_reported_as_late(settings: Settings) -> None:
+    """A notice acknowledged after its deadline but before the sweep came round is reported
+    once, as acknowledged late (reason acknowledged-late, acknowledged_at), and counted late."""
+    clock = Clock(SCHOOL_START)
+    sweep, store, _metrics = await sweep_for(settings, clock)
+    d = (await store.open_deliveries())[0]
+    acked = SCHOOL_START + timedelta(minutes=10)
+    await store.remember_ack(d.referral_id, d.agency, acked)
+    clock.advance(timedelta(hours=1))
+    assert [r.referral_id for r in await sweep.sweep()] == [d.referral_id]
+    assert await sweep.sweep() == []
+    transport = sweep._transport
+    assert isinstance(transport, MemoryTransport)
+    (event,) = [json.loads(r.value) for r in transport.read_committed("unit.audit")]
+    assert (event["reasons"], event["acknowledged_at"]) == (
+        [OVERDUE_ACKNOWLEDGED_LATE],
+        "2026-11-26T08:40:00Z",
+    )
+    assert await store.overdue_counts() == {("ENCOMPASS", SCHOOL, OVERDUE_LATE): 1}
 
 
 async def test_kafka_down_defers_the_report_without_losing_it(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -10,11 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.client import SubmissionRefused
 from broker.ops.metrics import STAGES, Metrics, code, ops_snapshot
-from broker.state import SqliteStore
+from broker.state import Delivery, SqliteStore
 from tests.samples import all_personal_values, sample
 from tests.unit.conftest import AgencyClient
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
+AT = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
+REFERRAL = "00000000-0000-4000-8000-000000000001"
 
 
 def parse(text: str) -> Samples:
@@ -105,15 +108,28 @@ def test_each_metrics_has_its_own_registry() -> None:
 
 
 async def test_ops_snapshot_is_json_ready_with_flows_and_overdue() -> None:
-    """The snapshot lists flows with counts and the overdue list, and serialises as JSON."""
+    """The snapshot lists flows with counts and the overdue list, and serialises as JSON; with
+    a store, the flows are the store's (this process's counters start again at a restart)."""
     metrics = Metrics()
     metrics.disclosures.labels(sender="kelder-police", recipient="kelder-idva", purpose="IDVA").inc(
         2
     )
-    snap = await ops_snapshot(metrics, SqliteStore(None), kafka_ready=True)
+    snap = await ops_snapshot(metrics, kafka_ready=True)
     json.dumps(snap)
     assert snap["flows"] == [
         {"sender": "kelder-police", "recipient": "kelder-idva", "purpose": "IDVA", "count": 2}
     ]
     assert snap["overdue"] == []
+    store = SqliteStore(None)
+    await store.record_deliveries(
+        [Delivery(REFERRAL, "kelder-marac", "MARAC", "kelder-police", AT, AT + timedelta(hours=1))]
+    )
+    await store.mark_overdue(REFERRAL, "kelder-marac", AT + timedelta(hours=2))
+    snap = await ops_snapshot(metrics, store, kafka_ready=True)
+    json.dumps(snap)
+    assert snap["flows"] == [
+        {"sender": "kelder-police", "recipient": "kelder-marac", "purpose": "MARAC", "count": 1}
+    ]
+    assert [o["referral_id"] for o in snap["overdue"]] == [REFERRAL]
+    assert (snap["overdue_total"], snap["overdue_late"]) == (1, 0)
     assert snap["health"]["kafka"] == "reachable"
