@@ -74,6 +74,7 @@ from adapters.nhs.mesh.referrals import referral_id_of
 from adapters.nhs.mesh.sandbox import BRIDGE, TRUST_SYSTEM, MeshSandbox, referral_message
 from adapters.nhs.mesh.settings import RECEIPT_WORKFLOW, REFERRAL_WORKFLOW
 from adapters.police import Outgoing, import_export
+from broker.cli.demo_ports import auditor_port, broker_port, gateway_ports
 from broker.config import Settings
 from broker.federation import load_federation
 from broker.kafka.acls import apply_acls, federation_acls
@@ -196,7 +197,7 @@ def run_demo(
         return False
 
     witnesses = _start_witnesses(settings)
-    audit_port = _free_port()
+    audit_port = auditor_port(settings)  # CAIRN_AUDITOR_HTTP_PORT (broker.cli.demo_ports)
     _step(f"starting the auditor (audit API on https://127.0.0.1:{audit_port})")
     auditor = subprocess.Popen(  # our own CLI, fixed argv
         [sys.executable, "-m", "broker", "auditor"],
@@ -312,7 +313,7 @@ def _run_broker(
     tls: str | None,
     evidence: list[Evidence],
 ) -> bool:
-    port = _free_port()
+    port = broker_port(settings)  # CAIRN_HTTP_PORT
     url = f"https://127.0.0.1:{port}"
     urls += [
         f"ops view: {url}/ui/ (any agency's client certificate, e.g. "
@@ -597,14 +598,14 @@ def _start_gateways(
     custody = custody_of(settings)
     ca = load_ca(custody.store(stores.CA), custody.passphrase(stores.CA))
     now = datetime.now(UTC)
-    for agency, login in wanted:
+    for index, (agency, login) in enumerate(wanted):
         folder = run / agency.id
         users = Users(users_path(folder, agency.id), agency.id)  # as 'user add' opens them
         try:
             enrolment = users.add(f"{login}@{agency.id}.example")
         finally:
             users.close()
-        api_port, web_port = _free_ports(2)
+        api_port, web_port = gateway_ports(index)  # CAIRN_GATEWAY_PORT, CAIRN_GATEWAY_WEB_PORT
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_GATEWAY_")},
             "CAIRN_STATE_DIR": str(folder),

@@ -58,6 +58,11 @@ def demo_env(kafka: LocalKafka, keys: FederationKeys, state: Path, prefix: str) 
         "CAIRN_STATE_DIR": str(state),
         "CAIRN_KEY_DIR": str(keys.root),
         "CAIRN_KEY_PASSPHRASE": keys.passphrase.decode(),
+        # the demo honours the configured ports (broker.cli.demo_ports): a test's are free ones
+        "CAIRN_HTTP_PORT": "0",
+        "CAIRN_AUDITOR_HTTP_PORT": "0",
+        "CAIRN_GATEWAY_PORT": "0",
+        "CAIRN_GATEWAY_WEB_PORT": "0",
     }
 
 
