@@ -27,7 +27,10 @@ and the auditor submits every checkpoint to both (C2SP tlog-witness). Last, the 
 gateway's store (the JWE as delivered, its signed acknowledgement), ``cairn evidence verify``
 checks it from the federation root key alone and prints what it proves, and a copy with one JWE
 character changed is refused, naming what was altered (docs/evidence.md). Kafka itself is
-started and stopped by ``make demo``.
+started and stopped by ``make demo``. The broker, the auditor and the gateways listen on the
+configured ports (CAIRN_HTTP_PORT, CAIRN_AUDITOR_HTTP_PORT, CAIRN_GATEWAY_PORT and
+CAIRN_GATEWAY_WEB_PORT; ``broker.cli.demo_ports``), so a kept demo is where ``cairn status``
+and ``--broker`` look by default.
 
 The demo broker keeps its replay memory in a folder of its own per run, so running the demo
 again submits the same (stable) message ids again and they are delivered again; the gateways
