@@ -24,7 +24,7 @@ from cryptography import x509
 
 from adapters.agency import agency_trust
 from adapters.nhs.mesh.settings import MeshSettings
-from broker.cli.common import load_settings, settings_or_exit
+from broker.cli.common import echo_kafka, load_settings, settings_or_exit
 from broker.config import Settings, read_secret_file
 from broker.trust import TrustStore
 from gateway.api import Callers, create_api
@@ -279,6 +279,7 @@ def gateway(ctx: click.Context, agency: str) -> None:
 
     settings = settings_or_exit()
     configure_logging(settings.log_format, settings.log_level)
+    echo_kafka(settings, who=f"gateway for {agency}")  # the Kafka its deliveries come from
     gw = load_settings(GatewaySettings)
     web_settings = load_settings(WebSettings)
     mesh = load_settings(MeshSettings)

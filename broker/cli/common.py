@@ -61,15 +61,18 @@ broker_url_option: Final = click.option(
 )
 
 
-def kafka_line(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
-    """What ``echo_kafka`` prints: the Kafka in use and where that came from, and a warning
-    line when CAIRN_KAFKA_PORT (the local Kafka) is not among the servers named."""
+def kafka_line(
+    settings: Settings, environ: Mapping[str, str] | None = None, *, who: str = ""
+) -> list[str]:
+    """What ``echo_kafka`` prints: the Kafka in use (``who`` uses it) and where that came
+    from, and a warning line when CAIRN_KAFKA_PORT (the local Kafka) is not among them."""
     origin, warning = kafka_origin(settings, environ)
+    head = f"{who}: " if who else ""
     lines = [
-        f"Kafka: {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}; "
+        f"{head}Kafka: {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}; "
         f"{origin if origin.startswith('from') else 'from ' + origin})"
     ]
-    return [*lines, f"warning: {warning}"] if warning else lines
+    return [*lines, f"{head}warning: {warning}"] if warning else lines
 
 
 def broker_url_mismatch(settings: Settings, hostname: str | None = None) -> str:
@@ -100,14 +103,14 @@ def announce_serve(settings: Settings, what: str = "cairn serve") -> None:
     if settings.http_port == 0:
         where += " (port 0: the port chosen is logged as broker.listening)"
     click.echo(f"{what}: listening on {where}", err=True)
-    echo_kafka(settings)
+    echo_kafka(settings, who=what)
     if warning := broker_url_mismatch(settings):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
-def echo_kafka(settings: Settings) -> None:
+def echo_kafka(settings: Settings, *, who: str = "") -> None:
     """Say on stderr (stdout stays the command's output) which Kafka this command uses."""
-    first, *rest = kafka_line(settings)
+    first, *rest = kafka_line(settings, who=who)
     click.echo(first, err=True)
     for line in rest:
         click.secho(line, fg="yellow", err=True)

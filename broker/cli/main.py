@@ -307,7 +307,7 @@ def auditor() -> None:
 
     settings = _settings()
     _logging(settings)
-    echo_kafka(settings)  # the Kafka it reads cairn.audit from
+    echo_kafka(settings, who="cairn auditor")  # the Kafka it reads cairn.audit from
 
     async def main() -> None:
         store, passphrase = _own_store(settings, AUDITOR_ID)

@@ -162,7 +162,7 @@ def test_serve_says_where_it_listens_and_which_kafka(monkeypatch: pytest.MonkeyP
 
     out = runner.invoke(announce, []).output
     assert "listening on https://127.0.0.1:8443" in out
-    assert "Kafka: 127.0.0.1:9092 (PLAINTEXT; from the default)" in out
+    assert "cairn serve: Kafka: 127.0.0.1:9092 (PLAINTEXT; from the default)" in out
     assert "warning: CAIRN_BROKER_URL (https://127.0.0.1:9999)" in out
 
 
