@@ -360,7 +360,7 @@ async def test_a_view_and_an_acknowledgement_through_the_api_are_audited_once_ea
             (AGENCY, f"client:{AGENCY}")
         ]
         assert len(await of(AuditEventType.ACKNOWLEDGED)) == 1
-        assert running.service.receipts_sent == 2
+        assert running.service.receipts_sent == 3  # the delivery, the view, the acknowledgement
         assert await running.service.store.pending_receipts(10) == ()
         # For evidence the store kept the JWE exactly as delivered (the bytes the disclosed
         # event's digest names), the JWS inside it, and the signed first acknowledgement.

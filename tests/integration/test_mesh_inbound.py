@@ -218,7 +218,9 @@ async def deliver_and_acknowledge(
         )
 
     await eventually(acknowledged, "the acknowledgement in the audit log")
-    await eventually(lambda: running.service.receipts_sent == 1, "the one receipt counted")
+    await eventually(
+        lambda: running.service.receipts_sent == 2, "the delivery and the acknowledgement sent"
+    )
     (entry,) = await acknowledged()
     assert (entry.event.recipient, entry.event.viewer) == (TRUST, ACKNOWLEDGED_BY)
     assert entry.event.status is not None
@@ -297,7 +299,9 @@ async def test_restarts_before_and_after_mesh_took_it_send_the_disclosure_once(
             )
 
         await eventually(acknowledged, "the acknowledgement in the audit log")
-        await eventually(lambda: third.service.receipts_sent == 1, "one receipt sent")
+        # The acknowledgement (the delivery receipt went with an earlier gateway, or this one).
+        await eventually(lambda: third.service.receipts_sent >= 1, "the acknowledgement sent")
+        assert await third.service.store.pending_receipts(10) == ()
         assert len(await acknowledged()) == 1
     # Nothing left for the trust's system: the one message was acknowledged and MESH has no other.
     assert await asyncio.to_thread(in_trust_mailbox, mesh) == []
