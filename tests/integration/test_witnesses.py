@@ -15,6 +15,7 @@ import asyncio
 import json
 import socket
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +41,8 @@ from keys import AUDITOR_ID
 from keys.store import CA_CERT
 from schemas.federation import Federation
 from tests.conftest import FederationKeys
+from tests.go_support import GO_TIMEOUT_S, go_build, go_env
+from tests.samples import REPO
 from tests.unit.audit.conftest import events_for, sample_messages
 from tests.unit.audit.test_witness_cli import _free_port, _tls
 
@@ -229,6 +232,16 @@ async def test_two_witnesses_cosign_what_is_stored_served_and_published_and_one_
         status = json.loads((tmp_path / "audit" / WITNESS_STATUS_FILE).read_text())
         assert status["cosigned_size"] == {w.name: 20 for w in ws}
         assert status["forks"] == 0
+
+        # The published note, as fetched, checked by Go: x/mod's sumdb/note opens it with the
+        # log's key, transparency-dev/formats verifies each witness's cosignature (issue 17,
+        # acceptance 2; tests/interop/go/cosig).
+        served = tmp_path / "published-checkpoint"
+        served.write_bytes(await _public_checkpoint(url, public))
+        args = [log_key.vkey(), *(v.vkey() for v in verifiers)]
+        result = await asyncio.to_thread(_go_verify, tmp_path, served, args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[0] == "ok 2"
     finally:
         await server.close()
         await producer.stop()
@@ -297,6 +310,20 @@ async def test_a_forked_log_is_refused_by_both_witnesses_and_the_auditor_reports
         assert again.forks == 2
     finally:
         await again.close()
+
+
+def _go_verify(tmp: Path, note: Path, vkeys: list[str]) -> subprocess.CompletedProcess[str]:
+    """tests/interop/go/cosig's ``verify``: the log's signature with x/mod's sumdb/note, each
+    witness's cosignature with transparency-dev/formats (the first vkey is the log's)."""
+    cosig = go_build(REPO / "tests" / "interop" / "go", "./cosig", tmp / "cosig")
+    return subprocess.run(
+        [str(cosig), "verify", str(note), *vkeys],
+        env=go_env(),
+        capture_output=True,
+        text=True,
+        timeout=GO_TIMEOUT_S,
+        check=False,
+    )
 
 
 async def _root_of(settings: Settings, trust: object, directory: Path) -> bytes:
