@@ -27,6 +27,8 @@ from broker.audit.store import CheckpointPolicy
 from broker.config import Settings
 from broker.kafka.topics import federation_topics
 from broker.kafka.transport import KafkaTransport, create_topics
+from broker.ops.metrics import Metrics
+from broker.ops.overdue import OverdueSweep
 from broker.state import SqliteStore
 from broker.web.app import create_app
 from broker.web.dashboard import (
@@ -114,6 +116,7 @@ class Stack:
     auditor_url: str
     auditor: Auditor
     ops_clock: OpsClock
+    sweep: OverdueSweep  # the overdue sweep on the ops clock, run by a test when it needs it
     contexts: list[Any] = field(default_factory=list)
 
     async def context(self, browser: Any, member: str, origin: str) -> Any:
@@ -200,8 +203,9 @@ async def stack(
     await broker_server.start_server(ssl=federation_keys.server_ssl())
     await audit_server.start_server(ssl=federation_keys.server_ssl())
     url: Callable[[TestServer], str] = lambda s: str(s.make_url("")).rstrip("/")  # noqa: E731
+    sweep = OverdueSweep(settings, store, transport, Metrics(), clock)
     running = Stack(
-        settings, federation_keys, url(broker_server), url(audit_server), auditor, clock
+        settings, federation_keys, url(broker_server), url(audit_server), auditor, clock, sweep
     )
     try:
         yield running

@@ -35,8 +35,10 @@ async def test_ops_view_shows_police_flows_and_an_overdue_item(
     """After a police run the ops view draws police → recipient flows and lists an overdue
     Encompass notice by id and purpose, with no personal data anywhere on the page."""
     produced = await submit_police_export(stack, federation)
-    # Nobody acknowledges; a week later every Encompass deadline (next school day) has passed.
+    # Nobody acknowledges; a week later every Encompass deadline (next school day) has passed,
+    # and the overdue sweep has found them (the ops view shows what the sweep found).
     stack.ops_clock.shift = timedelta(days=8)
+    assert await stack.sweep.sweep()
     ctx = await stack.context(browser, "kelder-police", stack.broker_url)
     page = await ctx.new_page()
     response = await page.goto(f"{stack.broker_url}/ui/")
