@@ -142,6 +142,9 @@ def serve(
     <passphrase_dir>/<store> or CAIRN_KEY_PASSPHRASE[_FILE]. Each broker process takes a
     transactional id of its own, <CAIRN_TRANSACTIONAL_ID>.<host>.<slot>, with the lowest slot
     no running broker on this host holds, so brokers side by side never fence each other.
+    It prints the URL it listens on (the commands that call the broker use CAIRN_BROKER_URL,
+    else that URL; a warning if CAIRN_BROKER_URL names this host on another port) and the
+    Kafka it uses.
     With CAIRN_HEALTH_PORT set it also answers GET /livez and GET /readyz over plain HTTP
     there (codes only; with --workers, the first worker).
     """
@@ -544,7 +547,10 @@ def demo(export: Path | None, timeout_s: float, keep: bool) -> None:
     The school and the IDVA service each run a gateway (cairn gateway --as AGENCY): the demo
     prints its web inbox's URL and a one-time development login (password and TOTP secret).
     An NHS trust sends one referral through MESH (NHS England's mesh-sandbox and cairn nhs
-    mesh). Needs a running Kafka (make demo starts one). Exits 0 only if every message reached
+    mesh). Needs a running Kafka (make demo starts one). The broker, the auditor and the
+    gateways listen on CAIRN_HTTP_PORT, CAIRN_AUDITOR_HTTP_PORT and CAIRN_GATEWAY_PORT /
+    CAIRN_GATEWAY_WEB_PORT (the second gateway two above; 0: any free port; a default in use
+    gives way to a free one, said). Exits 0 only if every message reached
     exactly its recipients, each gateway stored what was sent to its agency and the trust's
     receipt came back through MESH.
     """
