@@ -212,7 +212,9 @@ class ReceiptsLoop:
             if self._metrics is not None:
                 self._metrics.acknowledged.labels(recipient=code(agency)).inc()
         for d in late:  # overdue now if the sweep had not found it yet (it reports it no more)
-            await self._store.mark_overdue(d.referral_id, d.agency, now)
+            found = await self._store.mark_overdue(d.referral_id, d.agency, now)
+            if found and self._metrics is not None:  # newly overdue: the alert's counter too
+                self._metrics.overdue.labels(purpose=d.purpose, recipient=d.agency).inc()
             log.warning("delivery.acknowledged_late", referral_id=d.referral_id, recipient=d.agency)
         for reason in dead:
             if self._metrics is not None:

@@ -15,7 +15,7 @@ acknowledgement that comes after a disclosure was reported ``not-acknowledged`` 
 ``acknowledged`` event (``broker.receipts``).
 
 How many disclosures are overdue is one figure, the state store's (``StateStore.overdue_counts``:
-the deliveries marked here, late or never by the acknowledgements store): ``/metrics``
+the deliveries marked overdue, late where the store holds an acknowledgement): ``/metrics``
 (``cairn_disclosures_overdue``), the ops view and ``cairn status`` all read it, and the audit
 log agrees (one (referral, recipient) per overdue event, late where an ``acknowledged-late``
 event exists).

@@ -279,6 +279,16 @@ async def test_metrics_ops_view_status_and_audit_log_agree_on_overdue_at_every_s
         assert await sweep.sweep() == []
         await agree((6, 2))
 
+        # The alert's counter (what this process found newly overdue) found the same six.
+        counter = broker.app[METRICS].registry.get_sample_value
+        assert (
+            sum(
+                counter("cairn_overdue_disclosures_total", {"purpose": "MARAC", "recipient": r})
+                or 0
+                for r in RECIPIENTS
+            )
+            == 6
+        )
         events = [e.event for e in broker.audit.entries()]
         overdue = [e for e in events if e.type is AuditEventType.OVERDUE]
         assert len(overdue) == 7  # six found, one of them acknowledged late after
