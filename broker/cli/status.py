@@ -16,6 +16,11 @@ Credential expiry (the registry, the CA, TLS certificates, active keys) comes fr
 ``cairn_credential_expiry_seconds`` gauge, or, offline or when the broker does not answer, from
 the key store's public files (``keys.expiry``; no passphrase needed). Each one expiring within
 ``credential_warn_days`` is a ``warning:`` line naming the command that renews it.
+
+The Health table also says when the registry and the first certificate expire, and when the
+school calendar's term dates end (the broker's ``cairn_school_calendar_days_left``, else the
+federation's calendar file): after that day Operation Encompass deadlines follow the
+conservative rule (``broker.ops.health``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import asyncio
 import ssl
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,13 @@ from rich.table import Table
 
 from broker.cli.common import settings_or_exit
 from broker.config import Settings, https_url
+from broker.ops.health import (
+    CERTIFICATE_KINDS,
+    REGISTRY_KINDS,
+    calendar_text,
+    expiry_text,
+    soonest,
+)
 from broker.state import OVERDUE_LATE, StateStore, store_for
 from keys.expiry import read_key_folder
 from schemas.errors import CairnError, StateUnavailable
@@ -43,6 +55,7 @@ __all__ = [
     "Status",
     "credential_warnings",
     "down",
+    "horizon_rows",
     "overdue_figures",
     "parse_metrics",
     "read_key_store",
@@ -76,6 +89,8 @@ class Status:
     # (kind, subject) -> seconds until it expires (negative: expired)
     credentials: dict[tuple[str, str], float] = field(default_factory=dict)
     warn_days: int = 14  # credential_warn_days
+    # Days until the school calendar's last term ends (negative: ended); None: not known.
+    calendar_days_left: int | None = None
 
 
 def parse_metrics(text: str, into: Status) -> Status:
@@ -100,7 +115,26 @@ def parse_metrics(text: str, into: Status) -> Status:
                 into.health["dead letters (offsets)"] = str(int(s.value))
             elif s.name == "cairn_credential_expiry_seconds":
                 into.credentials[(labels["kind"], labels["subject"])] = s.value
+            elif s.name == "cairn_school_calendar_days_left":
+                into.calendar_days_left = int(s.value)
     return into
+
+
+def horizon_rows(
+    view: Status, *, today: date, calendar_days_left: int | None, calendar_warn_days: int
+) -> Status:
+    """The Health table's rows for what runs out: the registry and the first certificate to
+    expire (of the credentials read), and the school calendar's end (``today`` and the days
+    left by the calendar's own zone; the broker's figure, when it gave one, wins)."""
+    items = [(kind, subject, left) for (kind, subject), left in view.credentials.items()]
+    view.health["registry expires"] = expiry_text(soonest(items, REGISTRY_KINDS), view.warn_days)
+    view.health["first certificate expires"] = expiry_text(
+        soonest(items, CERTIFICATE_KINDS), view.warn_days
+    )
+    left = view.calendar_days_left if view.calendar_days_left is not None else calendar_days_left
+    last = None if left is None else today + timedelta(days=left)
+    view.health["school calendar ends"] = calendar_text(last, left, calendar_warn_days)
+    return view
 
 
 async def read_store(store: StateStore, into: Status, *, limit: int = 50) -> Status:
@@ -281,6 +315,19 @@ async def _auditor(settings: Settings, context: ssl.SSLContext, url: str) -> str
     return f"answering (checkpoint of {size} entries)"
 
 
+def _calendar(settings: Settings) -> tuple[date, int | None]:
+    """Today in the federation's school calendar's zone, and the days its term dates have left
+    (None: no calendar, or none that can be read)."""
+    from broker.policy.calendar import CALENDAR_FILE, load_calendar
+
+    try:
+        calendar = load_calendar(settings.federation_dir / CALENDAR_FILE)
+    except (CairnError, OSError, ValueError):
+        return datetime.now(UTC).date(), None
+    today = datetime.now(UTC).astimezone(calendar.zone).date()
+    return today, calendar.days_left(today)
+
+
 def _why(exc: BaseException) -> str:
     """An operator's reason: a Cairn error's own message (written to say how to fix it, and
     free of personal data), else the exception's kind."""
@@ -380,6 +427,13 @@ def status(agency: str, url: str | None, auditor_url: str | None, offline: bool)
             public=settings.public_key_dir,
             root_kid=settings.registry_root_kid,
         )
+    calendar_today, calendar_left = _calendar(settings)
+    horizon_rows(
+        view,
+        today=calendar_today,
+        calendar_days_left=calendar_left,
+        calendar_warn_days=settings.calendar_warn_days,
+    )
     render(view, Console())
     failing = down(view, offline=offline)
     if failing:

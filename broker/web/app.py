@@ -215,14 +215,23 @@ def create_app(
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/openapi.json", openapi_route("broker.web"))  # broker/web/openapi.json
     if dashboard:
+        from broker.ops.health import auditor_probe, ops_horizons
         from broker.web.dashboard import StoreOpsSource, add_ops_routes, dlq_counter
 
+        auditor = auditor_probe(settings, trust)
         source = StoreOpsSource(
             store,
-            probes={"kafka": transport.ready},
+            probes={"kafka": transport.ready, "auditor": auditor},
             dlq_count=dlq_counter(settings),
             clock=clock,
             credentials=credential_watch.summary,
+            horizons=ops_horizons(
+                lambda: [(c.kind.value, c.subject, s) for c, s in credential_watch.seconds_left()],
+                lambda: (calendar_watch.today(), calendar_watch.days_left()),
+                metrics.checkpoint_age_s,
+                auditor,
+                clock,
+            ),
         )
         add_ops_routes(app, source)
 

@@ -173,6 +173,7 @@ class StoreOpsSource:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         probe_timeout_s: float = 3.0,  # seconds per probe
         credentials: Callable[[], list[dict[str, object]]] | None = None,
+        horizons: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.store = store
         self.probes = dict(probes or {})
@@ -180,6 +181,7 @@ class StoreOpsSource:
         self.clock = clock
         self.probe_timeout_s = probe_timeout_s
         self.credentials = credentials  # what expires soon (broker.ops.credentials)
+        self.horizons = horizons  # the auditor, first expiries, calendar end (broker.ops.health)
 
     async def snapshot(self, window: timedelta) -> dict[str, Any]:
         """Flows, lag per recipient, overdue items, DLQ count and health, as plain JSON.
@@ -194,6 +196,9 @@ class StoreOpsSource:
         status`` show and the ``overdue`` audit events record.
         ``credentials``: the registry, CA, certificates and keys expiring within
         ``credential_warn_days`` (kind, subject, expires_at, seconds_left), soonest first.
+        ``horizons`` (when the source has them, ``broker.ops.health.horizons``): the auditor
+        (answering, tree size, checkpoint age), the registry and the certificate that expire
+        first, and the school calendar's last covered day.
         """
         now = self.clock()
         since = now - window
@@ -255,7 +260,15 @@ class StoreOpsSource:
             "quarantine": None,  # quarantine happens in the recipients' inboxes, not here
             "health": await self._health(),
             "credentials": self.credentials() if self.credentials is not None else [],
+            **({"horizons": await self._horizons()} if self.horizons is not None else {}),
         }
+
+    async def _horizons(self) -> dict[str, Any] | None:
+        assert self.horizons is not None
+        try:
+            return await asyncio.wait_for(self.horizons(), self.probe_timeout_s + 1.0)
+        except (CairnError, KafkaError, OSError, TimeoutError):
+            return None
 
     async def _dlq(self) -> int | None:
         if self.dlq_count is None:

@@ -188,6 +188,17 @@ def _json(schema: Mapping[str, Any], description: str) -> dict[str, Any]:
 def _ops_schema() -> dict[str, Any]:
     """The ops view's JSON (``broker.web.dashboard.StoreOpsSource.snapshot``)."""
     nullable_int = {"type": ["integer", "null"]}
+    expiring = {
+        "type": "object",
+        "required": ["kind", "subject", "expires_at", "seconds_left"],
+        "properties": {
+            "kind": {"type": "string"},
+            "subject": {"type": "string"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "seconds_left": {"type": "integer"},
+        },
+        "additionalProperties": False,
+    }
     return {
         "type": "object",
         "description": (
@@ -297,19 +308,38 @@ def _ops_schema() -> dict[str, Any]:
                 "type": "object",
                 "additionalProperties": {"enum": ["up", "down"]},
             },
-            "credentials": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["kind", "subject", "expires_at", "seconds_left"],
-                    "properties": {
-                        "kind": {"type": "string"},
-                        "subject": {"type": "string"},
-                        "expires_at": {"type": "string", "format": "date-time"},
-                        "seconds_left": {"type": "integer"},
+            "credentials": {"type": "array", "items": expiring},
+            "horizons": {
+                "type": "object",
+                "description": (
+                    "broker.ops.health.horizons: the auditor, the registry and the certificate "
+                    "that expire first (null: none found), the school calendar's last day."
+                ),
+                "required": ["auditor", "registry", "certificate", "calendar"],
+                "properties": {
+                    "auditor": {
+                        "type": "object",
+                        "required": ["answering", "size", "checkpoint_age_s"],
+                        "properties": {
+                            "answering": {"type": ["boolean", "null"]},
+                            "size": nullable_int,
+                            "checkpoint_age_s": nullable_int,
+                        },
+                        "additionalProperties": False,
                     },
-                    "additionalProperties": False,
+                    "registry": {"oneOf": [expiring, {"type": "null"}]},
+                    "certificate": {"oneOf": [expiring, {"type": "null"}]},
+                    "calendar": {
+                        "type": "object",
+                        "required": ["last_day", "days_left"],
+                        "properties": {
+                            "last_day": {"type": ["string", "null"], "format": "date"},
+                            "days_left": nullable_int,
+                        },
+                        "additionalProperties": False,
+                    },
                 },
+                "additionalProperties": False,
             },
         },
         "additionalProperties": False,

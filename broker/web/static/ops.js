@@ -108,7 +108,34 @@ function normalise(data) {
     overdue_late: data.overdue_late ?? overdue.filter((o) => o.acknowledged_at).length,
     dlq: data.dlq ?? null, quarantine: data.quarantine ?? null,
     credentials: data.credentials || [],
+    horizons: data.horizons ?? null,
   };
+}
+
+const DAY_S = 86400;
+
+// The health panel's lines for broker.ops.health.horizons: [name, text, up|down].
+function horizonLines(h) {
+  if (!h) return [];
+  const lines = [];
+  const a = h.auditor || {};
+  if (a.checkpoint_age_s !== null && a.checkpoint_age_s !== undefined) {
+    lines.push(["auditor checkpoint", `${a.checkpoint_age_s} s ago${a.size !== null && a.size !== undefined ? `, ${a.size} entries` : ""}`, "up"]);
+  }
+  for (const [name, c] of [["registry expires", h.registry], ["first certificate expires", h.certificate]]) {
+    if (!c) continue;
+    const days = Math.floor(Math.abs(c.seconds_left) / DAY_S);
+    const text = c.seconds_left > 0 ? `in ${days} days (${c.kind} ${c.subject})` : `EXPIRED ${days} days ago (${c.kind} ${c.subject})`;
+    lines.push([name, text, c.seconds_left > 14 * DAY_S ? "up" : "down"]);
+  }
+  const cal = h.calendar || {};
+  if (cal.last_day) {
+    const text = cal.days_left >= 0 ? `${cal.last_day} (in ${cal.days_left} days)` : `ENDED ${cal.last_day}: Encompass deadlines follow the conservative rule`;
+    lines.push(["school calendar ends", text, cal.days_left > 14 ? "up" : "down"]);
+  } else {
+    lines.push(["school calendar ends", "no term dates", "down"]);
+  }
+  return lines;
 }
 
 function render(raw) {
@@ -118,6 +145,11 @@ function render(raw) {
   health.replaceChildren();
   for (const [name, state] of Object.entries(data.health)) {
     const li = el("li", `${name}: ${state}`, state);
+    li.dataset.component = name;
+    health.append(li);
+  }
+  for (const [name, text, state] of horizonLines(data.horizons)) {
+    const li = el("li", `${name}: ${text}`, state);
     li.dataset.component = name;
     health.append(li);
   }
