@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,7 +43,7 @@ from schemas.audit import OVERDUE_ACKNOWLEDGED_LATE, AuditEventType
 from schemas.federation import Federation
 from schemas.receipt import Acknowledgement, AcknowledgementStatus
 from tests.conftest import FederationKeys
-from tests.samples import sample
+from tests.samples import REPO, sample
 from tests.unit.conftest import Clock
 
 DUE_S = 3600  # seconds to acknowledge a MARAC disclosure, in this test
@@ -152,6 +155,28 @@ async def from_status(path: Path) -> Figures:
     return total, late
 
 
+def cairn_status_offline(settings: Settings, keys: FederationKeys, state_dir: Path) -> str:
+    """``cairn status --offline`` run as a process on the store under ``state_dir``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    env.update(
+        PYTHONPATH=str(REPO),
+        COLUMNS="200",
+        CAIRN_STATE_DIR=str(state_dir),
+        CAIRN_KEY_DIR=str(keys.root),
+        CAIRN_FEDERATION_DIR=str(settings.federation_dir),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "status", "--offline"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def from_audit_log(broker: Broker) -> Figures:
     """The (referral, recipient) pairs with an ``overdue`` event, and those of them with one
     saying it was acknowledged late."""
@@ -242,7 +267,8 @@ async def test_metrics_ops_view_status_and_audit_log_agree_on_overdue_at_every_s
     the same (overdue, acknowledged late), and it is the expected one."""
     settings = settings.model_copy(update={"deadline_marac_s": DUE_S})
     keys, prefix = federation_keys, settings.topic_prefix
-    path = tmp_path / "state.sqlite"
+    path = tmp_path / "state" / "broker" / "state.sqlite"  # where cairn status looks
+    path.parent.mkdir(parents=True)
     clock = Clock()
     async with running(settings, federation, keys, path, clock, tmp_path / "audit") as broker:
         sweep = OverdueSweep(
@@ -279,6 +305,9 @@ async def test_metrics_ops_view_status_and_audit_log_agree_on_overdue_at_every_s
         assert await sweep.sweep() == []
         await agree((6, 2))
 
+        # The command itself, as a process, on the same store: the same figure in its title.
+        shown = cairn_status_offline(settings, keys, tmp_path / "state")
+        assert "Overdue disclosures: 6 (2 acknowledged late)" in shown
         # The alert's counter (what this process found newly overdue) found the same six.
         counter = broker.app[METRICS].registry.get_sample_value
         assert (
