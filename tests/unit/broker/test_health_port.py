@@ -359,3 +359,32 @@ async def test_witness_serve_opens_the_health_port(
     assert found["ready"] == (200, {"status": "ready", "state": "writable"})
     code, _ = await _get(f"http://127.0.0.1:{port}/add-checkpoint", "POST")
     assert code == 404
+
+
+async def test_gateway_opens_the_health_port(
+    tmp_path: Path, process_env: dict[str, str], run_process: Any
+) -> None:
+    """'cairn gateway --as AGENCY' with CAIRN_HEALTH_PORT: alive, not ready while Kafka is
+    down, its registry and decryption keys fine; its API's routes are not on the health port."""
+    cert, tls_key = _tls(tmp_path)
+    env = {
+        **process_env,
+        "CAIRN_GATEWAY_TLS_CERT_FILE": str(cert),
+        "CAIRN_GATEWAY_TLS_KEY_FILE": str(tls_key),
+        "CAIRN_GATEWAY_PORT": str(_free_port()),
+        "CAIRN_GATEWAY_WEB_ENABLED": "false",
+    }
+    port = int(env["CAIRN_HEALTH_PORT"])
+    proc = run_process(["gateway", "--as", "kelder-idva"], env)
+    found = await _health_of(proc, port)
+    assert found["live"] == (200, {"status": "alive"})
+    assert found["ready"] == (
+        503,
+        {
+            "status": "not ready",
+            "kafka": "unreachable",
+            "registry": "trusted",
+            "decryption_key": "usable",
+        },
+    )
+    assert (await _get(f"http://127.0.0.1:{port}/v1/disclosures"))[0] == 404
