@@ -13,6 +13,7 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from uuid import UUID, uuid4
 
 import pytest
@@ -211,3 +212,70 @@ async def test_the_gateway_queues_one_signed_delivery_receipt_per_disclosure_acr
     told = decode(receipt_of(payload), payload)
     assert isinstance(told, Delivery)
     assert (told.referral_id, told.agency) == (rid, AGENCY)
+
+
+# -- cairn inbox --------------------------------------------------------------------------------
+
+
+async def test_cairn_inbox_sends_the_delivery_then_the_acknowledgement_before_committing(
+    federation_keys: FederationKeys,
+) -> None:
+    """``cairn inbox`` (``inbox_for``'s signers): once its handler has returned, a signed
+    ``Delivery`` and then the acknowledgement go to the receipts topic, and only then is the
+    offset committed; a handler that fails sends neither."""
+    from adapters.agency import acknowledger_for, delivery_receipt_for
+    from adapters.inbox import Delivery as Handed
+    from tests.unit.adapters.test_inbox import TP as DELIVER_TP
+    from tests.unit.adapters.test_inbox import Consumer, FakeInbox, m
+
+    trust = federation_keys.trust(AGENCY)
+    rid = uuid4()
+    consumer = Consumer([[m(b"good", 0)]])
+    order: list[str] = []
+
+    def open_value(_value: bytes) -> object:
+        return SimpleNamespace(referral_id=rid)
+
+    inbox = FakeInbox(
+        [consumer],
+        open_value=open_value,
+        acknowledge=acknowledger_for(trust, AGENCY),
+        confirm_delivery=delivery_receipt_for(trust, AGENCY),
+        receipts_topic="unit.receipts",
+    )
+
+    async def handler(_delivery: Handed) -> None:
+        order.append("handled")
+
+    async with inbox:
+        await inbox.drain(handler, idle_timeout_s=0.1, total_timeout_s=5)
+    assert order == ["handled"]
+    assert consumer.commits == [{DELIVER_TP: 1}]
+    registry = federation_keys.trust("cairn-broker").registry()
+    kinds = []
+    for topic, token, headers in inbox.producer.sent:
+        assert topic == "unit.receipts"
+        assert dict(headers)["cairn-agency"] == AGENCY.encode()
+        payload = verify_ack(token, registry, signer=AGENCY, now=datetime.now(UTC))
+        kinds.append(receipt_of(payload).__name__)
+        assert decode(receipt_of(payload), payload).referral_id == rid
+    assert kinds == ["Delivery", "Acknowledgement"]
+    assert inbox.acknowledged == 1
+
+    failing = Consumer([[m(b"good", 0)]])
+    broken = FakeInbox(
+        [failing],
+        open_value=open_value,
+        acknowledge=acknowledger_for(trust, AGENCY),
+        confirm_delivery=delivery_receipt_for(trust, AGENCY),
+        receipts_topic="unit.receipts",
+    )
+
+    async def fails(_delivery: Handed) -> None:
+        raise RuntimeError("the case system is down")
+
+    with pytest.raises(RuntimeError):
+        async with broken:
+            await broken.drain(fails, idle_timeout_s=0.1, total_timeout_s=5)
+    assert broken.producer.sent == []
+    assert failing.commits == []
