@@ -74,7 +74,6 @@ __all__ = [
     "WitnessRefusal",
     "WitnessResult",
     "WitnessState",
-    "collect_cosignatures",
     "cosign_with",
     "submit_checkpoint",
     "witness_app",
@@ -451,26 +450,3 @@ async def cosign_with(
         if outcome.result is WitnessResult.COSIGNED:
             cosigned = add_cosignatures(cosigned, outcome.cosignature)
     return cosigned, list(outcomes)
-
-
-async def collect_cosignatures(
-    session: aiohttp.ClientSession,
-    note: bytes,
-    size: int,
-    proof_from: ProofFrom,
-    witnesses: Sequence[WitnessEndpoint],
-    *,
-    old_sizes: Mapping[str, int] | None = None,
-    timeout_s: float = 10.0,
-) -> tuple[bytes, dict[str, str]]:
-    """``cosign_with``, summed up: the cosigned note, and per witness URL the reason it gave
-    no cosignature (``<result>: <detail>``, e.g. ``unreachable: ClientConnectorError``)."""
-    cosigned, outcomes = await cosign_with(
-        session, note, size, proof_from, witnesses, old_sizes=old_sizes, timeout_s=timeout_s
-    )
-    failures = {
-        o.endpoint.url: f"{o.result.value}: {o.detail}"
-        for o in outcomes
-        if o.result is not WitnessResult.COSIGNED
-    }
-    return cosigned, failures

@@ -19,7 +19,8 @@ from broker.audit.witness import (
     Witness,
     WitnessEndpoint,
     WitnessRefusal,
-    collect_cosignatures,
+    WitnessResult,
+    cosign_with,
     witness_app,
 )
 
@@ -147,7 +148,7 @@ def test_direct_stale_size(tmp_path: Path, old: int) -> None:
     assert (refused.value.status, refused.value.size) == (409, 0)
 
 
-async def test_collect_cosignatures_from_two_witnesses(tmp_path: Path) -> None:
+async def test_cosign_with_two_witnesses(tmp_path: Path) -> None:
     witnesses = [_witness(tmp_path, "w1.example", 7), _witness(tmp_path, "w2.example", 9)]
     clients = [await _client(w) for w in witnesses]
     tree = _tree(8)
@@ -161,21 +162,22 @@ async def test_collect_cosignatures_from_two_witnesses(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as session:
             for size in (3, 8):  # at 8 each witness answers 409 with 3 first, then cosigns
                 note = _note(tree, size)
-                cosigned, failures = await collect_cosignatures(
+                cosigned, outcomes = await cosign_with(
                     session,
                     note,
                     size,
                     lambda old, s=size: tree.consistency_proof(old, s),
                     endpoints,
                 )
-                assert failures == {}
+                assert [o.result for o in outcomes] == [WitnessResult.COSIGNED] * 2
                 found = verify_cosignatures(cosigned, [w.verifier for w in witnesses])
                 assert sorted(c.name for c in found) == ["w1.example", "w2.example"]
-            _, failures = await collect_cosignatures(
+            _, (bad, down) = await cosign_with(
                 session, note, 8, lambda old: tree.consistency_proof(old, 8), [wrong, dead]
             )
-            assert failures[wrong.url].endswith("unknown_key")
-            assert failures[dead.url].startswith("unreachable")
+            assert bad.result is WitnessResult.INVALID
+            assert bad.detail.endswith("unknown_key")
+            assert down.result is WitnessResult.UNREACHABLE
     finally:
         for client in clients:
             await client.close()
