@@ -70,12 +70,16 @@ def drop_personal_data(
 #: itself, yet logs each at ERROR, which on a fresh Kafka (``make demo``, before
 #: __consumer_offsets exists) reads as a failure that is not one.
 RETRIABLE_COORDINATOR_ERRORS = frozenset({14, 15, 16})
+#: The warning aiokafka's group coordinator logs when it drops a coordinator to look it up
+#: again (what one of those answers leads to); the lookup's own failures are what matter.
+_COORDINATOR_DROPPED = "Marking the coordinator dead"
 
 
 class RetriableKafkaNoise(logging.Filter):
     """Demote to DEBUG aiokafka's records about a group coordinator not ready yet (an error
-    among their arguments with a code in ``RETRIABLE_COORDINATOR_ERRORS``), and keep them
-    only if DEBUG is logged. Nothing else is touched: a Kafka that cannot be reached still
+    among their arguments with a code in ``RETRIABLE_COORDINATOR_ERRORS``, or its warning
+    that it marks the coordinator dead to look it up again), and keep them only if DEBUG is
+    logged. Nothing else is touched: a Kafka that cannot be reached still
     shows aiokafka's connection errors and Cairn's own (``/readyz``, ``kafka: unreachable``,
     a publish's 503), and a coordinator that never comes is a consumer that never starts,
     reported by the command that waited for it."""
@@ -88,7 +92,11 @@ class RetriableKafkaNoise(logging.Filter):
         if not record.name.startswith("aiokafka") or record.levelno <= logging.DEBUG:
             return True
         args = record.args if isinstance(record.args, tuple) else (record.args,)
-        if not any(getattr(a, "errno", None) in RETRIABLE_COORDINATOR_ERRORS for a in args):
+        retriable = any(getattr(a, "errno", None) in RETRIABLE_COORDINATOR_ERRORS for a in args)
+        dropped = record.levelno == logging.WARNING and str(record.msg).startswith(
+            _COORDINATOR_DROPPED
+        )
+        if not (retriable or dropped):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return self.level <= logging.DEBUG

@@ -222,6 +222,16 @@ def test_aiokafka_coordinator_not_ready_is_debug_not_an_error() -> None:
         assert noise.filter(record) is False
         assert record.levelno == logging.DEBUG
         assert record.levelname == "DEBUG"
+    dropped = logging.LogRecord(
+        group,
+        logging.WARNING,
+        __file__,
+        1,
+        "Marking the coordinator dead (node %s)for group %s.",
+        (1, "g"),
+        None,
+    )
+    assert noise.filter(dropped) is False
     for kept in (
         _record(logging.ERROR, group, _Err(30)),  # GroupAuthorizationFailed: a real failure
         _record(logging.ERROR, "aiokafka.conn", "connection refused"),  # Kafka down
