@@ -99,14 +99,42 @@ def vkey(key_path: Path, name: str) -> None:
 
 
 @witness.command()
-@click.option("--key", "key_path", type=click.Path(path_type=Path), required=True)
-@click.option("--name", required=True)
-@click.option("--state", "state_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--log", "logs", multiple=True, required=True, help="A log's checkpoint vkey.")
-@click.option("--tls-cert", type=click.Path(path_type=Path), required=True)
-@click.option("--tls-key", type=click.Path(path_type=Path), required=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8443, show_default=True)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The witness's Ed25519 key ('cairn witness keygen'; CAIRN_WITNESS_PASSPHRASE).",
+)
+@click.option("--name", required=True, help="The witness name its cosignatures carry.")
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where the witness keeps the last checkpoint it cosigned per log, and fork evidence.",
+)
+@click.option(
+    "--log",
+    "logs",
+    multiple=True,
+    required=True,
+    help="A log's checkpoint verifier key (name+hash+base64, 'cairn keys list'); repeatable.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="PEM certificate chain served over HTTPS.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Its PEM private key (may be encrypted under CAIRN_WITNESS_PASSPHRASE).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8443, show_default=True, help="HTTPS port.")
 def serve(
     key_path: Path,
     name: str,
@@ -117,7 +145,10 @@ def serve(
     host: str,
     port: int,
 ) -> None:
-    """Serve POST /add-checkpoint over HTTPS until interrupted.
+    """Serve C2SP tlog-witness POST /add-checkpoint over HTTPS until interrupted: cosign each
+    checkpoint of a --log that is consistent with the last one cosigned (cosignature/v1),
+    answer 409 with the size held when the old size is stale, and refuse a fork (same size,
+    another root; or a bad consistency proof), keeping its evidence under --state.
 
     With CAIRN_HEALTH_PORT set, also GET /livez and GET /readyz over plain HTTP there."""
     key = _load_key(key_path)
