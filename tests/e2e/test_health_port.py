@@ -84,7 +84,7 @@ def run_process(tmp_path: Path) -> Iterator[Any]:
 
 
 async def _health_of(proc: subprocess.Popen[bytes], port: int) -> dict[str, Any]:
-    """/livez once it answers (within 120 s: the machine may be busy), then /readyz: their answers."""
+    """/livez once it answers (within 120 s: a busy machine), then /readyz: their answers."""
     deadline = time.monotonic() + 120
     while True:
         try:
