@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -53,6 +54,9 @@ from schemas.submission import LawfulBasis, Message, groups_carried, lawful_basi
 __all__ = [
     "AUDIT_FORMAT",
     "DELIVERED_NAMESPACE",
+    "IG_OFFICER_PREFIX",
+    "IG_REASON_MAX_CHARS",
+    "IG_REASON_MIN_CHARS",
     "LAWFUL_BASIS_CODES",
     "MAX_EVENT_BYTES",
     "OVERDUE_ACKNOWLEDGED_LATE",
@@ -60,7 +64,10 @@ __all__ = [
     "AuditEvent",
     "AuditEventType",
     "DecisionView",
+    "IdentifierKind",
+    "IgReason",
     "LawfulBasisCode",
+    "OfficerId",
     "acknowledged",
     "agreement_changed",
     "decided",
@@ -68,6 +75,7 @@ __all__ = [
     "delivered",
     "delivery_receipted",
     "disclosed",
+    "ig_searched",
     "key_rotated",
     "overdue",
     "received",
@@ -106,6 +114,76 @@ def _known_basis(code: str) -> str:
 
 LawfulBasisCode = Annotated[str, AfterValidator(_known_basis)]
 
+#: The subject CN of an IG officer's client certificate: this prefix and the officer's id. A dot
+#: is never in an agency id (``schemas.fields.AgencyId``), so an officer is never taken for one.
+IG_OFFICER_PREFIX: Final = "ig-officer."
+OfficerId = Annotated[
+    str,
+    StringConstraints(pattern=r"^(?:cairn-auditor|ig-officer\.[a-z0-9][a-z0-9-]{1,47})$"),
+    Field(
+        description=(
+            "Who searched: the subject CN of the client certificate presented, an IG officer's "
+            "('ig-officer.<id>') or the auditor's own ('cairn-auditor')"
+        )
+    ),
+]
+IG_REASON_MIN_CHARS: Final = 10
+IG_REASON_MAX_CHARS: Final = 500
+# Shapes of identifiers a reason must not carry: an NHS (or phone) number's run of 10 or more
+# digits (spaces and hyphens allowed between), a date, a UK postcode, an e-mail address.
+_IDENTIFIER_SHAPES: Final = (
+    ("a 10-digit number (an NHS or phone number)", re.compile(r"\d(?:[ -]?\d){9}")),
+    ("a date", re.compile(r"\b\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}\b")),
+    (
+        "a postcode",
+        re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b", re.IGNORECASE),
+    ),
+    ("an e-mail address", re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")),
+)
+
+
+def _no_identifier_shapes(text: str) -> str:
+    # The reason is the one free text in the log: it must say why (a case or request
+    # reference), never whom. The typed identifiers themselves are checked by the caller too.
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise ValueError("the reason is not valid Unicode text")
+    for what, shape in _IDENTIFIER_SHAPES:
+        if shape.search(text):
+            raise ValueError(
+                f"the reason holds what looks like {what}; say why you search (a case or "
+                "request reference), never who the person is"
+            )
+    return text
+
+
+IgReason = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=IG_REASON_MIN_CHARS,
+        max_length=IG_REASON_MAX_CHARS,
+        # Printable text only: no control, line or paragraph separator characters (surrogates:
+        # ``_no_identifier_shapes``; the regex engine cannot name them).
+        pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$",
+    ),
+    AfterValidator(_no_identifier_shapes),
+    Field(
+        description=(
+            f"Why the IG officer searched, as they typed it ({IG_REASON_MIN_CHARS} to "
+            f"{IG_REASON_MAX_CHARS} characters): a case or request reference, never an identifier"
+        )
+    ),
+]
+
+
+class IdentifierKind(StrEnum):
+    """Which kind of identifier an IG search was given (never the identifier itself)."""
+
+    NHS_NUMBER = "nhs_number"
+    NAME_AND_DATE_OF_BIRTH = "name_and_date_of_birth"
+    ALIAS_AND_DATE_OF_BIRTH = "alias_and_date_of_birth"
+
+
 _GROUP_ORDER: Final = {g.value: i for i, g in enumerate(FieldGroup)}
 
 
@@ -123,6 +201,8 @@ class AuditEventType(StrEnum):
     OVERDUE = "overdue"  # a disclosure was not acknowledged by when it was due
     VIEWED = "viewed"  # a person or case system of the recipient opened the disclosure
     DELETED = "deleted"  # the recipient deleted its copy (``reasons``: why, as a code)
+    IG_SEARCH = "ig_search"  # an IG officer searched the log for a person (by pseudonym)
+    IG_EXPORT = "ig_export"  # an IG officer exported a person's disclosure report
 
 
 # Per type: the fields that must be present, and the fields that may be. Anything else must be
@@ -152,6 +232,8 @@ _FIELDS: Final[Mapping[AuditEventType, tuple[frozenset[str], frozenset[str]]]] =
         ("overdue", "message_id recipient due_at", "sender purpose reasons acknowledged_at"),
         ("viewed", "message_id recipient viewer", ""),
         ("deleted", "message_id recipient reasons", ""),
+        ("ig_search", "officer ig_reason subjects identifiers", "request_id"),
+        ("ig_export", "officer ig_reason subjects identifiers", "request_id reasons"),
     )
 }
 _ALWAYS: Final = frozenset({"format", "event_id", "type", "at"})
@@ -218,6 +300,11 @@ class AuditEvent(Frozen):
     viewer: ViewerId | None = Field(
         default=None, description="viewed: staff:<staff id> or client:<API client id>"
     )
+    officer: OfficerId | None = None
+    ig_reason: IgReason | None = None
+    identifiers: tuple[IdentifierKind, ...] = Field(
+        default=(), description="ig_search, ig_export: the kinds of identifier searched by"
+    )
 
     @field_validator("at", "due_at", "acknowledged_at")
     @classmethod
@@ -232,7 +319,7 @@ class AuditEvent(Frozen):
             sorted(set(value), key=lambda label: (_GROUP_ORDER[label.split(".")[0]], label))
         )
 
-    @field_validator("lawful_basis", "subjects", "kids")
+    @field_validator("lawful_basis", "subjects", "kids", "identifiers")
     @classmethod
     def _sorted_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted(set(value)))
@@ -281,7 +368,9 @@ class AuditEvent(Frozen):
 
         Equal because of what an event is: an object whose keys are ASCII field names and whose
         values are ASCII strings matching their patterns (ids, codes, times, pseudonyms), or
-        lists of them, with no numbers. For such a document RFC 8785 is sorted keys (UTF-16
+        lists of them, with no numbers; the one free text, an IG search's ``ig_reason``, may be
+        any Unicode but control characters and surrogates, which both forms write as UTF-8.
+        For such a document RFC 8785 is sorted keys (UTF-16
         and code-point order agree on ASCII), no whitespace, and ECMAScript string escaping,
         which is what ``json.dumps`` does with ``ensure_ascii=False`` (both escape only ``"``,
         ``\\`` and control characters, the latter as lower-case ``\\u00xx``). The tests check
@@ -727,3 +816,42 @@ def overdue(
         reasons=tuple(reasons),
         acknowledged_at=acknowledged_at,
     )
+
+
+def ig_searched(
+    *,
+    officer: str,
+    reason: str,
+    subjects: Sequence[str],
+    identifiers: Sequence[IdentifierKind],
+    export: str | None = None,
+    **when: Unpack[Asked],
+) -> AuditEvent:
+    """An IG officer searched the log for one person: who (their certificate's CN), why (the
+    reason they typed), for which pseudonyms and by which kinds of identifier; never the
+    identifiers typed. With ``export`` (the format code, e.g. ``csv``) it is an ``ig_export``.
+
+    Raises ``SchemaError`` naming ``reason`` for a reason that is too short or long, or looks
+    like an identifier: the officer's input, not a programming mistake."""
+    kind = AuditEventType.IG_SEARCH if export is None else AuditEventType.IG_EXPORT
+    event_id = when.get("event_id") or uuid.uuid4()
+    try:
+        return AuditEvent(
+            type=kind,
+            officer=officer,
+            ig_reason=reason,
+            subjects=tuple(subjects),
+            identifiers=tuple(identifiers),
+            reasons=() if export is None else (export,),
+            **{**when, "event_id": event_id},
+        )
+    except ValidationError as exc:
+        problems = tuple(
+            FieldProblem(
+                "reason" if e["loc"] and e["loc"][0] == "ig_reason" else str(e["loc"][0]),
+                e["msg"].removeprefix("Value error, "),
+            )
+            for e in exc.errors(include_url=False, include_input=False)
+            if e["loc"]
+        )
+        raise SchemaError("the search cannot be recorded as given", problems) from None

@@ -7,13 +7,15 @@ InfrastructureError
 └── AuditUnavailable      the disk failed: nothing was appended, the same batch may be
     │                     appended again
     └── AuditBusy         another process (the running auditor) holds the log
+└── SearchNotRecorded     an IG search's own event was not acknowledged: the search was
+                          not run (broker.audit.trail)
 """
 
 from __future__ import annotations
 
 from schemas.errors import InfrastructureError, VerificationError
 
-__all__ = ["AuditBusy", "AuditUnavailable", "TamperDetected"]
+__all__ = ["AuditBusy", "AuditUnavailable", "SearchNotRecorded", "TamperDetected"]
 
 
 class TamperDetected(VerificationError):
@@ -29,3 +31,7 @@ class AuditUnavailable(InfrastructureError):
 
 class AuditBusy(AuditUnavailable):
     """Another process (the running auditor) holds the log for writing."""
+
+
+class SearchNotRecorded(InfrastructureError):
+    """An IG search's own audit event was not acknowledged by Kafka, so the search was not run."""

@@ -19,12 +19,12 @@ from typing import Any, Final
 from pydantic import TypeAdapter
 
 from broker.audit.proofs import MAX_PATH
-from broker.audit.report import OverrideRow
+from broker.audit.report import REPORT_COLUMNS, OverrideRow
 from broker.audit.service import _IG_FILES
 from broker.config import Settings
 from broker.web.openapi import REQUEST_ID_HEADER, REQUEST_ID_MEMBER, service_problem_types
 from keys.jwks import JWK_SET_MEDIA_TYPE
-from schemas.audit import AuditEvent
+from schemas.audit import IG_REASON_MAX_CHARS, IG_REASON_MIN_CHARS, AuditEvent, IdentifierKind
 from schemas.consent import OverrideReason
 from schemas.openapi import (
     model_components,
@@ -105,6 +105,22 @@ _JWK_SET: Final = {
         "cairn_registry_serial": {"type": "integer", "minimum": 1},
     },
     "additionalProperties": False,
+}
+
+
+#: The events a query found: leaf index, Kafka offset, the event (Entries, SubjectResult).
+_ENTRY_LIST: Final = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["index", "offset", "event"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "offset": {"type": "integer", "minimum": 0},
+            "event": ref("AuditEvent"),
+        },
+        "additionalProperties": False,
+    },
 }
 
 
@@ -247,12 +263,37 @@ def auditor_document() -> dict[str, Any]:
             "post": {
                 "operationId": "subject",
                 "summary": "Every event about one person, found by identifiers sent in the "
-                "body (never in a URL): an NHS number, or names with a date of birth.",
+                "body (never in a URL): an NHS number, or names with a date of birth, for the "
+                "reason the IG officer gives. The search is itself an audit event (ig_search; "
+                "ig_export for CSV: the officer's certificate CN, the reason, the pseudonyms, "
+                "never the identifiers), recorded on cairn.audit before anything is searched: "
+                "503 if it cannot be. The auditor's or an IG officer's certificate.",
+                "parameters": [
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "description": "json (the events and the disclosure report) or csv "
+                        "(the disclosure report, RFC 4180, an ig_export event).",
+                        "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"},
+                    }
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": ref("SubjectQuery")}},
                 },
-                "responses": {"200": entries, **problems("invalid-referral", "http-error")},
+                "responses": {
+                    "200": {
+                        "description": "What was searched for, the events, and the disclosures "
+                        "with their field groups, delivery and acknowledgement (JSON); or the "
+                        "disclosure report as CSV with a header row.",
+                        "headers": REQUEST_ID_HEADER,
+                        "content": {
+                            "application/json": {"schema": ref("SubjectResult")},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **problems("invalid-referral", "http-error", "unavailable"),
+                },
             }
         },
         "/v1/audit/log/checkpoint": {
@@ -392,21 +433,7 @@ def auditor_document() -> dict[str, Any]:
         "Entries": {
             "type": "object",
             "required": ["entries"],
-            "properties": {
-                "entries": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["index", "offset", "event"],
-                        "properties": {
-                            "index": {"type": "integer", "minimum": 0},
-                            "offset": {"type": "integer", "minimum": 0},
-                            "event": ref("AuditEvent"),
-                        },
-                        "additionalProperties": False,
-                    },
-                }
-            },
+            "properties": {"entries": _ENTRY_LIST},
             "additionalProperties": False,
         },
         "Overrides": {
@@ -487,8 +514,48 @@ def auditor_document() -> dict[str, Any]:
                 "family_name": {"type": ["string", "null"]},
                 "date_of_birth": {"type": ["string", "null"], "format": "date"},
                 "aliases": {"type": ["array", "null"], "items": {"type": "string"}},
+                "reason": {
+                    "type": "string",
+                    "minLength": IG_REASON_MIN_CHARS,
+                    "maxLength": IG_REASON_MAX_CHARS,
+                    "description": "Why the officer searches (a case or request reference), "
+                    "kept in the audit log: refused if it holds an identifier.",
+                },
             },
+            "required": ["reason"],
             "additionalProperties": False,
+        },
+        "SubjectResult": {
+            "type": "object",
+            "required": ["searched", "entries", "disclosures"],
+            "properties": {
+                "searched": {
+                    "type": "object",
+                    "required": ["identifiers", "pseudonyms", "officer", "reason", "audit_event"],
+                    "properties": {
+                        "identifiers": {
+                            "type": "array",
+                            "items": {"enum": sorted(k.value for k in IdentifierKind)},
+                        },
+                        "pseudonyms": {"type": "array", "items": {"type": "string"}},
+                        "officer": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "audit_event": {"type": "string", "format": "uuid"},
+                    },
+                },
+                "entries": _ENTRY_LIST,
+                "disclosures": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": list(REPORT_COLUMNS),
+                        "properties": {
+                            c: {"type": "integer" if c == "leaf_index" else "string"}
+                            for c in REPORT_COLUMNS
+                        },
+                    },
+                },
+            },
         },
         "VerifyReport": {
             "type": "object",

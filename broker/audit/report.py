@@ -167,11 +167,15 @@ def _outcome_cells(entry: Entry) -> dict[str, Any]:
 
 
 def report_csv(
-    rows: Sequence[ReportRow | OverrideRow], columns: Sequence[str] = REPORT_COLUMNS
+    rows: Sequence[ReportRow | OverrideRow],
+    columns: Sequence[str] = REPORT_COLUMNS,
+    *,
+    newline: str = "\n",
 ) -> str:
-    """The report as CSV with a header line (``OVERRIDE_COLUMNS`` for an override report)."""
+    """The report as CSV with a header line (``OVERRIDE_COLUMNS`` for an override report);
+    ``newline="\\r\\n"`` for RFC 4180 (section 2: CRLF line breaks), as HTTP serves it."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator=newline)
     writer.writerow(columns)
     for row in rows:
         writer.writerow([getattr(row, c) for c in columns])

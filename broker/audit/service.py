@@ -34,7 +34,10 @@ were examined already, so that a dead letter or a duplicate at the end of the to
 sent or counted again after a restart. Kafka going away, or an outage aiokafka does not notice,
 makes the auditor reconnect after a bounded pause and resume by itself.
 
-HTTP, over mutual TLS, for the auditor's certificate only (IG tools present it):
+HTTP, over mutual TLS, for the auditor's certificate only (IG tools present it), but for the
+IG view's routes (``/ui/ig``, its verify call, ``/v1/audit/checkpoint``, ``overrides`` and
+``subject``), which an IG officer's own certificate (CN ``ig-officer.<id>``, issued by the
+federation CA: ``cairn audit officer enrol``) may use too:
 
     GET  /v1/audit/checkpoint                          latest signed checkpoint (text/plain)
     GET  /v1/audit/entries?agency=&purpose=&...        events matching the filters (JSON)
@@ -47,8 +50,11 @@ HTTP, over mutual TLS, for the auditor's certificate only (IG tools present it):
                                                        ``cairn audit prove``: RFC 9162 §4
                                                        names, the signed checkpoint, and
                                                        for inclusion C2SP tlog-proof text)
-    POST /v1/audit/subject                             every event about a person, given their
-                                                       identifiers in a JSON body (never in a URL)
+    POST /v1/audit/subject[?format=csv]                every event about a person, given their
+                                                       identifiers and the officer's reason in a
+                                                       JSON body (never in a URL); itself an
+                                                       ig_search (ig_export for CSV) audit event
+                                                       (broker.audit.trail), recorded first
 
 The log in the C2SP tlog-tiles layout (``broker.audit.tiles``), under ``/v1/audit/log``:
 
@@ -79,6 +85,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -100,7 +107,7 @@ from broker.audit.cosign import CosignerVerifier
 from broker.audit.files import DEFAULT_ORIGIN, WITNESS_STATUS_FILE, Disk
 from broker.audit.index import Query
 from broker.audit.proofs import checkpoint_for, consistency_document, inclusion_document
-from broker.audit.report import override_report
+from broker.audit.report import disclosure_report, override_report, report_csv
 from broker.audit.store import AuditLog, CheckpointPolicy, Entry
 from broker.audit.tiles import (
     EntryTooLarge,
@@ -111,6 +118,7 @@ from broker.audit.tiles import (
     hash_tile,
     parse_tile_path,
 )
+from broker.audit.trail import KafkaRecorder, Recorder, check_reason, identifier_kinds
 from broker.audit.verify import verify
 from broker.audit.witness import WitnessEndpoint, WitnessOutcome, WitnessResult, cosign_with
 from broker.config import Settings
@@ -127,7 +135,7 @@ from broker.kafka.consumer import (
 from broker.kafka.transport import kafka_options
 from broker.ops.metrics import Metrics
 from broker.trust import TrustStore
-from broker.web.middleware import TLS_AGENCY, problems_middleware
+from broker.web.middleware import REQUEST_ID, TLS_AGENCY, problems_middleware
 from broker.web.openapi import openapi_route
 from broker.web.pages import json_page, static_file, static_route
 from keys import AUDITOR_ID, peer_agency, server_context
@@ -135,10 +143,10 @@ from keys.errors import VerificationError as KeyVerificationError
 from keys.jwks import JWK_SET_MEDIA_TYPE, jwk_set
 from keys.registry import KeyStatus, KeyUse
 from keys.store import PathStore
-from schemas.audit import AuditEvent
+from schemas.audit import IG_OFFICER_PREFIX, AuditEvent, ig_searched
 from schemas.consent import OverrideReason
 from schemas.errors import AuthenticationError, FieldProblem, SchemaError
-from schemas.pseudonyms import person_pseudonyms
+from schemas.pseudonyms import nhs_identifier, person_pseudonyms
 from schemas.referral import Purpose
 
 __all__ = [
@@ -188,8 +196,11 @@ class Auditor:
         origin: str = DEFAULT_ORIGIN,
         metrics: Metrics | None = None,
         witnesses: Sequence[WitnessEndpoint] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.settings = settings
+        # Where IG searches' own events go: cairn.audit, like every event (broker.audit.trail).
+        self.recorder: Recorder = recorder or KafkaRecorder(settings)
         self.trust = trust
         self.directory = directory or settings.state_dir / "audit"
         self.policy = policy or CheckpointPolicy(
@@ -241,6 +252,7 @@ class Auditor:
         )
 
     async def close(self) -> None:
+        await self.recorder.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -513,12 +525,17 @@ async def auditor_only(request: web.Request, handler: Any) -> web.StreamResponse
     if request.match_info.handler in _PUBLIC:
         response: web.StreamResponse = await handler(request)
         return response
+    if request.match_info.handler in _IG:
+        _require_ig(request)
+        response = await handler(request)
+        return response
     _require_auditor(request)
     response = await handler(request)
     return response
 
 
-def _require_auditor(request: web.Request) -> None:
+def _peer(request: web.Request) -> str:
+    """The subject CN of the verified client certificate (``TLS_AGENCY`` on the request)."""
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     if ssl_object is None:
         raise AuthenticationError("the audit API is served over mutual TLS only")
@@ -527,6 +544,26 @@ def _require_auditor(request: web.Request) -> None:
     except KeyVerificationError:
         raise AuthenticationError("the client certificate does not identify anyone") from None
     request[TLS_AGENCY] = agency
+    return agency
+
+
+def _require_ig(request: web.Request) -> str:
+    """The IG view's routes: the auditor's certificate or an IG officer's (CN
+    ``ig-officer.<id>``; the handshake checked it is the federation CA's, and no agency's own
+    CA may issue that name, ``keys.tls.peer_agency``). Returns who it is."""
+    who = _peer(request)
+    if who != AUDITOR_ID and not (who.startswith(IG_OFFICER_PREFIX) and _OFFICER.match(who)):
+        raise AuthenticationError(
+            f"'{who}' may not use the IG view; present an IG officer's certificate"
+        )
+    return who
+
+
+_OFFICER: Final = re.compile(r"^ig-officer\.[a-z0-9][a-z0-9-]{1,47}$")  # schemas.audit.OfficerId
+
+
+def _require_auditor(request: web.Request) -> None:
+    agency = _peer(request)
     if agency != AUDITOR_ID:
         raise AuthenticationError(
             f"'{agency}' may not read the audit log; present the auditor's certificate"
@@ -684,48 +721,125 @@ async def consistency(request: web.Request) -> web.Response:
     return web.json_response(document)
 
 
-async def subject(request: web.Request) -> web.Response:
-    """Every event about one person, found by identifiers sent in the body, not the URL."""
-    auditor = request.app[AUDITOR]
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SchemaError("send the identifiers as a JSON object") from None
+_IDENTIFIERS: Final = ("nhs_number", "given_name", "family_name", "date_of_birth", "aliases")
+_SUBJECT_FORMATS: Final = ("json", "csv")
+
+
+def _subject_body(body: object) -> dict[str, Any]:
+    """The identifiers and reason of a subject search, type-checked; refusals name the
+    field and never repeat what was sent."""
     if not isinstance(body, dict):
-        raise SchemaError("send the identifiers as a JSON object")
-    allowed = {"nhs_number", "given_name", "family_name", "date_of_birth", "aliases"}
-    unknown = sorted(set(body) - allowed)
+        raise SchemaError("send the identifiers and the reason as a JSON object")
+    unknown = sorted(set(body) - {*_IDENTIFIERS, "reason"})
     if unknown:
         raise SchemaError(
-            "unknown identifier fields",
-            tuple(FieldProblem(k, "not an identifier") for k in unknown),
+            "unknown fields: send identifiers and a reason only",
+            tuple(FieldProblem(k[:64], "not an identifier") for k in unknown),
         )
     aliases = body.get("aliases") or []
-    wrong = [
-        k for k in sorted(allowed - {"aliases"}) if not isinstance(body.get(k, ""), str | None)
-    ]
+    wrong = [k for k in _IDENTIFIERS[:4] if not isinstance(body.get(k, ""), str | None)]
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         wrong.append("aliases")
+    if not isinstance(body.get("reason", ""), str | None):
+        wrong.append("reason")
     if wrong:  # a number, an object: refused by name, never echoed
         raise SchemaError(
-            "identifiers are strings, aliases a list of strings",
+            "identifiers and the reason are strings, aliases a list of strings",
             tuple(FieldProblem(k, "wrong type") for k in wrong),
         )
     try:
         dob = date.fromisoformat(body["date_of_birth"]) if body.get("date_of_birth") else None
-        pseudonyms = person_pseudonyms(
-            auditor.trust.pseudonym_secret(),
-            nhs_number=body.get("nhs_number"),
-            given_name=body.get("given_name"),
-            family_name=body.get("family_name"),
-            date_of_birth=dob,
-            aliases=tuple(aliases),
+    except ValueError:
+        raise SchemaError(
+            "the date of birth is not a date",
+            (FieldProblem("date_of_birth", "not a date: YYYY-MM-DD"),),
+        ) from None
+    nhs = body.get("nhs_number") or None
+    if nhs is not None:
+        try:
+            nhs_identifier(nhs)
+        except ValueError as exc:  # the rule broken (digits, check digit), not the number
+            raise SchemaError(
+                "the NHS number is not valid", (FieldProblem("nhs_number", str(exc)),)
+            ) from None
+    return {
+        "nhs_number": nhs,
+        "given_name": body.get("given_name") or None,
+        "family_name": body.get("family_name") or None,
+        "date_of_birth": dob,
+        "aliases": tuple(aliases),
+        "reason": body.get("reason"),
+    }
+
+
+async def subject(request: web.Request) -> web.Response:
+    """Every event about one person, found by identifiers sent in the body, not the URL, for
+    the reason the officer typed; the search is recorded first (``broker.audit.trail``): an
+    ``ig_search`` event, or ``ig_export`` for ``?format=csv`` (the disclosure report as RFC
+    4180 CSV). Nothing is searched until Kafka holds the event."""
+    auditor = request.app[AUDITOR]
+    officer = _require_ig(request)
+    fmt = request.query.get("format", "json")
+    if fmt not in _SUBJECT_FORMATS:
+        raise SchemaError("'format' is json or csv", (FieldProblem("format", "not a code"),))
+    try:
+        raw = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SchemaError("send the identifiers and the reason as a JSON object") from None
+    found = _subject_body(raw)
+    ids = {k: v for k, v in found.items() if k != "reason"}
+    try:
+        pseudonyms = person_pseudonyms(auditor.trust.pseudonym_secret(), **ids)
+    except ValueError:
+        raise SchemaError(
+            "give an NHS number, or a given name, family name and date of birth",
+            tuple(
+                FieldProblem(k, "give an NHS number, or names and a date of birth")
+                for k in ("nhs_number", "date_of_birth")
+            ),
+        ) from None
+    reason = check_reason(found["reason"], **ids)
+    event = ig_searched(  # SchemaError naming 'reason': its bounds, or an identifier's shape
+        officer=officer,
+        reason=reason,
+        subjects=pseudonyms,
+        identifiers=identifier_kinds(**ids),
+        export=None if fmt == "json" else fmt,
+        at=datetime.now(UTC),
+        request_id=request.get(REQUEST_ID),
+    )
+    await auditor.recorder.record(event)  # SearchNotRecorded: a 503, nothing searched
+    log = auditor.log
+    rows = await auditor.call(lambda: disclosure_report(log, pseudonyms))
+    if fmt == "csv":
+        return web.Response(
+            text=report_csv(rows, newline="\r\n"),
+            content_type="text/csv",
+            charset="utf-8",
+            headers={
+                "Content-Disposition": 'attachment; filename="disclosures.csv"',
+                "Cache-Control": "no-store",
+                "Cairn-Audit-Event": str(event.event_id),
+            },
         )
-    except (ValueError, TypeError) as exc:
-        raise SchemaError(f"the identifiers are not usable: {exc}") from None
-    if not pseudonyms:
-        raise SchemaError("give an NHS number, or a name with a date of birth")
-    return _entries(await auditor.call(auditor.log.query, Query(subjects=tuple(pseudonyms))))
+    found_entries = await auditor.call(log.query, Query(subjects=tuple(pseudonyms)))
+    return web.json_response(
+        {
+            "searched": {
+                "identifiers": [k.value for k in event.identifiers],
+                "pseudonyms": list(event.subjects),
+                "officer": officer,
+                "reason": event.ig_reason,
+                "audit_event": str(event.event_id),
+            },
+            "entries": [
+                {"index": e.index, "offset": e.offset, "event": json.loads(e.data)}
+                for e in found_entries
+            ],
+            "disclosures": [vars(row) for row in rows],
+        },
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 # --- HTTP: the C2SP tlog-tiles layout (public but for entry bundles) ------------------------
@@ -846,10 +960,13 @@ def add_ig_routes(app: web.Application, auditor: Auditor) -> None:
         app[AUDITOR] = auditor
     app.router.add_get("/ui/ig", ig_page)
     app.router.add_post("/ui/ig/api/verify", ig_verify)
-    app.router.add_get("/ui/static/{name}", static_route(_IG_FILES))
+    app.router.add_get("/ui/static/{name}", _IG_STATIC)
 
 
 _IG_FILES: Final = {"ig.js": "text/javascript", "style.css": "text/css"}
+_IG_STATIC: Final = static_route(_IG_FILES)
+# The IG view's handlers: the auditor's certificate or an IG officer's (``_require_ig``).
+_IG: Final = frozenset({ig_page, ig_verify, _IG_STATIC, checkpoint, overrides, subject})
 
 
 def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application:

@@ -28,6 +28,7 @@ from broker.audit import service
 from broker.audit.service import Auditor, auditor_app, tls_context
 from broker.config import Settings
 from keys import AUDITOR_ID
+from schemas.audit import AuditEvent
 from tests.conftest import FederationKeys
 from tests.openapi_support import CHECKS, LoopThread, serving, tls_session
 from tests.samples import FEDERATION_DIR
@@ -100,6 +101,20 @@ async def test_the_document_is_served_to_the_auditor_only(
         await auditor.close()
 
 
+class _Recorded:
+    """Where the live auditor's IG searches record their events here: a list (the Kafka path
+    is tests/integration/test_ig_trail.py)."""
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    async def record(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+    async def close(self) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Live:
     url: str
@@ -119,6 +134,7 @@ def live(
         _settings(federation_keys),
         federation_keys.trust(AUDITOR_ID),
         directory=tmp_path_factory.mktemp("audit"),
+        recorder=_Recorded(),
     )
 
     async def start() -> None:
