@@ -24,13 +24,18 @@ function showError(message) {
   error.hidden = false;
 }
 
+class Problem extends Error {
+  constructor(body, fallback) {
+    super((body && (body.detail || body.title)) || fallback);
+    this.errors = (body && Array.isArray(body.errors)) ? body.errors : [];
+  }
+}
+
 async function call(path, options) {
   const response = await fetch(path, { credentials: "same-origin", cache: "no-store", ...options });
   const type = response.headers.get("Content-Type") || "";
   const body = type.includes("json") ? await response.json() : await response.text();
-  if (!response.ok && response.status !== 404) {
-    throw new Error((body && (body.detail || body.title)) || response.statusText);
-  }
+  if (!response.ok && response.status !== 404) throw new Problem(body, response.statusText);
   return { status: response.status, body };
 }
 
@@ -39,26 +44,71 @@ const eventRow = (e) => [
   e.event.recipient || "", e.event.purpose || "", (e.event.lawful_basis || []).join(" "),
 ];
 
+const disclosureRow = (d) => [
+  d.leaf_index, d.at, d.type, d.message_id, d.sender, d.recipient, d.purpose, d.lawful_basis,
+  d.consent_state, d.field_groups, d.delivered_at, d.acknowledged_at, d.acknowledgement,
+];
+
+const FIELDS = ["nhs_number", "given_name", "family_name", "date_of_birth", "reason"];
+
+// A problem's field errors go next to their fields (the server names them; never the values).
+function showFieldErrors(errors) {
+  for (const name of FIELDS) {
+    document.getElementById(`${name}-error`).textContent = "";
+    document.getElementById(name).removeAttribute("aria-invalid");
+  }
+  let placed = 0;
+  for (const { field, problem } of errors) {
+    const slot = document.getElementById(`${field}-error`);
+    if (!slot || !FIELDS.includes(field)) continue;
+    slot.textContent = problem;
+    document.getElementById(field).setAttribute("aria-invalid", "true");
+    placed += 1;
+  }
+  return placed;
+}
+
+function download(text) {
+  const link = el("a");
+  link.href = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+  link.download = "disclosures.csv";
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
 async function searchSubject(event) {
   event.preventDefault();
+  const csv = event.submitter && event.submitter.id === "export-csv";
   const ids = {};
-  for (const name of ["nhs_number", "given_name", "family_name", "date_of_birth"]) {
+  for (const name of FIELDS) {
     const value = document.getElementById(name).value.trim();
     if (value) ids[name] = value;
   }
+  document.getElementById("error").hidden = true;
   try {
-    const { body } = await call("/v1/audit/subject", {
+    const { body } = await call(`/v1/audit/subject${csv ? "?format=csv" : ""}`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(ids),
     });
-    const disclosures = body.entries.filter((e) => e.event.type === "disclosed").length;
-    document.getElementById("subject-summary").textContent =
-      `${body.entries.length} event(s), ${disclosures} disclosure(s)`;
-    fill("subject-results", body.entries.map(eventRow));
+    showFieldErrors([]);
     event.target.reset(); // identifiers do not stay on screen after the search
+    if (csv) {
+      download(body);
+      document.getElementById("subject-summary").textContent =
+        "Exported the disclosure report as CSV (recorded in the audit log).";
+      return;
+    }
+    const s = body.searched;
+    document.getElementById("subject-summary").textContent =
+      `Searched by ${s.identifiers.join(", ").replaceAll("_", " ")} (pseudonyms ${s.pseudonyms.join(", ")}) ` +
+      `as ${s.officer}: ${body.entries.length} event(s), ${body.disclosures.length} disclosure(s) or refusal(s). ` +
+      `Recorded as audit event ${s.audit_event}.`;
+    fill("subject-disclosures", body.disclosures.map(disclosureRow));
+    fill("subject-results", body.entries.map(eventRow));
   } catch (exc) {
-    showError(`Search failed: ${exc.message}`);
+    const placed = exc instanceof Problem ? showFieldErrors(exc.errors) : 0;
+    if (!placed) showError(`Search failed: ${exc.message}`);
   }
 }
 
