@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Literal
 
 import structlog
 from aiohttp import web
@@ -42,6 +43,7 @@ from schemas.errors import CairnError, InfrastructureError
 __all__ = [
     "HEALTH_PATHS",
     "KafkaReachability",
+    "KeyKind",
     "Readiness",
     "health_app",
     "health_port",
@@ -61,6 +63,10 @@ Readiness = Callable[[], Awaitable[tuple[bool, Mapping[str, str]]]]
 _READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 _TIMEOUT_S = web.AppKey("timeout_s", float)
 
+#: The key a service must be able to use to be ready: it signs (the broker, the auditor) or it
+#: opens disclosures (a gateway).
+KeyKind = Literal["signing", "decryption"]
+
 
 async def _livez(_request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
@@ -74,7 +80,9 @@ async def _readyz(request: web.Request) -> web.Response:
     except Exception as exc:  # a failing check means "not ready", never a 500
         log.warning("health.check_failed", error=type(exc).__name__)
         ready, codes = False, {"checks": "failed"}
-    body = {"status": "ready" if ready else "not ready", **codes}
+    # The status is this module's word, whatever a check's codes say.
+    body = {"status": "ready" if ready else "not ready"}
+    body.update((name, code) for name, code in codes.items() if name != "status")
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -131,7 +139,7 @@ async def health_port(settings: Settings, readiness: Readiness) -> AsyncIterator
             await listening.close()
 
 
-def trust_checks(trust: TrustStore, *, key: str = "signing") -> tuple[bool, dict[str, str]]:
+def trust_checks(trust: TrustStore, *, key: KeyKind = "signing") -> tuple[bool, dict[str, str]]:
     """Whether the registry is trusted and the service's own ``key`` (``signing``: it signs,
     as the broker and the auditor do; ``decryption``: it opens disclosures, as a gateway does)
     is usable: the same checks, and codes, as the broker's /readyz."""
@@ -153,7 +161,9 @@ def trust_checks(trust: TrustStore, *, key: str = "signing") -> tuple[bool, dict
     return registry and usable, codes
 
 
-def service_readiness(settings: Settings, trust: TrustStore, *, key: str = "signing") -> Readiness:
+def service_readiness(
+    settings: Settings, trust: TrustStore, *, key: KeyKind = "signing"
+) -> Readiness:
     """The readiness of a service that reads Kafka without a producer of its own to ask (the
     auditor; a gateway with ``key="decryption"``): Kafka reachable (``KafkaReachability``),
     the registry trusted and its key usable (``trust_checks``)."""
