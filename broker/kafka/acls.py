@@ -13,7 +13,8 @@ It is derived from the code that reads and writes each topic:
   delivery topic and the agencies' inbox groups (their end offsets and the groups' committed
   offsets make the lag metric): it can never read a disclosure;
 - the auditor (``broker.audit.service``) reads the audit topic with its group, writes signed
-  checkpoints and dead letters;
+  checkpoints and dead letters, and writes the audit topic too: an IG officer's search is an
+  audit event the auditor produces there before answering (``broker.audit.trail``);
 - each agency (``adapters.inbox``) reads only its own delivery topic, with its own group
   ``cairn-inbox-<id>`` (or ``cairn-inbox-<id>.<anything>``: a dot cannot occur in an agency
   id, so no agency's groups are a prefix of another's), and writes only receipts and dead
@@ -172,7 +173,7 @@ def federation_acls(
     acls.append(_idempotent(broker))
 
     auditor = AUDITOR_PRINCIPAL
-    acls += _topic(auditor, audit, R)
+    acls += _topic(auditor, audit, R, W)  # W: IG searches' own events (broker.audit.trail)
     acls.append(_group(auditor, AUDITOR_GROUP, R))
     acls += _topic(auditor, checkpoints, W)
     acls += _topic(auditor, dlq, W)

@@ -86,7 +86,11 @@ def test_no_agency_group_is_a_prefix_of_another_agencys(federation: Federation) 
 def test_what_each_service_may_do(federation: Federation) -> None:
     acls = table(federation)
     topic, op = ResourceType.TOPIC, Operation
-    assert who_may(acls, topic, f"{PREFIX}.audit", op.WRITE) == {BROKER_PRINCIPAL}
+    # The auditor writes its IG searches' own events (broker.audit.trail).
+    assert who_may(acls, topic, f"{PREFIX}.audit", op.WRITE) == {
+        BROKER_PRINCIPAL,
+        AUDITOR_PRINCIPAL,
+    }
     assert who_may(acls, topic, f"{PREFIX}.audit", op.READ) == {AUDITOR_PRINCIPAL}
     assert who_may(acls, topic, f"{PREFIX}.checkpoints", op.WRITE) == {AUDITOR_PRINCIPAL}
     assert who_may(acls, topic, f"{PREFIX}.checkpoints", op.READ) == set()
