@@ -245,3 +245,44 @@ def test_health_app_routes_are_the_two_paths() -> None:
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
     assert routes == {("GET", "/livez"), ("GET", "/readyz"), ("*", "/{tail}")}
     assert HEALTH_PATHS == ("/livez", "/readyz")
+
+
+async def test_the_mtls_port_is_unchanged_and_agrees_with_the_health_port(
+    health_settings: Settings, federation: Federation, federation_keys: FederationKeys
+) -> None:
+    """Beside the health port the broker's mutual-TLS port still serves /healthz and /readyz to
+    a federation certificate, refuses a client without one, and says what the health port says."""
+    from broker.web.server import start_server
+
+    transport = MemoryTransport(available=False)
+    app = create_app(
+        health_settings, federation, transport, federation_keys.trust(), store=SqliteStore(None)
+    )
+    served = await start_server(
+        app, health_settings.model_copy(update={"http_port": 0}), federation_keys.server_ssl()
+    )
+    health = await start_health(health_settings, lambda: readiness(app))
+    assert health is not None
+    tls = f"https://127.0.0.1:{served.port}"
+    plain = f"http://127.0.0.1:{health.port}"
+    police = aiohttp.TCPConnector(ssl=federation_keys.client_ssl("kelder-police"))
+    try:
+        async with aiohttp.ClientSession(connector=police) as session:
+            for available in (False, True):
+                transport.available = available
+                async with session.get(f"{tls}/readyz") as response:
+                    over_tls = (response.status, await response.json())
+                assert over_tls == await _get(f"{plain}/readyz")
+            async with session.get(f"{tls}/healthz") as response:
+                assert response.status == 200
+        assert (await _get(f"{plain}/healthz"))[0] == 404
+        anonymous = ssl.create_default_context()
+        anonymous.check_hostname = False
+        anonymous.verify_mode = ssl.CERT_NONE
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(f"{tls}/readyz", ssl=anonymous) as response:
+                    await response.read()
+    finally:
+        await health.close()
+        await served.close()
