@@ -30,6 +30,7 @@ from keys.pki import IssuedCertificate, client_csr, issue_client_certificate_for
 from schemas.audit import IG_OFFICER_PREFIX
 
 __all__ = [
+    "MAX_CSR_BYTES",
     "OFFICER_UNIT",
     "issue_officer_certificate",
     "officer_common_name",

@@ -8,6 +8,15 @@ the federation's pseudonym secret (so they need the pseudonym store, ``<key_dir>
 and its passphrase: ``<passphrase_dir>/pseudonym`` or ``CAIRN_KEY_PASSPHRASE[_FILE]``); the
 identifiers themselves are never written anywhere. Long runs show progress on stderr; stdout
 carries only the result. Errors are one line saying what to do.
+
+A search by subject (``query`` or ``export`` with identifiers) is itself an audit event
+(``broker.audit.trail``): it needs ``--reason`` and is made under a certificate, an IG
+officer's (``--officer-cert``/``--officer-key``, the key's passphrase in
+``CAIRN_OFFICER_PASSPHRASE`` or asked for) or, by default, the auditor's own from the key
+store; the certificate must be the federation CA's, valid now, and the key its key. The
+``ig_search`` (``ig_export``) event is produced to ``cairn.audit`` before the log is read: with
+Kafka unreachable the search is refused. ``cairn audit officer request``/``enrol`` make an
+officer's key and request, and issue the certificate from the federation CA.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import click
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.checkpoint import Checkpoint, NoteVerifier
@@ -40,8 +50,9 @@ from broker.audit.verify import verify
 from broker.cli.common import clean_errors as _clean_errors
 from broker.cli.common import folder_option
 from broker.cli.common import settings_or_exit as _settings
-from schemas.audit import AuditEvent, AuditEventType
+from schemas.audit import IG_OFFICER_PREFIX, AuditEvent, AuditEventType
 from schemas.consent import OverrideReason
+from schemas.errors import SchemaError
 from schemas.pseudonyms import person_pseudonyms
 from schemas.referral import Purpose
 
@@ -150,6 +161,100 @@ def _subject_pseudonyms(
         raise click.UsageError(str(exc)) from None
 
 
+def _searcher(cert_path: Path | None, key_path: Path | None) -> str:
+    """Who searches: the CN of the certificate given (the auditor's own by default), once it
+    is shown to be the federation CA's, valid now, an IG officer's or the auditor's, and the
+    key given is its key (the passphrase opens it)."""
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from broker.trust import custody_of
+    from keys.custody import AUDITOR
+    from keys.pki import agency_of_certificate
+    from keys.registry import AUDITOR_ID
+    from keys.store import CA_CERT, client_cert, client_key, decrypt_private_key
+
+    custody = custody_of(_settings())
+    if cert_path is None:
+        if key_path is not None:
+            raise click.UsageError("--officer-key goes with --officer-cert")
+        store = custody.member_store(AUDITOR_ID)
+        cert_pem, key_pem = store.read(client_cert(AUDITOR_ID)), store.read(client_key(AUDITOR_ID))
+        passphrase = custody.passphrase(AUDITOR)
+    else:
+        if key_path is None:
+            raise click.UsageError("--officer-cert needs its --officer-key")
+        cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
+        given = os.environ.get("CAIRN_OFFICER_PASSPHRASE")
+        if given is None:
+            given = click.prompt("Passphrase of your officer key", hide_input=True, err=True)
+        passphrase = given.encode("utf-8")
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(custody.public().read(CA_CERT))
+        certificate.verify_directly_issued_by(ca)
+        who = agency_of_certificate(certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        raise click.ClickException(
+            "the certificate is not one the federation CA issued; enrol with "
+            "'cairn audit officer request' and 'enrol'"
+        ) from None
+    now = datetime.now(UTC)
+    if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
+        raise click.ClickException(f"the certificate of {who} is not valid now")
+    if who != AUDITOR_ID and not who.startswith(IG_OFFICER_PREFIX):
+        raise click.ClickException(f"'{who}' is not an IG officer; enrol one")
+    key = decrypt_private_key(key_pem, passphrase, name=str(key_path or "the auditor's key"))
+
+    def spki(public: Any) -> bytes:
+        return bytes(public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+
+    if spki(key.public_key()) != spki(certificate.public_key()):
+        raise click.ClickException("the key is not the certificate's key")
+    return who
+
+
+def _record_search(
+    subjects: tuple[str, ...],
+    ids: dict[str, Any],
+    reason: str | None,
+    cert_path: Path | None,
+    key_path: Path | None,
+    export: str | None,
+) -> None:
+    """Record the search (``ig_search``, or ``ig_export`` in ``export`` format) before the log
+    is read; refused, with nothing read, when the reason or certificate will not do or Kafka
+    does not take the event."""
+    import asyncio
+
+    from broker.audit.trail import check_reason, identifier_kinds, record_now
+    from schemas.audit import ig_searched
+
+    try:
+        checked = check_reason(reason, **ids)
+        officer = _searcher(cert_path, key_path)
+        event = ig_searched(
+            officer=officer,
+            reason=checked,
+            subjects=subjects,
+            identifiers=identifier_kinds(**ids),
+            export=export,
+            at=datetime.now(UTC),
+        )
+    except SchemaError as exc:
+        detail = "; ".join(f"{p.field}: {p.problem}" for p in exc.problems) or str(exc)
+        raise click.UsageError(f"--reason: {detail}" if "reason" in detail else detail) from None
+    recorder = click.get_current_context().find_object(dict) or {}
+    fake = recorder.get("recorder")
+    if fake is not None:
+        asyncio.run(fake.record(event))
+    else:
+        asyncio.run(record_now(_settings(), event))
+    click.echo(f"search recorded as audit event {event.event_id} ({officer})", err=True)
+
+
 def _moment(value: datetime | None) -> datetime | None:
     """A date or time from the command line; without a zone it is UTC."""
     if value is None:
@@ -178,7 +283,10 @@ def _write(output: Path | None, text: str) -> None:
 
 def _subject_options(fn: Callable[..., T]) -> Callable[..., T]:
     """The identifiers a person is found by, handed to the command as ``subjects``: their
-    pseudonyms (empty when none is given). None of the identifiers is stored or printed."""
+    pseudonyms (empty when none is given). None of the identifiers is stored or printed.
+
+    A search by subject is recorded first (``_record_search``): the reason and the officer's
+    certificate; the command itself gets the pseudonyms only."""
 
     @wraps(fn)
     def with_subjects(
@@ -188,11 +296,25 @@ def _subject_options(fn: Callable[..., T]) -> Callable[..., T]:
         family_name: str | None,
         dob: datetime | None,
         aliases: tuple[str, ...],
+        reason: str | None,
+        officer_cert: Path | None,
+        officer_key: Path | None,
         **kwargs: Any,
     ) -> T:
         subjects = _clean_errors(_subject_pseudonyms)(
             nhs_number, given_name, family_name, dob, aliases
         )
+        if subjects:
+            ids = {
+                "nhs_number": nhs_number,
+                "given_name": given_name,
+                "family_name": family_name,
+                "date_of_birth": dob.date() if dob is not None else None,
+                "aliases": aliases,
+            }
+            # 'cairn audit export' is an ig_export in its format; 'query' an ig_search.
+            export = kwargs.get("fmt", "csv") if fn.__name__ == "export_command" else None
+            _clean_errors(_record_search)(subjects, ids, reason, officer_cert, officer_key, export)
         return fn(*args, subjects=subjects, **kwargs)
 
     command: Callable[..., T] = with_subjects
@@ -205,6 +327,22 @@ def _subject_options(fn: Callable[..., T]) -> Callable[..., T]:
                 "--dob", type=click.DateTime(["%Y-%m-%d"]), help="Date of birth, YYYY-MM-DD."
             ),
             click.option("--alias", "aliases", multiple=True, help="Another name, 'Given Family'."),
+            click.option(
+                "--reason",
+                help="Why you search (10-500 characters, kept in the audit log): a case or "
+                "request reference, never who. Required with identifiers.",
+            ),
+            click.option(
+                "--officer-cert",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="Your IG officer certificate (cairn audit officer enrol) "
+                "[default: the auditor's own, from the key store].",
+            ),
+            click.option(
+                "--officer-key",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="Its private key (passphrase: CAIRN_OFFICER_PASSPHRASE, or asked for).",
+            ),
         )
     ):
         command = option(command)
@@ -523,3 +661,100 @@ def reindex_command(ctx: click.Context) -> None:
     with AuditLog.open(folder, origin=origin) as log, _progress("indexing") as progress:
         count = log.rebuild_index(progress)
     click.echo(f"indexed {count} entries")
+
+
+@audit.group("officer")
+def officer() -> None:
+    """IG officers' own certificates: each search is recorded under the officer's name.
+
+    Enrolled like an agency: the officer makes their key and a request on their own machine
+    ('request'); the administrator issues the certificate from the federation CA ('enrol'),
+    never seeing the key. The auditor admits it to the IG view (CN ig-officer.<id>).
+    """
+
+
+@officer.command("request")
+@click.argument("officer_id")
+@click.option(
+    "--out",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to write ig-officer.<id>.key (0600, encrypted) and ig-officer.<id>.csr.",
+)
+@_clean_errors
+def officer_request(officer_id: str, folder: Path) -> None:
+    """Make OFFICER_ID's TLS key (encrypted with CAIRN_OFFICER_PASSPHRASE, or one asked for)
+    and a certificate signing request for the administrator."""
+    import os
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from keys.officers import officer_common_name, officer_csr
+    from keys.pki import new_tls_key
+    from keys.store import FileStore, check_new_passphrase, encrypt_private_key
+
+    try:
+        name = officer_common_name(officer_id)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    given = os.environ.get("CAIRN_OFFICER_PASSPHRASE")
+    if given is None:
+        given = click.prompt(
+            "Passphrase for your new key", hide_input=True, confirmation_prompt=True, err=True
+        )
+    passphrase = given.encode("utf-8")
+    check_new_passphrase(passphrase)
+    store = FileStore(folder.resolve())
+    if store.exists(f"{name}.key"):
+        raise click.ClickException(f"{folder / (name + '.key')} exists; it is never overwritten")
+    key = new_tls_key()
+    store.write(f"{name}.key", encrypt_private_key(key, passphrase), private=True)
+    store.write(
+        f"{name}.csr", officer_csr(key, officer_id).public_bytes(Encoding.PEM), private=False
+    )
+    click.echo(f"key: {folder / (name + '.key')}")
+    click.echo(f"request: {folder / (name + '.csr')} (give it to the federation administrator)")
+
+
+@officer.command("enrol")
+@click.argument("request", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the certificate [default: the request's name, .crt].",
+)
+@_clean_errors
+def officer_enrol(request: Path, out: Path | None) -> None:
+    """Issue the IG officer's certificate for REQUEST from the federation CA (administrator).
+
+    Checks the request's own signature (the officer holds the key), that it is for a P-256 key
+    and names only OU=ig-officer, CN=ig-officer.<id>; the CA's key needs its passphrase.
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from broker.federation import load_federation
+    from broker.trust import custody_of
+    from keys.custody import CA
+    from keys.enrolment import load_ca
+    from keys.federation import Lifetimes
+    from keys.officers import MAX_CSR_BYTES, issue_officer_certificate
+    from keys.pki import agency_of_certificate
+    from keys.store import FileStore
+
+    with request.open("rb") as fh:
+        pem = fh.read(MAX_CSR_BYTES + 1)
+    settings = _settings()
+    custody = custody_of(settings)
+    federation = load_federation(settings.federation_dir)
+    ca = load_ca(custody.store(CA), custody.passphrase(CA))
+    certificate = issue_officer_certificate(
+        ca, pem, federation.name, now=datetime.now(UTC), validity=Lifetimes().certificate
+    )
+    target = (out or request.with_suffix(".crt")).resolve()
+    FileStore(target.parent).write(
+        target.name, certificate.public_bytes(Encoding.PEM), private=False
+    )
+    until = certificate.not_valid_after_utc.strftime("%Y-%m-%d")
+    click.echo(f"{agency_of_certificate(certificate)} enrolled until {until}: {target}")

@@ -28,8 +28,9 @@ from broker.policy.decide import Decision
 from keys.federation import init_federation, load_registry, load_signing_key
 from keys.registry import AUDITOR_ID
 from keys.store import FileStore
-from schemas.audit import submission_events
+from schemas.audit import AuditEvent, AuditEventType, submission_events
 from schemas.federation import Federation
+from schemas.pseudonyms import person_pseudonyms
 from tests.unit.audit.conftest import NOW, Message, recipients_of
 
 PASSPHRASE = "audit cli unit-test passphrase 0123456789"
@@ -45,8 +46,22 @@ SMALL = Federation.model_validate(
 VICTIM_NHS = "999 000 0018"  # the victim of referral-high-risk.json
 
 
+REASON = "SAR request ref IG-2026-0142"
+
+
 class CliRunnerCall(Protocol):
     def __call__(self, *args: str) -> Result: ...
+
+
+class Recorded:
+    """The CLI's searches record their events here, not on Kafka (that path:
+    tests/integration/test_ig_trail.py)."""
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    async def record(self, event: AuditEvent) -> None:
+        self.events.append(event)
 
 
 @dataclass(frozen=True)
@@ -84,7 +99,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory, messages: list[Message]) -> 
 
 
 @pytest.fixture
-def run(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> CliRunnerCall:
+def recorded() -> Recorded:
+    return Recorded()
+
+
+@pytest.fixture
+def run(setup: Setup, monkeypatch: pytest.MonkeyPatch, recorded: Recorded) -> CliRunnerCall:
     monkeypatch.delenv("CAIRN_CONFIG", raising=False)
     monkeypatch.delenv("CAIRN_KEY_PASSPHRASE_FILE", raising=False)
     monkeypatch.setenv("CAIRN_STATE_DIR", str(setup.state))
@@ -93,7 +113,7 @@ def run(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> CliRunnerCall:
     runner = CliRunner()
 
     def call(*args: str) -> Result:
-        return runner.invoke(audit, list(args), catch_exceptions=False)
+        return runner.invoke(audit, list(args), catch_exceptions=False, obj={"recorder": recorded})
 
     return call
 
@@ -135,13 +155,16 @@ def test_verify_with_someone_elses_key_refuses_every_checkpoint(
 
 def test_query_by_identifiers_lists_the_persons_events(run: CliRunnerCall) -> None:
     """Querying by NHS number lists events about the person; identifiers are not echoed."""
-    result = run("query", "--nhs-number", VICTIM_NHS, "--type", "disclosed", "--format", "json")
+    result = run(
+        "query", "--nhs-number", VICTIM_NHS, "--reason", REASON, "--type", "disclosed",
+        "--format", "json",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines
     assert {line["event"]["type"] for line in lines} == {"disclosed"}
     assert "9990000018" not in result.output
-    table = run("query", "--nhs-number", VICTIM_NHS, "--purpose", "MARAC")
+    table = run("query", "--nhs-number", VICTIM_NHS, "--reason", REASON, "--purpose", "MARAC")
     assert table.exit_code == 0
     assert "disclosed" in table.stdout
 
@@ -220,13 +243,15 @@ def test_prove_consistency_output_verifies(run: CliRunnerCall, setup: Setup) -> 
 def test_export_writes_a_private_csv_and_a_json_report(run: CliRunnerCall, tmp_path: Path) -> None:
     """The SAR export writes CSV to a 0600 file, and JSON with the checkpoint."""
     out = tmp_path / "sar.csv"
-    result = run("export", "--nhs-number", VICTIM_NHS, "--output", str(out))
+    result = run("export", "--nhs-number", VICTIM_NHS, "--reason", REASON, "--output", str(out))
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert rows
     assert {r["type"] for r in rows} == {"disclosed"}
-    document = json.loads(run("export", "--nhs-number", VICTIM_NHS, "--format", "json").stdout)
+    document = json.loads(
+        run("export", "--nhs-number", VICTIM_NHS, "--reason", REASON, "--format", "json").stdout
+    )
     assert len(document["disclosures"]) == len(rows)
     assert document["checkpoint"].startswith("cairn.local/audit\n")
 
@@ -236,3 +261,88 @@ def test_a_missing_log_is_a_one_line_error(run: CliRunnerCall, tmp_path: Path) -
     result = run("--dir", str(tmp_path / "nothing"), "verify")
     assert result.exit_code == 1
     assert "no audit log" in result.output
+
+
+# --- the IG officer's own trail ---------------------------------------------------------------
+
+
+def test_a_subject_query_without_a_reason_is_refused_and_records_nothing(
+    run: CliRunnerCall, recorded: Recorded
+) -> None:
+    """No --reason, or one naming the person: a one-line usage error, nothing read or recorded."""
+    for extra in ((), ("--reason", "looking for 999 000 0018")):
+        result = run("query", "--nhs-number", VICTIM_NHS, *extra)
+        assert result.exit_code == 2
+        assert "reason" in result.output
+        assert "Traceback" not in result.output
+        assert "0018" not in result.output
+    assert recorded.events == []
+
+
+def test_a_subject_query_and_export_are_recorded_under_the_auditors_certificate(
+    run: CliRunnerCall, recorded: Recorded, setup: Setup
+) -> None:
+    """By default the auditor's own certificate: an ig_search for query and an ig_export (its
+    format) for export, each with the reason and the pseudonym, never the NHS number."""
+    secret = load_pseudonym_secret(FileStore(setup.keys), PASSPHRASE.encode())
+    assert run("query", "--nhs-number", VICTIM_NHS, "--reason", REASON).exit_code == 0
+    assert run("export", "--nhs-number", VICTIM_NHS, "--reason", REASON).exit_code == 0
+    search, export = recorded.events
+    assert search.type is AuditEventType.IG_SEARCH
+    assert export.type is AuditEventType.IG_EXPORT
+    assert export.reasons == ("csv",)
+    for event in recorded.events:
+        assert event.officer == AUDITOR_ID
+        assert event.ig_reason == REASON
+        assert event.subjects == person_pseudonyms(secret, nhs_number=VICTIM_NHS)
+        assert b"0018" not in event.canonical()
+
+
+def test_an_enrolled_officer_searches_under_their_own_certificate(
+    run: CliRunnerCall, recorded: Recorded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'officer request' then 'officer enrol' (the federation CA): the officer's certificate
+    and key make the search theirs; a wrong passphrase or a certificate from another CA is a
+    one-line error and nothing is recorded."""
+    monkeypatch.setenv("CAIRN_OFFICER_PASSPHRASE", "officer passphrase, long enough")
+    made = run("officer", "request", "jsmith", "--out", str(tmp_path))
+    assert made.exit_code == 0, made.output
+    key = tmp_path / "ig-officer.jsmith.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    enrolled = run("officer", "enrol", str(tmp_path / "ig-officer.jsmith.csr"))
+    assert enrolled.exit_code == 0, enrolled.output
+    cert = tmp_path / "ig-officer.jsmith.crt"
+    mine = ("--officer-cert", str(cert), "--officer-key", str(key))
+    assert run("query", "--nhs-number", VICTIM_NHS, "--reason", REASON, *mine).exit_code == 0
+    assert [e.officer for e in recorded.events] == ["ig-officer.jsmith"]
+
+    monkeypatch.setenv("CAIRN_OFFICER_PASSPHRASE", "not the passphrase at all")
+    wrong = run("query", "--nhs-number", VICTIM_NHS, "--reason", REASON, *mine)
+    assert wrong.exit_code == 1
+    assert "Traceback" not in wrong.output
+
+    other = tmp_path / "other"
+    init_federation(FileStore(other), SMALL, PASSPHRASE.encode(), now=datetime.now(UTC))
+    stranger = ("--officer-cert", str(other / "tls/clients/cairn-auditor.crt"))
+    monkeypatch.setenv("CAIRN_OFFICER_PASSPHRASE", PASSPHRASE)
+    foreign = run(
+        "query", "--nhs-number", VICTIM_NHS, "--reason", REASON, *stranger,
+        "--officer-key", str(other / "tls/clients/cairn-auditor.key"),
+    )  # fmt: skip
+    assert foreign.exit_code == 1
+    assert "federation CA" in foreign.output
+    assert len(recorded.events) == 1
+
+
+def test_an_officer_request_for_another_name_is_refused(run: CliRunnerCall, tmp_path: Path) -> None:
+    """A request whose CN is not ig-officer.<id> (an agency's CSR) gets no certificate."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from keys.pki import client_csr, new_tls_key
+
+    csr = tmp_path / "agency.csr"
+    csr.write_bytes(client_csr(new_tls_key(), "test-police", "police").public_bytes(Encoding.PEM))
+    result = run("officer", "enrol", str(csr))
+    assert result.exit_code == 1
+    assert "ig-officer" in result.output
+    assert not (tmp_path / "agency.crt").exists()
