@@ -61,6 +61,11 @@ OTHER_VARIABLES: Final = (
     ),
     ("CAIRN_KEY_PASSPHRASE_FILE", "unset", "A file holding that passphrase (set one of the two)"),
     ("CAIRN_WITNESS_PASSPHRASE", "unset", "Passphrase of a witness's key (`cairn witness`)"),
+    (
+        "CAIRN_OFFICER_PASSPHRASE",
+        "unset (asked for)",
+        "Passphrase of an IG officer's own key (`cairn audit officer`, `--officer-key`)",
+    ),
     ("CAIRN_AUDITOR_URL", "https://HTTP_HOST:AUDITOR_HTTP_PORT", "The auditor `cairn status` asks"),
     (
         "CAIRN_KAFKA_SSL_PORT",
