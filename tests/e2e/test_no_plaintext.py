@@ -137,7 +137,8 @@ def test_demo_audit_log_is_pseudonymous_and_searchable(demo_run: DemoRun) -> Non
     def query(*identifiers: str) -> list[dict[str, object]]:
         result = subprocess.run(
             [sys.executable, "-m", "broker", "audit", "--dir", str(audit_dir), "query",
-             *identifiers, "--type", "disclosed", "--format", "json"],
+             *identifiers, "--reason", "e2e check IG-0001", "--type", "disclosed",
+             "--format", "json"],
             env=demo_run.env, capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
