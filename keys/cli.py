@@ -17,8 +17,6 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.audit.checkpoint import NoteVerifier
-from broker.audit.files import DEFAULT_ORIGIN
 from broker.cli.common import clean_errors as _clean_errors
 from broker.cli.common import settings_or_exit as _settings
 from broker.config import Settings
@@ -62,6 +60,7 @@ from keys.registry import (
     KeyUse,
     RegisteredKey,
     Registry,
+    log_vkey,
     verify_registry,
     verify_registry_signature,
 )
@@ -141,22 +140,22 @@ def _show(registry: Registry, now: datetime) -> None:
                 f"  {key.use.value:3}  {key.kid}  valid {_when(key.not_before)} to "
                 f"{_when(key.not_after)}  {state}"
             )
-            vkey = _checkpoint_vkey(member.id, key)
-            if vkey is not None:
-                click.echo(f"       checkpoint verifier key: {vkey}")
-            if key.vkey is not None and key.status is not KeyStatus.REVOKED:
+            if key.status is KeyStatus.REVOKED:
+                continue
+            if member.id == AUDITOR_ID and key.use is KeyUse.SIGNING:
+                click.echo(f"       checkpoint verifier key: {_checkpoint_vkey(key)}")
+            elif key.vkey is not None:
                 click.echo(f"       cosignature verifier key: {key.vkey}")
 
 
-def _checkpoint_vkey(member: str, key: RegisteredKey) -> str | None:
-    """The auditor's signing key as a C2SP signed-note verifier key (``name+hash+base64``) for
-    the log origin: what tiles clients and witnesses verify checkpoints with."""
+def _checkpoint_vkey(key: RegisteredKey) -> str:
+    """The auditor's signing key as the C2SP signed-note verifier key the registry lists
+    (``name+hash+base64``, named by the log origin); derived for a registry from before keys
+    carried one."""
     public = key.jwk.public_key()
-    if member != AUDITOR_ID or key.use is not KeyUse.SIGNING or key.status is KeyStatus.REVOKED:
-        return None
-    if not isinstance(public, Ed25519PublicKey):
-        return None
-    return NoteVerifier(DEFAULT_ORIGIN, public).vkey()
+    if key.vkey is not None or not isinstance(public, Ed25519PublicKey):
+        return key.vkey or ""
+    return log_vkey(public)
 
 
 def _new_keys(registry: Registry, member: str) -> None:

@@ -43,6 +43,7 @@ from keys.registry import (
     RegisteredKey,
     Registry,
     ServiceRole,
+    log_vkey,
     parse_cosigner_vkey,
     sign_registry,
     verify_registry,
@@ -114,6 +115,13 @@ def new_member_key(
         encrypt_private_key(private, passphrase),
         private=True,
     )
+    # The auditor's checkpoint key is listed as its signed-note verifier key too (C2SP): the
+    # form a tiles client or a witness is configured with (keys.registry.log_vkey).
+    vkey = (
+        log_vkey(public)
+        if member_id == AUDITOR_ID and isinstance(public, Ed25519PublicKey)
+        else None
+    )
     return RegisteredKey(
         kid=kid,
         use=use,
@@ -121,6 +129,7 @@ def new_member_key(
         not_before=now,
         not_after=now + life.key,
         status=KeyStatus.ACTIVE,
+        vkey=vkey,
     )
 
 

@@ -18,8 +18,9 @@ RFC 7517 §4 allows further members, which JOSE libraries ignore; we add, under 
   registry's grace period, then never);
 - ``cairn_not_before`` / ``cairn_not_after``: the key's validity window, RFC 3339 UTC;
 - ``cairn_retired_at``: when a retired key was retired (only on retired keys);
-- ``cairn_vkey``: a witness's key as its C2SP cosignature/v1 verifier key, with the name its
-  cosignatures carry (only on witnesses' keys).
+- ``cairn_vkey``: the key as the registry lists it in C2SP signed-note verifier-key form: a
+  witness's cosignature/v1 key, with the name its cosignatures carry, or the auditor's
+  checkpoint key, named by the log's origin (only on those keys).
 
 Revoked keys are left out: nothing signed or sealed under one may be accepted, so a JWK Set
 that lists it could only mislead. The Set as a whole carries ``cairn_federation`` and

@@ -15,11 +15,7 @@ exists has been validated; one that came from bytes has also had its signature c
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import hashlib
-import re
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Final, Literal
@@ -28,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from pydantic import AwareDatetime, Field, StringConstraints, ValidationError, model_validator
 
+from keys import note
 from keys.errors import Reason, VerificationError
 from keys.jose import KEY_AGREEMENT, SIGNATURE_ALGORITHM, sign_compact, verify_compact
 from keys.jwk import (
@@ -38,6 +35,7 @@ from keys.jwk import (
     public_key_from_jwk,
     thumbprint,
 )
+from keys.note import AUDIT_LOG_ORIGIN, COSIGNATURE_V1, ED25519
 from schemas.federation import AgencyRole
 from schemas.referral import AgencyId, Frozen, ShortText
 
@@ -57,6 +55,7 @@ __all__ = [
     "Registry",
     "ServiceRole",
     "cosigner_vkey",
+    "log_vkey",
     "parse_cosigner_vkey",
     "sign_registry",
     "verify_registry",
@@ -98,42 +97,32 @@ class ServiceRole(StrEnum):
     WITNESS = "witness"  # cosigns the auditor's checkpoints (C2SP tlog-witness, cosignature/v1)
 
 
-#: C2SP signed-note verifier key of a witness: name+hex(key id)+base64(0x04 || Ed25519 key).
-_VKEY: Final = re.compile(r"^([!-*,-~]{1,128})\+([0-9a-f]{8})\+([A-Za-z0-9+/]{44})$")
-_COSIGNATURE_V1: Final = 0x04  # C2SP tlog-cosignature: the signed-note key type of cosignature/v1
-
-
 def cosigner_vkey(name: str, public_key: Ed25519PublicKey) -> str:
-    """The C2SP signed-note verifier key of witness ``name``'s cosignature/v1 key (the same as
-    ``broker.audit.cosign.CosignerVerifier.vkey``): key id SHA-256(name || 0x0A || 0x04 ||
-    key)[:4]."""
-    raw = bytes([_COSIGNATURE_V1]) + public_key.public_bytes_raw()
-    kid = hashlib.sha256(name.encode("utf-8") + b"\n" + raw).digest()[:4]
-    return f"{name}+{kid.hex()}+{base64.b64encode(raw).decode('ascii')}"
-
-
-def _vkey_key(vkey: str) -> bytes:
-    """The raw Ed25519 key a witness vkey names, after checking its form and key id."""
-    match = _VKEY.fullmatch(vkey)
-    if match is None:
-        raise ValueError("a witness vkey is name+hex(key id)+base64(0x04 || Ed25519 key)")
-    try:
-        raw = base64.b64decode(match.group(3), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("a witness vkey's key is base64") from None
-    if len(raw) != 33 or raw[0] != _COSIGNATURE_V1:
-        raise ValueError("a witness vkey is of type 0x04 (cosignature/v1) with an Ed25519 key")
-    kid = hashlib.sha256(match.group(1).encode("utf-8") + b"\n" + raw).digest()[:4]
-    if kid.hex() != match.group(2):
-        raise ValueError("the witness vkey's key id does not match its name and key")
-    return raw[1:]
+    """The C2SP signed-note verifier key of witness ``name``'s cosignature/v1 key."""
+    return note.vkey(name, COSIGNATURE_V1, public_key)
 
 
 def parse_cosigner_vkey(vkey: str) -> tuple[str, Ed25519PublicKey]:
     """The witness name and Ed25519 key of a cosignature/v1 verifier key (ValueError if it is
     not one, or its key id does not match)."""
-    raw = _vkey_key(vkey)
-    return vkey.split("+", 1)[0], Ed25519PublicKey.from_public_bytes(raw)
+    return note.parse_vkey(vkey, COSIGNATURE_V1)
+
+
+def log_vkey(public_key: Ed25519PublicKey, origin: str = AUDIT_LOG_ORIGIN) -> str:
+    """The auditor's checkpoint key as the C2SP signed-note verifier key (type 0x01) named by
+    the log's origin: what ``golang.org/x/mod/sumdb/note.NewVerifier`` and any tiles client
+    take."""
+    return note.vkey(origin, ED25519, public_key)
+
+
+def _vkey_type(role: AgencyRole | ServiceRole) -> int | None:
+    """The verifier-key type a member's signing keys carry: a witness's cosignature/v1 key
+    (required), the auditor's note key (listed from this version on), nobody else's."""
+    if role is ServiceRole.WITNESS:
+        return COSIGNATURE_V1
+    if role is ServiceRole.AUDITOR:
+        return ED25519
+    return None
 
 
 _CURVE_FOR_USE: Final = {KeyUse.SIGNING: "Ed25519", KeyUse.ENCRYPTION: "X25519"}
@@ -178,15 +167,16 @@ class RegisteredKey(Frozen):
     status: KeyStatus
     retired_at: AwareDatetime | None = None
     revoked_at: AwareDatetime | None = None
-    # A witness's signing key as its C2SP signed-note verifier key (cosignature/v1), so a third
-    # party verifies cosigned checkpoints with the registry alone; left out when not set, so
-    # every other key serialises (and is signed) exactly as before.
+    # A witness's or the auditor's signing key as its C2SP signed-note verifier key, so a third
+    # party verifies checkpoints and cosignatures with the registry alone; left out when not
+    # set, so every other key serialises (and is signed) exactly as before.
     vkey: str | None = Field(
         default=None,
         exclude_if=lambda v: v is None,
         max_length=200,
-        description="A witness's key as a C2SP cosignature/v1 verifier key "
-        "(name+hex(key id)+base64(0x04 || key)): the same key as jwk",
+        description="The same key as jwk, as a C2SP signed-note verifier key "
+        "(name+hex(key id)+base64(type || key)): a witness's cosignature/v1 key (type 0x04), "
+        "the auditor's checkpoint key named by the log's origin (type 0x01)",
     )
 
     @model_validator(mode="after")
@@ -195,9 +185,10 @@ class RegisteredKey(Frozen):
             raise ValueError("kid is not the RFC 7638 thumbprint of the key")
         if self.vkey is not None:
             if self.use is not KeyUse.SIGNING:
-                raise ValueError("only a signing key has a witness vkey")
-            if _vkey_key(self.vkey) != self.jwk.public_key().public_bytes_raw():
-                raise ValueError("the witness vkey names another key than jwk")
+                raise ValueError("only a signing key has a vkey")
+            _name, _kind, public = note.read_vkey(self.vkey)
+            if public.public_bytes_raw() != self.jwk.public_key().public_bytes_raw():
+                raise ValueError("the vkey names another key than jwk")
         if self.jwk.crv != _CURVE_FOR_USE[self.use]:
             raise ValueError(f"a '{self.use.value}' key must be on {_CURVE_FOR_USE[self.use]}")
         if self.not_before >= self.not_after:
@@ -230,10 +221,16 @@ class Member(Frozen):
 
     @model_validator(mode="after")
     def _one_active_key_per_use(self) -> Member:
-        witness = self.role is ServiceRole.WITNESS
-        for key in self.keys:
-            if witness != (key.vkey is not None) and key.use is KeyUse.SIGNING:
-                raise ValueError("a witness's signing keys, and only a witness's, have a vkey")
+        kind = _vkey_type(self.role)
+        for key in (k for k in self.keys if k.use is KeyUse.SIGNING):
+            if self.role is ServiceRole.WITNESS and key.vkey is None:
+                raise ValueError("a witness's signing keys have a vkey (cosignature/v1)")
+            if key.vkey is None:
+                continue  # the auditor's keys listed before vkeys were
+            if kind is None:
+                raise ValueError("only a witness's and the auditor's signing keys have a vkey")
+            if note.read_vkey(key.vkey)[1] != kind:
+                raise ValueError(f"a {self.role.value}'s vkey is of type 0x{kind:02x}")
         for use in KeyUse:
             active = [k for k in self.keys if k.use is use and k.status is KeyStatus.ACTIVE]
             if len(active) > 1:

@@ -14,8 +14,6 @@ Pure: bytes and keys in, verified objects out. Every refusal is one
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,11 +21,12 @@ from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from broker.audit.merkle import HASH_SIZE
+from keys import note
 from keys.errors import Reason, VerificationError
 from keys.jwk import SigningKey
+from keys.note import ED25519, KEY_ID_BYTES, note_key_id
 
 __all__ = [
     "ED25519",
@@ -44,37 +43,18 @@ __all__ = [
     "sign_checkpoint",
     "sign_note",
     "verify_checkpoint",
-    "vkey_text",
 ]
 
-ED25519: Final = 0x01  # signed-note signature type byte for Ed25519
 MAX_NOTE_BYTES: Final = 65_536  # bytes; a checkpoint with a few signatures is under 1 KB
 MAX_SIGNATURES: Final = 100  # the spec asks verifiers to accept at least 16
 _DASH: Final = "\N{EM DASH} "
 _SIG_LINE: Final = re.compile(r"^\N{EM DASH} (\S+) (\S+)$")
 _SIZE: Final = re.compile(r"^(0|[1-9][0-9]*)$")
-_KEY_ID_BYTES: Final = 4
 _SIGNATURE_BYTES: Final = 64
 
 
 def _malformed(message: str) -> VerificationError:
     return VerificationError(Reason.MALFORMED, message)
-
-
-def _check_key_name(name: str) -> None:
-    if not name or "+" in name or any(c.isspace() for c in name):
-        raise ValueError("a note key name is non-empty, without spaces or '+'")
-
-
-def _raw(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def note_key_id(name: str, type_byte: int, public_key: Ed25519PublicKey) -> bytes:
-    """signed-note "Signatures": SHA-256(key name || 0x0A || type byte || public key)[:4]."""
-    _check_key_name(name)
-    material = name.encode("utf-8") + b"\n" + bytes([type_byte]) + _raw(public_key)
-    return hashlib.sha256(material).digest()[:_KEY_ID_BYTES]
 
 
 def key_id(name: str, public_key: Ed25519PublicKey) -> bytes:
@@ -83,37 +63,19 @@ def key_id(name: str, public_key: Ed25519PublicKey) -> bytes:
 
 
 def b64decode_strict(text: str) -> bytes:
-    """Strict standard base64 (RFC 4648 §4): padded, and re-encoding gives the same text."""
+    """Strict standard base64 (RFC 4648 §4, ``keys.note``), refused as ``malformed``."""
     try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise _malformed("not valid base64") from None
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise _malformed("not canonical base64")
-    return raw
+        return note.b64decode_strict(text)
+    except ValueError as exc:
+        raise _malformed(str(exc)) from None
 
 
-def vkey_text(name: str, kid: bytes, type_byte: int, public_key: Ed25519PublicKey) -> str:
-    """A signed-note verifier key: ``name+hex(key ID)+base64(type byte || key)``."""
-    material = base64.b64encode(bytes([type_byte]) + _raw(public_key)).decode("ascii")
-    return f"{name}+{kid.hex()}+{material}"
-
-
-def parse_vkey(vkey: str, type_byte: int, kind: str) -> tuple[str, str, Ed25519PublicKey]:
-    """The name, hex key ID and Ed25519 key of a verifier key of ``type_byte`` (the caller
-    checks the key ID, which depends on the type); ``kind`` names the key in errors."""
-    name, sep, rest = vkey.partition("+")
-    hex_id, sep2, material = rest.partition("+")
-    if not sep or not sep2 or re.fullmatch(r"[0-9a-f]{8}", hex_id) is None:
-        raise _malformed("a verifier key is name+hex(key id)+base64(key)")
-    raw = b64decode_strict(material)
-    if len(raw) != 33 or raw[0] != type_byte:
-        raise _malformed(f"{kind} is Ed25519 (type 0x{type_byte:02x})")
+def parse_vkey(text: str, type_byte: int, kind: str) -> tuple[str, Ed25519PublicKey]:
+    """``keys.note.parse_vkey``, refused as ``malformed`` naming ``kind``."""
     try:
-        _check_key_name(name)
-    except ValueError:
-        raise _malformed("the verifier key name is not a valid note key name") from None
-    return name, hex_id, Ed25519PublicKey.from_public_bytes(raw[1:])
+        return note.parse_vkey(text, type_byte)
+    except ValueError as exc:
+        raise _malformed(f"{kind}: {exc}") from None
 
 
 def parse_signature_lines(lines: Sequence[str]) -> list[tuple[str, bytes, bytes]]:
@@ -129,9 +91,9 @@ def parse_signature_lines(lines: Sequence[str]) -> list[tuple[str, bytes, bytes]
         if match is None or "+" in match.group(1):
             raise _malformed("a signature line is '— <key name> <base64 signature>'")
         blob = b64decode_strict(match.group(2))
-        if len(blob) <= _KEY_ID_BYTES:
+        if len(blob) <= KEY_ID_BYTES:
             raise _malformed("a signature is a key ID and the signature bytes")
-        out.append((match.group(1), blob[:_KEY_ID_BYTES], blob[_KEY_ID_BYTES:]))
+        out.append((match.group(1), blob[:KEY_ID_BYTES], blob[KEY_ID_BYTES:]))
     return out
 
 
@@ -148,16 +110,12 @@ class NoteVerifier:
 
     def vkey(self) -> str:
         """The verifier key in the Go ``note`` format: ``name+hex(key ID)+base64(0x01||key)``."""
-        return vkey_text(self.name, self.key_id, ED25519, self.public_key)
+        return note.vkey(self.name, ED25519, self.public_key)
 
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
         """Parse a verifier key written by ``vkey`` or by Go's ``note.NewVerifier`` format."""
-        name, hex_id, public_key = parse_vkey(vkey, ED25519, "a checkpoint verifier key")
-        verifier = cls(name, public_key)
-        if verifier.key_id.hex() != hex_id:
-            raise _malformed("the verifier key's id does not match its name and key")
-        return verifier
+        return cls(*parse_vkey(vkey, ED25519, "a checkpoint verifier key"))
 
 
 def sign_note(text: bytes, name: str, key: SigningKey | Ed25519PrivateKey) -> bytes:

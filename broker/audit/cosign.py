@@ -30,13 +30,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from broker.audit.checkpoint import (
     MAX_NOTE_BYTES,
-    note_key_id,
     parse_signature_lines,
     parse_vkey,
-    vkey_text,
 )
+from keys import note
 from keys.errors import Reason, VerificationError
 from keys.jwk import SigningKey
+from keys.note import COSIGNATURE_V1, KEY_ID_BYTES, note_key_id
 
 __all__ = [
     "COSIGNATURE_V1",
@@ -51,13 +51,11 @@ __all__ = [
     "verify_cosignatures",
 ]
 
-COSIGNATURE_V1: Final = 0x04  # signed-note signature type byte for Ed25519 cosignature/v1
 MAX_TIMESTAMP: Final = 2**63 - 1  # tlog-cosignature: the timestamp MUST NOT exceed this
 _DASH: Final = "\N{EM DASH} "
-_KEY_ID_BYTES: Final = 4
 _TIMESTAMP_BYTES: Final = 8
 _SIGNATURE_BYTES: Final = 64
-_BLOB_BYTES: Final = _KEY_ID_BYTES + _TIMESTAMP_BYTES + _SIGNATURE_BYTES
+_BLOB_BYTES: Final = KEY_ID_BYTES + _TIMESTAMP_BYTES + _SIGNATURE_BYTES
 
 
 def _malformed(message: str) -> VerificationError:
@@ -96,16 +94,12 @@ class CosignerVerifier:
 
     def vkey(self) -> str:
         """The signed-note verifier key: ``name+hex(key ID)+base64(0x04 || key)``."""
-        return vkey_text(self.name, self.key_id, COSIGNATURE_V1, self.public_key)
+        return note.vkey(self.name, COSIGNATURE_V1, self.public_key)
 
     @classmethod
     def from_vkey(cls, vkey: str) -> CosignerVerifier:
         """Parse a witness verifier key (type byte 0x04), checking its key ID."""
-        name, hex_id, public_key = parse_vkey(vkey, COSIGNATURE_V1, "a witness verifier key")
-        verifier = cls(name, public_key)
-        if verifier.key_id.hex() != hex_id:
-            raise _malformed("the verifier key's id does not match its name and key")
-        return verifier
+        return cls(*parse_vkey(vkey, COSIGNATURE_V1, "a witness verifier key"))
 
 
 @dataclass(frozen=True)
@@ -177,7 +171,7 @@ def verify_cosignatures(note: bytes, witnesses: Sequence[CosignerVerifier]) -> l
         for witness in witnesses:
             if witness.name != name or witness.key_id != kid:
                 continue
-            if len(rest) != _BLOB_BYTES - _KEY_ID_BYTES:
+            if len(rest) != _BLOB_BYTES - KEY_ID_BYTES:
                 raise _malformed(f"the cosignature by {name} is not timestamp || signature")
             (timestamp,) = struct.unpack(">Q", rest[:_TIMESTAMP_BYTES])
             if timestamp > MAX_TIMESTAMP:

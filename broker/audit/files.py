@@ -39,6 +39,7 @@ from typing import Final
 
 from broker.audit.checkpoint import Checkpoint
 from keys.errors import VerificationError as KeyVerificationError
+from keys.note import AUDIT_LOG_ORIGIN
 
 __all__ = [
     "CHECKPOINTS_FILE",
@@ -61,7 +62,7 @@ COSIGNED_FILE: Final = "cosigned.log"
 WITNESS_STATUS_FILE: Final = "witnesses.json"
 INDEX_FILE: Final = "index.sqlite"
 #: The log's name in its checkpoints, and the auditor's key name in their signature lines.
-DEFAULT_ORIGIN: Final = "cairn.local/audit"
+DEFAULT_ORIGIN: Final = AUDIT_LOG_ORIGIN  # keys.note: the registry names the log key by it
 
 ENTRIES_MAGIC: Final = b"CAIRN-AE"  # audit entries, format 1
 CHECKPOINTS_MAGIC: Final = b"CAIRN-AC"  # audit checkpoints, format 1
