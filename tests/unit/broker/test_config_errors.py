@@ -37,9 +37,11 @@ def one_clean_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
     assert "errors.pydantic.dev" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # One error line (a command may have said which Kafka it uses before it read the rest).
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: configuration is not valid: ")
+    assert result.stderr.rstrip().endswith(lines[0])
     return lines[0]
 
 
