@@ -114,7 +114,8 @@ async def test_ig_view_finds_a_subjects_disclosures_and_verifies_the_log(
     assert "detective_sergeant" in listed
 
     await page.fill("#nhs_number", "9990000018")
-    await page.click("#subject-form button[type=submit]")
+    await page.fill("#reason", "SAR request ref IG-2026-0142")  # every search says why
+    await page.click("#subject-form button[type=submit]:not(#export-csv)")
     summary = page.locator("#subject-summary")
     await summary.filter(has_text="disclosure").wait_for(timeout=15_000)
     results = await page.locator("#subject-results tbody").inner_text()
