@@ -11,8 +11,8 @@ with the same bytes, refuses one stored with different bytes, and refuses an off
 backwards past what is stored. (Offsets on a transactional topic are increasing but not
 contiguous: commit markers take offsets too. The consumer seeks to ``next_offset``.)
 
-Some facts happen once per (message, recipient) whatever Kafka delivers: a recipient
-acknowledges a disclosure once, and deletes its copy once (``ONCE_PER_RECIPIENT``); each view
+Some facts happen once per (message, recipient) whatever Kafka delivers: a recipient stores a
+disclosure once, acknowledges it once, and deletes its copy once (``ONCE_PER_RECIPIENT``); each view
 is its own fact, under the view's own id as the event id, kept once per id (``ONCE_PER_EVENT``:
 a gateway that stopped between sending a view and noting it sent sends it again). A second such
 event, under another offset (the same acknowledgement produced twice, or by two brokers), is
@@ -99,7 +99,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 #: Event types the log keeps once per (message, recipient): a repeat is a counted duplicate.
-ONCE_PER_RECIPIENT: Final = frozenset({AuditEventType.ACKNOWLEDGED, AuditEventType.DELETED})
+ONCE_PER_RECIPIENT: Final = frozenset(
+    {AuditEventType.DELIVERED, AuditEventType.ACKNOWLEDGED, AuditEventType.DELETED}
+)
 #: Event types the log keeps once per (message, recipient, event id): each is its own fact.
 ONCE_PER_EVENT: Final = frozenset({AuditEventType.VIEWED})
 #: A once-only fact: (type, message, recipient, and the event id for ONCE_PER_EVENT types).

@@ -10,8 +10,8 @@ from uuid import uuid4
 
 from broker.audit.index import Query
 from broker.audit.store import AuditLog
-from schemas.audit import AuditEventType, deleted, viewed
-from schemas.receipt import RETENTION_EXPIRED, Deletion, View
+from schemas.audit import AuditEventType, deleted, delivery_receipted, viewed
+from schemas.receipt import RETENTION_EXPIRED, Deletion, Delivery, View
 
 AGENCY = "kelder-brook-primary"
 
@@ -44,3 +44,18 @@ def test_a_view_is_one_entry_per_view_id_and_a_deletion_one_per_recipient(tmp_pa
             str(v.view_id) for v in (first, second)
         )
         assert len(log.query(Query(types=(AuditEventType.DELETED,), message_id=rid))) == 1
+
+
+def test_a_delivery_receipt_sent_again_is_one_entry(tmp_path: Path) -> None:
+    """A gateway that stopped between Kafka taking its delivery receipt and noting it sent
+    sends it again: the log keeps one 'delivered' per (referral, agency), after reopening too."""
+    rid = uuid4()
+    stored = Delivery(referral_id=rid, agency=AGENCY, delivered_at=datetime.now(UTC))
+    with AuditLog.open(tmp_path) as log:
+        event = delivery_receipted(stored).canonical()
+        result = log.append([(0, event), (1, event)])
+        assert (result.appended, result.duplicates) == (1, (1,))
+    with AuditLog.open(tmp_path) as log:
+        again = log.append([(2, delivery_receipted(stored).canonical())])
+        assert (again.appended, again.duplicates) == (0, (2,))
+        assert len(log.query(Query(types=(AuditEventType.DELIVERED,), message_id=rid))) == 1
