@@ -597,13 +597,17 @@ def auditor_document() -> dict[str, Any]:
             "verifier key are public (they hold no personal data): any tiles client or "
             "witness reads them without a client certificate. Everything else, the events "
             "(entries, entry bundles, subject and override queries) and this document, is "
-            "for the auditor's client certificate only (IG tools present it); any other "
-            "gets 403. Every error is an RFC 9457 problem (application/problem+json) whose "
+            "for the auditor's client certificate only (IG tools present it), but the IG "
+            "view's operations (the page, verify, checkpoint, overrides, subject), which an "
+            "IG officer's own certificate (CN ig-officer.<id>, from the federation CA) may "
+            "use too; any other gets 403. Each subject search is itself an audit event. "
+            "Every error is an RFC 9457 problem (application/problem+json) whose "
             "`type` is one of the `urn:cairn:problem:` types under components.schemas "
             "(`problem.<slug>`). Generated from the code by `cairn schemas openapi`."
         ),
         port=port,
-        client_certificate="The auditor's client certificate (federation CA).",
+        client_certificate="The auditor's client certificate, or for the IG view an IG "
+        "officer's (federation CA).",
         paths=paths,
         schemas=schemas,
     )
