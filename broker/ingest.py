@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from uuid import UUID
 
 import structlog
 
@@ -45,12 +46,29 @@ from schemas.receipt import Receipt, RecipientReceipt, RecipientStatus
 from schemas.referral import Referral
 from schemas.submission import check_not_future, decode_submission, submission_digest
 
-__all__ = ["Outcome", "Pipeline"]
+__all__ = ["Outcome", "Pipeline", "receipt_for"]
 
 log = structlog.get_logger(__name__)
 
 _MAX_CLAIM_ROUNDS = 1000  # claim attempts per submission (the deadline usually ends it first)
 _BUSY_POLL_S = 0.05  # seconds between looks at a claim another broker is publishing
+
+
+def receipt_for(message_id: UUID, accepted_at: datetime, decisions: Iterable[Decision]) -> Receipt:
+    """The broker's receipt for an accepted submission: each recipient queued or refused, with
+    the policy's reason codes (never its words: a receipt goes back to the sender)."""
+    return Receipt(
+        referral_id=message_id,
+        accepted_at=accepted_at,
+        recipients=tuple(
+            RecipientReceipt(
+                agency=d.recipient,
+                status=RecipientStatus.QUEUED if d.allowed else RecipientStatus.REFUSED,
+                reasons=d.reasons,
+            )
+            for d in decisions
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -274,18 +292,7 @@ class Pipeline:
             },
         )
         records += [audit_record(self.settings.topic_prefix, e) for e in events]
-        receipt = Receipt(
-            referral_id=route.message_id,
-            accepted_at=now,
-            recipients=tuple(
-                RecipientReceipt(
-                    agency=d.recipient,
-                    status=RecipientStatus.QUEUED if d.allowed else RecipientStatus.REFUSED,
-                    reasons=d.reasons,
-                )
-                for d in decisions
-            ),
-        )
+        receipt = receipt_for(route.message_id, now, decisions)
         # 7 publish: every record and the ledger's "published" in one transaction, unless the
         #   ledger already has this id (AlreadyPublished); else TransportError.
         receipt_json = receipt.model_dump_json()  # the ledger's and the store's, made once

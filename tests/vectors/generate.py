@@ -46,6 +46,7 @@ from joserfc.jwk import OKPKey
 
 from broker.config import Settings
 from broker.federation import load_federation
+from broker.ingest import receipt_for
 from broker.policy.agreements import load_agreements
 from broker.policy.decide import decide
 from broker.policy.redaction import redact
@@ -66,9 +67,6 @@ from schemas.disclosure import DisclosedReferral, Disclosure
 from schemas.receipt import (
     Acknowledgement,
     AcknowledgementStatus,
-    Receipt,
-    RecipientReceipt,
-    RecipientStatus,
 )
 from schemas.referral import Referral
 
@@ -189,18 +187,7 @@ def _payloads() -> tuple[Referral, bytes, bytes, bytes, bytes]:
         status=AcknowledgementStatus.FILED,
         acknowledged_at=ACK_AT,
     )
-    receipt = Receipt(
-        referral_id=referral.header.referral_id,
-        accepted_at=REFERRAL_IAT,
-        recipients=tuple(
-            RecipientReceipt(
-                agency=d.recipient,
-                status=RecipientStatus.QUEUED if d.allowed else RecipientStatus.REFUSED,
-                reasons=d.reasons,
-            )
-            for d in decisions
-        ),
-    )
+    receipt = receipt_for(referral.header.referral_id, REFERRAL_IAT, decisions)
     return (
         referral,
         referral.model_dump_json().encode(),
