@@ -66,8 +66,10 @@ async def test_an_ig_search_reaches_the_log_through_kafka_with_no_identifier_in_
     await producer.start()
     try:
         for event in events:
-            r = audit_record(kafka_settings.topic_prefix, event)
-            await producer.send_and_wait(r.topic, r.value, key=r.key, headers=list(r.headers))
+            rec = audit_record(kafka_settings.topic_prefix, event)
+            await producer.send_and_wait(
+                rec.topic, rec.value, key=rec.key, headers=list(rec.headers)
+            )
     finally:
         await producer.stop()
 

@@ -8,9 +8,11 @@ tests/integration/test_ig_trail.py).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from broker.audit.errors import SearchNotRecorded
 from broker.audit.service import Auditor, auditor_app
+from broker.audit.trail import KafkaRecorder
 from broker.config import Settings
 from broker.policy.decide import Decision
 from keys import AUDITOR_ID
@@ -32,7 +35,15 @@ from keys.enrolment import load_ca
 from keys.officers import issue_officer_certificate, officer_csr
 from keys.pki import new_tls_key
 from keys.store import CA_CERT, encrypt_private_key
-from schemas.audit import AuditEvent, AuditEventType, acknowledged, delivered, submission_events
+from schemas.audit import (
+    AuditEvent,
+    AuditEventType,
+    IdentifierKind,
+    acknowledged,
+    delivered,
+    ig_searched,
+    submission_events,
+)
 from schemas.pseudonyms import person_pseudonyms
 from schemas.receipt import Acknowledgement, AcknowledgementStatus
 from schemas.referral import Referral
@@ -292,3 +303,31 @@ async def test_an_agencys_certificate_may_not_search_and_the_auditors_is_recorde
         s.get(f"{served.url}/ui/ig") as page,
     ):
         assert page.status == 200
+
+
+async def test_the_kafka_recorder_refuses_in_bounded_time_when_kafka_is_not_there(
+    settings: Settings,
+) -> None:
+    """With nothing listening at the bootstrap address, KafkaRecorder.record raises
+    SearchNotRecorded within the connect timeout (aiokafka for real, a closed loopback port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nobody listens there
+    closed = settings.model_copy(
+        update={"kafka_bootstrap_servers": f"127.0.0.1:{port}", "kafka_connect_timeout_s": 2.0}
+    )
+    recorder = KafkaRecorder(closed)
+    event = ig_searched(
+        officer=AUDITOR_ID,
+        reason=REASON,
+        subjects=("A" * 43,),
+        identifiers=(IdentifierKind.NHS_NUMBER,),
+        at=datetime.now(UTC),
+    )
+    started = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises(SearchNotRecorded):
+            await recorder.record(event)
+    finally:
+        await recorder.close()
+    assert asyncio.get_running_loop().time() - started < 15
