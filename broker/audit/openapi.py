@@ -7,7 +7,7 @@ audit event's schema is the pydantic model's, the override rows' the report's da
 proofs are ``broker.audit.proofs``' one JSON shape (RFC 9162 §4 names); the problem types are
 the broker's (``broker.web.openapi.service_problem_types``: the same middleware answers).
 
-The checkpoint, the hash tiles, the verifier key and the JWK Set are public (``security:
+The checkpoint, the hash tiles, the verifier key, the JWK Set and the status are public (``security:
 [{}]``: no client certificate needed); every other operation, this document included, is for
 the auditor's certificate only.
 """
@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 from broker.audit.proofs import MAX_PATH
 from broker.audit.report import REPORT_COLUMNS, OverrideRow
 from broker.audit.service import _IG_FILES
+from broker.audit.witness import WitnessResult
 from broker.config import Settings
 from broker.web.openapi import REQUEST_ID_HEADER, REQUEST_ID_MEMBER, service_problem_types
 from keys.jwks import JWK_SET_MEDIA_TYPE
@@ -54,6 +55,57 @@ _NOTE: Final = {
 
 
 _TIME: Final = {"type": "string", "format": "date-time"}
+_COUNT: Final = {"type": "integer", "minimum": 0}
+_MAYBE_COUNT: Final = {"type": ["integer", "null"], "minimum": 0}
+#: ``broker.audit.service.Auditor.status``.
+_STATUS: Final = {
+    "type": "object",
+    "required": ["size", "next_offset", "lag", "checkpoint", "witnesses", "cosigned_size", "forks"],
+    "additionalProperties": False,
+    "properties": {
+        "size": {**_COUNT, "description": "Entries in the log."},
+        "next_offset": {**_COUNT, "description": "The next audit-topic offset the log stores."},
+        "lag": {
+            **_MAYBE_COUNT,
+            "description": "Offsets between the auditor's position and the audit partition's "
+            "last stable offset (KIP-98), measured at most every few seconds; 0 when caught "
+            "up; null when not measured (Kafka unreachable, not following).",
+        },
+        "checkpoint": {
+            "type": "object",
+            "required": ["size", "age_s"],
+            "additionalProperties": False,
+            "properties": {
+                "size": {**_MAYBE_COUNT, "description": "The latest checkpoint's tree size."},
+                "age_s": {**_MAYBE_COUNT, "description": "Seconds since it was written."},
+            },
+        },
+        "witnesses": {
+            "type": "object",
+            "description": "By witness name: its last answer (C2SP tlog-witness).",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["result", "checkpoint_size", "witness_size", "at"],
+                "additionalProperties": False,
+                "properties": {
+                    "result": {
+                        "type": "string",
+                        "enum": [r.value for r in WitnessResult],
+                    },
+                    "checkpoint_size": _MAYBE_COUNT,
+                    "witness_size": _MAYBE_COUNT,
+                    "at": {**_MAYBE_COUNT, "description": "Unix time of the answer."},
+                },
+            },
+        },
+        "cosigned_size": {
+            "type": "object",
+            "description": "By witness name: the largest tree size it has cosigned.",
+            "additionalProperties": _COUNT,
+        },
+        "forks": {**_COUNT, "description": "Forks the witnesses reported, over the log's life."},
+    },
+}
 #: ``keys.jwks.jwk_set``: OKP keys (RFC 8037 §2) with kid, use, alg and Cairn's members.
 _JWK_SET: Final = {
     "type": "object",
@@ -368,6 +420,24 @@ def auditor_document() -> dict[str, Any]:
                         "content": {JWK_SET_MEDIA_TYPE: {"schema": ref("JwkSet")}},
                     },
                     **problems("registry-untrusted", public=True),
+                },
+            }
+        },
+        "/v1/audit/status": {
+            "get": {
+                "operationId": "auditStatus",
+                "summary": "The auditor's own figures (broker.audit.service.Auditor.status): the "
+                "log's size and next Kafka offset, its lag behind the audit partition's last "
+                "stable offset, the latest checkpoint's size and age, the witnesses' last "
+                "answers and the forks reported. Numbers and codes only. Public.",
+                "security": _PUBLIC,
+                "responses": {
+                    "200": {
+                        "description": "The snapshot.",
+                        "headers": {**REQUEST_ID_HEADER, **no_cache},
+                        "content": {"application/json": {"schema": _STATUS}},
+                    },
+                    **problems(public=True),
                 },
             }
         },

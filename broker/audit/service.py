@@ -22,8 +22,17 @@ the next checkpoint; checkpoints never wait for it beyond that. A witness that h
 tree of this log (tlog-witness 409 for the same size, 422, or a size above ours) is a fork: it
 is logged as ``auditor.witness_fork`` (error; the witness, sizes and the code, nothing else),
 counted (``forks``, ``cairn_audit_witness_results{result="fork"}``), and kept in the status
-file ``witnesses.json`` beside the log (``WITNESS_STATUS_FILE``), which the broker's
-``/metrics`` reads (``cairn_audit_witness_forks``) and operators can read directly.
+file ``witnesses.json`` beside the log (``WITNESS_STATUS_FILE``), so that the count outlives a
+restart; operators may read it, but nothing else depends on it.
+
+The auditor measures its own lag: after its steps, at most every ``LAG_EVERY_S`` seconds, it
+asks Kafka for the audit partition's last stable offset (``end_offsets`` of a read_committed
+consumer, KIP-98) and compares it with its own position (``broker.kafka.consumer.lag``); a
+caught-up auditor has read past the last transaction's commit marker, so it is 0, with nothing
+subtracted. ``Auditor.status`` is one snapshot of its figures (the log's size and next offset,
+that lag, the latest checkpoint's size and age, the witnesses' answers and the forks); it is
+served publicly as ``GET /v1/audit/status``, which the broker's health and ``/metrics`` read
+(``broker.ops.health.AuditorProbe``): broker and auditor need not share a disk.
 
 A record that is not a canonical audit event is that record's fault: it is dead-lettered
 (``broker.kafka.consumer``), counted and skipped, and the events behind it are appended. A
@@ -66,11 +75,15 @@ The log in the C2SP tlog-tiles layout (``broker.audit.tiles``), under ``/v1/audi
                                                        signed-note ``name+hash+base64`` (public)
     GET  /v1/audit/jwks                                the registry's keys as a JWK Set, RFC
                                                        7517 §5 (``keys.jwks``; public)
+    GET  /v1/audit/status                              the auditor's own figures (``Auditor.
+                                                       status``: sizes, offsets, lag, ages,
+                                                       witness results; public, JSON)
     GET  /openapi.json                                 this API's OpenAPI 3.1 document
                                                        (broker/audit/openapi.json)
 
 The public paths hold no personal data (a checkpoint is an origin, a size and a root hash; a
-hash tile is SHA-256 hashes of events; the keys are public keys and member ids), so any tiles
+hash tile is SHA-256 hashes of events; the keys are public keys and member ids; the status is
+numbers, witness names and result codes), so any tiles
 client, witness or JOSE library may read them without a client certificate: the TLS context
 asks for a certificate but does not require one (``tls_context``), and ``auditor_only`` lets
 only those handlers through without the auditor's. The events themselves (entry bundles and
@@ -104,7 +117,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.checkpoint import Checkpoint, NoteVerifier
 from broker.audit.cosign import CosignerVerifier
-from broker.audit.files import DEFAULT_ORIGIN, WITNESS_STATUS_FILE, Disk
+from broker.audit.files import CHECKPOINTS_FILE, DEFAULT_ORIGIN, WITNESS_STATUS_FILE, Disk
 from broker.audit.index import Query
 from broker.audit.proofs import checkpoint_for, consistency_document, inclusion_document
 from broker.audit.report import disclosure_report, override_report, report_csv
@@ -124,12 +137,14 @@ from broker.audit.witness import WitnessEndpoint, WitnessOutcome, WitnessResult,
 from broker.config import Settings
 from broker.kafka.consumer import (
     Backoff,
+    ConsumerStalled,
     Retry,
     Watchdog,
     close,
     dead_letter,
     dlq_topic,
     follow_until_stopped,
+    lag,
     reason_code,
 )
 from broker.kafka.transport import kafka_options
@@ -152,6 +167,7 @@ from schemas.referral import Purpose
 __all__ = [
     "CONSUMER",
     "GROUP_ID",
+    "LAG_EVERY_S",
     "WITNESS_STATUS_FILE",
     "Auditor",
     "add_ig_routes",
@@ -164,6 +180,9 @@ log = structlog.get_logger(__name__)
 
 CONSUMER: Final = "auditor"  # the consumer's name on its dead letters and in the metric
 GROUP_ID: Final = "cairn-auditor"  # remembers what was examined; the log says what is stored
+#: Seconds between two measures of the auditor's lag (``Auditor.status``): a bound on what it asks
+#: of Kafka, and on how old the figure the broker shows can be.
+LAG_EVERY_S: Final = 5.0
 
 
 def witness_endpoints(settings: Settings) -> list[WitnessEndpoint]:
@@ -223,6 +242,10 @@ class Auditor:
         self.witness_status: dict[str, dict[str, Any]] = {}  # by witness name: its last answer
         self.forks = 0  # fork reports from witnesses, over the log's life (witnesses.json)
         self.last_fork: dict[str, Any] | None = None
+        # Offsets on the audit partition's last stable offset not read yet, as Kafka said at
+        # the last measure (None: not measured while following, e.g. Kafka unreachable).
+        self.lag: int | None = None
+        self._lag_at = float("-inf")  # time.monotonic() of the last measure
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the log's own thread."""
@@ -301,6 +324,7 @@ class Auditor:
                     backoff.reset()
                 else:
                     await watchdog.check(consumer, [tp])
+                await self._measure_lag(consumer, tp)
                 if await self.call(self.log.checkpoint_due, self.policy):
                     await self.checkpoint(producer)
             # Stopping: catch up with what is already committed (bounded), then sign a final
@@ -315,8 +339,53 @@ class Auditor:
             if self.appended_since_checkpoint:
                 await self.checkpoint(producer)
         finally:
+            self.lag = None  # not following: the lag is not known, not the last figure
+            self._lag_at = float("-inf")
             await close(consumer)
             await close(producer)
+
+    async def _measure_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Ask Kafka how far behind the audit partition's last stable offset the auditor is,
+        at most every ``LAG_EVERY_S`` and within the connect timeout; no answer: unknown."""
+        now = time.monotonic()
+        if now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        try:
+            self.lag = await lag(consumer, [tp], self._retry.connect_s)
+        except ConsumerStalled:
+            self.lag = None
+
+    def status(self) -> dict[str, Any]:
+        """The auditor's figures, one snapshot (run on the log's thread: ``call``). Numbers,
+        witness names and result codes only; served as ``GET /v1/audit/status``."""
+        opened = self.log
+        note = opened.latest_checkpoint()
+        try:
+            written = (self.directory / CHECKPOINTS_FILE).stat().st_mtime
+            age: float | None = max(0.0, time.time() - written) if note is not None else None
+        except OSError:
+            age = None
+        return {
+            "size": opened.size,
+            "next_offset": opened.next_offset,
+            "lag": self.lag,
+            "checkpoint": {
+                "size": None if note is None else _checkpoint_size(note),
+                "age_s": None if age is None else int(age),
+            },
+            "witnesses": {
+                name: {
+                    "result": s.get("result"),
+                    "checkpoint_size": s.get("checkpoint_size"),
+                    "witness_size": s.get("witness_size"),
+                    "at": s.get("at"),
+                }
+                for name, s in sorted(self.witness_status.items())
+            },
+            "cosigned_size": {w.name: self._witness_sizes.get(w.url, 0) for w in self.witnesses},
+            "forks": self.forks,
+        }
 
     async def _step(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, tp: TopicPartition
@@ -913,7 +982,15 @@ async def jwks(request: web.Request) -> web.Response:
     )
 
 
-_PUBLIC: Final = frozenset({log_checkpoint, tile, verifier_key, jwks})
+async def audit_status(request: web.Request) -> web.Response:
+    """The auditor's own figures (``Auditor.status``): what the broker's health and
+    ``/metrics`` show of it, and what Prometheus or an operator may read directly."""
+    auditor = request.app[AUDITOR]
+    document = await auditor.call(auditor.status)
+    return web.json_response(document, headers={"Cache-Control": "no-cache"})
+
+
+_PUBLIC: Final = frozenset({log_checkpoint, tile, verifier_key, jwks, audit_status})
 
 
 # --- HTTP: the IG view --------------------------------------------------------------
@@ -983,6 +1060,7 @@ def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application
     app.router.add_get("/v1/audit/log/tile/{tail:.+}", tile)
     app.router.add_get("/v1/audit/verifier-key", verifier_key)
     app.router.add_get("/v1/audit/jwks", jwks)
+    app.router.add_get("/v1/audit/status", audit_status)
     app.router.add_get("/openapi.json", openapi_route("broker.audit"))  # auditor's cert only
     if dashboard:
         add_ig_routes(app, auditor)
