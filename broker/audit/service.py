@@ -317,6 +317,7 @@ class Auditor:
             self._examined = max(self._examined, committed or 0)
             # The log, not the consumer group, knows where we are: its next Kafka offset.
             consumer.seek(tp, self.log.next_offset)
+            await self._measure_lag(consumer, tp)  # how far behind it starts (then bounded)
             watchdog = Watchdog(self._retry)
             while not stop.is_set():
                 if await self._step(consumer, producer, tp):

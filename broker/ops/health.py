@@ -10,7 +10,12 @@ deadlines can no longer be computed from the calendar and follow the conservativ
 
 - ``AuditorProbe``: asks the auditor's public checkpoint route (C2SP tlog-tiles, ``GET
   /v1/audit/log/checkpoint``; public, so no client certificate), the same route ``cairn
-  status`` asks, bounded in time and cached a few seconds; its tree size and whether it answers.
+  status`` asks, and its public status route (``GET /v1/audit/status``,
+  ``broker.audit.service.Auditor.status``), bounded in time and cached a few seconds: whether
+  it answers, its tree size, and the auditor's own figures (its lag behind the audit topic,
+  its latest checkpoint's age, the witnesses' forks and cosigned sizes), which the broker's
+  ``/metrics`` shows (``broker.ops.metrics``). Nothing is read from the auditor's files: the
+  broker and the auditor need not share a disk. An auditor that does not answer has no figures.
 - ``soonest``: of (kind, subject, seconds left) credentials, the one of the given kinds that
   expires first (``REGISTRY_KINDS``, ``CERTIFICATE_KINDS``: ``keys.expiry.CredentialKind``).
 - ``horizons``: the ops view's JSON of all four (``broker.web.dashboard``); ``expiry_text``
@@ -22,10 +27,11 @@ Codes, component names, agency ids, times and counts only: nothing here names a 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
@@ -37,6 +43,7 @@ from keys.store import CA_CERT
 
 __all__ = [
     "AUDITOR_CHECKPOINT_PATH",
+    "AUDITOR_STATUS_PATH",
     "CERTIFICATE_KINDS",
     "REGISTRY_KINDS",
     "AuditorAnswer",
@@ -47,9 +54,11 @@ __all__ = [
     "horizons",
     "ops_horizons",
     "soonest",
+    "status_answer",
 ]
 
 AUDITOR_CHECKPOINT_PATH: Final = "/v1/audit/log/checkpoint"
+AUDITOR_STATUS_PATH: Final = "/v1/audit/status"
 REGISTRY_KINDS: Final = frozenset({CredentialKind.REGISTRY.value})
 #: Every X.509 certificate the deployment depends on (keys are not certificates).
 CERTIFICATE_KINDS: Final = frozenset(
@@ -65,6 +74,7 @@ CERTIFICATE_KINDS: Final = frozenset(
 _DAY_S: Final = 86_400
 _RULE: Final = CONSERVATIVE_RULE
 _MAX_CHECKPOINT_BYTES: Final = 65_536  # a checkpoint note is a few hundred bytes
+_MAX_STATUS_BYTES: Final = 262_144  # a few numbers per witness
 
 
 Expiring = tuple[str, str, float]  # (kind, subject, seconds left; negative: expired)
@@ -107,11 +117,44 @@ def calendar_text(last_day: date | None, days_left: int | None, warn_days: int) 
 
 @dataclass(frozen=True)
 class AuditorAnswer:
-    """What the auditor's checkpoint route said: whether it answered, and its tree size."""
+    """What the auditor said: whether it answered, its tree size (the checkpoint route), and
+    its own figures (the status route; None where it did not say)."""
 
     answering: bool
     size: int | None = None  # None: no checkpoint signed yet, or not answering
     reason: str = ""  # why not answering: a code ("timeout", "http_503", "unreachable")
+    lag: int | None = None  # offsets behind the audit partition's last stable offset
+    checkpoint_age_s: int | None = None  # seconds since its latest checkpoint was written
+    forks: int | None = None  # forks its witnesses reported, over the log's life
+    cosigned_size: Mapping[str, int] = field(default_factory=dict)  # by witness name
+
+
+def _count(value: object) -> int | None:
+    """A whole number of 0 or more, or None (JSON booleans are not numbers here)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
+def status_answer(document: object, size: int | None = None) -> AuditorAnswer:
+    """An answering auditor's figures from its status document (``GET /v1/audit/status``);
+    anything of the wrong type is left out, never guessed."""
+    doc = document if isinstance(document, dict) else {}
+    checkpoint = doc.get("checkpoint")
+    sizes = doc.get("cosigned_size")
+    cosigned = {
+        name: n
+        for name, value in (sizes.items() if isinstance(sizes, dict) else ())
+        if isinstance(name, str) and (n := _count(value)) is not None
+    }
+    return AuditorAnswer(
+        True,
+        size,
+        lag=_count(doc.get("lag")),
+        checkpoint_age_s=_count(checkpoint.get("age_s")) if isinstance(checkpoint, dict) else None,
+        forks=_count(doc.get("forks")),
+        cosigned_size=cosigned,
+    )
 
 
 class AuditorProbe:
@@ -157,24 +200,36 @@ class AuditorProbe:
         if self._context is None:
             return AuditorAnswer(False, reason="no_ca")
         connector = aiohttp.TCPConnector(ssl=self._context)
+        size: int | None = None
         try:
-            async with (
-                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-                session.get(self.url + AUDITOR_CHECKPOINT_PATH) as response,
-            ):
-                if response.status == 404:  # answering, nothing signed yet
-                    return AuditorAnswer(True)
-                if response.status != 200:
-                    return AuditorAnswer(False, reason=f"http_{response.status}")
-                body = await response.content.read(_MAX_CHECKPOINT_BYTES)
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=timeout, trust_env=False
+            ) as session:
+                async with session.get(self.url + AUDITOR_CHECKPOINT_PATH) as response:
+                    if response.status not in (200, 404):  # 404: answering, nothing signed yet
+                        return AuditorAnswer(False, reason=f"http_{response.status}")
+                    if response.status == 200:
+                        size = _note_size(await response.content.read(_MAX_CHECKPOINT_BYTES))
+                async with session.get(self.url + AUDITOR_STATUS_PATH) as response:
+                    if response.status != 200:  # an auditor without the route: no figures
+                        return AuditorAnswer(True, size)
+                    body = await response.content.read(_MAX_STATUS_BYTES)
         except TimeoutError:
             return AuditorAnswer(False, reason="timeout")
         except (aiohttp.ClientError, OSError, ssl.SSLError):
             return AuditorAnswer(False, reason="unreachable")
-        # C2SP tlog-checkpoint: origin line, then the tree size in decimal, then the root hash.
-        lines = body.decode("utf-8", "replace").split("\n")
-        size = lines[1] if len(lines) > 1 else ""
-        return AuditorAnswer(True, int(size) if size.isdigit() and len(size) < 20 else None)
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return AuditorAnswer(True, size)
+        return status_answer(document, size)
+
+
+def _note_size(body: bytes) -> int | None:
+    """C2SP tlog-checkpoint: origin line, then the tree size in decimal, then the root hash."""
+    lines = body.decode("utf-8", "replace").split("\n")
+    size = lines[1] if len(lines) > 1 else ""
+    return int(size) if size.isdigit() and len(size) < 20 else None
 
 
 def _credential(item: Expiring | None, now: datetime) -> dict[str, Any] | None:
@@ -223,21 +278,22 @@ def horizons(
 def ops_horizons(
     credentials: Callable[[], Iterable[Expiring]],
     calendar: Callable[[], tuple[date, int | None]],
-    checkpoint_age_s: Callable[[], float | None],
     auditor: AuditorProbe | None,
     clock: Callable[[], datetime],
 ) -> Callable[[], Awaitable[dict[str, Any]]]:
-    """The ops view's ``horizons``, read from the broker's own watches when asked."""
+    """The ops view's ``horizons``, read from the broker's own watches and the auditor's
+    answer (its checkpoint's age is the auditor's own figure) when asked."""
 
     async def now() -> dict[str, Any]:
         today, left = calendar()
+        answer = None if auditor is None else await auditor.answer()
         return horizons(
             credentials(),
             now=clock(),
             calendar_today=today,
             calendar_days_left=left,
-            auditor=None if auditor is None else await auditor.answer(),
-            checkpoint_age_s=checkpoint_age_s(),
+            auditor=answer,
+            checkpoint_age_s=None if answer is None else answer.checkpoint_age_s,
         )
 
     return now

@@ -6,12 +6,17 @@ Label values are agency ids, purpose codes, reason codes, stage names and except
 names only; ``code`` turns anything else into ``"other"``, so a value that is not a code can
 never reach the exposition, whatever a call site passes.
 
-Kafka figures (consumer lag per delivery topic, the auditor's lag, dead letters) come from
-``KafkaProbe``: refreshed in the background at most every ``ops_refresh_s`` seconds and within a
-bounded time, so ``/metrics`` answers from the cache and never waits on Kafka. The age of the
-auditor's latest checkpoint is read from its file's modification time when scraped, and the
-auditor's witness status (``witnesses.json``: forks reported, each witness's cosigned size)
-from that file, as ``cairn_audit_witness_forks`` and ``cairn_audit_witness_cosigned_size``.
+Kafka figures (consumer lag per delivery topic, dead letters) come from ``KafkaProbe``:
+refreshed in the background at most every ``ops_refresh_s`` seconds and within a bounded time,
+so ``/metrics`` answers from the cache and never waits on Kafka. The auditor's figures are the
+auditor's own, from its public status route (``broker.ops.health.AuditorProbe``, asked before
+each render by ``read_auditor``, bounded in time and cached a few seconds): its lag behind the
+audit topic's last stable offset (``cairn_auditor_lag``), its latest checkpoint's age
+(``cairn_auditor_checkpoint_age_seconds``), the forks its witnesses reported and each witness's
+cosigned size (``cairn_audit_witness_forks``, ``cairn_audit_witness_cosigned_size``), and
+``cairn_auditor_up`` (1 if it answered). Nothing is read from the auditor's files, so broker and
+auditor need not share a disk; an auditor that does not answer leaves those gauges out (not the
+last numbers), with ``cairn_auditor_up`` 0.
 
 ``CalendarWatch`` keeps an eye on the school calendar's horizon: the gauge
 ``cairn_school_calendar_days_left`` (days until the last configured term ends, read when scraped;
@@ -49,15 +54,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -75,6 +78,9 @@ from broker.ops.credentials import CredentialWatch
 from broker.policy.calendar import CONSERVATIVE_RULE, SchoolCalendar
 from broker.state import OVERDUE_LATE, StateStore
 from schemas.errors import StateUnavailable, TransportError
+
+if TYPE_CHECKING:
+    from broker.ops.health import AuditorAnswer, AuditorProbe
 
 __all__ = [
     "CONTENT_TYPE",
@@ -94,7 +100,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STAGES = ("verify", "validate", "decide", "seal", "publish")
 # Seconds: a submission is tens of milliseconds when healthy, up to publish_timeout_s when not.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
-_MAX_STATUS_BYTES = 1_048_576  # bytes of the auditor's witness status file read when scraped
 _CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
@@ -212,8 +217,10 @@ class Metrics:
         # last read_state; None: not read, or the store did not answer
         self.overdue_now: dict[tuple[str, str, str], int] | None = None
         self.probe: KafkaProbe | None = None
-        self.checkpoint_file: Path | None = None
-        self.witness_file: Path | None = None  # the auditor's witnesses.json, read when scraped
+        # The auditor's public status route, asked by read_auditor (cached, bounded), and its
+        # last answer; None: not asked (no auditor configured)
+        self.auditor: AuditorProbe | None = None
+        self.auditor_now: AuditorAnswer | None = None
         self.calendar_watch: CalendarWatch | None = None
         self.credential_watch: CredentialWatch | None = None
         r.register(_OpsCollector(self))
@@ -237,20 +244,15 @@ class Metrics:
             log.warning("ops.state_unreadable", error=type(exc).__name__)
             self.overdue_now = None
 
+    async def read_auditor(self) -> None:
+        """Ask the auditor for its figures for the next render (``GET /metrics`` and
+        ``ops_snapshot`` call this); bounded by the probe's timeout, cached by it."""
+        if self.auditor is not None:
+            self.auditor_now = await self.auditor.answer()
+
     def witness_result(self, witness: str, result: str) -> None:
         """Count one witness's answer to one checkpoint (``broker.audit.service``)."""
         self.witness_results.labels(witness=code(witness), result=code(result)).inc()
-
-    def witness_status(self) -> dict[str, Any] | None:
-        """The auditor's witness status file (``witnesses.json``), if there is one to read."""
-        if self.witness_file is None:
-            return None
-        try:
-            with self.witness_file.open("rb") as fh:
-                doc = json.loads(fh.read(_MAX_STATUS_BYTES))
-        except (OSError, ValueError):
-            return None
-        return doc if isinstance(doc, dict) else None
 
     def dead_letter(self, consumer: str, reason: str) -> None:
         """Count one dead letter (``broker.kafka.consumer.CountDeadLetter``)."""
@@ -269,19 +271,20 @@ class Metrics:
         """The Prometheus text exposition of ``exposed`` (every worker's, summed)."""
         return generate_latest(self.exposed)
 
-    def checkpoint_age_s(self, now: float | None = None) -> float | None:
-        """Seconds since the auditor last wrote a checkpoint, or None if it never has."""
-        if self.checkpoint_file is None:
-            return None
-        try:
-            mtime = self.checkpoint_file.stat().st_mtime
-        except OSError:
-            return None
-        return max(0.0, (time.time() if now is None else now) - mtime)
+    def answered(self) -> AuditorAnswer | None:
+        """The auditor's last answer if it answered, else None (its figures are unknown)."""
+        now = self.auditor_now
+        return now if now is not None and now.answering else None
+
+    def checkpoint_age_s(self) -> float | None:
+        """Seconds since the auditor last wrote a checkpoint, as it said; None if it has not,
+        or did not answer."""
+        now = self.answered()
+        return None if now is None or now.checkpoint_age_s is None else float(now.checkpoint_age_s)
 
 
 class _OpsCollector(Collector):
-    """Gauges read when scraped: cached Kafka figures and the checkpoint file's age."""
+    """Gauges read when scraped: cached Kafka figures and the auditor's own figures."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -311,7 +314,7 @@ class _OpsCollector(Collector):
             for credential, seconds in credentials.seconds_left():
                 expiry.add_metric([credential.kind.value, code(credential.subject)], seconds)
             yield expiry
-        yield from _witness_gauges(self._metrics.witness_status())
+        yield from _auditor_gauges(self._metrics)
         overdue = self._metrics.overdue_now
         if overdue is not None:
             g = GaugeMetricFamily(
@@ -322,14 +325,6 @@ class _OpsCollector(Collector):
             )
             for (purpose, recipient, acked), n in sorted(overdue.items()):
                 g.add_metric([code(purpose), code(recipient), code(acked)], float(n))
-            yield g
-        age = self._metrics.checkpoint_age_s()
-        if age is not None:
-            g = GaugeMetricFamily(
-                "cairn_auditor_checkpoint_age_seconds",
-                "Seconds since the auditor's latest checkpoint was written",
-            )
-            g.add_metric([], age)
             yield g
         probe = self._metrics.probe
         if probe is None:
@@ -351,12 +346,6 @@ class _OpsCollector(Collector):
         for agency, value in sorted(figures.consumer_lag.items()):
             lag.add_metric([code(agency)], value)
         yield lag
-        if figures.auditor_lag is not None:
-            a = GaugeMetricFamily(
-                "cairn_auditor_lag", "Offsets on the audit topic the auditor has not stored yet"
-            )
-            a.add_metric([], figures.auditor_lag)
-            yield a
         if figures.dlq_offsets is not None:
             d = GaugeMetricFamily(
                 "cairn_dlq_offsets", "Offsets on the dead-letter topic (commit markers included)"
@@ -365,28 +354,51 @@ class _OpsCollector(Collector):
             yield d
 
 
-def _witness_gauges(status: dict[str, Any] | None) -> Iterator[Metric]:
-    """The auditor's witnesses as gauges: forks reported, and each witness's cosigned size."""
-    if status is None:
+def _auditor_gauges(metrics: Metrics) -> Iterator[Metric]:
+    """The auditor's own figures as it last said them (``read_auditor``): whether it
+    answered, its lag, its checkpoint's age, its witnesses' forks and cosigned sizes."""
+    if metrics.auditor_now is None:
         return
-    forks = GaugeMetricFamily(
-        "cairn_audit_witness_forks",
-        "Forks the auditor's witnesses reported (another tree of the log for the same size, "
-        "or no consistency from what they hold), over the log's life; anything above 0 is an "
-        "incident",
+    up = GaugeMetricFamily(
+        "cairn_auditor_up", "1 if the auditor answered its public routes at the last ask"
     )
-    forks.add_metric([], float(status.get("forks", 0) or 0))
-    yield forks
-    sizes = status.get("cosigned_size")
-    if isinstance(sizes, dict):
+    up.add_metric([], 1.0 if metrics.auditor_now.answering else 0.0)
+    yield up
+    status = metrics.answered()
+    if status is None:
+        return  # not answering: its figures are unknown, not the last ones
+    if status.lag is not None:
+        lag = GaugeMetricFamily(
+            "cairn_auditor_lag",
+            "Offsets on the audit topic the auditor has not read yet (its position against "
+            "the partition's last stable offset, as the auditor measured it; 0: caught up)",
+        )
+        lag.add_metric([], float(status.lag))
+        yield lag
+    if status.checkpoint_age_s is not None:
+        age = GaugeMetricFamily(
+            "cairn_auditor_checkpoint_age_seconds",
+            "Seconds since the auditor's latest checkpoint was written, as the auditor said",
+        )
+        age.add_metric([], float(status.checkpoint_age_s))
+        yield age
+    if status.forks is not None:
+        forks = GaugeMetricFamily(
+            "cairn_audit_witness_forks",
+            "Forks the auditor's witnesses reported (another tree of the log for the same "
+            "size, or no consistency from what they hold), over the log's life; anything "
+            "above 0 is an incident",
+        )
+        forks.add_metric([], float(status.forks))
+        yield forks
+    if status.cosigned_size:
         g = GaugeMetricFamily(
             "cairn_audit_witness_cosigned_size",
             "The largest tree size each witness has cosigned",
             labels=["witness"],
         )
-        for name, size in sorted(sizes.items()):
-            if isinstance(size, int):
-                g.add_metric([code(name)], float(size))
+        for name, size in sorted(status.cosigned_size.items()):
+            g.add_metric([code(name)], float(size))
         yield g
 
 
@@ -451,7 +463,6 @@ class KafkaFigures:
 
     ok: bool = False
     consumer_lag: dict[str, int] = field(default_factory=dict)  # agency -> offsets behind
-    auditor_lag: int | None = None
     dlq_offsets: int | None = None
     at: float = 0.0  # time.monotonic() of the answer
 
@@ -459,12 +470,9 @@ class KafkaFigures:
 class KafkaProbe:
     """Asks Kafka for end offsets and the inbox groups' commits; cached, bounded, background."""
 
-    def __init__(
-        self, settings: Settings, agencies: Sequence[str], *, audit_dir: Path | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, agencies: Sequence[str]) -> None:
         self._settings = settings
         self._agencies = tuple(agencies)
-        self._audit_dir = audit_dir or settings.state_dir / "audit"
         self.figures = KafkaFigures()
         self._task: asyncio.Task[KafkaFigures] | None = None
         self._tried = float("-inf")
@@ -511,7 +519,7 @@ class KafkaProbe:
             await consumer.start()
             await admin.start()
             deliver = {a: delivery_topic(prefix, a) for a in self._agencies}
-            topics = [*deliver.values(), f"{prefix}.audit", f"{prefix}.dlq"]
+            topics = [*deliver.values(), f"{prefix}.dlq"]
             described = await admin.describe_topics(topics)
             parts: dict[str, list[TopicPartition]] = {t: [] for t in topics}
             for d in described:
@@ -533,12 +541,6 @@ class KafkaProbe:
                     done = meta.offset if meta is not None and meta.offset >= 0 else begin[tp]
                     behind += max(0, end[tp] - done)
                 lag[agency] = behind
-            audit = parts[f"{prefix}.audit"]
-            auditor_lag = None
-            if audit:
-                stored = await asyncio.to_thread(_auditor_next_offset, self._audit_dir)
-                # A caught-up auditor sits just before the last transaction's commit marker.
-                auditor_lag = max(0, sum(end[tp] for tp in audit) - stored - 1)
             dlq = parts[f"{prefix}.dlq"]
             dlq_offsets = sum(end[tp] - begin[tp] for tp in dlq) if dlq else None
         finally:
@@ -546,22 +548,7 @@ class KafkaProbe:
                 await consumer.stop()
             with contextlib.suppress(Exception):
                 await admin.close()
-        return KafkaFigures(True, lag, auditor_lag, dlq_offsets, time.monotonic())
-
-
-def _auditor_next_offset(audit_dir: Path) -> int:
-    """The next audit-topic offset the auditor will store, read from its index (0 if none)."""
-    path = audit_dir / "index.sqlite"
-    if not path.is_file():
-        return 0
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-    try:
-        row = db.execute("SELECT MAX(kafka_offset) FROM entry").fetchone()
-    except sqlite3.Error:
-        return 0
-    finally:
-        db.close()
-    return 0 if row is None or row[0] is None else int(row[0]) + 1
+        return KafkaFigures(True, lag, dlq_offsets, time.monotonic())
 
 
 class CountingTransport:
@@ -654,6 +641,8 @@ async def ops_snapshot(
             for d in await store.overdue(overdue_limit)
         ]
     figures = metrics.probe.figures if metrics.probe is not None else None
+    await metrics.read_auditor()
+    auditor = metrics.answered()
     return {
         "received": int(_value(metrics, "cairn_referrals_received_total")),
         "accepted": int(accepted),
@@ -669,9 +658,9 @@ async def ops_snapshot(
             else ("reachable" if kafka_ready else "unreachable"),
             "kafka_probe": None if figures is None else figures.ok,
             "consumer_lag": dict(figures.consumer_lag) if figures and figures.ok else {},
-            "auditor_lag": figures.auditor_lag if figures and figures.ok else None,
+            "auditor_lag": None if auditor is None else auditor.lag,
             "auditor_checkpoint_age_s": metrics.checkpoint_age_s(),
-            "auditor_witness_forks": (metrics.witness_status() or {}).get("forks"),
+            "auditor_witness_forks": None if auditor is None else auditor.forks,
         },
         "at": (clock() if clock is not None else datetime.now().astimezone()).isoformat(),
     }

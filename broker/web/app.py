@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
-from broker.audit.files import CHECKPOINTS_FILE, WITNESS_STATUS_FILE
 from broker.config import Settings
 from broker.ingest import Pipeline
 from broker.kafka.transport import KafkaTransport, Transport
 from broker.ops.credentials import CredentialWatch, ServerCertificate
+from broker.ops.health import auditor_probe
 from broker.ops.metrics import (
     CONTENT_TYPE,
     CalendarWatch,
@@ -138,6 +138,7 @@ async def metrics_page(request: web.Request) -> web.Response:
     tls_agency(request)
     metrics = request.app[METRICS]
     await metrics.read_state(request.app[STORE])  # overdue: the store's figure, every broker's
+    await metrics.read_auditor()  # the auditor's own figures, from its status route (cached)
     body = metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -183,8 +184,9 @@ def create_app(
     )
     if metrics is None:
         metrics = Metrics()
-    metrics.checkpoint_file = settings.state_dir / "audit" / CHECKPOINTS_FILE
-    metrics.witness_file = settings.state_dir / "audit" / WITNESS_STATUS_FILE
+    # The auditor's own figures, from its public status route: never from its files.
+    auditor = auditor_probe(settings, trust)
+    metrics.auditor = auditor
     calendar_watch = CalendarWatch(calendar, clock, settings.calendar_warn_days)
     metrics.calendar_watch = calendar_watch
     credential_watch = CredentialWatch.for_settings(
@@ -215,10 +217,9 @@ def create_app(
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/openapi.json", openapi_route("broker.web"))  # broker/web/openapi.json
     if dashboard:
-        from broker.ops.health import auditor_probe, ops_horizons
+        from broker.ops.health import ops_horizons
         from broker.web.dashboard import StoreOpsSource, add_ops_routes, dlq_counter
 
-        auditor = auditor_probe(settings, trust)
         source = StoreOpsSource(
             store,
             probes={"kafka": transport.ready, "auditor": auditor},
@@ -228,7 +229,6 @@ def create_app(
             horizons=ops_horizons(
                 lambda: [(c.kind.value, c.subject, s) for c, s in credential_watch.seconds_left()],
                 lambda: (calendar_watch.today(), calendar_watch.days_left()),
-                metrics.checkpoint_age_s,
                 auditor,
                 clock,
             ),

@@ -36,6 +36,7 @@ from broker.audit.files import DEFAULT_ORIGIN, WITNESS_STATUS_FILE
 from broker.audit.service import Auditor, auditor_app, tls_context
 from broker.config import Settings, WitnessSetting
 from broker.kafka.transport import kafka_options
+from broker.ops.health import status_answer
 from broker.ops.metrics import Metrics
 from keys import AUDITOR_ID
 from keys.store import CA_CERT
@@ -299,7 +300,7 @@ async def test_a_forked_log_is_refused_by_both_witnesses_and_the_auditor_reports
         status = json.loads((tmp_path / "fork" / WITNESS_STATUS_FILE).read_text())
         assert status["forks"] == 2
         assert status["last_fork"]["result"] == "fork"
-        metrics.witness_file = tmp_path / "fork" / WITNESS_STATUS_FILE
+        metrics.auditor_now = status_answer(await forked.call(forked.status))
         assert b"cairn_audit_witness_forks 2.0" in metrics.render()
     finally:
         await forked.close()

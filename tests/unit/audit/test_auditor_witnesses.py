@@ -26,6 +26,7 @@ from broker.audit.witness import (
     witness_app,
 )
 from broker.config import Settings, WitnessSetting
+from broker.ops.health import AuditorAnswer, status_answer
 from broker.ops.metrics import Metrics, ops_snapshot
 from keys import AUDITOR_ID
 from tests.conftest import FederationKeys
@@ -114,7 +115,9 @@ async def test_a_witness_ahead_is_a_fork_a_wrong_key_is_invalid_and_the_other_co
         assert value == 1
         status = json.loads((tmp_path / "audit" / WITNESS_STATUS_FILE).read_text())
         assert status["cosigned_size"] == {"w1.test": 0, "w2.test": 6}
-        metrics.witness_file = tmp_path / "audit" / WITNESS_STATUS_FILE
+        # What the auditor serves (GET /v1/audit/status) is what the broker shows.
+        metrics.auditor_now = status_answer(await auditor.call(auditor.status))
+        assert metrics.auditor_now.cosigned_size == {"w1.test": 0, "w2.test": 6}
         assert (await ops_snapshot(metrics))["health"]["auditor_witness_forks"] == 1
         # The public tlog-tiles checkpoint serves the note with what was collected.
         client = TestClient(TestServer(auditor_app(auditor)))
@@ -181,17 +184,21 @@ async def test_an_unchanged_checkpoint_is_not_submitted_again_and_sizes_survive_
         await auditor.close()
 
 
-def test_the_witness_gauges_are_read_from_the_status_file(tmp_path: Path) -> None:
-    """The broker's /metrics shows the auditor's forks and each witness's cosigned size."""
+def test_the_witness_gauges_are_the_auditors_answer_and_absent_without_one() -> None:
+    """The broker's /metrics shows the auditor's forks and each witness's cosigned size as its
+    status route said them; an auditor that does not answer leaves them out."""
     metrics = Metrics()
-    metrics.witness_file = tmp_path / WITNESS_STATUS_FILE
     assert b"cairn_audit_witness_forks" not in metrics.render()
-    metrics.witness_file.write_text(json.dumps({"forks": 3, "cosigned_size": {"w1.test": 12}}))
+    metrics.auditor_now = status_answer({"forks": 3, "cosigned_size": {"w1.test": 12}})
     text = metrics.render()
     assert b"cairn_audit_witness_forks 3.0" in text
     assert b'cairn_audit_witness_cosigned_size{witness="w1.test"} 12.0' in text
-    metrics.witness_file.write_text("not json")
-    assert b"cairn_audit_witness_forks" not in metrics.render()
+    metrics.auditor_now = AuditorAnswer(False, reason="timeout")
+    text = metrics.render()
+    assert b"cairn_audit_witness_forks" not in text
+    assert b"cairn_auditor_up 0.0" in text
+    metrics.auditor_now = status_answer({"forks": "3", "cosigned_size": {"w1.test": True}})
+    assert b"cairn_audit_witness_forks" not in metrics.render()  # wrong types: not guessed
 
 
 async def test_only_the_witnesss_own_line_is_kept_from_its_answer(

@@ -6,6 +6,7 @@ in the ops view's JSON (valid under its OpenAPI schema) and in ``cairn status``'
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from jsonschema import Draft202012Validator
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker.cli.status import Status, horizon_rows, parse_metrics
 from broker.ops.health import (
@@ -27,6 +29,7 @@ from broker.ops.health import (
     ops_horizons,
     soonest,
 )
+from broker.ops.metrics import Metrics, ops_snapshot
 from broker.state import SqliteStore
 from broker.web.dashboard import StoreOpsSource
 from broker.web.openapi import _ops_schema
@@ -35,6 +38,19 @@ from tests.gateway_support import server_certificate
 from tests.unit.conftest import Clock
 
 DAY = 86_400.0
+#: What a fake auditor's GET /v1/audit/status says (broker.audit.service.Auditor.status).
+STATUS = {
+    "size": 42,
+    "next_offset": 80,
+    "lag": 3,
+    "checkpoint": {"size": 42, "age_s": 12},
+    "witnesses": {
+        "w1.test": {"result": "cosigned", "checkpoint_size": 40, "witness_size": None, "at": 1}
+    },
+    "cosigned_size": {"w1.test": 40},
+    "forks": 1,
+}
+STATUS_SAID: dict[str, object] = {}
 NOW = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
 CHECKPOINT = (
     b"cairn.example/audit\n42\nq2Uo3r0V3Iv6Zb2bZ1zJ3y6k5nHc4mJQm6yq5eWk0xM=\n\n\xe2\x80\x94 x\n"
@@ -83,6 +99,11 @@ async def auditor(
     server_ssl.load_cert_chain(str(cert), str(key))
     said: dict[str, object] = {"status": 200, "body": CHECKPOINT, "delay": 0.0}
     asked: list[int] = []
+    STATUS_SAID.clear()
+    STATUS_SAID.update(status=200, body=json.dumps(STATUS).encode())
+
+    async def status(_request: web.Request) -> web.Response:
+        return web.Response(status=int(STATUS_SAID["status"]), body=STATUS_SAID["body"])  # type: ignore[call-overload]
 
     async def checkpoint(_request: web.Request) -> web.Response:
         asked.append(1)
@@ -91,6 +112,7 @@ async def auditor(
 
     app = web.Application()
     app.router.add_get("/v1/audit/log/checkpoint", checkpoint)
+    app.router.add_get("/v1/audit/status", status)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl)
@@ -112,10 +134,18 @@ async def test_the_auditor_probe_reads_the_public_checkpoint_and_says_why_not(
 ) -> None:
     tell, url, context, asked = auditor
     probe = AuditorProbe(url, context, timeout_s=0.5, cache_s=0.0)
+    assert await probe.answer() == AuditorAnswer(
+        True, 42, lag=3, checkpoint_age_s=12, forks=1, cosigned_size={"w1.test": 40}
+    )
+    STATUS_SAID.update(status=404)  # an auditor without the status route: no figures
     assert await probe.answer() == AuditorAnswer(True, 42)
+    STATUS_SAID.update(status=200, body=b"not json")
+    assert await probe.answer() == AuditorAnswer(True, 42)
+    STATUS_SAID.update(status=200, body=json.dumps(STATUS).encode())
     assert await probe() is True
     tell(404, b"", 0.0)
-    assert await probe.answer() == AuditorAnswer(True, None)  # answering, nothing signed yet
+    nothing_signed = await probe.answer()  # answering, nothing signed yet: its figures still
+    assert (nothing_signed.answering, nothing_signed.size, nothing_signed.lag) == (True, None, 3)
     tell(503, b"", 0.0)
     assert await probe.answer() == AuditorAnswer(False, None, "http_503")
     tell(200, CHECKPOINT, 2.0)
@@ -144,9 +174,7 @@ async def test_the_ops_view_shows_the_auditor_the_first_expiries_and_the_calenda
 ) -> None:
     _tell, url, context, _asked = auditor
     probe = AuditorProbe(url, context, timeout_s=1.0)
-    get = ops_horizons(
-        lambda: ITEMS, lambda: (date(2026, 12, 3), 232), lambda: 12.7, probe, lambda: NOW
-    )
+    get = ops_horizons(lambda: ITEMS, lambda: (date(2026, 12, 3), 232), probe, lambda: NOW)
     store = SqliteStore(None)
     await store.open()
     try:
@@ -231,3 +259,51 @@ def test_status_shows_the_first_expiries_and_the_calendar_end() -> None:
     )
     assert offline.health["registry expires"] == "none found"
     assert offline.health["school calendar ends"].startswith("ENDED 2026-11-30 (3 days ago)")
+
+
+# -- the broker's /metrics: the auditor's figures from its route, never from files ------------
+
+
+async def test_the_broker_metrics_show_the_auditors_own_figures_or_none(
+    auditor: tuple[Callable[[int, bytes, float], None], str, ssl.SSLContext, list[int]],
+) -> None:
+    """cairn_auditor_lag, the checkpoint age and the witness gauges are what the auditor's
+    status route said; when it does not answer they are absent (not the last numbers) and
+    cairn_auditor_up is 0; the ops snapshot says the same."""
+    tell, url, context, _asked = auditor
+    metrics = Metrics()
+    metrics.auditor = AuditorProbe(url, context, timeout_s=0.5, cache_s=0.0)
+    await metrics.read_auditor()
+    got = _samples(metrics.render().decode())
+    assert got["cairn_auditor_up"] == [({}, 1.0)]
+    assert got["cairn_auditor_lag"] == [({}, 3.0)]
+    assert got["cairn_auditor_checkpoint_age_seconds"] == [({}, 12.0)]
+    assert got["cairn_audit_witness_forks"] == [({}, 1.0)]
+    assert got["cairn_audit_witness_cosigned_size"] == [({"witness": "w1.test"}, 40.0)]
+    health = (await ops_snapshot(metrics))["health"]
+    assert (health["auditor_lag"], health["auditor_checkpoint_age_s"]) == (3, 12.0)
+    STATUS_SAID.update(body=json.dumps({**STATUS, "lag": 0}).encode())
+    await metrics.read_auditor()
+    assert _samples(metrics.render().decode())["cairn_auditor_lag"] == [({}, 0.0)]
+    tell(503, b"", 0.0)
+    await metrics.read_auditor()
+    got = _samples(metrics.render().decode())
+    assert got["cairn_auditor_up"] == [({}, 0.0)]
+    for gone in (
+        "cairn_auditor_lag",
+        "cairn_auditor_checkpoint_age_seconds",
+        "cairn_audit_witness_forks",
+        "cairn_audit_witness_cosigned_size",
+    ):
+        assert gone not in got
+    health = (await ops_snapshot(metrics))["health"]
+    assert health["auditor_lag"] is None
+    assert health["auditor_checkpoint_age_s"] is None
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out

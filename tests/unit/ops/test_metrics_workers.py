@@ -7,7 +7,6 @@ processes are driven by tests/e2e/test_workers.py).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from prometheus_client import values
 from prometheus_client.multiprocess import mark_process_dead
 
+from broker.ops.health import AuditorAnswer
 from broker.ops.metrics import Metrics
 
 ACCEPTED = "cairn_referrals_accepted_total"
@@ -66,17 +66,13 @@ def test_counters_and_histograms_are_summed_over_workers(
 
 
 def test_figures_about_the_deployment_are_shown_once_not_summed(
-    worker: Callable[[int], Metrics], tmp_path: Path
+    worker: Callable[[int], Metrics],
 ) -> None:
     """The checkpoint's age is the same fact in every worker: one sample, not one per worker."""
-    checkpoint = tmp_path / "checkpoints.log"
-    checkpoint.write_text("")
     first, second = worker(2001), worker(2002)
     for metrics in (first, second):
-        metrics.checkpoint_file = checkpoint
-    age = first.exposed.get_sample_value(AGE)
-    assert age is not None
-    assert age <= time.time() - checkpoint.stat().st_mtime + 1.0
+        metrics.auditor_now = AuditorAnswer(True, 5, checkpoint_age_s=7)
+    assert first.exposed.get_sample_value(AGE) == 7.0
     lines = [s for s in second.render().decode().splitlines() if s.startswith(AGE)]
     assert len(lines) == 1
 
