@@ -62,7 +62,7 @@ async def test_the_snapshot_holds_the_logs_figures_and_the_measured_lag(
         await auditor.call(auditor.log.append, feed)
         await auditor.checkpoint()
         consumer = FakeConsumer(end=feed[-1][0] + 2, position=feed[-1][0] + 2)
-        await auditor._measure_lag(consumer, TP)  # type: ignore[arg-type]
+        await auditor._measure_lag(consumer, TP)
         status = await auditor.call(auditor.status)
         assert status["size"] == len(feed)
         assert status["next_offset"] == feed[-1][0] + 1
@@ -73,11 +73,11 @@ async def test_the_snapshot_holds_the_logs_figures_and_the_measured_lag(
         # Bounded: asked again only after LAG_EVERY_S, whatever the number of steps.
         consumer.end = consumer.at + 7
         for _ in range(20):
-            await auditor._measure_lag(consumer, TP)  # type: ignore[arg-type]
+            await auditor._measure_lag(consumer, TP)
         assert consumer.asked == 1
         assert (await auditor.call(auditor.status))["lag"] == 0
         auditor._lag_at = float("-inf")  # LAG_EVERY_S later
-        await auditor._measure_lag(consumer, TP)  # type: ignore[arg-type]
+        await auditor._measure_lag(consumer, TP)
         assert (await auditor.call(auditor.status))["lag"] == 7
     finally:
         await auditor.close()
