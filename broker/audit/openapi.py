@@ -441,6 +441,20 @@ def auditor_document() -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "The auditor's own figures (the status route's) as a Prometheus text "
+                "exposition, under the broker's names: cairn_auditor_up, cairn_auditor_lag, "
+                "cairn_auditor_checkpoint_age_seconds, cairn_audit_witness_forks, "
+                "cairn_audit_witness_cosigned_size. Public.",
+                "security": _PUBLIC,
+                "responses": {
+                    "200": _text("text/plain", "The exposition.", **no_cache),
+                    **problems(public=True),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",

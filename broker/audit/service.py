@@ -78,6 +78,7 @@ The log in the C2SP tlog-tiles layout (``broker.audit.tiles``), under ``/v1/audi
     GET  /v1/audit/status                              the auditor's own figures (``Auditor.
                                                        status``: sizes, offsets, lag, ages,
                                                        witness results; public, JSON)
+    GET  /metrics                                      the same as Prometheus text (public)
     GET  /openapi.json                                 this API's OpenAPI 3.1 document
                                                        (broker/audit/openapi.json)
 
@@ -148,7 +149,9 @@ from broker.kafka.consumer import (
     reason_code,
 )
 from broker.kafka.transport import kafka_options
-from broker.ops.metrics import Metrics
+from broker.ops.health import status_answer
+from broker.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from broker.ops.metrics import Metrics, auditor_exposition
 from broker.trust import TrustStore
 from broker.web.middleware import REQUEST_ID, TLS_AGENCY, problems_middleware
 from broker.web.openapi import openapi_route
@@ -991,7 +994,19 @@ async def audit_status(request: web.Request) -> web.Response:
     return web.json_response(document, headers={"Cache-Control": "no-cache"})
 
 
-_PUBLIC: Final = frozenset({log_checkpoint, tile, verifier_key, jwks, audit_status})
+async def audit_metrics(request: web.Request) -> web.Response:
+    """The same figures as a Prometheus text exposition, under the names the broker's
+    ``/metrics`` gives them (``cairn_auditor_lag``, ``cairn_auditor_checkpoint_age_seconds``,
+    the witness gauges), so Prometheus may scrape the auditor directly."""
+    auditor = request.app[AUDITOR]
+    document = await auditor.call(auditor.status)
+    body = auditor_exposition(status_answer(document, document["checkpoint"]["size"]))
+    return web.Response(
+        body=body, headers={"Content-Type": METRICS_CONTENT_TYPE, "Cache-Control": "no-cache"}
+    )
+
+
+_PUBLIC: Final = frozenset({log_checkpoint, tile, verifier_key, jwks, audit_status, audit_metrics})
 
 
 # --- HTTP: the IG view --------------------------------------------------------------
@@ -1062,6 +1077,7 @@ def auditor_app(auditor: Auditor, *, dashboard: bool = False) -> web.Application
     app.router.add_get("/v1/audit/verifier-key", verifier_key)
     app.router.add_get("/v1/audit/jwks", jwks)
     app.router.add_get("/v1/audit/status", audit_status)
+    app.router.add_get("/metrics", audit_metrics)
     app.router.add_get("/openapi.json", openapi_route("broker.audit"))  # auditor's cert only
     if dashboard:
         add_ig_routes(app, auditor)

@@ -90,6 +90,7 @@ __all__ = [
     "KafkaFigures",
     "KafkaProbe",
     "Metrics",
+    "auditor_exposition",
     "code",
     "ops_snapshot",
 ]
@@ -314,7 +315,7 @@ class _OpsCollector(Collector):
             for credential, seconds in credentials.seconds_left():
                 expiry.add_metric([credential.kind.value, code(credential.subject)], seconds)
             yield expiry
-        yield from _auditor_gauges(self._metrics)
+        yield from _auditor_gauges(self._metrics.auditor_now)
         overdue = self._metrics.overdue_now
         if overdue is not None:
             g = GaugeMetricFamily(
@@ -354,19 +355,19 @@ class _OpsCollector(Collector):
             yield d
 
 
-def _auditor_gauges(metrics: Metrics) -> Iterator[Metric]:
+def _auditor_gauges(answer: AuditorAnswer | None) -> Iterator[Metric]:
     """The auditor's own figures as it last said them (``read_auditor``): whether it
     answered, its lag, its checkpoint's age, its witnesses' forks and cosigned sizes."""
-    if metrics.auditor_now is None:
+    if answer is None:
         return
     up = GaugeMetricFamily(
         "cairn_auditor_up", "1 if the auditor answered its public routes at the last ask"
     )
-    up.add_metric([], 1.0 if metrics.auditor_now.answering else 0.0)
+    up.add_metric([], 1.0 if answer.answering else 0.0)
     yield up
-    status = metrics.answered()
-    if status is None:
+    if not answer.answering:
         return  # not answering: its figures are unknown, not the last ones
+    status = answer
     if status.lag is not None:
         lag = GaugeMetricFamily(
             "cairn_auditor_lag",
@@ -400,6 +401,27 @@ def _auditor_gauges(metrics: Metrics) -> Iterator[Metric]:
         for name, size in sorted(status.cosigned_size.items()):
             g.add_metric([code(name)], float(size))
         yield g
+
+
+class _AuditorCollector(Collector):
+    """One answer's gauges, for the auditor's own ``/metrics`` (``auditor_exposition``)."""
+
+    def __init__(self, answer: AuditorAnswer) -> None:
+        self._answer = answer
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        return _auditor_gauges(self._answer)
+
+
+def auditor_exposition(answer: AuditorAnswer) -> bytes:
+    """The auditor's figures (``broker.audit.service.Auditor.status`` as ``answer``) as a
+    Prometheus text exposition with the broker's names, for the auditor's own ``/metrics``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_AuditorCollector(answer))
+    return generate_latest(registry)
 
 
 # Seconds between looks at the calendar: the log line is written at most once a local day, so

@@ -136,6 +136,16 @@ async def test_the_auditor_measures_its_own_lag_and_the_broker_shows_it(
             assert status["size"] == auditor.log.size > 0
             assert status["checkpoint"]["age_s"] is not None
             assert status["forks"] == 0
+            # Its own /metrics says the same, for a Prometheus scraping the auditor directly.
+            context = ssl.create_default_context(
+                cafile=str(federation_keys.store.path("tls/ca.crt"))
+            )
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session,
+                session.get(f"{url}/metrics") as response,
+            ):
+                assert response.status == 200
+                assert "cairn_auditor_lag 0.0" in (await response.text()).splitlines()
             # Kafka agrees: the auditor's position is the partition's last stable offset.
             assert await _stable_end(kafka_settings) == end
             # The broker shows the same 0, from the route: its own state folder has no audit

@@ -103,6 +103,17 @@ async def test_the_status_route_is_public_json_and_holds_no_personal_data(
         assert json.loads(text)["size"] == len(feed)
         personal = {v for v in all_personal_values() if len(v) >= 3}
         assert [v for v in personal if v in text] == []
+        # The same figures for Prometheus, under the broker's names, also without a certificate.
+        await auditor._measure_lag(FakeConsumer(end=feed[-1][0] + 5, position=feed[-1][0] + 2), TP)
+        exposed = await client.get("/metrics")
+        assert exposed.status == 200
+        assert exposed.headers["Cache-Control"] == "no-cache"
+        text = await exposed.text()
+        assert "cairn_auditor_up 1.0" in text
+        assert "cairn_auditor_lag 3.0" in text
+        assert "cairn_audit_witness_forks 0.0" in text
+        assert "cairn_auditor_checkpoint_age_seconds " in text
+        assert [v for v in personal if v in text] == []
         assert (await client.get("/v1/audit/entries")).status == 403  # the events are not public
     finally:
         await client.close()
