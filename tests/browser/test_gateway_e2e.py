@@ -399,19 +399,23 @@ async def test_the_dsl_reads_the_encompass_notice_through_the_broker_and_it_is_a
             await eventually(all_sent, "the school's receipts sent to the broker")
             owed: int = gateway.receipts_sent
 
+            kinds = (AuditEventType.DELIVERED, AuditEventType.VIEWED, AuditEventType.ACKNOWLEDGED)
+
             async def all_audited() -> bool:
-                found = await audited(AuditEventType.VIEWED)
-                return len(found) + len(await audited(AuditEventType.ACKNOWLEDGED)) >= owed
+                return sum([len(await audited(kind)) for kind in kinds]) >= owed
 
             await eventually(all_audited, "every receipt the school sent in the audit log")
             await asyncio.sleep(1.0)  # a repeat, if the broker made one, would be here by now
+            delivered = await audited(AuditEventType.DELIVERED)
             viewed = await audited(AuditEventType.VIEWED)
             acknowledged = await audited(AuditEventType.ACKNOWLEDGED)
+            # The gateway's signed receipt that it stored the notice, then the DSL's view and read.
+            assert [e.event.recipient for e in delivered] == [SCHOOL]
             assert [(e.event.recipient, e.event.viewer) for e in viewed] == [(SCHOOL, staff)]
             assert [(e.event.recipient, e.event.viewer) for e in acknowledged] == [(SCHOOL, staff)]
             assert acknowledged[0].event.status is not None
             assert acknowledged[0].event.status.value == "read"
-            for entry in (*viewed, *acknowledged):
+            for entry in (*delivered, *viewed, *acknowledged):
                 assert not [v for v in values if v in entry.event.model_dump_json()]
 
             await traffic.settle()
