@@ -19,7 +19,7 @@ ifeq ($(origin CAIRN_KEY_PASSPHRASE),undefined)
 export CAIRN_KEY_PASSPHRASE_FILE ?= $(DEV_PASSPHRASE)
 endif
 
-.PHONY: help venv demo postgresql go test test-unit test-integration lint bench-throughput bench-soak bench-crypto bench-audit kafka-start kafka-stop kafka-status clean
+.PHONY: help venv demo postgresql go test test-unit test-integration lint bench-throughput bench-soak bench-crypto bench-digest bench-audit kafka-start kafka-stop kafka-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -135,6 +135,9 @@ bench-soak: $(STAMP)  ## 10 minutes at 200 referrals/s through cairn serve; the 
 
 bench-crypto: $(STAMP)  ## seal/open one 4 KB disclosure beside the raw pyca/cryptography primitives
 	$(BIN)/python bench/crypto.py
+
+bench-digest: $(STAMP)  ## the content digest that recognises a resubmitted referral, beside SHA-256 of its bytes
+	$(BIN)/python bench/digest.py
 
 bench-audit: $(STAMP)  ## append and verify N audit events durably, beside bare hashlib; proofs at 1M
 	$(BIN)/python bench/audit.py
