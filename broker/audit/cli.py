@@ -39,6 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.checkpoint import Checkpoint, NoteVerifier
+from broker.audit.cosign import CosignerVerifier
 from broker.audit.errors import AuditBusy
 from broker.audit.files import DEFAULT_ORIGIN, ENTRIES_FILE, Progress
 from broker.audit.index import Query
@@ -108,8 +109,14 @@ def _open_log(ctx: click.Context) -> Iterator[AuditLog]:
 def _verifiers(vkeys: tuple[str, ...], origin: str) -> list[NoteVerifier]:
     if vkeys:
         return [NoteVerifier.from_vkey(v) for v in vkeys]
+    return _registry_keys(origin)[0]
+
+
+def _registry_keys(origin: str) -> tuple[list[NoteVerifier], list[CosignerVerifier]]:
+    """The auditor's note keys and the witnesses' cosigner keys, from the signed registry."""
     # The auditor's keys from the registry, retired ones included: older checkpoints were
     # signed with them. A revoked key is left out, so what it signed is refused.
+    from broker.audit.evidence import registry_witnesses
     from broker.trust import custody_of
     from keys.federation import read_root_key
     from keys.registry import AUDITOR_ID, KeyStatus, KeyUse, verify_registry_signature
@@ -131,7 +138,7 @@ def _verifiers(vkeys: tuple[str, ...], origin: str) -> list[NoteVerifier]:
         raise click.ClickException(
             f"the registry lists no usable signing key for {AUDITOR_ID}; give --vkey"
         )
-    return found
+    return found, registry_witnesses(registry)
 
 
 def _subject_pseudonyms(
@@ -375,23 +382,47 @@ def audit(ctx: click.Context, directory: Path | None, origin: str) -> None:
     multiple=True,
     help="An auditor verifier key (name+keyid+base64) [default: the registry's auditor keys].",
 )
+@click.option(
+    "--witness-vkey",
+    "witness_vkeys",
+    multiple=True,
+    help="A witness verifier key (name+keyid+base64, cosignature/v1) whose cosignatures in "
+    "cosigned.log are checked [default: the registry's witnesses, unless --vkey is given].",
+)
 @click.option("--skip-events", is_flag=True, help="Do not check each entry is a valid event.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 @_clean_errors
 def verify_command(
-    ctx: click.Context, vkeys: tuple[str, ...], skip_events: bool, as_json: bool
+    ctx: click.Context,
+    vkeys: tuple[str, ...],
+    witness_vkeys: tuple[str, ...],
+    skip_events: bool,
+    as_json: bool,
 ) -> None:
-    """Verify the log offline from its files: recompute the tree, check every checkpoint.
+    """Verify the log offline from its files: recompute the tree, check every checkpoint,
+    and check that cosigned.log holds only those checkpoints, each cosignature by a witness
+    verifying.
 
-    Exits 1 and names the first bad entry or checkpoint if anything does not verify.
+    Exits 1 and names the first bad entry, checkpoint or cosigned record if anything does not
+    verify.
     """
     folder = _directory(ctx)
     origin: str = ctx.obj["audit_origin"]
-    verifiers = _verifiers(vkeys, origin)
+    witnesses = [CosignerVerifier.from_vkey(v) for v in witness_vkeys]
+    if vkeys:
+        verifiers = _verifiers(vkeys, origin)
+    else:
+        verifiers, listed = _registry_keys(origin)
+        witnesses = witnesses or listed
     with _progress("verifying") as progress:
         report = verify(
-            folder, verifiers, origin=origin, check_events=not skip_events, progress=progress
+            folder,
+            verifiers,
+            origin=origin,
+            check_events=not skip_events,
+            progress=progress,
+            witnesses=witnesses,
         )
     if as_json:
         click.echo(
@@ -402,6 +433,9 @@ def verify_command(
                     "checkpoints": report.checkpoints,
                     "verified_size": report.verified_size,
                     "unattested": report.unattested,
+                    "cosigned_records": report.cosigned_notes,
+                    "cosigned": dict(report.cosigned),
+                    "uncosigned_records": report.uncosigned_notes,
                     "root": base64.b64encode(report.root).decode("ascii"),
                     "first_bad": str(report.first_bad) if report.first_bad else None,
                     "problems": [str(p) for p in report.problems],
@@ -418,6 +452,21 @@ def verify_command(
         click.echo(f"FAILED: first bad place: {report.first_bad}")
         for problem in report.problems[1:]:
             click.echo(f"  also: {problem}")
+    if report.ok and not as_json and report.cosigned_notes:
+        if report.cosigned:
+            sizes = ", ".join(f"{name} up to size {size}" for name, size in report.cosigned)
+            click.echo(f"cosigned: {report.cosigned_notes} checkpoints; witnesses: {sizes}")
+        elif not witnesses:
+            click.echo(
+                f"cosigned: {report.cosigned_notes} checkpoints, all this log's; their "
+                "cosignatures were not checked (give --witness-vkey)"
+            )
+    if report.uncosigned_notes and not as_json:
+        click.echo(
+            f"note: {report.uncosigned_notes} cosigned checkpoints carry no cosignature by a "
+            "witness given (or listed in the registry)",
+            err=True,
+        )
     if report.unattested and not as_json:
         click.echo(
             f"note: the last {report.unattested} entries are not covered by a checkpoint yet",

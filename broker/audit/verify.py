@@ -3,7 +3,10 @@
 ``verify`` recomputes the RFC 9162 tree from the entries file, checks every checkpoint's
 signature and root and that each is consistent with the one before, and names the first bad
 place. It writes nothing and trusts nothing but the keys: the index, if present, is a witness
-that can name the exact entry behind a broken checkpoint, never the truth.
+that can name the exact entry behind a broken checkpoint, never the truth. ``cosigned.log``,
+if present, must hold only checkpoints that verified against the entries, and, given the
+witnesses' keys, each cosignature by one of them must verify; the report says the largest size
+each witness cosigned.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.audit.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
+from broker.audit.cosign import CosignerVerifier, verify_cosignatures
 from broker.audit.errors import AuditUnavailable
 from broker.audit.files import (
     CHECKPOINTS_FILE,
     CHECKPOINTS_MAGIC,
+    COSIGNED_FILE,
+    COSIGNED_MAGIC,
     DEFAULT_ORIGIN,
     ENTRIES_FILE,
     ENTRIES_MAGIC,
@@ -27,10 +33,12 @@ from broker.audit.files import (
     entry_frames,
     mapped,
     note_frames,
+    torn,
     unverified_checkpoint,
 )
 from broker.audit.index import recorded_leaves
 from broker.audit.merkle import InvalidProof, Tree, leaf_hash, verify_consistency
+from keys.errors import Reason
 from keys.errors import VerificationError as KeyVerificationError
 from schemas.audit import MAX_EVENT_BYTES, AuditEvent
 from schemas.errors import SchemaError
@@ -62,6 +70,13 @@ class VerifyReport:
     root: bytes  # the recomputed root over every entry read
     problems: tuple[Problem, ...] = ()
     unattested: int = 0  # entries after the last valid checkpoint: checked for form only
+    cosigned_notes: int = 0  # whole records of cosigned.log read
+    #: (witness name, the largest tree size it cosigned), for each witness given whose
+    #: cosignature verified on a record of cosigned.log, by name.
+    cosigned: tuple[tuple[str, int], ...] = ()
+    #: records of cosigned.log that no witness given has cosigned (a witness the registry no
+    #: longer lists, say): not a fault in the log, but nothing this check vouches for.
+    uncosigned_notes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -89,14 +104,17 @@ def verify(
     check_events: bool = True,
     max_event_bytes: int = MAX_EVENT_BYTES,
     progress: Progress | None = None,
+    witnesses: Sequence[CosignerVerifier] = (),
 ) -> VerifyReport:
     """Verify the audit log in ``directory`` from its files alone. Writes nothing.
 
     ``verifiers`` are the auditor's note keys (every key it has signed with, retired ones
-    included). The steps are numbered in the body. The index, if present, is a witness, never
-    the truth: it names the exact entry behind a checkpoint whose root no longer matches only
-    when the signed root confirms it, and it is the only witness (so a warning of tampering,
-    "the entry or the index changed") for entries no checkpoint covers yet.
+    included); ``witnesses`` the witnesses whose cosignatures in ``cosigned.log`` are checked
+    (none: its records are checked to be this log's checkpoints, and nothing more). The steps
+    are numbered in the body. The index, if present, is a witness, never the truth: it names
+    the exact entry behind a checkpoint whose root no longer matches only when the signed root
+    confirms it, and it is the only witness (so a warning of tampering, "the entry or the
+    index changed") for entries no checkpoint covers yet.
     """
     problems: list[Problem] = []
     entries_path = directory / ENTRIES_FILE
@@ -215,6 +233,7 @@ def verify(
     #    recomputed root at its size, and consistent with the previous valid one.
     previous: Checkpoint | None = None
     verified = 0
+    attested: dict[int, bytes] = {}  # size -> text of each checkpoint that verified
     index_hint = recorded_leaves(directory, log_id)
     for i, note in enumerate(notes):
         where = f"checkpoint {i}"
@@ -280,6 +299,7 @@ def verify(
                 continue
         previous = checkpoint
         verified = max(verified, checkpoint.size)
+        attested[checkpoint.size] = _note_text(note)
 
     # 5. Entries no checkpoint covers yet have one witness: the leaf hash the index recorded
     #    when the auditor appended them. A difference means the entry (or the index) changed.
@@ -306,6 +326,9 @@ def verify(
                 size,
             )
         )
+    # 7. Each record of cosigned.log is a checkpoint that verified in step 4, and each
+    #    cosignature on it by a given witness verifies.
+    witnessed = _check_cosigned(directory, log_id, attested, witnesses, problems)
     problems.sort(key=_problem_order)
     return VerifyReport(
         entries=size,
@@ -314,7 +337,78 @@ def verify(
         root=tree.root(),
         problems=tuple(problems),
         unattested=size - verified,
+        cosigned_notes=witnessed.notes,
+        cosigned=tuple(sorted(witnessed.best.items())),
+        uncosigned_notes=witnessed.uncosigned,
     )
+
+
+def _note_text(note: bytes) -> bytes:
+    """A signed note's text: everything up to and including the line before the blank line."""
+    split = note.rfind(b"\n\n")
+    return note[: split + 1] if split >= 0 else note
+
+
+@dataclass
+class _Witnessed:
+    notes: int = 0
+    uncosigned: int = 0
+    best: dict[str, int] = field(default_factory=dict)
+
+
+def _check_cosigned(
+    directory: Path,
+    log_id: bytes,
+    attested: dict[int, bytes],
+    witnesses: Sequence[CosignerVerifier],
+    problems: list[Problem],
+) -> _Witnessed:
+    out = _Witnessed()
+    try:
+        data = (directory / COSIGNED_FILE).read_bytes()
+    except FileNotFoundError:
+        return out  # never cosigned (no witnesses configured, or none answered yet)
+    except OSError as exc:
+        raise AuditUnavailable(f"cannot read {directory / COSIGNED_FILE}: {exc.strerror}") from None
+    try:
+        magic, found_id = FILE_HEADER.unpack_from(data, 0)
+    except struct.error:
+        magic, found_id = b"", b""
+    if magic != COSIGNED_MAGIC or found_id != log_id:
+        problems.append(Problem(COSIGNED_FILE, "not the cosigned file of this log (bad header)"))
+        return out
+    for frame in note_frames(data, FILE_HEADER.size):
+        where = f"record {out.notes} of {COSIGNED_FILE}"
+        if frame.status != "ok":
+            if not torn(frame, data):  # a torn tail is what a crash mid-write leaves
+                problems.append(Problem(where, f"the record is {frame.status} (damaged)"))
+            break
+        out.notes += 1
+        note = data[frame.body : frame.end]
+        claimed = unverified_checkpoint(note)
+        if claimed is None or attested.get(claimed.size) != _note_text(note):
+            problems.append(
+                Problem(
+                    where,
+                    "not a checkpoint of this log that matches its entries: altered, another "
+                    "log's, or a fork",
+                    covers=claimed.size if claimed is not None else None,
+                )
+            )
+            continue
+        if not witnesses:
+            continue
+        try:
+            cosignatures = verify_cosignatures(note, witnesses)
+        except KeyVerificationError as exc:
+            if exc.reason is Reason.UNKNOWN_KEY:
+                out.uncosigned += 1
+                continue
+            problems.append(Problem(where, f"refused: {exc}", covers=claimed.size))
+            continue
+        for c in cosignatures:
+            out.best[c.name] = max(out.best.get(c.name, 0), claimed.size)
+    return out
 
 
 def _locate(

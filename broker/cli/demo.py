@@ -296,8 +296,9 @@ def _audit_summary(settings: Settings) -> bool:
         check=False,
     )
     ok = verify.returncode == 0
+    said = "; ".join((verify.stdout or verify.stderr).strip().splitlines())
     click.secho(
-        f"audit verify: {'OK' if ok else 'FAILED'} ({(verify.stdout or verify.stderr).strip()})",
+        f"audit verify: {'OK' if ok else 'FAILED'} ({said})",
         fg="green" if ok else "red",
         bold=True,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -129,6 +130,10 @@ def test_demo_audit_log_is_pseudonymous_and_searchable(demo_run: DemoRun) -> Non
     data, and a query by a sample victim's NHS number (or name and date of birth) finds
     exactly the disclosures made about her."""
     assert "audit verify: OK" in demo_run.stdout
+    # The offline check also verified both development witnesses' cosignatures in cosigned.log.
+    said = next(line for line in demo_run.stdout.splitlines() if "audit verify: OK" in line)
+    assert re.search(r"cosigned: \d+ checkpoints; witnesses: \S*north\S* up to size \d+", said)
+    assert re.search(r"\S*south\S* up to size \d+", said), said
     audit_dir = demo_run.state / "audit"
     entries = (audit_dir / "entries.log").read_bytes()
     leaks = sorted({p.decode() for p in needles() if p in entries})

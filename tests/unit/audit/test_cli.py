@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.checkpoint import NoteVerifier, verify_checkpoint
 from broker.audit.cli import audit
+from broker.audit.cosign import CosignerVerifier, add_cosignatures, cosign
 from broker.audit.files import ENTRIES_FILE
 from broker.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from broker.audit.proofs import verify_tlog_proof
@@ -151,6 +152,39 @@ def test_verify_with_someone_elses_key_refuses_every_checkpoint(
     assert result.exit_code == 1
     assert "checkpoint 0: refused" in result.stdout
     assert run("verify", "--vkey", setup.vkey).exit_code == 0
+
+
+def test_verify_checks_the_witnesses_cosignatures(
+    run: CliRunnerCall, setup: Setup, tmp_path: Path
+) -> None:
+    """A copy of the log whose latest checkpoint a witness cosigned: verify names the largest
+    size that witness cosigned, given its key; without a key (this registry lists no witness)
+    it says the cosignatures were not checked; a bad key is a one-line error."""
+    copy = tmp_path / "copy"
+    shutil.copytree(setup.audit, copy)
+    witness = Ed25519PrivateKey.generate()
+    verifier = CosignerVerifier("w.example/one", witness.public_key())
+    with AuditLog.open(copy, witnesses=[verifier]) as log:
+        note = log.published_checkpoint()
+        assert note is not None
+        text = note[: note.rfind(b"\n\n") + 1]
+        log.add_cosignatures(add_cosignatures(note, cosign(text, verifier.name, witness, 1)))
+    checked = run("--dir", str(copy), "verify", "--witness-vkey", verifier.vkey())
+    assert checked.exit_code == 0, checked.output
+    assert f"cosigned: 1 checkpoints; witnesses: w.example/one up to size {setup.size}" in (
+        checked.stdout
+    )
+    report = json.loads(
+        run("--dir", str(copy), "verify", "--witness-vkey", verifier.vkey(), "--json").stdout
+    )
+    assert report["cosigned"] == {"w.example/one": setup.size}
+    unchecked = run("--dir", str(copy), "verify")
+    assert unchecked.exit_code == 0
+    assert "their cosignatures were not checked (give --witness-vkey)" in unchecked.stdout
+    bad = run("--dir", str(copy), "verify", "--witness-vkey", "w.example/one+0000+AAAA")
+    assert bad.exit_code == 1
+    assert "Traceback" not in bad.output
+    assert len(bad.output.strip().splitlines()) == 1, bad.output
 
 
 def test_query_by_identifiers_lists_the_persons_events(run: CliRunnerCall) -> None:
