@@ -38,10 +38,10 @@ import click
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.audit.checkpoint import Checkpoint, NoteVerifier
+from broker.audit.checkpoint import NoteVerifier
 from broker.audit.cosign import CosignerVerifier
 from broker.audit.errors import AuditBusy
-from broker.audit.files import DEFAULT_ORIGIN, ENTRIES_FILE, Progress
+from broker.audit.files import DEFAULT_ORIGIN, ENTRIES_FILE, Progress, checkpoint_size
 from broker.audit.index import Query
 from broker.audit.proofs import checkpoint_for, consistency_document, inclusion_document
 from broker.audit.pseudonym import load_pseudonym_secret
@@ -593,7 +593,7 @@ def _latest_size(log: AuditLog) -> int:
             "the log has no checkpoint yet: proofs are given against signed tree heads; "
             "give --size to prove against the unsigned current tree"
         )
-    return Checkpoint.parse(note[: note.rfind(b"\n\n") + 1]).size
+    return checkpoint_size(note)
 
 
 @audit.command("prove")

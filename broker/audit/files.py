@@ -214,12 +214,24 @@ def torn(frame: Frame, buf: bytes | mmap.mmap) -> bool:
     return not rest.strip(b"\0")
 
 
+def note_text(note: bytes) -> bytes:
+    """A signed note's text: up to and including the newline before its last blank line
+    (empty if it has none). Nothing is verified."""
+    return note[: note.rfind(b"\n\n") + 1]
+
+
+def checkpoint_size(note: bytes) -> int:
+    """The tree size a signed checkpoint note states, signature not checked (a note read back
+    from the log's own files); a note that is no checkpoint raises ``VerificationError``."""
+    return Checkpoint.parse(note_text(note)).size
+
+
 def unverified_checkpoint(note: bytes) -> Checkpoint | None:
     """The checkpoint in a note, signature not checked (the log's own consistency check)."""
-    split = note.rfind(b"\n\n")
-    if split < 0:
+    text = note_text(note)
+    if not text:
         return None
     try:
-        return Checkpoint.parse(note[: split + 1])
+        return Checkpoint.parse(text)
     except KeyVerificationError:
         return None

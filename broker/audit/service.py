@@ -116,9 +116,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.audit.checkpoint import Checkpoint, NoteVerifier
+from broker.audit.checkpoint import NoteVerifier
 from broker.audit.cosign import CosignerVerifier
-from broker.audit.files import CHECKPOINTS_FILE, DEFAULT_ORIGIN, WITNESS_STATUS_FILE, Disk
+from broker.audit.files import (
+    CHECKPOINTS_FILE,
+    DEFAULT_ORIGIN,
+    WITNESS_STATUS_FILE,
+    Disk,
+    checkpoint_size,
+)
 from broker.audit.index import Query
 from broker.audit.proofs import checkpoint_for, consistency_document, inclusion_document
 from broker.audit.report import disclosure_report, override_report, report_csv
@@ -375,7 +381,7 @@ class Auditor:
             "next_offset": opened.next_offset,
             "lag": self.lag,
             "checkpoint": {
-                "size": None if note is None else _checkpoint_size(note),
+                "size": None if note is None else checkpoint_size(note),
                 "age_s": None if age is None else int(age),
             },
             "witnesses": {
@@ -475,7 +481,7 @@ class Auditor:
         """Submit ``note`` (a checkpoint just signed) to the witnesses that have not cosigned
         its size yet; keep what verifies; report each answer. Returns the note with every
         cosignature the log holds for its size (``note`` itself if none)."""
-        size = _checkpoint_size(note)
+        size = checkpoint_size(note)
         have = await self.call(self.log.cosigned_checkpoint, size)
         pending = [w for w in self.witnesses if self._witness_sizes.get(w.url) != size or not have]
         if pending:
@@ -918,10 +924,6 @@ async def subject(request: web.Request) -> web.Response:
 # --- HTTP: the C2SP tlog-tiles layout (public but for entry bundles) ------------------------
 
 
-def _checkpoint_size(note: bytes) -> int:
-    return Checkpoint.parse(note[: note.rfind(b"\n\n") + 1]).size
-
-
 async def log_checkpoint(request: web.Request) -> web.Response:
     """tlog-tiles ``<prefix>/checkpoint``: the latest signed checkpoint with the witnesses'
     cosignatures collected so far (C2SP tlog-cosignature: the same text, more signature
@@ -947,7 +949,7 @@ async def tile(request: web.Request) -> web.Response:
         note = auditor.log.latest_checkpoint()
         if note is None:
             raise TileNotFound("no checkpoint has been signed yet")
-        size = _checkpoint_size(note)
+        size = checkpoint_size(note)
         if coord.level is not None:
             return hash_tile(auditor.log.tree, size, coord)
         return encode_bundle(auditor.log.entry(i).data for i in bundle_range(size, coord))

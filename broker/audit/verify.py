@@ -33,6 +33,7 @@ from broker.audit.files import (
     entry_frames,
     mapped,
     note_frames,
+    note_text,
     torn,
     unverified_checkpoint,
 )
@@ -299,7 +300,7 @@ def verify(
                 continue
         previous = checkpoint
         verified = max(verified, checkpoint.size)
-        attested[checkpoint.size] = _note_text(note)
+        attested[checkpoint.size] = note_text(note)
 
     # 5. Entries no checkpoint covers yet have one witness: the leaf hash the index recorded
     #    when the auditor appended them. A difference means the entry (or the index) changed.
@@ -343,12 +344,6 @@ def verify(
     )
 
 
-def _note_text(note: bytes) -> bytes:
-    """A signed note's text: everything up to and including the line before the blank line."""
-    split = note.rfind(b"\n\n")
-    return note[: split + 1] if split >= 0 else note
-
-
 @dataclass
 class _Witnessed:
     notes: int = 0
@@ -386,7 +381,7 @@ def _check_cosigned(
         out.notes += 1
         note = data[frame.body : frame.end]
         claimed = unverified_checkpoint(note)
-        if claimed is None or attested.get(claimed.size) != _note_text(note):
+        if claimed is None or attested.get(claimed.size) != note_text(note):
             problems.append(
                 Problem(
                     where,

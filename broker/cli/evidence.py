@@ -33,9 +33,8 @@ import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from broker.audit.checkpoint import Checkpoint
 from broker.audit.evidence import MAX_PACK_BYTES, EvidenceError, build_pack, logged, verify_pack
-from broker.audit.files import DEFAULT_ORIGIN, ENTRIES_FILE
+from broker.audit.files import DEFAULT_ORIGIN, ENTRIES_FILE, checkpoint_size
 from broker.audit.index import Query
 from broker.audit.store import AuditLog
 from broker.cli.common import clean_errors, folder_option, settings_or_exit
@@ -336,10 +335,6 @@ def export_command(
     _write(pack, output)
 
 
-def _note_size(note: bytes) -> int:
-    return Checkpoint.parse(note[: note.rfind(b"\n\n") + 1]).size
-
-
 def _logged(folder: Path, origin: str, referral: UUID, recipient: str) -> dict[str, dict[str, str]]:
     """The disclosed and acknowledged events of ``referral`` to ``recipient``, each with its
     tlog-proof to one checkpoint: the latest one's cosigned note, else the latest cosigned
@@ -359,13 +354,13 @@ def _logged(folder: Path, origin: str, referral: UUID, recipient: str) -> dict[s
         note = latest
         if disclosed:
             for candidate in (
-                log.cosigned_checkpoint(_note_size(latest)),
+                log.cosigned_checkpoint(checkpoint_size(latest)),
                 log.cosigned_checkpoint(),
             ):
-                if candidate is not None and _note_size(candidate) > disclosed[0]:
+                if candidate is not None and checkpoint_size(candidate) > disclosed[0]:
                     note = candidate
                     break
-        size = _note_size(note)
+        size = checkpoint_size(note)
         found: dict[str, dict[str, str]] = {}
         for entry in entries:
             if entry.index < size:

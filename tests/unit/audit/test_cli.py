@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.audit.checkpoint import NoteVerifier, verify_checkpoint
 from broker.audit.cli import audit
 from broker.audit.cosign import CosignerVerifier, add_cosignatures, cosign
-from broker.audit.files import ENTRIES_FILE
+from broker.audit.files import ENTRIES_FILE, note_text
 from broker.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from broker.audit.proofs import verify_tlog_proof
 from broker.audit.pseudonym import load_pseudonym_secret
@@ -167,8 +167,8 @@ def test_verify_checks_the_witnesses_cosignatures(
     with AuditLog.open(copy, witnesses=[verifier]) as log:
         note = log.published_checkpoint()
         assert note is not None
-        text = note[: note.rfind(b"\n\n") + 1]
-        log.add_cosignatures(add_cosignatures(note, cosign(text, verifier.name, witness, 1)))
+        line = cosign(note_text(note), verifier.name, witness, 1)
+        log.add_cosignatures(add_cosignatures(note, line))
     checked = run("--dir", str(copy), "verify", "--witness-vkey", verifier.vkey())
     assert checked.exit_code == 0, checked.output
     assert f"cosigned: 1 checkpoints; witnesses: w.example/one up to size {setup.size}" in (

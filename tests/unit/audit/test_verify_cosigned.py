@@ -11,7 +11,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
 from broker.audit.cosign import CosignerVerifier, add_cosignatures, cosign
-from broker.audit.files import COSIGNED_FILE, DEFAULT_ORIGIN, FILE_HEADER, note_record
+from broker.audit.files import (
+    COSIGNED_FILE,
+    DEFAULT_ORIGIN,
+    FILE_HEADER,
+    note_record,
+    note_text,
+)
 from broker.audit.store import AuditLog
 from broker.audit.verify import verify
 from keys.jwk import SigningKey
@@ -25,12 +31,8 @@ V2 = CosignerVerifier("w2.example/south", W2.public_key())
 T = 1_800_000_000
 
 
-def _text(note: bytes) -> bytes:
-    return note[: note.rfind(b"\n\n") + 1]
-
-
 def _cosign(note: bytes, *witnesses: tuple[str, Ed25519PrivateKey]) -> bytes:
-    return add_cosignatures(note, b"".join(cosign(_text(note), n, k, T) for n, k in witnesses))
+    return add_cosignatures(note, b"".join(cosign(note_text(note), n, k, T) for n, k in witnesses))
 
 
 def _log(folder: Path, feed: Feed, key: SigningKey) -> tuple[bytes, bytes]:
